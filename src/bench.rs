@@ -1,0 +1,97 @@
+//! `retrace bench`: the throughput floor every attribution method is measured against — plain
+//! batched forward+backward passes of the diffusion loss, in example·timesteps per second —
+//! and the arithmetic rate that implies.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{Device, Tensor};
+
+use crate::diffusion::train::{batch_plan, diffusion_loss, noise_images};
+use crate::diffusion::{Schedule, Tape, UNet, UNetConfig};
+
+/// Counts the multiply-adds of every Conv2d and Linear in a forward pass.
+#[derive(Default)]
+pub struct FlopCounter {
+    /// Floating-point operations (2 per multiply-add) of one forward pass.
+    pub flops: f64,
+}
+
+impl Tape for FlopCounter {
+    fn conv(&mut self, conv: &Conv2d, input: &Tensor<4>, output: Tensor<4>) -> Tensor<4> {
+        let [b, cin, _, _] = input.dims();
+        let [_, cout, ho, wo] = output.dims();
+        let [kh, kw] = conv.kernel_size;
+        self.flops += 2.0 * (b * cout * ho * wo * cin * kh * kw) as f64;
+        output
+    }
+    fn dense(&mut self, dense: &Linear, input: &Tensor<3>, output: Tensor<3>) -> Tensor<3> {
+        let [b, p, din] = input.dims();
+        let dout = dense.weight.dims()[1];
+        self.flops += 2.0 * (b * p * din * dout) as f64;
+        output
+    }
+}
+
+/// FLOPs of one example's forward pass through the Conv2d and Linear layers.
+pub fn forward_flops(model: &UNet, config: &UNetConfig, device: &Device) -> f64 {
+    let s = config.sample_size;
+    let x = Tensor::<4>::zeros([1, config.image_channels, s, s], device);
+    let t = Tensor::<1>::zeros([1], device);
+    let mut counter = FlopCounter::default();
+    let _ = model.forward_with(x, t, &mut counter);
+    counter.flops
+}
+
+/// Result of the forward+backward benchmark.
+#[derive(Clone, Debug)]
+pub struct TrainStepBench {
+    /// Examples per batch.
+    pub batch: usize,
+    /// Timed batches.
+    pub iterations: usize,
+    /// Example·timesteps per second (one example at one timestep is one unit).
+    pub examples_per_second: f64,
+    /// Achieved GFLOP/s, counting forward + backward as 3× the forward FLOPs.
+    pub gflops: f64,
+    /// Forward FLOPs per example.
+    pub forward_flops: f64,
+}
+
+/// Times `iterations` batched forward+backward passes of the diffusion loss (after one warm-up).
+pub fn forward_backward(config: &UNetConfig, model: Option<UNet>, batch: usize, iterations: usize, device: &Device) -> TrainStepBench {
+    let ad = device.clone().autodiff();
+    let model = match model {
+        Some(m) => m.to_device(&ad).train(),
+        None => config.init(&ad),
+    };
+    let schedule = Schedule::new(&Default::default());
+    let s = config.sample_size;
+    let pixels = config.image_channels * s * s;
+    let run = |step: usize| {
+        let (_, ts, noise) = batch_plan(0, step, batch, batch, schedule.len(), pixels);
+        let x0 = Tensor::<4>::zeros([batch, config.image_channels, s, s], &ad);
+        let loss = diffusion_loss(&model, &noise_images(&schedule, x0, &ts, noise));
+        let grads = loss.backward();
+        drop(grads);
+    };
+    run(0);
+    let _ = ad.sync();
+    let start = Instant::now();
+    for i in 0..iterations {
+        run(i + 1);
+    }
+    let _ = ad.sync();
+    let secs = start.elapsed().as_secs_f64();
+    let fwd = forward_flops(&model, config, &ad);
+    let examples = (batch * iterations) as f64;
+    TrainStepBench {
+        batch,
+        iterations,
+        examples_per_second: examples / secs,
+        gflops: 3.0 * fwd * examples / secs / 1e9,
+        forward_flops: fwd,
+    }
+}

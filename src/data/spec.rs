@@ -1,0 +1,181 @@
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use super::DataError;
+
+/// Which split of a dataset with a train/test division to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// The training split.
+    #[default]
+    Train,
+    /// The held-out split (`t10k` files for idx, `test_batch.bin` for CIFAR-10).
+    Test,
+}
+
+/// The on-disk format a spec names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataFormat {
+    /// A directory of idx files (`train-images-idx3-ubyte[.gz]`, …). `fashion` chooses the
+    /// Fashion-MNIST class names over the digits.
+    Idx {
+        /// Use Fashion-MNIST's class names.
+        fashion: bool,
+    },
+    /// A directory of CIFAR-10 binary batches (`data_batch_*.bin`, `test_batch.bin`).
+    Cifar10,
+    /// A directory with one sub-directory of PNG/JPEG images per class.
+    Folder,
+    /// The Fashion-MNIST subset shipped in `assets/`.
+    Bundled,
+}
+
+impl DataFormat {
+    fn keyword(self) -> &'static str {
+        match self {
+            DataFormat::Idx { fashion: true } => "fashion-mnist",
+            DataFormat::Idx { fashion: false } => "mnist",
+            DataFormat::Cifar10 => "cifar10",
+            DataFormat::Folder => "folder",
+            DataFormat::Bundled => "bundled",
+        }
+    }
+}
+
+/// A dataset named as `FORMAT:PATH?option=value&…` (or just `bundled[?…]`).
+///
+/// Formats: `mnist`, `fashion-mnist` (idx directories), `cifar10`, `folder`, `bundled`.
+/// Options: `split=train|test`, `classes=0,3,7` (keep these labels), `subset=N` (first N images
+/// after the class filter, in file order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataSpec {
+    /// File format.
+    pub format: DataFormat,
+    /// Directory holding the files (empty for `bundled`).
+    pub path: PathBuf,
+    /// Split to read.
+    pub split: Split,
+    /// Labels to keep; all when `None`.
+    pub classes: Option<Vec<u32>>,
+    /// Keep at most this many images.
+    pub subset: Option<usize>,
+}
+
+impl DataSpec {
+    /// The bundled default training set.
+    pub fn bundled(split: Split) -> Self {
+        Self { format: DataFormat::Bundled, path: PathBuf::new(), split, classes: None, subset: None }
+    }
+}
+
+impl FromStr for DataSpec {
+    type Err = DataError;
+
+    fn from_str(s: &str) -> Result<Self, DataError> {
+        let bad = |reason: String| DataError::Spec { spec: s.to_owned(), reason };
+        let (head, query) = s.split_once('?').unwrap_or((s, ""));
+        let (format, path) = head.split_once(':').unwrap_or((head, ""));
+        let format = match format {
+            "mnist" | "idx" => DataFormat::Idx { fashion: false },
+            "fashion-mnist" => DataFormat::Idx { fashion: true },
+            "cifar10" => DataFormat::Cifar10,
+            "folder" => DataFormat::Folder,
+            "bundled" => DataFormat::Bundled,
+            other => {
+                return Err(bad(format!(
+                    "unknown format {other:?}; expected mnist, fashion-mnist, cifar10, folder or bundled"
+                )));
+            }
+        };
+        if format != DataFormat::Bundled && path.is_empty() {
+            return Err(bad(format!("{} needs a path, as in {}:DIR", format.keyword(), format.keyword())));
+        }
+        let mut spec = DataSpec { format, path: PathBuf::from(path), split: Split::Train, classes: None, subset: None };
+        for option in query.split('&').filter(|o| !o.is_empty()) {
+            let (key, value) = option.split_once('=').ok_or_else(|| bad(format!("option {option:?} is not key=value")))?;
+            match key {
+                "split" => {
+                    spec.split = match value {
+                        "train" => Split::Train,
+                        "test" => Split::Test,
+                        _ => return Err(bad(format!("split must be train or test, not {value:?}"))),
+                    }
+                }
+                "classes" => {
+                    let classes = value
+                        .split(',')
+                        .map(|c| c.trim().parse::<u32>())
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| bad(format!("classes must be comma-separated label numbers, not {value:?}")))?;
+                    spec.classes = Some(classes);
+                }
+                "subset" => {
+                    let n = value.parse::<usize>().ok().filter(|&n| n > 0);
+                    spec.subset = Some(n.ok_or_else(|| bad(format!("subset must be a positive number, not {value:?}")))?);
+                }
+                _ => return Err(bad(format!("unknown option {key:?}; expected split, classes or subset"))),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+impl fmt::Display for DataSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.format.keyword())?;
+        if self.format != DataFormat::Bundled {
+            write!(f, ":{}", self.path.display())?;
+        }
+        let mut options = Vec::new();
+        if self.split == Split::Test {
+            options.push("split=test".to_owned());
+        }
+        if let Some(classes) = &self.classes {
+            let list: Vec<String> = classes.iter().map(u32::to_string).collect();
+            options.push(format!("classes={}", list.join(",")));
+        }
+        if let Some(n) = self.subset {
+            options.push(format!("subset={n}"));
+        }
+        if !options.is_empty() {
+            write!(f, "?{}", options.join("&"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_through_its_string() {
+        for s in [
+            "bundled",
+            "bundled?split=test",
+            "fashion-mnist:/usr/share/datasets/fashion-mnist?split=test&classes=0,9&subset=500",
+            "cifar10:/data/cifar?classes=3,5",
+            "folder:/tmp/images",
+        ] {
+            let spec: DataSpec = s.parse().unwrap();
+            assert_eq!(spec.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        for (s, needle) in [
+            ("jpeg:/x", "unknown format"),
+            ("mnist", "needs a path"),
+            ("mnist:/x?split=val", "split must be"),
+            ("mnist:/x?classes=a", "classes must be"),
+            ("mnist:/x?subset=0", "subset must be"),
+            ("mnist:/x?colour=1", "unknown option"),
+        ] {
+            let err = s.parse::<DataSpec>().unwrap_err().to_string();
+            assert!(err.contains(needle), "{s}: {err}");
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! A model directory: `model.json` (architecture, schedule, data, training recipe) and
+//! `checkpoints/step-NNNNNNN/` with `weights.bpk` (burnpack), `state.json` (step, learning rate,
+//! loss, checksum) and, in the newest checkpoint only, `optimizer.bpk` for resuming.
+//!
+//! Every file is written to a temporary name and renamed, and a checkpoint directory is
+//! assembled under a temporary name and renamed into place, so a killed process leaves either
+//! the old checkpoint or the new one, never half of one. Weights are checksummed and checked for
+//! non-finite values when loaded.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::ModuleOptimizer;
+use burn::store::ModuleRecord;
+use burn::tensor::{Bytes, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{ScheduleConfig, UNet, UNetConfig};
+use crate::data::to_hex;
+
+/// Version of the model directory layout; bumped on incompatible changes.
+pub const FORMAT_VERSION: u32 = 1;
+const MODEL_FILE: &str = "model.json";
+const WEIGHTS_FILE: &str = "weights.bpk";
+const OPTIMIZER_FILE: &str = "optimizer.bpk";
+const STATE_FILE: &str = "state.json";
+
+/// Why a model directory could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// File-system failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The directory's content is unusable.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file involved.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl CheckpointError {
+    fn invalid(path: &Path, reason: impl Into<String>) -> Self {
+        Self::Invalid { path: path.to_owned(), reason: reason.into() }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io { path: path.to_owned(), source }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary sibling, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// How the model was trained, as recorded in `model.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainRecipe {
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Seed of initialisation, shuffling and noise.
+    pub seed: u64,
+    /// Save a checkpoint every this many steps.
+    pub checkpoint_every: usize,
+    /// The command line that trained the model.
+    pub command: String,
+}
+
+/// Everything about a model except its weights: `model.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Layout version ([`FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// Network architecture.
+    pub unet: UNetConfig,
+    /// Noise schedule.
+    pub schedule: ScheduleConfig,
+    /// Spec of the training data.
+    pub data_spec: String,
+    /// Content hash of the training data.
+    pub data_hash: String,
+    /// Number of training images.
+    pub data_len: usize,
+    /// Class names of the training data.
+    pub class_names: Vec<String>,
+    /// Training recipe.
+    pub train: TrainRecipe,
+}
+
+/// Per-checkpoint facts: `state.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// Epochs completed (fractional).
+    pub epoch: f64,
+    /// Learning rate in force at this step (TracIn weights checkpoints by it).
+    pub learning_rate: f64,
+    /// Mean training loss since the previous checkpoint.
+    pub loss: f64,
+    /// SHA-256 of `weights.bpk`.
+    pub weights_sha256: String,
+}
+
+/// A checkpoint found in a model directory.
+#[derive(Clone, Debug)]
+pub struct CheckpointEntry {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its recorded state.
+    pub state: CheckpointState,
+}
+
+/// A model directory on disk.
+#[derive(Clone, Debug)]
+pub struct ModelDir {
+    /// Root directory.
+    pub root: PathBuf,
+    /// Parsed `model.json`.
+    pub info: ModelInfo,
+}
+
+impl ModelDir {
+    /// Creates a new model directory, or reopens one whose `model.json` matches `info`.
+    pub fn create(root: &Path, info: ModelInfo) -> Result<Self, CheckpointError> {
+        std::fs::create_dir_all(root.join("checkpoints")).map_err(io(root))?;
+        let path = root.join(MODEL_FILE);
+        let json = serde_json::to_vec_pretty(&info).expect("model info serialises");
+        write_atomic(&path, &json)?;
+        Ok(Self { root: root.to_owned(), info })
+    }
+
+    /// Opens an existing model directory.
+    pub fn open(root: &Path) -> Result<Self, CheckpointError> {
+        let path = root.join(MODEL_FILE);
+        if !path.is_file() {
+            return Err(CheckpointError::invalid(root, "not a retrace model directory (no model.json)"));
+        }
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let info: ModelInfo = serde_json::from_slice(&bytes)
+            .map_err(|e| CheckpointError::invalid(&path, format!("unreadable model description: {e}")))?;
+        if info.format_version != FORMAT_VERSION {
+            return Err(CheckpointError::invalid(
+                &path,
+                format!("format version {} but this retrace reads {FORMAT_VERSION}", info.format_version),
+            ));
+        }
+        info.unet.validate().map_err(|e| CheckpointError::invalid(&path, e))?;
+        Ok(Self { root: root.to_owned(), info })
+    }
+
+    /// All complete checkpoints, oldest first. Unfinished temporary directories are ignored.
+    pub fn checkpoints(&self) -> Result<Vec<CheckpointEntry>, CheckpointError> {
+        let dir = self.root.join("checkpoints");
+        let mut found = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(io(&dir))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !name.starts_with("step-") || name.contains(".tmp") {
+                continue;
+            }
+            let state_path = path.join(STATE_FILE);
+            let bytes = std::fs::read(&state_path).map_err(io(&state_path))?;
+            let state: CheckpointState = serde_json::from_slice(&bytes)
+                .map_err(|e| CheckpointError::invalid(&state_path, format!("unreadable checkpoint state: {e}")))?;
+            found.push(CheckpointEntry { dir: path, state });
+        }
+        found.sort_by_key(|c| c.state.step);
+        Ok(found)
+    }
+
+    /// The newest checkpoint, if any.
+    pub fn latest(&self) -> Result<Option<CheckpointEntry>, CheckpointError> {
+        Ok(self.checkpoints()?.pop())
+    }
+
+    /// Writes a checkpoint atomically. The optimizer state is kept only in the newest
+    /// checkpoint: older ones lose theirs once this one is in place.
+    pub fn save(
+        &self,
+        model: &UNet,
+        optimizer: Option<&ModuleOptimizer>,
+        mut state: CheckpointState,
+    ) -> Result<CheckpointEntry, CheckpointError> {
+        let final_dir = self.root.join("checkpoints").join(format!("step-{:07}", state.step));
+        let tmp_dir = final_dir.with_extension(format!("tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp_dir);
+        std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
+        let weights = model
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| CheckpointError::invalid(&final_dir, format!("cannot serialise weights: {e}")))?;
+        state.weights_sha256 = sha256(&weights);
+        write_atomic(&tmp_dir.join(WEIGHTS_FILE), &weights)?;
+        if let Some(optim) = optimizer {
+            let bytes = optim
+                .into_bytes()
+                .map_err(|e| CheckpointError::invalid(&final_dir, format!("cannot serialise optimizer: {e}")))?;
+            write_atomic(&tmp_dir.join(OPTIMIZER_FILE), &bytes)?;
+        }
+        write_atomic(&tmp_dir.join(STATE_FILE), &serde_json::to_vec_pretty(&state).expect("state serialises"))?;
+        let _ = std::fs::remove_dir_all(&final_dir);
+        std::fs::rename(&tmp_dir, &final_dir).map_err(io(&final_dir))?;
+        if optimizer.is_some() {
+            for old in self.checkpoints()?.iter().filter(|c| c.state.step < state.step) {
+                let _ = std::fs::remove_file(old.dir.join(OPTIMIZER_FILE));
+            }
+        }
+        Ok(CheckpointEntry { dir: final_dir, state })
+    }
+
+    /// Loads a checkpoint's weights onto `device`, verifying checksum, shapes and finiteness.
+    pub fn load_model(&self, checkpoint: &CheckpointEntry, device: &Device) -> Result<UNet, CheckpointError> {
+        let path = checkpoint.dir.join(WEIGHTS_FILE);
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let actual = sha256(&bytes);
+        if actual != checkpoint.state.weights_sha256 {
+            return Err(CheckpointError::invalid(
+                &path,
+                format!(
+                    "checksum mismatch (file {actual}, recorded {}): the file is corrupt or truncated",
+                    checkpoint.state.weights_sha256
+                ),
+            ));
+        }
+        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+            .map_err(|e| CheckpointError::invalid(&path, format!("unreadable weights: {e}")))?;
+        let model = self
+            .info
+            .unet
+            .init(device)
+            .try_load_record(record)
+            .map_err(|e| CheckpointError::invalid(&path, format!("weights do not fit the architecture: {e}")))?;
+        if let Some(name) = first_non_finite(&model) {
+            return Err(CheckpointError::invalid(&path, format!("parameter {name} holds NaN or infinite values")));
+        }
+        Ok(model)
+    }
+
+    /// Loads the optimizer state saved with a checkpoint into `optimizer`.
+    pub fn load_optimizer(
+        &self,
+        checkpoint: &CheckpointEntry,
+        optimizer: ModuleOptimizer,
+    ) -> Result<ModuleOptimizer, CheckpointError> {
+        let path = checkpoint.dir.join(OPTIMIZER_FILE);
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        optimizer
+            .from_bytes(Bytes::from_bytes_vec(bytes))
+            .map_err(|e| CheckpointError::invalid(&path, format!("unreadable optimizer state: {e}")))
+    }
+
+    /// Loads the newest checkpoint's weights.
+    pub fn load_latest(&self, device: &Device) -> Result<(UNet, CheckpointEntry), CheckpointError> {
+        let latest = self
+            .latest()?
+            .ok_or_else(|| CheckpointError::invalid(&self.root, "holds no checkpoint yet (train it first)"))?;
+        Ok((self.load_model(&latest, device)?, latest))
+    }
+}
+
+/// SHA-256 of bytes as hex.
+pub fn sha256(bytes: &[u8]) -> String {
+    to_hex(&Sha256::digest(bytes))
+}
+
+/// Path of the first parameter with a NaN or infinity, if any.
+pub fn first_non_finite<M: Module>(module: &M) -> Option<String> {
+    struct Finder {
+        path: Vec<String>,
+        found: Option<String>,
+    }
+    impl ModuleVisitor for Finder {
+        fn enter_module(&mut self, name: &str, _container: &str) {
+            self.path.push(name.to_owned());
+        }
+        fn exit_module(&mut self, _name: &str, _container: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.found.is_some() {
+                return;
+            }
+            let finite = param.val().is_finite().all().into_scalar::<bool>();
+            if !finite {
+                self.found = Some(self.path.join("."));
+            }
+        }
+    }
+    let mut finder = Finder { path: Vec::new(), found: None };
+    module.visit(&mut finder);
+    finder.found
+}

@@ -1,0 +1,14 @@
+//! Denoising diffusion: the noise schedule, the U-Net, training, checkpoints and samplers.
+
+pub mod checkpoint;
+pub mod images;
+pub mod noise;
+pub mod sampler;
+pub mod schedule;
+pub mod train;
+pub mod unet;
+
+pub use checkpoint::{CheckpointEntry, CheckpointError, CheckpointState, ModelDir, ModelInfo, TrainRecipe};
+pub use sampler::{SamplerConfig, SamplerKind, sample};
+pub use schedule::{Schedule, ScheduleConfig};
+pub use unet::{NoTape, Tape, UNet, UNetConfig};

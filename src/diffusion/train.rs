@@ -1,0 +1,199 @@
+//! ε-prediction training with AdamW (Ho et al. 2020, eq. 14): sample x₀ from the data, t
+//! uniformly, ε ~ N(0, I); minimise mean‖ε − ε_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t)‖².
+//!
+//! Batches, timesteps and noise are drawn from streams keyed by (seed, step), so a run that is
+//! stopped and resumed from a checkpoint continues exactly as if it had not been interrupted.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::checkpoint::{CheckpointError, CheckpointState, ModelDir};
+use super::images::batch_tensor;
+use super::noise::{below, gaussian, permutation, stream};
+use super::{Schedule, UNet};
+use crate::data::Dataset;
+use crate::jobs::JobContext;
+
+/// Length of a training run.
+#[derive(Clone, Debug)]
+pub struct TrainLength {
+    /// Epochs over the training set.
+    pub epochs: usize,
+}
+
+/// What a training run did.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    /// Step reached.
+    pub step: usize,
+    /// Total steps planned.
+    pub total_steps: usize,
+    /// Mean loss over the last logging window.
+    pub last_loss: f64,
+    /// True when the run stopped early because it was cancelled.
+    pub cancelled: bool,
+    /// Wall-clock seconds of this invocation.
+    pub seconds: f64,
+}
+
+/// Errors of a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Checkpoint I/O.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The data does not fit the model.
+    #[error("{0}")]
+    Mismatch(String),
+    /// The loss diverged.
+    #[error("training diverged at step {step}: loss is {loss}")]
+    Diverged {
+        /// Step at which the loss became non-finite.
+        step: usize,
+        /// The loss value.
+        loss: f64,
+    },
+}
+
+/// Learning rate at `step`: linear warm-up to `peak`, then constant.
+pub fn learning_rate(peak: f64, warmup: usize, step: usize) -> f64 {
+    if warmup == 0 || step >= warmup { peak } else { peak * (step + 1) as f64 / warmup as f64 }
+}
+
+/// One noisy training batch: x_t, the noise ε, and the steps t.
+pub struct NoisyBatch {
+    /// Noised images.
+    pub x_t: Tensor<4>,
+    /// The noise that was added (the regression target).
+    pub noise: Tensor<4>,
+    /// Integer steps as floats.
+    pub t: Tensor<1>,
+}
+
+/// Noises the images `x0` ([n, C, H, W]) at steps `ts` with the given noise values.
+pub fn noise_images(schedule: &Schedule, x0: Tensor<4>, ts: &[usize], noise: Vec<f32>) -> NoisyBatch {
+    let device = x0.device();
+    let dims = x0.dims();
+    let (a, b): (Vec<f32>, Vec<f32>) = ts
+        .iter()
+        .map(|&t| {
+            let (a, b) = schedule.noising_weights(t);
+            (a as f32, b as f32)
+        })
+        .unzip();
+    let col = |v: Vec<f32>| Tensor::<1>::from_floats(v.as_slice(), &device).reshape([ts.len(), 1, 1, 1]);
+    let noise = Tensor::<4>::from_data(TensorData::new(noise, dims), &device);
+    let x_t = x0 * col(a) + noise.clone() * col(b);
+    let t = Tensor::<1>::from_floats(ts.iter().map(|&t| t as f32).collect::<Vec<_>>().as_slice(), &device);
+    NoisyBatch { x_t, noise, t }
+}
+
+/// Indices, steps and noise of training step `step` (deterministic in `seed` and `step`).
+pub fn batch_plan(seed: u64, step: usize, batch: usize, data_len: usize, steps_t: usize, pixels: usize) -> (Vec<usize>, Vec<usize>, Vec<f32>) {
+    let per_epoch = data_len.div_ceil(batch);
+    let (epoch, within) = (step / per_epoch, step % per_epoch);
+    let order = permutation(&mut stream("train-order", &[seed, epoch as u64]), data_len);
+    let indices: Vec<usize> = order.iter().skip(within * batch).take(batch).copied().collect();
+    let mut rng = stream("train-noise", &[seed, step as u64]);
+    let ts = (0..indices.len()).map(|_| below(&mut rng, steps_t)).collect();
+    let noise = gaussian(&mut rng, indices.len() * pixels);
+    (indices, ts, noise)
+}
+
+/// Mean squared error between the predicted and the true noise.
+pub fn diffusion_loss(model: &UNet, batch: &NoisyBatch) -> Tensor<1> {
+    let pred = model.forward(batch.x_t.clone(), batch.t.clone());
+    (pred - batch.noise.clone()).powi_scalar(2).mean()
+}
+
+/// Trains (or resumes training of) the model in `dir` on `data` until `length` epochs are done,
+/// saving checkpoints along the way and when cancelled.
+pub fn train(
+    dir: &ModelDir,
+    data: &Dataset,
+    length: &TrainLength,
+    resume: bool,
+    device: &Device,
+    job: &JobContext,
+) -> Result<TrainOutcome, TrainError> {
+    let info = &dir.info;
+    if info.data_hash != data.content_hash() {
+        return Err(TrainError::Mismatch(format!(
+            "{} was created for data {} (hash {}…), not {}",
+            dir.root.display(),
+            info.data_spec,
+            &info.data_hash[..12],
+            data.name
+        )));
+    }
+    let recipe = &info.train;
+    let schedule = Schedule::new(&info.schedule);
+    let ad = device.clone().autodiff();
+    let adamw = AdamWConfig::new().with_weight_decay(recipe.weight_decay as f32);
+    let mut optim: ModuleOptimizer = adamw.init();
+    let (mut model, mut step) = match dir.latest()? {
+        Some(latest) if resume => {
+            let model = dir.load_model(&latest, &ad)?;
+            optim = dir.load_optimizer(&latest, optim)?;
+            (model, latest.state.step)
+        }
+        Some(latest) => {
+            return Err(TrainError::Mismatch(format!(
+                "{} already holds checkpoints up to step {}; pass --resume to continue, or choose a new --out",
+                dir.root.display(),
+                latest.state.step
+            )));
+        }
+        None => {
+            ad.seed(recipe.seed);
+            (info.unet.init(&ad), 0)
+        }
+    };
+    let per_epoch = data.len().div_ceil(recipe.batch_size);
+    let total = per_epoch * length.epochs;
+    let pixels = data.image_len();
+    let started = Instant::now();
+    let (mut window_loss, mut window_n, mut last_loss) = (0.0, 0usize, f64::NAN);
+    let mut last_saved = step;
+    job.report("training", step as u64, total as u64, "");
+    while step < total {
+        if job.cancel.is_cancelled() {
+            break;
+        }
+        let (indices, ts, noise) = batch_plan(recipe.seed, step, recipe.batch_size, data.len(), schedule.len(), pixels);
+        let batch = noise_images(&schedule, batch_tensor(data, &indices, &ad), &ts, noise);
+        let loss = diffusion_loss(&model, &batch);
+        let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
+        if !loss_value.is_finite() {
+            return Err(TrainError::Diverged { step, loss: loss_value });
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let lr = learning_rate(recipe.learning_rate, recipe.warmup_steps, step);
+        model = optim.step(lr, model, grads);
+        step += 1;
+        window_loss += loss_value;
+        window_n += 1;
+        if step % 10 == 0 || step == total {
+            last_loss = window_loss / window_n as f64;
+            job.report("training", step as u64, total as u64, format!("epoch {:.1} loss {last_loss:.4}", step as f64 / per_epoch as f64));
+        }
+        if step % recipe.checkpoint_every == 0 || step == total {
+            let state = checkpoint_state(step, per_epoch, learning_rate(recipe.learning_rate, recipe.warmup_steps, step.saturating_sub(1)), window_loss / window_n.max(1) as f64);
+            dir.save(&model.valid(), Some(&optim), state)?;
+            (window_loss, window_n, last_saved) = (0.0, 0, step);
+        }
+    }
+    let cancelled = step < total;
+    if cancelled && step > last_saved {
+        let state = checkpoint_state(step, per_epoch, learning_rate(recipe.learning_rate, recipe.warmup_steps, step - 1), window_loss / window_n.max(1) as f64);
+        dir.save(&model.valid(), Some(&optim), state)?;
+    }
+    Ok(TrainOutcome { step, total_steps: total, last_loss, cancelled, seconds: started.elapsed().as_secs_f64() })
+}
+
+fn checkpoint_state(step: usize, per_epoch: usize, learning_rate: f64, loss: f64) -> CheckpointState {
+    CheckpointState { step, epoch: step as f64 / per_epoch as f64, learning_rate, loss, weights_sha256: String::new() }
+}

@@ -1,0 +1,14 @@
+//! retrace: which training images made a diffusion model generate this?
+//!
+//! The library holds the engine — data, diffusion models, device policy, jobs and benchmarks —
+//! that the `retrace` command-line tool and the desktop viewer share. See `ARCHITECTURE.md`
+//! for a map of the modules and `../shared/DESIGN.md` for the formulas.
+
+pub mod bench;
+pub mod data;
+pub mod device;
+pub mod diffusion;
+pub mod jobs;
+
+/// The version string shown in reports and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,312 @@
+//! The `retrace` command: train, sample, inspect and benchmark diffusion models; with no
+//! subcommand, the desktop viewer on the bundled default.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use retrace::data::{DataSpec, Dataset, bundled_model_dir};
+use retrace::device::{self, ComputeDevice, DeviceRequest};
+use retrace::diffusion::images::{grid, tensor_to_images};
+use retrace::diffusion::train::{TrainLength, train};
+use retrace::diffusion::unet::CONFIG_NAMES;
+use retrace::diffusion::{ModelDir, ModelInfo, SamplerConfig, SamplerKind, Schedule, ScheduleConfig, TrainRecipe, UNetConfig, sample};
+use retrace::jobs::{CancelToken, JobContext, TerminalProgress};
+
+#[derive(Parser)]
+#[command(name = "retrace", version, about = "Which training images made a diffusion model generate this?")]
+struct Cli {
+    /// Compute device: auto (GPU if any, else CPU), cpu (flex) or wgpu. Overrides RETRACE_DEVICE.
+    #[arg(long, global = true)]
+    device: Option<DeviceRequest>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a DDPM on a dataset, saving checkpoints (Ctrl-C saves one and stops).
+    Train {
+        /// Dataset spec, e.g. `bundled`, `fashion-mnist:/usr/share/datasets/fashion-mnist?subset=1000`.
+        #[arg(long)]
+        data: String,
+        /// Model directory to create (or to continue with --resume).
+        #[arg(long)]
+        out: PathBuf,
+        /// Architecture preset: tiny or base (default base; a resumed run keeps its own).
+        #[arg(long)]
+        config: Option<String>,
+        /// Epochs to train in all (a resumed run continues up to this count).
+        #[arg(long, default_value_t = 100)]
+        epochs: usize,
+        /// Continue from the newest checkpoint in --out.
+        #[arg(long)]
+        resume: bool,
+        /// Examples per step.
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        /// Peak learning rate (AdamW).
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// Linear learning-rate warm-up steps.
+        #[arg(long, default_value_t = 200)]
+        warmup: usize,
+        /// AdamW weight decay.
+        #[arg(long, default_value_t = 1e-4)]
+        weight_decay: f64,
+        /// Save a checkpoint every this many steps.
+        #[arg(long, default_value_t = 1000)]
+        checkpoint_every: usize,
+        /// Seed of initialisation, batch order and noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Generate images from a trained model (one PNG, a grid when several seeds are given).
+    Sample {
+        /// Model directory (default: the bundled model).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// One seed.
+        #[arg(long, conflicts_with = "seeds")]
+        seed: Option<u64>,
+        /// A range of seeds, `A..B` (B excluded).
+        #[arg(long)]
+        seeds: Option<String>,
+        /// Denoising steps.
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+        /// ddpm (ancestral) or ddim (deterministic).
+        #[arg(long, default_value = "ddim")]
+        sampler: SamplerKind,
+        /// Use the checkpoint of this training step (default: the newest).
+        #[arg(long)]
+        checkpoint: Option<usize>,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Describe a model directory or a dataset spec.
+    Info {
+        /// A model directory or a dataset spec.
+        path: String,
+    },
+    /// Measure plain forward+backward throughput of a model on the chosen device.
+    Bench {
+        /// Model directory (default: the bundled model; its architecture is what is measured).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Measure an architecture preset instead of a model directory.
+        #[arg(long, conflicts_with = "model")]
+        config: Option<String>,
+        /// Examples per batch.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Timed batches.
+        #[arg(long, default_value_t = 5)]
+        iterations: usize,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn compute_device(request: Option<DeviceRequest>) -> Result<ComputeDevice> {
+    let chosen = device::choose(request).map_err(anyhow::Error::msg)?;
+    eprintln!("compute device: {chosen}");
+    Ok(chosen)
+}
+
+/// A job context with a terminal progress bar, cancelled by Ctrl-C.
+fn terminal_job() -> Result<(JobContext, Arc<TerminalProgress>)> {
+    let cancel = CancelToken::new();
+    let on_signal = cancel.clone();
+    ctrlc::set_handler(move || {
+        eprintln!("\ninterrupted: finishing the current step and saving a checkpoint…");
+        on_signal.cancel();
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    let bar = Arc::new(TerminalProgress::new());
+    Ok((JobContext { cancel, progress: bar.clone() }, bar))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let Some(command) = cli.command else {
+        println!(
+            "retrace {}: the desktop viewer is not built yet. Use the subcommands (retrace --help): \
+             train, sample, info, bench.",
+            retrace::VERSION
+        );
+        return Ok(());
+    };
+    match command {
+        Command::Train { data, out, config, epochs, resume, batch_size, lr, warmup, weight_decay, checkpoint_every, seed } => {
+            let spec: DataSpec = data.parse()?;
+            let dataset = Dataset::load(&spec)?;
+            if dataset.height != dataset.width {
+                bail!("{} holds {}×{} images; retrace's U-Net needs square images", spec, dataset.height, dataset.width);
+            }
+            let dev = compute_device(cli.device)?;
+            let dir = if resume {
+                let dir = ModelDir::open(&out)?;
+                if let Some(name) = &config
+                    && dir.info.unet != named_config(name, &dataset)?
+                {
+                    bail!("{} was trained with another architecture than --config {name}", out.display());
+                }
+                dir
+            } else {
+                if out.join("model.json").exists() {
+                    bail!("{} already holds a model; pass --resume to continue it or choose another --out", out.display());
+                }
+                let command = std::env::args().collect::<Vec<_>>().join(" ");
+                let info = ModelInfo {
+                    format_version: retrace::diffusion::checkpoint::FORMAT_VERSION,
+                    unet: named_config(config.as_deref().unwrap_or("base"), &dataset)?,
+                    schedule: ScheduleConfig::default(),
+                    data_spec: spec.to_string(),
+                    data_hash: dataset.content_hash(),
+                    data_len: dataset.len(),
+                    class_names: dataset.class_names.clone(),
+                    train: TrainRecipe { learning_rate: lr, warmup_steps: warmup, batch_size, weight_decay, seed, checkpoint_every: checkpoint_every.max(1), command },
+                };
+                ModelDir::create(&out, info)?
+            };
+            eprintln!("training on {} images of {}", dataset.len(), spec);
+            let (job, bar) = terminal_job()?;
+            let outcome = train(&dir, &dataset, &TrainLength { epochs }, resume, &dev.device, &job)?;
+            bar.finish();
+            let rate = outcome.step as f64 / outcome.seconds.max(1e-9);
+            if outcome.cancelled {
+                println!("stopped at step {}/{}; resume with the same command plus --resume", outcome.step, outcome.total_steps);
+            } else {
+                println!(
+                    "trained to step {} in {:.0} s ({rate:.1} steps/s), last loss {:.4}; checkpoints in {}",
+                    outcome.step,
+                    outcome.seconds,
+                    outcome.last_loss,
+                    dir.root.join("checkpoints").display()
+                );
+            }
+        }
+        Command::Sample { model, seed, seeds, steps, sampler, checkpoint, out } => {
+            let dev = compute_device(cli.device)?;
+            let dir = ModelDir::open(&model.unwrap_or_else(bundled_model_dir))?;
+            let seeds = parse_seeds(seed, seeds.as_deref())?;
+            let entry = pick_checkpoint(&dir, checkpoint)?;
+            let net = dir.load_model(&entry, &dev.device)?;
+            let schedule = Schedule::new(&dir.info.schedule);
+            let cfg = &dir.info.unet;
+            let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
+            let (job, bar) = terminal_job()?;
+            let config = SamplerConfig { kind: sampler, steps };
+            let images = sample(&net, &schedule, &config, shape, &seeds, &dev.device, |i, n, _| {
+                job.report("sampling", i as u64, n as u64, "");
+                !job.cancel.is_cancelled()
+            });
+            bar.finish();
+            let Some(images) = images else { bail!("sampling cancelled") };
+            let images = tensor_to_images(images).map_err(anyhow::Error::msg)?;
+            let cols = (images.len() as f64).sqrt().ceil() as usize;
+            let picture = grid(&images, shape, cols);
+            save_png(&picture, &out)?;
+            println!("wrote {} image(s) (seeds {:?}…, checkpoint step {}) to {}", images.len(), &seeds[..seeds.len().min(4)], entry.state.step, out.display());
+        }
+        Command::Info { path } => info(&path)?,
+        Command::Bench { model, config, batch, iterations } => {
+            let dev = compute_device(cli.device)?;
+            let (cfg, net, what) = match config {
+                Some(name) => (named_config(&name, &retrace::data::Dataset::load(&DataSpec::bundled(Default::default()))?)?, None, format!("preset {name}")),
+                None => {
+                    let dir = ModelDir::open(&model.unwrap_or_else(bundled_model_dir))?;
+                    let (net, _) = dir.load_latest(&dev.device)?;
+                    (dir.info.unet.clone(), Some(net), dir.root.display().to_string())
+                }
+            };
+            let r = retrace::bench::forward_backward(&cfg, net, batch, iterations, &dev.device);
+            println!("model: {what} ({:.2} GFLOP per example forward)", r.forward_flops / 1e9);
+            println!("device: {}", dev.name);
+            println!(
+                "forward+backward: {:.1} example·timesteps/s at batch {} ({} batches), {:.1} GFLOP/s",
+                r.examples_per_second, r.batch, r.iterations, r.gflops
+            );
+        }
+    }
+    Ok(())
+}
+
+fn named_config(name: &str, data: &Dataset) -> Result<UNetConfig> {
+    let cfg = UNetConfig::named(name, data.channels, data.height)
+        .with_context(|| format!("unknown config {name:?}; expected one of {CONFIG_NAMES:?}"))?;
+    cfg.validate().map_err(|e| anyhow::anyhow!("config {name} does not fit {}: {e}", data.name))?;
+    Ok(cfg)
+}
+
+fn parse_seeds(seed: Option<u64>, seeds: Option<&str>) -> Result<Vec<u64>> {
+    match (seed, seeds) {
+        (_, Some(range)) => {
+            let (a, b) = range.split_once("..").with_context(|| format!("--seeds {range:?} is not A..B"))?;
+            let (a, b): (u64, u64) = (a.trim().parse()?, b.trim().parse()?);
+            if b <= a || b - a > 1024 {
+                bail!("--seeds {range:?} must name 1 to 1024 seeds (A..B, B excluded)");
+            }
+            Ok((a..b).collect())
+        }
+        (Some(s), None) => Ok(vec![s]),
+        (None, None) => Ok(vec![0]),
+    }
+}
+
+fn pick_checkpoint(dir: &ModelDir, step: Option<usize>) -> Result<retrace::diffusion::CheckpointEntry> {
+    let all = dir.checkpoints()?;
+    match step {
+        None => all.last().cloned().with_context(|| format!("{} holds no checkpoint yet", dir.root.display())),
+        Some(s) => all.iter().find(|c| c.state.step == s).cloned().with_context(|| {
+            let steps: Vec<usize> = all.iter().map(|c| c.state.step).collect();
+            format!("no checkpoint at step {s}; available: {steps:?}")
+        }),
+    }
+}
+
+fn save_png(picture: &image::RgbImage, out: &Path) -> Result<()> {
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut bytes = Vec::new();
+    picture.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
+    retrace::diffusion::checkpoint::write_atomic(out, &bytes)?;
+    Ok(())
+}
+
+fn info(path: &str) -> Result<()> {
+    let p = Path::new(path);
+    if p.join("model.json").is_file() {
+        let dir = ModelDir::open(p)?;
+        let i = &dir.info;
+        let net = i.unet.init(&burn::tensor::Device::flex());
+        println!("model directory {}", p.display());
+        println!("  architecture: U-Net, widths {:?}, attention {:?}, {} resnet(s) per level, {} parameters", i.unet.block_out_channels, i.unet.attention, i.unet.layers_per_block, burn::module::Module::num_params(&net));
+        println!("  images: {}×{}×{}", i.unet.image_channels, i.unet.sample_size, i.unet.sample_size);
+        println!("  schedule: linear β {}…{}, T = {}", i.schedule.beta_start, i.schedule.beta_end, i.schedule.steps);
+        println!("  data: {} ({} images, hash {}…)", i.data_spec, i.data_len, &i.data_hash[..16]);
+        println!("  trained with: {}", i.train.command);
+        for c in dir.checkpoints()? {
+            println!("  checkpoint step {:>7}  epoch {:>6.1}  lr {:.2e}  loss {:.4}  {}", c.state.step, c.state.epoch, c.state.learning_rate, c.state.loss, c.dir.display());
+        }
+        return Ok(());
+    }
+    let spec: DataSpec = path.parse().with_context(|| format!("{path} is neither a model directory nor a dataset spec"))?;
+    let ds = Dataset::load(&spec)?;
+    println!("dataset {spec}");
+    println!("  {} images of {}×{}×{}, content hash {}", ds.len(), ds.channels, ds.height, ds.width, ds.content_hash());
+    for (k, (name, n)) in ds.class_names.iter().zip(ds.class_counts()).enumerate() {
+        println!("  class {k:>2} {name:<14} {n}");
+    }
+    Ok(())
+}

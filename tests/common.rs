@@ -1,0 +1,64 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use retrace::data::{DataSpec, Dataset};
+use retrace::diffusion::checkpoint::FORMAT_VERSION;
+use retrace::diffusion::{ModelDir, ModelInfo, ScheduleConfig, TrainRecipe, UNetConfig};
+
+/// Where Debian's dataset-fashion-mnist package installs the data.
+pub const FASHION_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+/// The first `n` real Fashion-MNIST training images.
+pub fn fashion_subset(n: usize) -> Dataset {
+    let spec: DataSpec = format!("fashion-mnist:{FASHION_DIR}?subset={n}").parse().unwrap();
+    Dataset::load(&spec).expect("Fashion-MNIST is installed (apt-get install dataset-fashion-mnist)")
+}
+
+/// The `tiny` U-Net for 1×28×28 images.
+pub fn tiny_config() -> UNetConfig {
+    UNetConfig::named("tiny", 1, 28).unwrap()
+}
+
+/// A fresh model directory for `data` with the tiny architecture.
+pub fn tiny_model_dir(root: &Path, data: &Dataset, batch_size: usize, checkpoint_every: usize) -> ModelDir {
+    let info = ModelInfo {
+        format_version: FORMAT_VERSION,
+        unet: tiny_config(),
+        schedule: ScheduleConfig::default(),
+        data_spec: data.name.clone(),
+        data_hash: data.content_hash(),
+        data_len: data.len(),
+        class_names: data.class_names.clone(),
+        train: TrainRecipe {
+            learning_rate: 2e-3,
+            warmup_steps: 5,
+            batch_size,
+            weight_decay: 0.0,
+            seed: 7,
+            checkpoint_every,
+            command: "test".into(),
+        },
+    };
+    ModelDir::create(root, info).unwrap()
+}
+
+/// The CPU device every test computes on unless it compares backends.
+pub fn cpu() -> Device {
+    Device::flex()
+}
+
+/// Every parameter value of a module, in visiting order.
+pub fn param_values<M: burn::module::Module>(module: &M) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl burn::module::ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
+            self.0.extend(param.val().into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    module.visit(&mut c);
+    c.0
+}
