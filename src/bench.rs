@@ -61,7 +61,13 @@ pub struct TrainStepBench {
 }
 
 /// Times `iterations` batched forward+backward passes of the diffusion loss (after one warm-up).
-pub fn forward_backward(config: &UNetConfig, model: Option<UNet>, batch: usize, iterations: usize, device: &Device) -> TrainStepBench {
+pub fn forward_backward(
+    config: &UNetConfig,
+    model: Option<UNet>,
+    batch: usize,
+    iterations: usize,
+    device: &Device,
+) -> TrainStepBench {
     let ad = device.clone().autodiff();
     let model = match model {
         Some(m) => m.to_device(&ad).train(),

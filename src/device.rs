@@ -93,12 +93,22 @@ pub fn wgpu_adapters() -> Vec<AdapterSummary> {
 }
 
 fn flex(reason: String) -> ComputeDevice {
-    ComputeDevice { device: Device::flex(), backend: BackendKind::Flex, name: "CPU (flex)".to_owned(), reason }
+    ComputeDevice {
+        device: Device::flex(),
+        backend: BackendKind::Flex,
+        name: "CPU (flex)".to_owned(),
+        reason,
+    }
 }
 
 fn wgpu_device(adapter: Option<&AdapterSummary>, reason: String) -> ComputeDevice {
     let name = adapter.map_or_else(|| "wgpu".to_owned(), |a| format!("{} ({})", a.name, a.api));
-    ComputeDevice { device: Device::wgpu(DeviceKind::DefaultDevice), backend: BackendKind::Wgpu, name, reason }
+    ComputeDevice {
+        device: Device::wgpu(DeviceKind::DefaultDevice),
+        backend: BackendKind::Wgpu,
+        name,
+        reason,
+    }
 }
 
 /// Applies the policy to a request (the `--device` flag, else `RETRACE_DEVICE`, else auto).

@@ -63,12 +63,20 @@ pub struct JobContext {
 impl JobContext {
     /// A context that reports nowhere and is never cancelled.
     pub fn silent() -> Self {
-        Self { cancel: CancelToken::new(), progress: Arc::new(Silent) }
+        Self {
+            cancel: CancelToken::new(),
+            progress: Arc::new(Silent),
+        }
     }
 
     /// Reports progress.
     pub fn report(&self, stage: &str, done: u64, total: u64, message: impl Into<String>) {
-        self.progress.update(&Progress { stage: stage.to_owned(), done, total, message: message.into() });
+        self.progress.update(&Progress {
+            stage: stage.to_owned(),
+            done,
+            total,
+            message: message.into(),
+        });
     }
 }
 

@@ -12,11 +12,17 @@ use retrace::device::{self, ComputeDevice, DeviceRequest};
 use retrace::diffusion::images::{grid, tensor_to_images};
 use retrace::diffusion::train::{TrainLength, train};
 use retrace::diffusion::unet::CONFIG_NAMES;
-use retrace::diffusion::{ModelDir, ModelInfo, SamplerConfig, SamplerKind, Schedule, ScheduleConfig, TrainRecipe, UNetConfig, sample};
+use retrace::diffusion::{
+    ModelDir, ModelInfo, SamplerConfig, SamplerKind, Schedule, ScheduleConfig, TrainRecipe, UNetConfig, sample,
+};
 use retrace::jobs::{CancelToken, JobContext, TerminalProgress};
 
 #[derive(Parser)]
-#[command(name = "retrace", version, about = "Which training images made a diffusion model generate this?")]
+#[command(
+    name = "retrace",
+    version,
+    about = "Which training images made a diffusion model generate this?"
+)]
 struct Cli {
     /// Compute device: auto (GPU if any, else CPU), cpu (flex) or wgpu. Overrides RETRACE_DEVICE.
     #[arg(long, global = true)]
@@ -133,24 +139,49 @@ fn terminal_job() -> Result<(JobContext, Arc<TerminalProgress>)> {
     })
     .context("cannot install the Ctrl-C handler")?;
     let bar = Arc::new(TerminalProgress::new());
-    Ok((JobContext { cancel, progress: bar.clone() }, bar))
+    Ok((
+        JobContext {
+            cancel,
+            progress: bar.clone(),
+        },
+        bar,
+    ))
 }
 
 fn run(cli: Cli) -> Result<()> {
     let Some(command) = cli.command else {
         println!(
-            "retrace {}: the desktop viewer is not built yet. Use the subcommands (retrace --help): \
-             train, sample, info, bench.",
+            "retrace {}: the desktop viewer is not built yet; here is the bundled default it will open.\n",
             retrace::VERSION
         );
+        info("bundled")?;
+        info(&bundled_model_dir().display().to_string())?;
+        println!("\nTry: retrace sample --seeds 0..16 --out grid.png   (all commands: retrace --help)");
         return Ok(());
     };
     match command {
-        Command::Train { data, out, config, epochs, resume, batch_size, lr, warmup, weight_decay, checkpoint_every, seed } => {
+        Command::Train {
+            data,
+            out,
+            config,
+            epochs,
+            resume,
+            batch_size,
+            lr,
+            warmup,
+            weight_decay,
+            checkpoint_every,
+            seed,
+        } => {
             let spec: DataSpec = data.parse()?;
             let dataset = Dataset::load(&spec)?;
             if dataset.height != dataset.width {
-                bail!("{} holds {}×{} images; retrace's U-Net needs square images", spec, dataset.height, dataset.width);
+                bail!(
+                    "{} holds {}×{} images; retrace's U-Net needs square images",
+                    spec,
+                    dataset.height,
+                    dataset.width
+                );
             }
             let dev = compute_device(cli.device)?;
             let dir = if resume {
@@ -158,12 +189,18 @@ fn run(cli: Cli) -> Result<()> {
                 if let Some(name) = &config
                     && dir.info.unet != named_config(name, &dataset)?
                 {
-                    bail!("{} was trained with another architecture than --config {name}", out.display());
+                    bail!(
+                        "{} was trained with another architecture than --config {name}",
+                        out.display()
+                    );
                 }
                 dir
             } else {
                 if out.join("model.json").exists() {
-                    bail!("{} already holds a model; pass --resume to continue it or choose another --out", out.display());
+                    bail!(
+                        "{} already holds a model; pass --resume to continue it or choose another --out",
+                        out.display()
+                    );
                 }
                 let command = std::env::args().collect::<Vec<_>>().join(" ");
                 let info = ModelInfo {
@@ -174,7 +211,15 @@ fn run(cli: Cli) -> Result<()> {
                     data_hash: dataset.content_hash(),
                     data_len: dataset.len(),
                     class_names: dataset.class_names.clone(),
-                    train: TrainRecipe { learning_rate: lr, warmup_steps: warmup, batch_size, weight_decay, seed, checkpoint_every: checkpoint_every.max(1), command },
+                    train: TrainRecipe {
+                        learning_rate: lr,
+                        warmup_steps: warmup,
+                        batch_size,
+                        weight_decay,
+                        seed,
+                        checkpoint_every: checkpoint_every.max(1),
+                        command,
+                    },
                 };
                 ModelDir::create(&out, info)?
             };
@@ -184,7 +229,10 @@ fn run(cli: Cli) -> Result<()> {
             bar.finish();
             let rate = outcome.step as f64 / outcome.seconds.max(1e-9);
             if outcome.cancelled {
-                println!("stopped at step {}/{}; resume with the same command plus --resume", outcome.step, outcome.total_steps);
+                println!(
+                    "stopped at step {}/{}; resume with the same command plus --resume",
+                    outcome.step, outcome.total_steps
+                );
             } else {
                 println!(
                     "trained to step {} in {:.0} s ({rate:.1} steps/s), last loss {:.4}; checkpoints in {}",
@@ -195,7 +243,15 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Sample { model, seed, seeds, steps, sampler, checkpoint, out } => {
+        Command::Sample {
+            model,
+            seed,
+            seeds,
+            steps,
+            sampler,
+            checkpoint,
+            out,
+        } => {
             let dev = compute_device(cli.device)?;
             let dir = ModelDir::open(&model.unwrap_or_else(bundled_model_dir))?;
             let seeds = parse_seeds(seed, seeds.as_deref())?;
@@ -211,18 +267,38 @@ fn run(cli: Cli) -> Result<()> {
                 !job.cancel.is_cancelled()
             });
             bar.finish();
-            let Some(images) = images else { bail!("sampling cancelled") };
+            let Some(images) = images else {
+                bail!("sampling cancelled")
+            };
             let images = tensor_to_images(images).map_err(anyhow::Error::msg)?;
             let cols = (images.len() as f64).sqrt().ceil() as usize;
             let picture = grid(&images, shape, cols);
             save_png(&picture, &out)?;
-            println!("wrote {} image(s) (seeds {:?}…, checkpoint step {}) to {}", images.len(), &seeds[..seeds.len().min(4)], entry.state.step, out.display());
+            println!(
+                "wrote {} image(s) (seeds {:?}…, checkpoint step {}) to {}",
+                images.len(),
+                &seeds[..seeds.len().min(4)],
+                entry.state.step,
+                out.display()
+            );
         }
         Command::Info { path } => info(&path)?,
-        Command::Bench { model, config, batch, iterations } => {
+        Command::Bench {
+            model,
+            config,
+            batch,
+            iterations,
+        } => {
             let dev = compute_device(cli.device)?;
             let (cfg, net, what) = match config {
-                Some(name) => (named_config(&name, &retrace::data::Dataset::load(&DataSpec::bundled(Default::default()))?)?, None, format!("preset {name}")),
+                Some(name) => (
+                    named_config(
+                        &name,
+                        &retrace::data::Dataset::load(&DataSpec::bundled(Default::default()))?,
+                    )?,
+                    None,
+                    format!("preset {name}"),
+                ),
                 None => {
                     let dir = ModelDir::open(&model.unwrap_or_else(bundled_model_dir))?;
                     let (net, _) = dir.load_latest(&dev.device)?;
@@ -244,14 +320,17 @@ fn run(cli: Cli) -> Result<()> {
 fn named_config(name: &str, data: &Dataset) -> Result<UNetConfig> {
     let cfg = UNetConfig::named(name, data.channels, data.height)
         .with_context(|| format!("unknown config {name:?}; expected one of {CONFIG_NAMES:?}"))?;
-    cfg.validate().map_err(|e| anyhow::anyhow!("config {name} does not fit {}: {e}", data.name))?;
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("config {name} does not fit {}: {e}", data.name))?;
     Ok(cfg)
 }
 
 fn parse_seeds(seed: Option<u64>, seeds: Option<&str>) -> Result<Vec<u64>> {
     match (seed, seeds) {
         (_, Some(range)) => {
-            let (a, b) = range.split_once("..").with_context(|| format!("--seeds {range:?} is not A..B"))?;
+            let (a, b) = range
+                .split_once("..")
+                .with_context(|| format!("--seeds {range:?} is not A..B"))?;
             let (a, b): (u64, u64) = (a.trim().parse()?, b.trim().parse()?);
             if b <= a || b - a > 1024 {
                 bail!("--seeds {range:?} must name 1 to 1024 seeds (A..B, B excluded)");
@@ -266,7 +345,10 @@ fn parse_seeds(seed: Option<u64>, seeds: Option<&str>) -> Result<Vec<u64>> {
 fn pick_checkpoint(dir: &ModelDir, step: Option<usize>) -> Result<retrace::diffusion::CheckpointEntry> {
     let all = dir.checkpoints()?;
     match step {
-        None => all.last().cloned().with_context(|| format!("{} holds no checkpoint yet", dir.root.display())),
+        None => all
+            .last()
+            .cloned()
+            .with_context(|| format!("{} holds no checkpoint yet", dir.root.display())),
         Some(s) => all.iter().find(|c| c.state.step == s).cloned().with_context(|| {
             let steps: Vec<usize> = all.iter().map(|c| c.state.step).collect();
             format!("no checkpoint at step {s}; available: {steps:?}")
@@ -291,20 +373,53 @@ fn info(path: &str) -> Result<()> {
         let i = &dir.info;
         let net = i.unet.init(&burn::tensor::Device::flex());
         println!("model directory {}", p.display());
-        println!("  architecture: U-Net, widths {:?}, attention {:?}, {} resnet(s) per level, {} parameters", i.unet.block_out_channels, i.unet.attention, i.unet.layers_per_block, burn::module::Module::num_params(&net));
-        println!("  images: {}×{}×{}", i.unet.image_channels, i.unet.sample_size, i.unet.sample_size);
-        println!("  schedule: linear β {}…{}, T = {}", i.schedule.beta_start, i.schedule.beta_end, i.schedule.steps);
-        println!("  data: {} ({} images, hash {}…)", i.data_spec, i.data_len, &i.data_hash[..16]);
+        println!(
+            "  architecture: U-Net, widths {:?}, attention {:?}, {} resnet(s) per level, {} parameters",
+            i.unet.block_out_channels,
+            i.unet.attention,
+            i.unet.layers_per_block,
+            burn::module::Module::num_params(&net)
+        );
+        println!(
+            "  images: {}×{}×{}",
+            i.unet.image_channels, i.unet.sample_size, i.unet.sample_size
+        );
+        println!(
+            "  schedule: linear β {}…{}, T = {}",
+            i.schedule.beta_start, i.schedule.beta_end, i.schedule.steps
+        );
+        println!(
+            "  data: {} ({} images, hash {}…)",
+            i.data_spec,
+            i.data_len,
+            &i.data_hash[..16]
+        );
         println!("  trained with: {}", i.train.command);
         for c in dir.checkpoints()? {
-            println!("  checkpoint step {:>7}  epoch {:>6.1}  lr {:.2e}  loss {:.4}  {}", c.state.step, c.state.epoch, c.state.learning_rate, c.state.loss, c.dir.display());
+            println!(
+                "  checkpoint step {:>7}  epoch {:>6.1}  lr {:.2e}  loss {:.4}  {}",
+                c.state.step,
+                c.state.epoch,
+                c.state.learning_rate,
+                c.state.loss,
+                c.dir.display()
+            );
         }
         return Ok(());
     }
-    let spec: DataSpec = path.parse().with_context(|| format!("{path} is neither a model directory nor a dataset spec"))?;
+    let spec: DataSpec = path
+        .parse()
+        .with_context(|| format!("{path} is neither a model directory nor a dataset spec"))?;
     let ds = Dataset::load(&spec)?;
     println!("dataset {spec}");
-    println!("  {} images of {}×{}×{}, content hash {}", ds.len(), ds.channels, ds.height, ds.width, ds.content_hash());
+    println!(
+        "  {} images of {}×{}×{}, content hash {}",
+        ds.len(),
+        ds.channels,
+        ds.height,
+        ds.width,
+        ds.content_hash()
+    );
     for (k, (name, n)) in ds.class_names.iter().zip(ds.class_counts()).enumerate() {
         println!("  class {k:>2} {name:<14} {n}");
     }

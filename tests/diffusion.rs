@@ -36,12 +36,23 @@ fn tiny_training_on_fashion_mnist_lowers_the_loss() {
     // Initialisation is seeded by the recipe: the first model is reproducible.
     device.seed(7);
     let init = tiny_config().init(&device);
-    let outcome = train(&dir, &data, &TrainLength { epochs: 4 }, false, &device, &JobContext::silent()).unwrap();
+    let outcome = train(
+        &dir,
+        &data,
+        &TrainLength { epochs: 4 },
+        false,
+        &device,
+        &JobContext::silent(),
+    )
+    .unwrap();
     assert_eq!(outcome.step, 32);
     let (trained, _) = dir.load_latest(&device).unwrap();
     let after = eval_loss(&trained, &data, &device);
     let at_init = eval_loss(&init, &data, &device);
-    assert!(after < 0.6 * at_init.min(before), "loss {at_init} → {after} after 32 steps");
+    assert!(
+        after < 0.6 * at_init.min(before),
+        "loss {at_init} → {after} after 32 steps"
+    );
 }
 
 /// Cancels the job once it reports `at` steps done.
@@ -66,10 +77,17 @@ fn interrupted_training_resumes_to_the_same_weights() {
     let broken = tempfile::tempdir().unwrap();
     let b = tiny_model_dir(broken.path(), &data, 16, 8);
     let cancel = retrace::jobs::CancelToken::new();
-    let job = JobContext { cancel: cancel.clone(), progress: Arc::new(CancelAt(10, cancel)) };
+    let job = JobContext {
+        cancel: cancel.clone(),
+        progress: Arc::new(CancelAt(10, cancel)),
+    };
     let first = train(&b, &data, &length, false, &device, &job).unwrap();
     assert!(first.cancelled && first.step == 10, "stopped at {}", first.step);
-    assert_eq!(b.latest().unwrap().unwrap().state.step, 10, "cancelling saves a checkpoint");
+    assert_eq!(
+        b.latest().unwrap().unwrap().state.step,
+        10,
+        "cancelling saves a checkpoint"
+    );
     let err = train(&b, &data, &length, false, &device, &JobContext::silent()).unwrap_err();
     assert!(err.to_string().contains("--resume"), "{err}");
     let second = train(&b, &data, &length, true, &device, &JobContext::silent()).unwrap();
@@ -83,7 +101,12 @@ fn interrupted_training_resumes_to_the_same_weights() {
     let max_diff = fa.iter().zip(&fb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(max_diff < 1e-5, "resumed weights differ by {max_diff}");
     // Only the newest checkpoint keeps optimizer state.
-    let with_optim: Vec<bool> = b.checkpoints().unwrap().iter().map(|c| c.dir.join("optimizer.bpk").exists()).collect();
+    let with_optim: Vec<bool> = b
+        .checkpoints()
+        .unwrap()
+        .iter()
+        .map(|c| c.dir.join("optimizer.bpk").exists())
+        .collect();
     assert_eq!(with_optim, vec![false, false, false, true]);
 }
 
@@ -94,7 +117,13 @@ fn checkpoints_round_trip_exactly_and_reject_damage() {
     let dir = tiny_model_dir(root.path(), &data, 16, 1);
     let device = cpu();
     let model = tiny_config().init(&device);
-    let state = retrace::diffusion::CheckpointState { step: 3, epoch: 3.0, learning_rate: 1e-3, loss: 0.5, weights_sha256: String::new() };
+    let state = retrace::diffusion::CheckpointState {
+        step: 3,
+        epoch: 3.0,
+        learning_rate: 1e-3,
+        loss: 0.5,
+        weights_sha256: String::new(),
+    };
     let entry = dir.save(&model, None, state).unwrap();
     let loaded = dir.load_model(&entry, &device).unwrap();
     assert_eq!(flat(&model), flat(&loaded));
@@ -103,10 +132,22 @@ fn checkpoints_round_trip_exactly_and_reject_damage() {
     let poisoned = model.clone();
     let mut bad = poisoned.conv_in.clone();
     let w = bad.weight.val();
-    let nan = Tensor::<4>::from_data(TensorData::new(vec![f32::NAN; w.shape().num_elements()], w.dims()), &device);
+    let nan = Tensor::<4>::from_data(
+        TensorData::new(vec![f32::NAN; w.shape().num_elements()], w.dims()),
+        &device,
+    );
     bad.weight = bad.weight.map(|_| nan);
-    let poisoned = UNet { conv_in: bad, ..poisoned };
-    let state = retrace::diffusion::CheckpointState { step: 4, epoch: 4.0, learning_rate: 1e-3, loss: 0.5, weights_sha256: String::new() };
+    let poisoned = UNet {
+        conv_in: bad,
+        ..poisoned
+    };
+    let state = retrace::diffusion::CheckpointState {
+        step: 4,
+        epoch: 4.0,
+        learning_rate: 1e-3,
+        loss: 0.5,
+        weights_sha256: String::new(),
+    };
     let entry = dir.save(&poisoned, None, state).unwrap();
     let err = dir.load_model(&entry, &device).unwrap_err().to_string();
     assert!(err.contains("conv_in") && err.contains("NaN"), "{err}");
@@ -136,14 +177,29 @@ fn samplers_are_deterministic_for_a_seed() {
         };
         let a = run(&[3, 4]);
         assert_eq!(a, run(&[3, 4]), "{kind:?} repeats");
-        assert_eq!(&a[..784], &run(&[3])[..], "{kind:?}: an image depends only on its own seed");
+        assert_eq!(
+            &a[..784],
+            &run(&[3])[..],
+            "{kind:?}: an image depends only on its own seed"
+        );
         assert_ne!(&a[..784], &a[784..], "{kind:?}: seeds differ");
     }
     let mut calls = 0;
-    let stopped = sample(&model, &schedule, &SamplerConfig { kind: SamplerKind::Ddim, steps: 8 }, [1, 28, 28], &[0], &device, |i, _, _| {
-        calls += 1;
-        i < 3
-    });
+    let stopped = sample(
+        &model,
+        &schedule,
+        &SamplerConfig {
+            kind: SamplerKind::Ddim,
+            steps: 8,
+        },
+        [1, 28, 28],
+        &[0],
+        &device,
+        |i, _, _| {
+            calls += 1;
+            i < 3
+        },
+    );
     assert!(stopped.is_none() && calls == 3, "the observer can stop sampling");
 }
 
@@ -154,7 +210,9 @@ fn flex_and_wgpu_compute_the_same_forward_pass() {
     let model = tiny_config().init(&flex);
     let record = model.clone().into_record().into_bytes().unwrap();
     let gpu = Device::wgpu(DeviceKind::DefaultDevice);
-    let on_gpu = tiny_config().init(&gpu).load_record(burn::store::ModuleRecord::from_bytes(record).unwrap());
+    let on_gpu = tiny_config()
+        .init(&gpu)
+        .load_record(burn::store::ModuleRecord::from_bytes(record).unwrap());
     let data = fashion_subset(4);
     let idx = [0, 1, 2, 3];
     let t = [0.0f32, 10.0, 500.0, 999.0];
@@ -167,5 +225,38 @@ fn flex_and_wgpu_compute_the_same_forward_pass() {
     let (a, b) = (out(&model, &flex), out(&on_gpu, &gpu));
     let scale = a.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
     let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    assert!(max_diff <= 1e-4 * scale.max(1.0), "flex vs wgpu differ by {max_diff} (scale {scale})");
+    assert!(
+        max_diff <= 1e-4 * scale.max(1.0),
+        "flex vs wgpu differ by {max_diff} (scale {scale})"
+    );
+}
+
+#[test]
+fn bundled_model_samples_the_same_on_flex_and_wgpu() {
+    let dir = retrace::diffusion::ModelDir::open(&retrace::data::bundled_model_dir()).unwrap();
+    let schedule = Schedule::new(&dir.info.schedule);
+    let config = SamplerConfig {
+        kind: SamplerKind::Ddim,
+        steps: 20,
+    };
+    let run = |device: &Device| {
+        let (model, _) = dir.load_latest(device).unwrap();
+        let x = sample(
+            &model,
+            &schedule,
+            &config,
+            [1, 28, 28],
+            &[0, 1, 2],
+            device,
+            |_, _, _| true,
+        )
+        .unwrap();
+        x.into_data().try_to_vec::<f32>().unwrap()
+    };
+    let (a, b) = (run(&cpu()), run(&Device::wgpu(DeviceKind::DefaultDevice)));
+    let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(
+        max_diff < 1e-3,
+        "20 DDIM steps differ by {max_diff} between flex and wgpu"
+    );
 }

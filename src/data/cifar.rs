@@ -9,15 +9,25 @@ use super::{DataError, Dataset, Split};
 /// Bytes of one CIFAR-10 record: label + 3×32×32 pixels.
 const RECORD: usize = 1 + 3 * 32 * 32;
 /// CIFAR-10's class names in label order.
-const CLASSES: [&str; 10] =
-    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+const CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
 
 /// Splits one binary batch into labels and C×H×W pixels. Never panics on malformed bytes.
 pub fn parse_cifar_batch(bytes: &[u8]) -> Result<(Vec<u32>, Vec<u8>), String> {
     if bytes.is_empty() {
         return Err("empty file".to_owned());
     }
-    if bytes.len() % RECORD != 0 {
+    if !bytes.len().is_multiple_of(RECORD) {
         return Err(format!(
             "{} bytes is not a whole number of {RECORD}-byte records (truncated or not a CIFAR-10 batch)",
             bytes.len()
@@ -27,7 +37,10 @@ pub fn parse_cifar_batch(bytes: &[u8]) -> Result<(Vec<u32>, Vec<u8>), String> {
     let mut pixels = Vec::with_capacity(bytes.len() / RECORD * (RECORD - 1));
     for (i, record) in bytes.chunks_exact(RECORD).enumerate() {
         if record[0] as usize >= CLASSES.len() {
-            return Err(format!("record {i} has label {}, but CIFAR-10 has 10 classes", record[0]));
+            return Err(format!(
+                "record {i} has label {}, but CIFAR-10 has 10 classes",
+                record[0]
+            ));
         }
         labels.push(record[0] as u32);
         pixels.extend_from_slice(&record[1..]);
@@ -68,7 +81,11 @@ mod tests {
         assert_eq!(labels, vec![3, 9]);
         assert_eq!(pixels.len(), 2 * 3072);
         assert_eq!(pixels[3072], 200);
-        assert!(parse_cifar_batch(&bytes[..RECORD + 10]).unwrap_err().contains("truncated"));
+        assert!(
+            parse_cifar_batch(&bytes[..RECORD + 10])
+                .unwrap_err()
+                .contains("truncated")
+        );
         bytes[RECORD] = 10;
         assert!(parse_cifar_batch(&bytes).unwrap_err().contains("label 10"));
         assert!(parse_cifar_batch(&[]).unwrap_err().contains("empty"));

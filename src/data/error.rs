@@ -38,11 +38,17 @@ pub enum DataError {
 impl DataError {
     /// Shorthand for a [`DataError::Corrupt`].
     pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Self::Corrupt { path: path.into(), reason: reason.into() }
+        Self::Corrupt {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }
 
 /// Reads a whole file, naming it in the error.
 pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>, DataError> {
-    std::fs::read(path).map_err(|source| DataError::Io { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }

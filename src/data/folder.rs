@@ -8,7 +8,10 @@ use super::{DataError, Dataset};
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let io = |source| DataError::Io { path: dir.to_owned(), source };
+    let io = |source| DataError::Io {
+        path: dir.to_owned(),
+        source,
+    };
     let mut entries = std::fs::read_dir(dir)
         .map_err(io)?
         .map(|e| e.map(|e| e.path()))
@@ -41,7 +44,10 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Dataset, DataError> {
         }
     }
     let Some((_, first_path, first)) = decoded.first() else {
-        return Err(DataError::Invalid(format!("{}: no PNG or JPEG images found", dir.display())));
+        return Err(DataError::Invalid(format!(
+            "{}: no PNG or JPEG images found",
+            dir.display()
+        )));
     };
     let (w, h) = (first.width(), first.height());
     if let Some((_, path, img)) = decoded.iter().find(|(_, _, i)| (i.width(), i.height()) != (w, h)) {
@@ -72,10 +78,21 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Dataset, DataError> {
     }
     let names = classes
         .iter()
-        .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
         .collect();
     let ids = (0..labels.len() as u64).collect();
-    Dataset::new(dir.display().to_string(), [channels, h as usize, w as usize], pixels, labels, ids, names)
+    Dataset::new(
+        dir.display().to_string(),
+        [channels, h as usize, w as usize],
+        pixels,
+        labels,
+        ids,
+        names,
+    )
 }
 
 #[cfg(test)]
@@ -85,9 +102,13 @@ mod tests {
     fn write_png(path: &Path, w: u32, h: u32, rgb: bool) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         if rgb {
-            image::RgbImage::from_pixel(w, h, image::Rgb([10, 20, 30])).save(path).unwrap();
+            image::RgbImage::from_pixel(w, h, image::Rgb([10, 20, 30]))
+                .save(path)
+                .unwrap();
         } else {
-            image::GrayImage::from_pixel(w, h, image::Luma([77])).save(path).unwrap();
+            image::GrayImage::from_pixel(w, h, image::Luma([77]))
+                .save(path)
+                .unwrap();
         }
     }
 

@@ -47,7 +47,10 @@ pub fn parse_idx(bytes: &[u8]) -> Result<IdxArray, String> {
     }
     let header = 4 + 4 * ndim;
     if bytes.len() < header {
-        return Err(format!("truncated header: {ndim} dimensions need {header} bytes, file has {}", bytes.len()));
+        return Err(format!(
+            "truncated header: {ndim} dimensions need {header} bytes, file has {}",
+            bytes.len()
+        ));
     }
     let dims: Vec<usize> = bytes[4..header]
         .chunks_exact(4)
@@ -59,17 +62,36 @@ pub fn parse_idx(bytes: &[u8]) -> Result<IdxArray, String> {
         .ok_or_else(|| format!("dimensions {dims:?} are too large"))?;
     let body = &bytes[header..];
     if body.len() < count {
-        return Err(format!("truncated: dimensions {dims:?} need {count} bytes of data, found {}", body.len()));
+        return Err(format!(
+            "truncated: dimensions {dims:?} need {count} bytes of data, found {}",
+            body.len()
+        ));
     }
     if body.len() > count {
-        return Err(format!("{} unexpected bytes after the data of dimensions {dims:?}", body.len() - count));
+        return Err(format!(
+            "{} unexpected bytes after the data of dimensions {dims:?}",
+            body.len() - count
+        ));
     }
-    Ok(IdxArray { dims, data: body.to_vec() })
+    Ok(IdxArray {
+        dims,
+        data: body.to_vec(),
+    })
 }
 
 /// Class names of Fashion-MNIST (Xiao et al. 2017), in label order.
-pub const FASHION_CLASSES: [&str; 10] =
-    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+pub const FASHION_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
 
 fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
     parse_idx(&read_file(path)?).map_err(|reason| DataError::corrupt(path, reason))
@@ -84,7 +106,10 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf, DataError> {
     }
     Err(DataError::Io {
         path: gz,
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("neither {stem} nor {stem}.gz exists")),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("neither {stem} nor {stem}.gz exists"),
+        ),
     })
 }
 
@@ -98,10 +123,16 @@ pub(crate) fn load_pair(
     let images = read_idx(images_path)?;
     let labels = read_idx(labels_path)?;
     let [n, h, w] = images.dims[..] else {
-        return Err(DataError::corrupt(images_path, format!("images need 3 dimensions (N×H×W), found {:?}", images.dims)));
+        return Err(DataError::corrupt(
+            images_path,
+            format!("images need 3 dimensions (N×H×W), found {:?}", images.dims),
+        ));
     };
     if labels.dims.len() != 1 {
-        return Err(DataError::corrupt(labels_path, format!("labels need 1 dimension, found {:?}", labels.dims)));
+        return Err(DataError::corrupt(
+            labels_path,
+            format!("labels need 1 dimension, found {:?}", labels.dims),
+        ));
     }
     if labels.dims[0] != n {
         return Err(DataError::corrupt(
@@ -110,8 +141,15 @@ pub(crate) fn load_pair(
         ));
     }
     let labels: Vec<u32> = labels.data.iter().map(|&l| l as u32).collect();
-    Dataset::new(name, [1, h, w], images.data, labels, (0..n as u64).collect(), class_names)
-        .map_err(|e| DataError::corrupt(labels_path, e.to_string()))
+    Dataset::new(
+        name,
+        [1, h, w],
+        images.data,
+        labels,
+        (0..n as u64).collect(),
+        class_names,
+    )
+    .map_err(|e| DataError::corrupt(labels_path, e.to_string()))
 }
 
 /// Loads the standard file pair of a split from an MNIST-style directory.
@@ -148,7 +186,13 @@ mod tests {
         let mut bytes = header(&[2, 3]);
         bytes.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
         let parsed = parse_idx(&bytes).unwrap();
-        assert_eq!(parsed, IdxArray { dims: vec![2, 3], data: vec![1, 2, 3, 4, 5, 6] });
+        assert_eq!(
+            parsed,
+            IdxArray {
+                dims: vec![2, 3],
+                data: vec![1, 2, 3, 4, 5, 6]
+            }
+        );
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &bytes).unwrap();
         assert_eq!(parse_idx(&gz.finish().unwrap()).unwrap(), parsed);

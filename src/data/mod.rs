@@ -74,7 +74,16 @@ impl Dataset {
                 class_names.len()
             )));
         }
-        Ok(Self { name, channels, height, width, pixels, labels, ids, class_names })
+        Ok(Self {
+            name,
+            channels,
+            height,
+            width,
+            pixels,
+            labels,
+            ids,
+            class_names,
+        })
     }
 
     /// Number of images.

@@ -66,7 +66,13 @@ pub struct DataSpec {
 impl DataSpec {
     /// The bundled default training set.
     pub fn bundled(split: Split) -> Self {
-        Self { format: DataFormat::Bundled, path: PathBuf::new(), split, classes: None, subset: None }
+        Self {
+            format: DataFormat::Bundled,
+            path: PathBuf::new(),
+            split,
+            classes: None,
+            subset: None,
+        }
     }
 }
 
@@ -74,7 +80,10 @@ impl FromStr for DataSpec {
     type Err = DataError;
 
     fn from_str(s: &str) -> Result<Self, DataError> {
-        let bad = |reason: String| DataError::Spec { spec: s.to_owned(), reason };
+        let bad = |reason: String| DataError::Spec {
+            spec: s.to_owned(),
+            reason,
+        };
         let (head, query) = s.split_once('?').unwrap_or((s, ""));
         let (format, path) = head.split_once(':').unwrap_or((head, ""));
         let format = match format {
@@ -90,11 +99,23 @@ impl FromStr for DataSpec {
             }
         };
         if format != DataFormat::Bundled && path.is_empty() {
-            return Err(bad(format!("{} needs a path, as in {}:DIR", format.keyword(), format.keyword())));
+            return Err(bad(format!(
+                "{} needs a path, as in {}:DIR",
+                format.keyword(),
+                format.keyword()
+            )));
         }
-        let mut spec = DataSpec { format, path: PathBuf::from(path), split: Split::Train, classes: None, subset: None };
+        let mut spec = DataSpec {
+            format,
+            path: PathBuf::from(path),
+            split: Split::Train,
+            classes: None,
+            subset: None,
+        };
         for option in query.split('&').filter(|o| !o.is_empty()) {
-            let (key, value) = option.split_once('=').ok_or_else(|| bad(format!("option {option:?} is not key=value")))?;
+            let (key, value) = option
+                .split_once('=')
+                .ok_or_else(|| bad(format!("option {option:?} is not key=value")))?;
             match key {
                 "split" => {
                     spec.split = match value {
@@ -113,9 +134,14 @@ impl FromStr for DataSpec {
                 }
                 "subset" => {
                     let n = value.parse::<usize>().ok().filter(|&n| n > 0);
-                    spec.subset = Some(n.ok_or_else(|| bad(format!("subset must be a positive number, not {value:?}")))?);
+                    spec.subset =
+                        Some(n.ok_or_else(|| bad(format!("subset must be a positive number, not {value:?}")))?);
                 }
-                _ => return Err(bad(format!("unknown option {key:?}; expected split, classes or subset"))),
+                _ => {
+                    return Err(bad(format!(
+                        "unknown option {key:?}; expected split, classes or subset"
+                    )));
+                }
             }
         }
         Ok(spec)

@@ -49,12 +49,18 @@ pub enum CheckpointError {
 
 impl CheckpointError {
     fn invalid(path: &Path, reason: impl Into<String>) -> Self {
-        Self::Invalid { path: path.to_owned(), reason: reason.into() }
+        Self::Invalid {
+            path: path.to_owned(),
+            reason: reason.into(),
+        }
     }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io { path: path.to_owned(), source }
+    move |source| CheckpointError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Writes `bytes` to `path` atomically: a temporary sibling, fsync, rename.
@@ -146,14 +152,20 @@ impl ModelDir {
         let path = root.join(MODEL_FILE);
         let json = serde_json::to_vec_pretty(&info).expect("model info serialises");
         write_atomic(&path, &json)?;
-        Ok(Self { root: root.to_owned(), info })
+        Ok(Self {
+            root: root.to_owned(),
+            info,
+        })
     }
 
     /// Opens an existing model directory.
     pub fn open(root: &Path) -> Result<Self, CheckpointError> {
         let path = root.join(MODEL_FILE);
         if !path.is_file() {
-            return Err(CheckpointError::invalid(root, "not a retrace model directory (no model.json)"));
+            return Err(CheckpointError::invalid(
+                root,
+                "not a retrace model directory (no model.json)",
+            ));
         }
         let bytes = std::fs::read(&path).map_err(io(&path))?;
         let info: ModelInfo = serde_json::from_slice(&bytes)
@@ -161,11 +173,17 @@ impl ModelDir {
         if info.format_version != FORMAT_VERSION {
             return Err(CheckpointError::invalid(
                 &path,
-                format!("format version {} but this retrace reads {FORMAT_VERSION}", info.format_version),
+                format!(
+                    "format version {} but this retrace reads {FORMAT_VERSION}",
+                    info.format_version
+                ),
             ));
         }
         info.unet.validate().map_err(|e| CheckpointError::invalid(&path, e))?;
-        Ok(Self { root: root.to_owned(), info })
+        Ok(Self {
+            root: root.to_owned(),
+            info,
+        })
     }
 
     /// All complete checkpoints, oldest first. Unfinished temporary directories are ignored.
@@ -223,7 +241,10 @@ impl ModelDir {
                 .map_err(|e| CheckpointError::invalid(&final_dir, format!("cannot serialise optimizer: {e}")))?;
             write_atomic(&tmp_dir.join(OPTIMIZER_FILE), &bytes)?;
         }
-        write_atomic(&tmp_dir.join(STATE_FILE), &serde_json::to_vec_pretty(&state).expect("state serialises"))?;
+        write_atomic(
+            &tmp_dir.join(STATE_FILE),
+            &serde_json::to_vec_pretty(&state).expect("state serialises"),
+        )?;
         let _ = std::fs::remove_dir_all(&final_dir);
         std::fs::rename(&tmp_dir, &final_dir).map_err(io(&final_dir))?;
         if optimizer.is_some() {
@@ -257,7 +278,10 @@ impl ModelDir {
             .try_load_record(record)
             .map_err(|e| CheckpointError::invalid(&path, format!("weights do not fit the architecture: {e}")))?;
         if let Some(name) = first_non_finite(&model) {
-            return Err(CheckpointError::invalid(&path, format!("parameter {name} holds NaN or infinite values")));
+            return Err(CheckpointError::invalid(
+                &path,
+                format!("parameter {name} holds NaN or infinite values"),
+            ));
         }
         Ok(model)
     }
@@ -269,6 +293,13 @@ impl ModelDir {
         optimizer: ModuleOptimizer,
     ) -> Result<ModuleOptimizer, CheckpointError> {
         let path = checkpoint.dir.join(OPTIMIZER_FILE);
+        if !path.is_file() {
+            return Err(CheckpointError::invalid(
+                &checkpoint.dir,
+                "holds no optimizer state, so training cannot resume from it (only the newest checkpoint \
+                 of a run keeps its optimizer state, and bundled copies may omit it)",
+            ));
+        }
         let bytes = std::fs::read(&path).map_err(io(&path))?;
         optimizer
             .from_bytes(Bytes::from_bytes_vec(bytes))
@@ -312,7 +343,10 @@ pub fn first_non_finite<M: Module>(module: &M) -> Option<String> {
             }
         }
     }
-    let mut finder = Finder { path: Vec::new(), found: None };
+    let mut finder = Finder {
+        path: Vec::new(),
+        found: None,
+    };
     module.visit(&mut finder);
     finder.found
 }

@@ -11,7 +11,10 @@ pub fn bytes_to_unit(bytes: &[u8]) -> Vec<f32> {
 
 /// Maps [−1, 1] back to bytes, clamping and rounding.
 pub fn unit_to_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().map(|&v| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8).collect()
+    values
+        .iter()
+        .map(|&v| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8)
+        .collect()
 }
 
 /// The images `indices` of a dataset as a [n, C, H, W] tensor in [−1, 1].
@@ -20,13 +23,19 @@ pub fn batch_tensor(data: &Dataset, indices: &[usize], device: &Device) -> Tenso
     for &i in indices {
         values.extend(bytes_to_unit(data.image(i)));
     }
-    Tensor::from_data(TensorData::new(values, [indices.len(), data.channels, data.height, data.width]), device)
+    Tensor::from_data(
+        TensorData::new(values, [indices.len(), data.channels, data.height, data.width]),
+        device,
+    )
 }
 
 /// Reads a [n, C, H, W] tensor back as `n` byte images.
 pub fn tensor_to_images(x: Tensor<4>) -> Result<Vec<Vec<u8>>, String> {
     let [n, c, h, w] = x.dims();
-    let values = x.into_data().try_to_vec::<f32>().map_err(|e| format!("cannot read tensor: {e:?}"))?;
+    let values = x
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| format!("cannot read tensor: {e:?}"))?;
     Ok(values.chunks(c * h * w).take(n).map(unit_to_bytes).collect())
 }
 

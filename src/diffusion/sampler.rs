@@ -84,11 +84,21 @@ pub fn sample(
         if sigma > 0.0 && i + 1 < ts.len() {
             x = x + draw(&mut rngs) * sigma;
         }
+        // A sync boundary per step: burn 0.22's fused wgpu backend returns wrong values for
+        // long chains of lazily fused steps (tracel-ai/burn#5563); flex is unaffected.
+        if let Err(e) = device.sync() {
+            log_sync_failure(&e);
+            return None;
+        }
         if !observe(i + 1, ts.len(), &x) {
             return None;
         }
     }
     Some(x)
+}
+
+fn log_sync_failure(e: &impl std::fmt::Debug) {
+    eprintln!("sampling stopped: the compute device failed: {e:?}");
 }
 
 #[cfg(test)]

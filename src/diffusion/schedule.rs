@@ -16,7 +16,11 @@ pub struct ScheduleConfig {
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        Self { steps: 1000, beta_start: 1e-4, beta_end: 0.02 }
+        Self {
+            steps: 1000,
+            beta_start: 1e-4,
+            beta_end: 0.02,
+        }
     }
 }
 
@@ -76,7 +80,11 @@ impl Schedule {
     pub fn elbo_weight(&self, t: usize) -> f64 {
         let beta = self.betas[t];
         let ab = self.alpha_bars[t];
-        let sigma2 = if t == 0 { beta } else { beta * (1.0 - self.alpha_bar_prev(t)) / (1.0 - ab) };
+        let sigma2 = if t == 0 {
+            beta
+        } else {
+            beta * (1.0 - self.alpha_bar_prev(t)) / (1.0 - ab)
+        };
         beta * beta / (2.0 * sigma2 * (1.0 - beta) * (1.0 - ab))
     }
 }

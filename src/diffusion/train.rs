@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -16,6 +17,9 @@ use super::noise::{below, gaussian, permutation, stream};
 use super::{Schedule, UNet};
 use crate::data::Dataset;
 use crate::jobs::JobContext;
+
+/// Gradients are clipped to this norm, per parameter tensor (as diffusers' examples clip at 1).
+pub const GRAD_CLIP_NORM: f32 = 1.0;
 
 /// Length of a training run.
 #[derive(Clone, Debug)]
@@ -60,7 +64,11 @@ pub enum TrainError {
 
 /// Learning rate at `step`: linear warm-up to `peak`, then constant.
 pub fn learning_rate(peak: f64, warmup: usize, step: usize) -> f64 {
-    if warmup == 0 || step >= warmup { peak } else { peak * (step + 1) as f64 / warmup as f64 }
+    if warmup == 0 || step >= warmup {
+        peak
+    } else {
+        peak * (step + 1) as f64 / warmup as f64
+    }
 }
 
 /// One noisy training batch: x_t, the noise ε, and the steps t.
@@ -92,7 +100,14 @@ pub fn noise_images(schedule: &Schedule, x0: Tensor<4>, ts: &[usize], noise: Vec
 }
 
 /// Indices, steps and noise of training step `step` (deterministic in `seed` and `step`).
-pub fn batch_plan(seed: u64, step: usize, batch: usize, data_len: usize, steps_t: usize, pixels: usize) -> (Vec<usize>, Vec<usize>, Vec<f32>) {
+pub fn batch_plan(
+    seed: u64,
+    step: usize,
+    batch: usize,
+    data_len: usize,
+    steps_t: usize,
+    pixels: usize,
+) -> (Vec<usize>, Vec<usize>, Vec<f32>) {
     let per_epoch = data_len.div_ceil(batch);
     let (epoch, within) = (step / per_epoch, step % per_epoch);
     let order = permutation(&mut stream("train-order", &[seed, epoch as u64]), data_len);
@@ -132,7 +147,9 @@ pub fn train(
     let recipe = &info.train;
     let schedule = Schedule::new(&info.schedule);
     let ad = device.clone().autodiff();
-    let adamw = AdamWConfig::new().with_weight_decay(recipe.weight_decay as f32);
+    let adamw = AdamWConfig::new()
+        .with_weight_decay(recipe.weight_decay as f32)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(GRAD_CLIP_NORM)));
     let mut optim: ModuleOptimizer = adamw.init();
     let (mut model, mut step) = match dir.latest()? {
         Some(latest) if resume => {
@@ -178,22 +195,49 @@ pub fn train(
         window_n += 1;
         if step % 10 == 0 || step == total {
             last_loss = window_loss / window_n as f64;
-            job.report("training", step as u64, total as u64, format!("epoch {:.1} loss {last_loss:.4}", step as f64 / per_epoch as f64));
+            job.report(
+                "training",
+                step as u64,
+                total as u64,
+                format!("epoch {:.1} loss {last_loss:.4}", step as f64 / per_epoch as f64),
+            );
         }
         if step % recipe.checkpoint_every == 0 || step == total {
-            let state = checkpoint_state(step, per_epoch, learning_rate(recipe.learning_rate, recipe.warmup_steps, step.saturating_sub(1)), window_loss / window_n.max(1) as f64);
+            let state = checkpoint_state(
+                step,
+                per_epoch,
+                learning_rate(recipe.learning_rate, recipe.warmup_steps, step.saturating_sub(1)),
+                window_loss / window_n.max(1) as f64,
+            );
             dir.save(&model.valid(), Some(&optim), state)?;
             (window_loss, window_n, last_saved) = (0.0, 0, step);
         }
     }
     let cancelled = step < total;
     if cancelled && step > last_saved {
-        let state = checkpoint_state(step, per_epoch, learning_rate(recipe.learning_rate, recipe.warmup_steps, step - 1), window_loss / window_n.max(1) as f64);
+        let state = checkpoint_state(
+            step,
+            per_epoch,
+            learning_rate(recipe.learning_rate, recipe.warmup_steps, step - 1),
+            window_loss / window_n.max(1) as f64,
+        );
         dir.save(&model.valid(), Some(&optim), state)?;
     }
-    Ok(TrainOutcome { step, total_steps: total, last_loss, cancelled, seconds: started.elapsed().as_secs_f64() })
+    Ok(TrainOutcome {
+        step,
+        total_steps: total,
+        last_loss,
+        cancelled,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 fn checkpoint_state(step: usize, per_epoch: usize, learning_rate: f64, loss: f64) -> CheckpointState {
-    CheckpointState { step, epoch: step as f64 / per_epoch as f64, learning_rate, loss, weights_sha256: String::new() }
+    CheckpointState {
+        step,
+        epoch: step as f64 / per_epoch as f64,
+        learning_rate,
+        loss,
+        weights_sha256: String::new(),
+    }
 }

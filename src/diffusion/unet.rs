@@ -91,14 +91,24 @@ impl UNetConfig {
             ));
         }
         if let Some(w) = self.block_out_channels.iter().find(|&&w| w % self.norm_groups != 0) {
-            return Err(format!("block width {w} is not divisible by {} norm groups", self.norm_groups));
+            return Err(format!(
+                "block width {w} is not divisible by {} norm groups",
+                self.norm_groups
+            ));
         }
-        if let Some(w) = self.block_out_channels.iter().zip(&self.attention).find(|(w, a)| **a && *w % self.attention_head_dim != 0)
+        if let Some(w) = self
+            .block_out_channels
+            .iter()
+            .zip(&self.attention)
+            .find(|(w, a)| **a && *w % self.attention_head_dim != 0)
         {
-            return Err(format!("attention width {} is not divisible by head dim {}", w.0, self.attention_head_dim));
+            return Err(format!(
+                "attention width {} is not divisible by head dim {}",
+                w.0, self.attention_head_dim
+            ));
         }
         let factor = 1usize << (levels - 1);
-        if self.sample_size % factor != 0 {
+        if !self.sample_size.is_multiple_of(factor) {
             return Err(format!(
                 "image size {} is not divisible by {factor}, which {levels} resolution levels need",
                 self.sample_size
@@ -139,7 +149,11 @@ impl UNetConfig {
                 downsamplers.push(Resample::new(cout, 2, device));
                 skip_channels.push(cout);
             }
-            down_blocks.push(UNetBlock { resnets, attentions, resamplers: downsamplers });
+            down_blocks.push(UNetBlock {
+                resnets,
+                attentions,
+                resamplers: downsamplers,
+            });
         }
 
         let last = widths[levels - 1];
@@ -166,11 +180,17 @@ impl UNetConfig {
             if i + 1 < levels {
                 upsamplers.push(Resample::new(cout, 1, device));
             }
-            up_blocks.push(UNetBlock { resnets, attentions, resamplers: upsamplers });
+            up_blocks.push(UNetBlock {
+                resnets,
+                attentions,
+                resamplers: upsamplers,
+            });
         }
 
         let conv3 = |cin: usize, cout: usize| {
-            Conv2dConfig::new([cin, cout], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device)
+            Conv2dConfig::new([cin, cout], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
         };
         UNet {
             conv_in: conv3(self.image_channels, widths[0]),
@@ -217,7 +237,9 @@ impl UNet {
 
     /// [`Self::forward`], reporting every Linear and Conv2d to `tape`.
     pub fn forward_with(&self, x: Tensor<4>, t: Tensor<1>, tape: &mut impl Tape) -> Tensor<4> {
-        let temb = self.time_embedding.forward(timestep_features(t, self.time_proj_dim), tape);
+        let temb = self
+            .time_embedding
+            .forward(timestep_features(t, self.time_proj_dim), tape);
         let mut h = conv(&self.conv_in, x, tape);
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
@@ -259,7 +281,9 @@ impl UNet {
 pub fn timestep_features(t: Tensor<1>, dim: usize) -> Tensor<2> {
     let half = dim / 2;
     let device = t.device();
-    let freqs: Vec<f32> = (0..half).map(|k| (-(10000f64.ln()) * k as f64 / half as f64).exp() as f32).collect();
+    let freqs: Vec<f32> = (0..half)
+        .map(|k| (-(10000f64.ln()) * k as f64 / half as f64).exp() as f32)
+        .collect();
     let freqs = Tensor::<1>::from_floats(freqs.as_slice(), &device).unsqueeze_dim::<2>(0);
     let args = t.unsqueeze_dim::<2>(1).matmul(freqs);
     Tensor::cat(vec![args.clone().cos(), args.sin()], 1)
@@ -268,7 +292,9 @@ pub fn timestep_features(t: Tensor<1>, dim: usize) -> Tensor<2> {
 /// Nearest-neighbour ×2 upsampling of [batch, C, H, W].
 fn upsample_nearest2x(x: Tensor<4>) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h, 1, w, 1]).expand([b, c, h, 2, w, 2]).reshape([b, c, 2 * h, 2 * w])
+    x.reshape([b, c, h, 1, w, 1])
+        .expand([b, c, h, 2, w, 2])
+        .reshape([b, c, 2 * h, 2 * w])
 }
 
 /// Two-layer MLP on the timestep features (diffusers' `TimestepEmbedding`).
@@ -349,7 +375,9 @@ pub struct ResnetBlock {
 impl ResnetBlock {
     fn new(cin: usize, cout: usize, temb: usize, groups: usize, device: &Device) -> Self {
         let conv3 = |a: usize, b: usize| {
-            Conv2dConfig::new([a, b], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device)
+            Conv2dConfig::new([a, b], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
         };
         Self {
             norm1: GroupNormConfig::new(groups, cin).init(device),
