@@ -8,6 +8,7 @@ pub mod bench;
 pub mod data;
 pub mod device;
 pub mod diffusion;
+pub mod grad;
 pub mod jobs;
 
 /// The version string shown in reports and `--version`.
