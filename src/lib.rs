@@ -4,10 +4,12 @@
 //! that the `retrace` command-line tool and the desktop viewer share. See `ARCHITECTURE.md`
 //! for a map of the modules and `../shared/DESIGN.md` for the formulas.
 
+pub mod attribution;
 pub mod bench;
 pub mod data;
 pub mod device;
 pub mod diffusion;
+pub mod eval;
 pub mod grad;
 pub mod jobs;
 

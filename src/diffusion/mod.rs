@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod images;
+pub mod measure;
 pub mod noise;
 pub mod sampler;
 pub mod schedule;
@@ -9,6 +10,7 @@ pub mod train;
 pub mod unet;
 
 pub use checkpoint::{CheckpointEntry, CheckpointError, CheckpointState, ModelDir, ModelInfo, TrainRecipe};
+pub use measure::Measurement;
 pub use sampler::{SamplerConfig, SamplerKind, sample};
 pub use schedule::{Schedule, ScheduleConfig};
 pub use unet::{NoTape, Tape, UNet, UNetConfig};

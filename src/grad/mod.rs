@@ -3,5 +3,11 @@
 //! the timestep plan that says which (t, noise) pairs every example is evaluated at.
 
 pub mod capture;
+pub mod features;
+pub mod plan;
+pub mod project;
 
 pub use capture::{CaptureTape, LayerGrads, LayerKind, capture_layers, layer_names};
+pub use features::{Examples, FeatureRun, Features};
+pub use plan::{PlanPoint, TimestepPlan};
+pub use project::{ProjectionConfig, Projector, layer_shapes};

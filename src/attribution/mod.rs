@@ -1,0 +1,117 @@
+//! Attribution methods. Each method is one file implementing [`Method`] and returns
+//! [`Scores`] S[train image, timestep bucket]; a score's total is its sum over buckets.
+
+pub mod pixel;
+pub mod retrac;
+pub mod scores;
+pub mod tracin;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+pub use pixel::pixel_cosine;
+pub use retrac::ReTrac;
+pub use scores::Scores;
+pub use tracin::TracIn;
+
+use crate::grad::{Features, TimestepPlan};
+
+/// Projected gradient features of the training set and of the query at one checkpoint.
+#[derive(Clone, Debug)]
+pub struct CheckpointFeatures {
+    /// Training step of the checkpoint.
+    pub step: usize,
+    /// Learning rate in force at the checkpoint (TracIn's weight η_c).
+    pub learning_rate: f64,
+    /// Training images' features [N, B, D].
+    pub train: Features,
+    /// The query's features [1, B, D].
+    pub query: Features,
+}
+
+/// Everything a gradient-based method needs.
+#[derive(Clone, Debug)]
+pub struct GradientInputs {
+    /// Per-checkpoint features.
+    pub checkpoints: Vec<CheckpointFeatures>,
+    /// The timestep plan the features were computed under.
+    pub plan: TimestepPlan,
+    /// Training image ids.
+    pub ids: Vec<u64>,
+    /// Training image labels.
+    pub labels: Vec<u32>,
+    /// Parameters to record with the scores (projection, measurement, …).
+    pub parameters: serde_json::Value,
+    /// Where the scoring runs.
+    pub device: Device,
+}
+
+impl GradientInputs {
+    /// Wraps per-bucket scores with this input's metadata.
+    pub fn scores(&self, method: &str, per_bucket: Vec<f32>) -> Scores {
+        let mut parameters = self.parameters.clone();
+        if let Some(map) = parameters.as_object_mut() {
+            map.insert("plan".into(), serde_json::to_value(&self.plan).unwrap_or_default());
+            let steps: Vec<usize> = self.checkpoints.iter().map(|c| c.step).collect();
+            map.insert("checkpoints".into(), serde_json::json!(steps));
+        }
+        Scores {
+            method: method.to_owned(),
+            parameters,
+            buckets: (0..self.plan.buckets)
+                .map(|b| {
+                    let (s, e) = self.plan.bucket_range(b);
+                    [s, e]
+                })
+                .collect(),
+            ids: self.ids.clone(),
+            labels: self.labels.clone(),
+            per_bucket,
+        }
+    }
+}
+
+/// A gradient-based attribution method.
+pub trait Method {
+    /// Short name used on the command line and in files.
+    fn name(&self) -> &'static str;
+    /// Scores every training image for the query.
+    fn score(&self, inputs: &GradientInputs) -> Result<Scores, String>;
+}
+
+fn features_tensor(f: &crate::grad::Features, device: &Device) -> Tensor<3> {
+    Tensor::from_data(
+        TensorData::new(f.values.clone(), [f.examples, f.buckets, f.dim]),
+        device,
+    )
+}
+
+/// Rows scaled to unit norm along the last dimension (zero rows stay zero).
+fn unit_rows(x: Tensor<3>) -> Tensor<3> {
+    let norm = x.clone().powi_scalar(2).sum_dim(2).sqrt().clamp_min(1e-30);
+    x / norm
+}
+
+/// Σ_c η_c ⟨q_c[b], φ_c[i, b]⟩ as tensor ops on the inputs' device, optionally with both sides
+/// normalised to unit norm per (example, bucket). Returns the flat [N × B] scores.
+pub fn bucket_dot_products(inputs: &GradientInputs, normalise: bool) -> Result<Vec<f32>, String> {
+    let (n, b) = (inputs.ids.len(), inputs.plan.buckets);
+    let mut total = Tensor::<2>::zeros([n, b], &inputs.device);
+    for c in &inputs.checkpoints {
+        let mut train = features_tensor(&c.train, &inputs.device);
+        let mut query = features_tensor(&c.query, &inputs.device);
+        if normalise {
+            train = unit_rows(train);
+            query = unit_rows(query);
+        }
+        let dots = (train * query).sum_dim(2).reshape([n, b]);
+        total = total + dots * c.learning_rate;
+    }
+    read_back(total)
+}
+
+/// Reads a tensor back to the host as f32 values.
+pub(crate) fn read_back<const D: usize>(x: Tensor<D>) -> Result<Vec<f32>, String> {
+    x.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| format!("cannot read scores back from the device: {e:?}"))
+}

@@ -1,0 +1,36 @@
+//! Baseline: cosine similarity between the query and each training image in pixel space. It has
+//! no timestep decomposition, so its scores come as a single bucket spanning every step.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::Scores;
+use crate::data::Dataset;
+use crate::diffusion::images::bytes_to_unit;
+
+/// Cosine similarity of `query` (C×H×W in [−1, 1]) with every image of `data`, over `steps`.
+pub fn pixel_cosine(data: &Dataset, query: &[f32], steps: usize, device: &Device) -> Result<Scores, String> {
+    let n = data.len();
+    let d = data.image_len();
+    if query.len() != d {
+        return Err(format!(
+            "the query has {} values but the training images have {d} ({}×{}×{})",
+            query.len(),
+            data.channels,
+            data.height,
+            data.width
+        ));
+    }
+    let train = Tensor::<2>::from_data(TensorData::new(bytes_to_unit(&data.pixels), [n, d]), device);
+    let q = Tensor::<2>::from_data(TensorData::new(query.to_vec(), [1, d]), device);
+    let dots = (train.clone() * q.clone()).sum_dim(1);
+    let norms = train.powi_scalar(2).sum_dim(1).sqrt() * q.powi_scalar(2).sum().sqrt().reshape([1, 1]);
+    let cos = (dots / norms.clamp_min(1e-12)).reshape([n]);
+    Ok(Scores {
+        method: "pixel".into(),
+        parameters: serde_json::json!({ "space": "pixels in [-1, 1]" }),
+        buckets: vec![[0, steps]],
+        ids: data.ids.clone(),
+        labels: data.labels.clone(),
+        per_bucket: super::read_back(cos)?,
+    })
+}

@@ -1,0 +1,58 @@
+//! What is differentiated: the per-example quantity whose gradient a method uses. Training
+//! examples always use the training loss; a query may use another measurement (Mlodozeniec et
+//! al. 2024, §4: loss, ELBO-weighted loss, or the square norm of the predicted noise as in
+//! D-TRAK).
+
+use std::str::FromStr;
+
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::Schedule;
+
+/// A per-example measurement of the model at a noised input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Measurement {
+    /// The training loss: mean over pixels of ‖ε − ε_θ(x_t, t)‖².
+    Loss,
+    /// The loss weighted by its ELBO weight at t, normalised so the weights average 1 over t.
+    ElboLoss,
+    /// Mean over pixels of ‖ε_θ(x_t, t)‖² (D-TRAK's output function).
+    SquareNorm,
+}
+
+impl FromStr for Measurement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "loss" => Ok(Self::Loss),
+            "elbo" | "elbo-loss" => Ok(Self::ElboLoss),
+            "square-norm" | "sqnorm" => Ok(Self::SquareNorm),
+            _ => Err(format!("unknown measurement {s:?}; expected loss, elbo or square-norm")),
+        }
+    }
+}
+
+impl Measurement {
+    /// The measurement of every example: `prediction` and `noise` are [B, C, H, W], `ts` the
+    /// examples' steps. Returns [B].
+    pub fn evaluate(self, schedule: &Schedule, prediction: Tensor<4>, noise: Tensor<4>, ts: &[usize]) -> Tensor<1> {
+        let [b, c, h, w] = prediction.dims();
+        let per_pixel = match self {
+            Measurement::Loss | Measurement::ElboLoss => (prediction - noise).powi_scalar(2),
+            Measurement::SquareNorm => prediction.powi_scalar(2),
+        };
+        let per_example = per_pixel.reshape([b, c * h * w]).mean_dim(1).reshape([b]);
+        if self != Measurement::ElboLoss {
+            return per_example;
+        }
+        let mean_weight = (0..schedule.len()).map(|t| schedule.elbo_weight(t)).sum::<f64>() / schedule.len() as f64;
+        let weights: Vec<f32> = ts
+            .iter()
+            .map(|&t| (schedule.elbo_weight(t) / mean_weight) as f32)
+            .collect();
+        let device = per_example.device();
+        per_example * Tensor::<1>::from_floats(weights.as_slice(), &device)
+    }
+}

@@ -1,0 +1,3 @@
+//! Evaluation statistics for attribution scores.
+
+pub mod stats;

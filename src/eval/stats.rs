@@ -1,0 +1,82 @@
+//! Rank and linear correlation, and top-k overlap.
+
+/// Pearson correlation of two equally long samples (0 when either is constant).
+pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    assert_eq!(x.len(), y.len(), "pearson needs samples of equal length");
+    let n = x.len() as f64;
+    if x.is_empty() {
+        return 0.0;
+    }
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        let (dx, dy) = (a - mx, b - my);
+        sxy += dx * dy;
+        sxx += dx * dx;
+        syy += dy * dy;
+    }
+    if sxx == 0.0 || syy == 0.0 {
+        0.0
+    } else {
+        sxy / (sxx * syy).sqrt()
+    }
+}
+
+/// Ranks (0-based, ties get their average rank).
+pub fn ranks(x: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..x.len()).collect();
+    order.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
+    let mut r = vec![0.0; x.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && x[order[j + 1]] == x[order[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0;
+        for &k in &order[i..=j] {
+            r[k] = avg;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman rank correlation.
+pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    pearson(&ranks(x), &ranks(y))
+}
+
+/// Indices of the `k` largest values, largest first.
+pub fn top_k(x: &[f64], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..x.len()).collect();
+    order.sort_by(|&a, &b| x[b].total_cmp(&x[a]));
+    order.truncate(k);
+    order
+}
+
+/// Fraction of the top-k of `x` that is also in the top-k of `y`.
+pub fn overlap_at_k(x: &[f64], y: &[f64], k: usize) -> f64 {
+    let (a, b) = (top_k(x, k), top_k(y, k));
+    if a.is_empty() {
+        return 0.0;
+    }
+    a.iter().filter(|i| b.contains(i)).count() as f64 / a.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn correlations_of_known_samples() {
+        let x = [1.0, 2.0, 3.0, 4.0];
+        assert!((pearson(&x, &[2.0, 4.0, 6.0, 8.0]) - 1.0).abs() < 1e-12);
+        assert!((pearson(&x, &[8.0, 6.0, 4.0, 2.0]) + 1.0).abs() < 1e-12);
+        assert!((spearman(&x, &[1.0, 10.0, 100.0, 1000.0]) - 1.0).abs() < 1e-12);
+        assert_eq!(ranks(&[3.0, 1.0, 3.0]), vec![1.5, 0.0, 1.5]);
+        assert_eq!(pearson(&x, &[1.0; 4]), 0.0);
+        assert_eq!(top_k(&[0.1, 0.9, 0.5], 2), vec![1, 2]);
+        assert_eq!(overlap_at_k(&[0.1, 0.9, 0.5], &[0.9, 0.8, 0.1], 2), 0.5);
+    }
+}

@@ -1,0 +1,130 @@
+//! Factored random projection of per-example gradients (LoGra, Choe et al. 2024). Every layer
+//! gets seeded Gaussian matrices P_in (d_in × k_in) and P_out (d_out × k_out) with entries of
+//! variance 1/k, and example i's gradient Σ_p g_p a_pᵀ becomes
+//! Σ_p (P_outᵀ g_p)(P_inᵀ a_p)ᵀ = P_outᵀ G P_in, a k_out × k_in matrix, computed from the
+//! captured activations and output gradients without forming G. Because E[P Pᵀ] = I for each
+//! factor, inner products of projected gradients are unbiased estimates of the exact ones.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::LayerGrads;
+use crate::diffusion::noise::{gaussian, stream};
+
+/// Settings of a projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProjectionConfig {
+    /// Input-side dimension per layer.
+    pub k_in: usize,
+    /// Output-side dimension per layer.
+    pub k_out: usize,
+    /// Seed of the random matrices.
+    pub seed: u64,
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        Self {
+            k_in: 8,
+            k_out: 8,
+            seed: 0,
+        }
+    }
+}
+
+/// The projection matrices of every captured layer, in capture order.
+#[derive(Clone, Debug)]
+pub struct Projector {
+    /// The settings.
+    pub config: ProjectionConfig,
+    /// Per layer: (P_in [d_in, k_in], P_out [d_out, k_out]).
+    pub layers: Vec<(Tensor<2>, Tensor<2>)>,
+}
+
+fn gaussian_matrix(rows: usize, cols: usize, key: &[u64], device: &Device) -> Tensor<2> {
+    let scale = 1.0 / (cols as f32).sqrt();
+    let values: Vec<f32> = gaussian(&mut stream("projection", key), rows * cols)
+        .into_iter()
+        .map(|v| v * scale)
+        .collect();
+    Tensor::from_data(TensorData::new(values, [rows, cols]), device)
+}
+
+impl Projector {
+    /// Projection matrices for layers of the given (d_in, d_out) shapes. A dimension no larger
+    /// than its k is kept exactly (identity) instead of being projected up.
+    pub fn new(config: ProjectionConfig, shapes: &[(usize, usize)], device: &Device) -> Self {
+        let side = |d: usize, k: usize, key: [u64; 3]| {
+            if d <= k {
+                Tensor::<2>::eye(d, device)
+            } else {
+                gaussian_matrix(d, k, &key, device)
+            }
+        };
+        let layers = shapes
+            .iter()
+            .enumerate()
+            .map(|(l, &(d_in, d_out))| {
+                (
+                    side(d_in, config.k_in, [config.seed, l as u64, 0]),
+                    side(d_out, config.k_out, [config.seed, l as u64, 1]),
+                )
+            })
+            .collect();
+        Self { config, layers }
+    }
+
+    /// Feature width of every layer (k_out' · k_in').
+    pub fn layer_widths(&self) -> Vec<usize> {
+        self.layers.iter().map(|(pi, po)| pi.dims()[1] * po.dims()[1]).collect()
+    }
+
+    /// Total feature width.
+    pub fn dim(&self) -> usize {
+        self.layer_widths().iter().sum()
+    }
+
+    /// Projected per-example gradients of captured layers: [B, dim].
+    pub fn project(&self, layers: &[LayerGrads]) -> Tensor<2> {
+        assert_eq!(
+            layers.len(),
+            self.layers.len(),
+            "projection built for another layer set"
+        );
+        let parts: Vec<Tensor<2>> = layers
+            .iter()
+            .zip(&self.layers)
+            .map(|(layer, (p_in, p_out))| {
+                let [b, _, _] = layer.activations.dims();
+                let a = layer.activations.clone().matmul(p_in.clone().unsqueeze::<3>());
+                let g = layer.output_grads.clone().matmul(p_out.clone().unsqueeze::<3>());
+                let f = g.swap_dims(1, 2).matmul(a);
+                let [_, ko, ki] = f.dims();
+                f.reshape([b, ko * ki])
+            })
+            .collect();
+        Tensor::cat(parts, 1)
+    }
+
+    /// Projects full per-layer gradient matrices ([d_out, d_in] each, capture order): [dim].
+    pub fn project_full(&self, grads: &[Tensor<2>]) -> Tensor<1> {
+        let parts: Vec<Tensor<1>> = grads
+            .iter()
+            .zip(&self.layers)
+            .map(|(g, (p_in, p_out))| {
+                let f = p_out.clone().transpose().matmul(g.clone()).matmul(p_in.clone());
+                let [ko, ki] = f.dims();
+                f.reshape([ko * ki])
+            })
+            .collect();
+        Tensor::cat(parts, 0)
+    }
+}
+
+/// (d_in, d_out) of every captured layer, for [`Projector::new`].
+pub fn layer_shapes(layers: &[LayerGrads]) -> Vec<(usize, usize)> {
+    layers
+        .iter()
+        .map(|l| (l.activations.dims()[2], l.output_grads.dims()[2]))
+        .collect()
+}
