@@ -101,3 +101,46 @@ pub fn forward_backward(
         forward_flops: fwd,
     }
 }
+
+/// Example·timesteps per second of gradient capture + projection (what index building does),
+/// measured on `batch × iterations` (image, timestep) pairs after one warm-up batch.
+pub fn feature_throughput(
+    config: &UNetConfig,
+    model: &UNet,
+    projection: crate::grad::ProjectionConfig,
+    batch: usize,
+    iterations: usize,
+    device: &Device,
+) -> f64 {
+    use crate::grad::{Examples, FeatureRun, Projector, TimestepPlan, model_layer_shapes};
+    let s = config.sample_size;
+    let shape = [config.image_channels, s, s];
+    let projector = Projector::new(projection, &model_layer_shapes(model, shape, device), device);
+    let schedule = Schedule::new(&Default::default());
+    let job = crate::jobs::JobContext::silent();
+    let run = |buckets: usize| {
+        let plan = TimestepPlan::new(schedule.len(), buckets, 1, 0).expect("valid plan");
+        let examples = Examples {
+            ids: (0..batch as u64).collect(),
+            shape,
+            pixels: vec![0.0; batch * shape.iter().product::<usize>()],
+        };
+        let features = FeatureRun {
+            model,
+            schedule: &schedule,
+            plan: &plan,
+            projector: &projector,
+            measurement: crate::diffusion::Measurement::Loss,
+            batch_size: batch,
+            device,
+        };
+        features
+            .run(&examples, &job)
+            .expect("features compute")
+            .expect("not cancelled");
+    };
+    run(1);
+    let start = Instant::now();
+    run(iterations);
+    (batch * iterations) as f64 / start.elapsed().as_secs_f64()
+}

@@ -11,6 +11,7 @@ pub mod device;
 pub mod diffusion;
 pub mod eval;
 pub mod grad;
+pub mod index;
 pub mod jobs;
 
 /// The version string shown in reports and `--version`.

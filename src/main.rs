@@ -93,6 +93,31 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Build (or finish) the index of projected training-gradient features.
+    Index {
+        #[command(flatten)]
+        target: IndexArgs,
+    },
+    /// Rank the training images by their influence on a query image or a generated sample.
+    Attribute {
+        #[command(flatten)]
+        target: IndexArgs,
+        /// Query image (PNG/JPEG; converted to the model's channels and size).
+        #[arg(long, conflicts_with = "seed")]
+        query: Option<PathBuf>,
+        /// Generate the query from the model with this seed (DDIM, 100 steps).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Methods, comma-separated: tracin, retrac, pixel.
+        #[arg(long, default_value = "retrac,tracin,pixel", value_delimiter = ',')]
+        method: Vec<String>,
+        /// How many top images to print per method.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Output file: .json or .csv.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Describe a model directory or a dataset spec.
     Info {
         /// A model directory or a dataset spec.
@@ -113,6 +138,75 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         iterations: usize,
     },
+}
+
+/// The model, data and index settings shared by `index` and `attribute`.
+#[derive(clap::Args)]
+struct IndexArgs {
+    /// Model directory (default: the bundled model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Training data spec (default: the model's own).
+    #[arg(long)]
+    data: Option<String>,
+    /// Index directory (default: MODEL/index).
+    #[arg(long)]
+    index: Option<PathBuf>,
+    /// Projection width per layer side (k_in = k_out = K).
+    #[arg(long, default_value_t = 8)]
+    k: usize,
+    /// Timestep buckets.
+    #[arg(long, default_value_t = 10)]
+    buckets: usize,
+    /// (t, ε) draws per bucket.
+    #[arg(long, default_value_t = 1)]
+    draws: usize,
+    /// Checkpoints to index: all or last.
+    #[arg(long, default_value = "all")]
+    checkpoints: retrace::attribution::CheckpointChoice,
+    /// Store features as 16-bit floats.
+    #[arg(long)]
+    f16: bool,
+    /// Examples·timesteps per batch.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Seed of the plan and the projection.
+    #[arg(long, default_value_t = 0)]
+    plan_seed: u64,
+}
+
+impl IndexArgs {
+    fn open(&self) -> Result<(ModelDir, Dataset, retrace::attribution::IndexSettings)> {
+        let root = self.model.clone().unwrap_or_else(bundled_model_dir);
+        let model = ModelDir::open(&root)?;
+        let spec: DataSpec = self
+            .data
+            .clone()
+            .unwrap_or_else(|| model.info.data_spec.clone())
+            .parse()?;
+        let data = Dataset::load(&spec)?;
+        let plan =
+            retrace::grad::TimestepPlan::new(model.info.schedule.steps, self.buckets, self.draws, self.plan_seed)
+                .map_err(anyhow::Error::msg)?;
+        let settings = retrace::attribution::IndexSettings {
+            dir: self.index.clone().unwrap_or_else(|| root.join("index")),
+            plan,
+            projection: retrace::grad::ProjectionConfig {
+                k_in: self.k,
+                k_out: self.k,
+                seed: self.plan_seed,
+            },
+            checkpoints: self.checkpoints,
+            storage: if self.f16 {
+                retrace::index::Storage::F16
+            } else {
+                retrace::index::Storage::F32
+            },
+            batch_size: self.batch.max(1),
+            chunk_size: 100,
+        };
+        Ok((model, data, settings))
+    }
 }
 
 fn main() {
@@ -282,6 +376,120 @@ fn run(cli: Cli) -> Result<()> {
                 out.display()
             );
         }
+        Command::Index { target } => {
+            let dev = compute_device(cli.device)?;
+            let (model, data, settings) = target.open()?;
+            let (job, bar) = terminal_job()?;
+            let started = std::time::Instant::now();
+            let index = settings
+                .ensure(&model, &data, &dev.device, &job)
+                .map_err(anyhow::Error::msg)?;
+            bar.finish();
+            match index {
+                None => println!("stopped; run the same command again to resume from the last complete chunk"),
+                Some(index) => {
+                    let m = &index.manifest;
+                    println!(
+                        "index {} ready in {:.1} s: {} images × {} buckets × {} features × {} checkpoint(s), {} storage",
+                        index.dir.display(),
+                        started.elapsed().as_secs_f64(),
+                        m.examples,
+                        m.key.plan.buckets,
+                        m.dim,
+                        m.checkpoints.len(),
+                        format!("{:?}", m.key.storage).to_lowercase()
+                    );
+                }
+            }
+        }
+        Command::Attribute {
+            target,
+            query,
+            seed,
+            method,
+            top,
+            out,
+        } => {
+            let dev = compute_device(cli.device)?;
+            let (model, data, settings) = target.open()?;
+            let methods = method
+                .iter()
+                .map(|m| m.parse())
+                .collect::<Result<Vec<retrace::attribution::MethodName>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            let cfg = &model.info.unet;
+            let (job, bar) = terminal_job()?;
+            let q = match (query, seed) {
+                (Some(path), _) => retrace::attribution::load_query_image(&path, cfg.image_channels, cfg.sample_size)
+                    .map_err(anyhow::Error::msg)?,
+                (None, seed) => {
+                    let seed = seed.unwrap_or(0);
+                    let (net, entry) = model.load_latest(&dev.device)?;
+                    let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
+                    let config = SamplerConfig {
+                        kind: SamplerKind::Ddim,
+                        steps: 100,
+                    };
+                    let x = sample(
+                        &net,
+                        &Schedule::new(&model.info.schedule),
+                        &config,
+                        shape,
+                        &[seed],
+                        &dev.device,
+                        |i, n, _| {
+                            job.report("sampling", i as u64, n as u64, "");
+                            !job.cancel.is_cancelled()
+                        },
+                    )
+                    .context("sampling cancelled")?;
+                    let pixels = x
+                        .into_data()
+                        .try_to_vec::<f32>()
+                        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                    retrace::attribution::Query {
+                        pixels,
+                        shape,
+                        description: format!(
+                            "sample seed {seed}, DDIM 100 steps, checkpoint step {}",
+                            entry.state.step
+                        ),
+                    }
+                }
+            };
+            eprintln!("query: {}", q.description);
+            let scores = retrace::attribution::attribute(&model, &data, &q, &methods, &settings, &dev.device, &job)
+                .map_err(anyhow::Error::msg)?;
+            bar.finish();
+            let Some(scores) = scores else { bail!("cancelled") };
+            let file = retrace::attribution::scores::AttributionFile {
+                retrace_version: retrace::VERSION.to_owned(),
+                model: model.root.display().to_string(),
+                data: data.name.clone(),
+                query: serde_json::json!({ "description": q.description, "seed": seed }),
+                device: dev.name.clone(),
+                methods: scores
+                    .iter()
+                    .map(|s| retrace::attribution::scores::MethodResult::from_scores(s, &data.class_names))
+                    .collect(),
+            };
+            let bytes = if out.extension().is_some_and(|e| e == "csv") {
+                file.to_csv().into_bytes()
+            } else {
+                serde_json::to_vec_pretty(&file)?
+            };
+            retrace::diffusion::checkpoint::write_atomic(&out, &bytes)?;
+            for m in &file.methods {
+                let best: Vec<String> = m
+                    .ranking
+                    .iter()
+                    .take(top)
+                    .map(|e| format!("#{} {} ({:.3e})", e.id, e.class, e.total))
+                    .collect();
+                println!("{:>7}: {}", m.method, best.join(", "));
+            }
+            println!("wrote {}", out.display());
+        }
         Command::Info { path } => info(&path)?,
         Command::Bench {
             model,
@@ -305,12 +513,26 @@ fn run(cli: Cli) -> Result<()> {
                     (dir.info.unet.clone(), Some(net), dir.root.display().to_string())
                 }
             };
+            let plain = cfg.init(&dev.device);
+            let net_for_features = net.clone().unwrap_or(plain);
             let r = retrace::bench::forward_backward(&cfg, net, batch, iterations, &dev.device);
+            let features = retrace::bench::feature_throughput(
+                &cfg,
+                &net_for_features,
+                Default::default(),
+                batch,
+                iterations,
+                &dev.device,
+            );
             println!("model: {what} ({:.2} GFLOP per example forward)", r.forward_flops / 1e9);
             println!("device: {}", dev.name);
             println!(
                 "forward+backward: {:.1} example·timesteps/s at batch {} ({} batches), {:.1} GFLOP/s",
                 r.examples_per_second, r.batch, r.iterations, r.gflops
+            );
+            println!(
+                "gradient features (capture + projection, k = 8): {features:.1} example·timesteps/s, {:.2}× forward+backward",
+                features / r.examples_per_second
             );
         }
     }

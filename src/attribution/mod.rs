@@ -2,14 +2,18 @@
 //! [`Scores`] S[train image, timestep bucket]; a score's total is its sum over buckets.
 
 pub mod pixel;
+pub mod query;
 pub mod retrac;
+pub mod run;
 pub mod scores;
 pub mod tracin;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
 pub use pixel::pixel_cosine;
+pub use query::{Query, load_query_image};
 pub use retrac::ReTrac;
+pub use run::{CheckpointChoice, IndexSettings, MethodName, attribute};
 pub use scores::Scores;
 pub use tracin::TracIn;
 

@@ -49,3 +49,100 @@ impl Scores {
         crate::eval::stats::top_k(&totals, totals.len())
     }
 }
+
+/// One training image's line in an output file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RankedEntry {
+    /// 1-based rank by total score.
+    pub rank: usize,
+    /// Stable id.
+    pub id: u64,
+    /// Label.
+    pub label: u32,
+    /// Class name.
+    pub class: String,
+    /// Σ over buckets.
+    pub total: f64,
+    /// Per-bucket scores.
+    pub per_bucket: Vec<f32>,
+}
+
+/// One method's results in an output file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MethodResult {
+    /// Method name.
+    pub method: String,
+    /// Its parameters (plan, projection, checkpoints, …).
+    pub parameters: serde_json::Value,
+    /// Step range of every bucket.
+    pub buckets: Vec<[usize; 2]>,
+    /// Every training image, most influential first.
+    pub ranking: Vec<RankedEntry>,
+}
+
+/// The file `retrace attribute` writes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttributionFile {
+    /// retrace version.
+    pub retrace_version: String,
+    /// Model directory.
+    pub model: String,
+    /// Training data spec.
+    pub data: String,
+    /// The query and how it was made.
+    pub query: serde_json::Value,
+    /// Compute device.
+    pub device: String,
+    /// One entry per method.
+    pub methods: Vec<MethodResult>,
+}
+
+impl MethodResult {
+    /// Ranks `scores`, naming classes with `class_names`.
+    pub fn from_scores(scores: &Scores, class_names: &[String]) -> Self {
+        let totals = scores.totals();
+        let ranking = scores
+            .ranking()
+            .into_iter()
+            .enumerate()
+            .map(|(r, i)| RankedEntry {
+                rank: r + 1,
+                id: scores.ids[i],
+                label: scores.labels[i],
+                class: class_names.get(scores.labels[i] as usize).cloned().unwrap_or_default(),
+                total: totals[i],
+                per_bucket: scores.bucket_scores(i).to_vec(),
+            })
+            .collect();
+        Self {
+            method: scores.method.clone(),
+            parameters: scores.parameters.clone(),
+            buckets: scores.buckets.clone(),
+            ranking,
+        }
+    }
+}
+
+impl AttributionFile {
+    /// CSV with one row per (method, training image): method, rank, id, label, class, total, and
+    /// the per-bucket scores separated by spaces.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from("method,rank,id,label,class,total,per_bucket\n");
+        for m in &self.methods {
+            for e in &m.ranking {
+                let buckets: Vec<String> = e.per_bucket.iter().map(|v| format!("{v:e}")).collect();
+                out.push_str(&format!(
+                    "{},{},{},{},\"{}\",{:e},{}\n",
+                    m.method,
+                    e.rank,
+                    e.id,
+                    e.label,
+                    e.class.replace('"', "'"),
+                    e.total,
+                    buckets.join(" ")
+                ));
+            }
+        }
+        out
+    }
+}

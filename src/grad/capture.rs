@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, PaddingConfig2d};
-use burn::tensor::module::unfold4d;
-use burn::tensor::ops::UnfoldOptions;
+use burn::tensor::module::{conv2d, unfold4d};
+use burn::tensor::ops::{ConvOptions, UnfoldOptions};
 use burn::tensor::{Gradients, Tensor};
 
 use crate::diffusion::{Tape, UNet};
@@ -28,7 +28,23 @@ pub enum LayerKind {
     Dense,
 }
 
-/// One layer's captured tensors for a batch, both laid out [batch, positions, features].
+/// A layer's input as captured: kept raw, unfolded only when full activations are asked for.
+#[derive(Clone, Debug)]
+pub enum LayerInput {
+    /// A convolution's input [B, C_in, H, W] and geometry.
+    Conv {
+        /// The input feature map.
+        input: Tensor<4>,
+        /// Kernel size.
+        kernel: [usize; 2],
+        /// Unfold options (stride, symmetric padding, dilation).
+        options: UnfoldOptions,
+    },
+    /// A linear layer's input [B, P, d_in].
+    Dense(Tensor<3>),
+}
+
+/// One layer's captured tensors for a batch.
 #[derive(Clone, Debug)]
 pub struct LayerGrads {
     /// Id of the layer's weight parameter.
@@ -37,19 +53,68 @@ pub struct LayerGrads {
     pub bias: Option<ParamId>,
     /// Conv or dense.
     pub kind: LayerKind,
-    /// Inputs, with a trailing column of ones when the layer has a bias: [B, P, d_in(+1)].
-    pub activations: Tensor<3>,
+    /// The layer's input.
+    pub input: LayerInput,
     /// Gradients of the objective with respect to the outputs: [B, P, d_out].
     pub output_grads: Tensor<3>,
 }
 
 impl LayerGrads {
+    /// Width of the activations, d_in (+1 with a bias).
+    pub fn d_in(&self) -> usize {
+        let raw = match &self.input {
+            LayerInput::Conv { input, kernel, .. } => input.dims()[1] * kernel[0] * kernel[1],
+            LayerInput::Dense(x) => x.dims()[2],
+        };
+        raw + usize::from(self.bias.is_some())
+    }
+
+    /// Activations [B, P, d_in(+1)]: unfolded patches for a convolution, with a trailing column
+    /// of ones when the layer has a bias.
+    pub fn activations(&self) -> Tensor<3> {
+        let a = match &self.input {
+            LayerInput::Conv { input, kernel, options } => {
+                unfold4d(input.clone(), *kernel, options.clone()).swap_dims(1, 2)
+            }
+            LayerInput::Dense(x) => x.clone(),
+        };
+        with_bias_column(a, self.bias.is_some())
+    }
+
+    /// Activations projected by `p_in` ([d_in(+1), k]): [B, P, k]. For a convolution this is a
+    /// convolution with k output channels whose kernels are P_in's columns, so the patches are
+    /// never unfolded.
+    pub fn project_activations(&self, p_in: Tensor<2>) -> Tensor<3> {
+        let [d, k] = p_in.dims();
+        let has_bias = self.bias.is_some();
+        let weights = if has_bias {
+            p_in.clone().narrow(0, 0, d - 1)
+        } else {
+            p_in.clone()
+        };
+        let bias_row = has_bias.then(|| p_in.narrow(0, d - 1, 1).reshape([k]));
+        match &self.input {
+            LayerInput::Conv { input, kernel, options } => {
+                let cin = input.dims()[1];
+                let w = weights.transpose().reshape([k, cin, kernel[0], kernel[1]]);
+                let conv = ConvOptions::new(options.stride, options.padding, options.dilation, 1);
+                let y = conv2d(input.clone(), w, bias_row, conv);
+                let [b, _, h, wd] = y.dims();
+                y.reshape([b, k, h * wd]).swap_dims(1, 2)
+            }
+            LayerInput::Dense(x) => {
+                let y = x.clone().matmul(weights.unsqueeze::<3>());
+                match bias_row {
+                    Some(r) => y + r.reshape([1, 1, k]),
+                    None => y,
+                }
+            }
+        }
+    }
+
     /// Per-example weight gradients [B, d_out, d_in(+1)] (bias in the last column).
     pub fn per_example(&self) -> Tensor<3> {
-        self.output_grads
-            .clone()
-            .swap_dims(1, 2)
-            .matmul(self.activations.clone())
+        self.output_grads.clone().swap_dims(1, 2).matmul(self.activations())
     }
 }
 
@@ -62,7 +127,7 @@ struct Pending {
     weight: ParamId,
     bias: Option<ParamId>,
     kind: LayerKind,
-    activations: Tensor<3>,
+    input: LayerInput,
     probe: Probe,
 }
 
@@ -90,13 +155,16 @@ impl Tape for CaptureTape {
             ref other => panic!("gradient capture supports valid or symmetric explicit padding, not {other:?}"),
         };
         let options = UnfoldOptions::new(conv.stride, padding, conv.dilation);
-        let patches = unfold4d(input.clone().inner(), conv.kernel_size, options).swap_dims(1, 2);
         let probe = Tensor::<4>::zeros(output.dims(), &output.device()).require_grad();
         self.pending.push(Pending {
             weight: conv.weight.id,
             bias: conv.bias.as_ref().map(|b| b.id),
             kind: LayerKind::Conv,
-            activations: with_bias_column(patches, conv.bias.is_some()),
+            input: LayerInput::Conv {
+                input: input.clone().inner(),
+                kernel: conv.kernel_size,
+                options,
+            },
             probe: Probe::Conv(probe.clone()),
         });
         output + probe
@@ -108,7 +176,7 @@ impl Tape for CaptureTape {
             weight: dense.weight.id,
             bias: dense.bias.as_ref().map(|b| b.id),
             kind: LayerKind::Dense,
-            activations: with_bias_column(input.clone().inner(), dense.bias.is_some()),
+            input: LayerInput::Dense(input.clone().inner()),
             probe: Probe::Dense(probe.clone()),
         });
         output + probe
@@ -140,7 +208,7 @@ impl CaptureTape {
                     weight: p.weight,
                     bias: p.bias,
                     kind: p.kind,
-                    activations: p.activations,
+                    input: p.input,
                     output_grads,
                 }
             })

@@ -10,4 +10,4 @@ pub mod project;
 pub use capture::{CaptureTape, LayerGrads, LayerKind, capture_layers, layer_names};
 pub use features::{Examples, FeatureRun, Features};
 pub use plan::{PlanPoint, TimestepPlan};
-pub use project::{ProjectionConfig, Projector, layer_shapes};
+pub use project::{ProjectionConfig, Projector, layer_shapes, model_layer_shapes};

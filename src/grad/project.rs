@@ -95,8 +95,8 @@ impl Projector {
             .iter()
             .zip(&self.layers)
             .map(|(layer, (p_in, p_out))| {
-                let [b, _, _] = layer.activations.dims();
-                let a = layer.activations.clone().matmul(p_in.clone().unsqueeze::<3>());
+                let b = layer.output_grads.dims()[0];
+                let a = layer.project_activations(p_in.clone());
                 let g = layer.output_grads.clone().matmul(p_out.clone().unsqueeze::<3>());
                 let f = g.swap_dims(1, 2).matmul(a);
                 let [_, ko, ki] = f.dims();
@@ -121,10 +121,18 @@ impl Projector {
     }
 }
 
+/// (d_in, d_out) of every Linear/Conv2d of `model` for images of `shape`, from one capture.
+pub fn model_layer_shapes(model: &crate::diffusion::UNet, shape: [usize; 3], device: &Device) -> Vec<(usize, usize)> {
+    use burn::module::Module;
+    let ad = device.clone().autodiff();
+    let model = model.clone().to_device(&ad).train().no_grad();
+    let x = Tensor::<4>::zeros([1, shape[0], shape[1], shape[2]], &ad);
+    let t = Tensor::<1>::zeros([1], &ad);
+    let (layers, _) = super::capture_layers(&model, x, t, |p| p.powi_scalar(2).sum().reshape([1]));
+    layer_shapes(&layers)
+}
+
 /// (d_in, d_out) of every captured layer, for [`Projector::new`].
 pub fn layer_shapes(layers: &[LayerGrads]) -> Vec<(usize, usize)> {
-    layers
-        .iter()
-        .map(|l| (l.activations.dims()[2], l.output_grads.dims()[2]))
-        .collect()
+    layers.iter().map(|l| (l.d_in(), l.output_grads.dims()[2])).collect()
 }

@@ -1,0 +1,85 @@
+//! Queries: a generated sample or a loaded image, converted to what the model takes.
+
+use std::path::Path;
+
+use image::imageops::FilterType;
+
+/// A query image in the model's format.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Query {
+    /// C×H×W values in [−1, 1].
+    pub pixels: Vec<f32>,
+    /// C, H, W.
+    pub shape: [usize; 3],
+    /// Where it came from and how it was converted.
+    pub description: String,
+}
+
+/// Loads an image file and converts it to `channels`×`size`×`size` (grey or RGB, resized with a
+/// Lanczos filter), saying what was done.
+pub fn load_query_image(path: &Path, channels: usize, size: usize) -> Result<Query, String> {
+    let img = image::open(path).map_err(|e| format!("cannot read the query image {}: {e}", path.display()))?;
+    let (w, h) = (img.width(), img.height());
+    let mut notes = Vec::new();
+    if (w as usize, h as usize) != (size, size) {
+        notes.push(format!("resized {w}×{h} → {size}×{size}"));
+    }
+    let colour = format!("{:?}", img.color());
+    let pixels: Vec<f32> = if channels == 1 {
+        if img.color().has_color() || img.color().has_alpha() {
+            notes.push(format!("converted {colour} to grey"));
+        }
+        let grey = image::imageops::resize(&img.to_luma8(), size as u32, size as u32, FilterType::Lanczos3);
+        grey.as_raw().iter().map(|&b| b as f32 / 127.5 - 1.0).collect()
+    } else {
+        if !img.color().has_color() || img.color().has_alpha() {
+            notes.push(format!("converted {colour} to RGB"));
+        }
+        let rgb = image::imageops::resize(&img.to_rgb8(), size as u32, size as u32, FilterType::Lanczos3);
+        (0..3)
+            .flat_map(|c| {
+                rgb.pixels()
+                    .map(move |p| p.0[c] as f32 / 127.5 - 1.0)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let how = if notes.is_empty() {
+        "used as is".to_owned()
+    } else {
+        notes.join(", ")
+    };
+    Ok(Query {
+        pixels,
+        shape: [channels, size, size],
+        description: format!("{} ({how})", path.display()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_converted_and_the_conversion_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.png");
+        image::RgbaImage::from_pixel(40, 30, image::Rgba([255, 255, 255, 255]))
+            .save(&path)
+            .unwrap();
+        let q = load_query_image(&path, 1, 28).unwrap();
+        assert_eq!(q.pixels.len(), 784);
+        assert!(q.pixels.iter().all(|&v| (v - 1.0).abs() < 1e-6));
+        assert!(
+            q.description.contains("resized 40×30 → 28×28") && q.description.contains("to grey"),
+            "{}",
+            q.description
+        );
+        std::fs::write(&path, b"not a png").unwrap();
+        assert!(
+            load_query_image(&path, 1, 28)
+                .unwrap_err()
+                .contains("cannot read the query image")
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! The index manifest: what an index was built from and with, and which chunks are complete.
+
+use serde::{Deserialize, Serialize};
+
+use crate::grad::{ProjectionConfig, TimestepPlan};
+
+/// Version of the on-disk index layout.
+pub const INDEX_FORMAT_VERSION: u32 = 1;
+
+/// How feature values are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats (half the size; about 3 significant digits).
+    F16,
+}
+
+impl Storage {
+    /// Bytes per stored value.
+    pub fn bytes(self) -> usize {
+        match self {
+            Storage::F32 => 4,
+            Storage::F16 => 2,
+        }
+    }
+}
+
+/// What an index is keyed by: building or opening with different keys is refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IndexKey {
+    /// SHA-256 of the model's weights at every indexed checkpoint, in step order.
+    pub checkpoint_hashes: Vec<String>,
+    /// Content hash of the training data.
+    pub data_hash: String,
+    /// The timestep plan.
+    pub plan: TimestepPlan,
+    /// The projection.
+    pub projection: ProjectionConfig,
+    /// (d_in, d_out) of every projected layer.
+    pub layer_shapes: Vec<(usize, usize)>,
+    /// Value storage.
+    pub storage: Storage,
+}
+
+impl IndexKey {
+    /// Human-readable list of what differs from `other` (empty when equal).
+    pub fn differences(&self, other: &IndexKey) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.checkpoint_hashes != other.checkpoint_hashes {
+            out.push(format!(
+                "model checkpoints ({} indexed vs {} requested, or different weights)",
+                self.checkpoint_hashes.len(),
+                other.checkpoint_hashes.len()
+            ));
+        }
+        if self.data_hash != other.data_hash {
+            out.push(format!(
+                "training data (hash {}… vs {}…)",
+                &self.data_hash[..12],
+                &other.data_hash[..12]
+            ));
+        }
+        if self.plan != other.plan {
+            out.push(format!("timestep plan ({:?} vs {:?})", self.plan, other.plan));
+        }
+        if self.projection != other.projection {
+            out.push(format!("projection ({:?} vs {:?})", self.projection, other.projection));
+        }
+        if self.layer_shapes != other.layer_shapes {
+            out.push("layer set (another architecture)".to_owned());
+        }
+        if self.storage != other.storage {
+            out.push(format!("storage ({:?} vs {:?})", self.storage, other.storage));
+        }
+        out
+    }
+}
+
+/// One indexed checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IndexedCheckpoint {
+    /// Training step.
+    pub step: usize,
+    /// Learning rate at that step.
+    pub learning_rate: f64,
+    /// SHA-256 of every complete chunk file, in order (`None` while missing).
+    pub chunks: Vec<Option<String>>,
+}
+
+/// `manifest.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`INDEX_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// What the index is keyed by.
+    pub key: IndexKey,
+    /// Number of training images.
+    pub examples: usize,
+    /// Training images per chunk.
+    pub chunk_size: usize,
+    /// Feature width.
+    pub dim: usize,
+    /// Per-checkpoint progress.
+    pub checkpoints: Vec<IndexedCheckpoint>,
+}
+
+impl Manifest {
+    /// True when every chunk of every checkpoint is written.
+    pub fn is_complete(&self) -> bool {
+        self.checkpoints.iter().all(|c| c.chunks.iter().all(Option::is_some))
+    }
+
+    /// Number of chunks per checkpoint.
+    pub fn chunks_per_checkpoint(&self) -> usize {
+        self.examples.div_ceil(self.chunk_size)
+    }
+}

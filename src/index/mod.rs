@@ -1,0 +1,373 @@
+//! The on-disk index of projected training-gradient features: `manifest.json` plus one binary
+//! chunk file per (checkpoint, chunk of training images). Chunks are written to a temporary name
+//! and renamed, and the manifest (rewritten atomically after every chunk) records each chunk's
+//! SHA-256, so a build killed at any point resumes from the last complete chunk, and a damaged
+//! file is detected when the index is opened. An index built for another model, dataset, plan
+//! or projection is refused with a message naming what differs.
+
+pub mod manifest;
+
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+pub use manifest::{INDEX_FORMAT_VERSION, IndexKey, IndexedCheckpoint, Manifest, Storage};
+
+use crate::data::Dataset;
+use crate::diffusion::checkpoint::{sha256, write_atomic};
+use crate::diffusion::images::bytes_to_unit;
+use crate::diffusion::{CheckpointEntry, Measurement, ModelDir, Schedule};
+use crate::grad::{Examples, FeatureRun, Features, ProjectionConfig, Projector, TimestepPlan, model_layer_shapes};
+use crate::jobs::JobContext;
+
+/// Why an index could not be built or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// File-system failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The index exists but was built from or with something else.
+    #[error("the index in {dir} was built for another setting: {}. Delete it or choose another --index directory", .differences.join("; "))]
+    Foreign {
+        /// The index directory.
+        dir: PathBuf,
+        /// What differs.
+        differences: Vec<String>,
+    },
+    /// A file is damaged or the index is unusable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
+    move |source| IndexError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What to index.
+pub struct IndexSpec<'a> {
+    /// Index directory.
+    pub dir: &'a Path,
+    /// The model.
+    pub model: &'a ModelDir,
+    /// Checkpoints to index (oldest first).
+    pub checkpoints: Vec<CheckpointEntry>,
+    /// The training data the model was trained on.
+    pub data: &'a Dataset,
+    /// Timestep plan.
+    pub plan: TimestepPlan,
+    /// Projection.
+    pub projection: ProjectionConfig,
+    /// Value storage.
+    pub storage: Storage,
+    /// Training images per chunk file.
+    pub chunk_size: usize,
+    /// (image, point) pairs per batch.
+    pub batch_size: usize,
+    /// Compute device.
+    pub device: &'a burn::tensor::Device,
+}
+
+/// An opened, complete index.
+#[derive(Debug)]
+pub struct Index {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// The projection its features were made with.
+    pub projector: Projector,
+}
+
+fn chunk_path(dir: &Path, step: usize, chunk: usize) -> PathBuf {
+    dir.join(format!("ckpt-{step:07}-chunk-{chunk:05}.bin"))
+}
+
+fn encode(values: &[f32], storage: Storage) -> Vec<u8> {
+    match storage {
+        Storage::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Storage::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+    }
+}
+
+fn decode(bytes: &[u8], storage: Storage, out: &mut Vec<f32>) {
+    match storage {
+        Storage::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        Storage::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+    }
+}
+
+impl IndexSpec<'_> {
+    fn key(&self, layer_shapes: Vec<(usize, usize)>) -> IndexKey {
+        IndexKey {
+            checkpoint_hashes: self
+                .checkpoints
+                .iter()
+                .map(|c| c.state.weights_sha256.clone())
+                .collect(),
+            data_hash: self.data.content_hash(),
+            plan: self.plan.clone(),
+            projection: self.projection,
+            layer_shapes,
+            storage: self.storage,
+        }
+    }
+
+    /// Builds the index, or finishes a partial one. `Ok(None)` when cancelled (what is done
+    /// stays on disk and a later call resumes from it).
+    pub fn build(&self, job: &JobContext) -> Result<Option<Index>, IndexError> {
+        if self.checkpoints.is_empty() {
+            return Err(IndexError::Invalid("no checkpoint to index".into()));
+        }
+        if self.model.info.data_hash != self.data.content_hash() {
+            return Err(IndexError::Invalid(format!(
+                "the model was trained on {} (data hash {}…) but the data given, {}, differs (hash {}…)",
+                self.model.info.data_spec,
+                &self.model.info.data_hash[..12],
+                self.data.name,
+                &self.data.content_hash()[..12]
+            )));
+        }
+        let cfg = &self.model.info.unet;
+        let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
+        if [self.data.channels, self.data.height, self.data.width] != shape {
+            return Err(IndexError::Invalid(format!(
+                "the data holds {}×{}×{} images but the model takes {}×{}×{}",
+                self.data.channels, self.data.height, self.data.width, shape[0], shape[1], shape[2]
+            )));
+        }
+        let first = self
+            .model
+            .load_model(&self.checkpoints[0], self.device)
+            .map_err(|e| IndexError::Invalid(e.to_string()))?;
+        let shapes = model_layer_shapes(&first, shape, self.device);
+        let key = self.key(shapes.clone());
+        let projector = Projector::new(self.projection, &shapes, self.device);
+        std::fs::create_dir_all(self.dir).map_err(io(self.dir))?;
+        let manifest_path = self.dir.join("manifest.json");
+        let mut manifest = if manifest_path.is_file() {
+            let m = read_manifest(self.dir)?;
+            let differences = m.key.differences(&key);
+            if !differences.is_empty() {
+                return Err(IndexError::Foreign {
+                    dir: self.dir.to_owned(),
+                    differences,
+                });
+            }
+            m
+        } else {
+            let chunks = self.data.len().div_ceil(self.chunk_size.max(1));
+            Manifest {
+                format_version: INDEX_FORMAT_VERSION,
+                key,
+                examples: self.data.len(),
+                chunk_size: self.chunk_size.max(1),
+                dim: projector.dim(),
+                checkpoints: self
+                    .checkpoints
+                    .iter()
+                    .map(|c| IndexedCheckpoint {
+                        step: c.state.step,
+                        learning_rate: c.state.learning_rate,
+                        chunks: vec![None; chunks],
+                    })
+                    .collect(),
+            }
+        };
+        let schedule = Schedule::new(&self.model.info.schedule);
+        let per_chunk = manifest.chunk_size * self.plan.points_per_example();
+        let total = (self.data.len() * self.plan.points_per_example() * self.checkpoints.len()) as u64;
+        let mut done = 0u64;
+        for (ci, entry) in self.checkpoints.iter().enumerate() {
+            let missing: Vec<usize> = (0..manifest.chunks_per_checkpoint())
+                .filter(|&k| manifest.checkpoints[ci].chunks[k].is_none())
+                .collect();
+            done += ((manifest.chunks_per_checkpoint() - missing.len()) * per_chunk) as u64;
+            if missing.is_empty() {
+                continue;
+            }
+            let model = self
+                .model
+                .load_model(entry, self.device)
+                .map_err(|e| IndexError::Invalid(e.to_string()))?;
+            let run = FeatureRun {
+                model: &model,
+                schedule: &schedule,
+                plan: &self.plan,
+                projector: &projector,
+                measurement: Measurement::Loss,
+                batch_size: self.batch_size,
+                device: self.device,
+            };
+            for k in missing {
+                let start = k * manifest.chunk_size;
+                let end = (start + manifest.chunk_size).min(self.data.len());
+                let indices: Vec<usize> = (start..end).collect();
+                let examples = Examples {
+                    ids: indices.iter().map(|&i| self.data.ids[i]).collect(),
+                    shape,
+                    pixels: indices
+                        .iter()
+                        .flat_map(|&i| bytes_to_unit(self.data.image(i)))
+                        .collect(),
+                };
+                let base = done;
+                let sub = JobContext {
+                    cancel: job.cancel.clone(),
+                    progress: std::sync::Arc::new(Offset {
+                        base,
+                        total,
+                        inner: job.clone(),
+                        step: entry.state.step,
+                    }),
+                };
+                let Some(features) = run.run(&examples, &sub).map_err(IndexError::Invalid)? else {
+                    return Ok(None);
+                };
+                let bytes = encode(&features.values, self.storage);
+                let path = chunk_path(self.dir, entry.state.step, k);
+                write_atomic(&path, &bytes).map_err(|e| IndexError::Invalid(e.to_string()))?;
+                manifest.checkpoints[ci].chunks[k] = Some(sha256(&bytes));
+                write_manifest(self.dir, &manifest)?;
+                done += ((end - start) * self.plan.points_per_example()) as u64;
+            }
+        }
+        write_manifest(self.dir, &manifest)?;
+        Ok(Some(Index {
+            dir: self.dir.to_owned(),
+            manifest,
+            projector,
+        }))
+    }
+}
+
+/// Progress of one chunk, offset into the progress of the whole build.
+struct Offset {
+    base: u64,
+    total: u64,
+    inner: JobContext,
+    step: usize,
+}
+
+impl crate::jobs::ProgressSink for Offset {
+    fn update(&self, p: &crate::jobs::Progress) {
+        self.inner.report(
+            "indexing",
+            self.base + p.done,
+            self.total,
+            format!("checkpoint step {}", self.step),
+        );
+    }
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest, IndexError> {
+    let path = dir.join("manifest.json");
+    let bytes = std::fs::read(&path).map_err(io(&path))?;
+    let m: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| IndexError::Invalid(format!("{}: unreadable index manifest: {e}", path.display())))?;
+    if m.format_version != INDEX_FORMAT_VERSION {
+        return Err(IndexError::Invalid(format!(
+            "{}: index format {} but this retrace reads {INDEX_FORMAT_VERSION}; rebuild it",
+            path.display(),
+            m.format_version
+        )));
+    }
+    Ok(m)
+}
+
+fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), IndexError> {
+    let json = serde_json::to_vec_pretty(m).expect("manifest serialises");
+    write_atomic(&dir.join("manifest.json"), &json).map_err(|e| IndexError::Invalid(e.to_string()))
+}
+
+impl Index {
+    /// Opens a complete index, checking that it matches `expected` and that every chunk's
+    /// checksum is intact.
+    pub fn open(dir: &Path, expected: &IndexKey, device: &burn::tensor::Device) -> Result<Self, IndexError> {
+        let manifest = read_manifest(dir)?;
+        let differences = manifest.key.differences(expected);
+        if !differences.is_empty() {
+            return Err(IndexError::Foreign {
+                dir: dir.to_owned(),
+                differences,
+            });
+        }
+        if !manifest.is_complete() {
+            return Err(IndexError::Invalid(format!(
+                "the index in {} is incomplete: run `retrace index` to finish it",
+                dir.display()
+            )));
+        }
+        for c in &manifest.checkpoints {
+            for (k, sha) in c.chunks.iter().enumerate() {
+                let path = chunk_path(dir, c.step, k);
+                let map = map_file(&path)?;
+                if sha.as_deref() != Some(sha256(&map).as_str()) {
+                    return Err(IndexError::Invalid(format!(
+                        "{}: checksum mismatch: the index file is damaged; rebuild the index",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        let projector = Projector::new(manifest.key.projection, &manifest.key.layer_shapes, device);
+        Ok(Self {
+            dir: dir.to_owned(),
+            manifest,
+            projector,
+        })
+    }
+
+    /// The training features of checkpoint `i` (manifest order), decoded from the mapped files.
+    pub fn features(&self, i: usize) -> Result<Features, IndexError> {
+        let c = &self.manifest.checkpoints[i];
+        let m = &self.manifest;
+        let mut values = Vec::with_capacity(m.examples * m.key.plan.buckets * m.dim);
+        for k in 0..c.chunks.len() {
+            decode(
+                &map_file(&chunk_path(&self.dir, c.step, k))?,
+                m.key.storage,
+                &mut values,
+            );
+        }
+        let expected = m.examples * m.key.plan.buckets * m.dim;
+        if values.len() != expected {
+            return Err(IndexError::Invalid(format!(
+                "index checkpoint {} holds {} values, expected {expected}",
+                c.step,
+                values.len()
+            )));
+        }
+        Ok(Features {
+            values,
+            examples: m.examples,
+            buckets: m.key.plan.buckets,
+            dim: m.dim,
+        })
+    }
+}
+
+fn map_file(path: &Path) -> Result<Mmap, IndexError> {
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    // SAFETY: index files are written once under a temporary name and renamed into place; they
+    // are never modified afterwards, so the mapping stays valid while it is read.
+    unsafe { Mmap::map(&file) }.map_err(io(path))
+}

@@ -1,0 +1,143 @@
+//! The on-disk index: resumable, checksummed, refused for another setting; and `attribute`
+//! end to end on the bundled model.
+
+mod common;
+
+use common::cpu;
+use retrace::attribution::{CheckpointChoice, IndexSettings, MethodName, Query, attribute};
+use retrace::data::{DataSpec, Dataset, Split, bundled_model_dir};
+use retrace::diffusion::ModelDir;
+use retrace::diffusion::images::bytes_to_unit;
+use retrace::grad::{ProjectionConfig, TimestepPlan};
+use retrace::index::Storage;
+use retrace::jobs::{CancelToken, JobContext, Progress, ProgressSink};
+
+fn small_data() -> Dataset {
+    let data = Dataset::load(&DataSpec::bundled(Split::Train)).unwrap();
+    data.select(&(0..40).collect::<Vec<_>>())
+}
+
+/// A copy of the bundled model whose recorded data is the 40-image subset.
+fn model_for(data: &Dataset, root: &std::path::Path) -> ModelDir {
+    let bundled = ModelDir::open(&bundled_model_dir()).unwrap();
+    let mut info = bundled.info.clone();
+    info.data_hash = data.content_hash();
+    info.data_len = data.len();
+    let dir = ModelDir::create(root, info).unwrap();
+    let last = bundled.latest().unwrap().unwrap();
+    let target = root.join("checkpoints").join(last.dir.file_name().unwrap());
+    std::fs::create_dir_all(&target).unwrap();
+    for f in ["weights.bpk", "state.json"] {
+        std::fs::copy(last.dir.join(f), target.join(f)).unwrap();
+    }
+    dir
+}
+
+fn settings(dir: &std::path::Path, k: usize) -> IndexSettings {
+    IndexSettings {
+        dir: dir.to_owned(),
+        plan: TimestepPlan::new(1000, 2, 1, 0).unwrap(),
+        projection: ProjectionConfig {
+            k_in: k,
+            k_out: k,
+            seed: 0,
+        },
+        checkpoints: CheckpointChoice::All,
+        storage: Storage::F32,
+        batch_size: 16,
+        chunk_size: 10,
+    }
+}
+
+struct CancelAfter(usize, CancelToken);
+impl ProgressSink for CancelAfter {
+    fn update(&self, p: &Progress) {
+        if p.done as usize >= self.0 {
+            self.1.cancel();
+        }
+    }
+}
+
+#[test]
+fn a_killed_build_resumes_and_foreign_or_damaged_indexes_are_refused() {
+    let data = small_data();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_for(&data, &tmp.path().join("model"));
+    let index_dir = tmp.path().join("index");
+    let s = settings(&index_dir, 4);
+
+    let cancel = CancelToken::new();
+    let job = JobContext {
+        cancel: cancel.clone(),
+        progress: std::sync::Arc::new(CancelAfter(40, cancel)),
+    };
+    assert!(
+        s.ensure(&model, &data, &cpu(), &job).unwrap().is_none(),
+        "cancelled mid-way"
+    );
+    let partial = std::fs::read_dir(&index_dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "bin"))
+        .count();
+    assert!(partial >= 1, "the first chunk survives the interruption");
+
+    let resumed = s.ensure(&model, &data, &cpu(), &JobContext::silent()).unwrap().unwrap();
+    let fresh_dir = tmp.path().join("fresh");
+    let fresh = settings(&fresh_dir, 4)
+        .ensure(&model, &data, &cpu(), &JobContext::silent())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        resumed.features(0).unwrap(),
+        fresh.features(0).unwrap(),
+        "resumed = uninterrupted"
+    );
+
+    let err = settings(&index_dir, 6)
+        .ensure(&model, &data, &cpu(), &JobContext::silent())
+        .unwrap_err();
+    assert!(err.contains("projection") && err.contains("another setting"), "{err}");
+    let other = data.select(&(0..39).collect::<Vec<_>>());
+    let err = s.ensure(&model, &other, &cpu(), &JobContext::silent()).unwrap_err();
+    assert!(err.contains("trained on"), "{err}");
+
+    let chunk = std::fs::read_dir(&index_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "bin"))
+        .unwrap();
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&chunk, bytes).unwrap();
+    let err = s.ensure(&model, &data, &cpu(), &JobContext::silent()).unwrap_err();
+    assert!(err.contains("checksum mismatch"), "{err}");
+}
+
+#[test]
+fn attribute_ranks_a_training_image_first_and_refuses_a_wrong_size() {
+    let data = small_data();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_for(&data, &tmp.path().join("model"));
+    let s = settings(&tmp.path().join("index"), 8);
+    let query = Query {
+        pixels: bytes_to_unit(data.image(5)),
+        shape: [1, 28, 28],
+        description: "training image 5".into(),
+    };
+    let methods = [MethodName::ReTrac, MethodName::TracIn, MethodName::Pixel];
+    let scores = attribute(&model, &data, &query, &methods, &s, &cpu(), &JobContext::silent())
+        .unwrap()
+        .unwrap();
+    let names: Vec<&str> = scores.iter().map(|s| s.method.as_str()).collect();
+    assert_eq!(names, ["retrac", "tracin", "pixel"]);
+    assert_eq!(scores[0].ranking()[0], 5);
+    assert_eq!(scores[2].ranking()[0], 5);
+    assert!(scores.iter().all(|s| s.per_bucket.iter().all(|v| v.is_finite())));
+    let bad = Query {
+        pixels: vec![0.0; 3 * 32 * 32],
+        shape: [3, 32, 32],
+        description: "cifar-sized".into(),
+    };
+    let err = attribute(&model, &data, &bad, &methods, &s, &cpu(), &JobContext::silent()).unwrap_err();
+    assert!(err.contains("model takes"), "{err}");
+}
