@@ -173,6 +173,9 @@ struct IndexArgs {
     /// Seed of the plan and the projection.
     #[arg(long, default_value_t = 0)]
     plan_seed: u64,
+    /// Draw (t, ε) per training image instead of one shared set for all images and the query.
+    #[arg(long)]
+    per_example_noise: bool,
 }
 
 impl IndexArgs {
@@ -185,9 +188,10 @@ impl IndexArgs {
             .unwrap_or_else(|| model.info.data_spec.clone())
             .parse()?;
         let data = Dataset::load(&spec)?;
-        let plan =
+        let mut plan =
             retrace::grad::TimestepPlan::new(model.info.schedule.steps, self.buckets, self.draws, self.plan_seed)
                 .map_err(anyhow::Error::msg)?;
+        plan.shared_noise = !self.per_example_noise;
         let settings = retrace::attribution::IndexSettings {
             dir: self.index.clone().unwrap_or_else(|| root.join("index")),
             plan,
