@@ -9,7 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleVisitor, Param};
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::ModuleOptimizer;
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device, Tensor};
@@ -320,13 +322,13 @@ pub fn sha256(bytes: &[u8]) -> String {
     to_hex(&Sha256::digest(bytes))
 }
 
-/// Path of the first parameter with a NaN or infinity, if any.
-pub fn first_non_finite<M: Module>(module: &M) -> Option<String> {
-    struct Finder {
+/// Dotted module path of every parameter ("down_blocks.0.resnets.0.conv1.weight"), by id.
+pub fn param_paths<M: Module>(module: &M) -> HashMap<ParamId, String> {
+    struct Paths {
         path: Vec<String>,
-        found: Option<String>,
+        names: HashMap<ParamId, String>,
     }
-    impl ModuleVisitor for Finder {
+    impl ModuleVisitor for Paths {
         fn enter_module(&mut self, name: &str, _container: &str) {
             self.path.push(name.to_owned());
         }
@@ -334,19 +336,29 @@ pub fn first_non_finite<M: Module>(module: &M) -> Option<String> {
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if self.found.is_some() {
-                return;
-            }
-            let finite = param.val().is_finite().all().into_scalar::<bool>();
-            if !finite {
-                self.found = Some(self.path.join("."));
+            self.names.insert(param.id, self.path.join("."));
+        }
+    }
+    let mut v = Paths {
+        path: Vec::new(),
+        names: HashMap::new(),
+    };
+    module.visit(&mut v);
+    v.names
+}
+
+/// Path of the first parameter with a NaN or infinity, if any.
+pub fn first_non_finite<M: Module>(module: &M) -> Option<String> {
+    struct Finder(Option<ParamId>);
+    impl ModuleVisitor for Finder {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.0.is_none() && !param.val().is_finite().all().into_scalar::<bool>() {
+                self.0 = Some(param.id);
             }
         }
     }
-    let mut finder = Finder {
-        path: Vec::new(),
-        found: None,
-    };
+    let mut finder = Finder(None);
     module.visit(&mut finder);
-    finder.found
+    let id = finder.0?;
+    Some(param_paths(module).remove(&id).unwrap_or_else(|| format!("{id:?}")))
 }

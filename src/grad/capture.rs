@@ -8,9 +8,7 @@
 //! The objective is summed over the batch (not averaged), so each example's gradients are
 //! those of its own loss.
 
-use std::collections::HashMap;
-
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::ParamId;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, PaddingConfig2d};
 use burn::tensor::module::{conv2d, unfold4d};
@@ -231,29 +229,4 @@ pub fn capture_layers(
     let per_example = objective(prediction);
     let grads = per_example.clone().sum().backward();
     (tape.finish(&grads), per_example.inner())
-}
-
-/// Dotted module path of every parameter ("down_blocks.0.resnets.0.conv1.weight"), by id.
-pub fn layer_names<M: Module>(module: &M) -> HashMap<ParamId, String> {
-    struct Names {
-        path: Vec<String>,
-        names: HashMap<ParamId, String>,
-    }
-    impl ModuleVisitor for Names {
-        fn enter_module(&mut self, name: &str, _container: &str) {
-            self.path.push(name.to_owned());
-        }
-        fn exit_module(&mut self, _name: &str, _container: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.names.insert(param.id, self.path.join("."));
-        }
-    }
-    let mut v = Names {
-        path: Vec::new(),
-        names: HashMap::new(),
-    };
-    module.visit(&mut v);
-    v.names
 }

@@ -7,7 +7,8 @@ pub mod features;
 pub mod plan;
 pub mod project;
 
-pub use capture::{CaptureTape, LayerGrads, LayerKind, capture_layers, layer_names};
+pub use crate::diffusion::checkpoint::param_paths as layer_names;
+pub use capture::{CaptureTape, LayerGrads, LayerInput, LayerKind, capture_layers};
 pub use features::{Examples, FeatureRun, Features};
 pub use plan::{PlanPoint, TimestepPlan};
 pub use project::{ProjectionConfig, Projector, layer_shapes, model_layer_shapes};
