@@ -149,7 +149,7 @@ struct IndexArgs {
     /// Training data spec (default: the model's own).
     #[arg(long)]
     data: Option<String>,
-    /// Index directory (default: MODEL/index).
+    /// Index directory (default: one per model under $XDG_CACHE_HOME/retrace, or ~/.cache/retrace).
     #[arg(long)]
     index: Option<PathBuf>,
     /// Projection width per layer side (k_in = k_out = K).
@@ -193,7 +193,7 @@ impl IndexArgs {
                 .map_err(anyhow::Error::msg)?;
         plan.shared_noise = !self.per_example_noise;
         let settings = retrace::attribution::IndexSettings {
-            dir: self.index.clone().unwrap_or_else(|| root.join("index")),
+            dir: self.index.clone().unwrap_or_else(|| default_index_dir(&root)),
             plan,
             projection: retrace::grad::ProjectionConfig {
                 k_in: self.k,
@@ -541,6 +541,22 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The default index directory of a model: in the user's cache, named after the model
+/// directory and a hash of its absolute path, so the source tree (and `assets/`) stays clean.
+fn default_index_dir(model: &Path) -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    let absolute = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_owned());
+    let hash = retrace::diffusion::checkpoint::sha256(absolute.display().to_string().as_bytes());
+    let name = absolute
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    cache.join("retrace").join(format!("index-{name}-{}", &hash[..12]))
 }
 
 fn named_config(name: &str, data: &Dataset) -> Result<UNetConfig> {
