@@ -393,6 +393,8 @@ fn run(cli: Cli) -> Result<()> {
                 None => println!("stopped; run the same command again to resume from the last complete chunk"),
                 Some(index) => {
                     let m = &index.manifest;
+                    let per_image = m.key.plan.buckets * m.dim * m.key.storage.bytes() * m.checkpoints.len();
+                    println!("{:.1} KB per indexed image", per_image as f64 / 1024.0);
                     println!(
                         "index {} ready in {:.1} s: {} images × {} buckets × {} features × {} checkpoint(s), {} storage",
                         index.dir.display(),

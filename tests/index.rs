@@ -141,3 +141,35 @@ fn attribute_ranks_a_training_image_first_and_refuses_a_wrong_size() {
     let err = attribute(&model, &data, &bad, &methods, &s, &cpu(), &JobContext::silent()).unwrap_err();
     assert!(err.contains("model takes"), "{err}");
 }
+
+#[test]
+fn f16_storage_halves_the_index_and_keeps_three_digits() {
+    let data = small_data().select(&(0..10).collect::<Vec<_>>());
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_for(&data, &tmp.path().join("model"));
+    let f32_index = settings(&tmp.path().join("f32"), 4)
+        .ensure(&model, &data, &cpu(), &JobContext::silent())
+        .unwrap()
+        .unwrap();
+    let half = IndexSettings {
+        storage: Storage::F16,
+        ..settings(&tmp.path().join("f16"), 4)
+    };
+    let f16_index = half
+        .ensure(&model, &data, &cpu(), &JobContext::silent())
+        .unwrap()
+        .unwrap();
+    let size = |dir: &std::path::Path| -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "bin"))
+            .map(|p| p.metadata().unwrap().len())
+            .sum()
+    };
+    assert_eq!(size(&f32_index.dir), 2 * size(&f16_index.dir));
+    let (a, b) = (f32_index.features(0).unwrap(), f16_index.features(0).unwrap());
+    for (x, y) in a.values.iter().zip(&b.values) {
+        assert!((x - y).abs() <= 1e-3 * x.abs() + 1e-6, "{x} vs {y}");
+    }
+}
