@@ -8,9 +8,7 @@ use retrace::attribution::{CheckpointFeatures, GradientInputs, Method, ReTrac, T
 use retrace::data::{DataSpec, Dataset, Split, bundled_model_dir};
 use retrace::diffusion::images::bytes_to_unit;
 use retrace::diffusion::{Measurement, ModelDir, Schedule, UNet};
-use retrace::grad::{
-    Examples, FeatureRun, Features, ProjectionConfig, Projector, TimestepPlan, capture_layers, layer_shapes,
-};
+use retrace::grad::{Examples, FeatureRun, Features, ProjectionConfig, Projector, TimestepPlan, model_layer_shapes};
 use retrace::jobs::JobContext;
 
 fn examples(data: &Dataset, idx: &[usize], ids: &[u64]) -> Examples {
@@ -26,13 +24,11 @@ fn examples(data: &Dataset, idx: &[usize], ids: &[u64]) -> Examples {
 }
 
 fn projector_for(model: &UNet, shape: [usize; 3], device: &Device) -> Projector {
-    let ad = device.clone().autodiff();
-    let m = burn::module::Module::to_device(model.clone(), &ad);
-    let m = burn::module::Module::train(m);
-    let x = burn::tensor::Tensor::<4>::zeros([1, shape[0], shape[1], shape[2]], &ad);
-    let t = burn::tensor::Tensor::<1>::zeros([1], &ad);
-    let (layers, _) = capture_layers(&m, x, t, |p| p.powi_scalar(2).sum().reshape([1]));
-    Projector::new(ProjectionConfig::default(), &layer_shapes(&layers), device)
+    Projector::new(
+        ProjectionConfig::default(),
+        &model_layer_shapes(model, shape, device),
+        device,
+    )
 }
 
 fn featurise(model: &UNet, projector: &Projector, plan: &TimestepPlan, ex: &Examples, batch: usize) -> Features {

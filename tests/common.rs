@@ -62,3 +62,23 @@ pub fn param_values<M: burn::module::Module>(module: &M) -> Vec<f32> {
     module.visit(&mut c);
     c.0
 }
+
+/// Cancels its job once the job reports `at` units done.
+struct CancelAt(usize, retrace::jobs::CancelToken);
+
+impl retrace::jobs::ProgressSink for CancelAt {
+    fn update(&self, p: &retrace::jobs::Progress) {
+        if p.done as usize >= self.0 {
+            self.1.cancel();
+        }
+    }
+}
+
+/// A job context that cancels itself once `at` units of work are reported done.
+pub fn job_cancelled_at(at: usize) -> retrace::jobs::JobContext {
+    let cancel = retrace::jobs::CancelToken::new();
+    retrace::jobs::JobContext {
+        cancel: cancel.clone(),
+        progress: std::sync::Arc::new(CancelAt(at, cancel)),
+    }
+}

@@ -3,15 +3,13 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use burn::module::Module;
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use common::{cpu, fashion_subset, tiny_config, tiny_model_dir};
 use retrace::diffusion::images::batch_tensor;
 use retrace::diffusion::train::{TrainLength, batch_plan, diffusion_loss, noise_images, train};
 use retrace::diffusion::{SamplerConfig, SamplerKind, Schedule, UNet, sample};
-use retrace::jobs::{JobContext, Progress, ProgressSink};
+use retrace::jobs::JobContext;
 
 fn flat(model: &UNet) -> Vec<f32> {
     common::param_values(model)
@@ -55,16 +53,6 @@ fn tiny_training_on_fashion_mnist_lowers_the_loss() {
     );
 }
 
-/// Cancels the job once it reports `at` steps done.
-struct CancelAt(usize, retrace::jobs::CancelToken);
-impl ProgressSink for CancelAt {
-    fn update(&self, p: &Progress) {
-        if p.done as usize >= self.0 {
-            self.1.cancel();
-        }
-    }
-}
-
 #[test]
 fn interrupted_training_resumes_to_the_same_weights() {
     let data = fashion_subset(64);
@@ -76,11 +64,7 @@ fn interrupted_training_resumes_to_the_same_weights() {
 
     let broken = tempfile::tempdir().unwrap();
     let b = tiny_model_dir(broken.path(), &data, 16, 8);
-    let cancel = retrace::jobs::CancelToken::new();
-    let job = JobContext {
-        cancel: cancel.clone(),
-        progress: Arc::new(CancelAt(10, cancel)),
-    };
+    let job = common::job_cancelled_at(10);
     let first = train(&b, &data, &length, false, &device, &job).unwrap();
     assert!(first.cancelled && first.step == 10, "stopped at {}", first.step);
     assert_eq!(

@@ -10,7 +10,7 @@ use retrace::diffusion::ModelDir;
 use retrace::diffusion::images::bytes_to_unit;
 use retrace::grad::{ProjectionConfig, TimestepPlan};
 use retrace::index::Storage;
-use retrace::jobs::{CancelToken, JobContext, Progress, ProgressSink};
+use retrace::jobs::JobContext;
 
 fn small_data() -> Dataset {
     let data = Dataset::load(&DataSpec::bundled(Split::Train)).unwrap();
@@ -49,15 +49,6 @@ fn settings(dir: &std::path::Path, k: usize) -> IndexSettings {
     }
 }
 
-struct CancelAfter(usize, CancelToken);
-impl ProgressSink for CancelAfter {
-    fn update(&self, p: &Progress) {
-        if p.done as usize >= self.0 {
-            self.1.cancel();
-        }
-    }
-}
-
 #[test]
 fn a_killed_build_resumes_and_foreign_or_damaged_indexes_are_refused() {
     let data = small_data();
@@ -66,11 +57,7 @@ fn a_killed_build_resumes_and_foreign_or_damaged_indexes_are_refused() {
     let index_dir = tmp.path().join("index");
     let s = settings(&index_dir, 4);
 
-    let cancel = CancelToken::new();
-    let job = JobContext {
-        cancel: cancel.clone(),
-        progress: std::sync::Arc::new(CancelAfter(40, cancel)),
-    };
+    let job = common::job_cancelled_at(40);
     assert!(
         s.ensure(&model, &data, &cpu(), &job).unwrap().is_none(),
         "cancelled mid-way"
