@@ -519,8 +519,7 @@ fn run(cli: Cli) -> Result<()> {
                     (dir.info.unet.clone(), Some(net), dir.root.display().to_string())
                 }
             };
-            let plain = cfg.init(&dev.device);
-            let net_for_features = net.clone().unwrap_or(plain);
+            let net_for_features = net.clone().unwrap_or_else(|| cfg.init(&dev.device));
             let r = retrace::bench::forward_backward(&cfg, net, batch, iterations, &dev.device);
             let features = retrace::bench::feature_throughput(
                 &cfg,

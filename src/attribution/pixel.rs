@@ -26,7 +26,7 @@ pub fn pixel_cosine(data: &Dataset, query: &[f32], steps: usize, device: &Device
     let norms = train.powi_scalar(2).sum_dim(1).sqrt() * q.powi_scalar(2).sum().sqrt().reshape([1, 1]);
     let cos = (dots / norms.clamp_min(1e-12)).reshape([n]);
     Ok(Scores {
-        method: "pixel".into(),
+        method: super::MethodName::Pixel.name().into(),
         parameters: serde_json::json!({ "space": "pixels in [-1, 1]" }),
         buckets: vec![[0, steps]],
         ids: data.ids.clone(),

@@ -24,6 +24,17 @@ pub enum MethodName {
     Pixel,
 }
 
+impl MethodName {
+    /// The name the method's [`Scores`] carry (and the command line uses).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TracIn => TracIn.name(),
+            Self::ReTrac => ReTrac.name(),
+            Self::Pixel => "pixel",
+        }
+    }
+}
+
 impl FromStr for MethodName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -195,11 +206,6 @@ pub fn attribute(
         out.push(pixel_cosine(data, &query.pixels, model.info.schedule.steps, device)?);
     }
     // Keep the order the user asked for.
-    out.sort_by_key(|s| {
-        methods
-            .iter()
-            .position(|m| format!("{m:?}").to_lowercase() == s.method)
-            .unwrap_or(usize::MAX)
-    });
+    out.sort_by_key(|s| methods.iter().position(|m| m.name() == s.method).unwrap_or(usize::MAX));
     Ok(Some(out))
 }
