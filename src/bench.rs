@@ -144,3 +144,201 @@ pub fn feature_throughput(
     run(iterations);
     (batch * iterations) as f64 / start.elapsed().as_secs_f64()
 }
+
+/// Timings of a curvature fit.
+#[derive(Clone, Debug)]
+pub struct CurvatureTimings {
+    /// (image, t, ε) points per pass.
+    pub points: usize,
+    /// The Kronecker-factor pass.
+    pub factor_seconds: f64,
+    /// Host eigendecomposition of every factor.
+    pub eigen_seconds: f64,
+    /// EK-FAC's eigenvalue-correction pass.
+    pub correction_seconds: f64,
+    /// Largest factor side (d_in + 1 or d_out).
+    pub largest_factor: usize,
+}
+
+/// Times a K-FAC + EK-FAC fit of `model` on `images` random images × `buckets` points each.
+pub fn curvature_fit(
+    config: &UNetConfig,
+    model: &UNet,
+    images: usize,
+    buckets: usize,
+    batch: usize,
+    device: &Device,
+) -> Result<CurvatureTimings, String> {
+    use crate::curvature::{CurvatureFit, Fisher, FitConfig, Sharing, eigendecompose};
+    use crate::diffusion::noise::{gaussian, stream};
+    use crate::grad::{Examples, TimestepPlan};
+    let s = config.sample_size;
+    let shape = [config.image_channels, s, s];
+    let pixels = shape.iter().product::<usize>();
+    let examples = Examples {
+        ids: (0..images as u64).collect(),
+        shape,
+        pixels: gaussian(&mut stream("bench-images", &[0]), images * pixels)
+            .into_iter()
+            .map(|v| v.clamp(-1.0, 1.0))
+            .collect(),
+    };
+    let mut plan = TimestepPlan::new(1000, buckets, 1, 0)?;
+    plan.shared_noise = false;
+    let fit_config = FitConfig {
+        fisher: Fisher::Ggn,
+        sharing: Sharing::Expand,
+        plan,
+    };
+    let schedule = Schedule::new(&Default::default());
+    let fit = CurvatureFit {
+        model,
+        schedule: &schedule,
+        config: &fit_config,
+        examples: &examples,
+        batch_size: batch,
+        device,
+    };
+    let job = crate::jobs::JobContext::silent();
+    let start = Instant::now();
+    let factors = fit.factors(&job)?.ok_or("cancelled")?;
+    let factor_seconds = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut layers = eigendecompose(&factors, &job);
+    let eigen_seconds = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    fit.correct(&mut layers, &job)?;
+    Ok(CurvatureTimings {
+        points: images * buckets,
+        factor_seconds,
+        eigen_seconds,
+        correction_seconds: start.elapsed().as_secs_f64(),
+        largest_factor: factors.iter().map(|f| f.d_in.max(f.d_out)).max().unwrap_or(0),
+    })
+}
+
+/// Query latency against a synthetic index of the real model's feature width.
+#[derive(Clone, Debug)]
+pub struct QueryLatency {
+    /// Training images in the synthetic index.
+    pub images: usize,
+    /// Timestep buckets.
+    pub buckets: usize,
+    /// Features per image and bucket.
+    pub dim: usize,
+    /// Bytes of feature files on disk.
+    pub index_bytes: u64,
+    /// Opening the index (reading the manifest and verifying every checksum).
+    pub open_seconds: f64,
+    /// (method, seconds to score every training image) for ReTrac, TracIn and K-FAC.
+    pub methods: Vec<(&'static str, f64)>,
+}
+
+/// Writes a synthetic index of `images` images (features of the given layer shapes and
+/// projection, random values, `storage`), opens it, and times scoring one query with ReTrac,
+/// TracIn and K-FAC's scoring step (the query's gradients, which do not depend on the index
+/// size, are not included). The index lives in a temporary directory removed afterwards.
+pub fn synthetic_query_latency(
+    images: usize,
+    buckets: usize,
+    layer_shapes: &[(usize, usize)],
+    storage: crate::index::Storage,
+    device: &Device,
+) -> Result<QueryLatency, String> {
+    use std::sync::Arc;
+
+    use crate::attribution::{
+        CheckpointFeatures, GradientInputs, KfacInfluence, Method, ReTrac, TracIn, TrainFeatures,
+    };
+    use crate::diffusion::noise::{gaussian, stream};
+    use crate::grad::{Features, ProjectionConfig, Projector, TimestepPlan};
+    use crate::index::{INDEX_FORMAT_VERSION, Index, IndexKey, IndexedCheckpoint, Manifest, write_index};
+
+    let projection = ProjectionConfig::default();
+    let dim = Projector::new(projection, layer_shapes, device).dim();
+    let plan = TimestepPlan::new(1000, buckets, 1, 0)?;
+    let key = IndexKey {
+        checkpoint_hashes: vec!["synthetic".repeat(8)],
+        data_hash: "synthetic".repeat(8),
+        plan: plan.clone(),
+        projection,
+        layer_shapes: layer_shapes.to_vec(),
+        storage,
+    };
+    let manifest = Manifest {
+        format_version: INDEX_FORMAT_VERSION,
+        key: key.clone(),
+        examples: images,
+        chunk_size: 1000,
+        dim,
+        checkpoints: vec![IndexedCheckpoint {
+            step: 1,
+            learning_rate: 1e-3,
+            chunks: Vec::new(),
+        }],
+    };
+    let dir = std::env::temp_dir().join(format!("retrace-bench-index-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // A block of random values, cycled: the values do not change the work.
+    let pool = gaussian(&mut stream("bench-features", &[0]), 1 << 20);
+    let row = buckets * dim;
+    write_index(&dir, manifest, |_, start, end| {
+        (start * row..end * row)
+            .map(|i| pool[(i * 7919) % pool.len()])
+            .collect()
+    })
+    .map_err(|e| e.to_string())?;
+    let index_bytes = std::fs::read_dir(&dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let start = Instant::now();
+    let index = Index::open(&dir, &key, device).map_err(|e| e.to_string());
+    let open_seconds = start.elapsed().as_secs_f64();
+    let index = Arc::new(index?);
+    let query = Features {
+        values: pool[..row].to_vec(),
+        examples: 1,
+        buckets,
+        dim,
+    };
+    let inputs = GradientInputs {
+        checkpoints: vec![CheckpointFeatures {
+            step: 1,
+            learning_rate: 1e-3,
+            train: TrainFeatures::Indexed { index, checkpoint: 0 },
+            query: query.clone(),
+        }],
+        plan,
+        ids: (0..images as u64).collect(),
+        labels: vec![0; images],
+        parameters: serde_json::json!({}),
+        device: device.clone(),
+    };
+    let kfac = KfacInfluence {
+        name: "kfac",
+        query,
+        parameters: serde_json::json!({}),
+    };
+    let methods: [&dyn Method; 3] = [&ReTrac, &TracIn, &kfac];
+    let mut timings = Vec::new();
+    for m in methods {
+        let start = Instant::now();
+        let scores = m.score(&inputs);
+        timings.push((m.name(), start.elapsed().as_secs_f64()));
+        if let Err(e) = scores {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(QueryLatency {
+        images,
+        buckets,
+        dim,
+        index_bytes,
+        open_seconds,
+        methods: timings,
+    })
+}

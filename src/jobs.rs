@@ -121,3 +121,102 @@ impl ProgressSink for TerminalProgress {
         self.bar.set_message(p.message.clone());
     }
 }
+
+/// Progress kept for whoever polls it (the GUI reads it every frame), with an optional wake-up
+/// call so a sleeping UI repaints when the job advances.
+pub struct SharedProgress {
+    latest: std::sync::Mutex<Progress>,
+    wake: Box<dyn Fn() + Send + Sync>,
+}
+
+impl ProgressSink for SharedProgress {
+    fn update(&self, progress: &Progress) {
+        if let Ok(mut p) = self.latest.lock() {
+            *p = progress.clone();
+        }
+        (self.wake)();
+    }
+}
+
+/// What a finished background job produced: its value, `None` when it was cancelled, or why it
+/// failed (a panic inside the job is caught and reported here too).
+pub type JobOutcome<T> = Result<Option<T>, String>;
+
+/// A job running on its own thread: poll it for progress and its outcome, cancel it at will.
+pub struct BackgroundJob<T> {
+    /// What the job is, for the UI ("ranking with ReTrac", …).
+    pub title: String,
+    /// Cancels the job at its next safe point.
+    pub cancel: CancelToken,
+    progress: Arc<SharedProgress>,
+    outcome: std::sync::mpsc::Receiver<JobOutcome<T>>,
+    started: std::time::Instant,
+}
+
+impl<T: Send + 'static> BackgroundJob<T> {
+    /// Starts `work` on a new thread; `wake` is called whenever it reports progress or ends.
+    pub fn spawn(
+        title: impl Into<String>,
+        wake: impl Fn() + Send + Sync + Clone + 'static,
+        work: impl FnOnce(&JobContext) -> JobOutcome<T> + Send + 'static,
+    ) -> Self {
+        let progress = Arc::new(SharedProgress {
+            latest: std::sync::Mutex::new(Progress::default()),
+            wake: Box::new(wake.clone()),
+        });
+        let cancel = CancelToken::new();
+        let ctx = JobContext {
+            cancel: cancel.clone(),
+            progress: progress.clone(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&ctx))).unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(format!("the job failed unexpectedly: {what}"))
+                });
+            let _ = tx.send(result);
+            wake();
+        });
+        Self {
+            title: title.into(),
+            cancel,
+            progress,
+            outcome: rx,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The latest progress report.
+    pub fn progress(&self) -> Progress {
+        self.progress.latest.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Seconds since the job started.
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// The outcome once the job has ended (returned once), `None` while it runs.
+    pub fn poll(&self) -> Option<JobOutcome<T>> {
+        match self.outcome.try_recv() {
+            Ok(outcome) => Some(outcome),
+            Err(std::sync::mpsc::TryRecvError::Empty) => None,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                Some(Err("the job's thread ended without a result".into()))
+            }
+        }
+    }
+
+    /// Waits for the outcome (CLI and tests).
+    pub fn wait(self) -> JobOutcome<T> {
+        self.outcome
+            .recv()
+            .unwrap_or_else(|_| Err("the job's thread ended without a result".into()))
+    }
+}

@@ -6,6 +6,7 @@
 
 pub mod attribution;
 pub mod bench;
+pub mod curvature;
 pub mod data;
 pub mod device;
 pub mod diffusion;

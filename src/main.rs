@@ -108,9 +108,11 @@ enum Command {
         /// Generate the query from the model with this seed (DDIM, 100 steps).
         #[arg(long)]
         seed: Option<u64>,
-        /// Methods, comma-separated: tracin, retrac, pixel.
-        #[arg(long, default_value = "retrac,tracin,pixel", value_delimiter = ',')]
+        /// Methods, comma-separated: retrac, tracin, kfac, ekfac, pixel.
+        #[arg(long, default_value = "retrac,tracin,kfac,ekfac,pixel", value_delimiter = ',')]
         method: Vec<String>,
+        #[command(flatten)]
+        influence: InfluenceArgs,
         /// How many top images to print per method.
         #[arg(long, default_value_t = 5)]
         top: usize,
@@ -137,7 +139,51 @@ enum Command {
         /// Timed batches.
         #[arg(long, default_value_t = 5)]
         iterations: usize,
+        /// Images (× 10 timestep buckets) to time a K-FAC/EK-FAC curvature fit on (0 skips).
+        #[arg(long, default_value_t = 16)]
+        fit_images: usize,
+        /// Training images of the synthetic index whose query latency is measured (0 skips).
+        #[arg(long, default_value_t = 60_000)]
+        synthetic_images: usize,
     },
+}
+
+/// Settings of the influence-function methods (K-FAC, EK-FAC).
+#[derive(clap::Args)]
+struct InfluenceArgs {
+    /// What the query's gradient differentiates (K-FAC/EK-FAC): loss, elbo or square-norm.
+    #[arg(long, default_value = "loss")]
+    measurement: retrace::diffusion::Measurement,
+    /// Damping: a factor of each layer's mean eigenvalue (0.1), or an absolute value (abs:1e-8).
+    #[arg(long, default_value = "0.1", value_parser = parse_damping)]
+    damping: retrace::curvature::Damping,
+    /// Curvature: ggn (Monte Carlo GGN) or empirical (empirical Fisher).
+    #[arg(long, default_value = "ggn")]
+    curvature: retrace::curvature::Fisher,
+    /// K-FAC treatment of convolution positions and attention tokens: expand or reduce.
+    #[arg(long, default_value = "expand")]
+    sharing: retrace::curvature::Sharing,
+    /// Training images the curvature is fitted on (a seeded subset).
+    #[arg(long, default_value_t = 256)]
+    fit_images: usize,
+}
+
+fn parse_damping(s: &str) -> std::result::Result<retrace::curvature::Damping, String> {
+    let (absolute, number) = match s.strip_prefix("abs:") {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let v: f64 = number
+        .parse()
+        .map_err(|_| format!("damping {s:?} is not a number (or abs:NUMBER)"))?;
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("damping must be positive, not {s}"));
+    }
+    Ok(if absolute {
+        retrace::curvature::Damping::Absolute(v)
+    } else {
+        retrace::curvature::Damping::Relative(v)
+    })
 }
 
 /// The model, data and index settings shared by `index` and `attribute`.
@@ -413,6 +459,7 @@ fn run(cli: Cli) -> Result<()> {
             query,
             seed,
             method,
+            influence,
             top,
             out,
         } => {
@@ -464,7 +511,17 @@ fn run(cli: Cli) -> Result<()> {
                 }
             };
             eprintln!("query: {}", q.description);
-            let scores = retrace::attribution::attribute(&model, &data, &q, &methods, &settings, &dev.device, &job)
+            let request = retrace::attribution::MethodSettings {
+                methods,
+                influence: retrace::attribution::InfluenceSettings {
+                    measurement: influence.measurement,
+                    damping: influence.damping,
+                    fisher: influence.curvature,
+                    sharing: influence.sharing,
+                    fit_images: influence.fit_images.max(1),
+                },
+            };
+            let scores = retrace::attribution::attribute(&model, &data, &q, &request, &settings, &dev.device, &job)
                 .map_err(anyhow::Error::msg)?;
             bar.finish();
             let Some(scores) = scores else { bail!("cancelled") };
@@ -502,6 +559,8 @@ fn run(cli: Cli) -> Result<()> {
             config,
             batch,
             iterations,
+            fit_images,
+            synthetic_images,
         } => {
             let dev = compute_device(cli.device)?;
             let (cfg, net, what) = match config {
@@ -539,6 +598,44 @@ fn run(cli: Cli) -> Result<()> {
                 "gradient features (capture + projection, k = 8): {features:.1} example·timesteps/s, {:.2}× forward+backward",
                 features / r.examples_per_second
             );
+            if fit_images > 0 {
+                let c = retrace::bench::curvature_fit(&cfg, &net_for_features, fit_images, 10, batch, &dev.device)
+                    .map_err(anyhow::Error::msg)?;
+                println!(
+                    "curvature fit on {} points: factors {:.1} s ({:.1} points/s), eigendecomposition {:.1} s (largest factor {}), EK-FAC correction {:.1} s ({:.1} points/s)",
+                    c.points,
+                    c.factor_seconds,
+                    c.points as f64 / c.factor_seconds,
+                    c.eigen_seconds,
+                    c.largest_factor,
+                    c.correction_seconds,
+                    c.points as f64 / c.correction_seconds
+                );
+            }
+            if synthetic_images > 0 {
+                let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
+                let shapes = retrace::grad::model_layer_shapes(&net_for_features, shape, &dev.device);
+                let q = retrace::bench::synthetic_query_latency(
+                    synthetic_images,
+                    10,
+                    &shapes,
+                    retrace::index::Storage::F16,
+                    &dev.device,
+                )
+                .map_err(anyhow::Error::msg)?;
+                println!(
+                    "synthetic index: {} images × {} buckets × {} features, f16, {:.2} GB ({:.1} KB per image); opened and verified in {:.1} s",
+                    q.images,
+                    q.buckets,
+                    q.dim,
+                    q.index_bytes as f64 / 1e9,
+                    q.index_bytes as f64 / q.images as f64 / 1024.0,
+                    q.open_seconds
+                );
+                for (name, seconds) in &q.methods {
+                    println!("  query scoring, {name}: {:.0} ms", seconds * 1e3);
+                }
+            }
         }
     }
     Ok(())

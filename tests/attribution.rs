@@ -4,7 +4,7 @@ mod common;
 
 use burn::tensor::Device;
 use common::cpu;
-use retrace::attribution::{CheckpointFeatures, GradientInputs, Method, ReTrac, TracIn, pixel_cosine};
+use retrace::attribution::{CheckpointFeatures, GradientInputs, Method, ReTrac, TracIn, TrainFeatures, pixel_cosine};
 use retrace::data::{DataSpec, Dataset, Split, bundled_model_dir};
 use retrace::diffusion::images::bytes_to_unit;
 use retrace::diffusion::{Measurement, ModelDir, Schedule, UNet};
@@ -106,7 +106,7 @@ fn a_training_image_as_query_ranks_itself_first() {
             checkpoints: vec![CheckpointFeatures {
                 step: entry.state.step,
                 learning_rate: entry.state.learning_rate,
-                train: train.clone(),
+                train: TrainFeatures::Memory(train.clone()),
                 query,
             }],
             plan: plan.clone(),

@@ -4,7 +4,7 @@
 mod common;
 
 use common::cpu;
-use retrace::attribution::{CheckpointChoice, IndexSettings, MethodName, Query, attribute};
+use retrace::attribution::{CheckpointChoice, IndexSettings, MethodName, MethodSettings, Query, attribute};
 use retrace::data::{DataSpec, Dataset, Split, bundled_model_dir};
 use retrace::diffusion::ModelDir;
 use retrace::diffusion::images::bytes_to_unit;
@@ -111,15 +111,40 @@ fn attribute_ranks_a_training_image_first_and_refuses_a_wrong_size() {
         shape: [1, 28, 28],
         description: "training image 5".into(),
     };
-    let methods = [MethodName::ReTrac, MethodName::TracIn, MethodName::Pixel];
+    let methods = MethodSettings::new(&MethodName::ALL);
     let scores = attribute(&model, &data, &query, &methods, &s, &cpu(), &JobContext::silent())
         .unwrap()
         .unwrap();
     let names: Vec<&str> = scores.iter().map(|s| s.method.as_str()).collect();
-    assert_eq!(names, ["retrac", "tracin", "pixel"]);
-    assert_eq!(scores[0].ranking()[0], 5);
-    assert_eq!(scores[2].ranking()[0], 5);
-    assert!(scores.iter().all(|s| s.per_bucket.iter().all(|v| v.is_finite())));
+    assert_eq!(names, ["retrac", "tracin", "kfac", "ekfac", "pixel"]);
+    for s in &scores {
+        assert_eq!(s.len(), 40);
+        assert!(s.per_bucket.iter().all(|v| v.is_finite()), "{}", s.method);
+        if s.method != "tracin" {
+            assert_eq!(s.ranking()[0], 5, "{}: top 5 {:?}", s.method, &s.ranking()[..5]);
+        }
+    }
+    // The curvature was fitted once and is kept beside the index; a damaged copy is refused.
+    let fitted: Vec<_> = std::fs::read_dir(tmp.path().join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("curvature-"))
+        .collect();
+    assert_eq!(fitted.len(), 1, "{fitted:?}");
+    let again = attribute(&model, &data, &query, &methods, &s, &cpu(), &JobContext::silent())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        again[2].per_bucket, scores[2].per_bucket,
+        "K-FAC reproduces from the stored fit"
+    );
+    let mut bytes = std::fs::read(&fitted[0]).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&fitted[0], &bytes).unwrap();
+    let kfac_only = MethodSettings::new(&[MethodName::Kfac]);
+    let err = attribute(&model, &data, &query, &kfac_only, &s, &cpu(), &JobContext::silent()).unwrap_err();
+    assert!(err.contains("checksum mismatch"), "{err}");
     let bad = Query {
         pixels: vec![0.0; 3 * 32 * 32],
         shape: [3, 32, 32],

@@ -1,6 +1,7 @@
 //! Attribution methods. Each method is one file implementing [`Method`] and returns
 //! [`Scores`] S[train image, timestep bucket]; a score's total is its sum over buckets.
 
+pub mod kfac;
 pub mod pixel;
 pub mod query;
 pub mod retrac;
@@ -8,16 +9,20 @@ pub mod run;
 pub mod scores;
 pub mod tracin;
 
+use std::sync::Arc;
+
 use burn::tensor::{Device, Tensor, TensorData};
 
+pub use kfac::KfacInfluence;
 pub use pixel::pixel_cosine;
 pub use query::{Query, load_query_image};
 pub use retrac::ReTrac;
-pub use run::{CheckpointChoice, IndexSettings, MethodName, attribute};
+pub use run::{CheckpointChoice, IndexSettings, InfluenceSettings, MethodName, MethodSettings, attribute};
 pub use scores::Scores;
 pub use tracin::TracIn;
 
 use crate::grad::{Features, TimestepPlan};
+use crate::index::Index;
 
 /// Projected gradient features of the training set and of the query at one checkpoint.
 #[derive(Clone, Debug)]
@@ -27,9 +32,67 @@ pub struct CheckpointFeatures {
     /// Learning rate in force at the checkpoint (TracIn's weight η_c).
     pub learning_rate: f64,
     /// Training images' features [N, B, D].
-    pub train: Features,
+    pub train: TrainFeatures,
     /// The query's features [1, B, D].
     pub query: Features,
+}
+
+/// A checkpoint's training features: in memory, or read block by block from an index, so an
+/// index larger than memory can be scored.
+#[derive(Clone, Debug)]
+pub enum TrainFeatures {
+    /// Every feature in memory.
+    Memory(Features),
+    /// Checkpoint `checkpoint` (manifest order) of an opened index.
+    Indexed {
+        /// The index.
+        index: Arc<Index>,
+        /// Which of its checkpoints.
+        checkpoint: usize,
+    },
+}
+
+/// Bytes of f32 features scored at once.
+const SCORING_BLOCK_BYTES: usize = 64 << 20;
+
+impl TrainFeatures {
+    /// (training images, buckets, feature width).
+    pub fn shape(&self) -> (usize, usize, usize) {
+        match self {
+            Self::Memory(f) => (f.examples, f.buckets, f.dim),
+            Self::Indexed { index, .. } => {
+                let m = &index.manifest;
+                (m.examples, m.key.plan.buckets, m.dim)
+            }
+        }
+    }
+
+    /// Hands the features to `visit` as [n, B, D] tensors on `device`, in blocks of training
+    /// images (in order), and concatenates what it returns along the first dimension.
+    pub fn map_blocks(
+        &self,
+        device: &Device,
+        mut visit: impl FnMut(Tensor<3>) -> Result<Tensor<2>, String>,
+    ) -> Result<Tensor<2>, String> {
+        let (n, b, d) = self.shape();
+        let block = (SCORING_BLOCK_BYTES / (4 * b * d).max(1)).max(1);
+        let mut parts = Vec::with_capacity(n.div_ceil(block));
+        for start in (0..n).step_by(block) {
+            let end = (start + block).min(n);
+            let values = match self {
+                Self::Memory(f) => f.values[start * b * d..end * b * d].to_vec(),
+                Self::Indexed { index, checkpoint } => {
+                    index.rows(*checkpoint, start, end).map_err(|e| e.to_string())?.values
+                }
+            };
+            let x = Tensor::<3>::from_data(TensorData::new(values, [end - start, b, d]), device);
+            parts.push(visit(x)?);
+        }
+        if parts.is_empty() {
+            return Err("there is no training image to score".into());
+        }
+        Ok(Tensor::cat(parts, 0))
+    }
 }
 
 /// Everything a gradient-based method needs.
@@ -101,13 +164,17 @@ pub fn bucket_dot_products(inputs: &GradientInputs, normalise: bool) -> Result<V
     let (n, b) = (inputs.ids.len(), inputs.plan.buckets);
     let mut total = Tensor::<2>::zeros([n, b], &inputs.device);
     for c in &inputs.checkpoints {
-        let mut train = features_tensor(&c.train, &inputs.device);
         let mut query = features_tensor(&c.query, &inputs.device);
         if normalise {
-            train = unit_rows(train);
             query = unit_rows(query);
         }
-        let dots = (train * query).sum_dim(2).reshape([n, b]);
+        let dots = c.train.map_blocks(&inputs.device, |mut train| {
+            if normalise {
+                train = unit_rows(train);
+            }
+            let rows = train.dims()[0];
+            Ok((train * query.clone()).sum_dim(2).reshape([rows, b]))
+        })?;
         total = total + dots * c.learning_rate;
     }
     read_back(total)

@@ -6,10 +6,20 @@ use std::str::FromStr;
 
 use burn::tensor::Device;
 
-use super::{CheckpointFeatures, GradientInputs, Method, Query, ReTrac, Scores, TracIn, pixel_cosine};
+use super::{
+    CheckpointFeatures, GradientInputs, KfacInfluence, Method, Query, ReTrac, Scores, TracIn, TrainFeatures,
+    pixel_cosine,
+};
+use crate::curvature::store::CURVATURE_FORMAT_VERSION;
+use crate::curvature::{
+    CurvatureFit, CurvatureKey, Damping, Eigenvalues, Fisher, FitConfig, Preconditioner, Sharing, load_curvature,
+    save_curvature,
+};
 use crate::data::Dataset;
+use crate::diffusion::images::bytes_to_unit;
+use crate::diffusion::noise::{permutation, stream};
 use crate::diffusion::{CheckpointEntry, Measurement, ModelDir, Schedule};
-use crate::grad::{Examples, FeatureRun, ProjectionConfig, TimestepPlan};
+use crate::grad::{Examples, FeatureRun, Features, ProjectionConfig, TimestepPlan};
 use crate::index::{Index, IndexSpec, Storage};
 use crate::jobs::JobContext;
 
@@ -20,6 +30,10 @@ pub enum MethodName {
     TracIn,
     /// Diffusion-ReTrac.
     ReTrac,
+    /// K-FAC influence function.
+    Kfac,
+    /// EK-FAC influence function.
+    Ekfac,
     /// Pixel-space cosine similarity.
     Pixel,
 }
@@ -30,7 +44,21 @@ impl MethodName {
         match self {
             Self::TracIn => TracIn.name(),
             Self::ReTrac => ReTrac.name(),
+            Self::Kfac => "kfac",
+            Self::Ekfac => "ekfac",
             Self::Pixel => "pixel",
+        }
+    }
+
+    /// Every method, in the order the CLI lists them.
+    pub const ALL: [MethodName; 5] = [Self::ReTrac, Self::TracIn, Self::Kfac, Self::Ekfac, Self::Pixel];
+
+    /// The curvature eigenvalues of an influence-function method.
+    fn eigenvalues(self) -> Option<Eigenvalues> {
+        match self {
+            Self::Kfac => Some(Eigenvalues::Kfac),
+            Self::Ekfac => Some(Eigenvalues::Ekfac),
+            _ => None,
         }
     }
 }
@@ -41,8 +69,13 @@ impl FromStr for MethodName {
         match s.trim() {
             "tracin" => Ok(Self::TracIn),
             "retrac" => Ok(Self::ReTrac),
+            "kfac" => Ok(Self::Kfac),
+            "ekfac" => Ok(Self::Ekfac),
             "pixel" => Ok(Self::Pixel),
-            other => Err(format!("unknown method {other:?}; expected tracin, retrac or pixel")),
+            other => Err(format!(
+                "unknown method {other:?}; expected one of {}",
+                Self::ALL.map(Self::name).join(", ")
+            )),
         }
     }
 }
@@ -121,12 +154,197 @@ impl IndexSettings {
     }
 }
 
-/// Runs `methods` for `query`. `Ok(None)` when cancelled.
+/// Settings of the influence-function methods (K-FAC, EK-FAC).
+#[derive(Clone, Debug, PartialEq)]
+pub struct InfluenceSettings {
+    /// What the query's gradient differentiates.
+    pub measurement: Measurement,
+    /// Damping added to the curvature's eigenvalues.
+    pub damping: Damping,
+    /// GGN (Monte Carlo) or empirical Fisher.
+    pub fisher: Fisher,
+    /// Expand or reduce over convolution positions and attention tokens.
+    pub sharing: Sharing,
+    /// Training images the curvature is fitted on (a seeded subset; all when larger).
+    pub fit_images: usize,
+}
+
+impl Default for InfluenceSettings {
+    fn default() -> Self {
+        Self {
+            measurement: Measurement::Loss,
+            damping: Damping::default(),
+            fisher: Fisher::Ggn,
+            sharing: Sharing::Expand,
+            fit_images: 256,
+        }
+    }
+}
+
+/// What to compute for a query: the methods and their settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MethodSettings {
+    /// Methods, in the order their scores are returned.
+    pub methods: Vec<MethodName>,
+    /// Settings of K-FAC and EK-FAC.
+    pub influence: InfluenceSettings,
+}
+
+impl MethodSettings {
+    /// `methods` with default settings.
+    pub fn new(methods: &[MethodName]) -> Self {
+        Self {
+            methods: methods.to_vec(),
+            influence: InfluenceSettings::default(),
+        }
+    }
+}
+
+/// Pixels of `indices` of `data` as examples in [−1, 1].
+fn examples_of(data: &Dataset, indices: &[usize]) -> Examples {
+    Examples {
+        ids: indices.iter().map(|&i| data.ids[i]).collect(),
+        shape: [data.channels, data.height, data.width],
+        pixels: indices.iter().flat_map(|&i| bytes_to_unit(data.image(i))).collect(),
+    }
+}
+
+/// The query as a one-example set; its id keys nothing under shared noise.
+fn query_example(query: &Query) -> Examples {
+    Examples {
+        ids: vec![u64::MAX],
+        shape: query.shape,
+        pixels: query.pixels.clone(),
+    }
+}
+
+/// Fits (or loads) the curvature at the index's last checkpoint and returns one
+/// [`KfacInfluence`] per requested variant, its query preconditioned and projected.
+/// `Ok(None)` when cancelled.
+#[allow(clippy::too_many_arguments)]
+fn influence_methods(
+    model: &ModelDir,
+    data: &Dataset,
+    query: &Query,
+    variants: &[MethodName],
+    settings: &InfluenceSettings,
+    index: &Index,
+    batch_size: usize,
+    device: &Device,
+    job: &JobContext,
+) -> Result<Option<Vec<KfacInfluence>>, String> {
+    let indexed = index
+        .manifest
+        .checkpoints
+        .last()
+        .ok_or("the index holds no checkpoint")?;
+    let entry = model
+        .checkpoints()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|c| c.state.step == indexed.step)
+        .ok_or("an indexed checkpoint is missing from the model")?;
+    let net = model.load_model(&entry, device).map_err(|e| e.to_string())?;
+    let schedule = Schedule::new(&model.info.schedule);
+    let index_plan = &index.manifest.key.plan;
+    let fit = FitConfig {
+        fisher: settings.fisher,
+        sharing: settings.sharing,
+        // Independent (t, ε) per fitted image: the curvature is an expectation over them.
+        plan: TimestepPlan {
+            shared_noise: false,
+            seed: index_plan.seed.wrapping_add(1),
+            ..index_plan.clone()
+        },
+    };
+    let mut chosen = permutation(&mut stream("curvature-fit", &[index_plan.seed]), data.len());
+    chosen.truncate(settings.fit_images.clamp(1, data.len().max(1)));
+    chosen.sort_unstable();
+    let key = CurvatureKey {
+        format_version: CURVATURE_FORMAT_VERSION,
+        checkpoint_hash: entry.state.weights_sha256.clone(),
+        data_hash: data.content_hash(),
+        fit,
+        fit_images: chosen.len(),
+        layer_shapes: index.manifest.key.layer_shapes.clone(),
+    };
+    let fit_examples = examples_of(data, &chosen);
+    let fitter = CurvatureFit {
+        model: &net,
+        schedule: &schedule,
+        config: &key.fit,
+        examples: &fit_examples,
+        batch_size,
+        device,
+    };
+    let need_correction = variants.contains(&MethodName::Ekfac);
+    let layers = match load_curvature(&index.dir, &key)? {
+        Some(mut layers) => {
+            if need_correction && layers.iter().any(|l| l.corrected.is_none()) {
+                if !fitter.correct(&mut layers, job)? {
+                    return Ok(None);
+                }
+                save_curvature(&index.dir, &key, &layers)?;
+            }
+            layers
+        }
+        None => {
+            let Some(layers) = fitter.run(need_correction, job)? else {
+                return Ok(None);
+            };
+            save_curvature(&index.dir, &key, &layers)?;
+            layers
+        }
+    };
+    let run = FeatureRun {
+        model: &net,
+        schedule: &schedule,
+        plan: index_plan,
+        projector: &index.projector,
+        measurement: settings.measurement,
+        batch_size,
+        device,
+    };
+    let Some(gradients) = run.bucket_gradients(&query_example(query), job)? else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for &variant in variants {
+        let Some(eigenvalues) = variant.eigenvalues() else {
+            continue;
+        };
+        let preconditioner = Preconditioner::new(&layers, eigenvalues, settings.damping, device)?;
+        let projected = index.projector.project_full(&preconditioner.apply(&gradients)?);
+        let [buckets, dim] = projected.dims();
+        out.push(KfacInfluence {
+            name: variant.name(),
+            query: Features {
+                values: super::read_back(projected)?,
+                examples: 1,
+                buckets,
+                dim,
+            },
+            parameters: serde_json::json!({
+                "measurement": settings.measurement,
+                "damping": settings.damping,
+                "curvature": key.fit.fisher,
+                "sharing": key.fit.sharing,
+                "fit_images": key.fit_images,
+                "fit_plan": key.fit.plan,
+                "mean_layer_damping": preconditioner.damping.iter().sum::<f64>() / preconditioner.damping.len().max(1) as f64,
+            }),
+        });
+    }
+    Ok(Some(out))
+}
+
+/// Runs the requested methods for `query`, returning their scores in the order asked.
+/// `Ok(None)` when cancelled.
 pub fn attribute(
     model: &ModelDir,
     data: &Dataset,
     query: &Query,
-    methods: &[MethodName],
+    request: &MethodSettings,
     settings: &IndexSettings,
     device: &Device,
     job: &JobContext,
@@ -139,23 +357,26 @@ pub fn attribute(
             query.shape, model_shape
         ));
     }
+    let methods = &request.methods;
     let mut out = Vec::new();
-    let gradient_methods: Vec<&dyn Method> = methods
-        .iter()
-        .filter_map(|m| match m {
-            MethodName::TracIn => Some(&TracIn as &dyn Method),
-            MethodName::ReTrac => Some(&ReTrac as &dyn Method),
-            MethodName::Pixel => None,
-        })
-        .collect();
-    if !gradient_methods.is_empty() {
+    let needs_index = methods.iter().any(|m| *m != MethodName::Pixel);
+    if needs_index {
         let Some(index) = settings.ensure(model, data, device, job)? else {
             return Ok(None);
         };
+        let index = std::sync::Arc::new(index);
         let schedule = Schedule::new(&model.info.schedule);
         let all = model.checkpoints().map_err(|e| e.to_string())?;
         let mut checkpoints = Vec::new();
+        let dot_product_methods = methods
+            .iter()
+            .any(|m| matches!(m, MethodName::TracIn | MethodName::ReTrac));
         for (i, indexed) in index.manifest.checkpoints.iter().enumerate() {
+            // Influence functions need only the last checkpoint's training features.
+            let last = i + 1 == index.manifest.checkpoints.len();
+            if !dot_product_methods && !last {
+                continue;
+            }
             let entry = all
                 .iter()
                 .find(|c| c.state.step == indexed.step)
@@ -170,18 +391,26 @@ pub fn attribute(
                 batch_size: settings.batch_size,
                 device,
             };
-            let examples = Examples {
-                ids: vec![u64::MAX],
-                shape: query.shape,
-                pixels: query.pixels.clone(),
-            };
-            let Some(query_features) = run.run(&examples, job)? else {
-                return Ok(None);
+            let query_features = if dot_product_methods {
+                let Some(f) = run.run(&query_example(query), job)? else {
+                    return Ok(None);
+                };
+                f
+            } else {
+                Features {
+                    values: Vec::new(),
+                    examples: 0,
+                    buckets: index.manifest.key.plan.buckets,
+                    dim: index.manifest.dim,
+                }
             };
             checkpoints.push(CheckpointFeatures {
                 step: indexed.step,
                 learning_rate: indexed.learning_rate,
-                train: index.features(i).map_err(|e| e.to_string())?,
+                train: TrainFeatures::Indexed {
+                    index: index.clone(),
+                    checkpoint: i,
+                },
                 query: query_features,
             });
         }
@@ -198,8 +427,32 @@ pub fn attribute(
             }),
             device: device.clone(),
         };
-        for m in gradient_methods {
-            out.push(m.score(&inputs)?);
+        for m in methods {
+            match m {
+                MethodName::TracIn => out.push(TracIn.score(&inputs)?),
+                MethodName::ReTrac => out.push(ReTrac.score(&inputs)?),
+                _ => {}
+            }
+        }
+        let variants: Vec<MethodName> = methods.iter().copied().filter(|m| m.eigenvalues().is_some()).collect();
+        if !variants.is_empty() {
+            let Some(influence) = influence_methods(
+                model,
+                data,
+                query,
+                &variants,
+                &request.influence,
+                &index,
+                settings.batch_size,
+                device,
+                job,
+            )?
+            else {
+                return Ok(None);
+            };
+            for m in influence {
+                out.push(m.score(&inputs)?);
+            }
         }
     }
     if methods.contains(&MethodName::Pixel) {

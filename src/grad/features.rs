@@ -7,6 +7,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::{PlanPoint, Projector, TimestepPlan, capture_layers};
+use crate::diffusion::train::NoisyBatch;
 use crate::diffusion::train::noise_images;
 use crate::diffusion::{Measurement, Schedule, UNet};
 use crate::jobs::JobContext;
@@ -76,36 +77,100 @@ pub struct FeatureRun<'a> {
     pub device: &'a Device,
 }
 
-impl FeatureRun<'_> {
-    /// Featurises `examples`, reporting progress to `job`; `Ok(None)` when cancelled.
-    pub fn run(&self, examples: &Examples, job: &JobContext) -> Result<Option<Features>, String> {
-        let ad = self.device.clone().autodiff();
-        let model = self.model.clone().to_device(&ad).train().no_grad();
-        let dim = self.projector.dim();
-        let buckets = self.plan.buckets;
+/// One batch of (example, plan point) pairs, noised on the autodiff device.
+pub struct PlanBatch<'p> {
+    /// The (example index, point) pairs of the batch, in order.
+    pub pairs: &'p [(usize, PlanPoint)],
+    /// The pairs' diffusion steps.
+    pub ts: Vec<usize>,
+    /// Noised images, steps and noise.
+    pub noisy: NoisyBatch,
+}
+
+/// A walk over every (example, point) pair of some examples under a plan, in batches.
+pub struct PlanWalk<'a> {
+    /// The examples.
+    pub examples: &'a Examples,
+    /// Their (t, ε) points.
+    pub plan: &'a TimestepPlan,
+    /// The noise schedule.
+    pub schedule: &'a Schedule,
+    /// Pairs per batch.
+    pub batch_size: usize,
+    /// Where batches are noised (an autodiff device for gradient work).
+    pub device: &'a Device,
+}
+
+impl PlanWalk<'_> {
+    /// Noises every batch on the walk's device and hands it to `visit`, reporting progress to
+    /// `job` under `stage`; returns `Ok(false)` when cancelled.
+    pub fn run(
+        &self,
+        job: &JobContext,
+        stage: &str,
+        mut visit: impl FnMut(PlanBatch<'_>) -> Result<(), String>,
+    ) -> Result<bool, String> {
+        let (examples, plan, schedule, device) = (self.examples, self.plan, self.schedule, self.device);
         let pixels = examples.shape.iter().product::<usize>();
         let pairs: Vec<(usize, PlanPoint)> = (0..examples.len())
-            .flat_map(|e| self.plan.points(examples.ids[e]).into_iter().map(move |p| (e, p)))
+            .flat_map(|e| plan.points(examples.ids[e]).into_iter().map(move |p| (e, p)))
             .collect();
-        let mut values = vec![0.0f32; examples.len() * buckets * dim];
-        let scale = 1.0 / self.plan.draws as f32;
         let total = pairs.len() as u64;
-        for (done, chunk) in pairs.chunks(self.batch_size.max(1)).enumerate() {
+        let batch_size = self.batch_size.max(1);
+        for (done, chunk) in pairs.chunks(batch_size).enumerate() {
             if job.cancel.is_cancelled() {
-                return Ok(None);
+                return Ok(false);
             }
             let mut x0 = Vec::with_capacity(chunk.len() * pixels);
             let mut noise = Vec::with_capacity(chunk.len() * pixels);
             for (e, p) in chunk {
                 x0.extend_from_slice(examples.image(*e));
-                noise.extend(self.plan.noise(examples.ids[*e], p, pixels));
+                noise.extend(plan.noise(examples.ids[*e], p, pixels));
             }
             let [c, h, w] = examples.shape;
             let ts: Vec<usize> = chunk.iter().map(|(_, p)| p.t).collect();
-            let x0 = Tensor::<4>::from_data(TensorData::new(x0, [chunk.len(), c, h, w]), &ad);
-            let batch = noise_images(self.schedule, x0, &ts, noise);
-            let (layers, _) = capture_layers(&model, batch.x_t, batch.t, |pred| {
-                self.measurement.evaluate(self.schedule, pred, batch.noise, &ts)
+            let x0 = Tensor::<4>::from_data(TensorData::new(x0, [chunk.len(), c, h, w]), device);
+            let noisy = noise_images(schedule, x0, &ts, noise);
+            visit(PlanBatch {
+                pairs: chunk,
+                ts,
+                noisy,
+            })?;
+            let finished = ((done + 1) * batch_size).min(pairs.len()) as u64;
+            job.report(stage, finished, total, "");
+        }
+        Ok(true)
+    }
+}
+
+impl FeatureRun<'_> {
+    fn walk<'w>(&'w self, examples: &'w Examples, device: &'w Device) -> PlanWalk<'w> {
+        PlanWalk {
+            examples,
+            plan: self.plan,
+            schedule: self.schedule,
+            batch_size: self.batch_size,
+            device,
+        }
+    }
+
+    /// The model on the autodiff twin of the run's device, parameters frozen.
+    fn frozen_model(&self) -> (UNet, Device) {
+        let ad = self.device.clone().autodiff();
+        (self.model.clone().to_device(&ad).train().no_grad(), ad)
+    }
+
+    /// Featurises `examples`, reporting progress to `job`; `Ok(None)` when cancelled.
+    pub fn run(&self, examples: &Examples, job: &JobContext) -> Result<Option<Features>, String> {
+        let (model, ad) = self.frozen_model();
+        let dim = self.projector.dim();
+        let buckets = self.plan.buckets;
+        let mut values = vec![0.0f32; examples.len() * buckets * dim];
+        let scale = 1.0 / self.plan.draws as f32;
+        let finished = self.walk(examples, &ad).run(job, "gradients", |batch| {
+            let noise = batch.noisy.noise;
+            let (layers, _) = capture_layers(&model, batch.noisy.x_t, batch.noisy.t, |pred| {
+                self.measurement.evaluate(self.schedule, pred, noise, &batch.ts)
             });
             let projected = self
                 .projector
@@ -114,26 +179,72 @@ impl FeatureRun<'_> {
                 .try_to_vec::<f32>()
                 .map_err(|e| format!("cannot read gradient features back from the device: {e:?}"))?;
             if let Some(bad) = projected.iter().position(|v| !v.is_finite()) {
-                let (e, p) = &chunk[bad / dim];
+                let (e, p) = &batch.pairs[bad / dim];
                 return Err(format!(
                     "non-finite gradient for example {} at t = {} (is the model diverged?)",
                     examples.ids[*e], p.t
                 ));
             }
-            for (k, (e, p)) in chunk.iter().enumerate() {
+            for (k, (e, p)) in batch.pairs.iter().enumerate() {
                 let dst = &mut values[(e * buckets + p.bucket) * dim..][..dim];
                 for (d, s) in dst.iter_mut().zip(&projected[k * dim..(k + 1) * dim]) {
                     *d += s * scale;
                 }
             }
-            let finished = ((done + 1) * self.batch_size).min(pairs.len()) as u64;
-            job.report("gradients", finished, total, "");
-        }
-        Ok(Some(Features {
+            Ok(())
+        })?;
+        Ok(finished.then_some(Features {
             values,
             examples: examples.len(),
             buckets,
             dim,
         }))
+    }
+
+    /// Exact (unprojected) gradients of the measurement for ONE example, per bucket: for every
+    /// captured layer, [B, d_out, d_in(+1)], the mean over the bucket's draws. `Ok(None)` when
+    /// cancelled. Used for queries that are preconditioned before projection (K-FAC).
+    pub fn bucket_gradients(&self, example: &Examples, job: &JobContext) -> Result<Option<Vec<Tensor<3>>>, String> {
+        if example.len() != 1 {
+            return Err(format!("bucket gradients take one example, not {}", example.len()));
+        }
+        let (model, ad) = self.frozen_model();
+        let buckets = self.plan.buckets;
+        let mut sums: Vec<Tensor<3>> = Vec::new();
+        let finished = self.walk(example, &ad).run(job, "query gradients", |batch| {
+            let noise = batch.noisy.noise;
+            let (layers, _) = capture_layers(&model, batch.noisy.x_t, batch.noisy.t, |pred| {
+                self.measurement.evaluate(self.schedule, pred, noise, &batch.ts)
+            });
+            // Scatter each point's gradient into its bucket: a [B, points] one-hot times
+            // the [points, d_out·d_in] per-point gradients.
+            let n = batch.pairs.len();
+            let mut onehot = vec![0.0f32; buckets * n];
+            for (k, (_, p)) in batch.pairs.iter().enumerate() {
+                onehot[p.bucket * n + k] = 1.0 / self.plan.draws as f32;
+            }
+            let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [buckets, n]), self.device);
+            for (l, layer) in layers.iter().enumerate() {
+                let g = layer.per_example();
+                let [_, o, i] = g.dims();
+                let per_bucket = onehot.clone().matmul(g.reshape([n, o * i])).reshape([buckets, o, i]);
+                if sums.len() <= l {
+                    sums.push(per_bucket);
+                } else {
+                    sums[l] = sums[l].clone() + per_bucket;
+                }
+            }
+            Ok(())
+        })?;
+        if !finished {
+            return Ok(None);
+        }
+        for g in &sums {
+            let size = crate::attribution::read_back(g.clone().abs().sum())?;
+            if !size.iter().all(|v| v.is_finite()) {
+                return Err("non-finite query gradient (is the model diverged?)".into());
+            }
+        }
+        Ok(Some(sums))
     }
 }

@@ -106,18 +106,25 @@ impl Projector {
         Tensor::cat(parts, 1)
     }
 
-    /// Projects full per-layer gradient matrices ([d_out, d_in] each, capture order): [dim].
-    pub fn project_full(&self, grads: &[Tensor<2>]) -> Tensor<1> {
-        let parts: Vec<Tensor<1>> = grads
+    /// Projects batches of full per-layer gradient matrices ([B, d_out, d_in] each, capture
+    /// order): [B, dim], the same features [`Self::project`] gives for captured layers.
+    pub fn project_full(&self, grads: &[Tensor<3>]) -> Tensor<2> {
+        let parts: Vec<Tensor<2>> = grads
             .iter()
             .zip(&self.layers)
             .map(|(g, (p_in, p_out))| {
-                let f = p_out.clone().transpose().matmul(g.clone()).matmul(p_in.clone());
-                let [ko, ki] = f.dims();
-                f.reshape([ko * ki])
+                let b = g.dims()[0];
+                let f = p_out
+                    .clone()
+                    .transpose()
+                    .unsqueeze::<3>()
+                    .matmul(g.clone())
+                    .matmul(p_in.clone().unsqueeze::<3>());
+                let [_, ko, ki] = f.dims();
+                f.reshape([b, ko * ki])
             })
             .collect();
-        Tensor::cat(parts, 0)
+        Tensor::cat(parts, 1)
     }
 }
 

@@ -242,11 +242,7 @@ impl IndexSpec<'_> {
                 let Some(features) = run.run(&examples, &sub).map_err(IndexError::Invalid)? else {
                     return Ok(None);
                 };
-                let bytes = encode(&features.values, self.storage);
-                let path = chunk_path(self.dir, entry.state.step, k);
-                write_atomic(&path, &bytes).map_err(|e| IndexError::Invalid(e.to_string()))?;
-                manifest.checkpoints[ci].chunks[k] = Some(sha256(&bytes));
-                write_manifest(self.dir, &manifest)?;
+                write_chunk(self.dir, &mut manifest, ci, k, &features.values)?;
                 done += ((end - start) * self.plan.points_per_example()) as u64;
             }
         }
@@ -276,6 +272,38 @@ impl crate::jobs::ProgressSink for Offset {
             format!("checkpoint step {}", self.step),
         );
     }
+}
+
+/// Writes chunk `k` of checkpoint `ci` (encoded in the manifest's storage) and records its
+/// checksum in the manifest, both atomically.
+fn write_chunk(dir: &Path, manifest: &mut Manifest, ci: usize, k: usize, values: &[f32]) -> Result<(), IndexError> {
+    let bytes = encode(values, manifest.key.storage);
+    let path = chunk_path(dir, manifest.checkpoints[ci].step, k);
+    write_atomic(&path, &bytes).map_err(|e| IndexError::Invalid(e.to_string()))?;
+    manifest.checkpoints[ci].chunks[k] = Some(sha256(&bytes));
+    write_manifest(dir, manifest)
+}
+
+/// Writes a complete index whose features come from `features(checkpoint, start, end)`
+/// ([end − start, B, dim] values) instead of a model — for benchmarks at sizes no bundled
+/// dataset has. `manifest` gives the key, sizes and checkpoints; its chunk list is filled in.
+pub fn write_index(
+    dir: &Path,
+    mut manifest: Manifest,
+    mut features: impl FnMut(usize, usize, usize) -> Vec<f32>,
+) -> Result<(), IndexError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let chunks = manifest.chunks_per_checkpoint();
+    for ci in 0..manifest.checkpoints.len() {
+        manifest.checkpoints[ci].chunks = vec![None; chunks];
+        for k in 0..chunks {
+            let start = k * manifest.chunk_size;
+            let end = (start + manifest.chunk_size).min(manifest.examples);
+            let values = features(ci, start, end);
+            write_chunk(dir, &mut manifest, ci, k, &values)?;
+        }
+    }
+    Ok(())
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest, IndexError> {
@@ -338,27 +366,53 @@ impl Index {
 
     /// The training features of checkpoint `i` (manifest order), decoded from the mapped files.
     pub fn features(&self, i: usize) -> Result<Features, IndexError> {
-        let c = &self.manifest.checkpoints[i];
+        self.rows(i, 0, self.manifest.examples)
+    }
+
+    /// The features of training images `start..end` at checkpoint `i`, decoding only the chunk
+    /// files that hold them.
+    pub fn rows(&self, i: usize, start: usize, end: usize) -> Result<Features, IndexError> {
         let m = &self.manifest;
-        let mut values = Vec::with_capacity(m.examples * m.key.plan.buckets * m.dim);
-        for k in 0..c.chunks.len() {
+        let c = m
+            .checkpoints
+            .get(i)
+            .ok_or_else(|| IndexError::Invalid(format!("the index has no checkpoint #{i}")))?;
+        let end = end.min(m.examples);
+        let row = m.key.plan.buckets * m.dim;
+        let mut values = Vec::with_capacity(end.saturating_sub(start) * row);
+        let mut chunk = start / m.chunk_size;
+        while chunk * m.chunk_size < end {
+            let first = chunk * m.chunk_size;
+            let map = map_file(&chunk_path(&self.dir, c.step, chunk))?;
+            let bytes_per_row = row * m.key.storage.bytes();
+            let in_file = map.len() / bytes_per_row.max(1);
+            let from = start.max(first) - first;
+            let to = (end - first).min(in_file);
+            if to < from || map.len() != in_file * bytes_per_row {
+                return Err(IndexError::Invalid(format!(
+                    "index checkpoint {} chunk {chunk} holds {} bytes, not whole rows of {bytes_per_row}",
+                    c.step,
+                    map.len()
+                )));
+            }
             decode(
-                &map_file(&chunk_path(&self.dir, c.step, k))?,
+                &map[from * bytes_per_row..to * bytes_per_row],
                 m.key.storage,
                 &mut values,
             );
+            chunk += 1;
         }
-        let expected = m.examples * m.key.plan.buckets * m.dim;
+        let expected = end.saturating_sub(start) * row;
         if values.len() != expected {
             return Err(IndexError::Invalid(format!(
-                "index checkpoint {} holds {} values, expected {expected}",
+                "index checkpoint {} holds {} values for images {start}..{end}, expected {expected}",
                 c.step,
                 values.len()
             )));
         }
         Ok(Features {
             values,
-            examples: m.examples,
+            examples: end.saturating_sub(start),
             buckets: m.key.plan.buckets,
             dim: m.dim,
         })
