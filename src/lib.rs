@@ -4,6 +4,7 @@
 //! that the `retrace` command-line tool and the desktop viewer share. See `ARCHITECTURE.md`
 //! for a map of the modules and `../shared/DESIGN.md` for the formulas.
 
+pub mod app;
 pub mod attribution;
 pub mod bench;
 pub mod curvature;
@@ -14,6 +15,7 @@ pub mod eval;
 pub mod grad;
 pub mod index;
 pub mod jobs;
+pub mod session;
 
 /// The version string shown in reports and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -120,6 +120,15 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Open the desktop viewer on a model and its training data.
+    Gui {
+        /// Model directory (default: the bundled model).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Training data spec (default: the model's own).
+        #[arg(long)]
+        data: Option<String>,
+    },
     /// Describe a model directory or a dataset spec.
     Info {
         /// A model directory or a dataset spec.
@@ -163,8 +172,8 @@ struct InfluenceArgs {
     /// K-FAC treatment of convolution positions and attention tokens: expand or reduce.
     #[arg(long, default_value = "expand")]
     sharing: retrace::curvature::Sharing,
-    /// Training images the curvature is fitted on (a seeded subset).
-    #[arg(long, default_value_t = 256)]
+    /// Training images the curvature is fitted on (a seeded subset; × buckets points per pass).
+    #[arg(long, default_value_t = 64)]
     fit_images: usize,
 }
 
@@ -195,7 +204,8 @@ struct IndexArgs {
     /// Training data spec (default: the model's own).
     #[arg(long)]
     data: Option<String>,
-    /// Index directory (default: one per model under $XDG_CACHE_HOME/retrace, or ~/.cache/retrace).
+    /// Index directory (default: one per model and setting under $XDG_CACHE_HOME/retrace, or
+    /// ~/.cache/retrace).
     #[arg(long)]
     index: Option<PathBuf>,
     /// Projection width per layer side (k_in = k_out = K).
@@ -207,8 +217,8 @@ struct IndexArgs {
     /// (t, ε) draws per bucket.
     #[arg(long, default_value_t = 1)]
     draws: usize,
-    /// Checkpoints to index: all or last.
-    #[arg(long, default_value = "all")]
+    /// Checkpoints to index: last, or all (TracIn then sums over the training trajectory).
+    #[arg(long, default_value = "last")]
     checkpoints: retrace::attribution::CheckpointChoice,
     /// Store features as 16-bit floats.
     #[arg(long)]
@@ -238,8 +248,8 @@ impl IndexArgs {
             retrace::grad::TimestepPlan::new(model.info.schedule.steps, self.buckets, self.draws, self.plan_seed)
                 .map_err(anyhow::Error::msg)?;
         plan.shared_noise = !self.per_example_noise;
-        let settings = retrace::attribution::IndexSettings {
-            dir: self.index.clone().unwrap_or_else(|| default_index_dir(&root)),
+        let mut settings = retrace::attribution::IndexSettings {
+            dir: PathBuf::new(),
             plan,
             projection: retrace::grad::ProjectionConfig {
                 k_in: self.k,
@@ -255,6 +265,10 @@ impl IndexArgs {
             batch_size: self.batch.max(1),
             chunk_size: 100,
         };
+        settings.dir = self
+            .index
+            .clone()
+            .unwrap_or_else(|| retrace::index::default_index_dir(&root).join(settings.slug()));
         Ok((model, data, settings))
     }
 }
@@ -293,16 +307,10 @@ fn terminal_job() -> Result<(JobContext, Arc<TerminalProgress>)> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let Some(command) = cli.command else {
-        println!(
-            "retrace {}: the desktop viewer is not built yet; here is the bundled default it will open.\n",
-            retrace::VERSION
-        );
-        info("bundled")?;
-        info(&bundled_model_dir().display().to_string())?;
-        println!("\nTry: retrace sample --seeds 0..16 --out grid.png   (all commands: retrace --help)");
-        return Ok(());
-    };
+    let command = cli.command.unwrap_or(Command::Gui {
+        model: None,
+        data: None,
+    });
     match command {
         Command::Train {
             data,
@@ -476,38 +484,20 @@ fn run(cli: Cli) -> Result<()> {
                 (Some(path), _) => retrace::attribution::load_query_image(&path, cfg.image_channels, cfg.sample_size)
                     .map_err(anyhow::Error::msg)?,
                 (None, seed) => {
-                    let seed = seed.unwrap_or(0);
-                    let (net, entry) = model.load_latest(&dev.device)?;
-                    let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
                     let config = SamplerConfig {
                         kind: SamplerKind::Ddim,
                         steps: 100,
                     };
-                    let x = sample(
-                        &net,
-                        &Schedule::new(&model.info.schedule),
+                    retrace::attribution::query::generate_query(
+                        &model,
+                        seed.unwrap_or(0),
                         &config,
-                        shape,
-                        &[seed],
                         &dev.device,
-                        |i, n, _| {
-                            job.report("sampling", i as u64, n as u64, "");
-                            !job.cancel.is_cancelled()
-                        },
+                        &job,
+                        |_, _, _| {},
                     )
-                    .context("sampling cancelled")?;
-                    let pixels = x
-                        .into_data()
-                        .try_to_vec::<f32>()
-                        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                    retrace::attribution::Query {
-                        pixels,
-                        shape,
-                        description: format!(
-                            "sample seed {seed}, DDIM 100 steps, checkpoint step {}",
-                            entry.state.step
-                        ),
-                    }
+                    .map_err(anyhow::Error::msg)?
+                    .context("sampling cancelled")?
                 }
             };
             eprintln!("query: {}", q.description);
@@ -552,6 +542,12 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{:>7}: {}", m.method, best.join(", "));
             }
             println!("wrote {}", out.display());
+        }
+        Command::Gui { model, data } => {
+            let session = compute_device(cli.device).map_err(|e| e.to_string()).and_then(|dev| {
+                retrace::session::Session::open(&model.unwrap_or_else(bundled_model_dir), data.as_deref(), dev)
+            });
+            retrace::app::run(session).map_err(anyhow::Error::msg)?;
         }
         Command::Info { path } => info(&path)?,
         Command::Bench {
@@ -639,22 +635,6 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The default index directory of a model: in the user's cache, named after the model
-/// directory and a hash of its absolute path, so the source tree (and `assets/`) stays clean.
-fn default_index_dir(model: &Path) -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    let absolute = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_owned());
-    let hash = retrace::diffusion::checkpoint::sha256(absolute.display().to_string().as_bytes());
-    let name = absolute
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    cache.join("retrace").join(format!("index-{name}-{}", &hash[..12]))
 }
 
 fn named_config(name: &str, data: &Dataset) -> Result<UNetConfig> {

@@ -82,3 +82,25 @@ pub fn job_cancelled_at(at: usize) -> retrace::jobs::JobContext {
         progress: std::sync::Arc::new(CancelAt(at, cancel)),
     }
 }
+
+/// The first 40 images of the bundled training set.
+pub fn small_data() -> Dataset {
+    let data = Dataset::load(&DataSpec::bundled(retrace::data::Split::Train)).unwrap();
+    data.select(&(0..40).collect::<Vec<_>>())
+}
+
+/// A copy of the bundled model (newest checkpoint) recorded as trained on `data`.
+pub fn bundled_model_for(data: &Dataset, root: &std::path::Path) -> ModelDir {
+    let bundled = ModelDir::open(&retrace::data::bundled_model_dir()).unwrap();
+    let mut info = bundled.info.clone();
+    info.data_hash = data.content_hash();
+    info.data_len = data.len();
+    let dir = ModelDir::create(root, info).unwrap();
+    let last = bundled.latest().unwrap().unwrap();
+    let target = root.join("checkpoints").join(last.dir.file_name().unwrap());
+    std::fs::create_dir_all(&target).unwrap();
+    for f in ["weights.bpk", "state.json"] {
+        std::fs::copy(last.dir.join(f), target.join(f)).unwrap();
+    }
+    dir
+}

@@ -5,33 +5,10 @@ mod common;
 
 use common::cpu;
 use retrace::attribution::{CheckpointChoice, IndexSettings, MethodName, MethodSettings, Query, attribute};
-use retrace::data::{DataSpec, Dataset, Split, bundled_model_dir};
-use retrace::diffusion::ModelDir;
 use retrace::diffusion::images::bytes_to_unit;
 use retrace::grad::{ProjectionConfig, TimestepPlan};
 use retrace::index::Storage;
 use retrace::jobs::JobContext;
-
-fn small_data() -> Dataset {
-    let data = Dataset::load(&DataSpec::bundled(Split::Train)).unwrap();
-    data.select(&(0..40).collect::<Vec<_>>())
-}
-
-/// A copy of the bundled model whose recorded data is the 40-image subset.
-fn model_for(data: &Dataset, root: &std::path::Path) -> ModelDir {
-    let bundled = ModelDir::open(&bundled_model_dir()).unwrap();
-    let mut info = bundled.info.clone();
-    info.data_hash = data.content_hash();
-    info.data_len = data.len();
-    let dir = ModelDir::create(root, info).unwrap();
-    let last = bundled.latest().unwrap().unwrap();
-    let target = root.join("checkpoints").join(last.dir.file_name().unwrap());
-    std::fs::create_dir_all(&target).unwrap();
-    for f in ["weights.bpk", "state.json"] {
-        std::fs::copy(last.dir.join(f), target.join(f)).unwrap();
-    }
-    dir
-}
 
 fn settings(dir: &std::path::Path, k: usize) -> IndexSettings {
     IndexSettings {
@@ -51,9 +28,9 @@ fn settings(dir: &std::path::Path, k: usize) -> IndexSettings {
 
 #[test]
 fn a_killed_build_resumes_and_foreign_or_damaged_indexes_are_refused() {
-    let data = small_data();
+    let data = common::small_data();
     let tmp = tempfile::tempdir().unwrap();
-    let model = model_for(&data, &tmp.path().join("model"));
+    let model = common::bundled_model_for(&data, &tmp.path().join("model"));
     let index_dir = tmp.path().join("index");
     let s = settings(&index_dir, 4);
 
@@ -102,9 +79,9 @@ fn a_killed_build_resumes_and_foreign_or_damaged_indexes_are_refused() {
 
 #[test]
 fn attribute_ranks_a_training_image_first_and_refuses_a_wrong_size() {
-    let data = small_data();
+    let data = common::small_data();
     let tmp = tempfile::tempdir().unwrap();
-    let model = model_for(&data, &tmp.path().join("model"));
+    let model = common::bundled_model_for(&data, &tmp.path().join("model"));
     let s = settings(&tmp.path().join("index"), 8);
     let query = Query {
         pixels: bytes_to_unit(data.image(5)),
@@ -156,9 +133,9 @@ fn attribute_ranks_a_training_image_first_and_refuses_a_wrong_size() {
 
 #[test]
 fn f16_storage_halves_the_index_and_keeps_three_digits() {
-    let data = small_data().select(&(0..10).collect::<Vec<_>>());
+    let data = common::small_data().select(&(0..10).collect::<Vec<_>>());
     let tmp = tempfile::tempdir().unwrap();
-    let model = model_for(&data, &tmp.path().join("model"));
+    let model = common::bundled_model_for(&data, &tmp.path().join("model"));
     let f32_index = settings(&tmp.path().join("f32"), 4)
         .ensure(&model, &data, &cpu(), &JobContext::silent())
         .unwrap()

@@ -120,6 +120,16 @@ impl GradientInputs {
             map.insert("plan".into(), serde_json::to_value(&self.plan).unwrap_or_default());
             let steps: Vec<usize> = self.checkpoints.iter().map(|c| c.step).collect();
             map.insert("checkpoints".into(), serde_json::json!(steps));
+            if let Some(q) = self.checkpoints.last().map(|c| &c.query)
+                && q.values.len() == q.buckets * q.dim
+            {
+                // The query's (projected) gradient norm per bucket at the last checkpoint: the
+                // timestep bias that ReTrac's normalisation removes.
+                let norms: Vec<f64> = (0..q.buckets)
+                    .map(|b| q.row(0, b).iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt())
+                    .collect();
+                map.insert("query_gradient_norms".into(), serde_json::json!(norms));
+            }
         }
         Scores {
             method: method.to_owned(),
@@ -168,12 +178,19 @@ pub fn bucket_dot_products(inputs: &GradientInputs, normalise: bool) -> Result<V
         if normalise {
             query = unit_rows(query);
         }
+        // [B, D, 1]: each bucket's query as a column, so a batched matmul over buckets gives
+        // every per-bucket dot product without materialising the [n, B, D] product.
+        let columns = query.reshape([b, c.query.dim, 1]);
         let dots = c.train.map_blocks(&inputs.device, |mut train| {
             if normalise {
                 train = unit_rows(train);
             }
             let rows = train.dims()[0];
-            Ok((train * query.clone()).sum_dim(2).reshape([rows, b]))
+            Ok(train
+                .swap_dims(0, 1)
+                .matmul(columns.clone())
+                .reshape([b, rows])
+                .transpose())
         })?;
         total = total + dots * c.learning_rate;
     }

@@ -22,7 +22,7 @@ pub fn load_query_image(path: &Path, channels: usize, size: usize) -> Result<Que
     let (w, h) = (img.width(), img.height());
     let mut notes = Vec::new();
     if (w as usize, h as usize) != (size, size) {
-        notes.push(format!("resized {w}×{h} → {size}×{size}"));
+        notes.push(format!("resized {w}x{h} to {size}x{size}"));
     }
     let colour = format!("{:?}", img.color());
     let pixels: Vec<f32> = if channels == 1 {
@@ -71,7 +71,7 @@ mod tests {
         assert_eq!(q.pixels.len(), 784);
         assert!(q.pixels.iter().all(|&v| (v - 1.0).abs() < 1e-6));
         assert!(
-            q.description.contains("resized 40×30 → 28×28") && q.description.contains("to grey"),
+            q.description.contains("resized 40x30 to 28x28") && q.description.contains("to grey"),
             "{}",
             q.description
         );
@@ -82,4 +82,38 @@ mod tests {
                 .contains("cannot read the query image")
         );
     }
+}
+
+/// Generates a query from the newest checkpoint of `model` with `seed`. `frame(step, steps,
+/// pixels)` sees the current image (C×H×W in [−1, 1]) after every denoising step, for live
+/// previews. `Ok(None)` when cancelled.
+pub fn generate_query(
+    model: &crate::diffusion::ModelDir,
+    seed: u64,
+    config: &crate::diffusion::SamplerConfig,
+    device: &burn::tensor::Device,
+    job: &crate::jobs::JobContext,
+    mut frame: impl FnMut(usize, usize, &[f32]),
+) -> Result<Option<Query>, String> {
+    let (net, entry) = model.load_latest(device).map_err(|e| e.to_string())?;
+    let cfg = &model.info.unet;
+    let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
+    let schedule = crate::diffusion::Schedule::new(&model.info.schedule);
+    let x = crate::diffusion::sample(&net, &schedule, config, shape, &[seed], device, |i, n, x| {
+        job.report("sampling", i as u64 + 1, n as u64, "");
+        if let Ok(pixels) = x.clone().into_data().try_to_vec::<f32>() {
+            frame(i + 1, n, &pixels);
+        }
+        !job.cancel.is_cancelled()
+    });
+    let Some(x) = x else { return Ok(None) };
+    let pixels = super::read_back(x)?;
+    Ok(Some(Query {
+        pixels,
+        shape,
+        description: format!(
+            "sample seed {seed}, {:?} {} steps, checkpoint step {}",
+            config.kind, config.steps, entry.state.step
+        ),
+    }))
 }

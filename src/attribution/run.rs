@@ -24,7 +24,7 @@ use crate::index::{Index, IndexSpec, Storage};
 use crate::jobs::JobContext;
 
 /// The methods `retrace attribute` knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MethodName {
     /// Diffusion-TracIn.
     TracIn,
@@ -120,6 +120,49 @@ pub struct IndexSettings {
 }
 
 impl IndexSettings {
+    /// The default settings for a model: its last checkpoint, 10 buckets of one shared draw,
+    /// k = 8, f32, in the user's cache ([`crate::index::default_index_dir`]).
+    pub fn standard(model: &ModelDir) -> Self {
+        let mut settings = Self {
+            dir: PathBuf::new(),
+            plan: TimestepPlan::new(model.info.schedule.steps, 10, 1, 0)
+                .unwrap_or_else(|_| TimestepPlan::new(model.info.schedule.steps, 1, 1, 0).expect("one bucket fits")),
+            projection: ProjectionConfig::default(),
+            checkpoints: CheckpointChoice::Last,
+            storage: Storage::F32,
+            batch_size: 32,
+            chunk_size: 100,
+        };
+        settings.dir = crate::index::default_index_dir(&model.root).join(settings.slug());
+        settings
+    }
+
+    /// A short name of the settings, so indexes built with different settings for one model
+    /// live side by side: `last-b10x1-k8-s0-shared-f32`.
+    pub fn slug(&self) -> String {
+        format!(
+            "{}-b{}x{}-k{}x{}-s{}-{}-{}",
+            match self.checkpoints {
+                CheckpointChoice::All => "all",
+                CheckpointChoice::Last => "last",
+            },
+            self.plan.buckets,
+            self.plan.draws,
+            self.projection.k_in,
+            self.projection.k_out,
+            self.plan.seed,
+            if self.plan.shared_noise {
+                "shared"
+            } else {
+                "per-example"
+            },
+            match self.storage {
+                Storage::F32 => "f32",
+                Storage::F16 => "f16",
+            }
+        )
+    }
+
     /// Builds the index if needed (resuming a partial one) and opens it, verified. `Ok(None)`
     /// when cancelled.
     pub fn ensure(
@@ -176,7 +219,7 @@ impl Default for InfluenceSettings {
             damping: Damping::default(),
             fisher: Fisher::Ggn,
             sharing: Sharing::Expand,
-            fit_images: 256,
+            fit_images: 64,
         }
     }
 }

@@ -306,6 +306,22 @@ pub fn write_index(
     Ok(())
 }
 
+/// The default index directory of a model: in the user's cache, named after the model
+/// directory and a hash of its absolute path, so the source tree (and `assets/`) stays clean.
+pub fn default_index_dir(model: &Path) -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    let absolute = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_owned());
+    let hash = sha256(absolute.display().to_string().as_bytes());
+    let name = absolute
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    cache.join("retrace").join(format!("index-{name}-{}", &hash[..12]))
+}
+
 fn read_manifest(dir: &Path) -> Result<Manifest, IndexError> {
     let path = dir.join("manifest.json");
     let bytes = std::fs::read(&path).map_err(io(&path))?;

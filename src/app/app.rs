@@ -1,0 +1,311 @@
+//! The viewer's state and layout: a status bar, the query and methods panels on the left, and
+//! the ranking, per-timestep and comparison views in the centre. Background jobs are polled
+//! once per frame; their results land in a cache keyed by (query, method, parameters).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use egui::Ui;
+
+use super::textures::Thumbnails;
+use crate::attribution::{InfluenceSettings, MethodName, MethodSettings, Query, Scores};
+use crate::diffusion::images::unit_to_bytes;
+use crate::jobs::{BackgroundJob, Progress};
+use crate::session::Session;
+
+/// A query the user has worked on.
+pub struct QueryEntry {
+    /// The query in the model's format.
+    pub query: Query,
+    /// Its pixels as bytes (C×H×W), for display.
+    pub bytes: Vec<u8>,
+    /// Short label for the history list.
+    pub label: String,
+}
+
+/// Which view fills the centre.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// The ranked training images of one method.
+    Ranking,
+    /// Per-timestep influence plots.
+    Timesteps,
+    /// Methods side by side.
+    Compare,
+}
+
+/// The background work in flight (one at a time).
+pub enum Work {
+    /// Sampling a query, with the live preview's latest frame.
+    Generate(BackgroundJob<Query>, Arc<Mutex<Option<Vec<u8>>>>),
+    /// Ranking the training images for query `usize` of the history.
+    Attribute(BackgroundJob<Vec<Scores>>, usize, MethodSettings),
+}
+
+impl Work {
+    /// The job's title and progress.
+    pub fn status(&self) -> (&str, Progress, f64) {
+        match self {
+            Work::Generate(j, _) => (&j.title, j.progress(), j.elapsed()),
+            Work::Attribute(j, _, _) => (&j.title, j.progress(), j.elapsed()),
+        }
+    }
+
+    /// Asks the job to stop.
+    pub fn cancel(&self) {
+        match self {
+            Work::Generate(j, _) => j.cancel.cancel(),
+            Work::Attribute(j, _, _) => j.cancel.cancel(),
+        }
+    }
+}
+
+/// The whole viewer state.
+pub struct RetraceApp {
+    /// The engine session (or why it could not open).
+    pub session: Result<Arc<Session>, String>,
+    /// Queries worked on, oldest first.
+    pub history: Vec<QueryEntry>,
+    /// Index of the current query in `history`.
+    pub current: Option<usize>,
+    /// Sampler settings of the next generated query.
+    pub sampler: crate::diffusion::SamplerConfig,
+    /// Seed of the next generated query.
+    pub seed: u64,
+    /// Which training/held-out image to pick as a query.
+    pub pick_index: usize,
+    /// Pick from the held-out split rather than the training set.
+    pub pick_held_out: bool,
+    /// Methods ticked in the methods panel.
+    pub selected_methods: Vec<(MethodName, bool)>,
+    /// Settings of K-FAC / EK-FAC.
+    pub influence: InfluenceSettings,
+    /// The job in flight.
+    pub work: Option<Work>,
+    /// Cached scores by (query, method, parameters).
+    pub cache: HashMap<(usize, MethodName, String), Scores>,
+    /// The method whose ranking is shown.
+    pub shown_method: Option<MethodName>,
+    /// Methods compared side by side.
+    pub compared: Vec<MethodName>,
+    /// The training image opened in the detail view.
+    pub selected_train: Option<usize>,
+    /// Training images whose curves the timestep view plots.
+    pub plotted: Vec<usize>,
+    /// The centre view.
+    pub view: View,
+    /// Images per side (proponents, opponents) in the ranking grid.
+    pub top_k: usize,
+    /// The last error or notice for the user.
+    pub notice: Option<String>,
+    /// Training-image textures.
+    pub thumbnails: Thumbnails,
+    /// Recent frame times in seconds (for the status bar).
+    pub frame_times: Vec<f32>,
+    /// Show the frame time in the status bar (off for reproducible snapshots).
+    pub show_frame_time: bool,
+}
+
+impl RetraceApp {
+    /// A viewer on `session`; with no session, the window explains why.
+    pub fn new(ctx: &egui::Context, session: Result<Session, String>) -> Self {
+        ctx.set_theme(egui::Theme::Dark);
+        Self {
+            session: session.map(Arc::new),
+            history: Vec::new(),
+            current: None,
+            sampler: crate::diffusion::SamplerConfig {
+                kind: crate::diffusion::SamplerKind::Ddim,
+                steps: 50,
+            },
+            seed: 0,
+            pick_index: 0,
+            pick_held_out: true,
+            selected_methods: MethodName::ALL
+                .iter()
+                .map(|&m| (m, matches!(m, MethodName::ReTrac | MethodName::Kfac)))
+                .collect(),
+            influence: InfluenceSettings::default(),
+            work: None,
+            cache: HashMap::new(),
+            shown_method: None,
+            compared: vec![MethodName::ReTrac, MethodName::Kfac],
+            selected_train: None,
+            plotted: Vec::new(),
+            view: View::Ranking,
+            top_k: 24,
+            notice: None,
+            thumbnails: Thumbnails::default(),
+            frame_times: Vec::new(),
+            show_frame_time: true,
+        }
+    }
+
+    /// Adds a query to the history and makes it current.
+    pub fn push_query(&mut self, query: Query, label: String) {
+        let bytes = unit_to_bytes(&query.pixels);
+        self.history.push(QueryEntry { query, bytes, label });
+        self.current = Some(self.history.len() - 1);
+        self.selected_train = None;
+        self.plotted.clear();
+    }
+
+    /// The parameters a method's cached scores are keyed by.
+    pub fn parameters_key(&self, method: MethodName) -> String {
+        match method {
+            MethodName::Kfac | MethodName::Ekfac => format!("{:?}", self.influence),
+            _ => String::new(),
+        }
+    }
+
+    /// Scores of `method` for the current query, if computed.
+    pub fn scores(&self, method: MethodName) -> Option<&Scores> {
+        let q = self.current?;
+        self.cache.get(&(q, method, self.parameters_key(method)))
+    }
+
+    /// Every computed method for the current query, in the methods panel's order.
+    pub fn computed_methods(&self) -> Vec<MethodName> {
+        MethodName::ALL
+            .into_iter()
+            .filter(|&m| self.scores(m).is_some())
+            .collect()
+    }
+
+    /// A wake-up call for background jobs: repaint this context.
+    pub fn waker(ctx: &egui::Context) -> impl Fn() + Send + Sync + Clone + 'static {
+        let ctx = ctx.clone();
+        move || ctx.request_repaint()
+    }
+
+    /// Starts ranking the current query with the ticked methods that are not cached yet.
+    pub fn run_methods(&mut self, ctx: &egui::Context) {
+        let (Ok(session), Some(q)) = (&self.session, self.current) else {
+            return;
+        };
+        if self.work.is_some() {
+            return;
+        }
+        let wanted: Vec<MethodName> = self
+            .selected_methods
+            .iter()
+            .filter(|(m, on)| *on && !self.cache.contains_key(&(q, *m, self.parameters_key(*m))))
+            .map(|(m, _)| *m)
+            .collect();
+        if wanted.is_empty() {
+            self.shown_method = self.selected_methods.iter().find(|(_, on)| *on).map(|(m, _)| *m);
+            return;
+        }
+        let request = MethodSettings {
+            methods: wanted,
+            influence: self.influence.clone(),
+        };
+        let job = session.attribute(self.history[q].query.clone(), request.clone(), Self::waker(ctx));
+        self.work = Some(Work::Attribute(job, q, request));
+    }
+
+    /// Starts sampling a new query with the current seed and sampler.
+    pub fn generate(&mut self, ctx: &egui::Context) {
+        let Ok(session) = &self.session else { return };
+        if self.work.is_some() {
+            return;
+        }
+        let frame = Arc::new(Mutex::new(None));
+        let sink = frame.clone();
+        let wake = Self::waker(ctx);
+        let job = session.generate(self.seed, self.sampler.clone(), wake, move |bytes| {
+            if let Ok(mut f) = sink.lock() {
+                *f = Some(bytes);
+            }
+        });
+        self.work = Some(Work::Generate(job, frame));
+    }
+
+    /// Collects the outcome of the job in flight, if it has ended.
+    pub fn poll_work(&mut self) {
+        let Some(work) = self.work.take() else { return };
+        match work {
+            Work::Generate(job, frame) => match job.poll() {
+                None => self.work = Some(Work::Generate(job, frame)),
+                Some(Ok(Some(query))) => {
+                    let label = format!(
+                        "seed {} ({:?}, {} steps)",
+                        self.seed, self.sampler.kind, self.sampler.steps
+                    );
+                    self.push_query(query, label);
+                    self.seed += 1;
+                }
+                Some(Ok(None)) => self.notice = Some("sampling cancelled".into()),
+                Some(Err(e)) => self.notice = Some(e),
+            },
+            Work::Attribute(job, q, request) => match job.poll() {
+                None => self.work = Some(Work::Attribute(job, q, request)),
+                Some(Ok(Some(scores))) => {
+                    for s in scores {
+                        let Ok(method) = s.method.parse::<MethodName>() else {
+                            continue;
+                        };
+                        let key = (q, method, self.parameters_key(method));
+                        self.cache.insert(key, s);
+                    }
+                    if self.shown_method.is_none_or(|m| !request.methods.contains(&m)) {
+                        self.shown_method = request.methods.first().copied();
+                    }
+                    self.notice = None;
+                }
+                Some(Ok(None)) => self.notice = Some("ranking cancelled; finished index chunks are kept".into()),
+                Some(Err(e)) => self.notice = Some(e),
+            },
+        }
+    }
+
+    /// Draws one frame of the whole window.
+    pub fn show(&mut self, ui: &mut Ui) {
+        let started = std::time::Instant::now();
+        self.poll_work();
+        super::query_panel::handle_dropped_files(self, ui.ctx());
+        egui::Panel::bottom("status").show(ui, |ui| super::status_bar::show(self, ui));
+        egui::Panel::left("controls")
+            .resizable(true)
+            .default_size(300.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| {
+                    super::query_panel::show(self, ui);
+                    ui.separator();
+                    super::methods_panel::show(self, ui);
+                });
+            });
+        if self.selected_train.is_some() {
+            egui::Panel::right("detail")
+                .resizable(true)
+                .default_size(340.0)
+                .show(ui, |ui| super::detail::show(self, ui));
+        }
+        egui::CentralPanel::default().show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.selectable_value(&mut self.view, View::Ranking, "Ranking");
+                ui.selectable_value(&mut self.view, View::Timesteps, "Per-timestep");
+                ui.selectable_value(&mut self.view, View::Compare, "Compare");
+            });
+            ui.separator();
+            match self.view {
+                View::Ranking => super::ranking::show(self, ui),
+                View::Timesteps => super::timesteps::show(self, ui),
+                View::Compare => super::compare::show(self, ui),
+            }
+        });
+        if self.work.is_some() {
+            ui.ctx().request_repaint_after(std::time::Duration::from_millis(100));
+        }
+        self.frame_times.push(started.elapsed().as_secs_f32());
+        if self.frame_times.len() > 120 {
+            self.frame_times.remove(0);
+        }
+    }
+}
+
+impl eframe::App for RetraceApp {
+    fn ui(&mut self, ui: &mut Ui, _frame: &mut eframe::Frame) {
+        self.show(ui);
+    }
+}

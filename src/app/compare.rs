@@ -1,0 +1,112 @@
+//! Methods side by side: 2–4 computed methods in columns, rows aligned by rank, images that
+//! several methods rank in their top k framed; agreement figures (overlap@k, Spearman over all
+//! scores) and the label breakdown of each method's top k.
+
+use egui::Ui;
+
+use super::RetraceApp;
+use super::textures::training_image;
+use crate::attribution::MethodName;
+use crate::eval::stats::{overlap_at_k, spearman};
+
+/// Rows shown per method.
+const ROWS: usize = 12;
+
+/// Draws the comparison view.
+pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
+    let Ok(session) = app.session.clone() else { return };
+    let computed = app.computed_methods();
+    if computed.len() < 2 {
+        ui.label("Run at least two methods on this query to compare them.");
+        return;
+    }
+    ui.horizontal_wrapped(|ui| {
+        ui.label("compare:");
+        for m in &computed {
+            let mut on = app.compared.contains(m);
+            if ui.checkbox(&mut on, m.name()).changed() {
+                if on && app.compared.len() < 4 {
+                    app.compared.push(*m);
+                } else {
+                    app.compared.retain(|x| x != m);
+                }
+            }
+        }
+    });
+    let methods: Vec<MethodName> = app.compared.iter().copied().filter(|m| computed.contains(m)).collect();
+    if methods.len() < 2 {
+        ui.label("Tick two to four methods.");
+        return;
+    }
+    let scores: Vec<_> = methods.iter().filter_map(|&m| app.scores(m).cloned()).collect();
+    let totals: Vec<Vec<f64>> = scores.iter().map(|s| s.totals()).collect();
+    let orders: Vec<Vec<usize>> = scores.iter().map(|s| s.ranking()).collect();
+    let k = ROWS.min(orders[0].len());
+    let shared = |i: usize| orders.iter().filter(|o| o[..k].contains(&i)).count() > 1;
+
+    ui.label(egui::RichText::new("Agreement").strong());
+    egui::Grid::new("agreement").striped(true).show(ui, |ui| {
+        ui.label("pair");
+        ui.label(format!("overlap@{k}"));
+        ui.label("Spearman");
+        ui.end_row();
+        for a in 0..methods.len() {
+            for b in a + 1..methods.len() {
+                ui.label(format!("{} / {}", methods[a].name(), methods[b].name()));
+                ui.label(format!("{:.2}", overlap_at_k(&totals[a], &totals[b], k)));
+                ui.label(format!("{:.3}", spearman(&totals[a], &totals[b])));
+                ui.end_row();
+            }
+        }
+    });
+    ui.separator();
+    ui.label(egui::RichText::new(format!("Labels among each method's top {k}")).strong());
+    for (m, order) in methods.iter().zip(&orders) {
+        let mut counts = vec![0usize; session.data.class_names.len().max(1)];
+        for &i in &order[..k] {
+            if let Some(c) = counts.get_mut(session.data.labels[i] as usize) {
+                *c += 1;
+            }
+        }
+        let parts: Vec<String> = counts
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(c, n)| format!("{} {n}", session.data.class_names.get(c).cloned().unwrap_or_default()))
+            .collect();
+        ui.label(format!("{}: {}", m.name(), parts.join(", ")));
+    }
+    ui.separator();
+    let ctx = ui.ctx().clone();
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        egui::Grid::new("side-by-side").spacing([16.0, 6.0]).show(ui, |ui| {
+            ui.label("rank");
+            for m in &methods {
+                ui.strong(m.name());
+            }
+            ui.end_row();
+            for r in 0..k {
+                ui.label(format!("{}", r + 1));
+                for (col, order) in orders.iter().enumerate() {
+                    let i = order[r];
+                    let tex = app.thumbnails.training(&ctx, &session.data, i);
+                    ui.horizontal(|ui| {
+                        let mut resp = ui.add(training_image(&tex, 48.0, session.data.ids[i]));
+                        if shared(i) {
+                            resp = resp.highlight();
+                        }
+                        if resp
+                            .on_hover_text(format!("#{} {}", session.data.ids[i], session.data.class_name(i)))
+                            .clicked()
+                        {
+                            app.selected_train = Some(i);
+                        }
+                        ui.small(format!("{:.2e}", totals[col][i]));
+                    });
+                }
+                ui.end_row();
+            }
+        });
+    });
+    ui.small("Highlighted: images in the top of more than one method.");
+}

@@ -1,0 +1,84 @@
+//! The methods panel: which methods to run and their parameters, with defaults; a Run button
+//! that starts a background job (results are cached per query, method and parameters).
+
+use egui::Ui;
+
+use super::RetraceApp;
+use crate::curvature::{Damping, Fisher, Sharing};
+use crate::diffusion::Measurement;
+
+/// Draws the methods panel.
+pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
+    ui.heading("Methods");
+    for (m, on) in &mut app.selected_methods {
+        ui.checkbox(on, m.name());
+    }
+    ui.collapsing("K-FAC / EK-FAC settings", |ui| {
+        egui::Grid::new("influence").num_columns(2).show(ui, |ui| {
+            let label = ui.label("measurement");
+            egui::ComboBox::from_id_salt("measurement")
+                .selected_text(format!("{:?}", app.influence.measurement))
+                .show_ui(ui, |ui| {
+                    for m in [Measurement::Loss, Measurement::ElboLoss, Measurement::SquareNorm] {
+                        ui.selectable_value(&mut app.influence.measurement, m, format!("{m:?}"));
+                    }
+                })
+                .response
+                .labelled_by(label.id);
+            ui.end_row();
+            let label = ui.label("damping (x mean eigenvalue)");
+            let mut factor = match app.influence.damping {
+                Damping::Relative(f) | Damping::Absolute(f) => f,
+            };
+            if ui
+                .add(egui::DragValue::new(&mut factor).range(1e-6..=10.0).speed(0.01))
+                .labelled_by(label.id)
+                .changed()
+            {
+                app.influence.damping = Damping::Relative(factor);
+            }
+            ui.end_row();
+            ui.label("curvature");
+            ui.horizontal(|ui| {
+                ui.selectable_value(&mut app.influence.fisher, Fisher::Ggn, "GGN");
+                ui.selectable_value(&mut app.influence.fisher, Fisher::Empirical, "empirical");
+            });
+            ui.end_row();
+            ui.label("K-FAC variant");
+            ui.horizontal(|ui| {
+                ui.selectable_value(&mut app.influence.sharing, Sharing::Expand, "expand");
+                ui.selectable_value(&mut app.influence.sharing, Sharing::Reduce, "reduce");
+            });
+            ui.end_row();
+            let label = ui.label("fit images");
+            ui.add(egui::DragValue::new(&mut app.influence.fit_images).range(1..=100_000))
+                .labelled_by(label.id);
+            ui.end_row();
+        });
+    });
+    if let Ok(s) = &app.session {
+        ui.small(format!(
+            "index: {} timestep buckets, k = {}, {} checkpoint(s)",
+            s.index.plan.buckets,
+            s.index.projection.k_in,
+            match s.index.checkpoints {
+                crate::attribution::CheckpointChoice::All => "all",
+                crate::attribution::CheckpointChoice::Last => "the last",
+            }
+        ));
+    }
+    let ready = app.current.is_some() && app.work.is_none();
+    if ui.add_enabled(ready, egui::Button::new("Run")).clicked() {
+        let ctx = ui.ctx().clone();
+        app.run_methods(&ctx);
+    }
+    let computed = app.computed_methods();
+    if !computed.is_empty() {
+        ui.horizontal_wrapped(|ui| {
+            ui.label("show:");
+            for m in computed {
+                ui.selectable_value(&mut app.shown_method, Some(m), m.name());
+            }
+        });
+    }
+}

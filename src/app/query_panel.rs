@@ -1,0 +1,148 @@
+//! The query panel: generate a sample (seed, steps, sampler) and watch it denoise, load an
+//! image (file dialog or drag-and-drop; converted to the model's format, and the panel says
+//! how), or pick a training or held-out image; plus the history of recent queries.
+
+use egui::Ui;
+
+use super::RetraceApp;
+use super::app::Work;
+use super::textures::image;
+use crate::attribution::{Query, load_query_image};
+use crate::diffusion::SamplerKind;
+use crate::diffusion::images::bytes_to_unit;
+
+/// Loads an image file as the current query, reporting conversion notes or errors.
+pub fn load_file(app: &mut RetraceApp, path: &std::path::Path) {
+    let Ok(session) = &app.session else { return };
+    let [c, s, _] = session.shape();
+    match load_query_image(path, c, s) {
+        Ok(q) => {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            app.notice = Some(q.description.clone());
+            app.push_query(q, name);
+        }
+        Err(e) => app.notice = Some(e),
+    }
+}
+
+/// Takes files dropped on the window as queries.
+pub fn handle_dropped_files(app: &mut RetraceApp, ctx: &egui::Context) {
+    let dropped = ctx.input(|i| i.raw.dropped_files.clone());
+    for f in dropped {
+        let path = f.path().to_path_buf();
+        load_file(app, &path);
+    }
+}
+
+/// Draws the query panel.
+pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
+    ui.heading("Query");
+    let Ok(session) = app.session.clone() else {
+        return;
+    };
+    let shape = session.shape();
+    let busy = app.work.is_some();
+    // The current query, or the live denoising preview.
+    let preview = match &app.work {
+        Some(Work::Generate(_, frame)) => frame.lock().ok().and_then(|f| f.clone()),
+        _ => None,
+    };
+    let ctx = ui.ctx().clone();
+    if let Some(bytes) = preview {
+        let tex = app.thumbnails.named(&ctx, "preview", &bytes, shape);
+        ui.add(image(&tex, 160.0));
+        ui.label("denoising…");
+    } else if let Some(q) = app.current {
+        let entry = &app.history[q];
+        let tex = app.thumbnails.named(&ctx, &format!("query-{q}"), &entry.bytes, shape);
+        ui.add(image(&tex, 160.0));
+        ui.label(&entry.query.description);
+    } else {
+        ui.label("No query yet: generate a sample, load an image, or pick one below.");
+    }
+    ui.separator();
+    egui::Grid::new("generate").num_columns(2).show(ui, |ui| {
+        let label = ui.label("seed");
+        ui.add(egui::DragValue::new(&mut app.seed)).labelled_by(label.id);
+        ui.end_row();
+        let label = ui.label("steps");
+        ui.add(egui::DragValue::new(&mut app.sampler.steps).range(1..=1000))
+            .labelled_by(label.id);
+        ui.end_row();
+        let label = ui.label("sampler");
+        egui::ComboBox::from_id_salt("sampler")
+            .selected_text(format!("{:?}", app.sampler.kind))
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut app.sampler.kind, SamplerKind::Ddim, "Ddim");
+                ui.selectable_value(&mut app.sampler.kind, SamplerKind::Ddpm, "Ddpm");
+            })
+            .response
+            .labelled_by(label.id);
+        ui.end_row();
+    });
+    ui.horizontal(|ui| {
+        if ui.add_enabled(!busy, egui::Button::new("Generate")).clicked() {
+            app.generate(&ctx);
+        }
+        if ui.add_enabled(!busy, egui::Button::new("Load image…")).clicked()
+            && let Some(path) = rfd::FileDialog::new()
+                .add_filter("images", &["png", "jpg", "jpeg"])
+                .pick_file()
+        {
+            load_file(app, &path);
+        }
+    });
+    ui.horizontal(|ui| {
+        let limit = if app.pick_held_out {
+            session.held_out.as_ref().map_or(0, |d| d.len())
+        } else {
+            session.data.len()
+        };
+        let label = ui.label("pick");
+        ui.selectable_value(&mut app.pick_held_out, true, "held-out")
+            .on_hover_text("an image of the test split");
+        ui.selectable_value(&mut app.pick_held_out, false, "training");
+        ui.add(egui::DragValue::new(&mut app.pick_index).range(0..=limit.saturating_sub(1)))
+            .labelled_by(label.id);
+        if ui.add_enabled(limit > 0, egui::Button::new("Use")).clicked() {
+            let (data, split) = if app.pick_held_out {
+                (session.held_out.as_ref().unwrap_or(&session.data), "held-out")
+            } else {
+                (&session.data, "training")
+            };
+            let i = app.pick_index.min(data.len() - 1);
+            let query = Query {
+                pixels: bytes_to_unit(data.image(i)),
+                shape,
+                description: format!("{split} image #{} ({})", data.ids[i], data.class_name(i)),
+            };
+            let label = format!("{split} #{}", data.ids[i]);
+            app.push_query(query, label);
+        }
+    });
+    ui.small("Drop an image file on the window to use it as the query.");
+    if !app.history.is_empty() {
+        ui.separator();
+        ui.label("History");
+        let mut chosen = None;
+        ui.horizontal_wrapped(|ui| {
+            for (i, entry) in app.history.iter().enumerate().rev().take(12) {
+                let tex = app.thumbnails.named(&ctx, &format!("query-{i}"), &entry.bytes, shape);
+                let mut response = ui.add(image(&tex, 40.0)).on_hover_text(&entry.label);
+                if app.current == Some(i) {
+                    response = response.highlight();
+                }
+                if response.clicked() {
+                    chosen = Some(i);
+                }
+            }
+        });
+        if let Some(i) = chosen {
+            app.current = Some(i);
+            app.selected_train = None;
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The status bar: compute device, model, dataset, index state, the job in flight (with its
+//! progress and a cancel button), frame time, and the last notice.
+
+use egui::Ui;
+
+use super::RetraceApp;
+use crate::session::IndexState;
+
+/// Draws the status bar.
+pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
+    ui.horizontal(|ui| {
+        match &app.session {
+            Ok(s) => {
+                ui.label(format!("device: {}", s.device.name))
+                    .on_hover_text(&s.device.reason);
+                ui.separator();
+                ui.label(format!(
+                    "model: {}",
+                    s.model
+                        .root
+                        .file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default()
+                ))
+                .on_hover_text(s.model.root.display().to_string());
+                ui.separator();
+                ui.label(format!("data: {} ({} images)", s.data.name, s.data.len()));
+                ui.separator();
+                let index = match s.index_state() {
+                    IndexState::Ready => "index ready".to_owned(),
+                    IndexState::Missing => "index not built (built on first ranking)".to_owned(),
+                    IndexState::Partial(done, total) => format!("index {done}/{total} chunks"),
+                };
+                ui.label(index).on_hover_text(s.index.dir.display().to_string());
+            }
+            Err(e) => {
+                ui.colored_label(ui.visuals().error_fg_color, format!("no session: {e}"));
+            }
+        }
+        ui.separator();
+        if let Some(work) = &app.work {
+            let (title, p, elapsed) = work.status();
+            let fraction = if p.total > 0 {
+                p.done as f32 / p.total as f32
+            } else {
+                0.0
+            };
+            ui.add(
+                egui::ProgressBar::new(fraction)
+                    .desired_width(380.0)
+                    .text(format!("{title}: {} {}/{} ({elapsed:.0} s)", p.stage, p.done, p.total)),
+            );
+            if ui.button("Cancel").clicked() {
+                work.cancel();
+            }
+        }
+        if app.show_frame_time {
+            let worst = app.frame_times.iter().copied().fold(0.0f32, f32::max);
+            ui.label(format!("frame max {:.0} ms", worst * 1e3))
+                .on_hover_text("slowest of the last 120 frames (UI work only)");
+        }
+        if let Some(n) = &app.notice {
+            ui.separator();
+            ui.colored_label(ui.visuals().warn_fg_color, n);
+        }
+    });
+}

@@ -1,0 +1,159 @@
+//! A viewer session: one model, its training data, the held-out data beside it, index settings
+//! and the compute device — and the engine work the viewer asks for (generate a sample, rank
+//! the training images), each run as a [`BackgroundJob`]. The viewer holds only what these
+//! return (images as bytes, [`Scores`]); it never touches a tensor.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::attribution::query::generate_query;
+use crate::attribution::{IndexSettings, MethodSettings, Query, Scores, attribute};
+use crate::data::{DataSpec, Dataset, Split};
+use crate::device::ComputeDevice;
+use crate::diffusion::images::unit_to_bytes;
+use crate::diffusion::{ModelDir, SamplerConfig};
+use crate::index::Manifest;
+use crate::jobs::{BackgroundJob, JobContext};
+
+/// Everything a viewer session works on. Cheap to share between threads (`Arc`).
+pub struct Session {
+    /// The model directory.
+    pub model: ModelDir,
+    /// Its training data.
+    pub data: Dataset,
+    /// The same source's held-out split, when it has one.
+    pub held_out: Option<Dataset>,
+    /// Where and how the index is (or will be) built.
+    pub index: IndexSettings,
+    /// The compute device.
+    pub device: ComputeDevice,
+}
+
+/// How far the index is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum IndexState {
+    /// Nothing built yet.
+    Missing,
+    /// Some chunks built: (done, total).
+    Partial(usize, usize),
+    /// Complete.
+    Ready,
+}
+
+impl Session {
+    /// Opens the model in `model_root` with `data` (default: the data it was trained on).
+    pub fn open(model_root: &Path, data: Option<&str>, device: ComputeDevice) -> Result<Self, String> {
+        let model = ModelDir::open(model_root).map_err(|e| e.to_string())?;
+        let spec: DataSpec = data
+            .map(str::to_owned)
+            .unwrap_or_else(|| model.info.data_spec.clone())
+            .parse()
+            .map_err(|e: crate::data::DataError| e.to_string())?;
+        let data = Dataset::load(&spec).map_err(|e| e.to_string())?;
+        let cfg = &model.info.unet;
+        if [data.channels, data.height, data.width] != [cfg.image_channels, cfg.sample_size, cfg.sample_size] {
+            return Err(format!(
+                "{} holds {}×{}×{} images but the model takes {}×{}×{}",
+                spec, data.channels, data.height, data.width, cfg.image_channels, cfg.sample_size, cfg.sample_size
+            ));
+        }
+        let held_out = (spec.split == Split::Train)
+            .then(|| {
+                let mut test = spec.clone();
+                test.split = Split::Test;
+                Dataset::load(&test).ok()
+            })
+            .flatten();
+        let index = IndexSettings::standard(&model);
+        Ok(Self {
+            model,
+            data,
+            held_out,
+            index,
+            device,
+        })
+    }
+
+    /// C×H×W of the model's images.
+    pub fn shape(&self) -> [usize; 3] {
+        let cfg = &self.model.info.unet;
+        [cfg.image_channels, cfg.sample_size, cfg.sample_size]
+    }
+
+    /// How far the index is, read from its manifest.
+    pub fn index_state(&self) -> IndexState {
+        let path = self.index.dir.join("manifest.json");
+        let Some(manifest) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+        else {
+            return IndexState::Missing;
+        };
+        let total: usize = manifest.checkpoints.iter().map(|c| c.chunks.len()).sum();
+        let done: usize = manifest
+            .checkpoints
+            .iter()
+            .map(|c| c.chunks.iter().filter(|k| k.is_some()).count())
+            .sum();
+        if manifest.is_complete() {
+            IndexState::Ready
+        } else {
+            IndexState::Partial(done, total)
+        }
+    }
+
+    /// Generates a sample as a background job; `frame` receives the image (as bytes) after
+    /// every denoising step, for a live preview.
+    pub fn generate(
+        self: &Arc<Self>,
+        seed: u64,
+        config: SamplerConfig,
+        wake: impl Fn() + Send + Sync + Clone + 'static,
+        frame: impl Fn(Vec<u8>) + Send + 'static,
+    ) -> BackgroundJob<Query> {
+        let session = self.clone();
+        BackgroundJob::spawn(format!("sampling seed {seed}"), wake, move |job: &JobContext| {
+            generate_query(
+                &session.model,
+                seed,
+                &config,
+                &session.device.device,
+                job,
+                |_, _, pixels| frame(unit_to_bytes(pixels)),
+            )
+        })
+    }
+
+    /// Builds (or finishes) the index as a background job.
+    pub fn build_index(self: &Arc<Self>, wake: impl Fn() + Send + Sync + Clone + 'static) -> BackgroundJob<()> {
+        let session = self.clone();
+        BackgroundJob::spawn("building the index", wake, move |job: &JobContext| {
+            let built = session
+                .index
+                .ensure(&session.model, &session.data, &session.device.device, job)?;
+            Ok(built.map(|_| ()))
+        })
+    }
+
+    /// Ranks the training images for `query` with the requested methods, as a background job.
+    pub fn attribute(
+        self: &Arc<Self>,
+        query: Query,
+        request: MethodSettings,
+        wake: impl Fn() + Send + Sync + Clone + 'static,
+    ) -> BackgroundJob<Vec<Scores>> {
+        let session = self.clone();
+        let names: Vec<&str> = request.methods.iter().map(|m| m.name()).collect();
+        BackgroundJob::spawn(format!("ranking with {}", names.join(", ")), wake, move |job| {
+            attribute(
+                &session.model,
+                &session.data,
+                &query,
+                &request,
+                &session.index,
+                &session.device.device,
+                job,
+            )
+        })
+    }
+}
