@@ -104,5 +104,10 @@ fn pick_a_query_rank_with_retrac_and_open_a_detail_view() {
     assert_eq!(harness.state().selected_train, Some(best));
     harness.get_by_label(&format!("Training image #{id}"));
     harness.get_by_label_contains("per timestep bucket");
-    harness.snapshot("viewer_ranking_detail");
+    // Tolerate the small rasterisation differences of another CPU under lavapipe; a changed
+    // layout or missing panel still fails.
+    let options = egui_kittest::SnapshotOptions::new()
+        .threshold(1.0)
+        .max_failed_pixels(2000);
+    harness.snapshot_options("viewer_ranking_detail", &options);
 }

@@ -1,18 +1,18 @@
 //! The desktop viewer (egui/eframe). Only egui lives here: the panels render what the engine's
 //! jobs return ([`crate::session::Session`]) and send it new work; no tensor is ever touched.
-//! One file per panel; [`app::RetraceApp`] holds the state and lays the panels out.
+//! One file per panel; [`state::RetraceApp`] holds the state and lays the panels out.
 
-pub mod app;
 pub mod compare;
 pub mod detail;
 pub mod methods_panel;
 pub mod query_panel;
 pub mod ranking;
+pub mod state;
 pub mod status_bar;
 pub mod textures;
 pub mod timesteps;
 
-pub use app::RetraceApp;
+pub use state::RetraceApp;
 
 /// Opens the viewer window on `session` (or on the error that kept it from opening) and runs
 /// until the window closes.

@@ -5,7 +5,7 @@
 use egui::Ui;
 
 use super::RetraceApp;
-use super::app::Work;
+use super::state::Work;
 use super::textures::image;
 use crate::attribution::{Query, load_query_image};
 use crate::diffusion::SamplerKind;

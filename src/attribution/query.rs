@@ -56,34 +56,6 @@ pub fn load_query_image(path: &Path, channels: usize, size: usize) -> Result<Que
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn images_are_converted_and_the_conversion_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.png");
-        image::RgbaImage::from_pixel(40, 30, image::Rgba([255, 255, 255, 255]))
-            .save(&path)
-            .unwrap();
-        let q = load_query_image(&path, 1, 28).unwrap();
-        assert_eq!(q.pixels.len(), 784);
-        assert!(q.pixels.iter().all(|&v| (v - 1.0).abs() < 1e-6));
-        assert!(
-            q.description.contains("resized 40x30 to 28x28") && q.description.contains("to grey"),
-            "{}",
-            q.description
-        );
-        std::fs::write(&path, b"not a png").unwrap();
-        assert!(
-            load_query_image(&path, 1, 28)
-                .unwrap_err()
-                .contains("cannot read the query image")
-        );
-    }
-}
-
 /// Generates a query from the newest checkpoint of `model` with `seed`. `frame(step, steps,
 /// pixels)` sees the current image (C×H×W in [−1, 1]) after every denoising step, for live
 /// previews. `Ok(None)` when cancelled.
@@ -116,4 +88,32 @@ pub fn generate_query(
             config.kind, config.steps, entry.state.step
         ),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_converted_and_the_conversion_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.png");
+        image::RgbaImage::from_pixel(40, 30, image::Rgba([255, 255, 255, 255]))
+            .save(&path)
+            .unwrap();
+        let q = load_query_image(&path, 1, 28).unwrap();
+        assert_eq!(q.pixels.len(), 784);
+        assert!(q.pixels.iter().all(|&v| (v - 1.0).abs() < 1e-6));
+        assert!(
+            q.description.contains("resized 40x30 to 28x28") && q.description.contains("to grey"),
+            "{}",
+            q.description
+        );
+        std::fs::write(&path, b"not a png").unwrap();
+        assert!(
+            load_query_image(&path, 1, 28)
+                .unwrap_err()
+                .contains("cannot read the query image")
+        );
+    }
 }
