@@ -8,7 +8,6 @@
 //! a random output gradient s ~ N(0, H) — the objective ⟨stop-grad(s), ε_θ⟩ — whose outer
 //! products have expectation Jᵀ H J. The empirical Fisher backpropagates the loss itself.
 
-use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -120,8 +119,7 @@ impl CurvatureFit<'_> {
         stage: &str,
         mut visit: impl FnMut(&[LayerGrads]),
     ) -> Result<bool, String> {
-        let ad = self.device.clone().autodiff();
-        let model = self.model.clone().to_device(&ad).train().no_grad();
+        let (model, ad) = crate::grad::frozen_on_autodiff(self.model, self.device);
         let walk = PlanWalk {
             examples: self.examples,
             plan: &self.config.plan,

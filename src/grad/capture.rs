@@ -230,3 +230,11 @@ pub fn capture_layers(
     let grads = per_example.clone().sum().backward();
     (tape.finish(&grads), per_example.inner())
 }
+
+/// `model` moved to the autodiff twin of `device` with its parameters frozen (no parameter
+/// gradients): what every capture runs on. Returns the model and the autodiff device.
+pub fn frozen_on_autodiff(model: &UNet, device: &burn::tensor::Device) -> (UNet, burn::tensor::Device) {
+    use burn::module::Module;
+    let ad = device.clone().autodiff();
+    (model.clone().to_device(&ad).train().no_grad(), ad)
+}

@@ -3,7 +3,6 @@
 //! Work is flattened over (example, point) pairs and batched, so the result does not depend on
 //! the batch size: every pair's t and noise come from the plan, keyed by the example's id.
 
-use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::{PlanPoint, Projector, TimestepPlan, capture_layers};
@@ -156,8 +155,7 @@ impl FeatureRun<'_> {
 
     /// The model on the autodiff twin of the run's device, parameters frozen.
     fn frozen_model(&self) -> (UNet, Device) {
-        let ad = self.device.clone().autodiff();
-        (self.model.clone().to_device(&ad).train().no_grad(), ad)
+        super::frozen_on_autodiff(self.model, self.device)
     }
 
     /// Featurises `examples`, reporting progress to `job`; `Ok(None)` when cancelled.

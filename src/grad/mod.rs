@@ -8,7 +8,7 @@ pub mod plan;
 pub mod project;
 
 pub use crate::diffusion::checkpoint::param_paths as layer_names;
-pub use capture::{CaptureTape, LayerGrads, LayerInput, LayerKind, capture_layers};
+pub use capture::{CaptureTape, LayerGrads, LayerInput, LayerKind, capture_layers, frozen_on_autodiff};
 pub use features::{Examples, FeatureRun, Features, PlanBatch, PlanWalk};
 pub use plan::{PlanPoint, TimestepPlan};
 pub use project::{ProjectionConfig, Projector, layer_shapes, model_layer_shapes};

@@ -130,9 +130,7 @@ impl Projector {
 
 /// (d_in, d_out) of every Linear/Conv2d of `model` for images of `shape`, from one capture.
 pub fn model_layer_shapes(model: &crate::diffusion::UNet, shape: [usize; 3], device: &Device) -> Vec<(usize, usize)> {
-    use burn::module::Module;
-    let ad = device.clone().autodiff();
-    let model = model.clone().to_device(&ad).train().no_grad();
+    let (model, ad) = super::frozen_on_autodiff(model, device);
     let x = Tensor::<4>::zeros([1, shape[0], shape[1], shape[2]], &ad);
     let t = Tensor::<1>::zeros([1], &ad);
     let (layers, _) = super::capture_layers(&model, x, t, |p| p.powi_scalar(2).sum().reshape([1]));
