@@ -15,6 +15,7 @@ pub mod eval;
 pub mod grad;
 pub mod index;
 pub mod jobs;
+pub mod report;
 pub mod session;
 
 /// The version string shown in reports and `--version`.

@@ -104,6 +104,16 @@ fn pick_a_query_rank_with_retrac_and_open_a_detail_view() {
     assert_eq!(harness.state().selected_train, Some(best));
     harness.get_by_label(&format!("Training image #{id}"));
     harness.get_by_label_contains("per timestep bucket");
+    // The report holds the query and each side's images, inlined, and the method's name.
+    let tmp_report = tmp.path().join("report.html");
+    harness.state_mut().export_report(&tmp_report);
+    let html = std::fs::read_to_string(&tmp_report).unwrap();
+    assert_eq!(html.matches("data:image/png;base64,").count(), 1 + 2 * top_k);
+    assert!(
+        html.contains("<h2>retrac</h2>") && html.contains("<svg"),
+        "report sections"
+    );
+
     // Tolerate the small rasterisation differences of another CPU under lavapipe; a changed
     // layout or missing panel still fails.
     let options = egui_kittest::SnapshotOptions::new()

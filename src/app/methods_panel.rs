@@ -73,6 +73,15 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         app.run_methods(&ctx);
     }
     let computed = app.computed_methods();
+    if !computed.is_empty()
+        && ui.button("Export HTML report...").clicked()
+        && let Some(path) = rfd::FileDialog::new()
+            .add_filter("HTML", &["html"])
+            .set_file_name("retrace-report.html")
+            .save_file()
+    {
+        app.export_report(&path);
+    }
     if !computed.is_empty() {
         ui.horizontal_wrapped(|ui| {
             ui.label("show:");

@@ -172,6 +172,46 @@ impl RetraceApp {
             .collect()
     }
 
+    /// The HTML report of the current query and every method computed for it.
+    pub fn report_html(&self) -> Option<String> {
+        let (Ok(session), Some(q)) = (&self.session, self.current) else {
+            return None;
+        };
+        let methods: Vec<Scores> = self
+            .computed_methods()
+            .into_iter()
+            .filter_map(|m| self.scores(m).cloned())
+            .collect();
+        if methods.is_empty() {
+            return None;
+        }
+        let entry = &self.history[q];
+        let model = session.model.root.display().to_string();
+        Some(crate::report::html_report(&crate::report::ReportInput {
+            query: &entry.bytes,
+            query_description: &entry.query.description,
+            data: &session.data,
+            methods: &methods,
+            top_k: self.top_k,
+            device: &session.device.name,
+            model: &model,
+        }))
+    }
+
+    /// Writes the HTML report to `path` (atomically), saying where in the notice.
+    pub fn export_report(&mut self, path: &std::path::Path) {
+        let Some(html) = self.report_html() else {
+            self.notice = Some("run a method first: there is nothing to report".into());
+            return;
+        };
+        self.notice = Some(
+            match crate::diffusion::checkpoint::write_atomic(path, html.as_bytes()) {
+                Ok(()) => format!("report written to {}", path.display()),
+                Err(e) => format!("cannot write the report: {e}"),
+            },
+        );
+    }
+
     /// A wake-up call for background jobs: repaint this context.
     pub fn waker(ctx: &egui::Context) -> impl Fn() + Send + Sync + Clone + 'static {
         let ctx = ctx.clone();

@@ -1,0 +1,35 @@
+//! Visual reports of an attribution run: a self-contained HTML page (images inlined as PNG
+//! data URIs, plots as inline SVG) with the query, every method's top proponents and
+//! opponents with scores and labels, per-timestep curves, the agreement between methods, and
+//! every parameter, the retrace version and the device.
+
+pub mod html;
+pub mod plot;
+
+pub use html::{ReportInput, html_report};
+
+use base64::Engine;
+
+/// C×H×W bytes (grey or RGB) as a PNG data URI, scaled up `scale`× (nearest neighbour).
+pub fn png_data_uri(bytes: &[u8], [c, h, w]: [usize; 3], scale: u32) -> String {
+    let (h32, w32) = (h as u32, w as u32);
+    let img = image::RgbImage::from_fn(w32 * scale, h32 * scale, |x, y| {
+        let p = (y / scale) as usize * w + (x / scale) as usize;
+        if c >= 3 {
+            image::Rgb([bytes[p], bytes[h * w + p], bytes[2 * h * w + p]])
+        } else {
+            image::Rgb([bytes[p]; 3])
+        }
+    });
+    let mut png = Vec::new();
+    if img
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .is_err()
+    {
+        return String::new();
+    }
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    )
+}
