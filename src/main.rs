@@ -120,6 +120,21 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Render a scores file of `retrace attribute` as a self-contained HTML report.
+    Report {
+        /// The JSON file `retrace attribute` wrote.
+        #[arg(long)]
+        scores: PathBuf,
+        /// Output: report.html.
+        #[arg(long)]
+        out: PathBuf,
+        /// Training data spec (default: the one recorded in the file).
+        #[arg(long)]
+        data: Option<String>,
+        /// Images per side for every method.
+        #[arg(long, default_value_t = 24)]
+        top: usize,
+    },
     /// Open the desktop viewer on a model and its training data.
     Gui {
         /// Model directory (default: the bundled model).
@@ -519,7 +534,15 @@ fn run(cli: Cli) -> Result<()> {
                 retrace_version: retrace::VERSION.to_owned(),
                 model: model.root.display().to_string(),
                 data: data.name.clone(),
-                query: serde_json::json!({ "description": q.description, "seed": seed }),
+                query: serde_json::json!({
+                    "description": q.description,
+                    "seed": seed,
+                    "image": retrace::report::png_data_uri(
+                        &retrace::diffusion::images::unit_to_bytes(&q.pixels),
+                        q.shape,
+                        1
+                    ),
+                }),
                 device: dev.name.clone(),
                 methods: scores
                     .iter()
@@ -548,6 +571,52 @@ fn run(cli: Cli) -> Result<()> {
                 retrace::session::Session::open(&model.unwrap_or_else(bundled_model_dir), data.as_deref(), dev)
             });
             retrace::app::run(session).map_err(anyhow::Error::msg)?;
+        }
+        Command::Report { scores, out, data, top } => {
+            if out.extension().is_none_or(|e| e != "html") {
+                bail!(
+                    "{}: reports are written as .html (PDF export is not built yet)",
+                    out.display()
+                );
+            }
+            let bytes = std::fs::read(&scores).with_context(|| format!("cannot read {}", scores.display()))?;
+            let file: retrace::attribution::scores::AttributionFile = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a scores file of retrace attribute", scores.display()))?;
+            let spec: DataSpec = data.unwrap_or_else(|| file.data.clone()).parse()?;
+            let dataset = Dataset::load(&spec)?;
+            let methods = file
+                .methods
+                .iter()
+                .map(|m| m.to_scores(&dataset))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            let uri = file.query["image"]
+                .as_str()
+                .context("the scores file holds no query image (written by an older retrace?)")?;
+            let (query, shape) =
+                retrace::report::decode_png_data_uri(uri, dataset.channels).map_err(anyhow::Error::msg)?;
+            if shape != [dataset.channels, dataset.height, dataset.width] {
+                bail!(
+                    "the query image is {shape:?} but the training images are {}×{}",
+                    dataset.height,
+                    dataset.width
+                );
+            }
+            let html = retrace::report::html_report(&retrace::report::ReportInput {
+                query: &query,
+                query_description: file.query["description"].as_str().unwrap_or(""),
+                data: &dataset,
+                methods: &methods,
+                top_k: top,
+                device: &file.device,
+                model: &file.model,
+            });
+            retrace::diffusion::checkpoint::write_atomic(&out, html.as_bytes())?;
+            println!(
+                "wrote {} ({} methods, top {top} per side)",
+                out.display(),
+                methods.len()
+            );
         }
         Command::Info { path } => info(&path)?,
         Command::Bench {

@@ -101,6 +101,15 @@ fn attribute_ranks_a_training_image_first_and_refuses_a_wrong_size() {
             assert_eq!(s.ranking()[0], 5, "{}: top 5 {:?}", s.method, &s.ranking()[..5]);
         }
     }
+    // A scores file round-trips back to the same scores in dataset order (what reports read).
+    for s in &scores {
+        let file = retrace::attribution::scores::MethodResult::from_scores(s, &data.class_names);
+        assert_eq!(&file.to_scores(&data).unwrap(), s, "{}", s.method);
+    }
+    let other = data.select(&(0..10).collect::<Vec<_>>());
+    let file = retrace::attribution::scores::MethodResult::from_scores(&scores[0], &data.class_names);
+    assert!(file.to_scores(&other).unwrap_err().contains("other data"));
+
     // The curvature was fitted once and is kept beside the index; a damaged copy is refused.
     let fitted: Vec<_> = std::fs::read_dir(tmp.path().join("index"))
         .unwrap()

@@ -123,6 +123,50 @@ impl MethodResult {
     }
 }
 
+impl MethodResult {
+    /// The scores back in the dataset's order, for reports. Fails when an id of the file is not
+    /// in `data` (the scores were computed on other data).
+    pub fn to_scores(&self, data: &crate::data::Dataset) -> Result<Scores, String> {
+        let position: std::collections::HashMap<u64, usize> =
+            data.ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+        let b = self.buckets.len();
+        let mut per_bucket = vec![0.0f32; data.len() * b];
+        let mut seen = vec![false; data.len()];
+        for e in &self.ranking {
+            let &i = position.get(&e.id).ok_or_else(|| {
+                format!(
+                    "{}: training image id {} is not in {}; the scores were computed on other data",
+                    self.method, e.id, data.name
+                )
+            })?;
+            if e.per_bucket.len() != b {
+                return Err(format!(
+                    "{}: image {} has {} bucket scores, not {b}",
+                    self.method,
+                    e.id,
+                    e.per_bucket.len()
+                ));
+            }
+            per_bucket[i * b..(i + 1) * b].copy_from_slice(&e.per_bucket);
+            seen[i] = true;
+        }
+        if let Some(missing) = seen.iter().position(|s| !s) {
+            return Err(format!(
+                "{}: the file has no score for training image id {} of {}",
+                self.method, data.ids[missing], data.name
+            ));
+        }
+        Ok(Scores {
+            method: self.method.clone(),
+            parameters: self.parameters.clone(),
+            buckets: self.buckets.clone(),
+            ids: data.ids.clone(),
+            labels: data.labels.clone(),
+            per_bucket,
+        })
+    }
+}
+
 impl AttributionFile {
     /// CSV with one row per (method, training image): method, rank, id, label, class, total, and
     /// the per-bucket scores separated by spaces.
