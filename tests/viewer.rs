@@ -45,7 +45,7 @@ fn until_idle(harness: &mut Harness<'_, RetraceApp>, limit: Duration) {
     let start = Instant::now();
     loop {
         harness.step();
-        if harness.state().work.is_none() {
+        if harness.state().work.is_none() && harness.state().indexing.is_none() {
             break;
         }
         assert!(start.elapsed() < limit, "the job did not finish within {limit:?}");
@@ -64,6 +64,10 @@ fn pick_a_query_rank_with_retrac_and_open_a_detail_view() {
         .wgpu()
         .build_eframe(|cc| RetraceApp::new(&cc.egui_ctx, Ok(session)));
     harness.state_mut().show_frame_time = false;
+    assert!(
+        harness.state().indexing.is_some(),
+        "the missing index starts building at launch"
+    );
     harness.run_steps(2);
 
     // Pick held-out image 0 as the query, keep only ReTrac, run.
@@ -72,6 +76,8 @@ fn pick_a_query_rank_with_retrac_and_open_a_detail_view() {
     assert_eq!(harness.state().history.len(), 1);
     harness.get_by_label("kfac").click();
     harness.run_steps(2);
+    until_idle(&mut harness, Duration::from_secs(300));
+    assert_eq!(harness.state().notice, None, "the index was built");
     let ticked: Vec<MethodName> = harness
         .state()
         .selected_methods

@@ -67,7 +67,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
             }
         ));
     }
-    let ready = app.current.is_some() && app.work.is_none();
+    let ready = app.current.is_some() && app.work.is_none() && app.indexing.is_none();
     if ui.add_enabled(ready, egui::Button::new("Run")).clicked() {
         let ctx = ui.ctx().clone();
         app.run_methods(&ctx);

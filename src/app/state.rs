@@ -82,6 +82,9 @@ pub struct RetraceApp {
     pub influence: InfluenceSettings,
     /// The job in flight.
     pub work: Option<Work>,
+    /// The index being built in the background (started at launch when it is not complete).
+    /// Queries can be made meanwhile; ranking waits for it.
+    pub indexing: Option<BackgroundJob<()>>,
     /// Cached scores by (query, method, parameters).
     pub cache: HashMap<(usize, MethodName, String), Scores>,
     /// The method whose ranking is shown.
@@ -110,7 +113,7 @@ impl RetraceApp {
     /// A viewer on `session`; with no session, the window explains why.
     pub fn new(ctx: &egui::Context, session: Result<Session, String>) -> Self {
         ctx.set_theme(egui::Theme::Dark);
-        Self {
+        let mut app = Self {
             session: session.map(Arc::new),
             history: Vec::new(),
             current: None,
@@ -127,6 +130,7 @@ impl RetraceApp {
                 .collect(),
             influence: InfluenceSettings::default(),
             work: None,
+            indexing: None,
             cache: HashMap::new(),
             shown_method: None,
             compared: vec![MethodName::ReTrac, MethodName::Kfac],
@@ -138,7 +142,15 @@ impl RetraceApp {
             thumbnails: Thumbnails::default(),
             frame_times: Vec::new(),
             show_frame_time: true,
+        };
+        // A missing or partial index is built in the background from the start, so the first
+        // ranking need not wait for it (cancelling keeps the finished chunks).
+        if let Ok(session) = &app.session
+            && session.index_state() != crate::session::IndexState::Ready
+        {
+            app.indexing = Some(session.build_index(Self::waker(ctx)));
         }
+        app
     }
 
     /// Adds a query to the history and makes it current.
@@ -223,7 +235,7 @@ impl RetraceApp {
         let (Ok(session), Some(q)) = (&self.session, self.current) else {
             return;
         };
-        if self.work.is_some() {
+        if self.work.is_some() || self.indexing.is_some() {
             return;
         }
         let wanted: Vec<MethodName> = self
@@ -261,8 +273,22 @@ impl RetraceApp {
         self.work = Some(Work::Generate(job, frame));
     }
 
+    /// Collects the outcome of the index build, if it has ended.
+    fn poll_indexing(&mut self) {
+        let Some(outcome) = self.indexing.as_ref().and_then(|j| j.poll()) else {
+            return;
+        };
+        self.indexing = None;
+        match outcome {
+            Ok(Some(())) => {}
+            Ok(None) => self.notice = Some("index build paused; the next ranking resumes it".into()),
+            Err(e) => self.notice = Some(e),
+        }
+    }
+
     /// Collects the outcome of the job in flight, if it has ended.
     pub fn poll_work(&mut self) {
+        self.poll_indexing();
         let Some(work) = self.work.take() else { return };
         match work {
             Work::Generate(job, frame) => match job.poll() {
@@ -334,7 +360,7 @@ impl RetraceApp {
                 View::Compare => super::compare::show(self, ui),
             }
         });
-        if self.work.is_some() {
+        if self.work.is_some() || self.indexing.is_some() {
             ui.ctx().request_repaint_after(std::time::Duration::from_millis(100));
         }
         self.frame_times.push(started.elapsed().as_secs_f32());

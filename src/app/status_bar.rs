@@ -6,6 +6,23 @@ use egui::Ui;
 use super::RetraceApp;
 use crate::session::IndexState;
 
+/// A job's progress bar and its Cancel button.
+fn progress(ui: &mut Ui, title: &str, p: &crate::jobs::Progress, elapsed: f64, cancel: impl FnOnce()) {
+    let fraction = if p.total > 0 {
+        p.done as f32 / p.total as f32
+    } else {
+        0.0
+    };
+    ui.add(
+        egui::ProgressBar::new(fraction)
+            .desired_width(380.0)
+            .text(format!("{title}: {} {}/{} ({elapsed:.0} s)", p.stage, p.done, p.total)),
+    );
+    if ui.button("Cancel").clicked() {
+        cancel();
+    }
+}
+
 /// Draws the status bar.
 pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     ui.horizontal(|ui| {
@@ -38,21 +55,12 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
             }
         }
         ui.separator();
+        if let Some(job) = &app.indexing {
+            progress(ui, &job.title, &job.progress(), job.elapsed(), || job.cancel.cancel());
+        }
         if let Some(work) = &app.work {
             let (title, p, elapsed) = work.status();
-            let fraction = if p.total > 0 {
-                p.done as f32 / p.total as f32
-            } else {
-                0.0
-            };
-            ui.add(
-                egui::ProgressBar::new(fraction)
-                    .desired_width(380.0)
-                    .text(format!("{title}: {} {}/{} ({elapsed:.0} s)", p.stage, p.done, p.total)),
-            );
-            if ui.button("Cancel").clicked() {
-                work.cancel();
-            }
+            progress(ui, title, &p, elapsed, || work.cancel());
         }
         if app.show_frame_time {
             let worst = app.frame_times.iter().copied().fold(0.0f32, f32::max);
