@@ -114,11 +114,28 @@ fn pick_a_query_rank_with_retrac_and_open_a_detail_view() {
     let tmp_report = tmp.path().join("report.html");
     harness.state_mut().export_report(&tmp_report);
     let html = std::fs::read_to_string(&tmp_report).unwrap();
+    harness.state_mut().notice = None;
     assert_eq!(html.matches("data:image/png;base64,").count(), 1 + 2 * top_k);
     assert!(
         html.contains("<h2>retrac</h2>") && html.contains("<svg"),
         "report sections"
     );
+
+    // The scores export is the file `retrace attribute` writes, query image included.
+    let scores_path = tmp.path().join("scores.json");
+    harness.state_mut().export_scores(&scores_path);
+    let file: retrace::attribution::scores::AttributionFile =
+        serde_json::from_slice(&std::fs::read(&scores_path).unwrap()).unwrap();
+    assert_eq!(file.methods.len(), 1);
+    assert_eq!(file.methods[0].ranking.len(), 40);
+    assert_eq!(file.methods[0].ranking[0].id, id);
+    assert!(
+        file.query["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,")
+    );
+    harness.state_mut().notice = None;
 
     // Tolerate the small rasterisation differences of another CPU under lavapipe; a changed
     // layout or missing panel still fails.

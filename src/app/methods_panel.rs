@@ -82,6 +82,16 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     {
         app.export_report(&path);
     }
+    if !computed.is_empty()
+        && ui.button("Export scores (CSV/JSON)...").clicked()
+        && let Some(path) = rfd::FileDialog::new()
+            .add_filter("JSON", &["json"])
+            .add_filter("CSV", &["csv"])
+            .set_file_name("retrace-scores.json")
+            .save_file()
+    {
+        app.export_scores(&path);
+    }
     if !computed.is_empty() {
         ui.horizontal_wrapped(|ui| {
             ui.label("show:");

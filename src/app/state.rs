@@ -224,6 +224,47 @@ impl RetraceApp {
         );
     }
 
+    /// Writes every computed method's scores for the current query to `path`: CSV when it ends
+    /// in `.csv`, else the JSON file `retrace attribute` writes (which `retrace report` reads).
+    pub fn export_scores(&mut self, path: &std::path::Path) {
+        let (Ok(session), Some(q)) = (&self.session, self.current) else {
+            return;
+        };
+        let entry = &self.history[q];
+        let methods: Vec<_> = self
+            .computed_methods()
+            .into_iter()
+            .filter_map(|m| self.scores(m))
+            .map(|s| crate::attribution::scores::MethodResult::from_scores(s, &session.data.class_names))
+            .collect();
+        if methods.is_empty() {
+            self.notice = Some("run a method first: there are no scores to export".into());
+            return;
+        }
+        let file = crate::attribution::scores::AttributionFile {
+            retrace_version: crate::VERSION.to_owned(),
+            model: session.model.root.display().to_string(),
+            data: session.data.name.clone(),
+            query: serde_json::json!({
+                "description": entry.query.description,
+                "image": crate::report::png_data_uri(&entry.bytes, entry.query.shape, 1),
+            }),
+            device: session.device.name.clone(),
+            methods,
+        };
+        let bytes = if path.extension().is_some_and(|e| e == "csv") {
+            Ok(file.to_csv().into_bytes())
+        } else {
+            serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())
+        };
+        self.notice = Some(
+            match bytes.and_then(|b| crate::diffusion::checkpoint::write_atomic(path, &b).map_err(|e| e.to_string())) {
+                Ok(()) => format!("scores written to {}", path.display()),
+                Err(e) => format!("cannot write the scores: {e}"),
+            },
+        );
+    }
+
     /// A wake-up call for background jobs: repaint this context.
     pub fn waker(ctx: &egui::Context) -> impl Fn() + Send + Sync + Clone + 'static {
         let ctx = ctx.clone();
