@@ -6,7 +6,6 @@ use egui_plot::{Line, Plot};
 
 use super::RetraceApp;
 use super::textures::training_image;
-use super::timesteps::bucket_curve;
 
 /// Draws the detail view of the selected training image.
 pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
@@ -41,7 +40,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     if let Some(s) = app.shown_method.and_then(|m| app.scores(m)) {
         ui.separator();
         ui.label(format!("{} per timestep bucket", s.method));
-        let curve = bucket_curve(s, i);
+        let curve = s.bucket_curve(i);
         let name = s.method.clone();
         Plot::new("detail-curve")
             .height(180.0)

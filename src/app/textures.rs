@@ -5,17 +5,9 @@ use std::collections::HashMap;
 use egui::{ColorImage, TextureHandle, TextureOptions};
 
 /// C×H×W bytes (grey or RGB) as an egui image.
-pub fn color_image(bytes: &[u8], [c, h, w]: [usize; 3]) -> ColorImage {
-    let rgb: Vec<u8> = (0..h * w)
-        .flat_map(|p| {
-            if c >= 3 {
-                [bytes[p], bytes[h * w + p], bytes[2 * h * w + p]]
-            } else {
-                [bytes[p]; 3]
-            }
-        })
-        .collect();
-    ColorImage::from_rgb([w, h], &rgb)
+pub fn color_image(bytes: &[u8], shape: [usize; 3]) -> ColorImage {
+    let rgb = crate::diffusion::images::to_rgb_image(bytes, shape, 1);
+    ColorImage::from_rgb([shape[2], shape[1]], rgb.as_raw())
 }
 
 /// Training-image textures by dataset index, plus named one-off textures (queries, previews).

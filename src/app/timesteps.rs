@@ -9,16 +9,6 @@ use egui_plot::{Legend, Line, Plot};
 use super::RetraceApp;
 use crate::attribution::{MethodName, Scores};
 
-/// (bucket midpoint t, score) of training image `i`.
-pub fn bucket_curve(scores: &Scores, i: usize) -> Vec<[f64; 2]> {
-    scores
-        .buckets
-        .iter()
-        .zip(scores.bucket_scores(i))
-        .map(|([s, e], &v)| [(s + e) as f64 / 2.0, v as f64])
-        .collect()
-}
-
 /// `points` with y scaled so the largest magnitude is 1.
 fn scaled(points: Vec<[f64; 2]>) -> Vec<[f64; 2]> {
     let m = points.iter().map(|p| p[1].abs()).fold(0.0, f64::max).max(1e-30);
@@ -68,7 +58,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         .show(ui, |p| {
             for &i in &app.plotted {
                 let name = format!("#{} {}", session.data.ids[i], session.data.class_name(i));
-                p.line(Line::new(name, bucket_curve(&scores, i)).width(2.0));
+                p.line(Line::new(name, scores.bucket_curve(i)).width(2.0));
             }
         });
     let dot = [MethodName::TracIn, MethodName::ReTrac].map(|m| app.scores(m).cloned());
@@ -90,8 +80,8 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
             .legend(Legend::default())
             .x_axis_label("diffusion step t")
             .show(ui, |p| {
-                p.line(Line::new("TracIn", scaled(bucket_curve(tracin, i))).width(2.0));
-                p.line(Line::new("ReTrac", scaled(bucket_curve(retrac, i))).width(2.0));
+                p.line(Line::new("TracIn", scaled(tracin.bucket_curve(i))).width(2.0));
+                p.line(Line::new("ReTrac", scaled(retrac.bucket_curve(i))).width(2.0));
             });
     }
 }

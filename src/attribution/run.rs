@@ -16,7 +16,6 @@ use crate::curvature::{
     save_curvature,
 };
 use crate::data::Dataset;
-use crate::diffusion::images::bytes_to_unit;
 use crate::diffusion::noise::{permutation, stream};
 use crate::diffusion::{CheckpointEntry, Measurement, ModelDir, Schedule};
 use crate::grad::{Examples, FeatureRun, Features, ProjectionConfig, TimestepPlan};
@@ -243,15 +242,6 @@ impl MethodSettings {
     }
 }
 
-/// Pixels of `indices` of `data` as examples in [−1, 1].
-fn examples_of(data: &Dataset, indices: &[usize]) -> Examples {
-    Examples {
-        ids: indices.iter().map(|&i| data.ids[i]).collect(),
-        shape: [data.channels, data.height, data.width],
-        pixels: indices.iter().flat_map(|&i| bytes_to_unit(data.image(i))).collect(),
-    }
-}
-
 /// The query as a one-example set; its id keys nothing under shared noise.
 fn query_example(query: &Query) -> Examples {
     Examples {
@@ -311,7 +301,7 @@ fn influence_methods(
         fit_images: chosen.len(),
         layer_shapes: index.manifest.key.layer_shapes.clone(),
     };
-    let fit_examples = examples_of(data, &chosen);
+    let fit_examples = Examples::from_dataset(data, &chosen);
     let fitter = CurvatureFit {
         model: &net,
         schedule: &schedule,

@@ -36,6 +36,15 @@ impl Scores {
         &self.per_bucket[i * b..(i + 1) * b]
     }
 
+    /// (bucket midpoint step, score) of training image `i`, for per-timestep plots.
+    pub fn bucket_curve(&self, i: usize) -> Vec<[f64; 2]> {
+        self.buckets
+            .iter()
+            .zip(self.bucket_scores(i))
+            .map(|([s, e], &v)| [(s + e) as f64 / 2.0, v as f64])
+            .collect()
+    }
+
     /// Total score of every training image (Σ over buckets).
     pub fn totals(&self) -> Vec<f64> {
         (0..self.len())

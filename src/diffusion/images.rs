@@ -39,6 +39,16 @@ pub fn tensor_to_images(x: Tensor<4>) -> Result<Vec<Vec<u8>>, String> {
     Ok(values.chunks(c * h * w).take(n).map(unit_to_bytes).collect())
 }
 
+/// C×H×W bytes (grey or RGB) as an RGB image, each pixel repeated `scale`× (nearest neighbour).
+pub fn to_rgb_image(bytes: &[u8], [c, h, w]: [usize; 3], scale: u32) -> image::RgbImage {
+    let scale = scale.max(1);
+    image::RgbImage::from_fn(w as u32 * scale, h as u32 * scale, |x, y| {
+        let p = (y / scale) as usize * w + (x / scale) as usize;
+        let px = |ch: usize| bytes[ch.min(c - 1) * h * w + p];
+        image::Rgb([px(0), px(1), px(2)])
+    })
+}
+
 /// Lays C×H×W byte images out in a grid with `cols` columns and a 2-pixel gap, as an RGB image.
 pub fn grid(images: &[Vec<u8>], [c, h, w]: [usize; 3], cols: usize) -> image::RgbImage {
     let cols = cols.clamp(1, images.len().max(1));

@@ -23,6 +23,18 @@ pub struct Examples {
 }
 
 impl Examples {
+    /// Images `indices` of `data`, in [−1, 1], keyed by their dataset ids.
+    pub fn from_dataset(data: &crate::data::Dataset, indices: &[usize]) -> Self {
+        Self {
+            ids: indices.iter().map(|&i| data.ids[i]).collect(),
+            shape: [data.channels, data.height, data.width],
+            pixels: indices
+                .iter()
+                .flat_map(|&i| crate::diffusion::images::bytes_to_unit(data.image(i)))
+                .collect(),
+        }
+    }
+
     /// Number of examples.
     pub fn len(&self) -> usize {
         self.ids.len()

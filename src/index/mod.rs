@@ -15,7 +15,6 @@ pub use manifest::{INDEX_FORMAT_VERSION, IndexKey, IndexedCheckpoint, Manifest, 
 
 use crate::data::Dataset;
 use crate::diffusion::checkpoint::{sha256, write_atomic};
-use crate::diffusion::images::bytes_to_unit;
 use crate::diffusion::{CheckpointEntry, Measurement, ModelDir, Schedule};
 use crate::grad::{Examples, FeatureRun, Features, ProjectionConfig, Projector, TimestepPlan, model_layer_shapes};
 use crate::jobs::JobContext;
@@ -221,14 +220,7 @@ impl IndexSpec<'_> {
                 let start = k * manifest.chunk_size;
                 let end = (start + manifest.chunk_size).min(self.data.len());
                 let indices: Vec<usize> = (start..end).collect();
-                let examples = Examples {
-                    ids: indices.iter().map(|&i| self.data.ids[i]).collect(),
-                    shape,
-                    pixels: indices
-                        .iter()
-                        .flat_map(|&i| bytes_to_unit(self.data.image(i)))
-                        .collect(),
-                };
+                let examples = Examples::from_dataset(self.data, &indices);
                 let base = done;
                 let sub = JobContext {
                     cancel: job.cancel.clone(),

@@ -24,14 +24,6 @@ pub struct ReportInput<'a> {
     pub model: &'a str,
 }
 
-fn bucket_curve(s: &Scores, i: usize) -> Vec<[f64; 2]> {
-    s.buckets
-        .iter()
-        .zip(s.bucket_scores(i))
-        .map(|([a, b], &v)| [(a + b) as f64 / 2.0, v as f64])
-        .collect()
-}
-
 fn image_grid(input: &ReportInput<'_>, order: &[usize], totals: &[f64], rank_of: impl Fn(usize) -> usize) -> String {
     let shape = [input.data.channels, input.data.height, input.data.width];
     let mut out = String::from(r#"<div class="grid">"#);
@@ -82,7 +74,7 @@ pub fn html_report(input: &ReportInput<'_>) -> String {
                 .map(|&i| {
                     (
                         format!("#{} {}", input.data.ids[i], input.data.class_name(i)),
-                        bucket_curve(s, i),
+                        s.bucket_curve(i),
                     )
                 })
                 .collect();

@@ -11,16 +11,8 @@ pub use html::{ReportInput, html_report};
 use base64::Engine;
 
 /// C×H×W bytes (grey or RGB) as a PNG data URI, scaled up `scale`× (nearest neighbour).
-pub fn png_data_uri(bytes: &[u8], [c, h, w]: [usize; 3], scale: u32) -> String {
-    let (h32, w32) = (h as u32, w as u32);
-    let img = image::RgbImage::from_fn(w32 * scale, h32 * scale, |x, y| {
-        let p = (y / scale) as usize * w + (x / scale) as usize;
-        if c >= 3 {
-            image::Rgb([bytes[p], bytes[h * w + p], bytes[2 * h * w + p]])
-        } else {
-            image::Rgb([bytes[p]; 3])
-        }
-    });
+pub fn png_data_uri(bytes: &[u8], shape: [usize; 3], scale: u32) -> String {
+    let img = crate::diffusion::images::to_rgb_image(bytes, shape, scale);
     let mut png = Vec::new();
     if img
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
