@@ -6,6 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use burn::tensor::wgpu::WgpuSetup;
 use burn::tensor::{Device, DeviceKind};
 
 /// Environment variable that overrides the device choice.
@@ -55,6 +56,9 @@ pub struct ComputeDevice {
     pub name: String,
     /// Why it was chosen.
     pub reason: String,
+    /// The wgpu instance, adapter, device and queue burn computes with, when they were set up to
+    /// be shared with a renderer ([`choose_shared`]); `None` otherwise.
+    pub wgpu_setup: Option<WgpuSetup>,
 }
 
 impl fmt::Display for ComputeDevice {
@@ -98,6 +102,7 @@ fn flex(reason: String) -> ComputeDevice {
         backend: BackendKind::Flex,
         name: "CPU (flex)".to_owned(),
         reason,
+        wgpu_setup: None,
     }
 }
 
@@ -108,6 +113,7 @@ fn wgpu_device(adapter: Option<&AdapterSummary>, reason: String) -> ComputeDevic
         backend: BackendKind::Wgpu,
         name,
         reason,
+        wgpu_setup: None,
     }
 }
 
@@ -142,4 +148,25 @@ pub fn choose(flag: Option<DeviceRequest>) -> Result<ComputeDevice, String> {
             }
         }
     })
+}
+
+/// Like [`choose`], but when the choice is wgpu, burn's runtime is brought up here and its
+/// instance, adapter, device and queue are kept in [`ComputeDevice::wgpu_setup`], so that a
+/// renderer (the viewer's eframe window) draws with the very device burn computes on: one GPU
+/// context, no second copy of the driver's state, and textures could be shared later.
+///
+/// Call it before any tensor touches wgpu's default device in this process.
+pub fn choose_shared(flag: Option<DeviceRequest>) -> Result<ComputeDevice, String> {
+    let mut chosen = choose(flag)?;
+    if chosen.backend == BackendKind::Wgpu {
+        let (device, setup) = Device::wgpu_options()
+            .init_with_setup()
+            .map_err(|e| format!("cannot bring up burn's wgpu runtime: {e}"))?;
+        let info = setup.adapter.get_info();
+        chosen.device = device;
+        chosen.name = format!("{} ({:?})", info.name, info.backend);
+        chosen.reason += "; shared with the renderer";
+        chosen.wgpu_setup = Some(setup);
+    }
+    Ok(chosen)
 }

@@ -120,12 +120,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Render a scores file of `retrace attribute` as a self-contained HTML report.
+    /// Render a scores file of `retrace attribute` as a self-contained HTML report or a PDF.
     Report {
         /// The JSON file `retrace attribute` wrote.
         #[arg(long)]
         scores: PathBuf,
-        /// Output: report.html.
+        /// Output: report.html or report.pdf (the extension picks the format).
         #[arg(long)]
         out: PathBuf,
         /// Training data spec (default: the one recorded in the file).
@@ -567,18 +567,14 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", out.display());
         }
         Command::Gui { model, data } => {
-            let session = compute_device(cli.device).map_err(|e| e.to_string()).and_then(|dev| {
+            let session = device::choose_shared(cli.device).and_then(|dev| {
+                eprintln!("compute device: {dev}");
                 retrace::session::Session::open(&model.unwrap_or_else(bundled_model_dir), data.as_deref(), dev)
             });
             retrace::app::run(session).map_err(anyhow::Error::msg)?;
         }
         Command::Report { scores, out, data, top } => {
-            if out.extension().is_none_or(|e| e != "html") {
-                bail!(
-                    "{}: reports are written as .html (PDF export is not built yet)",
-                    out.display()
-                );
-            }
+            retrace::report::ReportFormat::from_path(&out).map_err(anyhow::Error::msg)?;
             let bytes = std::fs::read(&scores).with_context(|| format!("cannot read {}", scores.display()))?;
             let file: retrace::attribution::scores::AttributionFile = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a scores file of retrace attribute", scores.display()))?;
@@ -602,7 +598,7 @@ fn run(cli: Cli) -> Result<()> {
                     dataset.width
                 );
             }
-            let html = retrace::report::html_report(&retrace::report::ReportInput {
+            let input = retrace::report::ReportInput {
                 query: &query,
                 query_description: file.query["description"].as_str().unwrap_or(""),
                 data: &dataset,
@@ -610,8 +606,8 @@ fn run(cli: Cli) -> Result<()> {
                 top_k: top,
                 device: &file.device,
                 model: &file.model,
-            });
-            retrace::diffusion::checkpoint::write_atomic(&out, html.as_bytes())?;
+            };
+            retrace::report::write_report(&out, &input).map_err(anyhow::Error::msg)?;
             println!(
                 "wrote {} ({} methods, top {top} per side)",
                 out.display(),

@@ -36,6 +36,7 @@ fn session(root: &std::path::Path) -> Session {
             backend: BackendKind::Flex,
             name: "CPU (flex)".into(),
             reason: "test".into(),
+            wgpu_setup: None,
         },
     }
 }
@@ -55,14 +56,14 @@ fn until_idle(harness: &mut Harness<'_, RetraceApp>, limit: Duration) {
 }
 
 #[test]
-fn pick_a_query_rank_with_retrac_and_open_a_detail_view() {
+fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
     let tmp = tempfile::tempdir().unwrap();
     let session = session(tmp.path());
     let mut harness = Harness::builder()
         .with_size(egui::vec2(1280.0, 820.0))
         .with_max_steps(8)
         .wgpu()
-        .build_eframe(|cc| RetraceApp::new(&cc.egui_ctx, Ok(session)));
+        .build_eframe(|cc| RetraceApp::new(cc, Ok(session)));
     harness.state_mut().show_frame_time = false;
     assert!(
         harness.state().indexing.is_some(),
@@ -121,6 +122,20 @@ fn pick_a_query_rank_with_retrac_and_open_a_detail_view() {
         "report sections"
     );
 
+    // The PDF report: one image object per distinct image shown (the query, and of the 40
+    // training images those among the top and bottom `top_k`).
+    let pdf_path = tmp.path().join("report.pdf");
+    harness.state_mut().export_report(&pdf_path);
+    assert_eq!(
+        harness.state().notice.as_deref(),
+        Some(format!("report written to {}", pdf_path.display()).as_str())
+    );
+    harness.state_mut().notice = None;
+    let pdf = std::fs::read(&pdf_path).unwrap();
+    assert!(pdf.starts_with(b"%PDF-"));
+    let images = retrace::report::pdf::count_pdf_names(&pdf, "/Subtype/Image");
+    assert_eq!(images, 1 + (2 * top_k).min(40), "the query and both sides' images");
+
     // The scores export is the file `retrace attribute` writes, query image included.
     let scores_path = tmp.path().join("scores.json");
     harness.state_mut().export_scores(&scores_path);
@@ -143,4 +158,86 @@ fn pick_a_query_rank_with_retrac_and_open_a_detail_view() {
         .threshold(1.0)
         .max_failed_pixels(2000);
     harness.snapshot_options("viewer_ranking_detail", &options);
+}
+
+/// On wgpu (lavapipe here, a GPU in use), burn computes on the device the window renders with:
+/// generate a sample and watch it denoise, then drop an image file on the window as the query.
+#[test]
+fn on_a_shared_wgpu_device_generate_a_sample_then_drop_an_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut session = session(tmp.path());
+    session.device = retrace::device::choose_shared(Some(retrace::device::DeviceRequest::Wgpu)).unwrap();
+    let setup = retrace::app::shared_setup(session.device.wgpu_setup.clone().unwrap());
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1280.0, 820.0))
+        .wgpu_setup(setup)
+        .build_eframe(|cc| RetraceApp::new(cc, Ok(session)));
+    assert!(harness.state().renderer_shared, "the renderer uses burn's wgpu device");
+    harness.run_steps(2);
+    harness.get_by_label_contains("(shared with the renderer)");
+    // This test is about sampling and loading: stop the index build it does not need.
+    if let Some(job) = harness.state_mut().indexing.take() {
+        job.cancel.cancel();
+    }
+
+    // Generate: the query panel shows the denoising frames until the sample lands in history.
+    harness.state_mut().sampler.steps = 8;
+    harness.get_by_label("Generate").click();
+    harness.step();
+    assert!(harness.state().work.is_some(), "Generate starts a background job");
+    let start = Instant::now();
+    let mut saw_denoising = false;
+    while harness.state().work.is_some() {
+        harness.step();
+        saw_denoising |= harness.query_by_label("denoising…").is_some();
+        assert!(start.elapsed() < Duration::from_secs(300), "sampling did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    harness.run_steps(2);
+    assert!(saw_denoising, "the live preview was shown while sampling");
+    assert_eq!(harness.state().notice, None);
+    assert_eq!(harness.state().history.len(), 1);
+    let generated = &harness.state().history[0];
+    assert!(
+        generated.query.description.contains("seed 0"),
+        "{}",
+        generated.query.description
+    );
+    assert!(generated.query.pixels.iter().all(|v| v.is_finite()));
+    let spread = generated.bytes.iter().max().unwrap() - generated.bytes.iter().min().unwrap();
+    assert!(spread > 32, "a sample, not a flat image (spread {spread})");
+
+    // Drop a 40×30 colour PNG on the window: it becomes the query, converted, and the notice
+    // says how.
+    let dropped = tmp.path().join("dropped.png");
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, 90]))
+        .save(&dropped)
+        .unwrap();
+    harness
+        .input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(DroppedPath(dropped.clone())));
+    harness.run_steps(2);
+    assert_eq!(harness.state().history.len(), 2);
+    let notice = harness.state().notice.clone().unwrap_or_default();
+    assert!(
+        notice.contains("resized 40x30 to 28x28") && notice.contains("to grey"),
+        "{notice}"
+    );
+    let current = harness.state().current.unwrap();
+    assert_eq!(harness.state().history[current].query.shape, [1, 28, 28]);
+}
+
+/// A file dropped on the window, as egui-winit reports one on native platforms.
+#[derive(Debug)]
+struct DroppedPath(std::path::PathBuf);
+
+impl egui::DroppedFile for DroppedPath {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
 }

@@ -73,24 +73,24 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         app.run_methods(&ctx);
     }
     let computed = app.computed_methods();
-    if !computed.is_empty()
-        && ui.button("Export HTML report...").clicked()
-        && let Some(path) = rfd::FileDialog::new()
-            .add_filter("HTML", &["html"])
-            .set_file_name("retrace-report.html")
-            .save_file()
-    {
-        app.export_report(&path);
-    }
-    if !computed.is_empty()
-        && ui.button("Export scores (CSV/JSON)...").clicked()
-        && let Some(path) = rfd::FileDialog::new()
-            .add_filter("JSON", &["json"])
-            .add_filter("CSV", &["csv"])
-            .set_file_name("retrace-scores.json")
-            .save_file()
-    {
-        app.export_scores(&path);
+    if !computed.is_empty() {
+        ui.horizontal_wrapped(|ui| {
+            ui.label("export:");
+            if let Some(path) = save_button(ui, "HTML report...", &[("HTML", "html")], "retrace-report.html") {
+                app.export_report(&path);
+            }
+            if let Some(path) = save_button(ui, "PDF report...", &[("PDF", "pdf")], "retrace-report.pdf") {
+                app.export_report(&path);
+            }
+            if let Some(path) = save_button(
+                ui,
+                "scores (CSV/JSON)...",
+                &[("JSON", "json"), ("CSV", "csv")],
+                "retrace-scores.json",
+            ) {
+                app.export_scores(&path);
+            }
+        });
     }
     if !computed.is_empty() {
         ui.horizontal_wrapped(|ui| {
@@ -100,4 +100,24 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
             }
         });
     }
+}
+
+/// A button that, when clicked, asks where to save (a native dialog with `filters`, each a
+/// name and an extension) and returns the chosen path.
+fn save_button(
+    ui: &mut egui::Ui,
+    label: &str,
+    filters: &[(&str, &str)],
+    file_name: &str,
+) -> Option<std::path::PathBuf> {
+    if !ui.button(label).clicked() {
+        return None;
+    }
+    filters
+        .iter()
+        .fold(rfd::FileDialog::new(), |dialog, (name, ext)| {
+            dialog.add_filter(*name, &[*ext])
+        })
+        .set_file_name(file_name)
+        .save_file()
 }

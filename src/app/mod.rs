@@ -16,19 +16,37 @@ pub use state::RetraceApp;
 
 /// Opens the viewer window on `session` (or on the error that kept it from opening) and runs
 /// until the window closes.
+///
+/// When the session computes on wgpu with a shared setup
+/// ([`crate::device::choose_shared`]), the window renders with that same device and queue.
 pub fn run(session: Result<crate::session::Session, String>) -> Result<(), String> {
+    let mut wgpu_options = eframe::egui_wgpu::WgpuConfiguration::default();
+    if let Some(setup) = session.as_ref().ok().and_then(|s| s.device.wgpu_setup.clone()) {
+        wgpu_options.wgpu_setup = shared_setup(setup);
+    }
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_inner_size([1280.0, 820.0])
             .with_title("retrace")
             .with_drag_and_drop(true),
         renderer: eframe::Renderer::Wgpu,
+        wgpu_options,
         ..Default::default()
     };
     eframe::run_native(
         "retrace",
         options,
-        Box::new(move |cc| Ok(Box::new(RetraceApp::new(&cc.egui_ctx, session)))),
+        Box::new(move |cc| Ok(Box::new(RetraceApp::new(cc, session)))),
     )
     .map_err(|e| format!("cannot open the window: {e}"))
+}
+
+/// eframe's description of burn's wgpu handles, so the window renders with burn's device.
+pub fn shared_setup(setup: burn::tensor::wgpu::WgpuSetup) -> eframe::egui_wgpu::WgpuSetup {
+    eframe::egui_wgpu::WgpuSetup::Existing(eframe::egui_wgpu::WgpuSetupExisting {
+        instance: setup.instance,
+        adapter: setup.adapter,
+        device: setup.device,
+        queue: setup.queue,
+    })
 }

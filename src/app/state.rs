@@ -107,12 +107,19 @@ pub struct RetraceApp {
     pub frame_times: Vec<f32>,
     /// Show the frame time in the status bar (off for reproducible snapshots).
     pub show_frame_time: bool,
+    /// The window renders with the very wgpu device burn computes on.
+    pub renderer_shared: bool,
 }
 
 impl RetraceApp {
     /// A viewer on `session`; with no session, the window explains why.
-    pub fn new(ctx: &egui::Context, session: Result<Session, String>) -> Self {
+    pub fn new(cc: &eframe::CreationContext<'_>, session: Result<Session, String>) -> Self {
+        let ctx = &cc.egui_ctx;
         ctx.set_theme(egui::Theme::Dark);
+        let renderer_shared = match (&session, &cc.wgpu_render_state) {
+            (Ok(s), Some(render)) => s.device.wgpu_setup.as_ref().is_some_and(|w| w.device == render.device),
+            _ => false,
+        };
         let mut app = Self {
             session: session.map(Arc::new),
             history: Vec::new(),
@@ -142,6 +149,7 @@ impl RetraceApp {
             thumbnails: Thumbnails::default(),
             frame_times: Vec::new(),
             show_frame_time: true,
+            renderer_shared,
         };
         // A missing or partial index is built in the background from the start, so the first
         // ranking need not wait for it (cancelling keeps the finished chunks).
@@ -184,8 +192,9 @@ impl RetraceApp {
             .collect()
     }
 
-    /// The HTML report of the current query and every method computed for it.
-    pub fn report_html(&self) -> Option<String> {
+    /// Calls `f` with the report of the current query and every method computed for it;
+    /// `None` when nothing has been computed.
+    fn with_report_input<R>(&self, f: impl FnOnce(&crate::report::ReportInput<'_>) -> R) -> Option<R> {
         let (Ok(session), Some(q)) = (&self.session, self.current) else {
             return None;
         };
@@ -199,7 +208,7 @@ impl RetraceApp {
         }
         let entry = &self.history[q];
         let model = session.model.root.display().to_string();
-        Some(crate::report::html_report(&crate::report::ReportInput {
+        Some(f(&crate::report::ReportInput {
             query: &entry.bytes,
             query_description: &entry.query.description,
             data: &session.data,
@@ -210,18 +219,15 @@ impl RetraceApp {
         }))
     }
 
-    /// Writes the HTML report to `path` (atomically), saying where in the notice.
+    /// Writes the report to `path` (atomically) as HTML or PDF, as its extension says, and
+    /// says where in the notice.
     pub fn export_report(&mut self, path: &std::path::Path) {
-        let Some(html) = self.report_html() else {
-            self.notice = Some("run a method first: there is nothing to report".into());
-            return;
-        };
-        self.notice = Some(
-            match crate::diffusion::checkpoint::write_atomic(path, html.as_bytes()) {
-                Ok(()) => format!("report written to {}", path.display()),
-                Err(e) => format!("cannot write the report: {e}"),
-            },
-        );
+        let written = self.with_report_input(|input| crate::report::write_report(path, input));
+        self.notice = Some(match written {
+            None => "run a method first: there is nothing to report".into(),
+            Some(Ok(())) => format!("report written to {}", path.display()),
+            Some(Err(e)) => format!("cannot write the report: {e}"),
+        });
     }
 
     /// Writes every computed method's scores for the current query to `path`: CSV when it ends

@@ -28,7 +28,12 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     ui.horizontal(|ui| {
         match &app.session {
             Ok(s) => {
-                ui.label(format!("device: {}", s.device.name))
+                let shared = if app.renderer_shared {
+                    " (shared with the renderer)"
+                } else {
+                    ""
+                };
+                ui.label(format!("device: {}{shared}", s.device.name))
                     .on_hover_text(&s.device.reason);
                 ui.separator();
                 ui.label(format!(

@@ -1,18 +1,73 @@
 //! Visual reports of an attribution run: a self-contained HTML page (images inlined as PNG
 //! data URIs, plots as inline SVG) with the query, every method's top proponents and
 //! opponents with scores and labels, per-timestep curves, the agreement between methods, and
-//! every parameter, the retrace version and the device.
+//! every parameter, the retrace version and the device — and the same content as a PDF.
+//!
+//! [`content`] gathers what a report shows; [`html`] and [`pdf`] render it.
 
+pub mod content;
 pub mod html;
+pub mod pdf;
 pub mod plot;
 
-pub use html::{ReportInput, html_report};
+use std::path::Path;
+
+pub use content::{ReportContent, ReportInput};
+pub use html::html_report;
+pub use pdf::pdf_report;
 
 use base64::Engine;
 
+/// The file formats a report is written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    /// One self-contained HTML page.
+    Html,
+    /// A PDF of A4 pages.
+    Pdf,
+}
+
+impl ReportFormat {
+    /// The format a path's extension names (`.html`/`.htm` or `.pdf`, any case).
+    pub fn from_path(path: &Path) -> Result<Self, String> {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("html" | "htm") => Ok(Self::Html),
+            Some("pdf") => Ok(Self::Pdf),
+            _ => Err(format!(
+                "{}: reports are written as .html or .pdf; the extension picks the format",
+                path.display()
+            )),
+        }
+    }
+}
+
+/// Renders the report in `format`.
+pub fn render(input: &ReportInput<'_>, format: ReportFormat) -> Result<Vec<u8>, String> {
+    let content = ReportContent::new(input);
+    match format {
+        ReportFormat::Html => Ok(html_report(&content).into_bytes()),
+        ReportFormat::Pdf => pdf_report(&content),
+    }
+}
+
+/// Writes the report to `path` (atomically) in the format its extension names.
+pub fn write_report(path: &Path, input: &ReportInput<'_>) -> Result<(), String> {
+    let bytes = render(input, ReportFormat::from_path(path)?)?;
+    crate::diffusion::checkpoint::write_atomic(path, &bytes).map_err(|e| e.to_string())
+}
+
 /// C×H×W bytes (grey or RGB) as a PNG data URI, scaled up `scale`× (nearest neighbour).
 pub fn png_data_uri(bytes: &[u8], shape: [usize; 3], scale: u32) -> String {
-    let img = crate::diffusion::images::to_rgb_image(bytes, shape, scale);
+    rgb_png_data_uri(&crate::diffusion::images::to_rgb_image(bytes, shape, scale))
+}
+
+/// An RGB image as a PNG data URI (empty if it cannot be encoded).
+pub fn rgb_png_data_uri(img: &image::RgbImage) -> String {
     let mut png = Vec::new();
     if img
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
