@@ -429,8 +429,8 @@ fn run(cli: Cli) -> Result<()> {
             let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
             let (job, bar) = terminal_job()?;
             let config = SamplerConfig { kind: sampler, steps };
-            let images = sample(&net, &schedule, &config, shape, &seeds, &dev.device, |i, n, _| {
-                job.report("sampling", i as u64, n as u64, "");
+            let images = sample(&net, &schedule, &config, shape, &seeds, &dev.device, |step| {
+                job.report("sampling", step.done as u64, step.total as u64, "");
                 !job.cancel.is_cancelled()
             });
             bar.finish();

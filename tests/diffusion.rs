@@ -153,7 +153,7 @@ fn samplers_are_deterministic_for_a_seed() {
     for kind in [SamplerKind::Ddpm, SamplerKind::Ddim] {
         let config = SamplerConfig { kind, steps: 8 };
         let run = |seeds: &[u64]| {
-            sample(&model, &schedule, &config, [1, 28, 28], seeds, &device, |_, _, _| true)
+            sample(&model, &schedule, &config, [1, 28, 28], seeds, &device, |_| true)
                 .unwrap()
                 .into_data()
                 .try_to_vec::<f32>()
@@ -179,9 +179,11 @@ fn samplers_are_deterministic_for_a_seed() {
         [1, 28, 28],
         &[0],
         &device,
-        |i, _, _| {
+        |step| {
             calls += 1;
-            i < 3
+            let clean: Vec<f32> = step.predicted_clean.clone().into_data().to_vec().unwrap();
+            assert!(clean.iter().all(|v| v.abs() <= 1.0), "the clean estimate is clipped");
+            step.done < 3
         },
     );
     assert!(stopped.is_none() && calls == 3, "the observer can stop sampling");
@@ -225,16 +227,7 @@ fn bundled_model_samples_the_same_on_flex_and_wgpu() {
     };
     let run = |device: &Device| {
         let (model, _) = dir.load_latest(device).unwrap();
-        let x = sample(
-            &model,
-            &schedule,
-            &config,
-            [1, 28, 28],
-            &[0, 1, 2],
-            device,
-            |_, _, _| true,
-        )
-        .unwrap();
+        let x = sample(&model, &schedule, &config, [1, 28, 28], &[0, 1, 2], device, |_| true).unwrap();
         x.into_data().try_to_vec::<f32>().unwrap()
     };
     let (a, b) = (run(&cpu()), run(&Device::wgpu(DeviceKind::DefaultDevice)));

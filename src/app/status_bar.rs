@@ -1,5 +1,5 @@
-//! The status bar: compute device, model, dataset, index state, the job in flight (with its
-//! progress and a cancel button), frame time, and the last notice.
+//! The status bar: compute device, model, dataset, index state, frame time, the job in flight
+//! (with its progress and a cancel button), and the last notice.
 
 use egui::Ui;
 
@@ -15,7 +15,7 @@ fn progress(ui: &mut Ui, title: &str, p: &crate::jobs::Progress, elapsed: f64, c
     };
     ui.add(
         egui::ProgressBar::new(fraction)
-            .desired_width(380.0)
+            .desired_width(300.0)
             .text(format!("{title}: {} {}/{} ({elapsed:.0} s)", p.stage, p.done, p.total)),
     );
     if ui.button("Cancel").clicked() {
@@ -60,17 +60,18 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
             }
         }
         ui.separator();
+        if app.show_frame_time {
+            let worst = app.frame_times.iter().copied().fold(0.0f32, f32::max);
+            ui.label(format!("frame max {:.0} ms", worst * 1e3))
+                .on_hover_text("slowest of the last 120 frames (UI work only)");
+            ui.separator();
+        }
         if let Some(job) = &app.indexing {
             progress(ui, &job.title, &job.progress(), job.elapsed(), || job.cancel.cancel());
         }
         if let Some(work) = &app.work {
             let (title, p, elapsed) = work.status();
             progress(ui, title, &p, elapsed, || work.cancel());
-        }
-        if app.show_frame_time {
-            let worst = app.frame_times.iter().copied().fold(0.0f32, f32::max);
-            ui.label(format!("frame max {:.0} ms", worst * 1e3))
-                .on_hover_text("slowest of the last 120 frames (UI work only)");
         }
         if let Some(n) = &app.notice {
             ui.separator();

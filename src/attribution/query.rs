@@ -57,8 +57,8 @@ pub fn load_query_image(path: &Path, channels: usize, size: usize) -> Result<Que
 }
 
 /// Generates a query from the newest checkpoint of `model` with `seed`. `frame(step, steps,
-/// pixels)` sees the current image (C×H×W in [−1, 1]) after every denoising step, for live
-/// previews. `Ok(None)` when cancelled.
+/// pixels)` sees the model's current estimate of the clean image (C×H×W in [−1, 1]) after every
+/// denoising step, for live previews. `Ok(None)` when cancelled.
 pub fn generate_query(
     model: &crate::diffusion::ModelDir,
     seed: u64,
@@ -71,10 +71,10 @@ pub fn generate_query(
     let cfg = &model.info.unet;
     let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
     let schedule = crate::diffusion::Schedule::new(&model.info.schedule);
-    let x = crate::diffusion::sample(&net, &schedule, config, shape, &[seed], device, |i, n, x| {
-        job.report("sampling", i as u64 + 1, n as u64, "");
-        if let Ok(pixels) = x.clone().into_data().try_to_vec::<f32>() {
-            frame(i + 1, n, &pixels);
+    let x = crate::diffusion::sample(&net, &schedule, config, shape, &[seed], device, |step| {
+        job.report("sampling", step.done as u64, step.total as u64, "");
+        if let Ok(pixels) = step.predicted_clean.clone().into_data().try_to_vec::<f32>() {
+            frame(step.done, step.total, &pixels);
         }
         !job.cancel.is_cancelled()
     });

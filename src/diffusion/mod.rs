@@ -11,6 +11,6 @@ pub mod unet;
 
 pub use checkpoint::{CheckpointEntry, CheckpointError, CheckpointState, ModelDir, ModelInfo, TrainRecipe};
 pub use measure::Measurement;
-pub use sampler::{SamplerConfig, SamplerKind, sample};
+pub use sampler::{SampleStep, SamplerConfig, SamplerKind, sample};
 pub use schedule::{Schedule, ScheduleConfig};
 pub use unet::{NoTape, Tape, UNet, UNetConfig};

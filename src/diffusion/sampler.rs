@@ -46,8 +46,21 @@ pub fn timesteps(t_total: usize, steps: usize) -> Vec<usize> {
     (0..steps).rev().map(|i| i * t_total / steps).collect()
 }
 
-/// Generates one image per seed ([seeds, C, H, W] in [−1, 1]). `observe(i, n, x)` is called
-/// after every denoising step with the current x; returning false stops early (`None`).
+/// What [`sample`] shows its observer after each denoising step.
+pub struct SampleStep<'a> {
+    /// Steps done so far (1 after the first).
+    pub done: usize,
+    /// Steps in all.
+    pub total: usize,
+    /// The current noisy images x_s ([seeds, C, H, W]).
+    pub x: &'a Tensor<4>,
+    /// The model's current estimate of the clean images x̂₀, clipped to [−1, 1]: what a live
+    /// preview shows, as it sharpens from the first step on.
+    pub predicted_clean: &'a Tensor<4>,
+}
+
+/// Generates one image per seed ([seeds, C, H, W] in [−1, 1]). `observe` is called after every
+/// denoising step ([`SampleStep`]); returning false stops early (`None`).
 pub fn sample(
     model: &UNet,
     schedule: &Schedule,
@@ -55,7 +68,7 @@ pub fn sample(
     [c, h, w]: [usize; 3],
     seeds: &[u64],
     device: &Device,
-    mut observe: impl FnMut(usize, usize, &Tensor<4>) -> bool,
+    mut observe: impl FnMut(SampleStep<'_>) -> bool,
 ) -> Option<Tensor<4>> {
     let n = seeds.len();
     let pixels = c * h * w;
@@ -80,7 +93,7 @@ pub fn sample(
         let eps = (x - x0.clone() * ab_t.sqrt()) / (1.0 - ab_t).sqrt();
         let sigma = eta * ((1.0 - ab_s) / (1.0 - ab_t)).sqrt() * (1.0 - ab_t / ab_s).max(0.0).sqrt();
         let dir = (1.0 - ab_s - sigma * sigma).max(0.0).sqrt();
-        x = x0 * ab_s.sqrt() + eps * dir;
+        x = x0.clone() * ab_s.sqrt() + eps * dir;
         if sigma > 0.0 && i + 1 < ts.len() {
             x = x + draw(&mut rngs) * sigma;
         }
@@ -90,7 +103,13 @@ pub fn sample(
             log_sync_failure(&e);
             return None;
         }
-        if !observe(i + 1, ts.len(), &x) {
+        let step = SampleStep {
+            done: i + 1,
+            total: ts.len(),
+            x: &x,
+            predicted_clean: &x0,
+        };
+        if !observe(step) {
             return None;
         }
     }
