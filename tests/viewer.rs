@@ -1,5 +1,7 @@
 //! The desktop viewer driven through egui_kittest (rendered with wgpu; lavapipe in CI): pick a
-//! query, run ReTrac, see the ranking grid, open a training image's detail view.
+//! query, rank with ReTrac and K-FAC, see the ranking grid, open a training image's detail view,
+//! the per-timestep plots and the comparison, export HTML and PDF reports and the scores; and,
+//! on a wgpu device shared with the renderer, generate a sample and drop an image file.
 
 mod common;
 
@@ -71,12 +73,11 @@ fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
     );
     harness.run_steps(2);
 
-    // Pick held-out image 0 as the query, keep only ReTrac, run.
+    // Pick held-out image 0 as the query; rank with ReTrac and K-FAC (a small curvature fit).
     harness.get_by_label("Use").click();
     harness.run_steps(2);
     assert_eq!(harness.state().history.len(), 1);
-    harness.get_by_label("kfac").click();
-    harness.run_steps(2);
+    harness.state_mut().influence.fit_images = 4;
     until_idle(&mut harness, Duration::from_secs(300));
     assert_eq!(harness.state().notice, None, "the index was built");
     let ticked: Vec<MethodName> = harness
@@ -86,13 +87,15 @@ fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
         .filter(|(_, on)| *on)
         .map(|(m, _)| *m)
         .collect();
-    assert_eq!(ticked, [MethodName::ReTrac]);
+    assert_eq!(ticked, [MethodName::ReTrac, MethodName::Kfac], "the default methods");
     harness.get_by_label("Run").click();
     harness.step();
     assert!(harness.state().work.is_some(), "Run starts a background job");
     until_idle(&mut harness, Duration::from_secs(300));
     assert_eq!(harness.state().notice, None);
     assert!(harness.state().scores(MethodName::ReTrac).is_some());
+    assert!(harness.state().scores(MethodName::Kfac).is_some());
+    assert_eq!(harness.state().shown_method, Some(MethodName::ReTrac));
 
     // The grid shows the top and bottom `top_k` of the 40 training images.
     let shown = harness.query_all_by_label_contains("training image #").count();
@@ -111,16 +114,29 @@ fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
     assert_eq!(harness.state().selected_train, Some(best));
     harness.get_by_label(&format!("Training image #{id}"));
     harness.get_by_label_contains("per timestep bucket");
+
+    // The per-timestep view: the selected images' curves and the query's gradient norms.
+    harness.get_by_label("Per-timestep").click();
+    harness.run_steps(3);
+    harness.get_by_label_contains("retrac: score per timestep bucket of");
+    harness.get_by_label_contains("Query gradient norm per bucket");
+    // Compare: ReTrac and K-FAC side by side with their agreement.
+    harness.get_by_label("Compare").click();
+    harness.run_steps(3);
+    harness.get_by_label("Agreement");
+    harness.get_by_label("retrac / kfac");
+    harness.get_by_label_contains("Labels among each method's top");
+    harness.get_by_label("Ranking").click();
+    harness.run_steps(3);
     // The report holds the query and each side's images, inlined, and the method's name.
     let tmp_report = tmp.path().join("report.html");
     harness.state_mut().export_report(&tmp_report);
     let html = std::fs::read_to_string(&tmp_report).unwrap();
     harness.state_mut().notice = None;
-    assert_eq!(html.matches("data:image/png;base64,").count(), 1 + 2 * top_k);
-    assert!(
-        html.contains("<h2>retrac</h2>") && html.contains("<svg"),
-        "report sections"
-    );
+    assert_eq!(html.matches("data:image/png;base64,").count(), 1 + 2 * 2 * top_k);
+    for section in ["<h2>retrac</h2>", "<h2>kfac</h2>", "<h2>Agreement</h2>", "<svg"] {
+        assert!(html.contains(section), "the report has {section}");
+    }
 
     // The PDF report: one image object per distinct image shown (the query, and of the 40
     // training images those among the top and bottom `top_k`).
@@ -141,7 +157,7 @@ fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
     harness.state_mut().export_scores(&scores_path);
     let file: retrace::attribution::scores::AttributionFile =
         serde_json::from_slice(&std::fs::read(&scores_path).unwrap()).unwrap();
-    assert_eq!(file.methods.len(), 1);
+    assert_eq!(file.methods.len(), 2);
     assert_eq!(file.methods[0].ranking.len(), 40);
     assert_eq!(file.methods[0].ranking[0].id, id);
     assert!(
