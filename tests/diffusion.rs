@@ -181,7 +181,7 @@ fn samplers_are_deterministic_for_a_seed() {
         &device,
         |step| {
             calls += 1;
-            let clean: Vec<f32> = step.predicted_clean.clone().into_data().to_vec().unwrap();
+            let clean = step.predicted_clean.clone().into_data().try_to_vec::<f32>().unwrap();
             assert!(clean.iter().all(|v| v.abs() <= 1.0), "the clean estimate is clipped");
             step.done < 3
         },
