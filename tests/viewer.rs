@@ -131,6 +131,7 @@ fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
     // The report holds the query and each side's images, inlined, and the method's name.
     let tmp_report = tmp.path().join("report.html");
     harness.state_mut().export_report(&tmp_report);
+    harness.state_mut().wait_for_exports();
     let html = std::fs::read_to_string(&tmp_report).unwrap();
     harness.state_mut().notice = None;
     assert_eq!(html.matches("data:image/png;base64,").count(), 1 + 2 * 2 * top_k);
@@ -142,6 +143,7 @@ fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
     // training images those among the top and bottom `top_k`).
     let pdf_path = tmp.path().join("report.pdf");
     harness.state_mut().export_report(&pdf_path);
+    harness.state_mut().wait_for_exports();
     assert_eq!(
         harness.state().notice.as_deref(),
         Some(format!("report written to {}", pdf_path.display()).as_str())

@@ -103,7 +103,8 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
 }
 
 /// A button that, when clicked, asks where to save (a native dialog with `filters`, each a
-/// name and an extension) and returns the chosen path.
+/// name and an extension) and returns the chosen path. Where no dialog can open, the file goes
+/// to the working directory, and the notice will say where.
 fn save_button(
     ui: &mut egui::Ui,
     label: &str,
@@ -113,11 +114,12 @@ fn save_button(
     if !ui.button(label).clicked() {
         return None;
     }
-    filters
-        .iter()
-        .fold(rfd::FileDialog::new(), |dialog, (name, ext)| {
-            dialog.add_filter(*name, &[*ext])
-        })
-        .set_file_name(file_name)
-        .save_file()
+    match super::dialogs::save(filters, file_name) {
+        super::dialogs::Chosen::Path(path) => Some(path),
+        super::dialogs::Chosen::Cancelled => None,
+        super::dialogs::Chosen::Unavailable => {
+            let dir = std::env::current_dir().unwrap_or_else(|_| std::env::temp_dir());
+            Some(super::dialogs::fallback_path(&dir, file_name))
+        }
+    }
 }

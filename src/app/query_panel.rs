@@ -87,12 +87,14 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         if ui.add_enabled(!busy, egui::Button::new("Generate")).clicked() {
             app.generate(&ctx);
         }
-        if ui.add_enabled(!busy, egui::Button::new("Load image…")).clicked()
-            && let Some(path) = rfd::FileDialog::new()
-                .add_filter("images", &["png", "jpg", "jpeg"])
-                .pick_file()
-        {
-            load_file(app, &path);
+        if ui.add_enabled(!busy, egui::Button::new("Load image…")).clicked() {
+            match super::dialogs::open(&[("images", &["png", "jpg", "jpeg"])]) {
+                super::dialogs::Chosen::Path(path) => load_file(app, &path),
+                super::dialogs::Chosen::Cancelled => {}
+                super::dialogs::Chosen::Unavailable => {
+                    app.notice = Some("no file dialog could open here: drop the image file on the window".into());
+                }
+            }
         }
     });
     ui.horizontal(|ui| {

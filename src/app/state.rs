@@ -109,6 +109,10 @@ pub struct RetraceApp {
     pub show_frame_time: bool,
     /// The window renders with the very wgpu device burn computes on.
     pub renderer_shared: bool,
+    /// Reports being written off the UI thread.
+    pub exports: Vec<BackgroundJob<String>>,
+    /// The context to repaint when background work reports.
+    repaint: egui::Context,
 }
 
 impl RetraceApp {
@@ -150,6 +154,8 @@ impl RetraceApp {
             frame_times: Vec::new(),
             show_frame_time: true,
             renderer_shared,
+            exports: Vec::new(),
+            repaint: ctx.clone(),
         };
         // A missing or partial index is built in the background from the start, so the first
         // ranking need not wait for it (cancelling keeps the finished chunks).
@@ -192,11 +198,12 @@ impl RetraceApp {
             .collect()
     }
 
-    /// Calls `f` with the report of the current query and every method computed for it;
-    /// `None` when nothing has been computed.
-    fn with_report_input<R>(&self, f: impl FnOnce(&crate::report::ReportInput<'_>) -> R) -> Option<R> {
+    /// Writes the report of the current query and every method computed for it to `path`
+    /// (atomically, off the UI thread) as HTML or PDF, as its extension says; the notice says
+    /// where once it is written ([`Self::wait_for_exports`] blocks until then).
+    pub fn export_report(&mut self, path: &std::path::Path) {
         let (Ok(session), Some(q)) = (&self.session, self.current) else {
-            return None;
+            return;
         };
         let methods: Vec<Scores> = self
             .computed_methods()
@@ -204,30 +211,52 @@ impl RetraceApp {
             .filter_map(|m| self.scores(m).cloned())
             .collect();
         if methods.is_empty() {
-            return None;
+            self.notice = Some("run a method first: there is nothing to report".into());
+            return;
         }
+        let session = session.clone();
         let entry = &self.history[q];
-        let model = session.model.root.display().to_string();
-        Some(f(&crate::report::ReportInput {
-            query: &entry.bytes,
-            query_description: &entry.query.description,
-            data: &session.data,
-            methods: &methods,
-            top_k: self.top_k,
-            device: &session.device.name,
-            model: &model,
-        }))
+        let (query, description) = (entry.bytes.clone(), entry.query.description.clone());
+        let (top_k, path) = (self.top_k, path.to_path_buf());
+        let job = BackgroundJob::spawn(
+            format!("writing {}", path.display()),
+            Self::waker(&self.repaint),
+            move |_| {
+                let model = session.model.root.display().to_string();
+                let input = crate::report::ReportInput {
+                    query: &query,
+                    query_description: &description,
+                    data: &session.data,
+                    methods: &methods,
+                    top_k,
+                    device: &session.device.name,
+                    model: &model,
+                };
+                crate::report::write_report(&path, &input)
+                    .map(|()| Some(format!("report written to {}", path.display())))
+                    .map_err(|e| format!("cannot write the report: {e}"))
+            },
+        );
+        self.exports.push(job);
     }
 
-    /// Writes the report to `path` (atomically) as HTML or PDF, as its extension says, and
-    /// says where in the notice.
-    pub fn export_report(&mut self, path: &std::path::Path) {
-        let written = self.with_report_input(|input| crate::report::write_report(path, input));
-        self.notice = Some(match written {
-            None => "run a method first: there is nothing to report".into(),
-            Some(Ok(())) => format!("report written to {}", path.display()),
-            Some(Err(e)) => format!("cannot write the report: {e}"),
-        });
+    /// Collects the reports that have been written, saying so (or what failed) in the notice.
+    fn poll_exports(&mut self) {
+        for job in std::mem::take(&mut self.exports) {
+            match job.poll() {
+                None => self.exports.push(job),
+                Some(Ok(message)) => self.notice = message,
+                Some(Err(e)) => self.notice = Some(e),
+            }
+        }
+    }
+
+    /// Blocks until every report being written is written (for tests and scripts).
+    pub fn wait_for_exports(&mut self) {
+        while !self.exports.is_empty() {
+            self.poll_exports();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Writes every computed method's scores for the current query to `path`: CSV when it ends
@@ -336,6 +365,7 @@ impl RetraceApp {
     /// Collects the outcome of the job in flight, if it has ended.
     pub fn poll_work(&mut self) {
         self.poll_indexing();
+        self.poll_exports();
         let Some(work) = self.work.take() else { return };
         match work {
             Work::Generate(job, frame) => match job.poll() {
