@@ -6,7 +6,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::wgpu::WgpuSetup;
+/// The wgpu handles (instance, adapter, device, queue) burn computes with.
+pub use burn::tensor::wgpu::WgpuSetup;
 use burn::tensor::{Device, DeviceKind};
 
 /// Environment variable that overrides the device choice.

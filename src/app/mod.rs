@@ -43,7 +43,7 @@ pub fn run(session: Result<crate::session::Session, String>) -> Result<(), Strin
 }
 
 /// eframe's description of burn's wgpu handles, so the window renders with burn's device.
-pub fn shared_setup(setup: burn::tensor::wgpu::WgpuSetup) -> eframe::egui_wgpu::WgpuSetup {
+pub fn shared_setup(setup: crate::device::WgpuSetup) -> eframe::egui_wgpu::WgpuSetup {
     eframe::egui_wgpu::WgpuSetup::Existing(eframe::egui_wgpu::WgpuSetupExisting {
         instance: setup.instance,
         adapter: setup.adapter,
