@@ -74,6 +74,17 @@ impl Session {
         })
     }
 
+    /// The same model, data and device with other index settings.
+    pub fn with_index(&self, index: IndexSettings) -> Self {
+        Self {
+            model: self.model.clone(),
+            data: self.data.clone(),
+            held_out: self.held_out.clone(),
+            index,
+            device: self.device.clone(),
+        }
+    }
+
     /// C×H×W of the model's images.
     pub fn shape(&self) -> [usize; 3] {
         let cfg = &self.model.info.unet;

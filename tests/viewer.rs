@@ -176,6 +176,33 @@ fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
         .threshold(1.0)
         .max_failed_pixels(2000);
     harness.snapshot_options("viewer_ranking_detail", &options);
+
+    // Index settings: 2 buckets instead of 4 is another index beside the first, built in the
+    // background; the 4-bucket rankings stay cached under their own settings.
+    harness.get_by_label("Index settings").click();
+    harness.run_steps(2);
+    harness.state_mut().index_draft.as_mut().unwrap().plan.buckets = 2;
+    harness.run_steps(2);
+    harness.get_by_label("Apply index settings").click();
+    harness.run_steps(2);
+    let index = harness.state().session.as_ref().unwrap().index.clone();
+    assert_eq!(index.plan.buckets, 2);
+    assert_eq!(index.dir, tmp.path().join(index.slug()));
+    assert!(index.slug().contains("-b2x1-"), "{}", index.slug());
+    assert!(
+        harness.state().indexing.is_some(),
+        "the new index builds in the background"
+    );
+    assert!(harness.state().scores(MethodName::ReTrac).is_none());
+    until_idle(&mut harness, Duration::from_secs(300));
+    for (m, on) in &mut harness.state_mut().selected_methods {
+        *on = *m == MethodName::ReTrac;
+    }
+    harness.get_by_label("Run").click();
+    harness.step();
+    until_idle(&mut harness, Duration::from_secs(300));
+    assert_eq!(harness.state().notice, None);
+    assert_eq!(harness.state().scores(MethodName::ReTrac).unwrap().buckets.len(), 2);
 }
 
 /// On wgpu (lavapipe here, a GPU in use), burn computes on the device the window renders with:

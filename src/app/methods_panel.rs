@@ -4,8 +4,10 @@
 use egui::Ui;
 
 use super::RetraceApp;
+use crate::attribution::CheckpointChoice;
 use crate::curvature::{Damping, Fisher, Sharing};
 use crate::diffusion::Measurement;
+use crate::index::Storage;
 
 /// Draws the methods panel.
 pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
@@ -56,17 +58,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
             ui.end_row();
         });
     });
-    if let Ok(s) = &app.session {
-        ui.small(format!(
-            "index: {} timestep buckets, k = {}, {} checkpoint(s)",
-            s.index.plan.buckets,
-            s.index.projection.k_in,
-            match s.index.checkpoints {
-                crate::attribution::CheckpointChoice::All => "all",
-                crate::attribution::CheckpointChoice::Last => "the last",
-            }
-        ));
-    }
+    index_settings(app, ui);
     let ready = app.current.is_some() && app.work.is_none() && app.indexing.is_none();
     if ui.add_enabled(ready, egui::Button::new("Run")).clicked() {
         let ctx = ui.ctx().clone();
@@ -122,4 +114,70 @@ fn save_button(
             Some(super::dialogs::fallback_path(&dir, file_name))
         }
     }
+}
+
+/// The index settings (timestep buckets, draws, projection k, checkpoints, storage): edited
+/// freely, applied with a button, which switches to (and if needed builds) that index.
+fn index_settings(app: &mut RetraceApp, ui: &mut Ui) {
+    let Ok(session) = app.session.clone() else {
+        return;
+    };
+    let current = &session.index;
+    let busy = app.work.is_some();
+    let mut apply = false;
+    ui.collapsing("Index settings", |ui| {
+        let Some(draft) = app.index_draft.as_mut() else {
+            return;
+        };
+        egui::Grid::new("index-settings").num_columns(2).show(ui, |ui| {
+            let label = ui.label("timestep buckets");
+            ui.add(egui::DragValue::new(&mut draft.plan.buckets).range(1..=draft.plan.steps.min(100)))
+                .labelled_by(label.id);
+            ui.end_row();
+            let label = ui.label("draws per bucket");
+            ui.add(egui::DragValue::new(&mut draft.plan.draws).range(1..=16))
+                .labelled_by(label.id);
+            ui.end_row();
+            let label = ui.label("projection k");
+            if ui
+                .add(egui::DragValue::new(&mut draft.projection.k_in).range(1..=64))
+                .labelled_by(label.id)
+                .changed()
+            {
+                draft.projection.k_out = draft.projection.k_in;
+            }
+            ui.end_row();
+            ui.label("checkpoints");
+            ui.horizontal(|ui| {
+                ui.selectable_value(&mut draft.checkpoints, CheckpointChoice::Last, "last");
+                ui.selectable_value(&mut draft.checkpoints, CheckpointChoice::All, "all");
+            });
+            ui.end_row();
+            ui.label("storage");
+            ui.horizontal(|ui| {
+                ui.selectable_value(&mut draft.storage, Storage::F32, "f32");
+                ui.selectable_value(&mut draft.storage, Storage::F16, "f16");
+            });
+            ui.end_row();
+        });
+        let changed = draft.slug() != current.slug();
+        apply = ui
+            .add_enabled(changed && !busy, egui::Button::new("Apply index settings"))
+            .on_hover_text("switches to the index of these settings, building it in the background if needed")
+            .clicked();
+    });
+    if apply {
+        app.apply_index_settings();
+    }
+    ui.small(format!(
+        "index: {} timestep buckets x {} draws, k = {}, {} checkpoint(s)",
+        current.plan.buckets,
+        current.plan.draws,
+        current.projection.k_in,
+        match current.checkpoints {
+            CheckpointChoice::All => "all",
+            CheckpointChoice::Last => "the last",
+        },
+    ))
+    .on_hover_text(current.dir.display().to_string());
 }

@@ -109,6 +109,9 @@ pub struct RetraceApp {
     pub show_frame_time: bool,
     /// The window renders with the very wgpu device burn computes on.
     pub renderer_shared: bool,
+    /// Index settings being edited in the methods panel (applied with
+    /// [`Self::apply_index_settings`]); `None` without a session.
+    pub index_draft: Option<crate::attribution::IndexSettings>,
     /// Reports being written off the UI thread.
     pub exports: Vec<BackgroundJob<String>>,
     /// The context to repaint when background work reports.
@@ -154,17 +157,49 @@ impl RetraceApp {
             frame_times: Vec::new(),
             show_frame_time: true,
             renderer_shared,
+            index_draft: None,
             exports: Vec::new(),
             repaint: ctx.clone(),
         };
-        // A missing or partial index is built in the background from the start, so the first
-        // ranking need not wait for it (cancelling keeps the finished chunks).
-        if let Ok(session) = &app.session
+        app.index_draft = app.session.as_ref().ok().map(|s| s.index.clone());
+        app.ensure_index();
+        app
+    }
+
+    /// Starts building the index in the background when it is missing or partial, so the
+    /// first ranking need not wait for it (cancelling keeps the finished chunks).
+    fn ensure_index(&mut self) {
+        if let Ok(session) = &self.session
             && session.index_state() != crate::session::IndexState::Ready
         {
-            app.indexing = Some(session.build_index(Self::waker(ctx)));
+            self.indexing = Some(session.build_index(Self::waker(&self.repaint)));
         }
-        app
+    }
+
+    /// Switches the session to the edited index settings ([`Self::index_draft`]): their own
+    /// index directory beside the current one, built in the background if it is not complete.
+    /// Rankings made under other settings stay cached under those settings.
+    pub fn apply_index_settings(&mut self) {
+        let (Ok(session), Some(draft)) = (self.session.clone(), self.index_draft.clone()) else {
+            return;
+        };
+        if self.work.is_some() {
+            self.notice = Some("wait for the running job (or cancel it) before changing the index".into());
+            return;
+        }
+        match draft.relocated() {
+            Ok(settings) => {
+                if let Some(job) = self.indexing.take() {
+                    job.cancel.cancel();
+                }
+                self.index_draft = Some(settings.clone());
+                self.session = Ok(Arc::new(session.with_index(settings)));
+                self.selected_train = None;
+                self.plotted.clear();
+                self.ensure_index();
+            }
+            Err(e) => self.notice = Some(format!("cannot use these index settings: {e}")),
+        }
     }
 
     /// Adds a query to the history and makes it current.
@@ -178,9 +213,10 @@ impl RetraceApp {
 
     /// The parameters a method's cached scores are keyed by.
     pub fn parameters_key(&self, method: MethodName) -> String {
+        let index = self.session.as_ref().map(|s| s.index.slug()).unwrap_or_default();
         match method {
-            MethodName::Kfac | MethodName::Ekfac => format!("{:?}", self.influence),
-            _ => String::new(),
+            MethodName::Kfac | MethodName::Ekfac => format!("{index} {:?}", self.influence),
+            _ => index,
         }
     }
 

@@ -136,6 +136,24 @@ impl IndexSettings {
         settings
     }
 
+    /// These settings, checked, with their directory renamed after [`Self::slug`] beside the
+    /// current one: what the viewer applies when the user changes buckets, draws, k,
+    /// checkpoints or storage, so indexes of different settings live side by side.
+    pub fn relocated(mut self) -> Result<Self, String> {
+        let plan = &self.plan;
+        let checked = TimestepPlan::new(plan.steps, plan.buckets, plan.draws, plan.seed)?;
+        self.plan = TimestepPlan {
+            shared_noise: plan.shared_noise,
+            ..checked
+        };
+        if self.projection.k_in == 0 || self.projection.k_out == 0 {
+            return Err("the projection needs k of at least 1".into());
+        }
+        let parent = self.dir.parent().map(PathBuf::from).unwrap_or_default();
+        self.dir = parent.join(self.slug());
+        Ok(self)
+    }
+
     /// A short name of the settings, so indexes built with different settings for one model
     /// live side by side: `last-b10x1-k8-s0-shared-f32`.
     pub fn slug(&self) -> String {
