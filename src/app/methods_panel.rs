@@ -28,7 +28,9 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
                 .response
                 .labelled_by(label.id);
             ui.end_row();
-            let label = ui.label("damping (x mean eigenvalue)");
+            let label = ui
+                .label("damping")
+                .on_hover_text("lambda, as a multiple of each layer's mean eigenvalue");
             let mut factor = match app.influence.damping {
                 Damping::Relative(f) | Damping::Absolute(f) => f,
             };
