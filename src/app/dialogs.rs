@@ -28,25 +28,25 @@ fn outcome(started: Instant, path: Option<PathBuf>) -> Chosen {
     }
 }
 
-fn dialog(filters: &[(&str, &str)]) -> rfd::FileDialog {
+/// File-type filters of a dialog: (name, extensions) pairs.
+pub type Filters<'a> = &'a [(&'a str, &'a [&'a str])];
+
+fn dialog(filters: Filters<'_>) -> rfd::FileDialog {
     filters
         .iter()
-        .fold(rfd::FileDialog::new(), |d, (name, ext)| d.add_filter(*name, &[*ext]))
+        .fold(rfd::FileDialog::new(), |d, (name, exts)| d.add_filter(*name, exts))
 }
 
-/// Asks where to save, offering `file_name`; `filters` are (name, extension) pairs.
-pub fn save(filters: &[(&str, &str)], file_name: &str) -> Chosen {
+/// Asks where to save, offering `file_name`.
+pub fn save(filters: Filters<'_>, file_name: &str) -> Chosen {
     let started = Instant::now();
     outcome(started, dialog(filters).set_file_name(file_name).save_file())
 }
 
-/// Asks which file to open; `filters` are (name, extensions) pairs.
-pub fn open(filters: &[(&str, &[&str])]) -> Chosen {
+/// Asks which file to open.
+pub fn open(filters: Filters<'_>) -> Chosen {
     let started = Instant::now();
-    let d = filters
-        .iter()
-        .fold(rfd::FileDialog::new(), |d, (name, exts)| d.add_filter(*name, exts));
-    outcome(started, d.pick_file())
+    outcome(started, dialog(filters).pick_file())
 }
 
 /// Where an export goes when no dialog can open: `file_name` in `dir`, with a number added

@@ -70,16 +70,16 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     if !computed.is_empty() {
         ui.horizontal_wrapped(|ui| {
             ui.label("export:");
-            if let Some(path) = save_button(ui, "HTML report...", &[("HTML", "html")], "retrace-report.html") {
+            if let Some(path) = save_button(ui, "HTML report...", &[("HTML", &["html"])], "retrace-report.html") {
                 app.export_report(&path);
             }
-            if let Some(path) = save_button(ui, "PDF report...", &[("PDF", "pdf")], "retrace-report.pdf") {
+            if let Some(path) = save_button(ui, "PDF report...", &[("PDF", &["pdf"])], "retrace-report.pdf") {
                 app.export_report(&path);
             }
             if let Some(path) = save_button(
                 ui,
                 "scores (CSV/JSON)...",
-                &[("JSON", "json"), ("CSV", "csv")],
+                &[("JSON", &["json"]), ("CSV", &["csv"])],
                 "retrace-scores.json",
             ) {
                 app.export_scores(&path);
@@ -96,13 +96,13 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     }
 }
 
-/// A button that, when clicked, asks where to save (a native dialog with `filters`, each a
-/// name and an extension) and returns the chosen path. Where no dialog can open, the file goes
+/// A button that, when clicked, asks where to save (a native dialog with `filters`) and
+/// returns the chosen path. Where no dialog can open, the file goes
 /// to the working directory, and the notice will say where.
 fn save_button(
     ui: &mut egui::Ui,
     label: &str,
-    filters: &[(&str, &str)],
+    filters: super::dialogs::Filters<'_>,
     file_name: &str,
 ) -> Option<std::path::PathBuf> {
     if !ui.button(label).clicked() {
