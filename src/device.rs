@@ -156,18 +156,22 @@ pub fn choose(flag: Option<DeviceRequest>) -> Result<ComputeDevice, String> {
 /// renderer (the viewer's eframe window) draws with the very device burn computes on: one GPU
 /// context, no second copy of the driver's state, and textures could be shared later.
 ///
-/// Call it before any tensor touches wgpu's default device in this process.
+/// Call it before any tensor touches wgpu's default device in this process. If burn's wgpu
+/// runtime cannot be brought up, the CPU (flex) computes instead, and the reason says why: the
+/// viewer still opens.
 pub fn choose_shared(flag: Option<DeviceRequest>) -> Result<ComputeDevice, String> {
     let mut chosen = choose(flag)?;
     if chosen.backend == BackendKind::Wgpu {
-        let (device, setup) = Device::wgpu_options()
-            .init_with_setup()
-            .map_err(|e| format!("cannot bring up burn's wgpu runtime: {e}"))?;
-        let info = setup.adapter.get_info();
-        chosen.device = device;
-        chosen.name = format!("{} ({:?})", info.name, info.backend);
-        chosen.reason += "; shared with the renderer";
-        chosen.wgpu_setup = Some(setup);
+        match Device::wgpu_options().init_with_setup() {
+            Ok((device, setup)) => {
+                let info = setup.adapter.get_info();
+                chosen.device = device;
+                chosen.name = format!("{} ({:?})", info.name, info.backend);
+                chosen.reason += "; shared with the renderer";
+                chosen.wgpu_setup = Some(setup);
+            }
+            Err(e) => return Ok(flex(format!("burn's wgpu runtime failed to start ({e})"))),
+        }
     }
     Ok(chosen)
 }
