@@ -3,7 +3,7 @@
 
 use egui::Ui;
 
-use super::RetraceApp;
+use super::{RetraceApp, grid_row};
 use crate::attribution::CheckpointChoice;
 use crate::curvature::{Damping, Fisher, Sharing};
 use crate::diffusion::Measurement;
@@ -54,10 +54,11 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
                 ui.selectable_value(&mut app.influence.sharing, Sharing::Reduce, "reduce");
             });
             ui.end_row();
-            let label = ui.label("fit images");
-            ui.add(egui::DragValue::new(&mut app.influence.fit_images).range(1..=100_000))
-                .labelled_by(label.id);
-            ui.end_row();
+            grid_row(
+                ui,
+                "fit images",
+                egui::DragValue::new(&mut app.influence.fit_images).range(1..=100_000),
+            );
         });
     });
     index_settings(app, ui);
@@ -132,23 +133,26 @@ fn index_settings(app: &mut RetraceApp, ui: &mut Ui) {
             return;
         };
         egui::Grid::new("index-settings").num_columns(2).show(ui, |ui| {
-            let label = ui.label("timestep buckets");
-            ui.add(egui::DragValue::new(&mut draft.plan.buckets).range(1..=draft.plan.steps.min(100)))
-                .labelled_by(label.id);
-            ui.end_row();
-            let label = ui.label("draws per bucket");
-            ui.add(egui::DragValue::new(&mut draft.plan.draws).range(1..=16))
-                .labelled_by(label.id);
-            ui.end_row();
-            let label = ui.label("projection k");
-            if ui
-                .add(egui::DragValue::new(&mut draft.projection.k_in).range(1..=64))
-                .labelled_by(label.id)
-                .changed()
+            let most_buckets = draft.plan.steps.min(100);
+            grid_row(
+                ui,
+                "timestep buckets",
+                egui::DragValue::new(&mut draft.plan.buckets).range(1..=most_buckets),
+            );
+            grid_row(
+                ui,
+                "draws per bucket",
+                egui::DragValue::new(&mut draft.plan.draws).range(1..=16),
+            );
+            if grid_row(
+                ui,
+                "projection k",
+                egui::DragValue::new(&mut draft.projection.k_in).range(1..=64),
+            )
+            .changed()
             {
                 draft.projection.k_out = draft.projection.k_in;
             }
-            ui.end_row();
             ui.label("checkpoints");
             ui.horizontal(|ui| {
                 ui.selectable_value(&mut draft.checkpoints, CheckpointChoice::Last, "last");

@@ -15,6 +15,15 @@ pub mod timesteps;
 
 pub use state::RetraceApp;
 
+/// One row of a two-column grid: `label`, then `widget` labelled by it (for screen readers
+/// and kittest queries). Returns the widget's response.
+pub fn grid_row(ui: &mut egui::Ui, label: &str, widget: impl egui::Widget) -> egui::Response {
+    let label = ui.label(label);
+    let response = ui.add(widget).labelled_by(label.id);
+    ui.end_row();
+    response
+}
+
 /// Opens the viewer window on `session` (or on the error that kept it from opening) and runs
 /// until the window closes.
 ///

@@ -4,9 +4,9 @@
 
 use egui::Ui;
 
-use super::RetraceApp;
 use super::state::Work;
 use super::textures::image;
+use super::{RetraceApp, grid_row};
 use crate::attribution::{Query, load_query_image};
 use crate::diffusion::SamplerKind;
 use crate::diffusion::images::bytes_to_unit;
@@ -65,13 +65,12 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     }
     ui.separator();
     egui::Grid::new("generate").num_columns(2).show(ui, |ui| {
-        let label = ui.label("seed");
-        ui.add(egui::DragValue::new(&mut app.seed)).labelled_by(label.id);
-        ui.end_row();
-        let label = ui.label("steps");
-        ui.add(egui::DragValue::new(&mut app.sampler.steps).range(1..=1000))
-            .labelled_by(label.id);
-        ui.end_row();
+        grid_row(ui, "seed", egui::DragValue::new(&mut app.seed));
+        grid_row(
+            ui,
+            "steps",
+            egui::DragValue::new(&mut app.sampler.steps).range(1..=1000),
+        );
         let label = ui.label("sampler");
         egui::ComboBox::from_id_salt("sampler")
             .selected_text(format!("{:?}", app.sampler.kind))
