@@ -52,8 +52,6 @@ pub struct SampleStep<'a> {
     pub done: usize,
     /// Steps in all.
     pub total: usize,
-    /// The current noisy images x_s ([seeds, C, H, W]).
-    pub x: &'a Tensor<4>,
     /// The model's current estimate of the clean images x̂₀, clipped to [−1, 1]: what a live
     /// preview shows, as it sharpens from the first step on.
     pub predicted_clean: &'a Tensor<4>,
@@ -106,7 +104,6 @@ pub fn sample(
         let step = SampleStep {
             done: i + 1,
             total: ts.len(),
-            x: &x,
             predicted_clean: &x0,
         };
         if !observe(step) {
