@@ -211,12 +211,12 @@ impl<'a> Flow<'a> {
     fn caption(&mut self, lines: &[String], x: f32, width: f32, mut y: f32) {
         for line in lines.iter().filter(|l| !l.is_empty()) {
             let natural = self.metrics.width(line, CAPTION_SIZE, Typeface::Sans);
-            let size = if natural > width {
-                CAPTION_SIZE * width / natural
+            // Text width scales with size: a line shrunk to fit is exactly `width` wide.
+            let (size, w) = if natural > width {
+                (CAPTION_SIZE * width / natural, width)
             } else {
-                CAPTION_SIZE
+                (CAPTION_SIZE, natural)
             };
-            let w = self.metrics.width(line, size, Typeface::Sans);
             y += CAPTION_SIZE * 1.25;
             self.text_at(
                 x + (width - w) / 2.0,
