@@ -306,7 +306,7 @@ pub fn synthetic_query_latency(
     let inputs = GradientInputs {
         checkpoints: vec![CheckpointFeatures {
             step: 1,
-            learning_rate: 1e-3,
+            weight: 1e-3,
             train: TrainFeatures::Indexed { index, checkpoint: 0 },
             query: query.clone(),
         }],

@@ -17,6 +17,8 @@ use retrace::diffusion::{
 };
 use retrace::jobs::{CancelToken, JobContext, TerminalProgress};
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     name = "retrace",
@@ -149,6 +151,11 @@ enum Command {
         /// A model directory or a dataset spec.
         path: String,
     },
+    /// Evaluate attribution methods: build an LDS ground truth, merge its shards, score methods.
+    Eval {
+        #[command(subcommand)]
+        command: cli::eval::EvalCommand,
+    },
     /// Measure plain forward+backward throughput of a model on the chosen device.
     Bench {
         /// Model directory (default: the bundled model; its architecture is what is measured).
@@ -174,7 +181,7 @@ enum Command {
 
 /// Settings of the influence-function methods (K-FAC, EK-FAC).
 #[derive(clap::Args)]
-struct InfluenceArgs {
+pub(crate) struct InfluenceArgs {
     /// What the query's gradient differentiates (K-FAC/EK-FAC): loss, elbo or square-norm.
     #[arg(long, default_value = "loss")]
     measurement: retrace::diffusion::Measurement,
@@ -190,6 +197,19 @@ struct InfluenceArgs {
     /// Training images the curvature is fitted on (a seeded subset; × buckets points per pass).
     #[arg(long, default_value_t = 64)]
     fit_images: usize,
+}
+
+impl InfluenceArgs {
+    /// The engine's settings.
+    pub(crate) fn settings(&self) -> retrace::attribution::InfluenceSettings {
+        retrace::attribution::InfluenceSettings {
+            measurement: self.measurement,
+            damping: self.damping,
+            fisher: self.curvature,
+            sharing: self.sharing,
+            fit_images: self.fit_images.max(1),
+        }
+    }
 }
 
 fn parse_damping(s: &str) -> std::result::Result<retrace::curvature::Damping, String> {
@@ -518,13 +538,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("query: {}", q.description);
             let request = retrace::attribution::MethodSettings {
                 methods,
-                influence: retrace::attribution::InfluenceSettings {
-                    measurement: influence.measurement,
-                    damping: influence.damping,
-                    fisher: influence.curvature,
-                    sharing: influence.sharing,
-                    fit_images: influence.fit_images.max(1),
-                },
+                influence: influence.settings(),
             };
             let scores = retrace::attribution::attribute(&model, &data, &q, &request, &settings, &dev.device, &job)
                 .map_err(anyhow::Error::msg)?;
@@ -615,6 +629,13 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Info { path } => info(&path)?,
+        Command::Eval { command } => {
+            let dev = compute_device(cli.device)?;
+            let (job, bar) = terminal_job()?;
+            let outcome = cli::eval::run(command, &dev, &job);
+            bar.finish();
+            outcome?;
+        }
         Command::Bench {
             model,
             config,

@@ -104,3 +104,29 @@ pub fn bundled_model_for(data: &Dataset, root: &std::path::Path) -> ModelDir {
     }
     dir
 }
+
+/// A perturbed copy of a training image (C×H×W bytes) in [−1, 1]: shifted one pixel to the
+/// right (the new first column is background) and noised with N(0, 0.05²), seeded. As a query,
+/// it is close to its source without being it.
+pub fn perturbed_copy(bytes: &[u8], [c, h, w]: [usize; 3], seed: u64) -> Vec<f32> {
+    let unit = retrace::diffusion::images::bytes_to_unit(bytes);
+    let noise =
+        retrace::diffusion::noise::gaussian(&mut retrace::diffusion::noise::stream("perturb", &[seed]), unit.len());
+    let mut out = vec![-1.0f32; unit.len()];
+    for ch in 0..c {
+        for y in 0..h {
+            for x in 1..w {
+                out[(ch * h + y) * w + x] = unit[(ch * h + y) * w + x - 1];
+            }
+        }
+    }
+    out.iter()
+        .zip(&noise)
+        .map(|(v, n)| (v + 0.05 * n).clamp(-1.0, 1.0))
+        .collect()
+}
+
+/// Position of training image `source` in a ranking (0 = first).
+pub fn rank_of(scores: &retrace::attribution::Scores, source: usize) -> usize {
+    scores.ranking().iter().position(|&i| i == source).unwrap()
+}

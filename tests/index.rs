@@ -5,7 +5,6 @@ mod common;
 
 use common::cpu;
 use retrace::attribution::{CheckpointChoice, IndexSettings, MethodName, MethodSettings, Query, attribute};
-use retrace::diffusion::images::bytes_to_unit;
 use retrace::grad::{ProjectionConfig, TimestepPlan};
 use retrace::index::Storage;
 use retrace::jobs::JobContext;
@@ -25,6 +24,13 @@ fn settings(dir: &std::path::Path, k: usize) -> IndexSettings {
         chunk_size: 10,
     }
 }
+
+/// How far down the 40 training images a method may rank the source of a perturbed copy
+/// queried with independent draws (2 buckets × 1 draw). Measured: K-FAC and EK-FAC 0, TracIn 2,
+/// pixel 0; ReTrac 22 and its bucket variant 16 — with this few draws the unit-normalised
+/// gradients carry mostly noise, so they are printed, not asserted (the LDS benchmark measures
+/// them properly).
+const SOURCE_RANK_LIMIT: [(&str, usize); 4] = [("tracin", 8), ("kfac", 3), ("ekfac", 3), ("pixel", 1)];
 
 #[test]
 fn a_killed_build_resumes_and_foreign_or_damaged_indexes_are_refused() {
@@ -78,28 +84,40 @@ fn a_killed_build_resumes_and_foreign_or_damaged_indexes_are_refused() {
 }
 
 #[test]
-fn attribute_ranks_a_training_image_first_and_refuses_a_wrong_size() {
+fn attribute_finds_the_source_of_a_perturbed_copy_and_refuses_a_wrong_size() {
     let data = common::small_data();
     let tmp = tempfile::tempdir().unwrap();
     let model = common::bundled_model_for(&data, &tmp.path().join("model"));
-    let s = settings(&tmp.path().join("index"), 8);
+    let mut s = settings(&tmp.path().join("index"), 8);
+    // The query draws its own (t, ε): nothing is shared with its source's training features.
+    s.plan.shared_noise = false;
     let query = Query {
-        pixels: bytes_to_unit(data.image(5)),
+        pixels: common::perturbed_copy(data.image(5), [1, 28, 28], 0),
         shape: [1, 28, 28],
-        description: "training image 5".into(),
+        description: "training image 5, shifted one pixel and noised".into(),
     };
     let methods = MethodSettings::new(&MethodName::ALL);
     let scores = attribute(&model, &data, &query, &methods, &s, &cpu(), &JobContext::silent())
         .unwrap()
         .unwrap();
     let names: Vec<&str> = scores.iter().map(|s| s.method.as_str()).collect();
-    assert_eq!(names, ["retrac", "tracin", "kfac", "ekfac", "pixel"]);
+    assert_eq!(names, ["retrac", "retrac-bucket", "tracin", "kfac", "ekfac", "pixel"]);
     for s in &scores {
         assert_eq!(s.len(), 40);
         assert!(s.per_bucket.iter().all(|v| v.is_finite()), "{}", s.method);
-        if s.method != "tracin" {
-            assert_eq!(s.ranking()[0], 5, "{}: top 5 {:?}", s.method, &s.ranking()[..5]);
-        }
+        eprintln!("{}: source at rank {}", s.method, common::rank_of(s, 5));
+    }
+    for s in &scores {
+        let Some(&(_, limit)) = SOURCE_RANK_LIMIT.iter().find(|(m, _)| *m == s.method) else {
+            continue;
+        };
+        assert!(
+            common::rank_of(s, 5) < limit,
+            "{}: source at rank {} (top 5 {:?})",
+            s.method,
+            common::rank_of(s, 5),
+            &s.ranking()[..5]
+        );
     }
     // A scores file round-trips back to the same scores in dataset order (what reports read).
     for s in &scores {
@@ -121,7 +139,7 @@ fn attribute_ranks_a_training_image_first_and_refuses_a_wrong_size() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        again[2].per_bucket, scores[2].per_bucket,
+        again[3].per_bucket, scores[3].per_bucket,
         "K-FAC reproduces from the stored fit"
     );
     let mut bytes = std::fs::read(&fitted[0]).unwrap();

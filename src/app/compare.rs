@@ -82,7 +82,12 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         egui::Grid::new("side-by-side").spacing([16.0, 6.0]).show(ui, |ui| {
             ui.label("rank");
             for m in &methods {
-                ui.strong(m.name());
+                let lds = app
+                    .method_lds(*m)
+                    .map(|(h, g)| format!(" (LDS {h:.2} / {g:.2})"))
+                    .unwrap_or_default();
+                ui.strong(format!("{}{lds}", m.name()))
+                    .on_hover_text("LDS on the bundled benchmark's held-out / generated queries (Evaluation tab)");
             }
             ui.end_row();
             for r in 0..k {

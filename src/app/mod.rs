@@ -5,6 +5,7 @@
 pub mod compare;
 pub mod detail;
 pub mod dialogs;
+pub mod evaluation;
 pub mod methods_panel;
 pub mod query_panel;
 pub mod ranking;

@@ -32,6 +32,8 @@ pub enum View {
     Timesteps,
     /// Methods side by side.
     Compare,
+    /// LDS of every method against the benchmark's retraining ground truth.
+    Evaluation,
 }
 
 /// The background work in flight (one at a time).
@@ -114,6 +116,8 @@ pub struct RetraceApp {
     pub index_draft: Option<crate::attribution::IndexSettings>,
     /// Reports being written off the UI thread.
     pub exports: Vec<BackgroundJob<String>>,
+    /// The evaluation table the Evaluation tab and Compare read (loaded when first needed).
+    pub evaluation: Option<Result<crate::eval::table::EvalReport, String>>,
     /// The context to repaint when background work reports.
     repaint: egui::Context,
 }
@@ -159,6 +163,7 @@ impl RetraceApp {
             renderer_shared,
             index_draft: None,
             exports: Vec::new(),
+            evaluation: None,
             repaint: ctx.clone(),
         };
         app.index_draft = app.session.as_ref().ok().map(|s| s.index.clone());
@@ -218,6 +223,25 @@ impl RetraceApp {
             MethodName::Kfac | MethodName::Ekfac => format!("{index} {:?}", self.influence),
             _ => index,
         }
+    }
+
+    /// The method's LDS on the benchmark (held-out and generated queries), for the viewer's
+    /// index setting (query draws shared with the training images or not), if evaluated.
+    pub fn method_lds(&mut self, method: MethodName) -> Option<(f64, f64)> {
+        if self.evaluation.is_none() {
+            self.evaluation = Some(super::evaluation::load_report(
+                &super::evaluation::bundled_results_path(),
+            ));
+        }
+        let shared = self.session.as_ref().ok()?.index.plan.shared_noise;
+        let label = if matches!(method, MethodName::Pixel) || !shared {
+            method.name().to_owned()
+        } else {
+            format!("{}+shared", method.name())
+        };
+        let report = self.evaluation.as_ref()?.as_ref().ok()?;
+        let row = report.methods.iter().find(|r| r.method == label)?;
+        Some((row.held_out.lds, row.generated.lds))
     }
 
     /// Scores of `method` for the current query, if computed.
@@ -465,12 +489,14 @@ impl RetraceApp {
                 ui.selectable_value(&mut self.view, View::Ranking, "Ranking");
                 ui.selectable_value(&mut self.view, View::Timesteps, "Per-timestep");
                 ui.selectable_value(&mut self.view, View::Compare, "Compare");
+                ui.selectable_value(&mut self.view, View::Evaluation, "Evaluation");
             });
             ui.separator();
             match self.view {
                 View::Ranking => super::ranking::show(self, ui),
                 View::Timesteps => super::timesteps::show(self, ui),
                 View::Compare => super::compare::show(self, ui),
+                View::Evaluation => super::evaluation::show(self, ui),
             }
         });
         if self.work.is_some() || self.indexing.is_some() {

@@ -16,7 +16,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 pub use kfac::KfacInfluence;
 pub use pixel::pixel_cosine;
 pub use query::{Query, load_query_image};
-pub use retrac::ReTrac;
+pub use retrac::{ReTrac, ReTracBucket};
 pub use run::{CheckpointChoice, IndexSettings, InfluenceSettings, MethodName, MethodSettings, attribute};
 pub use scores::Scores;
 pub use tracin::TracIn;
@@ -29,8 +29,9 @@ use crate::index::Index;
 pub struct CheckpointFeatures {
     /// Training step of the checkpoint.
     pub step: usize,
-    /// Learning rate in force at the checkpoint (TracIn's weight η_c).
-    pub learning_rate: f64,
+    /// TracIn's weight η_c of the checkpoint: its learning rate × the training steps since the
+    /// previous indexed checkpoint ([`tracin::checkpoint_weights`]).
+    pub weight: f64,
     /// Training images' features [N, B, D].
     pub train: TrainFeatures,
     /// The query's features [1, B, D].
@@ -155,7 +156,7 @@ pub trait Method {
     fn score(&self, inputs: &GradientInputs) -> Result<Scores, String>;
 }
 
-fn features_tensor(f: &crate::grad::Features, device: &Device) -> Tensor<3> {
+pub(crate) fn features_tensor(f: &crate::grad::Features, device: &Device) -> Tensor<3> {
     Tensor::from_data(
         TensorData::new(f.values.clone(), [f.examples, f.buckets, f.dim]),
         device,
@@ -163,7 +164,7 @@ fn features_tensor(f: &crate::grad::Features, device: &Device) -> Tensor<3> {
 }
 
 /// Rows scaled to unit norm along the last dimension (zero rows stay zero).
-fn unit_rows(x: Tensor<3>) -> Tensor<3> {
+pub(crate) fn unit_rows(x: Tensor<3>) -> Tensor<3> {
     let norm = x.clone().powi_scalar(2).sum_dim(2).sqrt().clamp_min(1e-30);
     x / norm
 }
@@ -192,7 +193,7 @@ pub fn bucket_dot_products(inputs: &GradientInputs, normalise: bool) -> Result<V
                 .reshape([b, rows])
                 .transpose())
         })?;
-        total = total + dots * c.learning_rate;
+        total = total + dots * c.weight;
     }
     read_back(total)
 }

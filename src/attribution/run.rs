@@ -7,8 +7,8 @@ use std::str::FromStr;
 use burn::tensor::Device;
 
 use super::{
-    CheckpointFeatures, GradientInputs, KfacInfluence, Method, Query, ReTrac, Scores, TracIn, TrainFeatures,
-    pixel_cosine,
+    CheckpointFeatures, GradientInputs, KfacInfluence, Method, Query, ReTrac, ReTracBucket, Scores, TracIn,
+    TrainFeatures, pixel_cosine, tracin::checkpoint_weights,
 };
 use crate::curvature::store::CURVATURE_FORMAT_VERSION;
 use crate::curvature::{
@@ -27,8 +27,10 @@ use crate::jobs::JobContext;
 pub enum MethodName {
     /// Diffusion-TracIn.
     TracIn,
-    /// Diffusion-ReTrac.
+    /// Diffusion-ReTrac, as Xie et al. compute it.
     ReTrac,
+    /// ReTrac's bucket-matched cosine variant.
+    ReTracBucket,
     /// K-FAC influence function.
     Kfac,
     /// EK-FAC influence function.
@@ -43,6 +45,7 @@ impl MethodName {
         match self {
             Self::TracIn => TracIn.name(),
             Self::ReTrac => ReTrac.name(),
+            Self::ReTracBucket => ReTracBucket.name(),
             Self::Kfac => "kfac",
             Self::Ekfac => "ekfac",
             Self::Pixel => "pixel",
@@ -50,7 +53,19 @@ impl MethodName {
     }
 
     /// Every method, in the order the CLI lists them.
-    pub const ALL: [MethodName; 5] = [Self::ReTrac, Self::TracIn, Self::Kfac, Self::Ekfac, Self::Pixel];
+    pub const ALL: [MethodName; 6] = [
+        Self::ReTrac,
+        Self::ReTracBucket,
+        Self::TracIn,
+        Self::Kfac,
+        Self::Ekfac,
+        Self::Pixel,
+    ];
+
+    /// True for the influence-function methods (K-FAC, EK-FAC), which take a measurement.
+    pub fn is_influence(self) -> bool {
+        self.eigenvalues().is_some()
+    }
 
     /// The curvature eigenvalues of an influence-function method.
     fn eigenvalues(self) -> Option<Eigenvalues> {
@@ -68,6 +83,7 @@ impl FromStr for MethodName {
         match s.trim() {
             "tracin" => Ok(Self::TracIn),
             "retrac" => Ok(Self::ReTrac),
+            "retrac-bucket" => Ok(Self::ReTracBucket),
             "kfac" => Ok(Self::Kfac),
             "ekfac" => Ok(Self::Ekfac),
             "pixel" => Ok(Self::Pixel),
@@ -419,9 +435,17 @@ pub fn attribute(
         let schedule = Schedule::new(&model.info.schedule);
         let all = model.checkpoints().map_err(|e| e.to_string())?;
         let mut checkpoints = Vec::new();
+        let weights = checkpoint_weights(
+            &index
+                .manifest
+                .checkpoints
+                .iter()
+                .map(|c| (c.step, c.learning_rate))
+                .collect::<Vec<_>>(),
+        );
         let dot_product_methods = methods
             .iter()
-            .any(|m| matches!(m, MethodName::TracIn | MethodName::ReTrac));
+            .any(|m| matches!(m, MethodName::TracIn | MethodName::ReTrac | MethodName::ReTracBucket));
         for (i, indexed) in index.manifest.checkpoints.iter().enumerate() {
             // Influence functions need only the last checkpoint's training features.
             let last = i + 1 == index.manifest.checkpoints.len();
@@ -457,7 +481,7 @@ pub fn attribute(
             };
             checkpoints.push(CheckpointFeatures {
                 step: indexed.step,
-                learning_rate: indexed.learning_rate,
+                weight: weights[i],
                 train: TrainFeatures::Indexed {
                     index: index.clone(),
                     checkpoint: i,
@@ -482,6 +506,7 @@ pub fn attribute(
             match m {
                 MethodName::TracIn => out.push(TracIn.score(&inputs)?),
                 MethodName::ReTrac => out.push(ReTrac.score(&inputs)?),
+                MethodName::ReTracBucket => out.push(ReTracBucket.score(&inputs)?),
                 _ => {}
             }
         }

@@ -1,3 +1,13 @@
-//! Evaluation statistics for attribution scores.
+//! Evaluation of attribution methods: the LDS benchmark (its specification, the ground-truth
+//! build, the score), and the statistics they use.
 
+pub mod benchmark;
+pub mod build;
+pub mod ground_truth;
+pub mod lds;
 pub mod stats;
+pub mod table;
+
+pub use benchmark::{BenchmarkSpec, BenchmarkTraining, QueryHalf, QueryKind};
+pub use build::{LdsBuild, Shard};
+pub use ground_truth::GroundTruth;

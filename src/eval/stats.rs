@@ -64,6 +64,41 @@ pub fn overlap_at_k(x: &[f64], y: &[f64], k: usize) -> f64 {
     a.iter().filter(|i| b.contains(i)).count() as f64 / a.len() as f64
 }
 
+/// Xie et al.'s "generally influential" statistic over the top-k lists of many queries: how
+/// many distinct training images fill them, and how concentrated they are.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TopKSpread {
+    /// k of every list.
+    pub k: usize,
+    /// Number of queries.
+    pub queries: usize,
+    /// Distinct training images among all top-k lists (at most queries × k).
+    pub distinct: usize,
+    /// Share of the queries × k slots held by the 10 most frequent training images (10/(q·k)
+    /// when every list is different, 1 when the same 10 images top every query).
+    pub top10_share: f64,
+}
+
+/// [`TopKSpread`] of the given top-k lists.
+pub fn top_k_spread(lists: &[Vec<usize>], k: usize) -> TopKSpread {
+    let mut counts: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    for list in lists {
+        for &i in list {
+            *counts.entry(i).or_default() += 1;
+        }
+    }
+    let slots: usize = lists.iter().map(Vec::len).sum();
+    let mut frequencies: Vec<usize> = counts.values().copied().collect();
+    frequencies.sort_unstable_by(|a, b| b.cmp(a));
+    let top10: usize = frequencies.iter().take(10).sum();
+    TopKSpread {
+        k,
+        queries: lists.len(),
+        distinct: counts.len(),
+        top10_share: if slots == 0 { 0.0 } else { top10 as f64 / slots as f64 },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +113,16 @@ mod tests {
         assert_eq!(pearson(&x, &[1.0; 4]), 0.0);
         assert_eq!(top_k(&[0.1, 0.9, 0.5], 2), vec![1, 2]);
         assert_eq!(overlap_at_k(&[0.1, 0.9, 0.5], &[0.9, 0.8, 0.1], 2), 0.5);
+    }
+
+    #[test]
+    fn top_k_spread_counts_distinct_images_and_concentration() {
+        let same = vec![vec![1, 2]; 5];
+        let s = top_k_spread(&same, 2);
+        assert_eq!((s.distinct, s.top10_share), (2, 1.0));
+        let different: Vec<Vec<usize>> = (0..20).map(|q| vec![2 * q, 2 * q + 1]).collect();
+        let s = top_k_spread(&different, 2);
+        assert_eq!(s.distinct, 40);
+        assert!((s.top10_share - 0.25).abs() < 1e-12);
     }
 }

@@ -1,0 +1,334 @@
+//! `retrace eval …`: build an LDS ground truth (`build-lds`, sharded, resumable), merge shards
+//! (`merge`), and score attribution methods against it (`lds`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+
+use retrace::attribution::InfluenceSettings;
+use retrace::data::{DataSpec, Dataset};
+use retrace::device::ComputeDevice;
+use retrace::diffusion::{ScheduleConfig, UNetConfig};
+use retrace::eval::benchmark::BENCHMARK_FORMAT_VERSION;
+use retrace::eval::build::BENCHMARK_FILE;
+use retrace::eval::table::{Benchmark, EvalReport, EvalRow, evaluate_row};
+use retrace::eval::{BenchmarkSpec, BenchmarkTraining, GroundTruth, LdsBuild, QueryHalf, Shard};
+use retrace::jobs::JobContext;
+
+/// The training data of the bundled benchmark: the first 256 T-shirts/tops and ankle boots of
+/// Fashion-MNIST (Debian's `dataset-fashion-mnist`).
+pub const DEFAULT_DATA: &str = "fashion-mnist:/usr/share/datasets/fashion-mnist?classes=0,9&subset=256";
+/// Its held-out queries: the first test images of the same classes.
+pub const DEFAULT_HELD_OUT: &str = "fashion-mnist:/usr/share/datasets/fashion-mnist?split=test&classes=0,9&subset=32";
+
+/// The evaluation subcommands.
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Build (or resume, or run one shard of) an LDS ground truth: retrain on random subsets
+    /// with several seeds and measure every query's loss under fixed (t, ε) draws.
+    BuildLds(BuildLdsArgs),
+    /// Join the results of shards built in other directories into --out and assemble the
+    /// ground truth once every model is measured.
+    Merge {
+        /// The build directory to complete.
+        #[arg(long)]
+        out: PathBuf,
+        /// Build directories of shards of the same benchmark.
+        #[arg(long = "from", required = true)]
+        from: Vec<PathBuf>,
+    },
+    /// Score attribution methods against a ground truth (default: the bundled benchmark) and
+    /// print LDS on held-out and generated queries with bootstrap 95% intervals.
+    Lds {
+        /// Benchmark directory: ground-truth.json and the full-data model in full/.
+        #[arg(long)]
+        benchmark: Option<PathBuf>,
+        /// Rows, comma-separated: a method (tracin, retrac, retrac-bucket, kfac, ekfac, pixel,
+        /// random), kfac/ekfac with -elbo or -sqnorm for another measurement, and +shared for a
+        /// query that shares the training images' (t, ε) draws.
+        #[arg(long, value_delimiter = ',', default_value = DEFAULT_ROWS)]
+        methods: Vec<String>,
+        /// Which half of the queries: report (the figures) or dev (to choose defaults).
+        #[arg(long, value_enum, default_value = "report")]
+        half: QueryHalf,
+        #[command(flatten)]
+        influence: crate::InfluenceArgs,
+        /// Write the table as JSON (the viewer's Evaluation tab reads it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// The rows `retrace eval lds` scores by default.
+pub const DEFAULT_ROWS: &str = "tracin,tracin+shared,retrac,retrac+shared,retrac-bucket,kfac,kfac+shared,ekfac,kfac-elbo,kfac-sqnorm,ekfac-sqnorm,pixel,random";
+
+/// Settings of `retrace eval build-lds`. Run the same command again to resume.
+#[derive(Args)]
+pub struct BuildLdsArgs {
+    /// Build directory (created; a build there is resumed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Training data spec.
+    #[arg(long, default_value = DEFAULT_DATA)]
+    data: String,
+    /// Data spec of the held-out query images.
+    #[arg(long, default_value = DEFAULT_HELD_OUT)]
+    held_out: String,
+    /// Architecture preset.
+    #[arg(long, default_value = "tiny")]
+    config: String,
+    /// Epochs of the full-data model; subset models train for epochs / α (as many steps).
+    #[arg(long, default_value_t = 28)]
+    epochs: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 50)]
+    warmup: usize,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    /// Random subsets M.
+    #[arg(long, default_value_t = 64)]
+    subsets: usize,
+    /// Training seeds per subset.
+    #[arg(long, default_value_t = 2)]
+    seeds: u64,
+    /// Fraction of the training set in every subset.
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f64,
+    /// Queries of each kind (held-out, generated); the first half of each develops defaults.
+    #[arg(long, default_value_t = 32)]
+    queries: usize,
+    /// DDIM steps of the generated queries.
+    #[arg(long, default_value_t = 100)]
+    sampler_steps: usize,
+    /// (t, ε) draws per query of the loss measurement.
+    #[arg(long, default_value_t = 100)]
+    draws: usize,
+    /// Seed of the subsets and of the measurement draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Build only this shard, `i/N` (0-based): every N-th model from the i-th.
+    #[arg(long)]
+    shard: Option<Shard>,
+    /// Only train the full-data model, draw the queries and measure them (before launching
+    /// shards in parallel on one directory).
+    #[arg(long)]
+    prepare_only: bool,
+    /// Keep every subset model's weights under models/ (deleted once measured by default).
+    #[arg(long)]
+    keep_models: bool,
+}
+
+impl BuildLdsArgs {
+    fn spec(&self, data: &Dataset) -> Result<BenchmarkSpec> {
+        let unet = UNetConfig::named(&self.config, data.channels, data.height)
+            .with_context(|| format!("unknown config {:?}", self.config))?;
+        let spec = BenchmarkSpec {
+            format_version: BENCHMARK_FORMAT_VERSION,
+            data: self.data.clone(),
+            data_hash: data.content_hash(),
+            data_len: data.len(),
+            held_out: self.held_out.clone(),
+            unet,
+            schedule: ScheduleConfig::default(),
+            training: BenchmarkTraining {
+                learning_rate: self.lr,
+                warmup_steps: self.warmup,
+                batch_size: self.batch_size,
+                weight_decay: self.weight_decay,
+                full_epochs: self.epochs,
+                subset_epochs: (self.epochs as f64 / self.alpha).round() as usize,
+                full_seed: 0,
+            },
+            subsets: self.subsets,
+            alpha: self.alpha,
+            seeds: (0..self.seeds).collect(),
+            mask_seed: self.seed,
+            queries_per_kind: self.queries,
+            sampler_steps: self.sampler_steps,
+            draws: self.draws,
+            draw_seed: self.seed,
+        };
+        spec.validate().map_err(|e| anyhow!("{e}"))?;
+        Ok(spec)
+    }
+}
+
+/// Runs an evaluation subcommand.
+pub fn run(command: EvalCommand, device: &ComputeDevice, job: &JobContext) -> Result<()> {
+    match command {
+        EvalCommand::BuildLds(args) => build_lds(args, device, job),
+        EvalCommand::Merge { out, from } => merge(out, from, device, job),
+        EvalCommand::Lds {
+            benchmark,
+            methods,
+            half,
+            influence,
+            out,
+        } => lds(benchmark, &methods, half, &influence.settings(), out, device, job),
+    }
+}
+
+fn build_lds(args: BuildLdsArgs, device: &ComputeDevice, job: &JobContext) -> Result<()> {
+    let spec_of_data: DataSpec = args.data.parse()?;
+    let data = Dataset::load(&spec_of_data)?;
+    let spec = args.spec(&data)?;
+    let (mut build, spec) = LdsBuild::open(&args.out, Some(&spec), &device.device, job).map_err(|e| anyhow!(e))?;
+    build.keep_models = args.keep_models;
+    build
+        .record_command(&std::env::args().collect::<Vec<_>>().join(" "))
+        .map_err(|e| anyhow!(e))?;
+    let (data, held_out) = LdsBuild::load_data(&spec).map_err(|e| anyhow!(e))?;
+    eprintln!(
+        "LDS benchmark: {} images, {} subsets × {} seeds of {}, {} + {} queries × {} draws",
+        spec.data_len,
+        spec.subsets,
+        spec.seeds.len(),
+        spec.subset_size(),
+        spec.queries_per_kind,
+        spec.queries_per_kind,
+        spec.draws
+    );
+    let Some(queries) = build.prepare(&spec, &data, &held_out).map_err(|e| anyhow!(e))? else {
+        bail!("stopped; run the same command again to resume");
+    };
+    if args.prepare_only {
+        println!(
+            "prepared {}: full-data model trained, {} queries measured",
+            args.out.display(),
+            queries.len()
+        );
+        return Ok(());
+    }
+    let shard = args.shard.unwrap_or(Shard::ALL);
+    if !build.run_shard(&spec, shard, &data, &queries).map_err(|e| anyhow!(e))? {
+        bail!("stopped; run the same command again to resume");
+    }
+    finish(&build, &spec)
+}
+
+fn merge(out: PathBuf, from: Vec<PathBuf>, device: &ComputeDevice, job: &JobContext) -> Result<()> {
+    if !out.join(BENCHMARK_FILE).is_file() {
+        let first = from[0].join(BENCHMARK_FILE);
+        let bytes = std::fs::read(&first).with_context(|| format!("cannot read {}", first.display()))?;
+        std::fs::create_dir_all(out.join("results"))?;
+        retrace::diffusion::checkpoint::write_atomic(&out.join(BENCHMARK_FILE), &bytes)?;
+    }
+    let (build, spec) = LdsBuild::open(&out, None, &device.device, job).map_err(|e| anyhow!(e))?;
+    for dir in &from {
+        let copied = build.merge_from(&spec, dir).map_err(|e| anyhow!(e))?;
+        eprintln!("{}: {copied} new result(s)", dir.display());
+    }
+    finish(&build, &spec)
+}
+
+/// Assembles the ground truth when complete and prints its quality, or says what is missing.
+fn finish(build: &LdsBuild<'_>, spec: &BenchmarkSpec) -> Result<()> {
+    match build.assemble(spec).map_err(|e| anyhow!(e))? {
+        None => {
+            println!(
+                "{} of {} models measured in {}; run the other shards, then `retrace eval merge`",
+                build.measured(spec),
+                spec.models().len(),
+                build.dir.display()
+            );
+        }
+        Some(truth) => print_quality(&truth, &build.dir.join(retrace::eval::build::GROUND_TRUTH_FILE)),
+    }
+    Ok(())
+}
+
+fn print_quality(truth: &GroundTruth, path: &std::path::Path) {
+    let q = &truth.quality;
+    println!("ground truth: {}", path.display());
+    println!(
+        "  {} models ({} subsets × {} seeds) + the full-data model, {} queries, {:.0} s of compute",
+        truth.models.len(),
+        truth.spec.subsets,
+        truth.spec.seeds.len(),
+        truth.queries.len(),
+        truth.compute_seconds
+    );
+    println!(
+        "  ceiling (seed-to-seed Spearman over subsets): {:.3} (held-out {:.3}, generated {:.3})",
+        q.seed_spearman,
+        q.seed_spearman_by_kind.first().copied().unwrap_or(0.0),
+        q.seed_spearman_by_kind.get(1).copied().unwrap_or(0.0)
+    );
+    println!(
+        "  measurement: split-draw Spearman {:.3}, noise share of the across-model variance {:.4}",
+        q.split_draw_spearman, q.noise_share
+    );
+    if q.seed_spearman < 0.3 {
+        println!("  warning: a ceiling below 0.3 cannot separate methods; enlarge the benchmark");
+    }
+}
+
+fn lds(
+    benchmark: Option<PathBuf>,
+    methods: &[String],
+    half: QueryHalf,
+    influence: &InfluenceSettings,
+    out: Option<PathBuf>,
+    device: &ComputeDevice,
+    job: &JobContext,
+) -> Result<()> {
+    let root = benchmark.unwrap_or_else(Benchmark::bundled_dir);
+    let rows = methods
+        .iter()
+        .map(|m| EvalRow::parse(m, influence))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!(e))?;
+    let bench = Benchmark::open(&root).map_err(|e| anyhow!(e))?;
+    let ceiling = bench.truth.quality.seed_spearman;
+    eprintln!(
+        "benchmark {}: {} training images, {} subsets × {} seeds, ceiling {ceiling:.3}",
+        root.display(),
+        bench.data.len(),
+        bench.truth.spec.subsets,
+        bench.truth.spec.seeds.len()
+    );
+    let mut report = EvalReport {
+        benchmark: root.display().to_string(),
+        half,
+        ceiling,
+        methods: Vec::new(),
+    };
+    println!(
+        "{:<20} {:>24} {:>24} {:>10} {:>22}",
+        "method", "LDS held-out [95% CI]", "LDS generated [95% CI]", "s / query", "top-10: distinct, top10"
+    );
+    for row in &rows {
+        let Some(result) = evaluate_row(&bench, row, half, &device.device, job).map_err(|e| anyhow!(e))? else {
+            bail!("cancelled");
+        };
+        let cell = |i: &retrace::eval::lds::Interval| format!("{:.3} [{:.3}, {:.3}]", i.lds, i.ci95[0], i.ci95[1]);
+        job.progress.update(&Default::default());
+        let spread = &result.generally_influential;
+        println!(
+            "{:<20} {:>24} {:>24} {:>10.3} {:>13} {:>8.2}",
+            result.method,
+            cell(&result.held_out),
+            cell(&result.generated),
+            result.seconds_per_query,
+            format!("{}/{}", spread.distinct, spread.queries * spread.k),
+            spread.top10_share
+        );
+        report.methods.push(result);
+        if let Some(path) = &out {
+            // Written after every row, so a long table keeps what it has.
+            retrace::eval::build::write_json(path, &report).map_err(|e| anyhow!(e))?;
+        }
+    }
+    if let Some(path) = &out {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

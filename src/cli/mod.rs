@@ -1,0 +1,3 @@
+//! Subcommands of the `retrace` binary that live in their own files.
+
+pub mod eval;

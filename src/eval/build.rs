@@ -1,0 +1,617 @@
+//! Building an LDS ground truth: train the full-data model, draw the queries (held-out images
+//! and samples of the full-data model), then retrain on every (subset, seed) and measure every
+//! query's loss under the benchmark's fixed (t, ε) draws.
+//!
+//! A build directory holds:
+//! ```text
+//! benchmark.json        the specification (every other file follows from it)
+//! commands.json         the command lines that worked on this directory
+//! full/                 the full-data model (a model directory)
+//! queries.json          the queries, as image bytes
+//! results/full.json     the full-data model's measurement
+//! results/m007-s1.json  one file per (subset, seed) model, written atomically once measured
+//! models/m007-s1/       a model in training (its checkpoints are the unit of resumption)
+//! ground-truth.json     every result together, once all are in
+//! ```
+//! A build killed at any point resumes where it stopped: finished models are skipped, a model in
+//! training continues from its newest checkpoint (training is deterministic across resumption),
+//! and no file is ever half-written. Shards (`index`/`count`) take every count-th model, so N
+//! machines sharing the directory (or merging theirs afterwards) split the work.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::benchmark::{BenchmarkQuery, BenchmarkSpec, ModelKey, QueryKind, half_of};
+use super::ground_truth::{GroundTruth, ModelResult};
+use crate::data::{DataSpec, Dataset};
+use crate::diffusion::checkpoint::{FORMAT_VERSION, write_atomic};
+use crate::diffusion::images::{bytes_to_unit, tensor_to_images};
+use crate::diffusion::train::{TrainLength, noise_images, train};
+use crate::diffusion::{Measurement, ModelDir, ModelInfo, SamplerConfig, SamplerKind, Schedule, UNet, sample};
+use crate::jobs::{JobContext, Progress, ProgressSink};
+
+/// The file names of a build directory.
+pub const BENCHMARK_FILE: &str = "benchmark.json";
+/// The merged ground truth.
+pub const GROUND_TRUTH_FILE: &str = "ground-truth.json";
+const COMMANDS_FILE: &str = "commands.json";
+const QUERIES_FILE: &str = "queries.json";
+
+/// One of `count` shards (0-based `index`), written `i/N` on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// This shard, 0-based.
+    pub index: usize,
+    /// Number of shards.
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole build in one shard.
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// True when model number `position` (in [`BenchmarkSpec::models`] order) is this shard's.
+    pub fn owns(&self, position: usize) -> bool {
+        position % self.count == self.index
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("a shard is i/N with 0 ≤ i < N (e.g. 0/8), not {s:?}");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// Errors of a build, as text for the CLI and the viewer.
+pub type BuildResult<T> = Result<T, String>;
+
+/// A build directory and what works on it.
+pub struct LdsBuild<'a> {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Where models train and are measured.
+    pub device: &'a Device,
+    /// Progress and cancellation.
+    pub job: &'a JobContext,
+    /// Keep every subset model's final weights under `models/` (off: they are deleted once
+    /// measured, which is all the ground truth needs).
+    pub keep_models: bool,
+}
+
+impl<'a> LdsBuild<'a> {
+    /// Opens (or starts) a build in `dir` for `spec`: writes `benchmark.json`, or checks that
+    /// the one there is the same benchmark. `spec = None` opens an existing build.
+    pub fn open(
+        dir: &Path,
+        spec: Option<&BenchmarkSpec>,
+        device: &'a Device,
+        job: &'a JobContext,
+    ) -> BuildResult<(Self, BenchmarkSpec)> {
+        let path = dir.join(BENCHMARK_FILE);
+        let existing = read_json::<BenchmarkSpec>(&path)?;
+        let spec = match (existing, spec) {
+            (Some(old), Some(new)) if &old != new => {
+                return Err(format!(
+                    "{} holds another benchmark ({}); choose another --out or repeat its settings",
+                    dir.display(),
+                    differences(&old, new)
+                ));
+            }
+            (Some(old), _) => old,
+            (None, Some(new)) => {
+                new.validate()?;
+                std::fs::create_dir_all(dir.join("results"))
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                write_json(&path, new)?;
+                new.clone()
+            }
+            (None, None) => return Err(format!("{} holds no {BENCHMARK_FILE}", dir.display())),
+        };
+        spec.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        let build = Self {
+            dir: dir.to_owned(),
+            device,
+            job,
+            keep_models: false,
+        };
+        Ok((build, spec))
+    }
+
+    /// Records the current command line in `commands.json` (once).
+    pub fn record_command(&self, command: &str) -> BuildResult<()> {
+        let path = self.dir.join(COMMANDS_FILE);
+        let mut commands: Vec<String> = read_json(&path)?.unwrap_or_default();
+        if !commands.iter().any(|c| c == command) {
+            commands.push(command.to_owned());
+            write_json(&path, &commands)?;
+        }
+        Ok(())
+    }
+
+    fn result_path(&self, key: Option<ModelKey>) -> PathBuf {
+        let stem = key.map_or_else(|| "full".to_owned(), |k| k.stem());
+        self.dir.join("results").join(format!("{stem}.json"))
+    }
+
+    /// Loads the training data and the held-out images and checks the data is the benchmark's.
+    pub fn load_data(spec: &BenchmarkSpec) -> BuildResult<(Dataset, Dataset)> {
+        let load = |s: &str| -> BuildResult<Dataset> {
+            let parsed: DataSpec = s.parse().map_err(|e| format!("{e}"))?;
+            Dataset::load(&parsed).map_err(|e| format!("{e}"))
+        };
+        let data = load(&spec.data)?;
+        spec.check_data(&data)?;
+        let held_out = load(&spec.held_out)?;
+        if held_out.len() < spec.queries_per_kind {
+            return Err(format!(
+                "{} holds {} images but the benchmark asks for {} held-out queries",
+                spec.held_out,
+                held_out.len(),
+                spec.queries_per_kind
+            ));
+        }
+        if held_out.image_len() != data.image_len() {
+            return Err(format!(
+                "the held-out images of {} are not the size of the training images",
+                spec.held_out
+            ));
+        }
+        Ok((data, held_out))
+    }
+
+    /// Trains the full-data model, draws the queries and measures the full-data model on them.
+    /// Idempotent: what exists is reused. `Ok(None)` when cancelled.
+    pub fn prepare(
+        &self,
+        spec: &BenchmarkSpec,
+        data: &Dataset,
+        held_out: &Dataset,
+    ) -> BuildResult<Option<Vec<BenchmarkQuery>>> {
+        let full_dir = self.dir.join("full");
+        let info = model_info(spec, data, spec.training.full_seed, "full-data model");
+        let Some((net, train_seconds, final_loss)) =
+            self.train_model(&full_dir, info, data, spec.training.full_epochs, "full-data model")?
+        else {
+            return Ok(None);
+        };
+        let queries_path = self.dir.join(QUERIES_FILE);
+        let queries = match read_json::<Vec<BenchmarkQuery>>(&queries_path)? {
+            Some(q) => q,
+            None => {
+                let Some(q) = self.draw_queries(spec, &net, held_out)? else {
+                    return Ok(None);
+                };
+                write_json(&queries_path, &q)?;
+                q
+            }
+        };
+        if read_json::<ModelResult>(&self.result_path(None))?.is_none() {
+            let Some(result) = self.measure(spec, &net, &queries, None, train_seconds, final_loss)? else {
+                return Ok(None);
+            };
+            write_json(&self.result_path(None), &result)?;
+        }
+        Ok(Some(queries))
+    }
+
+    fn draw_queries(
+        &self,
+        spec: &BenchmarkSpec,
+        full: &UNet,
+        held_out: &Dataset,
+    ) -> BuildResult<Option<Vec<BenchmarkQuery>>> {
+        let n = spec.queries_per_kind;
+        let mut queries: Vec<BenchmarkQuery> = (0..n)
+            .map(|i| BenchmarkQuery {
+                kind: QueryKind::HeldOut,
+                half: half_of(i, n),
+                source: held_out.ids[i],
+                pixels: held_out.image(i).to_vec(),
+            })
+            .collect();
+        let cfg = &spec.unet;
+        let seeds: Vec<u64> = (0..n as u64).collect();
+        let config = SamplerConfig {
+            kind: SamplerKind::Ddim,
+            steps: spec.sampler_steps,
+        };
+        let schedule = Schedule::new(&spec.schedule);
+        let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
+        let images = sample(full, &schedule, &config, shape, &seeds, self.device, |step| {
+            self.job
+                .report("sampling queries", step.done as u64, step.total as u64, "");
+            !self.job.cancel.is_cancelled()
+        });
+        let Some(images) = images else { return Ok(None) };
+        for (i, pixels) in tensor_to_images(images)?.into_iter().enumerate() {
+            queries.push(BenchmarkQuery {
+                kind: QueryKind::Generated,
+                half: half_of(i, n),
+                source: seeds[i],
+                pixels,
+            });
+        }
+        Ok(Some(queries))
+    }
+
+    /// Trains (or finishes training) the model in `root`. Returns the model, this invocation's
+    /// training seconds and the final training loss; `Ok(None)` when cancelled.
+    fn train_model(
+        &self,
+        root: &Path,
+        info: ModelInfo,
+        data: &Dataset,
+        epochs: usize,
+        label: &str,
+    ) -> BuildResult<Option<(UNet, f64, f64)>> {
+        let dir = if root.join("model.json").is_file() {
+            let dir = ModelDir::open(root).map_err(|e| e.to_string())?;
+            if dir.info.unet != info.unet
+                || dir.info.data_hash != info.data_hash
+                || dir.info.train.seed != info.train.seed
+            {
+                return Err(format!(
+                    "{} holds another model than the benchmark's {label}",
+                    root.display()
+                ));
+            }
+            dir
+        } else {
+            ModelDir::create(root, info).map_err(|e| e.to_string())?
+        };
+        let resume = dir.latest().map_err(|e| e.to_string())?.is_some();
+        let outcome =
+            train(&dir, data, &TrainLength { epochs }, resume, self.device, self.job).map_err(|e| e.to_string())?;
+        if outcome.cancelled {
+            return Ok(None);
+        }
+        let (net, entry) = dir.load_latest(self.device).map_err(|e| e.to_string())?;
+        Ok(Some((net, outcome.seconds, entry.state.loss)))
+    }
+
+    /// Measures `net` on every query: the mean loss over the benchmark's draws (and over the
+    /// even-numbered draws). `Ok(None)` when cancelled.
+    fn measure(
+        &self,
+        spec: &BenchmarkSpec,
+        net: &UNet,
+        queries: &[BenchmarkQuery],
+        key: Option<ModelKey>,
+        train_seconds: f64,
+        final_train_loss: f64,
+    ) -> BuildResult<Option<ModelResult>> {
+        let started = Instant::now();
+        let Some((losses, even_losses)) = measure_losses(spec, net, queries, self.device, self.job)? else {
+            return Ok(None);
+        };
+        Ok(Some(ModelResult {
+            key,
+            losses,
+            even_losses,
+            final_train_loss,
+            train_seconds,
+            measure_seconds: started.elapsed().as_secs_f64(),
+        }))
+    }
+
+    /// Trains and measures this shard's (subset, seed) models that have no result yet.
+    /// Returns `Ok(false)` when cancelled.
+    pub fn run_shard(
+        &self,
+        spec: &BenchmarkSpec,
+        shard: Shard,
+        data: &Dataset,
+        queries: &[BenchmarkQuery],
+    ) -> BuildResult<bool> {
+        let mine: Vec<ModelKey> = spec
+            .models()
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| shard.owns(*i))
+            .map(|(_, k)| k)
+            .collect();
+        let todo: Vec<ModelKey> = mine
+            .iter()
+            .copied()
+            .filter(|k| !self.result_path(Some(*k)).is_file())
+            .collect();
+        let total = mine.len() as u64;
+        let mut done = total - todo.len() as u64;
+        // Progress is counted in thousandths of a model, so the bar (and its ETA) move while a
+        // model trains.
+        self.job.report("ground truth", done * 1000, total * 1000, "");
+        for key in todo {
+            if self.job.cancel.is_cancelled() {
+                return Ok(false);
+            }
+            let inner = JobContext {
+                cancel: self.job.cancel.clone(),
+                progress: Arc::new(ModelProgress {
+                    outer: self.job.progress.clone(),
+                    done,
+                    total,
+                    label: key.stem(),
+                }),
+            };
+            let step = LdsBuild {
+                dir: self.dir.clone(),
+                device: self.device,
+                job: &inner,
+                keep_models: self.keep_models,
+            };
+            let subset = data.select(&spec.subset(key.subset));
+            let root = self.dir.join("models").join(key.stem());
+            let info = model_info(
+                spec,
+                &subset,
+                key.seed,
+                &format!("subset {} seed {}", key.subset, key.seed),
+            );
+            let Some((net, seconds, loss)) =
+                step.train_model(&root, info, &subset, spec.training.subset_epochs, &key.stem())?
+            else {
+                return Ok(false);
+            };
+            let Some(result) = step.measure(spec, &net, queries, Some(key), seconds, loss)? else {
+                return Ok(false);
+            };
+            write_json(&self.result_path(Some(key)), &result)?;
+            if !self.keep_models {
+                let _ = std::fs::remove_dir_all(&root);
+            }
+            done += 1;
+            self.job.report(
+                "ground truth",
+                done * 1000,
+                total * 1000,
+                format!("{} measured", key.stem()),
+            );
+        }
+        Ok(true)
+    }
+
+    /// Copies the results of another build directory of the same benchmark (a shard that ran
+    /// elsewhere) into this one. Returns how many were new.
+    pub fn merge_from(&self, spec: &BenchmarkSpec, other: &Path) -> BuildResult<usize> {
+        let theirs: Option<BenchmarkSpec> = read_json(&other.join(BENCHMARK_FILE))?;
+        match theirs {
+            Some(s) if &s == spec => {}
+            Some(s) => {
+                return Err(format!(
+                    "{} builds another benchmark ({})",
+                    other.display(),
+                    differences(spec, &s)
+                ));
+            }
+            None => return Err(format!("{} holds no {BENCHMARK_FILE}", other.display())),
+        }
+        let mut copied = 0;
+        for key in spec.models().into_iter().map(Some).chain([None]) {
+            let stem = key.map_or_else(|| "full".to_owned(), |k| k.stem());
+            let src = other.join("results").join(format!("{stem}.json"));
+            let dst = self.result_path(key);
+            if dst.is_file() || !src.is_file() {
+                continue;
+            }
+            let result: ModelResult = read_json(&src)?.ok_or_else(|| format!("{} vanished", src.display()))?;
+            if result.key != key {
+                return Err(format!("{} holds the result of another model", src.display()));
+            }
+            write_json(&dst, &result)?;
+            copied += 1;
+        }
+        for name in [QUERIES_FILE, COMMANDS_FILE] {
+            let (src, dst) = (other.join(name), self.dir.join(name));
+            if src.is_file() && !dst.is_file() {
+                let bytes = std::fs::read(&src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+                write_atomic(&dst, &bytes).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(copied)
+    }
+
+    /// How many of the benchmark's models are measured.
+    pub fn measured(&self, spec: &BenchmarkSpec) -> usize {
+        spec.models()
+            .into_iter()
+            .filter(|k| self.result_path(Some(*k)).is_file())
+            .count()
+    }
+
+    /// Writes `ground-truth.json` once every model is measured; `Ok(None)` while some are not.
+    pub fn assemble(&self, spec: &BenchmarkSpec) -> BuildResult<Option<GroundTruth>> {
+        let mut models = Vec::new();
+        for key in spec.models() {
+            match read_json::<ModelResult>(&self.result_path(Some(key)))? {
+                Some(r) => models.push(r),
+                None => return Ok(None),
+            }
+        }
+        let Some(full) = read_json::<ModelResult>(&self.result_path(None))? else {
+            return Ok(None);
+        };
+        let queries: Vec<BenchmarkQuery> =
+            read_json(&self.dir.join(QUERIES_FILE))?.ok_or("the queries were never drawn (run build-lds first)")?;
+        let commands: Vec<String> = read_json(&self.dir.join(COMMANDS_FILE))?.unwrap_or_default();
+        let truth = GroundTruth::assemble(spec.clone(), commands, queries, full, models)?;
+        write_json(&self.dir.join(GROUND_TRUTH_FILE), &truth)?;
+        Ok(Some(truth))
+    }
+}
+
+/// `model.json` of a benchmark model trained on `data` with `seed`.
+fn model_info(spec: &BenchmarkSpec, data: &Dataset, seed: u64, what: &str) -> ModelInfo {
+    ModelInfo {
+        format_version: FORMAT_VERSION,
+        unet: spec.unet.clone(),
+        schedule: spec.schedule.clone(),
+        data_spec: format!("{} ({what} of the LDS benchmark)", spec.data),
+        data_hash: data.content_hash(),
+        data_len: data.len(),
+        class_names: data.class_names.clone(),
+        train: spec.recipe(seed, format!("retrace eval build-lds ({what})")),
+    }
+}
+
+/// The mean loss of every query under the benchmark's draws, and the mean over the
+/// even-numbered draws alone. `Ok(None)` when cancelled.
+pub fn measure_losses(
+    spec: &BenchmarkSpec,
+    net: &UNet,
+    queries: &[BenchmarkQuery],
+    device: &Device,
+    job: &JobContext,
+) -> BuildResult<Option<(Vec<f64>, Vec<f64>)>> {
+    const BATCH: usize = 256;
+    let schedule = Schedule::new(&spec.schedule);
+    let cfg = &spec.unet;
+    let pixels = cfg.image_channels * cfg.sample_size * cfg.sample_size;
+    let (mut sums, mut even_sums) = (vec![0.0f64; queries.len()], vec![0.0f64; queries.len()]);
+    let pairs: Vec<(usize, usize)> = (0..queries.len())
+        .flat_map(|q| (0..spec.draws).map(move |k| (q, k)))
+        .collect();
+    let mut draws_of = (usize::MAX, Vec::new());
+    for (b, chunk) in pairs.chunks(BATCH).enumerate() {
+        if job.cancel.is_cancelled() {
+            return Ok(None);
+        }
+        let (mut x0, mut noise, mut ts) = (Vec::new(), Vec::new(), Vec::new());
+        for &(q, k) in chunk {
+            if queries[q].pixels.len() != pixels {
+                return Err(format!(
+                    "query {q} has {} values, not {pixels}",
+                    queries[q].pixels.len()
+                ));
+            }
+            if draws_of.0 != q {
+                draws_of = (q, spec.measurement_draws(q, pixels));
+            }
+            let (t, eps) = &draws_of.1[k];
+            x0.extend(bytes_to_unit(&queries[q].pixels));
+            noise.extend_from_slice(eps);
+            ts.push(*t);
+        }
+        let shape = [chunk.len(), cfg.image_channels, cfg.sample_size, cfg.sample_size];
+        let x0 = Tensor::<4>::from_data(TensorData::new(x0, shape), device);
+        let batch = noise_images(&schedule, x0, &ts, noise);
+        let prediction = net.forward(batch.x_t, batch.t);
+        let losses = Measurement::Loss
+            .evaluate(&schedule, prediction, batch.noise, &ts)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| format!("cannot read losses back from the device: {e:?}"))?;
+        for (&(q, k), &l) in chunk.iter().zip(&losses) {
+            sums[q] += l as f64;
+            if k % 2 == 0 {
+                even_sums[q] += l as f64;
+            }
+        }
+        job.report(
+            "measuring",
+            ((b + 1) * BATCH).min(pairs.len()) as u64,
+            pairs.len() as u64,
+            "",
+        );
+    }
+    let evens = spec.draws.div_ceil(2) as f64;
+    Ok(Some((
+        sums.iter().map(|s| s / spec.draws as f64).collect(),
+        even_sums.iter().map(|s| s / evens).collect(),
+    )))
+}
+
+/// Forwards a model's training progress as "model i of n" progress of the build.
+struct ModelProgress {
+    outer: Arc<dyn ProgressSink>,
+    done: u64,
+    total: u64,
+    label: String,
+}
+
+impl ProgressSink for ModelProgress {
+    fn update(&self, p: &Progress) {
+        let fraction = if p.total > 0 {
+            p.done as f64 / p.total as f64
+        } else {
+            0.0
+        };
+        // Training takes the first 90% of a model's share of the bar, measuring the rest.
+        let within = if p.stage == "measuring" {
+            0.9 + 0.1 * fraction
+        } else {
+            0.9 * fraction
+        };
+        self.outer.update(&Progress {
+            stage: "ground truth".into(),
+            done: self.done * 1000 + (within * 1000.0) as u64,
+            total: self.total * 1000,
+            message: format!("{}: {} {}", self.label, p.stage, p.message),
+        });
+    }
+}
+
+/// Which top-level fields of two specs differ.
+fn differences(a: &BenchmarkSpec, b: &BenchmarkSpec) -> String {
+    let (a, b) = (
+        serde_json::to_value(a).unwrap_or_default(),
+        serde_json::to_value(b).unwrap_or_default(),
+    );
+    let fields: Vec<String> = a
+        .as_object()
+        .map(|m| {
+            m.keys()
+                .filter(|k| a.get(k.as_str()) != b.get(k.as_str()))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    format!("differs in {}", fields.join(", "))
+}
+
+/// Reads a JSON file; `Ok(None)` when it does not exist.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> BuildResult<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{} is damaged ({e}); delete it to redo that step", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Writes a JSON file atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> BuildResult<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| format!("cannot serialise {}: {e}", path.display()))?;
+    write_atomic(path, &bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_parse_and_partition() {
+        let s: Shard = "2/4".parse().unwrap();
+        assert_eq!(s, Shard { index: 2, count: 4 });
+        assert!(s.owns(6) && !s.owns(7));
+        for bad in ["4/4", "1", "a/2", "0/0"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+    }
+}

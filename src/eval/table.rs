@@ -1,0 +1,309 @@
+//! The evaluation table: every attribution method's LDS against a built ground truth, on the
+//! held-out and the generated queries of one half, with bootstrap intervals and the cost per
+//! query. `retrace eval lds` prints it; the viewer's Evaluation tab reads the file it writes.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::benchmark::{QueryHalf, QueryKind};
+use super::build::GROUND_TRUTH_FILE;
+use super::ground_truth::GroundTruth;
+use super::lds::{Interval, bootstrap, query_lds, random_scores};
+use super::stats::{TopKSpread, top_k, top_k_spread};
+use crate::attribution::{IndexSettings, InfluenceSettings, MethodName, MethodSettings, Query, attribute};
+use crate::data::{DataSpec, Dataset};
+use crate::diffusion::images::bytes_to_unit;
+use crate::diffusion::{Measurement, ModelDir};
+use crate::jobs::JobContext;
+
+/// A built benchmark opened for scoring: its ground truth, full-data model and training data.
+pub struct Benchmark {
+    /// Its directory (`assets/lds` for the bundled one).
+    pub root: PathBuf,
+    /// The ground truth.
+    pub truth: GroundTruth,
+    /// The full-data model the methods attribute.
+    pub model: ModelDir,
+    /// The training data.
+    pub data: Dataset,
+    subsets: Vec<Vec<usize>>,
+}
+
+impl Benchmark {
+    /// The bundled benchmark's directory.
+    pub fn bundled_dir() -> PathBuf {
+        crate::data::bundled_dir().join("lds")
+    }
+
+    /// Opens the benchmark in `root` (`ground-truth.json` and the full-data model in `full/`)
+    /// and loads its training data, checking it is the data the ground truth was built on.
+    pub fn open(root: &Path) -> Result<Self, String> {
+        let truth = GroundTruth::load(&root.join(GROUND_TRUTH_FILE))?;
+        let model = ModelDir::open(&root.join("full")).map_err(|e| e.to_string())?;
+        if model.info.data_hash != truth.spec.data_hash {
+            return Err(format!(
+                "{} was not trained on the benchmark's data ({})",
+                model.root.display(),
+                truth.spec.data
+            ));
+        }
+        let spec: DataSpec = truth.spec.data.parse().map_err(|e| format!("{e}"))?;
+        let data = Dataset::load(&spec).map_err(|e| format!("{e}"))?;
+        truth.spec.check_data(&data)?;
+        let subsets = truth.subsets()?;
+        Ok(Self {
+            root: root.to_owned(),
+            truth,
+            model,
+            data,
+            subsets,
+        })
+    }
+
+    /// Query `q` in the model's format.
+    pub fn query(&self, q: usize) -> Query {
+        let cfg = &self.model.info.unet;
+        let query = &self.truth.queries[q];
+        Query {
+            pixels: bytes_to_unit(&query.pixels),
+            shape: [cfg.image_channels, cfg.sample_size, cfg.sample_size],
+            description: query.describe(),
+        }
+    }
+
+    /// LDS of scores (dataset order) for query `q`.
+    pub fn lds(&self, scores: &[f64], q: usize) -> f64 {
+        query_lds(scores, &self.subsets, &self.truth.mean_losses(q))
+    }
+
+    /// The index settings the evaluation uses: the standard ones, with the query's (t, ε) draws
+    /// shared with the training images or not.
+    pub fn index_settings(&self, shared_noise: bool) -> Result<IndexSettings, String> {
+        let mut settings = IndexSettings::standard(&self.model);
+        settings.plan.shared_noise = shared_noise;
+        settings.relocated()
+    }
+}
+
+/// What a row of the table scores with.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowMethod {
+    /// One of retrace's attribution methods.
+    Attribution(MethodName),
+    /// Independent random scores: the chance level.
+    Random,
+}
+
+/// One row of the table: a method with its settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalRow {
+    /// What scores.
+    pub method: RowMethod,
+    /// K-FAC/EK-FAC settings (the measurement among them).
+    pub influence: InfluenceSettings,
+    /// Whether the query shares the training images' (t, ε) draws.
+    pub shared_noise: bool,
+}
+
+impl EvalRow {
+    /// The row's name: `kfac`, `kfac-elbo`, `retrac`, … with `+shared` when the query shares
+    /// the training images' draws.
+    pub fn label(&self) -> String {
+        let base = match &self.method {
+            RowMethod::Random => return "random".into(),
+            RowMethod::Attribution(MethodName::Pixel) => return "pixel".into(),
+            RowMethod::Attribution(m) => m.name().to_owned(),
+        };
+        let measurement = match (&self.method, self.influence.measurement) {
+            (RowMethod::Attribution(m), Measurement::ElboLoss) if m.is_influence() => "-elbo",
+            (RowMethod::Attribution(m), Measurement::SquareNorm) if m.is_influence() => "-sqnorm",
+            _ => "",
+        };
+        let draws = if self.shared_noise { "+shared" } else { "" };
+        format!("{base}{measurement}{draws}")
+    }
+
+    /// Parses a row name as [`Self::label`] writes it.
+    pub fn parse(name: &str, influence: &InfluenceSettings) -> Result<Self, String> {
+        let (name, shared_noise) = match name.trim().strip_suffix("+shared") {
+            Some(rest) => (rest, true),
+            None => (name.trim(), false),
+        };
+        if name == "random" {
+            return Ok(Self {
+                method: RowMethod::Random,
+                influence: influence.clone(),
+                shared_noise,
+            });
+        }
+        let (base, measurement) = match name.rsplit_once('-') {
+            Some((base, "elbo")) => (base, Measurement::ElboLoss),
+            Some((base, "sqnorm")) => (base, Measurement::SquareNorm),
+            _ => (name, Measurement::Loss),
+        };
+        let method: MethodName = base.parse()?;
+        if measurement != Measurement::Loss && !method.is_influence() {
+            return Err(format!(
+                "{name}: only kfac and ekfac take another measurement than the loss"
+            ));
+        }
+        Ok(Self {
+            method: RowMethod::Attribution(method),
+            influence: InfluenceSettings {
+                measurement,
+                ..influence.clone()
+            },
+            shared_noise,
+        })
+    }
+}
+
+/// One row's result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RowResult {
+    /// The row's name ([`EvalRow::label`]).
+    pub method: String,
+    /// LDS on the held-out queries of the half.
+    pub held_out: Interval,
+    /// LDS on the generated queries of the half.
+    pub generated: Interval,
+    /// Wall-clock seconds per query (index and curvature fit excluded: they are built once).
+    pub seconds_per_query: f64,
+    /// LDS of every query scored, in ground-truth order of the half (held-out, then generated).
+    pub per_query: Vec<f64>,
+    /// Xie et al.'s generally-influential statistic over the generated queries' top-k lists.
+    pub generally_influential: TopKSpread,
+}
+
+/// k of the generally-influential statistic.
+pub const SPREAD_K: usize = 10;
+
+/// The file `retrace eval lds --out` writes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// The benchmark's directory.
+    pub benchmark: String,
+    /// Which half of the queries was scored: `report` (the figures) or `dev` (to tune).
+    pub half: QueryHalf,
+    /// The seed-to-seed Spearman of the ground truth: the ceiling of any method's LDS.
+    pub ceiling: f64,
+    /// One entry per row.
+    pub methods: Vec<RowResult>,
+}
+
+/// Scores `row` on the queries of `half`. `Ok(None)` when cancelled.
+pub fn evaluate_row(
+    bench: &Benchmark,
+    row: &EvalRow,
+    half: QueryHalf,
+    device: &burn::tensor::Device,
+    job: &JobContext,
+) -> Result<Option<RowResult>, String> {
+    let index = bench.index_settings(row.shared_noise)?;
+    let queries: Vec<usize> = QueryKind::ALL
+        .iter()
+        .flat_map(|&kind| bench.truth.query_indices(kind, half))
+        .collect();
+    if let RowMethod::Attribution(m) = row.method
+        && m != MethodName::Pixel
+    {
+        // Build the index (and, for influence functions, the curvature) outside the timing.
+        let warm_up = MethodSettings {
+            methods: vec![m],
+            influence: row.influence.clone(),
+        };
+        if attribute(
+            &bench.model,
+            &bench.data,
+            &bench.query(queries[0]),
+            &warm_up,
+            &index,
+            device,
+            job,
+        )?
+        .is_none()
+        {
+            return Ok(None);
+        }
+    }
+    let started = Instant::now();
+    let mut per_query = Vec::with_capacity(queries.len());
+    let mut generated_top = Vec::new();
+    for (done, &q) in queries.iter().enumerate() {
+        job.report(
+            &row.label(),
+            done as u64,
+            queries.len() as u64,
+            bench.truth.queries[q].describe(),
+        );
+        let scores: Vec<f64> = match &row.method {
+            RowMethod::Random => random_scores(bench.data.len(), q),
+            RowMethod::Attribution(m) => {
+                let request = MethodSettings {
+                    methods: vec![*m],
+                    influence: row.influence.clone(),
+                };
+                let Some(mut result) = attribute(
+                    &bench.model,
+                    &bench.data,
+                    &bench.query(q),
+                    &request,
+                    &index,
+                    device,
+                    job,
+                )?
+                else {
+                    return Ok(None);
+                };
+                let scores = result.pop().ok_or("a method returned no scores")?;
+                scores.totals()
+            }
+        };
+        per_query.push(bench.lds(&scores, q));
+        if bench.truth.queries[q].kind == QueryKind::Generated {
+            generated_top.push(top_k(&scores, SPREAD_K));
+        }
+    }
+    let seconds_per_query = started.elapsed().as_secs_f64() / queries.len().max(1) as f64;
+    let of_kind = |kind: QueryKind| -> Vec<f64> {
+        queries
+            .iter()
+            .zip(&per_query)
+            .filter(|(q, _)| bench.truth.queries[**q].kind == kind)
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    Ok(Some(RowResult {
+        method: row.label(),
+        held_out: bootstrap(&of_kind(QueryKind::HeldOut), 1),
+        generated: bootstrap(&of_kind(QueryKind::Generated), 2),
+        seconds_per_query,
+        per_query,
+        generally_influential: top_k_spread(&generated_top, SPREAD_K),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_names_round_trip() {
+        let influence = InfluenceSettings::default();
+        for name in [
+            "tracin",
+            "retrac+shared",
+            "kfac-elbo",
+            "ekfac-sqnorm+shared",
+            "pixel",
+            "random",
+            "kfac",
+        ] {
+            assert_eq!(EvalRow::parse(name, &influence).unwrap().label(), name);
+        }
+        assert!(EvalRow::parse("tracin-elbo", &influence).is_err());
+        assert!(EvalRow::parse("nope", &influence).is_err());
+    }
+}

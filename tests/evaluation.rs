@@ -1,0 +1,132 @@
+//! The LDS ground-truth build (resumable, shardable) on a miniature benchmark.
+
+mod common;
+
+use std::path::Path;
+
+use common::cpu;
+use retrace::data::Dataset;
+use retrace::diffusion::{ScheduleConfig, UNetConfig};
+use retrace::eval::benchmark::BENCHMARK_FORMAT_VERSION;
+use retrace::eval::{BenchmarkSpec, BenchmarkTraining, GroundTruth, LdsBuild, Shard};
+use retrace::jobs::JobContext;
+
+/// A benchmark small enough to build three times in a test: 24 bundled images, 3 subsets × 2
+/// seeds of the tiny U-Net, 2 + 2 queries.
+fn miniature() -> BenchmarkSpec {
+    let data = Dataset::load(&"bundled?subset=24".parse().unwrap()).unwrap();
+    BenchmarkSpec {
+        format_version: BENCHMARK_FORMAT_VERSION,
+        data: "bundled?subset=24".into(),
+        data_hash: data.content_hash(),
+        data_len: 24,
+        held_out: "bundled?split=test&subset=2".into(),
+        unet: UNetConfig::named("tiny", 1, 28).unwrap(),
+        schedule: ScheduleConfig::default(),
+        training: BenchmarkTraining {
+            learning_rate: 2e-3,
+            warmup_steps: 2,
+            batch_size: 8,
+            weight_decay: 0.0,
+            // 3 steps per epoch on all 24 images, 2 on a subset of 12: 30 and 40 steps, with
+            // progress reported (and so cancellation possible) every 10.
+            full_epochs: 10,
+            subset_epochs: 20,
+            full_seed: 0,
+        },
+        subsets: 3,
+        alpha: 0.5,
+        seeds: vec![0, 1],
+        mask_seed: 5,
+        queries_per_kind: 2,
+        sampler_steps: 4,
+        draws: 6,
+        draw_seed: 1,
+    }
+}
+
+/// Runs (or resumes) a build of `spec` in `dir` with `job` driving the subset models.
+fn build(dir: &Path, spec: &BenchmarkSpec, shard: Shard, job: &JobContext) -> Option<GroundTruth> {
+    let silent = JobContext::silent();
+    let device = cpu();
+    let (prep, spec) = LdsBuild::open(dir, Some(spec), &device, &silent).unwrap();
+    let (data, held_out) = LdsBuild::load_data(&spec).unwrap();
+    let queries = prep.prepare(&spec, &data, &held_out).unwrap().unwrap();
+    let (run, _) = LdsBuild::open(dir, None, &device, job).unwrap();
+    if !run.run_shard(&spec, shard, &data, &queries).unwrap() {
+        return None;
+    }
+    run.assemble(&spec).unwrap()
+}
+
+/// The measured part of a ground truth (timings differ from run to run).
+fn measured(truth: &GroundTruth) -> String {
+    let mut t = truth.clone();
+    t.compute_seconds = 0.0;
+    t.commands.clear();
+    for m in t.models.iter_mut().chain([&mut t.full]) {
+        m.train_seconds = 0.0;
+        m.measure_seconds = 0.0;
+    }
+    serde_json::to_string(&t).unwrap()
+}
+
+#[test]
+fn a_cancelled_and_resumed_or_sharded_build_equals_an_uninterrupted_one() {
+    let spec = miniature();
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = build(&tmp.path().join("whole"), &spec, Shard::ALL, &JobContext::silent()).unwrap();
+    assert_eq!(whole.models.len(), 6);
+    assert_eq!(whole.queries.len(), 4);
+    assert_eq!(whole.masks.len(), 3);
+    assert!(whole.full.losses.iter().all(|l| l.is_finite() && *l > 0.0));
+    // Different subsets and seeds give different losses.
+    assert_ne!(whole.models[0].losses, whole.models[1].losses);
+    assert_ne!(whole.models[0].losses, whole.models[2].losses);
+
+    // Stopped in the middle of the second model's training, then twice more, then resumed.
+    let resumed_dir = tmp.path().join("resumed");
+    for stop_at in [1_500, 3_200, 4_700] {
+        assert!(build(&resumed_dir, &spec, Shard::ALL, &common::job_cancelled_at(stop_at)).is_none());
+    }
+    let partial = std::fs::read_dir(resumed_dir.join("models")).unwrap().count();
+    assert_eq!(partial, 1, "one model was left in training");
+    let resumed = build(&resumed_dir, &spec, Shard::ALL, &JobContext::silent()).unwrap();
+    assert_eq!(measured(&resumed), measured(&whole));
+
+    // Two shards in two directories, merged.
+    let (a, b) = (tmp.path().join("shard0"), tmp.path().join("shard1"));
+    assert!(build(&a, &spec, Shard { index: 0, count: 2 }, &JobContext::silent()).is_none());
+    assert!(build(&b, &spec, Shard { index: 1, count: 2 }, &JobContext::silent()).is_none());
+    let device = cpu();
+    let silent = JobContext::silent();
+    let (merged, spec_a) = LdsBuild::open(&a, None, &device, &silent).unwrap();
+    assert_eq!(merged.measured(&spec_a), 3);
+    assert_eq!(merged.merge_from(&spec_a, &b).unwrap(), 3);
+    let truth = merged.assemble(&spec_a).unwrap().unwrap();
+    assert_eq!(measured(&truth), measured(&whole));
+
+    // The file reads back (as the uninterrupted build's file does: JSON keeps 17 digits, so the
+    // last bit of a loss may differ from memory), and a damaged or foreign one is refused.
+    let path = a.join("ground-truth.json");
+    let whole_file = GroundTruth::load(&tmp.path().join("whole").join("ground-truth.json")).unwrap();
+    let read_back = GroundTruth::load(&path).unwrap();
+    assert_eq!(measured(&read_back), measured(&whole_file));
+    for (a, b) in read_back.models.iter().zip(&whole.models) {
+        for (x, y) in a.losses.iter().zip(&b.losses) {
+            assert!((x - y).abs() <= 1e-15 * y.abs(), "{x} vs {y}");
+        }
+    }
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    let first_mask = &truth.masks[0];
+    text = text.replacen(first_mask.as_str(), &"0".repeat(first_mask.len()), 1);
+    std::fs::write(&path, text).unwrap();
+    let err = GroundTruth::load(&path).unwrap_err();
+    assert!(err.contains("masks"), "{err}");
+    let other = BenchmarkSpec {
+        subsets: 4,
+        ..spec.clone()
+    };
+    let err = LdsBuild::open(&a, Some(&other), &device, &silent).err().unwrap();
+    assert!(err.contains("subsets"), "{err}");
+}
