@@ -61,6 +61,9 @@ enum Command {
         /// Linear learning-rate warm-up steps.
         #[arg(long, default_value_t = 200)]
         warmup: usize,
+        /// Learning rate after the warm-up: constant, or cosine (decays to 0 at the last epoch).
+        #[arg(long, value_enum, default_value = "constant")]
+        lr_schedule: retrace::diffusion::LrSchedule,
         /// AdamW weight decay.
         #[arg(long, default_value_t = 1e-4)]
         weight_decay: f64,
@@ -356,6 +359,7 @@ fn run(cli: Cli) -> Result<()> {
             batch_size,
             lr,
             warmup,
+            lr_schedule,
             weight_decay,
             checkpoint_every,
             seed,
@@ -401,6 +405,7 @@ fn run(cli: Cli) -> Result<()> {
                     train: TrainRecipe {
                         learning_rate: lr,
                         warmup_steps: warmup,
+                        lr_schedule,
                         batch_size,
                         weight_decay,
                         seed,

@@ -35,6 +35,7 @@ pub fn tiny_model_dir(root: &Path, data: &Dataset, batch_size: usize, checkpoint
         train: TrainRecipe {
             learning_rate: 2e-3,
             warmup_steps: 5,
+            lr_schedule: Default::default(),
             batch_size,
             weight_decay: 0.0,
             seed: 7,

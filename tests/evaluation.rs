@@ -26,6 +26,7 @@ fn miniature() -> BenchmarkSpec {
         training: BenchmarkTraining {
             learning_rate: 2e-3,
             warmup_steps: 2,
+            lr_schedule: retrace::diffusion::LrSchedule::Cosine,
             batch_size: 8,
             weight_decay: 0.0,
             // 3 steps per epoch on all 24 images, 2 on a subset of 12: 30 and 40 steps, with

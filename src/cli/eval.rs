@@ -38,6 +38,28 @@ pub enum EvalCommand {
         #[arg(long = "from", required = true)]
         from: Vec<PathBuf>,
     },
+    /// Retrain without each query's top-k training images per method (and without k random
+    /// ones) and report how much the query's loss rises.
+    RemoveTopk(RemoveTopkArgs),
+    /// Xie et al.'s "generally influential" statistic: how many distinct training images fill
+    /// the top-k of every generated query, and how concentrated they are.
+    Overlap {
+        /// Benchmark directory (default: the bundled benchmark).
+        #[arg(long)]
+        benchmark: Option<PathBuf>,
+        /// Methods.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "tracin,retrac,retrac-bucket,kfac,ekfac,pixel,random"
+        )]
+        methods: Vec<String>,
+        /// Length of every top list.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        #[command(flatten)]
+        influence: crate::InfluenceArgs,
+    },
     /// Score attribution methods against a ground truth (default: the bundled benchmark) and
     /// print LDS on held-out and generated queries with bootstrap 95% intervals.
     Lds {
@@ -58,6 +80,34 @@ pub enum EvalCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// Arguments of `retrace eval remove-topk`.
+#[derive(Args)]
+pub struct RemoveTopkArgs {
+    /// Benchmark directory (default: the bundled benchmark).
+    #[arg(long)]
+    benchmark: Option<PathBuf>,
+    /// Training images removed per query.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Methods whose top-k are removed; `random` removes k random images.
+    #[arg(long, value_delimiter = ',', default_value = "tracin,retrac,kfac,pixel,random")]
+    methods: Vec<String>,
+    /// Queries of each kind, the first of the reported half.
+    #[arg(long, default_value_t = 2)]
+    queries: usize,
+    /// Training seeds per retrained model.
+    #[arg(long, default_value_t = 2)]
+    seeds: u64,
+    /// Work directory (models in training and one result per model; resumable).
+    #[arg(long)]
+    work: Option<PathBuf>,
+    #[command(flatten)]
+    influence: crate::InfluenceArgs,
+    /// Write the report as JSON.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// The rows `retrace eval lds` scores by default.
@@ -90,6 +140,10 @@ pub struct BuildLdsArgs {
     /// Linear warm-up steps.
     #[arg(long, default_value_t = 50)]
     warmup: usize,
+    /// Learning rate after the warm-up: cosine (decays to 0, so the final weights depend less
+    /// on the last batches and seeds agree more) or constant.
+    #[arg(long, value_enum, default_value = "cosine")]
+    lr_schedule: retrace::diffusion::LrSchedule,
     /// AdamW weight decay.
     #[arg(long, default_value_t = 1e-4)]
     weight_decay: f64,
@@ -141,6 +195,7 @@ impl BuildLdsArgs {
             training: BenchmarkTraining {
                 learning_rate: self.lr,
                 warmup_steps: self.warmup,
+                lr_schedule: self.lr_schedule,
                 batch_size: self.batch_size,
                 weight_decay: self.weight_decay,
                 full_epochs: self.epochs,
@@ -173,6 +228,13 @@ pub fn run(command: EvalCommand, device: &ComputeDevice, job: &JobContext) -> Re
             influence,
             out,
         } => lds(benchmark, &methods, half, &influence.settings(), out, device, job),
+        EvalCommand::RemoveTopk(args) => remove_topk(args, device, job),
+        EvalCommand::Overlap {
+            benchmark,
+            methods,
+            k,
+            influence,
+        } => overlap(benchmark, &methods, k, &influence.settings(), device, job),
     }
 }
 
@@ -280,13 +342,9 @@ fn lds(
     device: &ComputeDevice,
     job: &JobContext,
 ) -> Result<()> {
-    let root = benchmark.unwrap_or_else(Benchmark::bundled_dir);
-    let rows = methods
-        .iter()
-        .map(|m| EvalRow::parse(m, influence))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!(e))?;
-    let bench = Benchmark::open(&root).map_err(|e| anyhow!(e))?;
+    let rows = parse_rows(methods, influence)?;
+    let bench = open_benchmark(benchmark)?;
+    let root = bench.root.clone();
     let ceiling = bench.truth.quality.seed_spearman;
     eprintln!(
         "benchmark {}: {} training images, {} subsets × {} seeds, ceiling {ceiling:.3}",
@@ -329,6 +387,111 @@ fn lds(
     }
     if let Some(path) = &out {
         println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn open_benchmark(benchmark: Option<PathBuf>) -> Result<Benchmark> {
+    let root = benchmark.unwrap_or_else(Benchmark::bundled_dir);
+    let bench = Benchmark::open(&root).map_err(|e| anyhow!(e))?;
+    if bench.is_partial().map_err(|e| anyhow!(e))? {
+        eprintln!(
+            "warning: the ground truth is still being built; using the {} subsets measured so far",
+            bench.truth.spec.subsets
+        );
+    }
+    Ok(bench)
+}
+
+fn parse_rows(methods: &[String], influence: &InfluenceSettings) -> Result<Vec<EvalRow>> {
+    methods
+        .iter()
+        .map(|m| EvalRow::parse(m, influence))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!(e))
+}
+
+fn remove_topk(args: RemoveTopkArgs, device: &ComputeDevice, job: &JobContext) -> Result<()> {
+    let rows = parse_rows(&args.methods, &args.influence.settings())?;
+    let bench = open_benchmark(args.benchmark)?;
+    let queries: Vec<usize> = retrace::eval::QueryKind::ALL
+        .iter()
+        .flat_map(|&kind| {
+            bench
+                .truth
+                .query_indices(kind, QueryHalf::Report)
+                .into_iter()
+                .take(args.queries)
+        })
+        .collect();
+    let plan = retrace::eval::remove_topk::RemovalPlan {
+        k: args.k,
+        queries,
+        seeds: (0..args.seeds).collect(),
+        rows,
+    };
+    let work = args.work.unwrap_or_else(|| bench.root.join("remove-topk"));
+    let Some(report) =
+        retrace::eval::remove_topk::remove_top_k(&bench, &plan, &work, &device.device, job).map_err(|e| anyhow!(e))?
+    else {
+        bail!("stopped; run the same command again to resume");
+    };
+    job.progress.update(&Default::default());
+    println!(
+        "query-loss increase after retraining without the top {} ({} queries × {} seeds):",
+        report.k,
+        report.queries.len(),
+        report.seeds.len()
+    );
+    for row in &report.rows {
+        println!(
+            "{:<20} {:+.5} [{:+.5}, {:+.5}]  ({:+.1}%)",
+            row.method,
+            row.increase.lds,
+            row.increase.ci95[0],
+            row.increase.ci95[1],
+            100.0 * row.relative_increase
+        );
+    }
+    if let Some(path) = &args.out {
+        retrace::eval::build::write_json(path, &report).map_err(|e| anyhow!(e))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn overlap(
+    benchmark: Option<PathBuf>,
+    methods: &[String],
+    k: usize,
+    influence: &InfluenceSettings,
+    device: &ComputeDevice,
+    job: &JobContext,
+) -> Result<()> {
+    let rows = parse_rows(methods, influence)?;
+    let bench = open_benchmark(benchmark)?;
+    let generated: Vec<usize> = [QueryHalf::Dev, QueryHalf::Report]
+        .iter()
+        .flat_map(|&h| bench.truth.query_indices(retrace::eval::QueryKind::Generated, h))
+        .collect();
+    println!("top-{k} lists of {} generated queries:", generated.len());
+    for row in &rows {
+        let mut lists = Vec::new();
+        for &q in &generated {
+            let Some(scores) = bench.scores(row, q, &device.device, job).map_err(|e| anyhow!(e))? else {
+                bail!("cancelled");
+            };
+            lists.push(retrace::eval::stats::top_k(&scores, k));
+        }
+        let spread = retrace::eval::stats::top_k_spread(&lists, k);
+        job.progress.update(&Default::default());
+        println!(
+            "{:<20} {:>4} distinct of {:>4} slots; the 10 most frequent fill {:.0}%",
+            row.label(),
+            spread.distinct,
+            spread.queries * k,
+            100.0 * spread.top10_share
+        );
     }
     Ok(())
 }

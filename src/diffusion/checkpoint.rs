@@ -74,6 +74,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
+/// How the learning rate moves after the warm-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The peak learning rate to the end.
+    #[default]
+    Constant,
+    /// A cosine decay from the peak to 0 at the last planned step (so the final weights depend
+    /// less on the last batches' noise; the planned length is then part of the recipe).
+    Cosine,
+}
+
 /// How the model was trained, as recorded in `model.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainRecipe {
@@ -81,6 +93,9 @@ pub struct TrainRecipe {
     pub learning_rate: f64,
     /// Linear warm-up steps.
     pub warmup_steps: usize,
+    /// The learning rate after the warm-up (constant when absent, as in older files).
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
     /// Examples per step.
     pub batch_size: usize,
     /// AdamW weight decay.

@@ -9,7 +9,7 @@ pub mod schedule;
 pub mod train;
 pub mod unet;
 
-pub use checkpoint::{CheckpointEntry, CheckpointError, CheckpointState, ModelDir, ModelInfo, TrainRecipe};
+pub use checkpoint::{CheckpointEntry, CheckpointError, CheckpointState, LrSchedule, ModelDir, ModelInfo, TrainRecipe};
 pub use measure::Measurement;
 pub use sampler::{SampleStep, SamplerConfig, SamplerKind, sample};
 pub use schedule::{Schedule, ScheduleConfig};

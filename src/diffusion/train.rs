@@ -11,7 +11,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::checkpoint::{CheckpointError, CheckpointState, ModelDir};
+use super::checkpoint::{CheckpointError, CheckpointState, LrSchedule, ModelDir, TrainRecipe};
 use super::images::batch_tensor;
 use super::noise::{below, gaussian, permutation, stream};
 use super::{Schedule, UNet};
@@ -62,12 +62,20 @@ pub enum TrainError {
     },
 }
 
-/// Learning rate at `step`: linear warm-up to `peak`, then constant.
-pub fn learning_rate(peak: f64, warmup: usize, step: usize) -> f64 {
-    if warmup == 0 || step >= warmup {
-        peak
-    } else {
-        peak * (step + 1) as f64 / warmup as f64
+/// Learning rate of `recipe` at `step` of a run of `total` steps: linear warm-up to the peak,
+/// then constant, or a cosine decay to 0 at `total` ([`LrSchedule`]).
+pub fn learning_rate(recipe: &TrainRecipe, step: usize, total: usize) -> f64 {
+    let (peak, warmup) = (recipe.learning_rate, recipe.warmup_steps);
+    if warmup > 0 && step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    match recipe.lr_schedule {
+        LrSchedule::Constant => peak,
+        LrSchedule::Cosine => {
+            let span = total.saturating_sub(warmup).max(1) as f64;
+            let progress = (step.saturating_sub(warmup) as f64 / span).min(1.0);
+            peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        }
     }
 }
 
@@ -188,7 +196,7 @@ pub fn train(
             return Err(TrainError::Diverged { step, loss: loss_value });
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let lr = learning_rate(recipe.learning_rate, recipe.warmup_steps, step);
+        let lr = learning_rate(recipe, step, total);
         model = optim.step(lr, model, grads);
         step += 1;
         window_loss += loss_value;
@@ -206,7 +214,7 @@ pub fn train(
             let state = checkpoint_state(
                 step,
                 per_epoch,
-                learning_rate(recipe.learning_rate, recipe.warmup_steps, step.saturating_sub(1)),
+                learning_rate(recipe, step.saturating_sub(1), total),
                 window_loss / window_n.max(1) as f64,
             );
             dir.save(&model.valid(), Some(&optim), state)?;
@@ -218,7 +226,7 @@ pub fn train(
         let state = checkpoint_state(
             step,
             per_epoch,
-            learning_rate(recipe.learning_rate, recipe.warmup_steps, step - 1),
+            learning_rate(recipe, step - 1, total),
             window_loss / window_n.max(1) as f64,
         );
         dir.save(&model.valid(), Some(&optim), state)?;
@@ -239,5 +247,32 @@ fn checkpoint_state(step: usize, per_epoch: usize, learning_rate: f64, loss: f64
         learning_rate,
         loss,
         weights_sha256: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learning_rates_warm_up_then_hold_or_decay_to_zero() {
+        let mut recipe = TrainRecipe {
+            learning_rate: 1e-3,
+            warmup_steps: 10,
+            lr_schedule: LrSchedule::Constant,
+            batch_size: 1,
+            weight_decay: 0.0,
+            seed: 0,
+            checkpoint_every: 1,
+            command: String::new(),
+        };
+        assert!((learning_rate(&recipe, 0, 100) - 1e-4).abs() < 1e-15);
+        assert_eq!(learning_rate(&recipe, 99, 100), 1e-3);
+        recipe.lr_schedule = LrSchedule::Cosine;
+        assert_eq!(learning_rate(&recipe, 10, 100), 1e-3);
+        assert!((learning_rate(&recipe, 55, 100) - 5e-4).abs() < 1e-12);
+        assert!(learning_rate(&recipe, 100, 100).abs() < 1e-15);
+        let rates: Vec<f64> = (10..100).map(|s| learning_rate(&recipe, s, 100)).collect();
+        assert!(rates.windows(2).all(|w| w[1] <= w[0]));
     }
 }

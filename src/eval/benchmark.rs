@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
 use crate::diffusion::noise::{below, gaussian, permutation, stream};
-use crate::diffusion::{ScheduleConfig, TrainRecipe, UNetConfig};
+use crate::diffusion::{LrSchedule, ScheduleConfig, TrainRecipe, UNetConfig};
 
 /// Version of the benchmark and ground-truth files; bumped on incompatible changes.
 pub const BENCHMARK_FORMAT_VERSION: u32 = 1;
@@ -24,6 +24,8 @@ pub struct BenchmarkTraining {
     pub learning_rate: f64,
     /// Linear warm-up steps.
     pub warmup_steps: usize,
+    /// Learning rate after the warm-up.
+    pub lr_schedule: LrSchedule,
     /// Examples per step.
     pub batch_size: usize,
     /// AdamW weight decay.
@@ -139,6 +141,7 @@ impl BenchmarkSpec {
         TrainRecipe {
             learning_rate: t.learning_rate,
             warmup_steps: t.warmup_steps,
+            lr_schedule: t.lr_schedule,
             batch_size: t.batch_size,
             weight_decay: t.weight_decay,
             seed,
@@ -298,6 +301,7 @@ mod tests {
             training: BenchmarkTraining {
                 learning_rate: 1e-3,
                 warmup_steps: 0,
+                lr_schedule: LrSchedule::Cosine,
                 batch_size: 4,
                 weight_decay: 0.0,
                 full_epochs: 1,

@@ -5,7 +5,7 @@
 //! A build directory holds:
 //! ```text
 //! benchmark.json        the specification (every other file follows from it)
-//! commands.json         the command lines that worked on this directory
+//! commands/             the command lines that worked on this directory, one file each
 //! full/                 the full-data model (a model directory)
 //! queries.json          the queries, as image bytes
 //! results/full.json     the full-data model's measurement
@@ -37,7 +37,7 @@ use crate::jobs::{JobContext, Progress, ProgressSink};
 pub const BENCHMARK_FILE: &str = "benchmark.json";
 /// The merged ground truth.
 pub const GROUND_TRUTH_FILE: &str = "ground-truth.json";
-const COMMANDS_FILE: &str = "commands.json";
+const COMMANDS_DIR: &str = "commands";
 const QUERIES_FILE: &str = "queries.json";
 
 /// One of `count` shards (0-based `index`), written `i/N` on the command line.
@@ -130,20 +130,21 @@ impl<'a> LdsBuild<'a> {
         Ok((build, spec))
     }
 
-    /// Records the current command line in `commands.json` (once).
+    /// Records a command line that worked on this build: one file per distinct command under
+    /// `commands/`, so shards running at once never overwrite each other's.
     pub fn record_command(&self, command: &str) -> BuildResult<()> {
-        let path = self.dir.join(COMMANDS_FILE);
-        let mut commands: Vec<String> = read_json(&path)?.unwrap_or_default();
-        if !commands.iter().any(|c| c == command) {
-            commands.push(command.to_owned());
-            write_json(&path, &commands)?;
+        let digest = crate::diffusion::checkpoint::sha256(command.as_bytes());
+        let dir = self.dir.join(COMMANDS_DIR);
+        let path = dir.join(format!("{}.txt", &digest[..16]));
+        if !path.is_file() {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            write_atomic(&path, command.as_bytes()).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
 
     fn result_path(&self, key: Option<ModelKey>) -> PathBuf {
-        let stem = key.map_or_else(|| "full".to_owned(), |k| k.stem());
-        self.dir.join("results").join(format!("{stem}.json"))
+        LdsBuildDir(&self.dir).result_path(key)
     }
 
     /// Loads the training data and the held-out images and checks the data is the benchmark's.
@@ -249,7 +250,7 @@ impl<'a> LdsBuild<'a> {
 
     /// Trains (or finishes training) the model in `root`. Returns the model, this invocation's
     /// training seconds and the final training loss; `Ok(None)` when cancelled.
-    fn train_model(
+    pub(crate) fn train_model(
         &self,
         root: &Path,
         info: ModelInfo,
@@ -272,14 +273,27 @@ impl<'a> LdsBuild<'a> {
         } else {
             ModelDir::create(root, info).map_err(|e| e.to_string())?
         };
-        let resume = dir.latest().map_err(|e| e.to_string())?.is_some();
-        let outcome =
-            train(&dir, data, &TrainLength { epochs }, resume, self.device, self.job).map_err(|e| e.to_string())?;
-        if outcome.cancelled {
-            return Ok(None);
+        let latest = dir.latest().map_err(|e| e.to_string())?;
+        let total_steps = data.len().div_ceil(dir.info.train.batch_size) * epochs;
+        let mut seconds = 0.0;
+        // A finished model is only loaded (a bundled one keeps no optimizer state to resume).
+        if latest.as_ref().is_none_or(|l| l.state.step < total_steps) {
+            let outcome = train(
+                &dir,
+                data,
+                &TrainLength { epochs },
+                latest.is_some(),
+                self.device,
+                self.job,
+            )
+            .map_err(|e| e.to_string())?;
+            if outcome.cancelled {
+                return Ok(None);
+            }
+            seconds = outcome.seconds;
         }
         let (net, entry) = dir.load_latest(self.device).map_err(|e| e.to_string())?;
-        Ok(Some((net, outcome.seconds, entry.state.loss)))
+        Ok(Some((net, seconds, entry.state.loss)))
     }
 
     /// Measures `net` on every query: the mean loss over the benchmark's draws (and over the
@@ -294,7 +308,8 @@ impl<'a> LdsBuild<'a> {
         final_train_loss: f64,
     ) -> BuildResult<Option<ModelResult>> {
         let started = Instant::now();
-        let Some((losses, even_losses)) = measure_losses(spec, net, queries, self.device, self.job)? else {
+        let all: Vec<usize> = (0..queries.len()).collect();
+        let Some((losses, even_losses)) = measure_losses(spec, net, queries, &all, self.device, self.job)? else {
             return Ok(None);
         };
         Ok(Some(ModelResult {
@@ -413,12 +428,13 @@ impl<'a> LdsBuild<'a> {
             write_json(&dst, &result)?;
             copied += 1;
         }
-        for name in [QUERIES_FILE, COMMANDS_FILE] {
-            let (src, dst) = (other.join(name), self.dir.join(name));
-            if src.is_file() && !dst.is_file() {
-                let bytes = std::fs::read(&src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
-                write_atomic(&dst, &bytes).map_err(|e| e.to_string())?;
-            }
+        let (src, dst) = (other.join(QUERIES_FILE), self.dir.join(QUERIES_FILE));
+        if src.is_file() && !dst.is_file() {
+            let bytes = std::fs::read(&src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+            write_atomic(&dst, &bytes).map_err(|e| e.to_string())?;
+        }
+        for command in recorded_commands(other)? {
+            self.record_command(&command)?;
         }
         Ok(copied)
     }
@@ -433,27 +449,87 @@ impl<'a> LdsBuild<'a> {
 
     /// Writes `ground-truth.json` once every model is measured; `Ok(None)` while some are not.
     pub fn assemble(&self, spec: &BenchmarkSpec) -> BuildResult<Option<GroundTruth>> {
-        let mut models = Vec::new();
-        for key in spec.models() {
-            match read_json::<ModelResult>(&self.result_path(Some(key)))? {
-                Some(r) => models.push(r),
-                None => return Ok(None),
-            }
-        }
-        let Some(full) = read_json::<ModelResult>(&self.result_path(None))? else {
+        let Some(truth) = collect(&self.dir, spec)? else {
             return Ok(None);
         };
-        let queries: Vec<BenchmarkQuery> =
-            read_json(&self.dir.join(QUERIES_FILE))?.ok_or("the queries were never drawn (run build-lds first)")?;
-        let commands: Vec<String> = read_json(&self.dir.join(COMMANDS_FILE))?.unwrap_or_default();
-        let truth = GroundTruth::assemble(spec.clone(), commands, queries, full, models)?;
         write_json(&self.dir.join(GROUND_TRUTH_FILE), &truth)?;
         Ok(Some(truth))
     }
 }
 
+/// The ground truth of the models measured so far in the build directory `dir`: the subsets
+/// 0..M' whose every seed is measured (M' ≥ 2), as if the benchmark had M' subsets. A preview
+/// while a build runs; its spec says how many subsets it holds.
+pub fn partial_ground_truth(dir: &Path) -> BuildResult<GroundTruth> {
+    let spec: BenchmarkSpec =
+        read_json(&dir.join(BENCHMARK_FILE))?.ok_or_else(|| format!("{} holds no {BENCHMARK_FILE}", dir.display()))?;
+    let build = |subset| LdsBuildDir(dir).result_path(Some(subset)).is_file();
+    let complete = (0..spec.subsets)
+        .take_while(|&m| spec.seeds.iter().all(|&seed| build(ModelKey { subset: m, seed })))
+        .count();
+    if complete < 2 {
+        return Err(format!(
+            "{} holds {complete} fully measured subset(s); LDS needs at least 2",
+            dir.display()
+        ));
+    }
+    let prefix = BenchmarkSpec {
+        subsets: complete,
+        ..spec
+    };
+    collect(dir, &prefix)?.ok_or_else(|| format!("{}: the full-data model is not measured yet", dir.display()))
+}
+
+/// Paths inside a build directory.
+struct LdsBuildDir<'a>(&'a Path);
+
+impl LdsBuildDir<'_> {
+    fn result_path(&self, key: Option<ModelKey>) -> PathBuf {
+        let stem = key.map_or_else(|| "full".to_owned(), |k| k.stem());
+        self.0.join("results").join(format!("{stem}.json"))
+    }
+}
+
+/// Every result of `spec`'s models in `dir` as a ground truth; `Ok(None)` while some are missing.
+fn collect(dir: &Path, spec: &BenchmarkSpec) -> BuildResult<Option<GroundTruth>> {
+    let paths = LdsBuildDir(dir);
+    let mut models = Vec::new();
+    for key in spec.models() {
+        match read_json::<ModelResult>(&paths.result_path(Some(key)))? {
+            Some(r) => models.push(r),
+            None => return Ok(None),
+        }
+    }
+    let Some(full) = read_json::<ModelResult>(&paths.result_path(None))? else {
+        return Ok(None);
+    };
+    let queries: Vec<BenchmarkQuery> =
+        read_json(&dir.join(QUERIES_FILE))?.ok_or("the queries were never drawn (run build-lds first)")?;
+    let commands = recorded_commands(dir)?;
+    GroundTruth::assemble(spec.clone(), commands, queries, full, models).map(Some)
+}
+
+/// Every command line recorded in the build directory `dir`, sorted.
+pub fn recorded_commands(dir: &Path) -> BuildResult<Vec<String>> {
+    let dir = dir.join(COMMANDS_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| format!("cannot read {}: {e}", dir.display()))?.path();
+        if path.extension().is_some_and(|e| e == "txt") {
+            out.push(std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// `model.json` of a benchmark model trained on `data` with `seed`.
-fn model_info(spec: &BenchmarkSpec, data: &Dataset, seed: u64, what: &str) -> ModelInfo {
+pub(crate) fn model_info(spec: &BenchmarkSpec, data: &Dataset, seed: u64, what: &str) -> ModelInfo {
     ModelInfo {
         format_version: FORMAT_VERSION,
         unet: spec.unet.clone(),
@@ -466,22 +542,25 @@ fn model_info(spec: &BenchmarkSpec, data: &Dataset, seed: u64, what: &str) -> Mo
     }
 }
 
-/// The mean loss of every query under the benchmark's draws, and the mean over the
-/// even-numbered draws alone. `Ok(None)` when cancelled.
+/// The mean loss of queries `which` (indices into `queries`, which key their draws) under the
+/// benchmark's draws, and the mean over the even-numbered draws alone, in the order of `which`.
+/// `Ok(None)` when cancelled.
 pub fn measure_losses(
     spec: &BenchmarkSpec,
     net: &UNet,
     queries: &[BenchmarkQuery],
+    which: &[usize],
     device: &Device,
     job: &JobContext,
 ) -> BuildResult<Option<(Vec<f64>, Vec<f64>)>> {
-    const BATCH: usize = 256;
+    const BATCH: usize = 64;
     let schedule = Schedule::new(&spec.schedule);
     let cfg = &spec.unet;
     let pixels = cfg.image_channels * cfg.sample_size * cfg.sample_size;
-    let (mut sums, mut even_sums) = (vec![0.0f64; queries.len()], vec![0.0f64; queries.len()]);
-    let pairs: Vec<(usize, usize)> = (0..queries.len())
-        .flat_map(|q| (0..spec.draws).map(move |k| (q, k)))
+    let (mut sums, mut even_sums) = (vec![0.0f64; which.len()], vec![0.0f64; which.len()]);
+    // (slot in `which`, draw) pairs.
+    let pairs: Vec<(usize, usize)> = (0..which.len())
+        .flat_map(|slot| (0..spec.draws).map(move |k| (slot, k)))
         .collect();
     let mut draws_of = (usize::MAX, Vec::new());
     for (b, chunk) in pairs.chunks(BATCH).enumerate() {
@@ -489,7 +568,8 @@ pub fn measure_losses(
             return Ok(None);
         }
         let (mut x0, mut noise, mut ts) = (Vec::new(), Vec::new(), Vec::new());
-        for &(q, k) in chunk {
+        for &(slot, k) in chunk {
+            let q = *which.get(slot).filter(|&&q| q < queries.len()).ok_or("no such query")?;
             if queries[q].pixels.len() != pixels {
                 return Err(format!(
                     "query {q} has {} values, not {pixels}",
@@ -513,10 +593,10 @@ pub fn measure_losses(
             .into_data()
             .try_to_vec::<f32>()
             .map_err(|e| format!("cannot read losses back from the device: {e:?}"))?;
-        for (&(q, k), &l) in chunk.iter().zip(&losses) {
-            sums[q] += l as f64;
+        for (&(slot, k), &l) in chunk.iter().zip(&losses) {
+            sums[slot] += l as f64;
             if k % 2 == 0 {
-                even_sums[q] += l as f64;
+                even_sums[slot] += l as f64;
             }
         }
         job.report(

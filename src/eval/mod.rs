@@ -5,6 +5,7 @@ pub mod benchmark;
 pub mod build;
 pub mod ground_truth;
 pub mod lds;
+pub mod remove_topk;
 pub mod stats;
 pub mod table;
 

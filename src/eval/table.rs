@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::benchmark::{QueryHalf, QueryKind};
-use super::build::GROUND_TRUTH_FILE;
+use super::build::{BENCHMARK_FILE, GROUND_TRUTH_FILE, partial_ground_truth};
 use super::ground_truth::GroundTruth;
 use super::lds::{Interval, bootstrap, query_lds, random_scores};
 use super::stats::{TopKSpread, top_k, top_k_spread};
@@ -38,9 +38,16 @@ impl Benchmark {
     }
 
     /// Opens the benchmark in `root` (`ground-truth.json` and the full-data model in `full/`)
-    /// and loads its training data, checking it is the data the ground truth was built on.
+    /// and loads its training data, checking it is the data the ground truth was built on. A
+    /// build still in progress (no `ground-truth.json` yet) opens with the subsets measured so
+    /// far ([`partial_ground_truth`]); [`Self::is_partial`] says so.
     pub fn open(root: &Path) -> Result<Self, String> {
-        let truth = GroundTruth::load(&root.join(GROUND_TRUTH_FILE))?;
+        let file = root.join(GROUND_TRUTH_FILE);
+        let truth = if file.is_file() {
+            GroundTruth::load(&file)?
+        } else {
+            partial_ground_truth(root)?
+        };
         let model = ModelDir::open(&root.join("full")).map_err(|e| e.to_string())?;
         if model.info.data_hash != truth.spec.data_hash {
             return Err(format!(
@@ -62,6 +69,13 @@ impl Benchmark {
         })
     }
 
+    /// True when the ground truth holds fewer subsets than its benchmark asks for (a build in
+    /// progress).
+    pub fn is_partial(&self) -> Result<bool, String> {
+        let spec: Option<super::BenchmarkSpec> = super::build::read_json(&self.root.join(BENCHMARK_FILE))?;
+        Ok(spec.is_some_and(|s| s.subsets > self.truth.spec.subsets))
+    }
+
     /// Query `q` in the model's format.
     pub fn query(&self, q: usize) -> Query {
         let cfg = &self.model.info.unet;
@@ -71,6 +85,31 @@ impl Benchmark {
             shape: [cfg.image_channels, cfg.sample_size, cfg.sample_size],
             description: query.describe(),
         }
+    }
+
+    /// The total score of every training image (dataset order) for query `q` under `row`.
+    /// `Ok(None)` when cancelled.
+    pub fn scores(
+        &self,
+        row: &EvalRow,
+        q: usize,
+        device: &burn::tensor::Device,
+        job: &JobContext,
+    ) -> Result<Option<Vec<f64>>, String> {
+        let method = match &row.method {
+            RowMethod::Random => return Ok(Some(random_scores(self.data.len(), q))),
+            RowMethod::Attribution(m) => *m,
+        };
+        let request = MethodSettings {
+            methods: vec![method],
+            influence: row.influence.clone(),
+        };
+        let index = self.index_settings(row.shared_noise)?;
+        let Some(mut result) = attribute(&self.model, &self.data, &self.query(q), &request, &index, device, job)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(result.pop().ok_or("a method returned no scores")?.totals()))
     }
 
     /// LDS of scores (dataset order) for query `q`.
@@ -201,32 +240,16 @@ pub fn evaluate_row(
     device: &burn::tensor::Device,
     job: &JobContext,
 ) -> Result<Option<RowResult>, String> {
-    let index = bench.index_settings(row.shared_noise)?;
     let queries: Vec<usize> = QueryKind::ALL
         .iter()
         .flat_map(|&kind| bench.truth.query_indices(kind, half))
         .collect();
-    if let RowMethod::Attribution(m) = row.method
-        && m != MethodName::Pixel
-    {
-        // Build the index (and, for influence functions, the curvature) outside the timing.
-        let warm_up = MethodSettings {
-            methods: vec![m],
-            influence: row.influence.clone(),
-        };
-        if attribute(
-            &bench.model,
-            &bench.data,
-            &bench.query(queries[0]),
-            &warm_up,
-            &index,
-            device,
-            job,
-        )?
-        .is_none()
-        {
-            return Ok(None);
-        }
+    let Some(&first) = queries.first() else {
+        return Err("the benchmark has no query in this half".into());
+    };
+    // Build the index (and, for influence functions, the curvature) outside the timing.
+    if bench.scores(row, first, device, job)?.is_none() {
+        return Ok(None);
     }
     let started = Instant::now();
     let mut per_query = Vec::with_capacity(queries.len());
@@ -238,28 +261,8 @@ pub fn evaluate_row(
             queries.len() as u64,
             bench.truth.queries[q].describe(),
         );
-        let scores: Vec<f64> = match &row.method {
-            RowMethod::Random => random_scores(bench.data.len(), q),
-            RowMethod::Attribution(m) => {
-                let request = MethodSettings {
-                    methods: vec![*m],
-                    influence: row.influence.clone(),
-                };
-                let Some(mut result) = attribute(
-                    &bench.model,
-                    &bench.data,
-                    &bench.query(q),
-                    &request,
-                    &index,
-                    device,
-                    job,
-                )?
-                else {
-                    return Ok(None);
-                };
-                let scores = result.pop().ok_or("a method returned no scores")?;
-                scores.totals()
-            }
+        let Some(scores) = bench.scores(row, q, device, job)? else {
+            return Ok(None);
         };
         per_query.push(bench.lds(&scores, q));
         if bench.truth.queries[q].kind == QueryKind::Generated {
