@@ -43,6 +43,39 @@ fn session(root: &std::path::Path) -> Session {
     }
 }
 
+/// An evaluation table with three rows, as `retrace eval lds --out` writes them.
+fn evaluation_table() -> retrace::eval::table::EvalReport {
+    use retrace::eval::lds::Interval;
+    let interval = |v: f64| Interval {
+        lds: v,
+        ci95: [v - 0.1, v + 0.1],
+        queries: 16,
+    };
+    let row = |name: &str, held_out: f64, generated: f64| retrace::eval::table::RowResult {
+        method: name.into(),
+        held_out: interval(held_out),
+        generated: interval(generated),
+        seconds_per_query: 0.5,
+        per_query: Vec::new(),
+        generally_influential: retrace::eval::stats::TopKSpread {
+            k: 10,
+            queries: 16,
+            distinct: 100,
+            top10_share: 0.2,
+        },
+    };
+    retrace::eval::table::EvalReport {
+        benchmark: "test".into(),
+        half: retrace::eval::QueryHalf::Report,
+        ceiling: 0.6,
+        methods: vec![
+            row("retrac+shared", 0.41, 0.12),
+            row("kfac+shared", 0.35, 0.05),
+            row("pixel", 0.1, 0.0),
+        ],
+    }
+}
+
 /// Steps the UI until the job in flight has ended (or fails the test after `limit`).
 fn until_idle(harness: &mut Harness<'_, RetraceApp>, limit: Duration) {
     let start = Instant::now();
@@ -126,6 +159,17 @@ fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
     harness.get_by_label("Agreement");
     harness.get_by_label("retrac / kfac");
     harness.get_by_label_contains("Labels among each method's top");
+    // Compare and the Evaluation tab read the evaluation table (here a made-up one; the
+    // session's index shares the query's draws, so the `+shared` rows are its methods').
+    harness.state_mut().evaluation = Some(Ok(evaluation_table()));
+    harness.run_steps(3);
+    harness.get_by_label("retrac (LDS 0.41 / 0.12)");
+    harness.get_by_label("Evaluation").click();
+    harness.run_steps(3);
+    harness.get_by_label("LDS held-out");
+    harness.get_by_label("kfac+shared");
+    harness.get_by_label("[0.310, 0.510]");
+    harness.get_by_label_contains("ceiling: seed-to-seed Spearman 0.600");
     harness.get_by_label("Ranking").click();
     harness.run_steps(3);
     // The report holds the query and each side's images, inlined, and the method's name.

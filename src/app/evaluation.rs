@@ -26,11 +26,14 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     if app.evaluation.is_none() {
         app.evaluation = Some(load_report(&bundled_results_path()));
     }
-    let report = match app.evaluation.as_ref() {
-        Some(Ok(report)) => report.clone(),
+    let report = match app.evaluation.clone() {
+        Some(Ok(report)) => report,
         Some(Err(e)) => {
             ui.label(format!("No evaluation to show: {e}"));
             ui.label("`retrace eval lds --out results.json` writes one; drop it on the window to show it.");
+            if ui.button("Look again").clicked() {
+                app.evaluation = None;
+            }
             return;
         }
         None => return,
