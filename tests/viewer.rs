@@ -68,6 +68,9 @@ fn evaluation_table() -> retrace::eval::table::EvalReport {
         benchmark: "test".into(),
         half: retrace::eval::QueryHalf::Report,
         ceiling: 0.6,
+        ceiling_by_kind: vec![0.7, 0.5],
+        subsets: 64,
+        complete: true,
         methods: vec![
             row("retrac+shared", 0.41, 0.12),
             row("kfac+shared", 0.35, 0.05),

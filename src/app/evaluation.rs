@@ -9,6 +9,11 @@ use egui_plot::{Bar, BarChart, HLine, Legend, Line, Plot};
 use super::RetraceApp;
 use crate::eval::table::EvalReport;
 
+/// Colour of the held-out queries' bars and ceiling.
+const HELD_OUT: egui::Color32 = egui::Color32::from_rgb(214, 96, 77);
+/// Colour of the generated queries' bars and ceiling.
+const GENERATED: egui::Color32 = egui::Color32::from_rgb(67, 147, 195);
+
 /// The results file the tab reads unless another is loaded: the bundled benchmark's table.
 pub fn bundled_results_path() -> std::path::PathBuf {
     crate::eval::table::Benchmark::bundled_dir().join("results.json")
@@ -39,8 +44,8 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         None => return,
     };
     ui.label(format!(
-        "Linear Datamodeling Score on the {} queries of {} (ceiling: seed-to-seed Spearman {:.3}). \
-         Higher is better; whiskers are bootstrap 95% intervals over queries.",
+        "Linear Datamodeling Score on the {} queries of {} (ceiling: seed-to-seed Spearman {:.3}; \
+         lines: per kind of query). Higher is better; whiskers are bootstrap 95% intervals over queries.",
         match report.half {
             crate::eval::QueryHalf::Report => "reported",
             crate::eval::QueryHalf::Dev => "development",
@@ -48,6 +53,15 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         report.benchmark,
         report.ceiling
     ));
+    if !report.complete {
+        ui.colored_label(
+            ui.visuals().warn_fg_color,
+            format!(
+                "Preliminary: the ground truth held {} subsets when this table was made; its build was still running.",
+                report.subsets
+            ),
+        );
+    }
     let height = (ui.available_height() * 0.55).max(200.0);
     Plot::new("lds-bars")
         .height(height)
@@ -79,7 +93,8 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
                         Bar::new(i as f64 + offset, value).width(0.34).name(&m.method)
                     })
                     .collect();
-                p.bar_chart(BarChart::new(kind, bars));
+                let colour = if kind == "held-out" { HELD_OUT } else { GENERATED };
+                p.bar_chart(BarChart::new(kind, bars).color(colour));
                 for (i, m) in report.methods.iter().enumerate() {
                     let ci = if kind == "held-out" {
                         m.held_out.ci95
@@ -90,7 +105,15 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
                     p.line(Line::new("", vec![[x, ci[0]], [x, ci[1]]]).color(egui::Color32::GRAY));
                 }
             }
-            p.hline(HLine::new("ceiling", report.ceiling));
+            // The ceiling of each kind of query, in its bars' colour; the overall one when the
+            // file has no split.
+            match report.ceiling_by_kind.as_slice() {
+                [held_out, generated] => {
+                    p.hline(HLine::new("held-out ceiling", *held_out).color(HELD_OUT));
+                    p.hline(HLine::new("generated ceiling", *generated).color(GENERATED));
+                }
+                _ => p.hline(HLine::new("ceiling", report.ceiling)),
+            }
         });
     egui::ScrollArea::vertical().show(ui, |ui| {
         egui::Grid::new("lds-table").striped(true).show(ui, |ui| {

@@ -357,6 +357,9 @@ fn lds(
         benchmark: root.display().to_string(),
         half,
         ceiling,
+        ceiling_by_kind: bench.truth.quality.seed_spearman_by_kind.clone(),
+        subsets: bench.truth.spec.subsets,
+        complete: !bench.is_partial().map_err(|e| anyhow!(e))?,
         methods: Vec::new(),
     };
     println!(

@@ -228,6 +228,12 @@ pub struct EvalReport {
     pub half: QueryHalf,
     /// The seed-to-seed Spearman of the ground truth: the ceiling of any method's LDS.
     pub ceiling: f64,
+    /// The same ceiling per query kind, in [`QueryKind::ALL`] order (held-out, generated).
+    pub ceiling_by_kind: Vec<f64>,
+    /// Subsets the ground truth held when the table was made.
+    pub subsets: usize,
+    /// False when the ground truth was still being built (fewer subsets than its benchmark).
+    pub complete: bool,
     /// One entry per row.
     pub methods: Vec<RowResult>,
 }
