@@ -247,7 +247,8 @@ fn build_lds(args: BuildLdsArgs, device: &ComputeDevice, job: &JobContext) -> Re
     build
         .record_command(&std::env::args().collect::<Vec<_>>().join(" "))
         .map_err(|e| anyhow!(e))?;
-    let (data, held_out) = LdsBuild::load_data(&spec).map_err(|e| anyhow!(e))?;
+    // `open` checked that the directory's benchmark is this one, so `data` is its training set.
+    let held_out = LdsBuild::load_held_out(&spec, &data).map_err(|e| anyhow!(e))?;
     eprintln!(
         "LDS benchmark: {} images, {} subsets × {} seeds of {}, {} + {} queries × {} draws",
         spec.data_len,

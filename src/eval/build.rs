@@ -144,18 +144,20 @@ impl<'a> LdsBuild<'a> {
     }
 
     fn result_path(&self, key: Option<ModelKey>) -> PathBuf {
-        LdsBuildDir(&self.dir).result_path(key)
+        result_path(&self.dir, key)
     }
 
     /// Loads the training data and the held-out images and checks the data is the benchmark's.
     pub fn load_data(spec: &BenchmarkSpec) -> BuildResult<(Dataset, Dataset)> {
-        let load = |s: &str| -> BuildResult<Dataset> {
-            let parsed: DataSpec = s.parse().map_err(|e| format!("{e}"))?;
-            Dataset::load(&parsed).map_err(|e| format!("{e}"))
-        };
-        let data = load(&spec.data)?;
+        let data = load_spec(&spec.data)?;
         spec.check_data(&data)?;
-        let held_out = load(&spec.held_out)?;
+        let held_out = Self::load_held_out(spec, &data)?;
+        Ok((data, held_out))
+    }
+
+    /// Loads the held-out query images and checks they suit the training images `data`.
+    pub fn load_held_out(spec: &BenchmarkSpec, data: &Dataset) -> BuildResult<Dataset> {
+        let held_out = load_spec(&spec.held_out)?;
         if held_out.len() < spec.queries_per_kind {
             return Err(format!(
                 "{} holds {} images but the benchmark asks for {} held-out queries",
@@ -170,7 +172,7 @@ impl<'a> LdsBuild<'a> {
                 spec.held_out
             ));
         }
-        Ok((data, held_out))
+        Ok(held_out)
     }
 
     /// Trains the full-data model, draws the queries and measures the full-data model on them.
@@ -463,7 +465,7 @@ impl<'a> LdsBuild<'a> {
 pub fn partial_ground_truth(dir: &Path) -> BuildResult<GroundTruth> {
     let spec: BenchmarkSpec =
         read_json(&dir.join(BENCHMARK_FILE))?.ok_or_else(|| format!("{} holds no {BENCHMARK_FILE}", dir.display()))?;
-    let build = |subset| LdsBuildDir(dir).result_path(Some(subset)).is_file();
+    let build = |subset| result_path(dir, Some(subset)).is_file();
     let complete = (0..spec.subsets)
         .take_while(|&m| spec.seeds.iter().all(|&seed| build(ModelKey { subset: m, seed })))
         .count();
@@ -480,27 +482,28 @@ pub fn partial_ground_truth(dir: &Path) -> BuildResult<GroundTruth> {
     collect(dir, &prefix)?.ok_or_else(|| format!("{}: the full-data model is not measured yet", dir.display()))
 }
 
-/// Paths inside a build directory.
-struct LdsBuildDir<'a>(&'a Path);
+/// The result file of a model (`None`: the full-data model) in the build directory `dir`.
+fn result_path(dir: &Path, key: Option<ModelKey>) -> PathBuf {
+    let stem = key.map_or_else(|| "full".to_owned(), |k| k.stem());
+    dir.join("results").join(format!("{stem}.json"))
+}
 
-impl LdsBuildDir<'_> {
-    fn result_path(&self, key: Option<ModelKey>) -> PathBuf {
-        let stem = key.map_or_else(|| "full".to_owned(), |k| k.stem());
-        self.0.join("results").join(format!("{stem}.json"))
-    }
+/// Loads the dataset a spec string names.
+fn load_spec(spec: &str) -> BuildResult<Dataset> {
+    let parsed: DataSpec = spec.parse().map_err(|e| format!("{e}"))?;
+    Dataset::load(&parsed).map_err(|e| format!("{e}"))
 }
 
 /// Every result of `spec`'s models in `dir` as a ground truth; `Ok(None)` while some are missing.
 fn collect(dir: &Path, spec: &BenchmarkSpec) -> BuildResult<Option<GroundTruth>> {
-    let paths = LdsBuildDir(dir);
     let mut models = Vec::new();
     for key in spec.models() {
-        match read_json::<ModelResult>(&paths.result_path(Some(key)))? {
+        match read_json::<ModelResult>(&result_path(dir, Some(key)))? {
             Some(r) => models.push(r),
             None => return Ok(None),
         }
     }
-    let Some(full) = read_json::<ModelResult>(&paths.result_path(None))? else {
+    let Some(full) = read_json::<ModelResult>(&result_path(dir, None))? else {
         return Ok(None);
     };
     let queries: Vec<BenchmarkQuery> =
