@@ -1,20 +1,25 @@
 //! K-FAC / EK-FAC influence against the exact damped GGN-inverse influence, computed densely:
 //! equal where K-FAC is exact (one linear layer under the squared error), close on a small
-//! two-layer convolutional net where it is an approximation.
+//! two-layer convolutional net where it is an approximation, and — through [`CurvatureFit`]
+//! itself, with its Monte Carlo output gradients — converging to it as the fit's draws grow.
 
 mod common;
 
+use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, DeviceKind, Distribution, Tensor};
 use common::cpu;
 use retrace::curvature::{
-    Damping, EigenCorrection, Eigenvalues, FactorAccumulator, LayerEigen, Preconditioner, Sharing,
+    CurvatureFit, Damping, EigenCorrection, Eigenvalues, FactorAccumulator, Fisher, FitConfig, LayerEigen,
+    Preconditioner, Sharing,
 };
-use retrace::diffusion::Tape;
+use retrace::diffusion::noise::{gaussian as standard_normal, stream};
+use retrace::diffusion::{Denoiser, Schedule, ScheduleConfig, Tape};
 use retrace::eval::stats::pearson;
-use retrace::grad::{CaptureTape, LayerGrads};
+use retrace::grad::{CaptureTape, Examples, LayerGrads, PlanWalk, TimestepPlan};
+use retrace::jobs::JobContext;
 
 /// A small network whose Linear/Conv2d calls go through a tape; returns [B, D] outputs.
 trait Net {
@@ -280,4 +285,122 @@ fn kfac_and_ekfac_track_the_exact_ggn_influence_on_a_small_conv_net() {
         println!("{eigenvalues:?} vs exact GGN influence on a two-conv net: Pearson {r:.4}");
         assert!(r >= floor, "{eigenvalues:?}: Pearson {r:.4} < {floor}");
     }
+}
+
+/// A denoiser that is one linear map of the flattened noisy image (the step is ignored). Under
+/// the squared error its GGN is A ⊗ (2/D)·I exactly, so K-FAC is exact for it and a Monte Carlo
+/// fit can differ from the exact GGN only by sampling noise.
+#[derive(Module, Debug)]
+struct LinearDenoiser {
+    map: Linear,
+}
+
+impl Denoiser for LinearDenoiser {
+    fn predict_with(&self, x: Tensor<4>, _t: Tensor<1>, tape: &mut impl Tape) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let flat = x.reshape([b, 1, c * h * w]);
+        let y = self.map.forward(flat.clone());
+        tape.dense(&self.map, &flat, y).reshape([b, c, h, w])
+    }
+}
+
+impl Net for LinearDenoiser {
+    fn forward(&self, x: Tensor<4>, tape: &mut CaptureTape) -> Tensor<2> {
+        let [b, c, h, w] = x.dims();
+        let t = Tensor::zeros([b], &x.device());
+        self.predict_with(x, t, tape).reshape([b, c * h * w])
+    }
+}
+
+/// The worst entry-wise error of `approx` against `exact`, relative to exact's largest entry.
+fn worst_relative_error(exact: &[Vec<f64>], approx: &[Vec<f64>]) -> f64 {
+    let scale = exact.iter().flatten().map(|v| v.abs()).fold(0.0, f64::max);
+    exact
+        .iter()
+        .flatten()
+        .zip(approx.iter().flatten())
+        .map(|(a, b)| (a - b).abs() / scale)
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn curvature_fit_with_monte_carlo_ggn_converges_to_the_exact_ggn_influence_where_kfac_is_exact() {
+    let _turn = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+    let device = cpu();
+    device.seed(13);
+    let model = LinearDenoiser {
+        map: LinearConfig::new(6, 6).init(&device),
+    };
+    let images = 16;
+    let examples = Examples {
+        ids: (0..images as u64).collect(),
+        shape: [1, 2, 3],
+        pixels: standard_normal(&mut stream("kfac-test-images", &[]), images * 6)
+            .into_iter()
+            .map(|v| (v * 0.5).clamp(-1.0, 1.0))
+            .collect(),
+    };
+    let schedule = Schedule::new(&ScheduleConfig::default());
+    let job = JobContext::silent();
+    let ad = device.clone().autodiff();
+    let mut errors = Vec::new();
+    for draws in [2, 32] {
+        let plan = TimestepPlan {
+            shared_noise: false,
+            ..TimestepPlan::new(schedule.len(), 4, draws, 3).unwrap()
+        };
+        let config = FitConfig {
+            fisher: Fisher::Ggn,
+            sharing: Sharing::Expand,
+            plan: plan.clone(),
+        };
+        let fit = CurvatureFit {
+            model: &model,
+            schedule: &schedule,
+            config: &config,
+            examples: &examples,
+            batch_size: 48,
+            device: &device,
+        };
+        let fitted = fit.run(true, &job).unwrap().expect("not cancelled");
+        // The exact GGN over the very points the fit visited: the noisy inputs of the plan.
+        let (mut inputs, mut noises) = (Vec::new(), Vec::new());
+        let walk = PlanWalk {
+            examples: &examples,
+            plan: &plan,
+            schedule: &schedule,
+            batch_size: 48,
+            device: &ad,
+        };
+        let walked = walk.run(&job, "exact GGN", |batch| {
+            inputs.push(batch.noisy.x_t);
+            noises.push(batch.noisy.noise);
+            Ok(())
+        });
+        assert!(walked.unwrap());
+        let x = Tensor::cat(inputs, 0);
+        let noise = Tensor::cat(noises, 0);
+        let points = x.dims()[0];
+        assert_eq!(points, images * 4 * draws);
+        // Queries and training gradients: the squared error at a few points and at all of them.
+        let queries = x.clone().narrow(0, 0, 5);
+        let query_targets = noise.clone().narrow(0, 0, 5).reshape([5, 6]);
+        let on_autodiff = model.clone().to_device(&ad);
+        let mut p = problem(&on_autodiff, x, noise.reshape([points, 6]), queries, query_targets);
+        p.layers = fitted;
+        let lambda = p.damping(0.1);
+        let exact = p.exact(lambda);
+        let kfac = worst_relative_error(&exact, &p.kfac(Eigenvalues::Kfac, lambda, &device));
+        let ekfac = worst_relative_error(&exact, &p.kfac(Eigenvalues::Ekfac, lambda, &device));
+        println!("{points} fit points: worst relative error K-FAC {kfac:.3}, EK-FAC {ekfac:.3}");
+        errors.push((kfac, ekfac));
+    }
+    let ((kfac_few, ekfac_few), (kfac_many, ekfac_many)) = (errors[0], errors[1]);
+    // 16× the points: the sampling error should shrink about 4×; a wrong scale or a biased
+    // estimate would leave an error that does not shrink.
+    assert!(kfac_many <= 0.1 && ekfac_many <= 0.1, "{errors:?}");
+    assert!(
+        kfac_many <= kfac_few / 2.0 && ekfac_many <= ekfac_few / 2.0,
+        "{errors:?}"
+    );
 }

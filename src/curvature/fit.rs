@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{EigenCorrection, FactorAccumulator, LayerEigen, LayerFactors, Sharing};
 use crate::diffusion::noise::{gaussian, stream};
-use crate::diffusion::{Measurement, Schedule, UNet};
+use crate::diffusion::{Denoiser, Measurement, Schedule, UNet};
 use crate::grad::{Examples, LayerGrads, PlanWalk, TimestepPlan, capture_layers};
 use crate::jobs::JobContext;
 
@@ -96,9 +96,9 @@ pub fn eigendecompose(factors: &[LayerFactors], job: &JobContext) -> Vec<LayerEi
 }
 
 /// A curvature fit: the model, its training examples and the fit's settings.
-pub struct CurvatureFit<'a> {
+pub struct CurvatureFit<'a, M: Denoiser = UNet> {
     /// The model (any device).
-    pub model: &'a UNet,
+    pub model: &'a M,
     /// Its noise schedule.
     pub schedule: &'a Schedule,
     /// What to fit.
@@ -111,7 +111,7 @@ pub struct CurvatureFit<'a> {
     pub device: &'a Device,
 }
 
-impl CurvatureFit<'_> {
+impl<M: Denoiser> CurvatureFit<'_, M> {
     /// Runs the fit's captures over the examples, handing every batch's layers to `visit`.
     fn capture_pass(
         &self,

@@ -13,4 +13,4 @@ pub use checkpoint::{CheckpointEntry, CheckpointError, CheckpointState, LrSchedu
 pub use measure::Measurement;
 pub use sampler::{SampleStep, SamplerConfig, SamplerKind, sample};
 pub use schedule::{Schedule, ScheduleConfig};
-pub use unet::{NoTape, Tape, UNet, UNetConfig};
+pub use unet::{Denoiser, NoTape, Tape, UNet, UNetConfig};

@@ -29,6 +29,21 @@ pub trait Tape {
     }
 }
 
+/// A noise-prediction network whose Linear and Conv2d layers report to a [`Tape`]: what
+/// gradient capture and curvature fits run on. [`UNet`] is the one retrace trains; tests plug in
+/// networks small enough for exact curvature.
+pub trait Denoiser: Module + Clone {
+    /// Predicts the noise in `x` ([batch, C, H, W]) at the integer steps `t` ([batch]),
+    /// reporting every Linear and Conv2d to `tape`.
+    fn predict_with(&self, x: Tensor<4>, t: Tensor<1>, tape: &mut impl Tape) -> Tensor<4>;
+}
+
+impl Denoiser for UNet {
+    fn predict_with(&self, x: Tensor<4>, t: Tensor<1>, tape: &mut impl Tape) -> Tensor<4> {
+        self.forward_with(x, t, tape)
+    }
+}
+
 /// A tape that records nothing: the plain forward pass.
 pub struct NoTape;
 impl Tape for NoTape {}

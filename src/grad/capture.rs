@@ -15,7 +15,7 @@ use burn::tensor::module::{conv2d, unfold4d};
 use burn::tensor::ops::{ConvOptions, UnfoldOptions};
 use burn::tensor::{Gradients, Tensor};
 
-use crate::diffusion::{Tape, UNet};
+use crate::diffusion::{Denoiser, Tape};
 
 /// Which kind of layer a capture comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,14 +218,14 @@ impl CaptureTape {
 /// steps `t`, backpropagates `objective(prediction)` — a per-example objective summed over the
 /// batch — and returns every layer's activations and output gradients, plus the objective's
 /// per-example values.
-pub fn capture_layers(
-    model: &UNet,
+pub fn capture_layers<M: Denoiser>(
+    model: &M,
     x_t: Tensor<4>,
     t: Tensor<1>,
     objective: impl FnOnce(Tensor<4>) -> Tensor<1>,
 ) -> (Vec<LayerGrads>, Tensor<1>) {
     let mut tape = CaptureTape::default();
-    let prediction = model.forward_with(x_t, t, &mut tape);
+    let prediction = model.predict_with(x_t, t, &mut tape);
     let per_example = objective(prediction);
     let grads = per_example.clone().sum().backward();
     (tape.finish(&grads), per_example.inner())
@@ -233,8 +233,7 @@ pub fn capture_layers(
 
 /// `model` moved to the autodiff twin of `device` with its parameters frozen (no parameter
 /// gradients): what every capture runs on. Returns the model and the autodiff device.
-pub fn frozen_on_autodiff(model: &UNet, device: &burn::tensor::Device) -> (UNet, burn::tensor::Device) {
-    use burn::module::Module;
+pub fn frozen_on_autodiff<M: Denoiser>(model: &M, device: &burn::tensor::Device) -> (M, burn::tensor::Device) {
     let ad = device.clone().autodiff();
     (model.clone().to_device(&ad).train().no_grad(), ad)
 }
