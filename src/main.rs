@@ -246,6 +246,17 @@ struct IndexArgs {
     /// ~/.cache/retrace).
     #[arg(long)]
     index: Option<PathBuf>,
+    #[command(flatten)]
+    features: FeatureArgs,
+    /// Draw (t, ε) per training image instead of one shared set for all images and the query.
+    #[arg(long)]
+    per_example_noise: bool,
+}
+
+/// How training images become features: the timestep plan, the projection, the checkpoints and
+/// the storage (shared by `index`, `attribute` and the `eval` commands).
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct FeatureArgs {
     /// Projection width per layer side (k_in = k_out = K).
     #[arg(long, default_value_t = 8)]
     k: usize,
@@ -267,27 +278,24 @@ struct IndexArgs {
     /// Seed of the plan and the projection.
     #[arg(long, default_value_t = 0)]
     plan_seed: u64,
-    /// Draw (t, ε) per training image instead of one shared set for all images and the query.
-    #[arg(long)]
-    per_example_noise: bool,
 }
 
-impl IndexArgs {
-    fn open(&self) -> Result<(ModelDir, Dataset, retrace::attribution::IndexSettings)> {
-        let root = self.model.clone().unwrap_or_else(bundled_model_dir);
-        let model = ModelDir::open(&root)?;
-        let spec: DataSpec = self
-            .data
-            .clone()
-            .unwrap_or_else(|| model.info.data_spec.clone())
-            .parse()?;
-        let data = Dataset::load(&spec)?;
-        let mut plan =
-            retrace::grad::TimestepPlan::new(model.info.schedule.steps, self.buckets, self.draws, self.plan_seed)
-                .map_err(anyhow::Error::msg)?;
-        plan.shared_noise = !self.per_example_noise;
-        let mut settings = retrace::attribution::IndexSettings {
-            dir: PathBuf::new(),
+impl FeatureArgs {
+    /// Index settings for a model of `steps` diffusion steps, to live in `dir`.
+    pub(crate) fn settings(
+        &self,
+        steps: usize,
+        shared_noise: bool,
+        dir: PathBuf,
+    ) -> Result<retrace::attribution::IndexSettings> {
+        let mut plan = retrace::grad::TimestepPlan::new(steps, self.buckets, self.draws, self.plan_seed)
+            .map_err(anyhow::Error::msg)?;
+        plan.shared_noise = shared_noise;
+        if self.k == 0 {
+            bail!("the projection needs k of at least 1");
+        }
+        Ok(retrace::attribution::IndexSettings {
+            dir,
             plan,
             projection: retrace::grad::ProjectionConfig {
                 k_in: self.k,
@@ -302,7 +310,23 @@ impl IndexArgs {
             },
             batch_size: self.batch.max(1),
             chunk_size: 100,
-        };
+        })
+    }
+}
+
+impl IndexArgs {
+    fn open(&self) -> Result<(ModelDir, Dataset, retrace::attribution::IndexSettings)> {
+        let root = self.model.clone().unwrap_or_else(bundled_model_dir);
+        let model = ModelDir::open(&root)?;
+        let spec: DataSpec = self
+            .data
+            .clone()
+            .unwrap_or_else(|| model.info.data_spec.clone())
+            .parse()?;
+        let data = Dataset::load(&spec)?;
+        let mut settings =
+            self.features
+                .settings(model.info.schedule.steps, !self.per_example_noise, PathBuf::new())?;
         settings.dir = self
             .index
             .clone()

@@ -130,6 +130,62 @@ fn a_cancelled_and_resumed_or_sharded_build_equals_an_uninterrupted_one() {
     };
     let err = LdsBuild::open(&a, Some(&other), &device, &silent).err().unwrap();
     assert!(err.contains("subsets"), "{err}");
+
+    remove_top_k_on(&tmp.path().join("whole"), &whole);
+}
+
+/// Retraining without the top-k on the miniature benchmark: two shards sharing a directory,
+/// the second to finish writing the report; a model lost and recomputed changes nothing.
+fn remove_top_k_on(root: &Path, truth: &GroundTruth) {
+    use retrace::attribution::InfluenceSettings;
+    use retrace::eval::remove_topk::{RemovalOutcome, RemovalPlan, remove_top_k};
+    use retrace::eval::table::{Benchmark, EvalRow};
+    let bench = Benchmark::open(root).unwrap();
+    let rows = ["pixel", "random"].map(|m| EvalRow::parse(m, &InfluenceSettings::default()).unwrap());
+    let plan = |shard| RemovalPlan {
+        k: 3,
+        queries: vec![0, 3],
+        seeds: vec![0],
+        rows: rows.to_vec(),
+        shard,
+    };
+    let (device, silent) = (cpu(), JobContext::silent());
+    let work = root.join("remove-topk");
+    let first = remove_top_k(&bench, &plan(Shard { index: 0, count: 2 }), &work, &device, &silent).unwrap();
+    assert_eq!(first, RemovalOutcome::ShardDone { waiting: 2 });
+    let RemovalOutcome::Report(report) =
+        remove_top_k(&bench, &plan(Shard { index: 1, count: 2 }), &work, &device, &silent).unwrap()
+    else {
+        panic!("the last shard writes the report");
+    };
+    assert_eq!(report.results.len(), 4);
+    assert_eq!(report.rows.len(), 2);
+    for r in &report.results {
+        assert_eq!(r.model.removed.len(), 3);
+        assert!(r.model.loss.is_finite() && r.model.loss > 0.0);
+        // The reference is the benchmark's own full-data recipe and seed: the same losses.
+        assert!((r.reference_loss - truth.full.losses[r.model.query]).abs() <= 1e-9);
+        if r.model.method == "pixel" {
+            let scores = bench
+                .scores(&rows[0], r.model.query, &device, &silent)
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.model.removed, retrace::eval::stats::top_k(&scores, 3));
+        }
+    }
+    // A lost result is retrained alone, to the same loss.
+    let lost = std::fs::read_dir(work.join("results"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::remove_file(&lost).unwrap();
+    let RemovalOutcome::Report(again) = remove_top_k(&bench, &plan(Shard::ALL), &work, &device, &silent).unwrap()
+    else {
+        panic!("one shard does everything");
+    };
+    assert_eq!(again, report);
 }
 
 /// LDS on the bundled benchmark (its ground truth as committed; while the build is still

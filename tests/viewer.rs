@@ -71,6 +71,8 @@ fn evaluation_table() -> retrace::eval::table::EvalReport {
         ceiling_by_kind: vec![0.7, 0.5],
         subsets: 64,
         complete: true,
+        index: "last-b10x1-k8x8-s0-per-example-f32".into(),
+        remove_top_k: None,
         methods: vec![
             row("retrac+shared", 0.41, 0.12),
             row("kfac+shared", 0.35, 0.05),

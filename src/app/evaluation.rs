@@ -1,18 +1,23 @@
 //! The Evaluation tab: how well each method's scores predict retraining, read from the file
 //! `retrace eval lds --out` writes (the bundled benchmark's table by default). LDS per method on
 //! held-out and on generated queries with bootstrap 95% intervals, against the ceiling that the
-//! ground truth's seed-to-seed agreement sets.
+//! ground truth's seed-to-seed agreement sets; how much retraining without each method's top-k
+//! raised the query's loss (`retrace eval remove-topk --out` on the same file); and how many
+//! distinct training images fill the methods' top-10s (Xie et al.'s "generally influential").
 
 use egui::Ui;
 use egui_plot::{Bar, BarChart, HLine, Legend, Line, Plot};
 
 use super::RetraceApp;
+use crate::eval::remove_topk::RemovalReport;
 use crate::eval::table::EvalReport;
 
 /// Colour of the held-out queries' bars and ceiling.
 const HELD_OUT: egui::Color32 = egui::Color32::from_rgb(214, 96, 77);
 /// Colour of the generated queries' bars and ceiling.
 const GENERATED: egui::Color32 = egui::Color32::from_rgb(67, 147, 195);
+/// Colour of the remove-top-k bars.
+const REMOVAL: egui::Color32 = egui::Color32::from_rgb(120, 120, 200);
 
 /// The results file the tab reads unless another is loaded: the bundled benchmark's table.
 pub fn bundled_results_path() -> std::path::PathBuf {
@@ -63,58 +68,17 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         );
     }
     let height = (ui.available_height() * 0.55).max(200.0);
-    Plot::new("lds-bars")
-        .height(height)
-        .legend(Legend::default())
-        .y_axis_label("LDS")
-        .x_axis_formatter({
-            let names: Vec<String> = report.methods.iter().map(|m| m.method.clone()).collect();
-            move |mark, _| {
-                let i = mark.value.round();
-                if (mark.value - i).abs() < 1e-6 && i >= 0.0 {
-                    names.get(i as usize).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
+    ui.columns(2, |columns| {
+        lds_chart(&mut columns[0], &report, height);
+        match &report.remove_top_k {
+            Some(removal) => removal_chart(&mut columns[1], removal, height),
+            None => {
+                columns[1].label(
+                    "No retraining without the top-k yet: `retrace eval remove-topk --out` on this file adds it.",
+                );
             }
-        })
-        .show(ui, |p| {
-            for (kind, offset) in [("held-out", -0.18), ("generated", 0.18)] {
-                let bars: Vec<Bar> = report
-                    .methods
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| {
-                        let value = if kind == "held-out" {
-                            m.held_out.lds
-                        } else {
-                            m.generated.lds
-                        };
-                        Bar::new(i as f64 + offset, value).width(0.34).name(&m.method)
-                    })
-                    .collect();
-                let colour = if kind == "held-out" { HELD_OUT } else { GENERATED };
-                p.bar_chart(BarChart::new(kind, bars).color(colour));
-                for (i, m) in report.methods.iter().enumerate() {
-                    let ci = if kind == "held-out" {
-                        m.held_out.ci95
-                    } else {
-                        m.generated.ci95
-                    };
-                    let x = i as f64 + offset;
-                    p.line(Line::new("", vec![[x, ci[0]], [x, ci[1]]]).color(egui::Color32::GRAY));
-                }
-            }
-            // The ceiling of each kind of query, in its bars' colour; the overall one when the
-            // file has no split.
-            match report.ceiling_by_kind.as_slice() {
-                [held_out, generated] => {
-                    p.hline(HLine::new("held-out ceiling", *held_out).color(HELD_OUT));
-                    p.hline(HLine::new("generated ceiling", *generated).color(GENERATED));
-                }
-                _ => p.hline(HLine::new("ceiling", report.ceiling)),
-            }
-        });
+        }
+    });
     egui::ScrollArea::vertical().show(ui, |ui| {
         egui::Grid::new("lds-table").striped(true).show(ui, |ui| {
             for title in [
@@ -123,20 +87,106 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
                 "95% CI",
                 "LDS generated",
                 "95% CI",
+                "distinct in top-10s",
+                "share of the 10 most frequent",
                 "s / query",
             ] {
                 ui.strong(title);
             }
             ui.end_row();
             for m in &report.methods {
+                let spread = &m.generally_influential;
                 ui.label(&m.method);
                 ui.label(format!("{:.3}", m.held_out.lds));
                 ui.label(format!("[{:.3}, {:.3}]", m.held_out.ci95[0], m.held_out.ci95[1]));
                 ui.label(format!("{:.3}", m.generated.lds));
                 ui.label(format!("[{:.3}, {:.3}]", m.generated.ci95[0], m.generated.ci95[1]));
+                ui.label(format!("{} of {}", spread.distinct, spread.queries * spread.k));
+                ui.label(format!("{:.0}%", 100.0 * spread.top10_share));
                 ui.label(format!("{:.3}", m.seconds_per_query));
                 ui.end_row();
             }
         });
+    });
+}
+
+/// Bars of `values` (value, 95% interval) at x = index + `offset`, with grey whiskers.
+fn interval_bars(
+    p: &mut egui_plot::PlotUi<'_>,
+    name: &str,
+    colour: egui::Color32,
+    offset: f64,
+    values: &[(f64, [f64; 2])],
+) {
+    let bars: Vec<Bar> = values
+        .iter()
+        .enumerate()
+        .map(|(i, (v, _))| Bar::new(i as f64 + offset, *v).width(0.34))
+        .collect();
+    p.bar_chart(BarChart::new(name, bars).color(colour));
+    for (i, (_, ci)) in values.iter().enumerate() {
+        let x = i as f64 + offset;
+        p.line(Line::new("", vec![[x, ci[0]], [x, ci[1]]]).color(egui::Color32::GRAY));
+    }
+}
+
+/// A bar plot whose x axis names bar group i `names[i]`.
+fn named_plot(id: &str, names: Vec<String>, y_label: &str, height: f32) -> Plot<'static> {
+    Plot::new(id)
+        .height(height)
+        .legend(Legend::default())
+        .y_axis_label(y_label)
+        .x_axis_formatter(move |mark, _| {
+            let i = mark.value.round();
+            if (mark.value - i).abs() < 1e-6 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+}
+
+/// LDS per method on both kinds of query, with the ceilings.
+fn lds_chart(ui: &mut Ui, report: &EvalReport, height: f32) {
+    let names = report.methods.iter().map(|m| m.method.clone()).collect();
+    named_plot("lds-bars", names, "LDS", height).show(ui, |p| {
+        let held_out: Vec<_> = report
+            .methods
+            .iter()
+            .map(|m| (m.held_out.lds, m.held_out.ci95))
+            .collect();
+        let generated: Vec<_> = report
+            .methods
+            .iter()
+            .map(|m| (m.generated.lds, m.generated.ci95))
+            .collect();
+        interval_bars(p, "held-out", HELD_OUT, -0.18, &held_out);
+        interval_bars(p, "generated", GENERATED, 0.18, &generated);
+        // The ceiling of each kind of query, in its bars' colour; the overall one when the file
+        // has no split.
+        match report.ceiling_by_kind.as_slice() {
+            [held_out, generated] => {
+                p.hline(HLine::new("held-out ceiling", *held_out).color(HELD_OUT));
+                p.hline(HLine::new("generated ceiling", *generated).color(GENERATED));
+            }
+            _ => p.hline(HLine::new("ceiling", report.ceiling)),
+        }
+    });
+}
+
+/// How much retraining without each method's top-k raised the query's loss, in per cent of
+/// the full-data model's loss (mean over queries and seeds, bootstrap 95% interval).
+fn removal_chart(ui: &mut Ui, removal: &RemovalReport, height: f32) {
+    ui.label(format!(
+        "Retrained without each query's top {} ({} queries × {} seeds): query-loss increase, % of the full-data model's.",
+        removal.k,
+        removal.queries.len(),
+        removal.seeds.len()
+    ));
+    let names = removal.rows.iter().map(|r| r.method.clone()).collect();
+    named_plot("remove-top-k-bars", names, "loss increase (%)", height).show(ui, |p| {
+        let values: Vec<_> = removal.rows.iter().map(|r| r.percent_increase()).collect();
+        interval_bars(p, "loss increase", REMOVAL, 0.0, &values);
+        p.hline(HLine::new("", 0.0).color(egui::Color32::GRAY));
     });
 }

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 
-use retrace::attribution::InfluenceSettings;
 use retrace::data::{DataSpec, Dataset};
 use retrace::device::ComputeDevice;
 use retrace::diffusion::{ScheduleConfig, UNetConfig};
 use retrace::eval::benchmark::BENCHMARK_FORMAT_VERSION;
 use retrace::eval::build::BENCHMARK_FILE;
+use retrace::eval::remove_topk::RemovalOutcome;
 use retrace::eval::table::{Benchmark, EvalReport, EvalRow, evaluate_row};
 use retrace::eval::{BenchmarkSpec, BenchmarkTraining, GroundTruth, LdsBuild, QueryHalf, Shard};
 use retrace::jobs::JobContext;
@@ -44,9 +44,6 @@ pub enum EvalCommand {
     /// Xie et al.'s "generally influential" statistic: how many distinct training images fill
     /// the top-k of every generated query, and how concentrated they are.
     Overlap {
-        /// Benchmark directory (default: the bundled benchmark).
-        #[arg(long)]
-        benchmark: Option<PathBuf>,
         /// Methods.
         #[arg(
             long,
@@ -58,14 +55,11 @@ pub enum EvalCommand {
         #[arg(long, default_value_t = 10)]
         k: usize,
         #[command(flatten)]
-        influence: crate::InfluenceArgs,
+        scoring: ScoringArgs,
     },
     /// Score attribution methods against a ground truth (default: the bundled benchmark) and
     /// print LDS on held-out and generated queries with bootstrap 95% intervals.
     Lds {
-        /// Benchmark directory: ground-truth.json and the full-data model in full/.
-        #[arg(long)]
-        benchmark: Option<PathBuf>,
         /// Rows, comma-separated: a method (tracin, retrac, retrac-bucket, kfac, ekfac, pixel,
         /// random), kfac/ekfac with -elbo or -sqnorm for another measurement, and +shared for a
         /// query that shares the training images' (t, ε) draws.
@@ -75,7 +69,7 @@ pub enum EvalCommand {
         #[arg(long, value_enum, default_value = "report")]
         half: QueryHalf,
         #[command(flatten)]
-        influence: crate::InfluenceArgs,
+        scoring: ScoringArgs,
         /// Write the table as JSON (the viewer's Evaluation tab reads it).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -85,9 +79,6 @@ pub enum EvalCommand {
 /// Arguments of `retrace eval remove-topk`.
 #[derive(Args)]
 pub struct RemoveTopkArgs {
-    /// Benchmark directory (default: the bundled benchmark).
-    #[arg(long)]
-    benchmark: Option<PathBuf>,
     /// Training images removed per query.
     #[arg(long, default_value_t = 10)]
     k: usize,
@@ -103,11 +94,52 @@ pub struct RemoveTopkArgs {
     /// Work directory (models in training and one result per model; resumable).
     #[arg(long)]
     work: Option<PathBuf>,
+    /// Train only this share of the models (i/N); processes with the other shares may work in
+    /// the same directory at once, and the last to finish writes the report.
+    #[arg(long, default_value = "0/1")]
+    shard: Shard,
     #[command(flatten)]
-    influence: crate::InfluenceArgs,
-    /// Write the report as JSON.
+    scoring: ScoringArgs,
+    /// Write the report into this JSON file: its `remove_top_k` section, beside the LDS table
+    /// `retrace eval lds --out` wrote there (the viewer's Evaluation tab reads both).
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+/// What every scoring command shares: the benchmark, and the settings of the methods it scores.
+#[derive(Args)]
+pub struct ScoringArgs {
+    /// Benchmark directory: ground-truth.json and the full-data model in full/ (default: the
+    /// bundled benchmark).
+    #[arg(long)]
+    benchmark: Option<PathBuf>,
+    #[command(flatten)]
+    influence: crate::InfluenceArgs,
+    #[command(flatten)]
+    features: crate::FeatureArgs,
+}
+
+impl ScoringArgs {
+    /// Opens the benchmark with these feature settings and parses `methods` into rows.
+    fn open(&self, methods: &[String]) -> Result<(Benchmark, Vec<EvalRow>)> {
+        let influence = self.influence.settings();
+        let rows = methods
+            .iter()
+            .map(|m| EvalRow::parse(m, &influence))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow!(e))?;
+        let root = self.benchmark.clone().unwrap_or_else(Benchmark::bundled_dir);
+        let mut bench = Benchmark::open(&root).map_err(|e| anyhow!(e))?;
+        if bench.is_partial().map_err(|e| anyhow!(e))? {
+            eprintln!(
+                "warning: the ground truth is still being built; using the {} subsets measured so far",
+                bench.truth.spec.subsets
+            );
+        }
+        let dir = bench.features.dir.clone();
+        bench.features = self.features.settings(bench.model.info.schedule.steps, false, dir)?;
+        Ok((bench, rows))
+    }
 }
 
 /// The rows `retrace eval lds` scores by default.
@@ -222,19 +254,13 @@ pub fn run(command: EvalCommand, device: &ComputeDevice, job: &JobContext) -> Re
         EvalCommand::BuildLds(args) => build_lds(args, device, job),
         EvalCommand::Merge { out, from } => merge(out, from, device, job),
         EvalCommand::Lds {
-            benchmark,
             methods,
             half,
-            influence,
+            scoring,
             out,
-        } => lds(benchmark, &methods, half, &influence.settings(), out, device, job),
+        } => lds(&scoring, &methods, half, out, device, job),
         EvalCommand::RemoveTopk(args) => remove_topk(args, device, job),
-        EvalCommand::Overlap {
-            benchmark,
-            methods,
-            k,
-            influence,
-        } => overlap(benchmark, &methods, k, &influence.settings(), device, job),
+        EvalCommand::Overlap { methods, k, scoring } => overlap(&scoring, &methods, k, device, job),
     }
 }
 
@@ -335,16 +361,14 @@ fn print_quality(truth: &GroundTruth, path: &std::path::Path) {
 }
 
 fn lds(
-    benchmark: Option<PathBuf>,
+    scoring: &ScoringArgs,
     methods: &[String],
     half: QueryHalf,
-    influence: &InfluenceSettings,
     out: Option<PathBuf>,
     device: &ComputeDevice,
     job: &JobContext,
 ) -> Result<()> {
-    let rows = parse_rows(methods, influence)?;
-    let bench = open_benchmark(benchmark)?;
+    let (bench, rows) = scoring.open(methods)?;
     let root = bench.root.clone();
     let ceiling = bench.truth.quality.seed_spearman;
     eprintln!(
@@ -354,15 +378,9 @@ fn lds(
         bench.truth.spec.subsets,
         bench.truth.spec.seeds.len()
     );
-    let mut report = EvalReport {
-        benchmark: root.display().to_string(),
-        half,
-        ceiling,
-        ceiling_by_kind: bench.truth.quality.seed_spearman_by_kind.clone(),
-        subsets: bench.truth.spec.subsets,
-        complete: !bench.is_partial().map_err(|e| anyhow!(e))?,
-        methods: Vec::new(),
-    };
+    let mut report = EvalReport::new(&bench, half).map_err(|e| anyhow!(e))?;
+    // A table rewritten keeps the remove-top-k section `eval remove-topk` put in the same file.
+    report.remove_top_k = out.as_deref().and_then(EvalReport::read).and_then(|r| r.remove_top_k);
     println!(
         "{:<20} {:>24} {:>24} {:>10} {:>22}",
         "method", "LDS held-out [95% CI]", "LDS generated [95% CI]", "s / query", "top-10: distinct, top10"
@@ -395,29 +413,8 @@ fn lds(
     Ok(())
 }
 
-fn open_benchmark(benchmark: Option<PathBuf>) -> Result<Benchmark> {
-    let root = benchmark.unwrap_or_else(Benchmark::bundled_dir);
-    let bench = Benchmark::open(&root).map_err(|e| anyhow!(e))?;
-    if bench.is_partial().map_err(|e| anyhow!(e))? {
-        eprintln!(
-            "warning: the ground truth is still being built; using the {} subsets measured so far",
-            bench.truth.spec.subsets
-        );
-    }
-    Ok(bench)
-}
-
-fn parse_rows(methods: &[String], influence: &InfluenceSettings) -> Result<Vec<EvalRow>> {
-    methods
-        .iter()
-        .map(|m| EvalRow::parse(m, influence))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!(e))
-}
-
 fn remove_topk(args: RemoveTopkArgs, device: &ComputeDevice, job: &JobContext) -> Result<()> {
-    let rows = parse_rows(&args.methods, &args.influence.settings())?;
-    let bench = open_benchmark(args.benchmark)?;
+    let (bench, rows) = args.scoring.open(&args.methods)?;
     let queries: Vec<usize> = retrace::eval::QueryKind::ALL
         .iter()
         .flat_map(|&kind| {
@@ -433,12 +430,20 @@ fn remove_topk(args: RemoveTopkArgs, device: &ComputeDevice, job: &JobContext) -
         queries,
         seeds: (0..args.seeds).collect(),
         rows,
+        shard: args.shard,
     };
     let work = args.work.unwrap_or_else(|| bench.root.join("remove-topk"));
-    let Some(report) =
-        retrace::eval::remove_topk::remove_top_k(&bench, &plan, &work, &device.device, job).map_err(|e| anyhow!(e))?
-    else {
-        bail!("stopped; run the same command again to resume");
+    let report = match retrace::eval::remove_topk::remove_top_k(&bench, &plan, &work, &device.device, job)
+        .map_err(|e| anyhow!(e))?
+    {
+        RemovalOutcome::Cancelled => bail!("stopped; run the same command again to resume"),
+        RemovalOutcome::ShardDone { waiting } => {
+            println!(
+                "this shard is done; {waiting} models of other shards are not yet (the last shard to finish writes the report)"
+            );
+            return Ok(());
+        }
+        RemovalOutcome::Report(report) => report,
     };
     job.progress.update(&Default::default());
     println!(
@@ -448,32 +453,33 @@ fn remove_topk(args: RemoveTopkArgs, device: &ComputeDevice, job: &JobContext) -
         report.seeds.len()
     );
     for row in &report.rows {
+        let (percent, ci) = row.percent_increase();
         println!(
-            "{:<20} {:+.5} [{:+.5}, {:+.5}]  ({:+.1}%)",
-            row.method,
-            row.increase.lds,
-            row.increase.ci95[0],
-            row.increase.ci95[1],
-            100.0 * row.relative_increase
+            "{:<20} {:+.5} [{:+.5}, {:+.5}]  {:+.2}% [{:+.2}%, {:+.2}%]",
+            row.method, row.increase.lds, row.increase.ci95[0], row.increase.ci95[1], percent, ci[0], ci[1]
         );
     }
     if let Some(path) = &args.out {
-        retrace::eval::build::write_json(path, &report).map_err(|e| anyhow!(e))?;
+        // The section goes into the LDS table's file when there is one (the viewer reads both).
+        let mut table = match EvalReport::read(path) {
+            Some(table) => table,
+            None => EvalReport::new(&bench, QueryHalf::Report).map_err(|e| anyhow!(e))?,
+        };
+        table.remove_top_k = Some(report);
+        retrace::eval::build::write_json(path, &table).map_err(|e| anyhow!(e))?;
         println!("wrote {}", path.display());
     }
     Ok(())
 }
 
 fn overlap(
-    benchmark: Option<PathBuf>,
+    scoring: &ScoringArgs,
     methods: &[String],
     k: usize,
-    influence: &InfluenceSettings,
     device: &ComputeDevice,
     job: &JobContext,
 ) -> Result<()> {
-    let rows = parse_rows(methods, influence)?;
-    let bench = open_benchmark(benchmark)?;
+    let (bench, rows) = scoring.open(methods)?;
     let generated: Vec<usize> = [QueryHalf::Dev, QueryHalf::Report]
         .iter()
         .flat_map(|&h| bench.truth.query_indices(retrace::eval::QueryKind::Generated, h))

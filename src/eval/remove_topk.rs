@@ -7,16 +7,17 @@
 //! Every retrained model uses the benchmark's recipe (the full-data model's epochs on the N − k
 //! remaining images) and seed s; the reference is the full-data model trained with the same
 //! seed, and the query's loss is measured with the benchmark's fixed draws. Work lives in a
-//! directory of its own, one result file per (query, method, seed), so a killed run resumes.
+//! directory of its own, one result file per (query, method, seed), so a killed run resumes and
+//! several processes (`--shard i/N`) can share it; the last to finish writes the report.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::build::{LdsBuild, measure_losses, model_info, read_json, write_json};
+use super::build::{LdsBuild, Shard, measure_losses, model_info, read_json, write_json};
 use super::lds::{Interval, bootstrap};
 use super::stats::top_k;
-use super::table::{Benchmark, EvalRow};
+use super::table::{Benchmark, EvalRow, RowMethod};
 use crate::diffusion::noise::{permutation, stream};
 use crate::jobs::JobContext;
 
@@ -31,11 +32,14 @@ pub struct RemovalPlan {
     pub seeds: Vec<u64>,
     /// The methods whose top-k are removed (a `random` row removes k random images).
     pub rows: Vec<EvalRow>,
+    /// The share of the models this process trains; the others come from other processes
+    /// working in the same directory.
+    pub shard: Shard,
 }
 
-/// One retrained model's outcome.
+/// One retrained model's outcome, as its result file holds it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RemovalResult {
+pub struct RemovedModel {
     /// The query.
     pub query: usize,
     /// The method ([`EvalRow::label`]).
@@ -46,8 +50,23 @@ pub struct RemovalResult {
     pub removed: Vec<usize>,
     /// The query's loss after retraining without them.
     pub loss: f64,
+}
+
+/// A retrained model beside its reference.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RemovalResult {
+    /// The retrained model.
+    #[serde(flatten)]
+    pub model: RemovedModel,
     /// The query's loss under the full-data model of the same seed.
     pub reference_loss: f64,
+}
+
+impl RemovalResult {
+    /// Retrained loss − reference loss.
+    pub fn increase(&self) -> f64 {
+        self.model.loss - self.reference_loss
+    }
 }
 
 /// One method's row of the report.
@@ -58,8 +77,16 @@ pub struct RemovalRow {
     /// Mean over queries and seeds of the loss increase (retrained − reference), with a
     /// bootstrap 95% interval.
     pub increase: Interval,
-    /// The same, relative to the reference loss.
-    pub relative_increase: f64,
+    /// The same, each increase relative to its reference loss.
+    pub relative_increase: Interval,
+}
+
+impl RemovalRow {
+    /// The relative increase in per cent, with its interval: what the viewer plots.
+    pub fn percent_increase(&self) -> (f64, [f64; 2]) {
+        let r = &self.relative_increase;
+        (100.0 * r.lds, [100.0 * r.ci95[0], 100.0 * r.ci95[1]])
+    }
 }
 
 /// The report `retrace eval remove-topk` prints and writes.
@@ -77,14 +104,49 @@ pub struct RemovalReport {
     pub results: Vec<RemovalResult>,
 }
 
-/// Runs (or resumes) the plan in the work directory `dir`. `Ok(None)` when cancelled.
+/// How a run of [`remove_top_k`] ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RemovalOutcome {
+    /// Cancelled; run again to resume.
+    Cancelled,
+    /// This shard's models are done; `waiting` models of other shards are not yet.
+    ShardDone {
+        /// Models still missing.
+        waiting: usize,
+    },
+    /// Every model is done.
+    Report(RemovalReport),
+}
+
+/// One model of the plan.
+enum Unit {
+    /// The full-data model of seed number `seed`.
+    Reference { seed: usize },
+    /// The model without the top-k of `query` under row `row`, with seed number `seed`.
+    Removal { query: usize, row: usize, seed: usize },
+}
+
+impl RemovalPlan {
+    /// Every model, references first, in the order shards are dealt.
+    fn units(&self) -> Vec<Unit> {
+        let references = (0..self.seeds.len()).map(|seed| Unit::Reference { seed });
+        let removals = self.queries.iter().flat_map(|&query| {
+            (0..self.rows.len())
+                .flat_map(move |row| (0..self.seeds.len()).map(move |seed| Unit::Removal { query, row, seed }))
+        });
+        references.chain(removals).collect()
+    }
+}
+
+/// Runs (or resumes) this shard of the plan in the work directory `dir` and, once every model
+/// of every shard is done, assembles the report.
 pub fn remove_top_k(
     bench: &Benchmark,
     plan: &RemovalPlan,
     dir: &Path,
     device: &burn::tensor::Device,
     job: &JobContext,
-) -> Result<Option<RemovalReport>, String> {
+) -> Result<RemovalOutcome, String> {
     let spec = &bench.truth.spec;
     if plan.k == 0 || plan.k >= bench.data.len() {
         return Err(format!("k must lie in 1..{}", bench.data.len()));
@@ -96,73 +158,118 @@ pub fn remove_top_k(
         keep_models: false,
     };
     let all: Vec<usize> = (0..bench.truth.queries.len()).collect();
-    // The reference: the full-data model of every seed, measured on every query.
-    let mut reference = Vec::new();
-    for &seed in &plan.seeds {
-        let path = dir.join(format!("reference-s{seed}.json"));
-        let losses = match read_json::<Vec<f64>>(&path)? {
-            Some(l) => l,
-            None => {
+    let units = plan.units();
+    let mut waiting = 0;
+    for (position, unit) in units.iter().enumerate() {
+        let owned = plan.shard.owns(position);
+        job.report("remove top-k", position as u64, units.len() as u64, "");
+        match *unit {
+            Unit::Reference { seed } => {
+                let seed = plan.seeds[seed];
+                let path = reference_path(dir, seed);
+                if read_json::<Vec<f64>>(&path)?.is_some() {
+                    continue;
+                }
+                if !owned {
+                    waiting += 1;
+                    continue;
+                }
                 let root = dir.join("models").join(format!("reference-s{seed}"));
                 let info = model_info(spec, &bench.data, seed, "full-data model");
                 let Some((net, _, _)) =
                     builder.train_model(&root, info, &bench.data, spec.training.full_epochs, "reference")?
                 else {
-                    return Ok(None);
+                    return Ok(RemovalOutcome::Cancelled);
                 };
                 let Some((losses, _)) = measure_losses(spec, &net, &bench.truth.queries, &all, device, job)? else {
-                    return Ok(None);
+                    return Ok(RemovalOutcome::Cancelled);
                 };
                 write_json(&path, &losses)?;
                 let _ = std::fs::remove_dir_all(&root);
-                losses
             }
-        };
-        reference.push(losses);
-    }
-    let mut results = Vec::new();
-    for &q in &plan.queries {
-        for row in &plan.rows {
-            let Some(scores) = bench.scores(row, q, device, job)? else {
-                return Ok(None);
-            };
-            for (s, &seed) in plan.seeds.iter().enumerate() {
-                let stem = format!("q{q:03}-{}-s{seed}", row.label().replace('+', "_"));
-                let path: PathBuf = dir.join("results").join(format!("{stem}.json"));
-                if let Some(done) = read_json::<RemovalResult>(&path)? {
-                    results.push(done);
+            Unit::Removal { query, row, seed } => {
+                let (row, seed) = (&plan.rows[row], plan.seeds[seed]);
+                let stem = result_stem(query, row, seed);
+                let path = dir.join("results").join(format!("{stem}.json"));
+                if read_json::<RemovedModel>(&path)?.is_some() {
                     continue;
                 }
-                let removed = if matches!(row.method, super::table::RowMethod::Random) {
-                    let mut r = permutation(&mut stream("remove-random", &[q as u64, seed]), bench.data.len());
+                if !owned {
+                    waiting += 1;
+                    continue;
+                }
+                let removed = if matches!(row.method, RowMethod::Random) {
+                    let mut r = permutation(&mut stream("remove-random", &[query as u64, seed]), bench.data.len());
                     r.truncate(plan.k);
                     r
                 } else {
+                    let Some(scores) = bench.scores(row, query, device, job)? else {
+                        return Ok(RemovalOutcome::Cancelled);
+                    };
                     top_k(&scores, plan.k)
                 };
                 let keep: Vec<usize> = (0..bench.data.len()).filter(|i| !removed.contains(i)).collect();
                 let data = bench.data.select(&keep);
                 let root = dir.join("models").join(&stem);
-                let info = model_info(spec, &data, seed, &format!("without the top {} of query {q}", plan.k));
-                job.report("remove top-k", results.len() as u64, total(plan) as u64, stem.clone());
+                let info = model_info(
+                    spec,
+                    &data,
+                    seed,
+                    &format!("without the top {} of query {query}", plan.k),
+                );
                 let Some((net, _, _)) = builder.train_model(&root, info, &data, spec.training.full_epochs, &stem)?
                 else {
-                    return Ok(None);
+                    return Ok(RemovalOutcome::Cancelled);
                 };
-                let Some((loss, _)) = measure_losses(spec, &net, &bench.truth.queries, &[q], device, job)? else {
-                    return Ok(None);
+                let Some((loss, _)) = measure_losses(spec, &net, &bench.truth.queries, &[query], device, job)? else {
+                    return Ok(RemovalOutcome::Cancelled);
                 };
-                let result = RemovalResult {
-                    query: q,
+                let model = RemovedModel {
+                    query,
                     method: row.label(),
                     seed,
                     removed,
                     loss: loss[0],
-                    reference_loss: reference[s][q],
                 };
-                write_json(&path, &result)?;
+                write_json(&path, &model)?;
                 let _ = std::fs::remove_dir_all(&root);
-                results.push(result);
+            }
+        }
+    }
+    if waiting > 0 {
+        return Ok(RemovalOutcome::ShardDone { waiting });
+    }
+    assemble(plan, dir).map(RemovalOutcome::Report)
+}
+
+fn reference_path(dir: &Path, seed: u64) -> PathBuf {
+    dir.join(format!("reference-s{seed}.json"))
+}
+
+fn result_stem(query: usize, row: &EvalRow, seed: u64) -> String {
+    format!("q{query:03}-{}-s{seed}", row.label().replace('+', "_"))
+}
+
+/// The report from the finished models' files.
+fn assemble(plan: &RemovalPlan, dir: &Path) -> Result<RemovalReport, String> {
+    let missing = |path: &Path| format!("{} is missing", path.display());
+    let mut reference = Vec::new();
+    for &seed in &plan.seeds {
+        let path = reference_path(dir, seed);
+        reference.push(read_json::<Vec<f64>>(&path)?.ok_or_else(|| missing(&path))?);
+    }
+    let mut results = Vec::new();
+    for &query in &plan.queries {
+        for row in &plan.rows {
+            for (s, &seed) in plan.seeds.iter().enumerate() {
+                let path = dir
+                    .join("results")
+                    .join(format!("{}.json", result_stem(query, row, seed)));
+                let model = read_json::<RemovedModel>(&path)?.ok_or_else(|| missing(&path))?;
+                let reference_loss = *reference[s]
+                    .get(query)
+                    .ok_or_else(|| format!("the reference losses have no query {query}"))?;
+                results.push(RemovalResult { model, reference_loss });
             }
         }
     }
@@ -170,28 +277,21 @@ pub fn remove_top_k(
         .rows
         .iter()
         .map(|row| {
-            let of_row: Vec<&RemovalResult> = results.iter().filter(|r| r.method == row.label()).collect();
-            let increases: Vec<f64> = of_row.iter().map(|r| r.loss - r.reference_loss).collect();
-            let relative: Vec<f64> = of_row
-                .iter()
-                .map(|r| (r.loss - r.reference_loss) / r.reference_loss)
-                .collect();
+            let of_row: Vec<&RemovalResult> = results.iter().filter(|r| r.model.method == row.label()).collect();
+            let increases: Vec<f64> = of_row.iter().map(|r| r.increase()).collect();
+            let relative: Vec<f64> = of_row.iter().map(|r| r.increase() / r.reference_loss).collect();
             RemovalRow {
                 method: row.label(),
                 increase: bootstrap(&increases, 3),
-                relative_increase: super::ground_truth::mean(&relative),
+                relative_increase: bootstrap(&relative, 4),
             }
         })
         .collect();
-    Ok(Some(RemovalReport {
+    Ok(RemovalReport {
         k: plan.k,
         queries: plan.queries.clone(),
         seeds: plan.seeds.clone(),
         rows,
         results,
-    }))
-}
-
-fn total(plan: &RemovalPlan) -> usize {
-    plan.queries.len() * plan.rows.len() * plan.seeds.len()
+    })
 }

@@ -28,6 +28,9 @@ pub struct Benchmark {
     pub model: ModelDir,
     /// The training data.
     pub data: Dataset,
+    /// How the methods featurise images: [`IndexSettings::standard`] unless the caller sets
+    /// other settings; [`Self::index_settings`] picks the query's draws per row.
+    pub features: IndexSettings,
     subsets: Vec<Vec<usize>>,
 }
 
@@ -63,6 +66,7 @@ impl Benchmark {
         Ok(Self {
             root: root.to_owned(),
             truth,
+            features: IndexSettings::standard(&model),
             model,
             data,
             subsets,
@@ -117,10 +121,10 @@ impl Benchmark {
         query_lds(scores, &self.subsets, &self.truth.mean_losses(q))
     }
 
-    /// The index settings the evaluation uses: the standard ones, with the query's (t, ε) draws
-    /// shared with the training images or not.
+    /// The index settings the evaluation uses: [`Self::features`], with the query's (t, ε)
+    /// draws shared with the training images or not.
     pub fn index_settings(&self, shared_noise: bool) -> Result<IndexSettings, String> {
-        let mut settings = IndexSettings::standard(&self.model);
+        let mut settings = self.features.clone();
         settings.plan.shared_noise = shared_noise;
         settings.relocated()
     }
@@ -234,8 +238,37 @@ pub struct EvalReport {
     pub subsets: usize,
     /// False when the ground truth was still being built (fewer subsets than its benchmark).
     pub complete: bool,
+    /// The feature settings ([`IndexSettings::slug`], with independent query draws; `+shared`
+    /// rows use the same settings with shared draws).
+    #[serde(default)]
+    pub index: String,
+    /// Retraining without each query's top-k (`retrace eval remove-topk`), once it has run.
+    #[serde(default)]
+    pub remove_top_k: Option<super::remove_topk::RemovalReport>,
     /// One entry per row.
     pub methods: Vec<RowResult>,
+}
+
+impl EvalReport {
+    /// A report on `bench`'s `half` with no row yet.
+    pub fn new(bench: &Benchmark, half: QueryHalf) -> Result<Self, String> {
+        Ok(Self {
+            benchmark: bench.root.display().to_string(),
+            half,
+            ceiling: bench.truth.quality.seed_spearman,
+            ceiling_by_kind: bench.truth.quality.seed_spearman_by_kind.clone(),
+            subsets: bench.truth.spec.subsets,
+            complete: !bench.is_partial()?,
+            index: bench.features.slug(),
+            remove_top_k: None,
+            methods: Vec::new(),
+        })
+    }
+
+    /// The report in `path`, if there is a readable one.
+    pub fn read(path: &Path) -> Option<Self> {
+        super::build::read_json(path).ok().flatten()
+    }
 }
 
 /// Scores `row` on the queries of `half`. `Ok(None)` when cancelled.
