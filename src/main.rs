@@ -259,7 +259,7 @@ struct IndexArgs {
 pub(crate) struct FeatureArgs {
     /// Projection width per layer side (k_in = k_out = K).
     #[arg(long, default_value_t = 8)]
-    k: usize,
+    projection_k: usize,
     /// Timestep buckets.
     #[arg(long, default_value_t = 10)]
     buckets: usize,
@@ -291,15 +291,15 @@ impl FeatureArgs {
         let mut plan = retrace::grad::TimestepPlan::new(steps, self.buckets, self.draws, self.plan_seed)
             .map_err(anyhow::Error::msg)?;
         plan.shared_noise = shared_noise;
-        if self.k == 0 {
+        if self.projection_k == 0 {
             bail!("the projection needs k of at least 1");
         }
         Ok(retrace::attribution::IndexSettings {
             dir,
             plan,
             projection: retrace::grad::ProjectionConfig {
-                k_in: self.k,
-                k_out: self.k,
+                k_in: self.projection_k,
+                k_out: self.projection_k,
                 seed: self.plan_seed,
             },
             checkpoints: self.checkpoints,
@@ -859,4 +859,25 @@ fn info(path: &str) -> Result<()> {
         println!("  class {k:>2} {name:<14} {n}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_has_no_clashing_arguments() {
+        super::Cli::command().debug_assert();
+        // Flattened argument groups share one namespace of ids: a clash only shows in parsing.
+        for args in [
+            &["retrace", "eval", "remove-topk", "--k", "20", "--projection-k", "16"][..],
+            &["retrace", "eval", "overlap", "--k", "5", "--projection-k", "16"],
+            &["retrace", "eval", "lds", "--projection-k", "16", "--draws", "4"],
+            &["retrace", "index", "--projection-k", "16", "--buckets", "5"],
+        ] {
+            if let Err(e) = <super::Cli as clap::Parser>::try_parse_from(args) {
+                panic!("{args:?}: {e}");
+            }
+        }
+    }
 }
