@@ -258,7 +258,7 @@ struct IndexArgs {
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct FeatureArgs {
     /// Projection width per layer side (k_in = k_out = K).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     projection_k: usize,
     /// Timestep buckets.
     #[arg(long, default_value_t = 10)]
@@ -706,7 +706,8 @@ fn run(cli: Cli) -> Result<()> {
                 r.examples_per_second, r.batch, r.iterations, r.gflops
             );
             println!(
-                "gradient features (capture + projection, k = 8): {features:.1} example·timesteps/s, {:.2}× forward+backward",
+                "gradient features (capture + projection, k = {}): {features:.1} example·timesteps/s, {:.2}× forward+backward",
+                retrace::grad::ProjectionConfig::default().k_in,
                 features / r.examples_per_second
             );
             if fit_images > 0 {

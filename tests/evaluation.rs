@@ -173,14 +173,19 @@ fn remove_top_k_on(root: &Path, truth: &GroundTruth) {
             assert_eq!(r.model.removed, retrace::eval::stats::top_k(&scores, 3));
         }
     }
-    // A lost result is retrained alone, to the same loss.
-    let lost = std::fs::read_dir(work.join("results"))
+    // A lost result, and one whose removed images are not what the method removes now (made
+    // with other settings), are retrained alone, to the same losses.
+    let mut files: Vec<_> = std::fs::read_dir(work.join("results"))
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    std::fs::remove_file(&lost).unwrap();
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    std::fs::remove_file(&files[0]).unwrap();
+    let mut stale: retrace::eval::remove_topk::RemovedModel =
+        serde_json::from_str(&std::fs::read_to_string(&files[1]).unwrap()).unwrap();
+    stale.removed = vec![0, 1, 2];
+    stale.loss = 1.0;
+    std::fs::write(&files[1], serde_json::to_string(&stale).unwrap()).unwrap();
     let RemovalOutcome::Report(again) = remove_top_k(&bench, &plan(Shard::ALL), &work, &device, &silent).unwrap()
     else {
         panic!("one shard does everything");

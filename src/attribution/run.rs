@@ -136,7 +136,8 @@ pub struct IndexSettings {
 
 impl IndexSettings {
     /// The default settings for a model: its last checkpoint, 10 buckets of one shared draw,
-    /// k = 8, f32, in the user's cache ([`crate::index::default_index_dir`]).
+    /// k = 16, f32, in the user's cache ([`crate::index::default_index_dir`]). The LDS table's
+    /// development queries chose them (README, "Are the rankings right?").
     pub fn standard(model: &ModelDir) -> Self {
         let mut settings = Self {
             dir: PathBuf::new(),

@@ -18,6 +18,7 @@ use super::build::{LdsBuild, Shard, measure_losses, model_info, read_json, write
 use super::lds::{Interval, bootstrap};
 use super::stats::top_k;
 use super::table::{Benchmark, EvalRow, RowMethod};
+use crate::diffusion::ModelDir;
 use crate::diffusion::noise::{permutation, stream};
 use crate::jobs::JobContext;
 
@@ -191,26 +192,25 @@ pub fn remove_top_k(
                 let (row, seed) = (&plan.rows[row], plan.seeds[seed]);
                 let stem = result_stem(query, row, seed);
                 let path = dir.join("results").join(format!("{stem}.json"));
-                if read_json::<RemovedModel>(&path)?.is_some() {
+                let Some(removed) = removed_images(bench, plan, row, query, seed, device, job)? else {
+                    return Ok(RemovalOutcome::Cancelled);
+                };
+                // A result stands only if it removed what the method removes now: one made with
+                // other settings (another projection, damping, …) is stale and made again.
+                if read_json::<RemovedModel>(&path)?.is_some_and(|done| done.removed == removed) {
                     continue;
                 }
                 if !owned {
                     waiting += 1;
                     continue;
                 }
-                let removed = if matches!(row.method, RowMethod::Random) {
-                    let mut r = permutation(&mut stream("remove-random", &[query as u64, seed]), bench.data.len());
-                    r.truncate(plan.k);
-                    r
-                } else {
-                    let Some(scores) = bench.scores(row, query, device, job)? else {
-                        return Ok(RemovalOutcome::Cancelled);
-                    };
-                    top_k(&scores, plan.k)
-                };
                 let keep: Vec<usize> = (0..bench.data.len()).filter(|i| !removed.contains(i)).collect();
                 let data = bench.data.select(&keep);
                 let root = dir.join("models").join(&stem);
+                // A model left in training without other images (stale settings) starts over.
+                if ModelDir::open(&root).is_ok_and(|m| m.info.data_hash != data.content_hash()) {
+                    std::fs::remove_dir_all(&root).map_err(|e| format!("cannot clear {}: {e}", root.display()))?;
+                }
                 let info = model_info(
                     spec,
                     &data,
@@ -240,6 +240,27 @@ pub fn remove_top_k(
         return Ok(RemovalOutcome::ShardDone { waiting });
     }
     assemble(plan, dir).map(RemovalOutcome::Report)
+}
+
+/// The training images `row` removes for `query`: its top k, or k random ones for the random
+/// row. `Ok(None)` when cancelled.
+fn removed_images(
+    bench: &Benchmark,
+    plan: &RemovalPlan,
+    row: &EvalRow,
+    query: usize,
+    seed: u64,
+    device: &burn::tensor::Device,
+    job: &JobContext,
+) -> Result<Option<Vec<usize>>, String> {
+    if matches!(row.method, RowMethod::Random) {
+        let mut r = permutation(&mut stream("remove-random", &[query as u64, seed]), bench.data.len());
+        r.truncate(plan.k);
+        return Ok(Some(r));
+    }
+    Ok(bench
+        .scores(row, query, device, job)?
+        .map(|scores| top_k(&scores, plan.k)))
 }
 
 fn reference_path(dir: &Path, seed: u64) -> PathBuf {

@@ -25,8 +25,8 @@ pub struct ProjectionConfig {
 impl Default for ProjectionConfig {
     fn default() -> Self {
         Self {
-            k_in: 8,
-            k_out: 8,
+            k_in: 16,
+            k_out: 16,
             seed: 0,
         }
     }
