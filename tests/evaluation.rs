@@ -160,6 +160,7 @@ fn remove_top_k_on(root: &Path, truth: &GroundTruth) {
     };
     assert_eq!(report.results.len(), 4);
     assert_eq!(report.rows.len(), 2);
+    assert!(report.rows.iter().all(|r| r.relative_by_kind.len() == 2));
     for r in &report.results {
         assert_eq!(r.model.removed.len(), 3);
         assert!(r.model.loss.is_finite() && r.model.loss > 0.0);

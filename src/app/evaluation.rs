@@ -9,6 +9,7 @@ use egui::Ui;
 use egui_plot::{Bar, BarChart, HLine, Legend, Line, Plot};
 
 use super::RetraceApp;
+use crate::eval::QueryKind;
 use crate::eval::remove_topk::RemovalReport;
 use crate::eval::table::EvalReport;
 
@@ -16,8 +17,6 @@ use crate::eval::table::EvalReport;
 const HELD_OUT: egui::Color32 = egui::Color32::from_rgb(214, 96, 77);
 /// Colour of the generated queries' bars and ceiling.
 const GENERATED: egui::Color32 = egui::Color32::from_rgb(67, 147, 195);
-/// Colour of the remove-top-k bars.
-const REMOVAL: egui::Color32 = egui::Color32::from_rgb(120, 120, 200);
 
 /// The results file the tab reads unless another is loaded: the bundled benchmark's table.
 pub fn bundled_results_path() -> std::path::PathBuf {
@@ -82,6 +81,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     egui::ScrollArea::vertical().show(ui, |ui| {
         egui::Grid::new("lds-table").striped(true).show(ui, |ui| {
             for title in [
+                "#",
                 "method",
                 "LDS held-out",
                 "95% CI",
@@ -94,8 +94,9 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
                 ui.strong(title);
             }
             ui.end_row();
-            for m in &report.methods {
+            for (i, m) in report.methods.iter().enumerate() {
                 let spread = &m.generally_influential;
+                ui.label((i + 1).to_string());
                 ui.label(&m.method);
                 ui.label(format!("{:.3}", m.held_out.lds));
                 ui.label(format!("[{:.3}, {:.3}]", m.held_out.ci95[0], m.held_out.ci95[1]));
@@ -130,26 +131,41 @@ fn interval_bars(
     }
 }
 
-/// A bar plot whose x axis names bar group i `names[i]`.
-fn named_plot(id: &str, names: Vec<String>, y_label: &str, height: f32) -> Plot<'static> {
+/// A bar plot with one x grid line per bar group (labelled by [`group_labels`]).
+fn grouped_plot(id: &str, groups: usize, y_label: &str, height: f32) -> Plot<'static> {
     Plot::new(id)
         .height(height)
-        .legend(Legend::default())
+        .legend(Legend::default().position(egui_plot::Corner::LeftTop))
         .y_axis_label(y_label)
-        .x_axis_formatter(move |mark, _| {
-            let i = mark.value.round();
-            if (mark.value - i).abs() < 1e-6 && i >= 0.0 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
+        .x_grid_spacer(move |_| {
+            (0..groups)
+                .map(|i| egui_plot::GridMark {
+                    value: i as f64,
+                    step_size: 1.0,
+                })
+                .collect()
         })
+        .x_axis_formatter(|_, _| String::new())
+}
+
+/// Writes `labels[i]` under bar group i, below the lowest whisker of `values`: text inside the
+/// plot, because the axis drops labels wider than their spacing.
+fn group_labels(p: &mut egui_plot::PlotUi<'_>, labels: &[String], values: &[(f64, [f64; 2])]) {
+    let low = values.iter().map(|(v, ci)| v.min(ci[0])).fold(0.0, f64::min);
+    let high = values.iter().map(|(v, ci)| v.max(ci[1])).fold(0.0, f64::max);
+    let y = low - 0.04 * (high - low).max(1e-9);
+    for (i, label) in labels.iter().enumerate() {
+        let text = egui::RichText::new(label).size(10.0);
+        p.text(egui_plot::Text::new("", egui_plot::PlotPoint::new(i as f64, y), text).anchor(egui::Align2::CENTER_TOP));
+    }
 }
 
 /// LDS per method on both kinds of query, with the ceilings.
 fn lds_chart(ui: &mut Ui, report: &EvalReport, height: f32) {
-    let names = report.methods.iter().map(|m| m.method.clone()).collect();
-    named_plot("lds-bars", names, "LDS", height).show(ui, |p| {
+    // Numbers, not names: a table has more methods than their names fit under the bars; the
+    // table below numbers its rows the same way.
+    let numbers: Vec<String> = (1..=report.methods.len()).map(|i| i.to_string()).collect();
+    grouped_plot("lds-bars", numbers.len(), "LDS", height).show(ui, |p| {
         let held_out: Vec<_> = report
             .methods
             .iter()
@@ -160,6 +176,7 @@ fn lds_chart(ui: &mut Ui, report: &EvalReport, height: f32) {
             .iter()
             .map(|m| (m.generated.lds, m.generated.ci95))
             .collect();
+        group_labels(p, &numbers, &[held_out.as_slice(), generated.as_slice()].concat());
         interval_bars(p, "held-out", HELD_OUT, -0.18, &held_out);
         interval_bars(p, "generated", GENERATED, 0.18, &generated);
         // The ceiling of each kind of query, in its bars' colour; the overall one when the file
@@ -175,7 +192,8 @@ fn lds_chart(ui: &mut Ui, report: &EvalReport, height: f32) {
 }
 
 /// How much retraining without each method's top-k raised the query's loss, in per cent of
-/// the full-data model's loss (mean over queries and seeds, bootstrap 95% interval).
+/// the full-data model's loss, per kind of query (mean over queries and seeds, bootstrap 95%
+/// interval).
 fn removal_chart(ui: &mut Ui, removal: &RemovalReport, height: f32) {
     ui.label(format!(
         "Retrained without each query's top {} ({} queries × {} seeds): query-loss increase, % of the full-data model's.",
@@ -183,10 +201,18 @@ fn removal_chart(ui: &mut Ui, removal: &RemovalReport, height: f32) {
         removal.queries.len(),
         removal.seeds.len()
     ));
-    let names = removal.rows.iter().map(|r| r.method.clone()).collect();
-    named_plot("remove-top-k-bars", names, "loss increase (%)", height).show(ui, |p| {
-        let values: Vec<_> = removal.rows.iter().map(|r| r.percent_increase()).collect();
-        interval_bars(p, "loss increase", REMOVAL, 0.0, &values);
+    let names: Vec<String> = removal.rows.iter().map(|r| r.method.clone()).collect();
+    grouped_plot("remove-top-k-bars", names.len(), "loss increase (%)", height).show(ui, |p| {
+        let mut all = Vec::new();
+        for (kind, name, colour, offset) in [
+            (QueryKind::HeldOut, "held-out", HELD_OUT, -0.18),
+            (QueryKind::Generated, "generated", GENERATED, 0.18),
+        ] {
+            let values: Vec<_> = removal.rows.iter().map(|r| r.percent_increase_of(kind)).collect();
+            interval_bars(p, name, colour, offset, &values);
+            all.extend(values);
+        }
+        group_labels(p, &names, &all);
         p.hline(HLine::new("", 0.0).color(egui::Color32::GRAY));
     });
 }

@@ -452,11 +452,21 @@ fn remove_topk(args: RemoveTopkArgs, device: &ComputeDevice, job: &JobContext) -
         report.queries.len(),
         report.seeds.len()
     );
+    println!(
+        "{:<20} {:<31}  {:>26} {:>26} {:>26}",
+        "method", "absolute [95% CI]", "relative", "held-out", "generated"
+    );
     for row in &report.rows {
-        let (percent, ci) = row.percent_increase();
+        let cell = |(p, ci): (f64, [f64; 2])| format!("{p:+.2}% [{:+.2}%, {:+.2}%]", ci[0], ci[1]);
         println!(
-            "{:<20} {:+.5} [{:+.5}, {:+.5}]  {:+.2}% [{:+.2}%, {:+.2}%]",
-            row.method, row.increase.lds, row.increase.ci95[0], row.increase.ci95[1], percent, ci[0], ci[1]
+            "{:<20} {:+.5} [{:+.5}, {:+.5}]  {:>26} {:>26} {:>26}",
+            row.method,
+            row.increase.lds,
+            row.increase.ci95[0],
+            row.increase.ci95[1],
+            cell(row.percent_increase()),
+            cell(row.percent_increase_of(retrace::eval::QueryKind::HeldOut)),
+            cell(row.percent_increase_of(retrace::eval::QueryKind::Generated))
         );
     }
     if let Some(path) = &args.out {

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::QueryKind;
 use super::build::{LdsBuild, Shard, measure_losses, model_info, read_json, write_json};
 use super::lds::{Interval, bootstrap};
 use super::stats::top_k;
@@ -80,14 +81,29 @@ pub struct RemovalRow {
     pub increase: Interval,
     /// The same, each increase relative to its reference loss.
     pub relative_increase: Interval,
+    /// The relative increase per kind of query, in [`QueryKind::ALL`] order (held-out,
+    /// generated).
+    #[serde(default)]
+    pub relative_by_kind: Vec<Interval>,
 }
 
 impl RemovalRow {
     /// The relative increase in per cent, with its interval: what the viewer plots.
     pub fn percent_increase(&self) -> (f64, [f64; 2]) {
-        let r = &self.relative_increase;
-        (100.0 * r.lds, [100.0 * r.ci95[0], 100.0 * r.ci95[1]])
+        percent(&self.relative_increase)
     }
+
+    /// The relative increase of one kind of query in per cent, with its interval (zero when
+    /// the report has no split by kind).
+    pub fn percent_increase_of(&self, kind: QueryKind) -> (f64, [f64; 2]) {
+        let i = QueryKind::ALL.iter().position(|&k| k == kind).unwrap_or(0);
+        self.relative_by_kind.get(i).map_or((0.0, [0.0, 0.0]), percent)
+    }
+}
+
+/// A fraction and its interval in per cent.
+fn percent(r: &Interval) -> (f64, [f64; 2]) {
+    (100.0 * r.lds, [100.0 * r.ci95[0], 100.0 * r.ci95[1]])
 }
 
 /// The report `retrace eval remove-topk` prints and writes.
@@ -160,7 +176,8 @@ pub fn remove_top_k(
     };
     let all: Vec<usize> = (0..bench.truth.queries.len()).collect();
     let units = plan.units();
-    let mut waiting = 0;
+    // Other shards' models not done when this shard passed them: the file and what it must hold.
+    let mut others: Vec<(PathBuf, Option<Vec<usize>>)> = Vec::new();
     for (position, unit) in units.iter().enumerate() {
         let owned = plan.shard.owns(position);
         job.report("remove top-k", position as u64, units.len() as u64, "");
@@ -172,7 +189,7 @@ pub fn remove_top_k(
                     continue;
                 }
                 if !owned {
-                    waiting += 1;
+                    others.push((path, None));
                     continue;
                 }
                 let root = dir.join("models").join(format!("reference-s{seed}"));
@@ -201,7 +218,7 @@ pub fn remove_top_k(
                     continue;
                 }
                 if !owned {
-                    waiting += 1;
+                    others.push((path, Some(removed)));
                     continue;
                 }
                 let keep: Vec<usize> = (0..bench.data.len()).filter(|i| !removed.contains(i)).collect();
@@ -236,10 +253,19 @@ pub fn remove_top_k(
             }
         }
     }
+    // Looked at again now that this shard is done: the last shard to finish finds them all.
+    let mut waiting = 0;
+    for (path, removed) in &others {
+        let done = match removed {
+            None => read_json::<Vec<f64>>(path)?.is_some(),
+            Some(removed) => read_json::<RemovedModel>(path)?.is_some_and(|m| &m.removed == removed),
+        };
+        waiting += usize::from(!done);
+    }
     if waiting > 0 {
         return Ok(RemovalOutcome::ShardDone { waiting });
     }
-    assemble(plan, dir).map(RemovalOutcome::Report)
+    assemble(plan, dir, bench).map(RemovalOutcome::Report)
 }
 
 /// The training images `row` removes for `query`: its top k, or k random ones for the random
@@ -272,7 +298,7 @@ fn result_stem(query: usize, row: &EvalRow, seed: u64) -> String {
 }
 
 /// The report from the finished models' files.
-fn assemble(plan: &RemovalPlan, dir: &Path) -> Result<RemovalReport, String> {
+fn assemble(plan: &RemovalPlan, dir: &Path, bench: &Benchmark) -> Result<RemovalReport, String> {
     let missing = |path: &Path| format!("{} is missing", path.display());
     let mut reference = Vec::new();
     for &seed in &plan.seeds {
@@ -305,6 +331,17 @@ fn assemble(plan: &RemovalPlan, dir: &Path) -> Result<RemovalReport, String> {
                 method: row.label(),
                 increase: bootstrap(&increases, 3),
                 relative_increase: bootstrap(&relative, 4),
+                relative_by_kind: QueryKind::ALL
+                    .iter()
+                    .map(|&kind| {
+                        let of_kind: Vec<f64> = of_row
+                            .iter()
+                            .filter(|r| bench.truth.queries[r.model.query].kind == kind)
+                            .map(|r| r.increase() / r.reference_loss)
+                            .collect();
+                        bootstrap(&of_kind, 5)
+                    })
+                    .collect(),
             }
         })
         .collect();
