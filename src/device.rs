@@ -175,3 +175,10 @@ pub fn choose_shared(flag: Option<DeviceRequest>) -> Result<ComputeDevice, Strin
     }
     Ok(chosen)
 }
+
+/// Reads a tensor back to the host as f32 values (scores, features, curvature factors).
+pub fn read_back<const D: usize>(x: burn::tensor::Tensor<D>) -> Result<Vec<f32>, String> {
+    x.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| format!("cannot read a tensor back from the device: {e:?}"))
+}

@@ -12,6 +12,7 @@ pub mod data;
 pub mod device;
 pub mod diffusion;
 pub mod eval;
+pub mod files;
 pub mod grad;
 pub mod index;
 pub mod jobs;

@@ -597,7 +597,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 serde_json::to_vec_pretty(&file)?
             };
-            retrace::diffusion::checkpoint::write_atomic(&out, &bytes)?;
+            retrace::files::write_atomic(&out, &bytes)?;
             for m in &file.methods {
                 let best: Vec<String> = m
                     .ranking
@@ -798,7 +798,7 @@ fn save_png(picture: &image::RgbImage, out: &Path) -> Result<()> {
     }
     let mut bytes = Vec::new();
     picture.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
-    retrace::diffusion::checkpoint::write_atomic(out, &bytes)?;
+    retrace::files::write_atomic(out, &bytes)?;
     Ok(())
 }
 

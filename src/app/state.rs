@@ -353,7 +353,7 @@ impl RetraceApp {
             serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())
         };
         self.notice = Some(
-            match bytes.and_then(|b| crate::diffusion::checkpoint::write_atomic(path, &b).map_err(|e| e.to_string())) {
+            match bytes.and_then(|b| crate::files::write_atomic(path, &b).map_err(|e| e.to_string())) {
                 Ok(()) => format!("scores written to {}", path.display()),
                 Err(e) => format!("cannot write the scores: {e}"),
             },

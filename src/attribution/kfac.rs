@@ -13,7 +13,8 @@
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::{GradientInputs, Method, Scores, read_back};
+use super::{GradientInputs, Method, Scores};
+use crate::device::read_back;
 use crate::grad::Features;
 
 /// An influence-function method with an already preconditioned, projected query.

@@ -195,12 +195,5 @@ pub fn bucket_dot_products(inputs: &GradientInputs, normalise: bool) -> Result<V
         })?;
         total = total + dots * c.weight;
     }
-    read_back(total)
-}
-
-/// Reads a tensor back to the host as f32 values.
-pub(crate) fn read_back<const D: usize>(x: Tensor<D>) -> Result<Vec<f32>, String> {
-    x.into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| format!("cannot read scores back from the device: {e:?}"))
+    crate::device::read_back(total)
 }

@@ -31,6 +31,6 @@ pub fn pixel_cosine(data: &Dataset, query: &[f32], steps: usize, device: &Device
         buckets: vec![[0, steps]],
         ids: data.ids.clone(),
         labels: data.labels.clone(),
-        per_bucket: super::read_back(cos)?,
+        per_bucket: crate::device::read_back(cos)?,
     })
 }

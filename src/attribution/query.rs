@@ -79,7 +79,7 @@ pub fn generate_query(
         !job.cancel.is_cancelled()
     });
     let Some(x) = x else { return Ok(None) };
-    let pixels = super::read_back(x)?;
+    let pixels = crate::device::read_back(x)?;
     Ok(Some(Query {
         pixels,
         shape,

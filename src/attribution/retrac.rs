@@ -22,7 +22,8 @@
 
 use burn::tensor::Tensor;
 
-use super::{GradientInputs, Method, Scores, bucket_dot_products, features_tensor, read_back, unit_rows};
+use super::{GradientInputs, Method, Scores, bucket_dot_products, features_tensor, unit_rows};
+use crate::device::read_back;
 
 /// Diffusion-ReTrac as Xie et al. compute it.
 pub struct ReTrac;

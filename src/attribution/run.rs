@@ -387,7 +387,7 @@ fn influence_methods(
         out.push(KfacInfluence {
             name: variant.name(),
             query: Features {
-                values: super::read_back(projected)?,
+                values: crate::device::read_back(projected)?,
                 examples: 1,
                 buckets,
                 dim,

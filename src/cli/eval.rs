@@ -308,7 +308,7 @@ fn merge(out: PathBuf, from: Vec<PathBuf>, device: &ComputeDevice, job: &JobCont
         let first = from[0].join(BENCHMARK_FILE);
         let bytes = std::fs::read(&first).with_context(|| format!("cannot read {}", first.display()))?;
         std::fs::create_dir_all(out.join("results"))?;
-        retrace::diffusion::checkpoint::write_atomic(&out.join(BENCHMARK_FILE), &bytes)?;
+        retrace::files::write_atomic(&out.join(BENCHMARK_FILE), &bytes)?;
     }
     let (build, spec) = LdsBuild::open(&out, None, &device.device, job).map_err(|e| anyhow!(e))?;
     for dir in &from {

@@ -153,7 +153,7 @@ impl EigenCorrection {
             return Err("no point to correct the eigenvalues on".into());
         }
         for (layer, sum) in layers.iter_mut().zip(self.sums) {
-            layer.corrected = Some(crate::attribution::read_back(sum / self.points as f64)?);
+            layer.corrected = Some(crate::device::read_back(sum / self.points as f64)?);
         }
         Ok(())
     }

@@ -124,8 +124,8 @@ impl FactorAccumulator {
                 Ok(LayerFactors {
                     d_in,
                     d_out,
-                    a: crate::attribution::read_back(a / rows as f64)?,
-                    s: crate::attribution::read_back(s / self.points as f64)?,
+                    a: crate::device::read_back(a / rows as f64)?,
+                    s: crate::device::read_back(s / self.points as f64)?,
                 })
             })
             .collect()

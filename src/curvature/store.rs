@@ -9,7 +9,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
 use super::{FitConfig, LayerEigen};
-use crate::diffusion::checkpoint::{sha256, write_atomic};
+use crate::files::{sha256, write_atomic};
 
 /// Version of the curvature file layout.
 pub const CURVATURE_FORMAT_VERSION: u32 = 1;

@@ -124,7 +124,7 @@ impl Dataset {
             h.update(label.to_le_bytes());
             h.update(id.to_le_bytes());
         }
-        to_hex(&h.finalize())
+        crate::files::to_hex(&h.finalize())
     }
 
     /// Keeps the images whose index is in `keep` (in that order).
@@ -175,9 +175,4 @@ impl Dataset {
         selected.name = spec.to_string();
         Ok(selected)
     }
-}
-
-/// Lowercase hex of a byte string.
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -16,10 +16,9 @@ use burn::optim::ModuleOptimizer;
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::{ScheduleConfig, UNet, UNetConfig};
-use crate::data::to_hex;
+use crate::files::{FileError, sha256, write_atomic};
 
 /// Version of the model directory layout; bumped on incompatible changes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -65,13 +64,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary sibling, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+impl From<FileError> for CheckpointError {
+    fn from(e: FileError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 /// How the learning rate moves after the warm-up.
@@ -330,11 +329,6 @@ impl ModelDir {
             .ok_or_else(|| CheckpointError::invalid(&self.root, "holds no checkpoint yet (train it first)"))?;
         Ok((self.load_model(&latest, device)?, latest))
     }
-}
-
-/// SHA-256 of bytes as hex.
-pub fn sha256(bytes: &[u8]) -> String {
-    to_hex(&Sha256::digest(bytes))
 }
 
 /// Dotted module path of every parameter ("down_blocks.0.resnets.0.conv1.weight"), by id.

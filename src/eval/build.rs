@@ -27,10 +27,11 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::benchmark::{BenchmarkQuery, BenchmarkSpec, ModelKey, QueryKind, half_of};
 use super::ground_truth::{GroundTruth, ModelResult};
 use crate::data::{DataSpec, Dataset};
-use crate::diffusion::checkpoint::{FORMAT_VERSION, write_atomic};
+use crate::diffusion::checkpoint::FORMAT_VERSION;
 use crate::diffusion::images::{bytes_to_unit, tensor_to_images};
 use crate::diffusion::train::{TrainLength, noise_images, train};
 use crate::diffusion::{Measurement, ModelDir, ModelInfo, SamplerConfig, SamplerKind, Schedule, UNet, sample};
+use crate::files::write_atomic;
 use crate::jobs::{JobContext, Progress, ProgressSink};
 
 /// The file names of a build directory.
@@ -133,7 +134,7 @@ impl<'a> LdsBuild<'a> {
     /// Records a command line that worked on this build: one file per distinct command under
     /// `commands/`, so shards running at once never overwrite each other's.
     pub fn record_command(&self, command: &str) -> BuildResult<()> {
-        let digest = crate::diffusion::checkpoint::sha256(command.as_bytes());
+        let digest = crate::files::sha256(command.as_bytes());
         let dir = self.dir.join(COMMANDS_DIR);
         let path = dir.join(format!("{}.txt", &digest[..16]));
         if !path.is_file() {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::benchmark::{BenchmarkQuery, BenchmarkSpec, ModelKey, QueryHalf, QueryKind};
 use super::stats::{pearson, spearman};
-use crate::data::to_hex;
+use crate::files::to_hex;
 
 /// What measuring one model gave: every query's mean loss over the draws, and the mean over
 /// the even-numbered draws alone (the split that estimates measurement noise).

@@ -250,7 +250,7 @@ impl FeatureRun<'_> {
             return Ok(None);
         }
         for g in &sums {
-            let size = crate::attribution::read_back(g.clone().abs().sum())?;
+            let size = crate::device::read_back(g.clone().abs().sum())?;
             if !size.iter().all(|v| v.is_finite()) {
                 return Err("non-finite query gradient (is the model diverged?)".into());
             }

@@ -14,8 +14,8 @@ use memmap2::Mmap;
 pub use manifest::{INDEX_FORMAT_VERSION, IndexKey, IndexedCheckpoint, Manifest, Storage};
 
 use crate::data::Dataset;
-use crate::diffusion::checkpoint::{sha256, write_atomic};
 use crate::diffusion::{CheckpointEntry, Measurement, ModelDir, Schedule};
+use crate::files::{sha256, write_atomic};
 use crate::grad::{Examples, FeatureRun, Features, ProjectionConfig, Projector, TimestepPlan, model_layer_shapes};
 use crate::jobs::JobContext;
 

@@ -58,7 +58,7 @@ pub fn render(input: &ReportInput<'_>, format: ReportFormat) -> Result<Vec<u8>, 
 /// Writes the report to `path` (atomically) in the format its extension names.
 pub fn write_report(path: &Path, input: &ReportInput<'_>) -> Result<(), String> {
     let bytes = render(input, ReportFormat::from_path(path)?)?;
-    crate::diffusion::checkpoint::write_atomic(path, &bytes).map_err(|e| e.to_string())
+    crate::files::write_atomic(path, &bytes).map_err(|e| e.to_string())
 }
 
 /// C×H×W bytes (grey or RGB) as a PNG data URI, scaled up `scale`× (nearest neighbour).
