@@ -114,9 +114,9 @@ pub struct ScoringArgs {
     #[arg(long)]
     benchmark: Option<PathBuf>,
     #[command(flatten)]
-    influence: crate::InfluenceArgs,
+    influence: super::args::InfluenceArgs,
     #[command(flatten)]
-    features: crate::FeatureArgs,
+    features: super::args::FeatureArgs,
 }
 
 impl ScoringArgs {

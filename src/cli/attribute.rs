@@ -1,0 +1,122 @@
+//! `retrace attribute`: rank the training images by their influence on a query image or a generated sample.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+use retrace::device::DeviceRequest;
+use retrace::diffusion::{SamplerConfig, SamplerKind};
+
+use super::args::{IndexTarget, InfluenceArgs};
+use super::{compute_device, terminal_job};
+
+/// Rank the training images by their influence on a query image or a generated sample.
+#[derive(clap::Args)]
+pub struct AttributeArgs {
+    #[command(flatten)]
+    pub target: IndexTarget,
+    /// Query image (PNG/JPEG; converted to the model's channels and size).
+    #[arg(long, conflicts_with = "seed")]
+    pub query: Option<PathBuf>,
+    /// Generate the query from the model with this seed (DDIM, 100 steps).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Methods, comma-separated: retrac, tracin, kfac, ekfac, pixel.
+    #[arg(long, default_value = "retrac,tracin,kfac,ekfac,pixel", value_delimiter = ',')]
+    pub method: Vec<String>,
+    #[command(flatten)]
+    pub influence: InfluenceArgs,
+    /// How many top images to print per method.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// Output file: .json or .csv.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Runs `retrace attribute` on the requested compute device.
+pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
+    let AttributeArgs {
+        target,
+        query,
+        seed,
+        method,
+        influence,
+        top,
+        out,
+    } = args;
+    let dev = compute_device(device)?;
+    let (model, data, settings) = target.open()?;
+    let methods = method
+        .iter()
+        .map(|m| m.parse())
+        .collect::<Result<Vec<retrace::attribution::MethodName>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let cfg = &model.info.unet;
+    let (job, bar) = terminal_job()?;
+    let q = match (query, seed) {
+        (Some(path), _) => retrace::attribution::load_query_image(&path, cfg.image_channels, cfg.sample_size)
+            .map_err(anyhow::Error::msg)?,
+        (None, seed) => {
+            let config = SamplerConfig {
+                kind: SamplerKind::Ddim,
+                steps: 100,
+            };
+            retrace::attribution::query::generate_query(
+                &model,
+                seed.unwrap_or(0),
+                &config,
+                &dev.device,
+                &job,
+                |_, _, _| {},
+            )
+            .map_err(anyhow::Error::msg)?
+            .context("sampling cancelled")?
+        }
+    };
+    eprintln!("query: {}", q.description);
+    let request = retrace::attribution::MethodSettings {
+        methods,
+        influence: influence.settings(),
+    };
+    let scores = retrace::attribution::attribute(&model, &data, &q, &request, &settings, &dev.device, &job)
+        .map_err(anyhow::Error::msg)?;
+    bar.finish();
+    let Some(scores) = scores else { bail!("cancelled") };
+    let file = retrace::attribution::scores::AttributionFile {
+        retrace_version: retrace::VERSION.to_owned(),
+        model: model.root.display().to_string(),
+        data: data.name.clone(),
+        query: serde_json::json!({
+            "description": q.description,
+            "seed": seed,
+            "image": retrace::report::png_data_uri(
+                &retrace::diffusion::images::unit_to_bytes(&q.pixels),
+                q.shape,
+                1
+            ),
+        }),
+        device: dev.name.clone(),
+        methods: scores
+            .iter()
+            .map(|s| retrace::attribution::scores::MethodResult::from_scores(s, &data.class_names))
+            .collect(),
+    };
+    let bytes = if out.extension().is_some_and(|e| e == "csv") {
+        file.to_csv().into_bytes()
+    } else {
+        serde_json::to_vec_pretty(&file)?
+    };
+    retrace::files::write_atomic(&out, &bytes)?;
+    for m in &file.methods {
+        let best: Vec<String> = m
+            .ranking
+            .iter()
+            .take(top)
+            .map(|e| format!("#{} {} ({:.3e})", e.id, e.class, e.total))
+            .collect();
+        println!("{:>7}: {}", m.method, best.join(", "));
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}

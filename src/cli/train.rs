@@ -1,0 +1,142 @@
+//! `retrace train`: train a DDPM on a dataset, saving checkpoints (Ctrl-C saves one and stops).
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+use retrace::data::{DataSpec, Dataset};
+use retrace::device::DeviceRequest;
+use retrace::diffusion::train::{TrainLength, train};
+use retrace::diffusion::{ModelDir, ModelInfo, ScheduleConfig, TrainRecipe};
+
+use super::{compute_device, named_config, terminal_job};
+
+/// Train a DDPM on a dataset, saving checkpoints (Ctrl-C saves one and stops).
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Dataset spec, e.g. `bundled`, `fashion-mnist:/usr/share/datasets/fashion-mnist?subset=1000`.
+    #[arg(long)]
+    pub data: String,
+    /// Model directory to create (or to continue with --resume).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Architecture preset: tiny or base (default base; a resumed run keeps its own).
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Epochs to train in all (a resumed run continues up to this count).
+    #[arg(long, default_value_t = 100)]
+    pub epochs: usize,
+    /// Continue from the newest checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Examples per step.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Linear learning-rate warm-up steps.
+    #[arg(long, default_value_t = 200)]
+    pub warmup: usize,
+    /// Learning rate after the warm-up: constant, or cosine (decays to 0 at the last epoch).
+    #[arg(long, value_enum, default_value = "constant")]
+    pub lr_schedule: retrace::diffusion::LrSchedule,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    /// Save a checkpoint every this many steps.
+    #[arg(long, default_value_t = 1000)]
+    pub checkpoint_every: usize,
+    /// Seed of initialisation, batch order and noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Runs `retrace train` on the requested compute device.
+pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
+    let TrainArgs {
+        data,
+        out,
+        config,
+        epochs,
+        resume,
+        batch_size,
+        lr,
+        warmup,
+        lr_schedule,
+        weight_decay,
+        checkpoint_every,
+        seed,
+    } = args;
+    let spec: DataSpec = data.parse()?;
+    let dataset = Dataset::load(&spec)?;
+    if dataset.height != dataset.width {
+        bail!(
+            "{} holds {}×{} images; retrace's U-Net needs square images",
+            spec,
+            dataset.height,
+            dataset.width
+        );
+    }
+    let dev = compute_device(device)?;
+    let dir = if resume {
+        let dir = ModelDir::open(&out)?;
+        if let Some(name) = &config
+            && dir.info.unet != named_config(name, &dataset)?
+        {
+            bail!(
+                "{} was trained with another architecture than --config {name}",
+                out.display()
+            );
+        }
+        dir
+    } else {
+        if out.join("model.json").exists() {
+            bail!(
+                "{} already holds a model; pass --resume to continue it or choose another --out",
+                out.display()
+            );
+        }
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        let info = ModelInfo {
+            format_version: retrace::diffusion::checkpoint::FORMAT_VERSION,
+            unet: named_config(config.as_deref().unwrap_or("base"), &dataset)?,
+            schedule: ScheduleConfig::default(),
+            data_spec: spec.to_string(),
+            data_hash: dataset.content_hash(),
+            data_len: dataset.len(),
+            class_names: dataset.class_names.clone(),
+            train: TrainRecipe {
+                learning_rate: lr,
+                warmup_steps: warmup,
+                lr_schedule,
+                batch_size,
+                weight_decay,
+                seed,
+                checkpoint_every: checkpoint_every.max(1),
+                command,
+            },
+        };
+        ModelDir::create(&out, info)?
+    };
+    eprintln!("training on {} images of {}", dataset.len(), spec);
+    let (job, bar) = terminal_job()?;
+    let outcome = train(&dir, &dataset, &TrainLength { epochs }, resume, &dev.device, &job)?;
+    bar.finish();
+    let rate = outcome.step as f64 / outcome.seconds.max(1e-9);
+    if outcome.cancelled {
+        println!(
+            "stopped at step {}/{}; resume with the same command plus --resume",
+            outcome.step, outcome.total_steps
+        );
+    } else {
+        println!(
+            "trained to step {} in {:.0} s ({rate:.1} steps/s), last loss {:.4}; checkpoints in {}",
+            outcome.step,
+            outcome.seconds,
+            outcome.last_loss,
+            dir.root.join("checkpoints").display()
+        );
+    }
+    Ok(())
+}
