@@ -92,6 +92,21 @@ mod tests {
             &["retrace", "eval", "overlap", "--k", "5", "--projection-k", "16"],
             &["retrace", "eval", "lds", "--projection-k", "16", "--draws", "4"],
             &["retrace", "index", "--projection-k", "16", "--buckets", "5"],
+            &[
+                "retrace",
+                "attribute",
+                "--out",
+                "a.json",
+                "--measurement",
+                "sqnorm",
+                "--curvature",
+                "ef",
+                "--sharing",
+                "reduce",
+                "--checkpoints",
+                "all",
+            ],
+            &["retrace", "sample", "--out", "s.png", "--sampler", "ddpm"],
         ] {
             if let Err(e) = <super::Cli as clap::Parser>::try_parse_from(args) {
                 panic!("{args:?}: {e}");

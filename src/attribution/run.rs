@@ -96,23 +96,12 @@ impl FromStr for MethodName {
 }
 
 /// Which checkpoints to index and sum over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CheckpointChoice {
     /// Every checkpoint of the model directory.
     All,
     /// Only the newest.
     Last,
-}
-
-impl FromStr for CheckpointChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "all" => Ok(Self::All),
-            "last" => Ok(Self::Last),
-            _ => Err(format!("--checkpoints must be all or last, not {s:?}")),
-        }
-    }
 }
 
 /// Index settings shared by `retrace index` and `retrace attribute`.

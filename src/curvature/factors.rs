@@ -13,32 +13,19 @@
 //! Here n runs over (training image, t, ε) points. Both are exact where the layer has one
 //! position and the output Hessian is constant (a linear regression layer).
 
-use std::str::FromStr;
-
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::grad::LayerGrads;
 
 /// How a layer's shared positions enter the factors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Sharing {
     /// Every position is an example of its own (K-FAC-expand).
     Expand,
     /// Positions are aggregated before the outer products (K-FAC-reduce).
     Reduce,
-}
-
-impl FromStr for Sharing {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "expand" => Ok(Self::Expand),
-            "reduce" => Ok(Self::Reduce),
-            _ => Err(format!("unknown K-FAC variant {s:?}; expected expand or reduce")),
-        }
-    }
 }
 
 /// One layer's factors as host matrices (row-major, f32).

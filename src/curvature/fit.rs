@@ -18,24 +18,14 @@ use crate::grad::{Examples, LayerGrads, PlanWalk, TimestepPlan, capture_layers};
 use crate::jobs::JobContext;
 
 /// Which curvature the factors approximate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fisher {
     /// The generalised Gauss-Newton matrix, with one Monte Carlo output gradient per point.
     Ggn,
     /// The empirical Fisher: outer products of the training-loss gradients.
+    #[value(alias = "ef")]
     Empirical,
-}
-
-impl std::str::FromStr for Fisher {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "ggn" => Ok(Self::Ggn),
-            "empirical" | "ef" => Ok(Self::Empirical),
-            _ => Err(format!("unknown curvature {s:?}; expected ggn or empirical")),
-        }
-    }
 }
 
 /// What a curvature fit depends on (besides the model and the data).

@@ -3,35 +3,23 @@
 //! al. 2024, §4: loss, ELBO-weighted loss, or the square norm of the predicted noise as in
 //! D-TRAK).
 
-use std::str::FromStr;
-
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::Schedule;
 
 /// A per-example measurement of the model at a noised input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Measurement {
     /// The training loss: mean over pixels of ‖ε − ε_θ(x_t, t)‖².
     Loss,
     /// The loss weighted by its ELBO weight at t, normalised so the weights average 1 over t.
+    #[value(name = "elbo", alias = "elbo-loss")]
     ElboLoss,
     /// Mean over pixels of ‖ε_θ(x_t, t)‖² (D-TRAK's output function).
+    #[value(alias = "sqnorm")]
     SquareNorm,
-}
-
-impl FromStr for Measurement {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "loss" => Ok(Self::Loss),
-            "elbo" | "elbo-loss" => Ok(Self::ElboLoss),
-            "square-norm" | "sqnorm" => Ok(Self::SquareNorm),
-            _ => Err(format!("unknown measurement {s:?}; expected loss, elbo or square-norm")),
-        }
-    }
 }
 
 impl Measurement {

@@ -3,32 +3,19 @@
 //! the posterior variance β̃_t; η = 0 is DDIM). All noise comes from the host stream keyed by
 //! the seed, so a seed gives the same image on every backend.
 
-use std::str::FromStr;
-
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::noise::{gaussian, stream};
 use super::{Schedule, UNet};
 
 /// Which sampler to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SamplerKind {
     /// Ancestral sampling (η = 1).
     Ddpm,
     /// Deterministic DDIM (η = 0).
     Ddim,
-}
-
-impl FromStr for SamplerKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "ddpm" => Ok(Self::Ddpm),
-            "ddim" => Ok(Self::Ddim),
-            _ => Err(format!("unknown sampler {s:?}; expected ddpm or ddim")),
-        }
-    }
 }
 
 /// Sampler settings.
