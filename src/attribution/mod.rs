@@ -5,6 +5,7 @@ pub mod kfac;
 pub mod pixel;
 pub mod query;
 pub mod retrac;
+pub mod ridge;
 pub mod run;
 pub mod scores;
 pub mod tracin;
