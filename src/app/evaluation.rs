@@ -23,17 +23,10 @@ pub fn bundled_results_path() -> std::path::PathBuf {
     crate::eval::table::Benchmark::bundled_dir().join("results.json")
 }
 
-/// Reads a results file.
-pub fn load_report(path: &std::path::Path) -> Result<EvalReport, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is not a results file of retrace eval lds: {e}", path.display()))
-}
-
 /// Draws the Evaluation tab.
 pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     if app.evaluation.is_none() {
-        app.evaluation = Some(load_report(&bundled_results_path()));
+        app.evaluation = Some(EvalReport::load(&bundled_results_path()));
     }
     let report = match app.evaluation.clone() {
         Some(Ok(report)) => report,

@@ -35,7 +35,7 @@ pub fn handle_dropped_files(app: &mut RetraceApp, ctx: &egui::Context) {
         let path = f.path().to_path_buf();
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
             // An evaluation table (`retrace eval lds --out`) goes to the Evaluation tab.
-            app.evaluation = Some(super::evaluation::load_report(&path));
+            app.evaluation = Some(crate::eval::table::EvalReport::load(&path));
             app.view = super::state::View::Evaluation;
             continue;
         }

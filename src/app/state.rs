@@ -229,7 +229,7 @@ impl RetraceApp {
     /// index setting (query draws shared with the training images or not), if evaluated.
     pub fn method_lds(&mut self, method: MethodName) -> Option<(f64, f64)> {
         if self.evaluation.is_none() {
-            self.evaluation = Some(super::evaluation::load_report(
+            self.evaluation = Some(crate::eval::table::EvalReport::load(
                 &super::evaluation::bundled_results_path(),
             ));
         }

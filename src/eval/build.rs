@@ -490,7 +490,7 @@ fn result_path(dir: &Path, key: Option<ModelKey>) -> PathBuf {
 }
 
 /// Loads the dataset a spec string names.
-fn load_spec(spec: &str) -> BuildResult<Dataset> {
+pub(crate) fn load_spec(spec: &str) -> BuildResult<Dataset> {
     let parsed: DataSpec = spec.parse().map_err(|e| format!("{e}"))?;
     Dataset::load(&parsed).map_err(|e| format!("{e}"))
 }

@@ -10,6 +10,7 @@
 //! directory of its own, one result file per (query, method, seed), so a killed run resumes and
 //! several processes (`--shard i/N`) can share it; the last to finish writes the report.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -176,6 +177,8 @@ pub fn remove_top_k(
     };
     let all: Vec<usize> = (0..bench.truth.queries.len()).collect();
     let units = plan.units();
+    // Every method's top-k per (query, row index), computed once.
+    let mut top_lists: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
     // Other shards' models not done when this shard passed them: the file and what it must hold.
     let mut others: Vec<(PathBuf, Option<Vec<usize>>)> = Vec::new();
     for (position, unit) in units.iter().enumerate() {
@@ -205,12 +208,22 @@ pub fn remove_top_k(
                 write_json(&path, &losses)?;
                 let _ = std::fs::remove_dir_all(&root);
             }
-            Unit::Removal { query, row, seed } => {
-                let (row, seed) = (&plan.rows[row], plan.seeds[seed]);
+            Unit::Removal { query, row: r, seed } => {
+                let (row, seed) = (&plan.rows[r], plan.seeds[seed]);
                 let stem = result_stem(query, row, seed);
                 let path = dir.join("results").join(format!("{stem}.json"));
-                let Some(removed) = removed_images(bench, plan, row, query, seed, device, job)? else {
-                    return Ok(RemovalOutcome::Cancelled);
+                // A method's top-k does not depend on the training seed: scored once per query.
+                let removed = match top_lists.get(&(query, r)) {
+                    Some(top) => top.clone(),
+                    None => {
+                        let Some(removed) = removed_images(bench, plan, row, query, seed, device, job)? else {
+                            return Ok(RemovalOutcome::Cancelled);
+                        };
+                        if !matches!(row.method, RowMethod::Random) {
+                            top_lists.insert((query, r), removed.clone());
+                        }
+                        removed
+                    }
                 };
                 // A result stands only if it removed what the method removes now: one made with
                 // other settings (another projection, damping, …) is stale and made again.

@@ -13,7 +13,7 @@ use super::ground_truth::GroundTruth;
 use super::lds::{Interval, bootstrap, query_lds, random_scores};
 use super::stats::{TopKSpread, top_k, top_k_spread};
 use crate::attribution::{IndexSettings, InfluenceSettings, MethodName, MethodSettings, Query, attribute};
-use crate::data::{DataSpec, Dataset};
+use crate::data::Dataset;
 use crate::diffusion::images::bytes_to_unit;
 use crate::diffusion::{Measurement, ModelDir};
 use crate::jobs::JobContext;
@@ -59,8 +59,7 @@ impl Benchmark {
                 truth.spec.data
             ));
         }
-        let spec: DataSpec = truth.spec.data.parse().map_err(|e| format!("{e}"))?;
-        let data = Dataset::load(&spec).map_err(|e| format!("{e}"))?;
+        let data = super::build::load_spec(&truth.spec.data)?;
         truth.spec.check_data(&data)?;
         let subsets = truth.subsets()?;
         Ok(Self {
@@ -265,9 +264,16 @@ impl EvalReport {
         })
     }
 
+    /// Reads the results file `path`, saying why it cannot.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{} is not a results file of retrace eval lds: {e}", path.display()))
+    }
+
     /// The report in `path`, if there is a readable one.
     pub fn read(path: &Path) -> Option<Self> {
-        super::build::read_json(path).ok().flatten()
+        Self::load(path).ok()
     }
 }
 
