@@ -231,7 +231,7 @@ pub struct QueryLatency {
     /// Opening the index (reading the manifest and verifying every checksum).
     pub open_seconds: f64,
     /// (method, seconds to score every training image) for ReTrac, TracIn and K-FAC.
-    pub methods: Vec<(&'static str, f64)>,
+    pub methods: Vec<(String, f64)>,
 }
 
 /// Writes a synthetic index of `images` images (features of the given layer shapes and
@@ -247,9 +247,11 @@ pub fn synthetic_query_latency(
 ) -> Result<QueryLatency, String> {
     use std::sync::Arc;
 
-    use crate::attribution::{
-        CheckpointFeatures, GradientInputs, KfacInfluence, Method, ReTrac, TracIn, TrainFeatures,
-    };
+    use burn::tensor::TensorData;
+
+    use crate::attribution::kfac::preconditioned_scores;
+    use crate::attribution::retrac::retrac_scores;
+    use crate::attribution::{CheckpointFeatures, GradientInputs, TrainFeatures, bucket_dot_products};
     use crate::diffusion::noise::{gaussian, stream};
     use crate::grad::{Features, ProjectionConfig, Projector, TimestepPlan};
     use crate::index::{INDEX_FORMAT_VERSION, Index, IndexKey, IndexedCheckpoint, Manifest, write_index};
@@ -264,6 +266,7 @@ pub fn synthetic_query_latency(
         projection,
         layer_shapes: layer_shapes.to_vec(),
         storage,
+        measurement: crate::diffusion::Measurement::Loss,
     };
     let manifest = Manifest {
         format_version: INDEX_FORMAT_VERSION,
@@ -316,17 +319,18 @@ pub fn synthetic_query_latency(
         parameters: serde_json::json!({}),
         device: device.clone(),
     };
-    let kfac = KfacInfluence {
-        name: "kfac",
-        query,
-        parameters: serde_json::json!({}),
-    };
-    let methods: [&dyn Method; 3] = [&ReTrac, &TracIn, &kfac];
+    let kfac_query = Tensor::<2>::from_data(TensorData::new(query.values.clone(), [buckets, dim]), device);
+    type Scorer<'s> = Box<dyn Fn() -> Result<Vec<f32>, String> + 's>;
+    let methods: [(&str, Scorer); 3] = [
+        ("retrac", Box::new(|| retrac_scores(&inputs))),
+        ("tracin", Box::new(|| bucket_dot_products(&inputs, false))),
+        ("kfac", Box::new(|| preconditioned_scores(&inputs, kfac_query.clone()))),
+    ];
     let mut timings = Vec::new();
-    for m in methods {
+    for (name, score) in methods {
         let start = Instant::now();
-        let scores = m.score(&inputs);
-        timings.push((m.name(), start.elapsed().as_secs_f64()));
+        let scores = score();
+        timings.push((name.to_owned(), start.elapsed().as_secs_f64()));
         if let Err(e) = scores {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);

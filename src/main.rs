@@ -38,6 +38,8 @@ enum Command {
     Gui(cli::gui::GuiArgs),
     /// Describe a model directory or a dataset spec.
     Info(cli::info::InfoArgs),
+    /// List the attribution methods, what they need and their parameters.
+    Methods(cli::methods::MethodsArgs),
     /// Evaluate attribution methods: build an LDS ground truth, merge its shards, score methods.
     Eval {
         #[command(subcommand)]
@@ -68,6 +70,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => cli::report::run(args),
         Command::Gui(args) => cli::gui::run(args, cli.device),
         Command::Info(args) => cli::info::run(args),
+        Command::Methods(args) => cli::methods::run(args),
         Command::Eval { command } => {
             let dev = cli::compute_device(cli.device)?;
             let (job, bar) = cli::terminal_job()?;

@@ -154,7 +154,7 @@ impl Session {
         wake: impl Fn() + Send + Sync + Clone + 'static,
     ) -> BackgroundJob<Vec<Scores>> {
         let session = self.clone();
-        let names: Vec<&str> = request.methods.iter().map(|m| m.name()).collect();
+        let names = &request.methods;
         BackgroundJob::spawn(format!("ranking with {}", names.join(", ")), wake, move |job| {
             attribute(
                 &session.model,

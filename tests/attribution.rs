@@ -4,7 +4,8 @@ mod common;
 
 use burn::tensor::Device;
 use common::cpu;
-use retrace::attribution::{CheckpointFeatures, GradientInputs, Method, ReTrac, TracIn, TrainFeatures, pixel_cosine};
+use retrace::attribution::retrac::retrac_scores;
+use retrace::attribution::{CheckpointFeatures, GradientInputs, TrainFeatures, bucket_dot_products, pixel_cosine};
 use retrace::data::{DataSpec, Dataset, Split, bundled_model_dir};
 use retrace::diffusion::images::bytes_to_unit;
 use retrace::diffusion::{Measurement, ModelDir, Schedule, UNet};
@@ -124,9 +125,9 @@ fn a_perturbed_copy_of_a_training_image_finds_its_source() {
             parameters: serde_json::json!({}),
             device: cpu(),
         };
-        let retrac = ReTrac.score(&inputs).unwrap();
+        let retrac = inputs.scores("retrac", retrac_scores(&inputs).unwrap());
         assert_eq!(retrac.buckets.len(), 4);
-        let tracin = TracIn.score(&inputs).unwrap();
+        let tracin = inputs.scores("tracin", bucket_dot_products(&inputs, false).unwrap());
         assert_eq!(tracin.len(), 60);
         let pixel = pixel_cosine(&train_data, &copy, 1000, &cpu()).unwrap();
         let ranks = [&retrac, &tracin, &pixel].map(|s| common::rank_of(s, target));

@@ -137,11 +137,11 @@ fn a_cancelled_and_resumed_or_sharded_build_equals_an_uninterrupted_one() {
 /// Retraining without the top-k on the miniature benchmark: two shards sharing a directory,
 /// the second to finish writing the report; a model lost and recomputed changes nothing.
 fn remove_top_k_on(root: &Path, truth: &GroundTruth) {
-    use retrace::attribution::InfluenceSettings;
+    use retrace::attribution::Parameters;
     use retrace::eval::remove_topk::{RemovalOutcome, RemovalPlan, remove_top_k};
     use retrace::eval::table::{Benchmark, EvalRow};
     let bench = Benchmark::open(root).unwrap();
-    let rows = ["pixel", "random"].map(|m| EvalRow::parse(m, &InfluenceSettings::default()).unwrap());
+    let rows = ["pixel", "random"].map(|m| EvalRow::parse(m, &Parameters::default()).unwrap());
     let plan = |shard| RemovalPlan {
         k: 3,
         queries: vec![0, 3],
@@ -199,14 +199,14 @@ fn remove_top_k_on(root: &Path, truth: &GroundTruth) {
 /// similarity and TracIn query by query, as Mlodozeniec et al. find.
 #[test]
 fn on_the_bundled_benchmark_methods_beat_chance_and_ekfac_beats_pixel_and_tracin() {
-    use retrace::attribution::InfluenceSettings;
+    use retrace::attribution::Parameters;
     use retrace::eval::table::{Benchmark, EvalRow, RowResult, evaluate_row};
     let bench = Benchmark::open(&Benchmark::bundled_dir()).unwrap();
     assert!(!bench.is_partial().unwrap(), "the bundled ground truth is complete");
     let by_kind = &bench.truth.quality.seed_spearman_by_kind;
     assert!(by_kind[0] > 0.4, "held-out ceiling {by_kind:?}");
     let score = |name: &str| {
-        let row = EvalRow::parse(name, &InfluenceSettings::default()).unwrap();
+        let row = EvalRow::parse(name, &Parameters::default()).unwrap();
         evaluate_row(
             &bench,
             &row,

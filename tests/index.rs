@@ -4,7 +4,7 @@
 mod common;
 
 use common::cpu;
-use retrace::attribution::{CheckpointChoice, IndexSettings, MethodName, MethodSettings, Query, attribute};
+use retrace::attribution::{CheckpointChoice, IndexSettings, MethodSettings, Query, attribute, registry};
 use retrace::grad::{ProjectionConfig, TimestepPlan};
 use retrace::index::Storage;
 use retrace::jobs::JobContext;
@@ -20,6 +20,7 @@ fn settings(dir: &std::path::Path, k: usize) -> IndexSettings {
         },
         checkpoints: CheckpointChoice::All,
         storage: Storage::F32,
+        measurement: retrace::diffusion::Measurement::Loss,
         batch_size: 16,
         chunk_size: 10,
     }
@@ -27,10 +28,19 @@ fn settings(dir: &std::path::Path, k: usize) -> IndexSettings {
 
 /// How far down the 40 training images a method may rank the source of a perturbed copy
 /// queried with independent draws (2 buckets × 1 draw). Measured: K-FAC and EK-FAC 0, TracIn 2,
-/// pixel 0; ReTrac 22 and its bucket variant 16 — with this few draws the unit-normalised
-/// gradients carry mostly noise, so they are printed, not asserted (the LDS benchmark measures
-/// them properly).
-const SOURCE_RANK_LIMIT: [(&str, usize); 4] = [("tracin", 8), ("kfac", 3), ("ekfac", 3), ("pixel", 1)];
+/// TRAK 2, D-TRAK 3, pixel 0, the ensembles 0 and 2; ReTrac 22 and its bucket variant 16 —
+/// with this few draws the unit-normalised gradients carry mostly noise, so they are printed,
+/// not asserted (the LDS benchmark measures them properly).
+const SOURCE_RANK_LIMIT: [(&str, usize); 8] = [
+    ("tracin", 5),
+    ("kfac", 5),
+    ("ekfac", 5),
+    ("trak", 5),
+    ("dtrak", 5),
+    ("pixel", 5),
+    ("ensemble:kfac+pixel", 5),
+    ("ensemble-z:tracin+trak", 5),
+];
 
 #[test]
 fn a_killed_build_resumes_and_foreign_or_damaged_indexes_are_refused() {
@@ -96,12 +106,30 @@ fn attribute_finds_the_source_of_a_perturbed_copy_and_refuses_a_wrong_size() {
         shape: [1, 28, 28],
         description: "training image 5, shifted one pixel and noised".into(),
     };
-    let methods = MethodSettings::new(&MethodName::ALL);
+    let mut methods = MethodSettings {
+        methods: registry::names(),
+        ..Default::default()
+    };
+    methods.methods.extend(["ensemble:kfac+pixel".into(), "ensemble-z:tracin+trak".into()]);
     let scores = attribute(&model, &data, &query, &methods, &s, &cpu(), &JobContext::silent())
         .unwrap()
         .unwrap();
     let names: Vec<&str> = scores.iter().map(|s| s.method.as_str()).collect();
-    assert_eq!(names, ["retrac", "retrac-bucket", "tracin", "kfac", "ekfac", "pixel"]);
+    assert_eq!(
+        names,
+        [
+            "retrac",
+            "retrac-bucket",
+            "tracin",
+            "kfac",
+            "ekfac",
+            "trak",
+            "dtrak",
+            "pixel",
+            "ensemble:kfac+pixel",
+            "ensemble-z:tracin+trak"
+        ]
+    );
     for s in &scores {
         assert_eq!(s.len(), 40);
         assert!(s.per_bucket.iter().all(|v| v.is_finite()), "{}", s.method);
@@ -138,15 +166,23 @@ fn attribute_finds_the_source_of_a_perturbed_copy_and_refuses_a_wrong_size() {
     let again = attribute(&model, &data, &query, &methods, &s, &cpu(), &JobContext::silent())
         .unwrap()
         .unwrap();
-    assert_eq!(
-        again[3].per_bucket, scores[3].per_bucket,
-        "K-FAC reproduces from the stored fit"
-    );
+    // Every method is deterministic: K-FAC from the stored fit, TRAK from the stored kernel.
+    assert_eq!(again, scores);
+    // D-TRAK with the loss as its output function is TRAK.
+    let mut loss_dtrak = MethodSettings::new(&["trak", "dtrak"]);
+    loss_dtrak.parameters.set("dtrak-output", "loss").unwrap();
+    loss_dtrak.parameters.set("dtrak-damping", "0.5").unwrap();
+    loss_dtrak.parameters.set("trak-damping", "0.5").unwrap();
+    let pair = attribute(&model, &data, &query, &loss_dtrak, &s, &cpu(), &JobContext::silent())
+        .unwrap()
+        .unwrap();
+    assert_eq!(pair[0].per_bucket, pair[1].per_bucket);
+    assert_ne!(pair[0].per_bucket, scores[5].per_bucket, "the damping matters");
     let mut bytes = std::fs::read(&fitted[0]).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&fitted[0], &bytes).unwrap();
-    let kfac_only = MethodSettings::new(&[MethodName::Kfac]);
+    let kfac_only = MethodSettings::new(&["kfac"]);
     let err = attribute(&model, &data, &query, &kfac_only, &s, &cpu(), &JobContext::silent()).unwrap_err();
     assert!(err.contains("checksum mismatch"), "{err}");
     let bad = Query {

@@ -6,7 +6,6 @@ use egui::Ui;
 
 use super::RetraceApp;
 use super::textures::training_image;
-use crate::attribution::MethodName;
 use crate::eval::stats::{overlap_at_k, spearman};
 
 /// Rows shown per method.
@@ -24,21 +23,21 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         ui.label("compare:");
         for m in &computed {
             let mut on = app.compared.contains(m);
-            if ui.checkbox(&mut on, m.name()).changed() {
+            if ui.checkbox(&mut on, m).changed() {
                 if on && app.compared.len() < 4 {
-                    app.compared.push(*m);
+                    app.compared.push(m.clone());
                 } else {
                     app.compared.retain(|x| x != m);
                 }
             }
         }
     });
-    let methods: Vec<MethodName> = app.compared.iter().copied().filter(|m| computed.contains(m)).collect();
+    let methods: Vec<String> = app.compared.iter().filter(|m| computed.contains(m)).cloned().collect();
     if methods.len() < 2 {
         ui.label("Tick two to four methods.");
         return;
     }
-    let scores: Vec<_> = methods.iter().filter_map(|&m| app.scores(m).cloned()).collect();
+    let scores: Vec<_> = methods.iter().filter_map(|m| app.scores(m).cloned()).collect();
     let totals: Vec<Vec<f64>> = scores.iter().map(|s| s.totals()).collect();
     let orders: Vec<Vec<usize>> = scores.iter().map(|s| s.ranking()).collect();
     let k = ROWS.min(orders[0].len());
@@ -52,7 +51,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         ui.end_row();
         for a in 0..methods.len() {
             for b in a + 1..methods.len() {
-                ui.label(format!("{} / {}", methods[a].name(), methods[b].name()));
+                ui.label(format!("{} / {}", methods[a], methods[b]));
                 ui.label(format!("{:.2}", overlap_at_k(&totals[a], &totals[b], k)));
                 ui.label(format!("{:.3}", spearman(&totals[a], &totals[b])));
                 ui.end_row();
@@ -74,7 +73,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
             .filter(|(_, n)| **n > 0)
             .map(|(c, n)| format!("{} {n}", session.data.class_names.get(c).cloned().unwrap_or_default()))
             .collect();
-        ui.label(format!("{}: {}", m.name(), parts.join(", ")));
+        ui.label(format!("{m}: {}", parts.join(", ")));
     }
     ui.separator();
     let ctx = ui.ctx().clone();
@@ -83,10 +82,10 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
             ui.label("rank");
             for m in &methods {
                 let lds = app
-                    .method_lds(*m)
+                    .method_lds(m)
                     .map(|(h, g)| format!(" (LDS {h:.2} / {g:.2})"))
                     .unwrap_or_default();
-                ui.strong(format!("{}{lds}", m.name()))
+                ui.strong(format!("{m}{lds}"))
                     .on_hover_text("LDS on the bundled benchmark's held-out / generated queries (Evaluation tab)");
             }
             ui.end_row();

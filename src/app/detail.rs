@@ -29,15 +29,15 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         ui.strong("score");
         ui.end_row();
         for m in app.computed_methods() {
-            let Some(s) = app.scores(m) else { continue };
+            let Some(s) = app.scores(&m) else { continue };
             let rank = s.ranking().iter().position(|&j| j == i).map_or(0, |p| p + 1);
-            ui.label(m.name());
+            ui.label(&m);
             ui.label(format!("{rank} / {}", s.len()));
             ui.label(format!("{:.3e}", s.totals()[i]));
             ui.end_row();
         }
     });
-    if let Some(s) = app.shown_method.and_then(|m| app.scores(m)) {
+    if let Some(s) = app.shown_method.as_deref().and_then(|m| app.scores(m)) {
         ui.separator();
         ui.label(format!("{} per timestep bucket", s.method));
         let curve = s.bucket_curve(i);

@@ -5,62 +5,20 @@ use egui::Ui;
 
 use super::{RetraceApp, grid_row};
 use crate::attribution::CheckpointChoice;
-use crate::curvature::{Damping, Fisher, Sharing};
-use crate::diffusion::Measurement;
+use crate::attribution::registry::{self, Parameter, Range};
 use crate::index::Storage;
 
 /// Draws the methods panel.
 pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     ui.heading("Methods");
-    for (m, on) in &mut app.selected_methods {
-        ui.checkbox(on, m.name());
+    for (name, on) in &mut app.selected_methods {
+        let hint = registry::lookup(name)
+            .map(|m| format!("{}\nneeds: {}", m.summary(), m.needs().describe()))
+            .unwrap_or_default();
+        ui.checkbox(on, name.as_str()).on_hover_text(hint);
     }
-    ui.collapsing("K-FAC / EK-FAC settings", |ui| {
-        egui::Grid::new("influence").num_columns(2).show(ui, |ui| {
-            let label = ui.label("measurement");
-            egui::ComboBox::from_id_salt("measurement")
-                .selected_text(format!("{:?}", app.influence.measurement))
-                .show_ui(ui, |ui| {
-                    for m in [Measurement::Loss, Measurement::ElboLoss, Measurement::SquareNorm] {
-                        ui.selectable_value(&mut app.influence.measurement, m, format!("{m:?}"));
-                    }
-                })
-                .response
-                .labelled_by(label.id);
-            ui.end_row();
-            let label = ui
-                .label("damping")
-                .on_hover_text("lambda, as a multiple of each layer's mean eigenvalue");
-            let mut factor = match app.influence.damping {
-                Damping::Relative(f) | Damping::Absolute(f) => f,
-            };
-            if ui
-                .add(egui::DragValue::new(&mut factor).range(1e-6..=10.0).speed(0.01))
-                .labelled_by(label.id)
-                .changed()
-            {
-                app.influence.damping = Damping::Relative(factor);
-            }
-            ui.end_row();
-            ui.label("curvature");
-            ui.horizontal(|ui| {
-                ui.selectable_value(&mut app.influence.fisher, Fisher::Ggn, "GGN");
-                ui.selectable_value(&mut app.influence.fisher, Fisher::Empirical, "empirical");
-            });
-            ui.end_row();
-            ui.label("K-FAC variant");
-            ui.horizontal(|ui| {
-                ui.selectable_value(&mut app.influence.sharing, Sharing::Expand, "expand");
-                ui.selectable_value(&mut app.influence.sharing, Sharing::Reduce, "reduce");
-            });
-            ui.end_row();
-            grid_row(
-                ui,
-                "fit images",
-                egui::DragValue::new(&mut app.influence.fit_images).range(1..=100_000),
-            );
-        });
-    });
+    ensemble_builder(app, ui);
+    parameters(app, ui);
     index_settings(app, ui);
     let ready = app.current.is_some() && app.work.is_none() && app.indexing.is_none();
     if ui.add_enabled(ready, egui::Button::new("Run")).clicked() {
@@ -91,7 +49,8 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         ui.horizontal_wrapped(|ui| {
             ui.label("show:");
             for m in computed {
-                ui.selectable_value(&mut app.shown_method, Some(m), m.name());
+                let label = m.clone();
+                ui.selectable_value(&mut app.shown_method, Some(m), label);
             }
         });
     }
@@ -186,4 +145,116 @@ fn index_settings(app: &mut RetraceApp, ui: &mut Ui) {
         },
     ))
     .on_hover_text(current.dir.display().to_string());
+}
+
+/// The parameters of the ticked methods, one collapsible group per method; a parameter two
+/// methods share (K-FAC and EK-FAC) is shown once, under the first.
+fn parameters(app: &mut RetraceApp, ui: &mut Ui) {
+    let mut shown: Vec<&'static str> = Vec::new();
+    let ticked: Vec<String> = app
+        .selected_methods
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(m, _)| m.clone())
+        .collect();
+    for name in ticked {
+        let Ok(method) = registry::lookup(&name) else { continue };
+        let fresh: Vec<Parameter> = method
+            .parameters()
+            .into_iter()
+            .filter(|p| !shown.contains(&p.key))
+            .collect();
+        if fresh.is_empty() {
+            continue;
+        }
+        shown.extend(fresh.iter().map(|p| p.key));
+        ui.collapsing(format!("{name} settings"), |ui| {
+            egui::Grid::new(format!("parameters-{name}"))
+                .num_columns(2)
+                .show(ui, |ui| {
+                    for p in &fresh {
+                        parameter_row(app, ui, p);
+                    }
+                });
+        });
+    }
+}
+
+/// One parameter's label and editor, drawn from its range; edits are checked by the registry.
+fn parameter_row(app: &mut RetraceApp, ui: &mut Ui, p: &Parameter) {
+    let label = ui.label(p.key).on_hover_text(p.doc);
+    let current = app.parameters.text(p.key).unwrap_or_else(|_| p.default.to_owned());
+    let edited: Option<String> = match p.range {
+        Range::Number { min, max, log } => {
+            let mut v: f64 = current.parse().unwrap_or(min);
+            let speed = if log { v.abs() * 0.02 } else { (max - min) * 0.002 };
+            ui.add(egui::DragValue::new(&mut v).range(min..=max).speed(speed.max(1e-12)))
+                .labelled_by(label.id)
+                .changed()
+                .then(|| v.to_string())
+        }
+        Range::Integer { min, max } => {
+            let mut v: u64 = current.parse().unwrap_or(min);
+            ui.add(egui::DragValue::new(&mut v).range(min..=max))
+                .labelled_by(label.id)
+                .changed()
+                .then(|| v.to_string())
+        }
+        Range::Choice(names) => {
+            let mut chosen = current.clone();
+            egui::ComboBox::from_id_salt(p.key)
+                .selected_text(&chosen)
+                .show_ui(ui, |ui| {
+                    for n in names() {
+                        let text = n.clone();
+                        ui.selectable_value(&mut chosen, n, text);
+                    }
+                })
+                .response
+                .labelled_by(label.id);
+            (chosen != current).then_some(chosen)
+        }
+    };
+    ui.end_row();
+    if let Some(value) = edited
+        && let Err(e) = app.parameters.set(p.key, &value)
+    {
+        app.notice = Some(e);
+    }
+}
+
+/// Adds an ensemble of the ticked methods (rank or z-score average) as a method of its own.
+fn ensemble_builder(app: &mut RetraceApp, ui: &mut Ui) {
+    let members: Vec<String> = app
+        .selected_methods
+        .iter()
+        .filter(|(m, on)| *on && !m.starts_with("ensemble"))
+        .map(|(m, _)| m.clone())
+        .collect();
+    ui.horizontal(|ui| {
+        for (prefix, label, hint) in [
+            (
+                "ensemble:",
+                "+ rank ensemble",
+                "adds the mean rank of the ticked methods as a method",
+            ),
+            (
+                "ensemble-z:",
+                "+ z-score ensemble",
+                "adds the mean z-score of the ticked methods as a method",
+            ),
+        ] {
+            if ui
+                .add_enabled(members.len() >= 2, egui::Button::new(label).small())
+                .on_hover_text(hint)
+                .on_disabled_hover_text("tick two or more methods first")
+                .clicked()
+            {
+                let name = format!("{prefix}{}", members.join("+"));
+                if !app.selected_methods.iter().any(|(m, _)| *m == name) {
+                    app.selected_methods.push((name, true));
+                }
+            }
+        }
+    });
 }

@@ -78,18 +78,18 @@ fn keyboard(app: &mut RetraceApp, ui: &Ui, order: &[usize]) {
 
 /// Draws the ranking view.
 pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
-    let Some(method) = app.shown_method else {
+    let Some(method) = app.shown_method.clone() else {
         ui.label("Pick a query and press Run to rank the training images.");
         return;
     };
-    let Some(scores) = app.scores(method).cloned() else {
-        ui.label(format!("{} has not run for this query yet: press Run.", method.name()));
+    let Some(scores) = app.scores(&method).cloned() else {
+        ui.label(format!("{} has not run for this query yet: press Run.", method));
         return;
     };
     let (order, totals) = ranked(&scores);
     keyboard(app, ui, &order);
     ui.horizontal(|ui| {
-        ui.label(format!("{} — {} training images", method.name(), scores.len()));
+        ui.label(format!("{} — {} training images", method, scores.len()));
         let label = ui.label("shown per side");
         ui.add(egui::Slider::new(&mut app.top_k, 4..=96)).labelled_by(label.id);
     });

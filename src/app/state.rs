@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use egui::Ui;
 
 use super::textures::Thumbnails;
-use crate::attribution::{InfluenceSettings, MethodName, MethodSettings, Query, Scores};
+use crate::attribution::registry::{self, Parameters};
+use crate::attribution::{MethodSettings, Query, Scores};
 use crate::diffusion::images::unit_to_bytes;
 use crate::jobs::{BackgroundJob, Progress};
 use crate::session::Session;
@@ -62,6 +63,9 @@ impl Work {
     }
 }
 
+/// The methods ticked when the viewer opens.
+pub const DEFAULT_METHODS: [&str; 2] = ["retrac", "kfac"];
+
 /// The whole viewer state.
 pub struct RetraceApp {
     /// The engine session (or why it could not open).
@@ -78,21 +82,22 @@ pub struct RetraceApp {
     pub pick_index: usize,
     /// Pick from the held-out split rather than the training set.
     pub pick_held_out: bool,
-    /// Methods ticked in the methods panel.
-    pub selected_methods: Vec<(MethodName, bool)>,
-    /// Settings of K-FAC / EK-FAC.
-    pub influence: InfluenceSettings,
+    /// Methods (registry names, ensembles the user added among them) and whether they are
+    /// ticked in the methods panel.
+    pub selected_methods: Vec<(String, bool)>,
+    /// The methods' parameter values.
+    pub parameters: Parameters,
     /// The job in flight.
     pub work: Option<Work>,
     /// The index being built in the background (started at launch when it is not complete).
     /// Queries can be made meanwhile; ranking waits for it.
     pub indexing: Option<BackgroundJob<()>>,
     /// Cached scores by (query, method, parameters).
-    pub cache: HashMap<(usize, MethodName, String), Scores>,
+    pub cache: HashMap<(usize, String, String), Scores>,
     /// The method whose ranking is shown.
-    pub shown_method: Option<MethodName>,
+    pub shown_method: Option<String>,
     /// Methods compared side by side.
-    pub compared: Vec<MethodName>,
+    pub compared: Vec<String>,
     /// The training image opened in the detail view.
     pub selected_train: Option<usize>,
     /// Training images whose curves the timestep view plots.
@@ -142,16 +147,19 @@ impl RetraceApp {
             seed: 0,
             pick_index: 0,
             pick_held_out: true,
-            selected_methods: MethodName::ALL
-                .iter()
-                .map(|&m| (m, matches!(m, MethodName::ReTrac | MethodName::Kfac)))
+            selected_methods: registry::names()
+                .into_iter()
+                .map(|m| {
+                    let on = DEFAULT_METHODS.contains(&m.as_str());
+                    (m, on)
+                })
                 .collect(),
-            influence: InfluenceSettings::default(),
+            parameters: Parameters::default(),
             work: None,
             indexing: None,
             cache: HashMap::new(),
             shown_method: None,
-            compared: vec![MethodName::ReTrac, MethodName::Kfac],
+            compared: DEFAULT_METHODS.map(String::from).to_vec(),
             selected_train: None,
             plotted: Vec::new(),
             view: View::Ranking,
@@ -216,45 +224,51 @@ impl RetraceApp {
         self.plotted.clear();
     }
 
-    /// The parameters a method's cached scores are keyed by.
-    pub fn parameters_key(&self, method: MethodName) -> String {
-        let index = self.session.as_ref().map(|s| s.index.slug()).unwrap_or_default();
-        match method {
-            MethodName::Kfac | MethodName::Ekfac => format!("{index} {:?}", self.influence),
-            _ => index,
-        }
+    /// The parameters a method's cached scores are keyed by: the index settings (for methods
+    /// that use the index) and the values of the method's parameters.
+    pub fn parameters_key(&self, method: &str) -> String {
+        let Ok(m) = registry::lookup(method) else {
+            return String::new();
+        };
+        let index = match &self.session {
+            Ok(s) if m.needs().index => s.index.slug(),
+            _ => String::new(),
+        };
+        format!("{index} {}", self.parameters.describe(&m.parameters()))
     }
 
     /// The method's LDS on the benchmark (held-out and generated queries), for the viewer's
     /// index setting (query draws shared with the training images or not), if evaluated.
-    pub fn method_lds(&mut self, method: MethodName) -> Option<(f64, f64)> {
+    pub fn method_lds(&mut self, method: &str) -> Option<(f64, f64)> {
         if self.evaluation.is_none() {
             self.evaluation = Some(crate::eval::table::EvalReport::load(
                 &super::evaluation::bundled_results_path(),
             ));
         }
         let shared = self.session.as_ref().ok()?.index.plan.shared_noise;
-        let label = if matches!(method, MethodName::Pixel) || !shared {
-            method.name().to_owned()
-        } else {
-            format!("{}+shared", method.name())
+        let row = crate::eval::table::EvalRow {
+            method: crate::eval::table::RowMethod::Attribution(method.to_owned()),
+            parameters: self.parameters.clone(),
+            shared_noise: shared,
         };
+        let label = row.label();
         let report = self.evaluation.as_ref()?.as_ref().ok()?;
         let row = report.methods.iter().find(|r| r.method == label)?;
         Some((row.held_out.lds, row.generated.lds))
     }
 
     /// Scores of `method` for the current query, if computed.
-    pub fn scores(&self, method: MethodName) -> Option<&Scores> {
+    pub fn scores(&self, method: &str) -> Option<&Scores> {
         let q = self.current?;
-        self.cache.get(&(q, method, self.parameters_key(method)))
+        self.cache.get(&(q, method.to_owned(), self.parameters_key(method)))
     }
 
     /// Every computed method for the current query, in the methods panel's order.
-    pub fn computed_methods(&self) -> Vec<MethodName> {
-        MethodName::ALL
-            .into_iter()
-            .filter(|&m| self.scores(m).is_some())
+    pub fn computed_methods(&self) -> Vec<String> {
+        self.selected_methods
+            .iter()
+            .map(|(m, _)| m.clone())
+            .filter(|m| self.scores(m).is_some())
             .collect()
     }
 
@@ -268,7 +282,7 @@ impl RetraceApp {
         let methods: Vec<Scores> = self
             .computed_methods()
             .into_iter()
-            .filter_map(|m| self.scores(m).cloned())
+            .filter_map(|m| self.scores(&m).cloned())
             .collect();
         if methods.is_empty() {
             self.notice = Some("run a method first: there is nothing to report".into());
@@ -329,7 +343,7 @@ impl RetraceApp {
         let methods: Vec<_> = self
             .computed_methods()
             .into_iter()
-            .filter_map(|m| self.scores(m))
+            .filter_map(|m| self.scores(&m))
             .map(|s| crate::attribution::scores::MethodResult::from_scores(s, &session.data.class_names))
             .collect();
         if methods.is_empty() {
@@ -374,19 +388,19 @@ impl RetraceApp {
         if self.work.is_some() || self.indexing.is_some() {
             return;
         }
-        let wanted: Vec<MethodName> = self
+        let wanted: Vec<String> = self
             .selected_methods
             .iter()
-            .filter(|(m, on)| *on && !self.cache.contains_key(&(q, *m, self.parameters_key(*m))))
-            .map(|(m, _)| *m)
+            .filter(|(m, on)| *on && !self.cache.contains_key(&(q, m.clone(), self.parameters_key(m))))
+            .map(|(m, _)| m.clone())
             .collect();
         if wanted.is_empty() {
-            self.shown_method = self.selected_methods.iter().find(|(_, on)| *on).map(|(m, _)| *m);
+            self.shown_method = self.selected_methods.iter().find(|(_, on)| *on).map(|(m, _)| m.clone());
             return;
         }
         let request = MethodSettings {
             methods: wanted,
-            influence: self.influence.clone(),
+            parameters: self.parameters.clone(),
         };
         let job = session.attribute(self.history[q].query.clone(), request.clone(), Self::waker(ctx));
         self.work = Some(Work::Attribute(job, q, request));
@@ -445,14 +459,11 @@ impl RetraceApp {
                 None => self.work = Some(Work::Attribute(job, q, request)),
                 Some(Ok(Some(scores))) => {
                     for s in scores {
-                        let Ok(method) = s.method.parse::<MethodName>() else {
-                            continue;
-                        };
-                        let key = (q, method, self.parameters_key(method));
+                        let key = (q, s.method.clone(), self.parameters_key(&s.method));
                         self.cache.insert(key, s);
                     }
-                    if self.shown_method.is_none_or(|m| !request.methods.contains(&m)) {
-                        self.shown_method = request.methods.first().copied();
+                    if self.shown_method.as_ref().is_none_or(|m| !request.methods.contains(m)) {
+                        self.shown_method = request.methods.first().cloned();
                     }
                     self.notice = None;
                 }

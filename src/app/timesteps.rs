@@ -7,7 +7,7 @@ use egui::Ui;
 use egui_plot::{Legend, Line, Plot};
 
 use super::RetraceApp;
-use crate::attribution::{MethodName, Scores};
+use crate::attribution::Scores;
 
 /// `points` with y scaled so the largest magnitude is 1.
 fn scaled(points: Vec<[f64; 2]>) -> Vec<[f64; 2]> {
@@ -31,11 +31,11 @@ pub fn query_norms(scores: &Scores) -> Option<Vec<[f64; 2]>> {
 /// Draws the per-timestep view.
 pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     let Ok(session) = app.session.clone() else { return };
-    let Some(method) = app.shown_method else {
+    let Some(method) = app.shown_method.clone() else {
         ui.label("Run a method first.");
         return;
     };
-    let Some(scores) = app.scores(method).cloned() else {
+    let Some(scores) = app.scores(&method).cloned() else {
         return;
     };
     if app.plotted.is_empty() {
@@ -43,7 +43,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     }
     ui.label(format!(
         "{}: score per timestep bucket of {} training image(s) (click images in the ranking to add them)",
-        method.name(),
+        method,
         app.plotted.len()
     ));
     if ui.button("Clear selection").clicked() {
@@ -61,7 +61,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
                 p.line(Line::new(name, scores.bucket_curve(i)).width(2.0));
             }
         });
-    let dot = [MethodName::TracIn, MethodName::ReTrac].map(|m| app.scores(m).cloned());
+    let dot = ["tracin", "retrac"].map(|m| app.scores(m).cloned());
     if let Some(norms) = dot.iter().flatten().find_map(query_norms) {
         ui.label("Query gradient norm per bucket (what ReTrac normalises away)");
         Plot::new("query-norms")

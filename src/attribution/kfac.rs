@@ -11,51 +11,181 @@
 //! gradient: S[i, b] = 1/B · q̃_bᵀ φ̄_i, where φ̄_i is the training image's mean feature over
 //! buckets, so Σ_b S[i, b] is the influence on the whole measurement.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
-use super::{GradientInputs, Method, Scores};
+use super::context::Context;
+use super::registry::{Method, Needs, Parameter, Range, choices};
+use super::{GradientInputs, Scores};
+use crate::curvature::{Damping, Eigenvalues, Fisher, Preconditioner, Sharing};
 use crate::device::read_back;
-use crate::grad::Features;
+use crate::diffusion::Measurement;
 
-/// An influence-function method with an already preconditioned, projected query.
+/// How the damping parameter is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DampingScale {
+    /// λ = damping × each layer's mean eigenvalue (scale-free).
+    Relative,
+    /// λ = damping for every layer.
+    Absolute,
+}
+
+/// The parameters K-FAC and EK-FAC share.
+pub const PARAMETERS: [Parameter; 6] = [
+    Parameter {
+        key: "measurement",
+        doc: "what the query's gradient differentiates: the loss, the ELBO-weighted loss or D-TRAK's square norm",
+        default: "loss",
+        range: Range::Choice(choices::<Measurement>),
+    },
+    Parameter {
+        key: "damping",
+        doc: "λ added to the curvature's eigenvalues (a factor of each layer's mean eigenvalue, or absolute)",
+        default: "0.1",
+        range: Range::Number {
+            min: 1e-12,
+            max: 1e6,
+            log: true,
+        },
+    },
+    Parameter {
+        key: "damping-scale",
+        doc: "relative: damping × each layer's mean eigenvalue; absolute: damping itself",
+        default: "relative",
+        range: Range::Choice(choices::<DampingScale>),
+    },
+    Parameter {
+        key: "curvature",
+        doc: "the GGN (one Monte Carlo output gradient per point) or the empirical Fisher",
+        default: "ggn",
+        range: Range::Choice(choices::<Fisher>),
+    },
+    Parameter {
+        key: "sharing",
+        doc: "K-FAC-expand or K-FAC-reduce over convolution positions and attention tokens",
+        default: "expand",
+        range: Range::Choice(choices::<Sharing>),
+    },
+    Parameter {
+        key: "fit-images",
+        doc: "training images the curvature is fitted on (a seeded subset)",
+        default: "64",
+        range: Range::Integer {
+            min: 1,
+            max: 10_000_000,
+        },
+    },
+];
+
+/// An influence-function method: K-FAC or EK-FAC eigenvalues.
 pub struct KfacInfluence {
     /// "kfac" or "ekfac".
     pub name: &'static str,
-    /// The preconditioned query's projected features [1, B, D] at the last indexed checkpoint.
-    pub query: Features,
-    /// Settings to record with the scores (curvature, damping, measurement, …).
-    pub parameters: serde_json::Value,
+    /// Which eigenvalues precondition.
+    pub eigenvalues: Eigenvalues,
+}
+
+impl KfacInfluence {
+    /// K-FAC: the Kronecker product of the factors' eigenvalues.
+    pub const KFAC: Self = Self {
+        name: "kfac",
+        eigenvalues: Eigenvalues::Kfac,
+    };
+    /// EK-FAC: eigenvalues refitted in the Kronecker eigenbasis (George et al. 2018).
+    pub const EKFAC: Self = Self {
+        name: "ekfac",
+        eigenvalues: Eigenvalues::Ekfac,
+    };
 }
 
 impl Method for KfacInfluence {
-    fn name(&self) -> &'static str {
-        self.name
+    fn name(&self) -> String {
+        self.name.into()
     }
 
-    fn score(&self, inputs: &GradientInputs) -> Result<Scores, String> {
-        let last = inputs
-            .checkpoints
-            .last()
-            .ok_or("influence functions need an indexed checkpoint")?;
-        let (_, b, d) = last.train.shape();
-        if self.query.buckets != b || self.query.dim != d {
-            return Err(format!(
-                "the preconditioned query has {}×{} features but the index {b}×{d}",
-                self.query.buckets, self.query.dim
-            ));
+    fn summary(&self) -> &'static str {
+        match self.eigenvalues {
+            Eigenvalues::Kfac => "K-FAC influence function ∇m(q)ᵀ(G+λI)⁻¹∇ℓ(i) (Mlodozeniec et al. 2024)",
+            Eigenvalues::Ekfac => {
+                "EK-FAC influence function, eigenvalues corrected in the K-FAC eigenbasis (Mlodozeniec et al. 2024)"
+            }
         }
-        let device = &inputs.device;
-        let query = Tensor::<2>::from_data(TensorData::new(self.query.values.clone(), [b, d]), device).transpose();
-        let scores = last.train.map_blocks(device, |train| {
-            let rows = train.dims()[0];
-            let mean_train = train.mean_dim(1).reshape([rows, d]);
-            Ok(mean_train.matmul(query.clone()) / b as f64)
-        })?;
-        let mut result = inputs.scores(self.name, read_back(scores)?);
-        if let (Some(map), Some(extra)) = (result.parameters.as_object_mut(), self.parameters.as_object()) {
-            map.extend(extra.clone());
-            map.insert("checkpoints".into(), serde_json::json!([last.step]));
-        }
-        Ok(result)
     }
+
+    fn parameters(&self) -> Vec<Parameter> {
+        PARAMETERS.to_vec()
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            index: true,
+            curvature: true,
+            model_copy: false,
+        }
+    }
+
+    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
+        let p = context.parameters;
+        let measurement: Measurement = p.choice("measurement")?;
+        let damping = match p.choice::<DampingScale>("damping-scale")? {
+            DampingScale::Relative => Damping::Relative(p.number("damping")?),
+            DampingScale::Absolute => Damping::Absolute(p.number("damping")?),
+        };
+        let (fisher, sharing, fit_images) = (p.choice("curvature")?, p.choice("sharing")?, p.integer("fit-images")?);
+        let corrected = self.eigenvalues == Eigenvalues::Ekfac;
+        let Some(curvature) = context.curvature(fisher, sharing, fit_images, corrected)? else {
+            return Ok(None);
+        };
+        let Some(gradients) = context.query_gradients(measurement)? else {
+            return Ok(None);
+        };
+        let Some(index) = context.index()? else { return Ok(None) };
+        let Some(inputs) = context.last_checkpoint_inputs()? else {
+            return Ok(None);
+        };
+        let device = context.device;
+        let preconditioner = Preconditioner::new(&curvature.layers, self.eigenvalues, damping, device)?;
+        // [B, D]: the preconditioned query, projected, one row per bucket.
+        let query = index.projector.project_full(&preconditioner.apply(&gradients)?);
+        let mut result = inputs.scores(self.name, preconditioned_scores(&inputs, query)?);
+        if let Some(map) = result.parameters.as_object_mut() {
+            map.extend([
+                ("measurement".into(), serde_json::json!(measurement)),
+                ("damping".into(), serde_json::json!(damping)),
+                ("curvature".into(), serde_json::json!(curvature.key.fit.fisher)),
+                ("sharing".into(), serde_json::json!(curvature.key.fit.sharing)),
+                ("fit_images".into(), serde_json::json!(curvature.key.fit_images)),
+                ("fit_plan".into(), serde_json::json!(curvature.key.fit.plan)),
+                (
+                    "mean_layer_damping".into(),
+                    serde_json::json!(
+                        preconditioner.damping.iter().sum::<f64>() / preconditioner.damping.len().max(1) as f64
+                    ),
+                ),
+            ]);
+        }
+        Ok(Some(result))
+    }
+}
+
+/// S[i, b] = 1/B · q̃_bᵀ φ̄_i at the inputs' last checkpoint, for the preconditioned, projected
+/// query `query` [B, D]: the flat [N × B] scores.
+pub fn preconditioned_scores(inputs: &GradientInputs, query: Tensor<2>) -> Result<Vec<f32>, String> {
+    let last = inputs
+        .checkpoints
+        .last()
+        .ok_or("influence functions need an indexed checkpoint")?;
+    let [b, d] = query.dims();
+    let (_, train_b, train_d) = last.train.shape();
+    if (train_b, train_d) != (b, d) {
+        return Err(format!(
+            "the preconditioned query has {b}×{d} features but the index {train_b}×{train_d}"
+        ));
+    }
+    let query = query.transpose();
+    let scores = last.train.map_blocks(&inputs.device, |train: Tensor<3>| {
+        let rows = train.dims()[0];
+        let mean_train = train.mean_dim(1).reshape([rows, d]);
+        Ok(mean_train.matmul(query.clone()) / b as f64)
+    })?;
+    read_back(scores)
 }

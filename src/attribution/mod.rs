@@ -1,24 +1,31 @@
-//! Attribution methods. Each method is one file implementing [`Method`] and returns
+//! Attribution methods. Each method is one file implementing [`Method`], listed once in
+//! [`registry::all`]; it takes what it needs from a request's [`Context`] and returns
 //! [`Scores`] S[train image, timestep bucket]; a score's total is its sum over buckets.
 
+pub mod context;
+pub mod ensemble;
 pub mod kfac;
 pub mod pixel;
 pub mod query;
+pub mod registry;
 pub mod retrac;
 pub mod ridge;
 pub mod run;
 pub mod scores;
 pub mod tracin;
+pub mod trak;
 
 use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+pub use context::Context;
 pub use kfac::KfacInfluence;
 pub use pixel::pixel_cosine;
 pub use query::{Query, load_query_image};
+pub use registry::{Method, Needs, Parameter, Parameters};
 pub use retrac::{ReTrac, ReTracBucket};
-pub use run::{CheckpointChoice, IndexSettings, InfluenceSettings, MethodName, MethodSettings, attribute};
+pub use run::{CheckpointChoice, IndexSettings, MethodSettings, attribute};
 pub use scores::Scores;
 pub use tracin::TracIn;
 
@@ -147,14 +154,6 @@ impl GradientInputs {
             per_bucket,
         }
     }
-}
-
-/// A gradient-based attribution method.
-pub trait Method {
-    /// Short name used on the command line and in files.
-    fn name(&self) -> &'static str;
-    /// Scores every training image for the query.
-    fn score(&self, inputs: &GradientInputs) -> Result<Scores, String>;
 }
 
 pub(crate) fn features_tensor(f: &crate::grad::Features, device: &Device) -> Tensor<3> {

@@ -4,8 +4,32 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::Scores;
+use super::context::Context;
+use super::registry::{Method, Needs};
 use crate::data::Dataset;
 use crate::diffusion::images::bytes_to_unit;
+
+/// Pixel-space cosine similarity.
+pub struct Pixel;
+
+impl Method for Pixel {
+    fn name(&self) -> String {
+        "pixel".into()
+    }
+
+    fn summary(&self) -> &'static str {
+        "baseline: cosine similarity between the query and each training image, in pixels"
+    }
+
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+
+    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
+        let steps = context.model.info.schedule.steps;
+        pixel_cosine(context.data, &context.query.pixels, steps, context.device).map(Some)
+    }
+}
 
 /// Cosine similarity of `query` (C×H×W in [−1, 1]) with every image of `data`, over `steps`.
 pub fn pixel_cosine(data: &Dataset, query: &[f32], steps: usize, device: &Device) -> Result<Scores, String> {
@@ -26,7 +50,7 @@ pub fn pixel_cosine(data: &Dataset, query: &[f32], steps: usize, device: &Device
     let norms = train.powi_scalar(2).sum_dim(1).sqrt() * q.powi_scalar(2).sum().sqrt().reshape([1, 1]);
     let cos = (dots / norms.clamp_min(1e-12)).reshape([n]);
     Ok(Scores {
-        method: super::MethodName::Pixel.name().into(),
+        method: Pixel.name(),
         parameters: serde_json::json!({ "space": "pixels in [-1, 1]" }),
         buckets: vec![[0, steps]],
         ids: data.ids.clone(),

@@ -22,48 +22,86 @@
 
 use burn::tensor::Tensor;
 
-use super::{GradientInputs, Method, Scores, bucket_dot_products, features_tensor, unit_rows};
+use super::context::Context;
+use super::registry::{Method, Needs};
+use super::{GradientInputs, Scores, bucket_dot_products, features_tensor, unit_rows};
 use crate::device::read_back;
+
+/// What both ReTrac variants need: the index.
+const NEEDS: Needs = Needs {
+    index: true,
+    curvature: false,
+    model_copy: false,
+};
 
 /// Diffusion-ReTrac as Xie et al. compute it.
 pub struct ReTrac;
 
 impl Method for ReTrac {
-    fn name(&self) -> &'static str {
-        "retrac"
+    fn name(&self) -> String {
+        "retrac".into()
     }
 
-    fn score(&self, inputs: &GradientInputs) -> Result<Scores, String> {
-        let (n, b) = (inputs.ids.len(), inputs.plan.buckets);
-        let mut total = Tensor::<2>::zeros([n, b], &inputs.device);
-        for c in &inputs.checkpoints {
-            let d = c.query.dim;
-            // [D, B]: the query's unit-normalised bucket gradients as columns, divided by B so
-            // the columns sum to the mean over buckets.
-            let query = unit_rows(features_tensor(&c.query, &inputs.device))
-                .reshape([b, d])
-                .transpose()
-                / b as f64;
-            let dots = c.train.map_blocks(&inputs.device, |train| {
-                let rows = train.dims()[0];
-                let mean_unit = unit_rows(train).mean_dim(1).reshape([rows, d]);
-                Ok(mean_unit.matmul(query.clone()))
-            })?;
-            total = total + dots * c.weight;
-        }
-        Ok(inputs.scores(self.name(), read_back(total)?))
+    fn summary(&self) -> &'static str {
+        "Diffusion-ReTrac: TracIn with unit-normalised gradients, free of the timestep norm bias (Xie et al. 2024)"
     }
+
+    fn needs(&self) -> Needs {
+        NEEDS
+    }
+
+    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
+        let Some(inputs) = context.gradient_inputs()? else {
+            return Ok(None);
+        };
+        Ok(Some(inputs.scores("retrac", retrac_scores(&inputs)?)))
+    }
+}
+
+/// ReTrac's flat [N × B] scores for `inputs`.
+pub fn retrac_scores(inputs: &GradientInputs) -> Result<Vec<f32>, String> {
+    let (n, b) = (inputs.ids.len(), inputs.plan.buckets);
+    let mut total = Tensor::<2>::zeros([n, b], &inputs.device);
+    for c in &inputs.checkpoints {
+        let d = c.query.dim;
+        // [D, B]: the query's unit-normalised bucket gradients as columns, divided by B so
+        // the columns sum to the mean over buckets.
+        let query = unit_rows(features_tensor(&c.query, &inputs.device))
+            .reshape([b, d])
+            .transpose()
+            / b as f64;
+        let dots = c.train.map_blocks(&inputs.device, |train| {
+            let rows = train.dims()[0];
+            let mean_unit = unit_rows(train).mean_dim(1).reshape([rows, d]);
+            Ok(mean_unit.matmul(query.clone()))
+        })?;
+        total = total + dots * c.weight;
+    }
+    read_back(total)
 }
 
 /// The bucket-matched cosine variant of ReTrac.
 pub struct ReTracBucket;
 
 impl Method for ReTracBucket {
-    fn name(&self) -> &'static str {
-        "retrac-bucket"
+    fn name(&self) -> String {
+        "retrac-bucket".into()
     }
 
-    fn score(&self, inputs: &GradientInputs) -> Result<Scores, String> {
-        Ok(inputs.scores(self.name(), bucket_dot_products(inputs, true)?))
+    fn summary(&self) -> &'static str {
+        "ReTrac variant: both sides unit-normalised and matched timestep bucket by bucket"
+    }
+
+    fn needs(&self) -> Needs {
+        NEEDS
+    }
+
+    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
+        let Some(inputs) = context.gradient_inputs()? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            inputs.scores("retrac-bucket", bucket_dot_products(&inputs, true)?),
+        ))
     }
 }

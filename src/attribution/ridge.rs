@@ -82,6 +82,30 @@ impl RidgeKernel {
         };
         Ok(scores.iter().copied().collect())
     }
+
+    /// The weighted features Ψ = Φ (ΦᵀΦ + λI)⁻¹ = (ΦΦᵀ + λI)⁻¹ Φ (N × d, row-major) of the
+    /// features the kernel was fitted on: every query's scores are then Ψ φ_q, one product.
+    pub fn weighted_features(&self, features: &[f32]) -> Result<Vec<f32>, String> {
+        if features.len() != self.rows * self.dim {
+            return Err(format!(
+                "the kernel was fitted on {} × {} features; got {} values",
+                self.rows,
+                self.dim,
+                features.len()
+            ));
+        }
+        let phi = DMatrix::<f64>::from_row_iterator(self.rows, self.dim, features.iter().map(|&v| v as f64));
+        let psi = match self.form {
+            // Φ K⁻¹ = (K⁻¹ Φᵀ)ᵀ, K symmetric.
+            RidgeForm::Primal => self.factor.solve(&phi.transpose()).transpose(),
+            RidgeForm::Dual => self.factor.solve(&phi),
+        };
+        // nalgebra stores columns first; write rows.
+        Ok((0..self.rows)
+            .flat_map(|r| (0..self.dim).map(move |c| (r, c)))
+            .map(|(r, c)| psi[(r, c)] as f32)
+            .collect())
+    }
 }
 
 #[cfg(test)]
@@ -116,6 +140,17 @@ mod tests {
                 let expected = direct(&features, rows, dim, lambda, &query);
                 let error = worst_relative(&expected, &scores);
                 assert!(error < 1e-8, "{form:?}, λ = {lambda}: relative error {error:.2e}");
+                // The stored weighted features give the same scores as one product.
+                let psi = kernel.weighted_features(&features).unwrap();
+                let product: Vec<f64> = psi
+                    .chunks(dim)
+                    .map(|row| row.iter().zip(&query).map(|(a, b)| (a * b) as f64).sum())
+                    .collect();
+                let error = worst_relative(&expected, &product);
+                assert!(
+                    error < 1e-5,
+                    "{form:?}, λ = {lambda}: weighted features off by {error:.2e}"
+                );
             }
         }
     }

@@ -5,18 +5,34 @@
 //! checkpoint by lr × batch size × checkpoint interval / dataset size: the same up to a
 //! constant).
 
-use super::{GradientInputs, Method, Scores, bucket_dot_products};
+use super::context::Context;
+use super::registry::{Method, Needs};
+use super::{Scores, bucket_dot_products};
 
 /// Plain TracIn.
 pub struct TracIn;
 
 impl Method for TracIn {
-    fn name(&self) -> &'static str {
-        "tracin"
+    fn name(&self) -> String {
+        "tracin".into()
     }
 
-    fn score(&self, inputs: &GradientInputs) -> Result<Scores, String> {
-        Ok(inputs.scores(self.name(), bucket_dot_products(inputs, false)?))
+    fn summary(&self) -> &'static str {
+        "Diffusion-TracIn: gradient dot products summed over checkpoints and timesteps (Xie et al. 2024)"
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            index: true,
+            ..Needs::default()
+        }
+    }
+
+    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
+        let Some(inputs) = context.gradient_inputs()? else {
+            return Ok(None);
+        };
+        Ok(Some(inputs.scores("tracin", bucket_dot_products(&inputs, false)?)))
     }
 }
 

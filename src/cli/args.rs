@@ -8,15 +8,16 @@ use anyhow::{Result, bail};
 use retrace::data::{DataSpec, Dataset, bundled_model_dir};
 use retrace::diffusion::ModelDir;
 
-/// Settings of the influence-function methods (K-FAC, EK-FAC).
+/// Method parameters: the influence-function settings as flags of their own, and any
+/// method's parameter as `--set key=value` (`retrace methods` lists them).
 #[derive(clap::Args)]
-pub(crate) struct InfluenceArgs {
+pub(crate) struct MethodArgs {
     /// What the query's gradient differentiates (K-FAC/EK-FAC): loss, elbo or square-norm.
     #[arg(long, default_value = "loss")]
     measurement: retrace::diffusion::Measurement,
     /// Damping: a factor of each layer's mean eigenvalue (0.1), or an absolute value (abs:1e-8).
     #[arg(long, default_value = "0.1", value_parser = parse_damping)]
-    damping: retrace::curvature::Damping,
+    damping: (f64, retrace::attribution::kfac::DampingScale),
     /// Curvature: ggn (Monte Carlo GGN) or empirical (empirical Fisher).
     #[arg(long, default_value = "ggn")]
     curvature: retrace::curvature::Fisher,
@@ -26,25 +27,35 @@ pub(crate) struct InfluenceArgs {
     /// Training images the curvature is fitted on (a seeded subset; × buckets points per pass).
     #[arg(long, default_value_t = 64)]
     fit_images: usize,
+    /// Any method parameter, as KEY=VALUE (repeatable; `retrace methods` lists them).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
-impl InfluenceArgs {
-    /// The engine's settings.
-    pub(crate) fn settings(&self) -> retrace::attribution::InfluenceSettings {
-        retrace::attribution::InfluenceSettings {
-            measurement: self.measurement,
-            damping: self.damping,
-            fisher: self.curvature,
-            sharing: self.sharing,
-            fit_images: self.fit_images.max(1),
+impl MethodArgs {
+    /// The parameter values: the flags, then every `--set`.
+    pub(crate) fn parameters(&self) -> Result<retrace::attribution::Parameters> {
+        let mut p = retrace::attribution::Parameters::default();
+        let (damping, scale) = self.damping;
+        p.set_choice("measurement", self.measurement)
+            .map_err(anyhow::Error::msg)?;
+        p.set("damping", &damping.to_string()).map_err(anyhow::Error::msg)?;
+        p.set_choice("damping-scale", scale).map_err(anyhow::Error::msg)?;
+        p.set_choice("curvature", self.curvature).map_err(anyhow::Error::msg)?;
+        p.set_choice("sharing", self.sharing).map_err(anyhow::Error::msg)?;
+        p.set("fit-images", &self.fit_images.max(1).to_string())
+            .map_err(anyhow::Error::msg)?;
+        for pair in &self.set {
+            p.set_pair(pair).map_err(anyhow::Error::msg)?;
         }
+        Ok(p)
     }
 }
 
-fn parse_damping(s: &str) -> std::result::Result<retrace::curvature::Damping, String> {
-    let (absolute, number) = match s.strip_prefix("abs:") {
-        Some(rest) => (true, rest),
-        None => (false, s),
+fn parse_damping(s: &str) -> std::result::Result<(f64, retrace::attribution::kfac::DampingScale), String> {
+    let (scale, number) = match s.strip_prefix("abs:") {
+        Some(rest) => (retrace::attribution::kfac::DampingScale::Absolute, rest),
+        None => (retrace::attribution::kfac::DampingScale::Relative, s),
     };
     let v: f64 = number
         .parse()
@@ -52,11 +63,7 @@ fn parse_damping(s: &str) -> std::result::Result<retrace::curvature::Damping, St
     if !(v.is_finite() && v > 0.0) {
         return Err(format!("damping must be positive, not {s}"));
     }
-    Ok(if absolute {
-        retrace::curvature::Damping::Absolute(v)
-    } else {
-        retrace::curvature::Damping::Relative(v)
-    })
+    Ok((v, scale))
 }
 
 /// The model, data and index settings shared by `index` and `attribute`.
@@ -134,6 +141,7 @@ impl FeatureArgs {
             } else {
                 retrace::index::Storage::F32
             },
+            measurement: retrace::diffusion::Measurement::Loss,
             batch_size: self.batch.max(1),
             chunk_size: 100,
         })

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use retrace::device::DeviceRequest;
 use retrace::diffusion::{SamplerConfig, SamplerKind};
 
-use super::args::{IndexTarget, InfluenceArgs};
+use super::args::{IndexTarget, MethodArgs};
 use super::{compute_device, terminal_job};
 
 /// Rank the training images by their influence on a query image or a generated sample.
@@ -21,11 +21,11 @@ pub struct AttributeArgs {
     /// Generate the query from the model with this seed (DDIM, 100 steps).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Methods, comma-separated: retrac, tracin, kfac, ekfac, pixel.
-    #[arg(long, default_value = "retrac,tracin,kfac,ekfac,pixel", value_delimiter = ',')]
+    /// Methods, comma-separated (`retrace methods` lists them; ensembles as ensemble:A+B).
+    #[arg(long, default_value = "retrac,tracin,kfac,ekfac,pixel", value_delimiter = ',', value_parser = parse_method)]
     pub method: Vec<String>,
     #[command(flatten)]
-    pub influence: InfluenceArgs,
+    pub parameters: MethodArgs,
     /// How many top images to print per method.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
@@ -41,17 +41,12 @@ pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
         query,
         seed,
         method,
-        influence,
+        parameters,
         top,
         out,
     } = args;
     let dev = compute_device(device)?;
     let (model, data, settings) = target.open()?;
-    let methods = method
-        .iter()
-        .map(|m| m.parse())
-        .collect::<Result<Vec<retrace::attribution::MethodName>, _>>()
-        .map_err(anyhow::Error::msg)?;
     let cfg = &model.info.unet;
     let (job, bar) = terminal_job()?;
     let q = match (query, seed) {
@@ -76,8 +71,8 @@ pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
     };
     eprintln!("query: {}", q.description);
     let request = retrace::attribution::MethodSettings {
-        methods,
-        influence: influence.settings(),
+        methods: method,
+        parameters: parameters.parameters()?,
     };
     let scores = retrace::attribution::attribute(&model, &data, &q, &request, &settings, &dev.device, &job)
         .map_err(anyhow::Error::msg)?;
@@ -119,4 +114,9 @@ pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
     }
     println!("wrote {}", out.display());
     Ok(())
+}
+
+/// A method name the registry knows (`--method`).
+pub(crate) fn parse_method(name: &str) -> std::result::Result<String, String> {
+    retrace::attribution::registry::lookup(name).map(|m| m.name())
 }

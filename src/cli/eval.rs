@@ -114,7 +114,7 @@ pub struct ScoringArgs {
     #[arg(long)]
     benchmark: Option<PathBuf>,
     #[command(flatten)]
-    influence: super::args::InfluenceArgs,
+    parameters: super::args::MethodArgs,
     #[command(flatten)]
     features: super::args::FeatureArgs,
 }
@@ -122,10 +122,10 @@ pub struct ScoringArgs {
 impl ScoringArgs {
     /// Opens the benchmark with these feature settings and parses `methods` into rows.
     fn open(&self, methods: &[String]) -> Result<(Benchmark, Vec<EvalRow>)> {
-        let influence = self.influence.settings();
+        let parameters = self.parameters.parameters()?;
         let rows = methods
             .iter()
-            .map(|m| EvalRow::parse(m, &influence))
+            .map(|m| EvalRow::parse(m, &parameters))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow!(e))?;
         let root = self.benchmark.clone().unwrap_or_else(Benchmark::bundled_dir);

@@ -17,6 +17,7 @@ pub mod eval;
 pub mod gui;
 pub mod index;
 pub mod info;
+pub mod methods;
 pub mod report;
 pub mod sample;
 pub mod train;

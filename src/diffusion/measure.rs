@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 use super::Schedule;
 
 /// A per-example measurement of the model at a noised input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Measurement {
     /// The training loss: mean over pixels of ‖ε − ε_θ(x_t, t)‖².
+    #[default]
     Loss,
     /// The loss weighted by its ELBO weight at t, normalised so the weights average 1 over t.
     #[value(name = "elbo", alias = "elbo-loss")]

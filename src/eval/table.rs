@@ -12,7 +12,8 @@ use super::build::{BENCHMARK_FILE, GROUND_TRUTH_FILE, partial_ground_truth};
 use super::ground_truth::GroundTruth;
 use super::lds::{Interval, bootstrap, query_lds, random_scores};
 use super::stats::{TopKSpread, top_k, top_k_spread};
-use crate::attribution::{IndexSettings, InfluenceSettings, MethodName, MethodSettings, Query, attribute};
+use crate::attribution::registry::{self, Parameters};
+use crate::attribution::{IndexSettings, MethodSettings, Query, attribute};
 use crate::data::Dataset;
 use crate::diffusion::images::bytes_to_unit;
 use crate::diffusion::{Measurement, ModelDir};
@@ -101,11 +102,11 @@ impl Benchmark {
     ) -> Result<Option<Vec<f64>>, String> {
         let method = match &row.method {
             RowMethod::Random => return Ok(Some(random_scores(self.data.len(), q))),
-            RowMethod::Attribution(m) => *m,
+            RowMethod::Attribution(m) => m.clone(),
         };
         let request = MethodSettings {
             methods: vec![method],
-            influence: row.influence.clone(),
+            parameters: row.parameters.clone(),
         };
         let index = self.index_settings(row.shared_noise)?;
         let Some(mut result) = attribute(&self.model, &self.data, &self.query(q), &request, &index, device, job)?
@@ -132,8 +133,8 @@ impl Benchmark {
 /// What a row of the table scores with.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RowMethod {
-    /// One of retrace's attribution methods.
-    Attribution(MethodName),
+    /// A method of the registry, by name.
+    Attribution(String),
     /// Independent random scores: the chance level.
     Random,
 }
@@ -143,60 +144,79 @@ pub enum RowMethod {
 pub struct EvalRow {
     /// What scores.
     pub method: RowMethod,
-    /// K-FAC/EK-FAC settings (the measurement among them).
-    pub influence: InfluenceSettings,
+    /// The methods' parameters (the measurement among them).
+    pub parameters: Parameters,
     /// Whether the query shares the training images' (t, ε) draws.
     pub shared_noise: bool,
 }
 
+/// Row-name suffixes of the measurements other than the loss.
+const MEASUREMENT_SUFFIXES: [(&str, Measurement); 2] =
+    [("-elbo", Measurement::ElboLoss), ("-sqnorm", Measurement::SquareNorm)];
+
+/// Whether the method reads the `measurement` parameter.
+fn takes_measurement(method: &dyn registry::Method) -> bool {
+    method.parameters().iter().any(|p| p.key == "measurement")
+}
+
 impl EvalRow {
     /// The row's name: `kfac`, `kfac-elbo`, `retrac`, … with `+shared` when the query shares
-    /// the training images' draws.
+    /// the training images' draws (for methods that use the index).
     pub fn label(&self) -> String {
-        let base = match &self.method {
+        let name = match &self.method {
             RowMethod::Random => return "random".into(),
-            RowMethod::Attribution(MethodName::Pixel) => return "pixel".into(),
-            RowMethod::Attribution(m) => m.name().to_owned(),
+            RowMethod::Attribution(m) => m,
         };
-        let measurement = match (&self.method, self.influence.measurement) {
-            (RowMethod::Attribution(m), Measurement::ElboLoss) if m.is_influence() => "-elbo",
-            (RowMethod::Attribution(m), Measurement::SquareNorm) if m.is_influence() => "-sqnorm",
-            _ => "",
+        let Ok(method) = registry::lookup(name) else {
+            return name.clone();
         };
-        let draws = if self.shared_noise { "+shared" } else { "" };
-        format!("{base}{measurement}{draws}")
+        let measurement = self
+            .parameters
+            .choice::<Measurement>("measurement")
+            .unwrap_or(Measurement::Loss);
+        let suffix = MEASUREMENT_SUFFIXES
+            .iter()
+            .find(|(_, m)| *m == measurement && takes_measurement(method.as_ref()))
+            .map_or("", |(s, _)| s);
+        let draws = if self.shared_noise && method.needs().index {
+            "+shared"
+        } else {
+            ""
+        };
+        format!("{name}{suffix}{draws}")
     }
 
-    /// Parses a row name as [`Self::label`] writes it.
-    pub fn parse(name: &str, influence: &InfluenceSettings) -> Result<Self, String> {
+    /// Parses a row name as [`Self::label`] writes it, on top of `parameters`.
+    pub fn parse(name: &str, parameters: &Parameters) -> Result<Self, String> {
         let (name, shared_noise) = match name.trim().strip_suffix("+shared") {
             Some(rest) => (rest, true),
             None => (name.trim(), false),
         };
+        let mut parameters = parameters.clone();
         if name == "random" {
             return Ok(Self {
                 method: RowMethod::Random,
-                influence: influence.clone(),
+                parameters,
                 shared_noise,
             });
         }
-        let (base, measurement) = match name.rsplit_once('-') {
-            Some((base, "elbo")) => (base, Measurement::ElboLoss),
-            Some((base, "sqnorm")) => (base, Measurement::SquareNorm),
-            _ => (name, Measurement::Loss),
+        let (base, measurement) = match registry::lookup(name) {
+            Ok(_) => (name, None),
+            Err(unknown) => MEASUREMENT_SUFFIXES
+                .iter()
+                .find_map(|(suffix, m)| name.strip_suffix(suffix).map(|base| (base, Some(*m))))
+                .ok_or(unknown)?,
         };
-        let method: MethodName = base.parse()?;
-        if measurement != Measurement::Loss && !method.is_influence() {
-            return Err(format!(
-                "{name}: only kfac and ekfac take another measurement than the loss"
-            ));
+        let method = registry::lookup(base)?;
+        if let Some(m) = measurement {
+            if !takes_measurement(method.as_ref()) {
+                return Err(format!("{name}: {base} takes no other measurement than the loss"));
+            }
+            parameters.set_choice("measurement", m)?;
         }
         Ok(Self {
-            method: RowMethod::Attribution(method),
-            influence: InfluenceSettings {
-                measurement,
-                ..influence.clone()
-            },
+            method: RowMethod::Attribution(base.to_owned()),
+            parameters,
             shared_noise,
         })
     }
@@ -339,7 +359,7 @@ mod tests {
 
     #[test]
     fn row_names_round_trip() {
-        let influence = InfluenceSettings::default();
+        let influence = Parameters::default();
         for name in [
             "tracin",
             "retrac+shared",
@@ -348,6 +368,7 @@ mod tests {
             "pixel",
             "random",
             "kfac",
+            "ensemble:retrac+kfac+shared",
         ] {
             assert_eq!(EvalRow::parse(name, &influence).unwrap().label(), name);
         }

@@ -42,6 +42,10 @@ pub struct IndexKey {
     pub layer_shapes: Vec<(usize, usize)>,
     /// Value storage.
     pub storage: Storage,
+    /// What the training images' gradients differentiate: the loss, or another output
+    /// function (D-TRAK's square norm); older indexes hold the loss.
+    #[serde(default)]
+    pub measurement: crate::diffusion::Measurement,
 }
 
 impl IndexKey {
@@ -73,6 +77,12 @@ impl IndexKey {
         }
         if self.storage != other.storage {
             out.push(format!("storage ({:?} vs {:?})", self.storage, other.storage));
+        }
+        if self.measurement != other.measurement {
+            out.push(format!(
+                "measurement ({:?} vs {:?})",
+                self.measurement, other.measurement
+            ));
         }
         out
     }

@@ -66,6 +66,8 @@ pub struct IndexSpec<'a> {
     pub projection: ProjectionConfig,
     /// Value storage.
     pub storage: Storage,
+    /// What the gradients differentiate (the loss for every method but D-TRAK).
+    pub measurement: Measurement,
     /// Training images per chunk file.
     pub chunk_size: usize,
     /// (image, point) pairs per batch.
@@ -127,6 +129,7 @@ impl IndexSpec<'_> {
             projection: self.projection,
             layer_shapes,
             storage: self.storage,
+            measurement: self.measurement,
         }
     }
 
@@ -212,7 +215,7 @@ impl IndexSpec<'_> {
                 schedule: &schedule,
                 plan: &self.plan,
                 projector: &projector,
-                measurement: Measurement::Loss,
+                measurement: self.measurement,
                 batch_size: self.batch_size,
                 device: self.device,
             };
