@@ -124,6 +124,7 @@ pub fn feature_throughput(
             ids: (0..batch as u64).collect(),
             shape,
             pixels: vec![0.0; batch * shape.iter().product::<usize>()],
+            region: None,
         };
         let features = FeatureRun {
             model,
@@ -182,6 +183,7 @@ pub fn curvature_fit(
             .into_iter()
             .map(|v| v.clamp(-1.0, 1.0))
             .collect(),
+        region: None,
     };
     let mut plan = TimestepPlan::new(1000, buckets, 1, 0)?;
     plan.shared_noise = false;

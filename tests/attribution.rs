@@ -21,6 +21,7 @@ fn examples(data: &Dataset, idx: &[usize], ids: &[u64]) -> Examples {
         ids: ids.to_vec(),
         shape: [data.channels, data.height, data.width],
         pixels,
+        region: None,
     }
 }
 
@@ -110,6 +111,7 @@ fn a_perturbed_copy_of_a_training_image_finds_its_source() {
             ids: vec![1_000_000],
             shape: [1, 28, 28],
             pixels: copy.clone(),
+            region: None,
         };
         let query = featurise(&model, &projector, &plan, &query_examples, 32);
         let inputs = GradientInputs {
@@ -129,7 +131,7 @@ fn a_perturbed_copy_of_a_training_image_finds_its_source() {
         assert_eq!(retrac.buckets.len(), 4);
         let tracin = inputs.scores("tracin", bucket_dot_products(&inputs, false).unwrap());
         assert_eq!(tracin.len(), 60);
-        let pixel = pixel_cosine(&train_data, &copy, 1000, &cpu()).unwrap();
+        let pixel = pixel_cosine(&train_data, &copy, None, 1000, &cpu()).unwrap();
         let ranks = [&retrac, &tracin, &pixel].map(|s| common::rank_of(s, target));
         eprintln!("image {target}: source at rank {ranks:?} under ReTrac, TracIn, pixel");
         assert!(ranks[0] < RETRAC_RANK_LIMIT, "ReTrac: {ranks:?}");
@@ -137,7 +139,7 @@ fn a_perturbed_copy_of_a_training_image_finds_its_source() {
         assert!(pixel.totals()[target] < 0.999, "the copy is not the source");
     }
     assert!(
-        pixel_cosine(&train_data, &[0.0; 10], 1000, &cpu())
+        pixel_cosine(&train_data, &[0.0; 10], None, 1000, &cpu())
             .unwrap_err()
             .contains("10 values")
     );

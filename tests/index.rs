@@ -31,7 +31,8 @@ fn settings(dir: &std::path::Path, k: usize) -> IndexSettings {
 /// TRAK 2, D-TRAK 3, pixel 0, the ensembles 0 and 2; ReTrac 22 and its bucket variant 16 —
 /// with this few draws the unit-normalised gradients carry mostly noise, so they are printed,
 /// not asserted (the LDS benchmark measures them properly).
-const SOURCE_RANK_LIMIT: [(&str, usize); 8] = [
+const SOURCE_RANK_LIMIT: [(&str, usize); 9] = [
+    ("mucs", 5),
     ("tracin", 5),
     ("kfac", 5),
     ("ekfac", 5),
@@ -101,16 +102,29 @@ fn attribute_finds_the_source_of_a_perturbed_copy_and_refuses_a_wrong_size() {
     let mut s = settings(&tmp.path().join("index"), 8);
     // The query draws its own (t, ε): nothing is shared with its source's training features.
     s.plan.shared_noise = false;
-    let query = Query {
-        pixels: common::perturbed_copy(data.image(5), [1, 28, 28], 0),
-        shape: [1, 28, 28],
-        description: "training image 5, shifted one pixel and noised".into(),
-    };
+    let query = Query::image(
+        common::perturbed_copy(data.image(5), [1, 28, 28], 0),
+        [1, 28, 28],
+        "training image 5, shifted one pixel and noised",
+    );
+    // Every method that takes an image query (Journey-TRAK takes generated ones: below), and
+    // two ensembles. MUCS unlearns with small batches to a nearer bound, so that it reaches it
+    // in a test's time (tests/mucs.rs).
     let mut methods = MethodSettings {
-        methods: registry::names(),
+        methods: registry::names().into_iter().filter(|m| m != "journey").collect(),
         ..Default::default()
     };
-    methods.methods.extend(["ensemble:kfac+pixel".into(), "ensemble-z:tracin+trak".into()]);
+    methods
+        .methods
+        .extend(["ensemble:kfac+pixel".into(), "ensemble-z:tracin+trak".into()]);
+    for pair in [
+        "mucs-batch=8",
+        "mucs-draws=10",
+        "mucs-tolerance=0.8",
+        "mucs-null-images=40",
+    ] {
+        methods.parameters.set_pair(pair).unwrap();
+    }
     let scores = attribute(&model, &data, &query, &methods, &s, &cpu(), &JobContext::silent())
         .unwrap()
         .unwrap();
@@ -125,6 +139,7 @@ fn attribute_finds_the_source_of_a_perturbed_copy_and_refuses_a_wrong_size() {
             "ekfac",
             "trak",
             "dtrak",
+            "mucs",
             "pixel",
             "ensemble:kfac+pixel",
             "ensemble-z:tracin+trak"
@@ -178,6 +193,37 @@ fn attribute_finds_the_source_of_a_perturbed_copy_and_refuses_a_wrong_size() {
         .unwrap();
     assert_eq!(pair[0].per_bucket, pair[1].per_bucket);
     assert_ne!(pair[0].per_bucket, scores[5].per_bucket, "the damping matters");
+
+    // A region covering the whole image gives the whole-image scores.
+    let whole = Query {
+        mask: Some(vec![1.0; 28 * 28]),
+        ..query.clone()
+    };
+    let masked = attribute(&model, &data, &whole, &methods, &s, &cpu(), &JobContext::silent())
+        .unwrap()
+        .unwrap();
+    for (a, b) in masked.iter().zip(&scores) {
+        let scale = b.per_bucket.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+        let worst = a
+            .per_bucket
+            .iter()
+            .zip(&b.per_bucket)
+            .map(|(x, y)| (x - y).abs() / scale)
+            .fold(0.0f32, f32::max);
+        eprintln!("{}: whole-image region off by {worst:.1e}", a.method);
+        assert!(
+            worst < 1e-3,
+            "{}: a whole-image region changes the scores by {worst:.1e}",
+            a.method
+        );
+    }
+    // A region is checked before any work.
+    let empty = Query {
+        mask: Some(vec![0.0; 28 * 28]),
+        ..query.clone()
+    };
+    let err = attribute(&model, &data, &empty, &methods, &s, &cpu(), &JobContext::silent()).unwrap_err();
+    assert!(err.contains("region is empty"), "{err}");
     let mut bytes = std::fs::read(&fitted[0]).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
@@ -185,11 +231,7 @@ fn attribute_finds_the_source_of_a_perturbed_copy_and_refuses_a_wrong_size() {
     let kfac_only = MethodSettings::new(&["kfac"]);
     let err = attribute(&model, &data, &query, &kfac_only, &s, &cpu(), &JobContext::silent()).unwrap_err();
     assert!(err.contains("checksum mismatch"), "{err}");
-    let bad = Query {
-        pixels: vec![0.0; 3 * 32 * 32],
-        shape: [3, 32, 32],
-        description: "cifar-sized".into(),
-    };
+    let bad = Query::image(vec![0.0; 3 * 32 * 32], [3, 32, 32], "cifar-sized");
     let err = attribute(&model, &data, &bad, &methods, &s, &cpu(), &JobContext::silent()).unwrap_err();
     assert!(err.contains("model takes"), "{err}");
 }
@@ -224,4 +266,44 @@ fn f16_storage_halves_the_index_and_keeps_three_digits() {
     for (x, y) in a.values.iter().zip(&b.values) {
         assert!((x - y).abs() <= 1e-3 * x.abs() + 1e-6, "{x} vs {y}");
     }
+}
+
+#[test]
+fn journey_attributes_the_denoising_steps_of_a_generated_query_and_refuses_an_image() {
+    let data = common::small_data();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::bundled_model_for(&data, &tmp.path().join("model"));
+    let s = settings(&tmp.path().join("index"), 4);
+    let sampler = retrace::diffusion::SamplerConfig {
+        kind: retrace::diffusion::SamplerKind::Ddim,
+        steps: 10,
+    };
+    let job = JobContext::silent();
+    let query = retrace::attribution::query::generate_query(&model, 1, &sampler, &cpu(), &job, |_, _, _| {})
+        .unwrap()
+        .unwrap();
+    let trajectory = query.trajectory.clone().unwrap();
+    assert_eq!(trajectory.steps.len(), 10);
+    assert_eq!(trajectory.predicted_clean.len(), 10 * 28 * 28);
+    let mut request = MethodSettings::new(&["journey"]);
+    request.parameters.set("journey-steps", "4").unwrap();
+    request.parameters.set("journey-draws", "2").unwrap();
+    let first = attribute(&model, &data, &query, &request, &s, &cpu(), &job)
+        .unwrap()
+        .unwrap();
+    let journey = &first[0];
+    assert_eq!(journey.buckets.len(), 4);
+    assert!(
+        journey.buckets.windows(2).all(|w| w[0][0] < w[1][0]),
+        "buckets in order of t"
+    );
+    assert!(journey.buckets.iter().all(|[t, _]| trajectory.steps.contains(t)));
+    assert!(journey.per_bucket.iter().all(|v| v.is_finite()));
+    let again = attribute(&model, &data, &query, &request, &s, &cpu(), &job)
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, again, "deterministic for fixed seeds");
+    let image = Query::image(query.pixels.clone(), query.shape, "the same pixels, loaded");
+    let err = attribute(&model, &data, &image, &request, &s, &cpu(), &job).unwrap_err();
+    assert!(err.contains("generated"), "{err}");
 }

@@ -339,6 +339,7 @@ fn curvature_fit_with_monte_carlo_ggn_converges_to_the_exact_ggn_influence_where
             .into_iter()
             .map(|v| (v * 0.5).clamp(-1.0, 1.0))
             .collect(),
+        region: None,
     };
     let schedule = Schedule::new(&ScheduleConfig::default());
     let job = JobContext::silent();

@@ -11,20 +11,25 @@ use crate::index::Storage;
 /// Draws the methods panel.
 pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     ui.heading("Methods");
-    for (name, on) in &mut app.selected_methods {
-        let hint = registry::lookup(name)
-            .map(|m| format!("{}\nneeds: {}", m.summary(), m.needs().describe()))
-            .unwrap_or_default();
-        ui.checkbox(on, name.as_str()).on_hover_text(hint);
-    }
+    egui::Grid::new("methods").num_columns(3).show(ui, |ui| {
+        for (k, (name, on)) in app.selected_methods.iter_mut().enumerate() {
+            let hint = registry::lookup(name)
+                .map(|m| format!("{}\nneeds: {}", m.summary(), m.needs().describe()))
+                .unwrap_or_default();
+            ui.checkbox(on, name.as_str()).on_hover_text(hint);
+            if k % 3 == 2 {
+                ui.end_row();
+            }
+        }
+    });
     ensemble_builder(app, ui);
-    parameters(app, ui);
-    index_settings(app, ui);
     let ready = app.current.is_some() && app.work.is_none() && app.indexing.is_none();
     if ui.add_enabled(ready, egui::Button::new("Run")).clicked() {
         let ctx = ui.ctx().clone();
         app.run_methods(&ctx);
     }
+    parameters(app, ui);
+    index_settings(app, ui);
     let computed = app.computed_methods();
     if !computed.is_empty() {
         ui.horizontal_wrapped(|ui| {

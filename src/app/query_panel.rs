@@ -62,10 +62,9 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         ui.add(image(&tex, 160.0));
         ui.label("denoising…");
     } else if let Some(q) = app.current {
-        let entry = &app.history[q];
-        let tex = app.thumbnails.named(&ctx, &format!("query-{q}"), &entry.bytes, shape);
-        ui.add(image(&tex, 160.0));
-        ui.label(&entry.query.description);
+        super::region::query_image(app, ui, q, shape, 160.0);
+        ui.label(&app.history[q].query.description);
+        super::region::controls(app, ui, q);
     } else {
         ui.label("No query yet: generate a sample, load an image, or pick one below.");
     }
@@ -121,11 +120,11 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
                 (&session.data, "training")
             };
             let i = app.pick_index.min(data.len() - 1);
-            let query = Query {
-                pixels: bytes_to_unit(data.image(i)),
+            let query = Query::image(
+                bytes_to_unit(data.image(i)),
                 shape,
-                description: format!("{split} image #{} ({})", data.ids[i], data.class_name(i)),
-            };
+                format!("{split} image #{} ({})", data.ids[i], data.class_name(i)),
+            );
             let label = format!("{split} #{}", data.ids[i]);
             app.push_query(query, label);
         }

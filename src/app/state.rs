@@ -87,6 +87,12 @@ pub struct RetraceApp {
     pub selected_methods: Vec<(String, bool)>,
     /// The methods' parameter values.
     pub parameters: Parameters,
+    /// The Journey-TRAK scrubber's position (0 = the noisiest attributed step).
+    pub journey_step: usize,
+    /// Whether dragging on the query paints its region.
+    pub painting: bool,
+    /// Radius of the region brush in image pixels.
+    pub brush: f32,
     /// The job in flight.
     pub work: Option<Work>,
     /// The index being built in the background (started at launch when it is not complete).
@@ -155,6 +161,9 @@ impl RetraceApp {
                 })
                 .collect(),
             parameters: Parameters::default(),
+            journey_step: 0,
+            painting: false,
+            brush: 2.5,
             work: None,
             indexing: None,
             cache: HashMap::new(),
@@ -234,7 +243,27 @@ impl RetraceApp {
             Ok(s) if m.needs().index => s.index.slug(),
             _ => String::new(),
         };
-        format!("{index} {}", self.parameters.describe(&m.parameters()))
+        format!(
+            "{index} {} {}",
+            self.parameters.describe(&m.parameters()),
+            self.region_key()
+        )
+    }
+
+    /// The current query's region, as a short fingerprint ("whole" without one): a painted
+    /// region is another question, so its scores are cached apart.
+    pub fn region_key(&self) -> String {
+        let region = self
+            .current
+            .and_then(|q| self.history.get(q))
+            .and_then(|e| e.query.mask.as_ref());
+        match region {
+            None => "whole".into(),
+            Some(weights) => {
+                let bytes: Vec<u8> = weights.iter().flat_map(|w| w.to_le_bytes()).collect();
+                format!("region {}", &crate::files::sha256(&bytes)[..12])
+            }
+        }
     }
 
     /// The method's LDS on the benchmark (held-out and generated queries), for the viewer's
@@ -291,6 +320,7 @@ impl RetraceApp {
         let session = session.clone();
         let entry = &self.history[q];
         let (query, description) = (entry.bytes.clone(), entry.query.description.clone());
+        let region = entry.query.mask.clone();
         let (top_k, path) = (self.top_k, path.to_path_buf());
         let job = BackgroundJob::spawn(
             format!("writing {}", path.display()),
@@ -300,6 +330,7 @@ impl RetraceApp {
                 let input = crate::report::ReportInput {
                     query: &query,
                     query_description: &description,
+                    region: region.as_deref(),
                     data: &session.data,
                     methods: &methods,
                     top_k,

@@ -41,6 +41,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     if app.plotted.is_empty() {
         app.plotted = scores.ranking().into_iter().take(3).collect();
     }
+    super::journey_view::show(app, ui, &scores);
     ui.label(format!(
         "{}: score per timestep bucket of {} training image(s) (click images in the ranking to add them)",
         method,

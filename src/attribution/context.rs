@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor};
 
+use super::mucs::{ScoringDraws, loss_matrix};
 use super::registry::{self, Parameters};
 use super::run::IndexSettings;
 use super::tracin::checkpoint_weights;
@@ -20,6 +21,7 @@ use crate::curvature::{
 use crate::data::Dataset;
 use crate::diffusion::noise::{permutation, stream};
 use crate::diffusion::{CheckpointEntry, Measurement, ModelDir, Schedule, UNet};
+use crate::files::{sha256, write_atomic};
 use crate::grad::{Examples, FeatureRun, Features, TimestepPlan};
 use crate::index::Index;
 use crate::jobs::JobContext;
@@ -52,6 +54,7 @@ pub struct Context<'a> {
     projected_queries: HashMap<Measurement, Features>,
     inputs: Option<GradientInputs>,
     last_model: Option<Arc<(CheckpointEntry, UNet)>>,
+    final_model: Option<Arc<(CheckpointEntry, UNet)>>,
     curvature: Option<(Fisher, Sharing, usize, Arc<Curvature>)>,
     query_gradients: HashMap<Measurement, Vec<Tensor<3>>>,
     scores: HashMap<String, Scores>,
@@ -80,6 +83,7 @@ impl<'a> Context<'a> {
             projected_queries: HashMap::new(),
             inputs: None,
             last_model: None,
+            final_model: None,
             curvature: None,
             query_gradients: HashMap::new(),
             scores: HashMap::new(),
@@ -150,6 +154,7 @@ impl<'a> Context<'a> {
             ids: vec![u64::MAX],
             shape: self.query.shape,
             pixels: self.query.pixels.clone(),
+            region: self.query.mask.clone(),
         }
     }
 
@@ -167,6 +172,68 @@ impl<'a> Context<'a> {
                     .ok_or_else(|| "an indexed checkpoint is missing from the model".to_owned())
             })
             .collect()
+    }
+
+    /// The model at its newest checkpoint, with its entry (no index needed).
+    pub fn final_model(&mut self) -> Result<Option<Arc<(CheckpointEntry, UNet)>>, String> {
+        if self.final_model.is_none() {
+            let entry = self
+                .model
+                .latest()
+                .map_err(|e| e.to_string())?
+                .ok_or("the model directory holds no checkpoint")?;
+            let net = self.model.load_model(&entry, self.device).map_err(|e| e.to_string())?;
+            self.final_model = Some(Arc::new((entry, net)));
+        }
+        Ok(self.final_model.clone())
+    }
+
+    /// The loss of every training image under every draw of `draws` with the newest
+    /// checkpoint ([N × J], MUCS's L_o): the same for every query, so it is kept in a file in
+    /// the model's cache directory (beside its indexes) and computed once per model and draws.
+    pub fn original_losses(&mut self, draws: &ScoringDraws) -> Result<Option<Vec<f32>>, String> {
+        let Some(model) = self.final_model()? else {
+            return Ok(None);
+        };
+        let key = format!(
+            "v1 {} {} {} {}",
+            model.0.state.weights_sha256,
+            self.data.content_hash(),
+            draws.len(),
+            self.model.info.schedule.steps
+        );
+        let path = self
+            .index_settings
+            .dir
+            .with_file_name(format!("mucs-original-losses-{}.f32", &sha256(key.as_bytes())[..16]));
+        let expected = self.data.len() * draws.len();
+        if let Ok(bytes) = std::fs::read(&path)
+            && bytes.len() == expected * 4
+        {
+            let values: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if values.iter().all(|v| v.is_finite()) {
+                return Ok(Some(values));
+            }
+        }
+        let schedule = self.schedule();
+        let Some(values) = loss_matrix(
+            &model.1,
+            &schedule,
+            self.data,
+            draws,
+            self.device,
+            self.job,
+            "scoring the original model",
+        )?
+        else {
+            return Ok(None);
+        };
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        write_atomic(&path, &bytes).map_err(|e| e.to_string())?;
+        Ok(Some(values))
     }
 
     /// The model at the index's last checkpoint, with its entry.

@@ -109,6 +109,10 @@ impl Method for Ensemble {
             .fold(Needs::default(), |needs, m| needs.union(m.needs()))
     }
 
+    fn applies_to(&self, query: &super::Query) -> Result<(), String> {
+        self.member_methods().iter().try_for_each(|m| m.applies_to(query))
+    }
+
     fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
         let mut combined: Vec<f64> = Vec::new();
         let mut first: Option<Scores> = None;

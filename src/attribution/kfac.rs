@@ -119,7 +119,7 @@ impl Method for KfacInfluence {
         Needs {
             index: true,
             curvature: true,
-            model_copy: false,
+            ..Needs::default()
         }
     }
 

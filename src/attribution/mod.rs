@@ -4,7 +4,9 @@
 
 pub mod context;
 pub mod ensemble;
+pub mod journey;
 pub mod kfac;
+pub mod mucs;
 pub mod pixel;
 pub mod query;
 pub mod registry;

@@ -1,5 +1,6 @@
 //! Baseline: cosine similarity between the query and each training image in pixel space. It has
-//! no timestep decomposition, so its scores come as a single bucket spanning every step.
+//! no timestep decomposition, so its scores come as a single bucket spanning every step. With a
+//! region, both images are weighted by the region's pixel weights before the cosine.
 
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -27,12 +28,29 @@ impl Method for Pixel {
 
     fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
         let steps = context.model.info.schedule.steps;
-        pixel_cosine(context.data, &context.query.pixels, steps, context.device).map(Some)
+        let query = match &context.query.mask {
+            Some(region) => weighted(&context.query.pixels, region),
+            None => context.query.pixels.clone(),
+        };
+        let region = context.query.mask.as_deref();
+        pixel_cosine(context.data, &query, region, steps, context.device).map(Some)
     }
 }
 
-/// Cosine similarity of `query` (C×H×W in [−1, 1]) with every image of `data`, over `steps`.
-pub fn pixel_cosine(data: &Dataset, query: &[f32], steps: usize, device: &Device) -> Result<Scores, String> {
+/// `pixels` (C×H×W) times the H×W `region` weights, channel by channel.
+fn weighted(pixels: &[f32], region: &[f32]) -> Vec<f32> {
+    pixels.iter().zip(region.iter().cycle()).map(|(p, w)| p * w).collect()
+}
+
+/// Cosine similarity of `query` (C×H×W in [−1, 1], already weighted by `region` if any) with
+/// every image of `data` weighted by `region` (H×W), over `steps`.
+pub fn pixel_cosine(
+    data: &Dataset,
+    query: &[f32],
+    region: Option<&[f32]>,
+    steps: usize,
+    device: &Device,
+) -> Result<Scores, String> {
     let n = data.len();
     let d = data.image_len();
     if query.len() != d {
@@ -44,7 +62,11 @@ pub fn pixel_cosine(data: &Dataset, query: &[f32], steps: usize, device: &Device
             data.width
         ));
     }
-    let train = Tensor::<2>::from_data(TensorData::new(bytes_to_unit(&data.pixels), [n, d]), device);
+    let mut train = Tensor::<2>::from_data(TensorData::new(bytes_to_unit(&data.pixels), [n, d]), device);
+    if let Some(region) = region {
+        let weights = weighted(&vec![1.0; d], region);
+        train = train * Tensor::<2>::from_data(TensorData::new(weights, [1, d]), device);
+    }
     let q = Tensor::<2>::from_data(TensorData::new(query.to_vec(), [1, d]), device);
     let dots = (train.clone() * q.clone()).sum_dim(1);
     let norms = train.powi_scalar(2).sum_dim(1).sqrt() * q.powi_scalar(2).sum().sqrt().reshape([1, 1]);

@@ -13,6 +13,41 @@ pub struct Query {
     pub shape: [usize; 3],
     /// Where it came from and how it was converted.
     pub description: String,
+    /// The sampling trajectory, for a generated query.
+    pub trajectory: Option<Trajectory>,
+    /// Per-pixel weights in [0, 1] (H×W) of the region to attribute; `None` for the whole image.
+    pub mask: Option<Vec<f32>>,
+}
+
+/// A generated query's denoising trajectory: after every sampling step, the step t the model
+/// was evaluated at and its estimate of the clean image x̂₀ (what Journey-TRAK attributes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trajectory {
+    /// t of every sampling step, noisiest first.
+    pub steps: Vec<usize>,
+    /// x̂₀ after every step (C×H×W in [−1, 1] each, concatenated).
+    pub predicted_clean: Vec<f32>,
+}
+
+impl Trajectory {
+    /// x̂₀ of sampling step `s`.
+    pub fn predicted_clean(&self, s: usize) -> &[f32] {
+        let pixels = self.predicted_clean.len() / self.steps.len().max(1);
+        &self.predicted_clean[s * pixels..(s + 1) * pixels]
+    }
+}
+
+impl Query {
+    /// A whole-image query with no trajectory.
+    pub fn image(pixels: Vec<f32>, shape: [usize; 3], description: impl Into<String>) -> Self {
+        Self {
+            pixels,
+            shape,
+            description: description.into(),
+            trajectory: None,
+            mask: None,
+        }
+    }
 }
 
 /// Loads an image file and converts it to `channels`×`size`×`size` (grey or RGB, resized with a
@@ -49,11 +84,27 @@ pub fn load_query_image(path: &Path, channels: usize, size: usize) -> Result<Que
     } else {
         notes.join(", ")
     };
-    Ok(Query {
+    Ok(Query::image(
         pixels,
-        shape: [channels, size, size],
-        description: format!("{} ({how})", path.display()),
-    })
+        [channels, size, size],
+        format!("{} ({how})", path.display()),
+    ))
+}
+
+/// Loads a region mask: a grey image (any format the `image` crate reads, converted to grey),
+/// resized to `size`×`size`; white pixels are in the region, grey ones partly. Refused when it
+/// marks no pixel.
+pub fn load_region(path: &Path, size: usize) -> Result<Vec<f32>, String> {
+    let img = image::open(path).map_err(|e| format!("cannot read the region mask {}: {e}", path.display()))?;
+    let grey = image::imageops::resize(&img.to_luma8(), size as u32, size as u32, FilterType::Triangle);
+    let region: Vec<f32> = grey.as_raw().iter().map(|&b| b as f32 / 255.0).collect();
+    if region.iter().all(|&w| w == 0.0) {
+        return Err(format!(
+            "the region mask {} is all black: it marks no pixel",
+            path.display()
+        ));
+    }
+    Ok(region)
 }
 
 /// Generates a query from the newest checkpoint of `model` with `seed`. `frame(step, steps,
@@ -71,22 +122,38 @@ pub fn generate_query(
     let cfg = &model.info.unet;
     let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
     let schedule = crate::diffusion::Schedule::new(&model.info.schedule);
+    let mut trajectory = Trajectory {
+        steps: Vec::new(),
+        predicted_clean: Vec::new(),
+    };
+    let mut failure = None;
     let x = crate::diffusion::sample(&net, &schedule, config, shape, &[seed], device, |step| {
         job.report("sampling", step.done as u64, step.total as u64, "");
-        if let Ok(pixels) = step.predicted_clean.clone().into_data().try_to_vec::<f32>() {
-            frame(step.done, step.total, &pixels);
+        match crate::device::read_back(step.predicted_clean.clone()) {
+            Ok(pixels) => {
+                frame(step.done, step.total, &pixels);
+                trajectory.steps.push(step.t);
+                trajectory.predicted_clean.extend(pixels);
+            }
+            Err(e) => failure = Some(e),
         }
-        !job.cancel.is_cancelled()
+        failure.is_none() && !job.cancel.is_cancelled()
     });
+    if let Some(e) = failure {
+        return Err(e);
+    }
     let Some(x) = x else { return Ok(None) };
     let pixels = crate::device::read_back(x)?;
     Ok(Some(Query {
-        pixels,
-        shape,
-        description: format!(
-            "sample seed {seed}, {:?} {} steps, checkpoint step {}",
-            config.kind, config.steps, entry.state.step
-        ),
+        trajectory: Some(trajectory),
+        ..Query::image(
+            pixels,
+            shape,
+            format!(
+                "sample seed {seed}, {:?} {} steps, checkpoint step {}",
+                config.kind, config.steps, entry.state.step
+            ),
+        )
     }))
 }
 

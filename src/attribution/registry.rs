@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::context::Context;
-use super::{Scores, ensemble, kfac, pixel, retrac, tracin, trak};
+use super::{Scores, ensemble, journey, kfac, mucs, pixel, retrac, tracin, trak};
 
 /// What a method needs from the engine, beyond the query and the training data.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub struct Needs {
     pub curvature: bool,
     /// A copy of the model to change (unlearning).
     pub model_copy: bool,
+    /// A generated query's sampling trajectory.
+    pub trajectory: bool,
 }
 
 impl Needs {
@@ -35,6 +37,9 @@ impl Needs {
         if self.model_copy {
             parts.push("model copy");
         }
+        if self.trajectory {
+            parts.push("a generated query's trajectory");
+        }
         if parts.is_empty() {
             "nothing".into()
         } else {
@@ -48,6 +53,7 @@ impl Needs {
             index: self.index || other.index,
             curvature: self.curvature || other.curvature,
             model_copy: self.model_copy || other.model_copy,
+            trajectory: self.trajectory || other.trajectory,
         }
     }
 }
@@ -154,6 +160,11 @@ pub trait Method: Send + Sync {
     }
     /// What it needs from the engine.
     fn needs(&self) -> Needs;
+    /// Whether it can attribute `query` (Journey-TRAK needs a generated one), and why not.
+    fn applies_to(&self, query: &super::Query) -> Result<(), String> {
+        let _ = query;
+        Ok(())
+    }
     /// Scores every training image for the context's query. `Ok(None)` when cancelled.
     fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String>;
 }
@@ -168,6 +179,8 @@ pub fn all() -> Vec<Box<dyn Method>> {
         Box::new(kfac::KfacInfluence::EKFAC),
         Box::new(trak::Trak::TRAK),
         Box::new(trak::Trak::DTRAK),
+        Box::new(journey::Journey),
+        Box::new(mucs::Mucs),
         Box::new(pixel::Pixel),
     ]
 }
@@ -279,6 +292,15 @@ impl Parameters {
             .map(|p| format!("{}={}", p.key, self.text(p.key).unwrap_or_default()))
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    /// The `key=value` pairs of `parameters` that differ from their defaults, in key order.
+    pub fn changed(&self, parameters: &[Parameter]) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| parameters.iter().any(|p| p.key == k.as_str()))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
     }
 
     /// The values of `parameters` as a JSON object, to record with scores.

@@ -32,6 +32,7 @@ const NEEDS: Needs = Needs {
     index: true,
     curvature: false,
     model_copy: false,
+    trajectory: false,
 };
 
 /// Diffusion-ReTrac as Xie et al. compute it.

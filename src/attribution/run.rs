@@ -197,9 +197,12 @@ pub fn attribute(
             query.shape, model_shape
         ));
     }
-    // Refuse an unknown name before any work starts.
+    if let Some(region) = &query.mask {
+        check_region(region, cfg.sample_size, cfg.sample_size)?;
+    }
+    // Refuse an unknown name, or a query a method cannot take, before any work starts.
     for name in &request.methods {
-        lookup(name)?;
+        lookup(name)?.applies_to(query).map_err(|e| format!("{name}: {e}"))?;
     }
     let mut context = Context::new(model, data, query, settings, &request.parameters, device, job);
     let mut out = Vec::with_capacity(request.methods.len());
@@ -210,4 +213,21 @@ pub fn attribute(
         out.push(scores);
     }
     Ok(Some(out))
+}
+
+/// Checks a region's weights: H×W of them, each in [0, 1], not all zero.
+pub fn check_region(region: &[f32], height: usize, width: usize) -> Result<(), String> {
+    if region.len() != height * width {
+        return Err(format!(
+            "the region has {} pixels but the model takes {height}×{width} images",
+            region.len()
+        ));
+    }
+    if let Some(bad) = region.iter().find(|w| !(0.0..=1.0).contains(*w)) {
+        return Err(format!("region weights lie in [0, 1]; found {bad}"));
+    }
+    if region.iter().all(|&w| w == 0.0) {
+        return Err("the region is empty: paint or pass a mask with some white pixels".into());
+    }
+    Ok(())
 }

@@ -21,6 +21,10 @@ pub struct AttributeArgs {
     /// Generate the query from the model with this seed (DDIM, 100 steps).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Attribute only a region of the query: a grey image (PNG/JPEG) whose white pixels mark it
+    /// (grey levels weight pixels; resized to the model's size).
+    #[arg(long)]
+    pub mask: Option<PathBuf>,
     /// Methods, comma-separated (`retrace methods` lists them; ensembles as ensemble:A+B).
     #[arg(long, default_value = "retrac,tracin,kfac,ekfac,pixel", value_delimiter = ',', value_parser = parse_method)]
     pub method: Vec<String>,
@@ -40,6 +44,7 @@ pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
         target,
         query,
         seed,
+        mask,
         method,
         parameters,
         top,
@@ -69,6 +74,10 @@ pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
             .context("sampling cancelled")?
         }
     };
+    let mut q = q;
+    if let Some(path) = mask {
+        q.mask = Some(retrace::attribution::query::load_region(&path, cfg.sample_size).map_err(anyhow::Error::msg)?);
+    }
     eprintln!("query: {}", q.description);
     let request = retrace::attribution::MethodSettings {
         methods: method,
@@ -85,6 +94,7 @@ pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
         query: serde_json::json!({
             "description": q.description,
             "seed": seed,
+            "region": q.mask,
             "image": retrace::report::png_data_uri(
                 &retrace::diffusion::images::unit_to_bytes(&q.pixels),
                 q.shape,

@@ -60,9 +60,10 @@ pub enum EvalCommand {
     /// Score attribution methods against a ground truth (default: the bundled benchmark) and
     /// print LDS on held-out and generated queries with bootstrap 95% intervals.
     Lds {
-        /// Rows, comma-separated: a method (tracin, retrac, retrac-bucket, kfac, ekfac, pixel,
-        /// random), kfac/ekfac with -elbo or -sqnorm for another measurement, and +shared for a
-        /// query that shares the training images' (t, ε) draws.
+        /// Rows, comma-separated: a method (`retrace methods` lists them; an ensemble as
+        /// ensemble:A+B) or random, kfac/ekfac with -elbo or -sqnorm for another measurement,
+        /// other parameters as [key=value;…], and +shared for a query that shares the training
+        /// images' (t, ε) draws.
         #[arg(long, value_delimiter = ',', default_value = DEFAULT_ROWS)]
         methods: Vec<String>,
         /// Which half of the queries: report (the figures) or dev (to choose defaults).
@@ -70,7 +71,8 @@ pub enum EvalCommand {
         half: QueryHalf,
         #[command(flatten)]
         scoring: ScoringArgs,
-        /// Write the table as JSON (the viewer's Evaluation tab reads it).
+        /// Write the table as JSON (the viewer's Evaluation tab reads it). Rows already in the
+        /// file (same benchmark, half and features) are kept; rows scored again replace theirs.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -379,8 +381,14 @@ fn lds(
         bench.truth.spec.seeds.len()
     );
     let mut report = EvalReport::new(&bench, half).map_err(|e| anyhow!(e))?;
-    // A table rewritten keeps the remove-top-k section `eval remove-topk` put in the same file.
-    report.remove_top_k = out.as_deref().and_then(EvalReport::read).and_then(|r| r.remove_top_k);
+    // A table rewritten keeps the remove-top-k section `eval remove-topk` put in the same file,
+    // and, when it was made on the same queries and features, the rows not scored again.
+    if let Some(previous) = out.as_deref().and_then(EvalReport::read) {
+        report.remove_top_k = previous.remove_top_k;
+        if (&previous.benchmark, previous.half, &previous.index) == (&report.benchmark, half, &report.index) {
+            report.methods = previous.methods;
+        }
+    }
     println!(
         "{:<20} {:>24} {:>24} {:>10} {:>22}",
         "method", "LDS held-out [95% CI]", "LDS generated [95% CI]", "s / query", "top-10: distinct, top10"
@@ -401,7 +409,10 @@ fn lds(
             format!("{}/{}", spread.distinct, spread.queries * spread.k),
             spread.top10_share
         );
-        report.methods.push(result);
+        match report.methods.iter_mut().find(|r| r.method == result.method) {
+            Some(slot) => *slot = result,
+            None => report.methods.push(result),
+        }
         if let Some(path) = &out {
             // Written after every row, so a long table keeps what it has.
             retrace::eval::build::write_json(path, &report).map_err(|e| anyhow!(e))?;

@@ -49,9 +49,20 @@ pub fn run(args: ReportArgs) -> Result<()> {
             dataset.width
         );
     }
+    let region: Option<Vec<f32>> = match file.query.get("region") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => {
+            let region: Vec<f32> =
+                serde_json::from_value(v.clone()).context("the scores file's query region is not a list of weights")?;
+            retrace::attribution::run::check_region(&region, dataset.height, dataset.width)
+                .map_err(anyhow::Error::msg)?;
+            Some(region)
+        }
+    };
     let input = retrace::report::ReportInput {
         query: &query,
         query_description: file.query["description"].as_str().unwrap_or(""),
+        region: region.as_deref(),
         data: &dataset,
         methods: &methods,
         top_k: top,

@@ -27,12 +27,33 @@ impl Measurement {
     /// The measurement of every example: `prediction` and `noise` are [B, C, H, W], `ts` the
     /// examples' steps. Returns [B].
     pub fn evaluate(self, schedule: &Schedule, prediction: Tensor<4>, noise: Tensor<4>, ts: &[usize]) -> Tensor<1> {
+        self.evaluate_in(schedule, prediction, noise, ts, None)
+    }
+
+    /// [`Self::evaluate`] restricted to a region: `region` holds H×W pixel weights (a [H, W]
+    /// tensor on the prediction's device), and the mean over pixels becomes the weighted mean
+    /// Σ m·v / (C·Σ m) — the whole-image measurement when every weight is 1.
+    pub fn evaluate_in(
+        self,
+        schedule: &Schedule,
+        prediction: Tensor<4>,
+        noise: Tensor<4>,
+        ts: &[usize],
+        region: Option<&Tensor<2>>,
+    ) -> Tensor<1> {
         let [b, c, h, w] = prediction.dims();
         let per_pixel = match self {
             Measurement::Loss | Measurement::ElboLoss => (prediction - noise).powi_scalar(2),
             Measurement::SquareNorm => prediction.powi_scalar(2),
         };
-        let per_example = per_pixel.reshape([b, c * h * w]).mean_dim(1).reshape([b]);
+        let per_example = match region {
+            None => per_pixel.reshape([b, c * h * w]).mean_dim(1).reshape([b]),
+            Some(m) => {
+                let weight = m.clone().sum().reshape([1]) * c as f64;
+                let weighted = per_pixel * m.clone().reshape([1, 1, h, w]);
+                weighted.reshape([b, c * h * w]).sum_dim(1).reshape([b]) / weight.clamp_min(1e-12)
+            }
+        };
         if self != Measurement::ElboLoss {
             return per_example;
         }

@@ -39,6 +39,8 @@ pub struct SampleStep<'a> {
     pub done: usize,
     /// Steps in all.
     pub total: usize,
+    /// The diffusion step t this sampling step evaluated the model at.
+    pub t: usize,
     /// The model's current estimate of the clean images x̂₀, clipped to [−1, 1]: what a live
     /// preview shows, as it sharpens from the first step on.
     pub predicted_clean: &'a Tensor<4>,
@@ -91,6 +93,7 @@ pub fn sample(
         let step = SampleStep {
             done: i + 1,
             total: ts.len(),
+            t,
             predicted_clean: &x0,
         };
         if !observe(step) {

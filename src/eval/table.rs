@@ -12,7 +12,7 @@ use super::build::{BENCHMARK_FILE, GROUND_TRUTH_FILE, partial_ground_truth};
 use super::ground_truth::GroundTruth;
 use super::lds::{Interval, bootstrap, query_lds, random_scores};
 use super::stats::{TopKSpread, top_k, top_k_spread};
-use crate::attribution::registry::{self, Parameters};
+use crate::attribution::registry::{self, Parameter, Parameters};
 use crate::attribution::{IndexSettings, MethodSettings, Query, attribute};
 use crate::data::Dataset;
 use crate::diffusion::images::bytes_to_unit;
@@ -84,11 +84,43 @@ impl Benchmark {
     pub fn query(&self, q: usize) -> Query {
         let cfg = &self.model.info.unet;
         let query = &self.truth.queries[q];
-        Query {
-            pixels: bytes_to_unit(&query.pixels),
-            shape: [cfg.image_channels, cfg.sample_size, cfg.sample_size],
-            description: query.describe(),
+        Query::image(
+            bytes_to_unit(&query.pixels),
+            [cfg.image_channels, cfg.sample_size, cfg.sample_size],
+            query.describe(),
+        )
+    }
+
+    /// Query `q` with its sampling trajectory when it is a generated one (sampled again from its
+    /// seed with the benchmark's sampler; the pixels stay the stored ones). `Ok(None)` when
+    /// cancelled.
+    pub fn query_with_trajectory(
+        &self,
+        q: usize,
+        device: &burn::tensor::Device,
+        job: &JobContext,
+    ) -> Result<Option<Query>, String> {
+        let mut query = self.query(q);
+        let stored = &self.truth.queries[q];
+        if stored.kind == QueryKind::Generated {
+            let config = crate::diffusion::SamplerConfig {
+                kind: crate::diffusion::SamplerKind::Ddim,
+                steps: self.truth.spec.sampler_steps,
+            };
+            let Some(sampled) = crate::attribution::query::generate_query(
+                &self.model,
+                stored.source,
+                &config,
+                device,
+                job,
+                |_, _, _| {},
+            )?
+            else {
+                return Ok(None);
+            };
+            query.trajectory = sampled.trajectory;
         }
+        Ok(Some(query))
     }
 
     /// The total score of every training image (dataset order) for query `q` under `row`.
@@ -109,8 +141,15 @@ impl Benchmark {
             parameters: row.parameters.clone(),
         };
         let index = self.index_settings(row.shared_noise)?;
-        let Some(mut result) = attribute(&self.model, &self.data, &self.query(q), &request, &index, device, job)?
-        else {
+        let query = if registry::lookup(&request.methods[0])?.needs().trajectory {
+            let Some(query) = self.query_with_trajectory(q, device, job)? else {
+                return Ok(None);
+            };
+            query
+        } else {
+            self.query(q)
+        };
+        let Some(mut result) = attribute(&self.model, &self.data, &query, &request, &index, device, job)? else {
             return Ok(None);
         };
         Ok(Some(result.pop().ok_or("a method returned no scores")?.totals()))
@@ -160,8 +199,10 @@ fn takes_measurement(method: &dyn registry::Method) -> bool {
 }
 
 impl EvalRow {
-    /// The row's name: `kfac`, `kfac-elbo`, `retrac`, … with `+shared` when the query shares
-    /// the training images' draws (for methods that use the index).
+    /// The row's name: `kfac`, `kfac-elbo`, `retrac`, … with the method's other parameters
+    /// that differ from their defaults in brackets (`mucs[mucs-batch=16;mucs-max-steps=100]`)
+    /// and `+shared` when the query shares the training images' draws (for methods that use the
+    /// index).
     pub fn label(&self) -> String {
         let name = match &self.method {
             RowMethod::Random => return "random".into(),
@@ -183,7 +224,19 @@ impl EvalRow {
         } else {
             ""
         };
-        format!("{name}{suffix}{draws}")
+        // Other parameters away from their defaults, so rows of one method stay apart.
+        let others: Vec<Parameter> = method
+            .parameters()
+            .into_iter()
+            .filter(|p| p.key != "measurement")
+            .collect();
+        let changed = self.parameters.changed(&others);
+        let settings = if changed.is_empty() {
+            String::new()
+        } else {
+            format!("[{}]", changed.join(";"))
+        };
+        format!("{name}{suffix}{settings}{draws}")
     }
 
     /// Parses a row name as [`Self::label`] writes it, on top of `parameters`.
@@ -193,6 +246,15 @@ impl EvalRow {
             None => (name.trim(), false),
         };
         let mut parameters = parameters.clone();
+        let name = match name.strip_suffix(']').and_then(|rest| rest.split_once('[')) {
+            Some((base, pairs)) => {
+                for pair in pairs.split(';') {
+                    parameters.set_pair(pair)?;
+                }
+                base
+            }
+            None => name,
+        };
         if name == "random" {
             return Ok(Self {
                 method: RowMethod::Random,
@@ -305,8 +367,15 @@ pub fn evaluate_row(
     device: &burn::tensor::Device,
     job: &JobContext,
 ) -> Result<Option<RowResult>, String> {
+    // A method that attributes sampling trajectories (Journey-TRAK) takes the generated
+    // queries only.
+    let trajectories_only = match &row.method {
+        RowMethod::Attribution(m) => registry::lookup(m)?.needs().trajectory,
+        RowMethod::Random => false,
+    };
     let queries: Vec<usize> = QueryKind::ALL
         .iter()
+        .filter(|&&kind| !trajectories_only || kind == QueryKind::Generated)
         .flat_map(|&kind| bench.truth.query_indices(kind, half))
         .collect();
     let Some(&first) = queries.first() else {
@@ -369,6 +438,8 @@ mod tests {
             "random",
             "kfac",
             "ensemble:retrac+kfac+shared",
+            "mucs[mucs-batch=16;mucs-max-steps=100]",
+            "trak[trak-damping=0.01]+shared",
         ] {
             assert_eq!(EvalRow::parse(name, &influence).unwrap().label(), name);
         }

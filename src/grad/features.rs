@@ -20,6 +20,9 @@ pub struct Examples {
     pub shape: [usize; 3],
     /// Pixels, example-major.
     pub pixels: Vec<f32>,
+    /// H×W pixel weights of the region every example's measurement is restricted to (a region
+    /// query); `None` for the whole image.
+    pub region: Option<Vec<f32>>,
 }
 
 impl Examples {
@@ -32,7 +35,24 @@ impl Examples {
                 .iter()
                 .flat_map(|&i| crate::diffusion::images::bytes_to_unit(data.image(i)))
                 .collect(),
+            region: None,
         }
+    }
+
+    /// The region as a [H, W] tensor on `device`, checked against the image size.
+    pub fn region_tensor(&self, device: &Device) -> Result<Option<Tensor<2>>, String> {
+        let Some(weights) = &self.region else { return Ok(None) };
+        let [_, h, w] = self.shape;
+        if weights.len() != h * w {
+            return Err(format!(
+                "the region has {} weights but the images {h}×{w} pixels",
+                weights.len()
+            ));
+        }
+        Ok(Some(Tensor::from_data(
+            TensorData::new(weights.clone(), [h, w]),
+            device,
+        )))
     }
 
     /// Number of examples.
@@ -177,10 +197,12 @@ impl FeatureRun<'_> {
         let buckets = self.plan.buckets;
         let mut values = vec![0.0f32; examples.len() * buckets * dim];
         let scale = 1.0 / self.plan.draws as f32;
+        let region = examples.region_tensor(&ad)?;
         let finished = self.walk(examples, &ad).run(job, "gradients", |batch| {
             let noise = batch.noisy.noise;
             let (layers, _) = capture_layers(&model, batch.noisy.x_t, batch.noisy.t, |pred| {
-                self.measurement.evaluate(self.schedule, pred, noise, &batch.ts)
+                self.measurement
+                    .evaluate_in(self.schedule, pred, noise, &batch.ts, region.as_ref())
             });
             let projected = self
                 .projector
@@ -220,11 +242,13 @@ impl FeatureRun<'_> {
         }
         let (model, ad) = self.frozen_model();
         let buckets = self.plan.buckets;
+        let region = example.region_tensor(&ad)?;
         let mut sums: Vec<Tensor<3>> = Vec::new();
         let finished = self.walk(example, &ad).run(job, "query gradients", |batch| {
             let noise = batch.noisy.noise;
             let (layers, _) = capture_layers(&model, batch.noisy.x_t, batch.noisy.t, |pred| {
-                self.measurement.evaluate(self.schedule, pred, noise, &batch.ts)
+                self.measurement
+                    .evaluate_in(self.schedule, pred, noise, &batch.ts, region.as_ref())
             });
             // Scatter each point's gradient into its bucket: a [B, points] one-hot times
             // the [points, d_out·d_in] per-point gradients.

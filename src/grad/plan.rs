@@ -28,6 +28,10 @@ pub struct TimestepPlan {
     pub seed: u64,
     /// Use the same (t, ε) pairs for every example instead of drawing them per example id.
     pub shared_noise: bool,
+    /// Evaluate every draw at this one step instead of across the buckets (one bucket): a
+    /// trajectory step of Journey-TRAK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_step: Option<usize>,
 }
 
 /// One evaluation point of one example.
@@ -55,6 +59,18 @@ impl TimestepPlan {
             draws,
             seed,
             shared_noise: true,
+            pinned_step: None,
+        })
+    }
+
+    /// One bucket of `draws` draws, all at step `t` of `steps`.
+    pub fn pinned(steps: usize, t: usize, draws: usize, seed: u64) -> Result<Self, String> {
+        if t >= steps {
+            return Err(format!("step {t} is outside 0..{steps}"));
+        }
+        Ok(Self {
+            pinned_step: Some(t),
+            ..Self::new(steps, 1, draws, seed)?
         })
     }
 
@@ -84,7 +100,7 @@ impl TimestepPlan {
                 out.push(PlanPoint {
                     bucket,
                     draw,
-                    t: start + below(&mut rng, end - start),
+                    t: self.pinned_step.unwrap_or_else(|| start + below(&mut rng, end - start)),
                 });
             }
         }
@@ -128,5 +144,10 @@ mod tests {
         assert_eq!(plan.noise(42, &pts[3], 16), plan.noise(42, &pts[3], 16));
         assert!(TimestepPlan::new(1000, 0, 1, 0).is_err());
         assert_eq!(plan.bucket_range(9), (900, 1000));
+        let pinned = TimestepPlan::pinned(1000, 321, 3, 0).unwrap();
+        let points = pinned.points(5);
+        assert!(points.len() == 3 && points.iter().all(|p| p.t == 321 && p.bucket == 0));
+        assert_ne!(pinned.noise(5, &points[0], 8), pinned.noise(5, &points[1], 8));
+        assert!(TimestepPlan::pinned(1000, 1000, 1, 0).is_err());
     }
 }

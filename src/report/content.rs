@@ -12,6 +12,8 @@ pub struct ReportInput<'a> {
     pub query: &'a [u8],
     /// How the query was made.
     pub query_description: &'a str,
+    /// The region the scores attribute (H×W weights), for a region query.
+    pub region: Option<&'a [f32]>,
     /// The training data the scores index.
     pub data: &'a Dataset,
     /// One entry per method.
@@ -141,13 +143,43 @@ impl ReportContent {
                 data.len()
             ),
             query: Tile {
-                image: rgb(input.query),
+                image: match input.region {
+                    Some(region) => with_region(rgb(input.query), region),
+                    None => rgb(input.query),
+                },
                 alt: "query".to_owned(),
-                caption: [input.query_description.to_owned(), String::new()],
+                caption: [
+                    input.query_description.to_owned(),
+                    input.region.map(describe_region).unwrap_or_default(),
+                ],
             },
             top_k: k,
             sections,
             agreement,
         }
     }
+}
+
+/// The query with everything outside the region dimmed and tinted blue, in proportion to how
+/// far outside it a pixel is (its weight).
+pub fn with_region(mut image: image::RgbImage, region: &[f32]) -> image::RgbImage {
+    let width = image.width() as usize;
+    for (x, y, pixel) in image.enumerate_pixels_mut() {
+        let w = region
+            .get(y as usize * width + x as usize)
+            .copied()
+            .unwrap_or(1.0)
+            .clamp(0.0, 1.0);
+        let [r, g, b] = pixel.0.map(|v| v as f32);
+        let keep = 0.3 + 0.7 * w;
+        let tint = 60.0 * (1.0 - w);
+        pixel.0 = [r * keep, g * keep, (b * keep + tint).min(255.0)].map(|v| v.round() as u8);
+    }
+    image
+}
+
+/// "attributed region: 23% of the image (dimmed outside)".
+pub fn describe_region(region: &[f32]) -> String {
+    let share = region.iter().map(|&w| w as f64).sum::<f64>() / region.len().max(1) as f64;
+    format!("attributed region: {:.0}% of the image (dimmed outside)", 100.0 * share)
 }

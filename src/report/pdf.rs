@@ -355,7 +355,7 @@ pub fn layout(content: &ReportContent) -> Result<Vec<Vec<Draw<'_>>>, String> {
         image: &content.query.image,
     });
     let description = flow.metrics.wrap(
-        &content.query.caption[0],
+        content.query.caption.join(" · ").trim_end_matches(" · "),
         9.0,
         Typeface::Sans,
         CONTENT_WIDTH - QUERY_SIZE - 12.0,

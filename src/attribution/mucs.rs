@@ -1,0 +1,560 @@
+//! MUCS (Serrà et al. 2026, "mirrored unlearning and noise-consistent skew"), as their code
+//! computes it (`attribution/mucs.py`; notes with line numbers in `docs/research/mucs.md`):
+//!
+//! 1. **Unlearn** the query from a copy of the model with bounded mirrored gradient ascent:
+//!    minimise L_retain − λ·L_forget, where L_retain is the training loss of a batch of training
+//!    images and L_forget = mean over copies of min(ℓ(query copy), L_null) on the query repeated
+//!    as many times as the retain batch is long, each copy with its own (t, ε) (λ = 0.2,
+//!    `mucs.py:36,284-286`). The clamp at L_null — the loss of an untrained model — bounds the
+//!    ascent: a clamped copy passes no gradient. A fresh AdamW (the training recipe's weight
+//!    decay, no gradient clipping, no schedule) at a tenth of the training learning rate
+//!    (`:35,74,250`) updates only the parameters the paper leaves trainable. Unlearning stops,
+//!    checked before each update on that step's batch, once the clamped forget loss reaches
+//!    (1 − 0.05)·L_null (`:38,289-292`).
+//! 2. **Score** every training image by the noise-consistent skew
+//!    S_i = mean_j (L_u(i, j) − L_o(i, j)) / (L_u(i, j) + L_o(i, j) + δ), δ = 10⁻³, over one fixed
+//!    set of 100 (t_j, ε_j) draws shared by every image and by the unlearned (u) and original (o)
+//!    models (`:204-245,300-312`). A high score is a proponent: unlearning the query raised the
+//!    image's loss.
+//!
+//! Values from their code: λ = 0.2, tolerance 0.05, learning rate ÷ 10, retain batch 100 (=
+//! the number of draws), 100 scoring draws, δ = 10⁻³; their scoring σ's are the first (noisiest)
+//! 100 of 142 points of the sampler's schedule (`t_sched_infer = 0.7`, `:340-352`).
+//!
+//! Departures, each for a reason:
+//! - **Trainable parameters.** Their pattern list (`:40-56`) freezes everything in a DiT but the
+//!   block MLPs' weights (and the class embedder's). retrace's U-Net has no MLP blocks; the
+//!   closest are the residual blocks' two convolutions, so exactly their weights train, and the
+//!   input and output convolutions, the timestep embedding, the per-block timestep projections
+//!   (the adaLN adapters' role), attention, norms, resamplers, shortcuts and every bias stay
+//!   frozen.
+//! - **L_null** is the mean training loss of a freshly initialised model of the same
+//!   configuration, as theirs, over `mucs-null-images` training images with one training draw
+//!   each (theirs: 200 batches of 100).
+//! - **Timesteps.** retrace's models are DDPM ε-predictors; the scoring draws take the noisiest
+//!   70 % of the sampling range the same way theirs do: 142 evenly spaced steps from T−1 down
+//!   to 0, the first 100 kept (t from 999 to about 300 for T = 1000). The retain and forget
+//!   copies draw t uniformly, the training distribution, as theirs draw σ from the training
+//!   log-normal.
+//! - **A step cap.** Their default loop has no cap (`max_steps=None`); retrace stops at
+//!   `mucs-max-steps` too and reports in the scores whether the bound or the cap ended it.
+//! - **Precision.** Losses are f32 (theirs: bf16 autocast at scoring).
+//! - **Region queries.** With a region, the forget loss is the loss inside it
+//!   ([`crate::diffusion::Measurement::evaluate_in`]): only that part of the query is unlearned;
+//!   the retain loss and the scoring stay whole-image.
+//! - **Timestep buckets.** Each draw's skew is credited to the timestep bucket of its t, so the
+//!   per-timestep views show where the skew comes from; the buckets sum to S_i.
+
+use burn::module::{Module, ParamId};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::Scores;
+use super::context::Context;
+use super::registry::{Method, Needs, Parameter, Range};
+use crate::data::Dataset;
+use crate::diffusion::images::{batch_tensor, bytes_to_unit};
+use crate::diffusion::noise::{below, gaussian, permutation, stream};
+use crate::diffusion::train::noise_images;
+use crate::diffusion::{Measurement, Schedule, UNet};
+use crate::jobs::JobContext;
+
+/// δ of the normalised skew (`mucs.py:64`).
+pub const SKEW_DELTA: f64 = 1e-3;
+
+/// The MUCS method.
+pub struct Mucs;
+
+/// MUCS's parameters, with their values from the reference code.
+pub const PARAMETERS: [Parameter; 7] = [
+    Parameter {
+        key: "mucs-forget-weight",
+        doc: "λ of L_retain − λ·L_forget (paper: 0.2)",
+        default: "0.2",
+        range: Range::Number {
+            min: 1e-4,
+            max: 100.0,
+            log: true,
+        },
+    },
+    Parameter {
+        key: "mucs-tolerance",
+        doc: "unlearning stops when the clamped forget loss reaches (1 − tolerance)·L_null (paper: 0.05)",
+        default: "0.05",
+        range: Range::Number {
+            min: 0.0,
+            max: 0.99,
+            log: false,
+        },
+    },
+    Parameter {
+        key: "mucs-lr-divisor",
+        doc: "unlearning learning rate = the training learning rate ÷ this (paper: 10)",
+        default: "10",
+        range: Range::Number {
+            min: 0.01,
+            max: 1e6,
+            log: true,
+        },
+    },
+    Parameter {
+        key: "mucs-batch",
+        doc: "training images per retain batch, and query copies per forget batch (paper: 100)",
+        default: "100",
+        range: Range::Integer { min: 1, max: 4096 },
+    },
+    Parameter {
+        key: "mucs-max-steps",
+        doc: "step cap of the unlearning (the paper has none; reported when reached)",
+        default: "300",
+        range: Range::Integer { min: 0, max: 1_000_000 },
+    },
+    Parameter {
+        key: "mucs-draws",
+        doc: "fixed (t, ε) draws of the scoring, shared by every image and both models (paper: 100)",
+        default: "100",
+        range: Range::Integer { min: 1, max: 10_000 },
+    },
+    Parameter {
+        key: "mucs-null-images",
+        doc: "training images L_null is estimated on, one draw each, with a fresh model",
+        default: "1000",
+        range: Range::Integer {
+            min: 1,
+            max: 10_000_000,
+        },
+    },
+];
+
+/// The settings of one MUCS run, read from the parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MucsSettings {
+    /// λ.
+    pub forget_weight: f64,
+    /// Stop at (1 − tolerance)·L_null.
+    pub tolerance: f64,
+    /// Training learning rate ÷ this.
+    pub lr_divisor: f64,
+    /// Retain batch and forget copies.
+    pub batch: usize,
+    /// Step cap.
+    pub max_steps: usize,
+    /// Scoring draws.
+    pub draws: usize,
+    /// Images L_null is estimated on.
+    pub null_images: usize,
+}
+
+impl MucsSettings {
+    /// The settings in `parameters` (defaults where not set).
+    pub fn from_parameters(p: &super::Parameters) -> Result<Self, String> {
+        Ok(Self {
+            forget_weight: p.number("mucs-forget-weight")?,
+            tolerance: p.number("mucs-tolerance")?,
+            lr_divisor: p.number("mucs-lr-divisor")?,
+            batch: p.integer("mucs-batch")?,
+            max_steps: p.integer("mucs-max-steps")?,
+            draws: p.integer("mucs-draws")?,
+            null_images: p.integer("mucs-null-images")?,
+        })
+    }
+}
+
+/// What the unlearning did.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Unlearning {
+    /// Updates made.
+    pub steps: usize,
+    /// True when the step cap, not the bound, ended it.
+    pub capped: bool,
+    /// The untrained model's loss L_null.
+    pub null_loss: f64,
+    /// The clamped forget loss at the first and the last check.
+    pub forget_loss: [f64; 2],
+    /// The retain batch's loss at the first and the last check.
+    pub retain_loss: [f64; 2],
+}
+
+/// The fixed scoring draws: steps t_j (noisiest first) and noises ε_j.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScoringDraws {
+    /// t_j.
+    pub steps: Vec<usize>,
+    /// ε_j, each C×H×W, concatenated.
+    pub noise: Vec<f32>,
+}
+
+impl ScoringDraws {
+    /// `count` draws for a model of `steps_t` diffusion steps and images of `pixels` values:
+    /// the first `count` of ⌊count / 0.7⌋ evenly spaced steps from T − 1 down to 0, each with a
+    /// seeded Gaussian ε.
+    pub fn new(count: usize, steps_t: usize, pixels: usize) -> Self {
+        let grid = ((count as f64 / 0.7).floor() as usize).max(count).max(2);
+        let last = steps_t.saturating_sub(1) as f64;
+        let steps = (0..count)
+            .map(|j| (last * (1.0 - j as f64 / (grid - 1) as f64)).round() as usize)
+            .collect();
+        let noise = gaussian(&mut stream("mucs-scoring-noise", &[count as u64]), count * pixels);
+        Self { steps, noise }
+    }
+
+    /// Number of draws.
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// True when there is no draw.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+/// The loss of every image (dataset order) under every draw: [N × J], row-major. `Ok(None)`
+/// when cancelled.
+pub fn loss_matrix(
+    net: &UNet,
+    schedule: &Schedule,
+    data: &Dataset,
+    draws: &ScoringDraws,
+    device: &Device,
+    job: &JobContext,
+    stage: &str,
+) -> Result<Option<Vec<f32>>, String> {
+    let (n, j, pixels) = (data.len(), draws.len(), data.image_len());
+    // Whole images per batch, about 128 (image, draw) pairs.
+    let images_per_batch = (128 / j.max(1)).max(1);
+    let mut out = Vec::with_capacity(n * j);
+    for start in (0..n).step_by(images_per_batch) {
+        if job.cancel.is_cancelled() {
+            return Ok(None);
+        }
+        let end = (start + images_per_batch).min(n);
+        let mut x0 = Vec::with_capacity((end - start) * j * pixels);
+        for i in start..end {
+            let image = bytes_to_unit(data.image(i));
+            for _ in 0..j {
+                x0.extend_from_slice(&image);
+            }
+        }
+        let rows = (end - start) * j;
+        let shape = [rows, data.channels, data.height, data.width];
+        let x0 = Tensor::<4>::from_data(TensorData::new(x0, shape), device);
+        let ts: Vec<usize> = (start..end).flat_map(|_| draws.steps.iter().copied()).collect();
+        let noise: Vec<f32> = (start..end).flat_map(|_| draws.noise.iter().copied()).collect();
+        let batch = noise_images(schedule, x0, &ts, noise);
+        let prediction = net.forward(batch.x_t, batch.t);
+        let losses = Measurement::Loss.evaluate(schedule, prediction, batch.noise, &ts);
+        out.extend(crate::device::read_back(losses)?);
+        job.report(stage, end as u64, n as u64, "");
+    }
+    if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
+        return Err(format!("training image {} has a non-finite loss", bad / j.max(1)));
+    }
+    Ok(Some(out))
+}
+
+/// The normalised skew of every image, credited to the timestep bucket of each draw: the flat
+/// [N × B] scores (B = `buckets.len()`, bucket ranges [start, end) of steps), whose sum over
+/// buckets is mean_j (L_u − L_o)/(L_u + L_o + δ).
+pub fn skew_scores(unlearned: &[f32], original: &[f32], draws: &ScoringDraws, buckets: &[[usize; 2]]) -> Vec<f32> {
+    let j = draws.len().max(1);
+    let bucket_of: Vec<usize> = draws
+        .steps
+        .iter()
+        .map(|&t| buckets.iter().position(|&[s, e]| (s..e).contains(&t)).unwrap_or(0))
+        .collect();
+    let n = original.len() / j;
+    let mut out = vec![0.0f32; n * buckets.len()];
+    for i in 0..n {
+        for (k, &b) in bucket_of.iter().enumerate() {
+            let (u, o) = (unlearned[i * j + k] as f64, original[i * j + k] as f64);
+            out[i * buckets.len() + b] += ((u - o) / (u + o + SKEW_DELTA) / j as f64) as f32;
+        }
+    }
+    out
+}
+
+/// The parameters MUCS unlearns with: the weights of every residual block's two convolutions.
+pub fn trainable_parameters(net: &UNet) -> Vec<ParamId> {
+    let blocks = net
+        .down_blocks
+        .iter()
+        .chain(&net.up_blocks)
+        .flat_map(|b| &b.resnets)
+        .chain(&net.mid_block.resnets);
+    blocks.flat_map(|r| [r.conv1.weight.id, r.conv2.weight.id]).collect()
+}
+
+/// L_null: the mean training loss of a freshly initialised model of `net`'s configuration over
+/// the first `images` of a seeded permutation of the training set, one training draw each.
+pub fn null_loss(
+    config: &crate::diffusion::UNetConfig,
+    schedule: &Schedule,
+    data: &Dataset,
+    images: usize,
+    device: &Device,
+    job: &JobContext,
+) -> Result<Option<f64>, String> {
+    device.seed(0x6d75_6373);
+    let fresh = config.init(device);
+    let mut chosen = permutation(&mut stream("mucs-null-images", &[]), data.len());
+    chosen.truncate(images.clamp(1, data.len().max(1)));
+    let mut rng = stream("mucs-null-draws", &[]);
+    let mut sum = 0.0f64;
+    for part in chosen.chunks(128) {
+        if job.cancel.is_cancelled() {
+            return Ok(None);
+        }
+        let ts: Vec<usize> = part.iter().map(|_| below(&mut rng, schedule.len())).collect();
+        let noise = gaussian(&mut rng, part.len() * data.image_len());
+        let batch = noise_images(schedule, batch_tensor(data, part, device), &ts, noise);
+        let prediction = fresh.forward(batch.x_t, batch.t);
+        let losses = Measurement::Loss.evaluate(schedule, prediction, batch.noise, &ts);
+        sum += crate::device::read_back(losses)?.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    Ok(Some(sum / chosen.len().max(1) as f64))
+}
+
+/// Everything an unlearning run reads.
+pub struct UnlearnRequest<'a> {
+    /// The model to unlearn from (it is copied; the original is untouched).
+    pub net: &'a UNet,
+    /// Its noise schedule.
+    pub schedule: &'a Schedule,
+    /// The training data (retain batches).
+    pub data: &'a Dataset,
+    /// The query, C×H×W in [−1, 1].
+    pub query: &'a [f32],
+    /// The query's region (H×W weights): the forget loss is measured there only.
+    pub region: Option<&'a [f32]>,
+    /// The settings.
+    pub settings: &'a MucsSettings,
+    /// The training recipe's peak learning rate.
+    pub learning_rate: f64,
+    /// The training recipe's weight decay.
+    pub weight_decay: f64,
+    /// L_null.
+    pub null_loss: f64,
+    /// Where to compute (its autodiff twin is used).
+    pub device: &'a Device,
+}
+
+impl UnlearnRequest<'_> {
+    /// Unlearns the query; returns the unlearned model (on `device`, without autodiff) and what
+    /// happened. `Ok(None)` when cancelled.
+    pub fn run(&self, job: &JobContext) -> Result<Option<(UNet, Unlearning)>, String> {
+        let s = self.settings;
+        let ad = self.device.clone().autodiff();
+        let mut net = self.net.clone().to_device(&ad).train();
+        let trainable = trainable_parameters(&net);
+        let mut optim: ModuleOptimizer = AdamWConfig::new().with_weight_decay(self.weight_decay as f32).init();
+        let lr = self.learning_rate / s.lr_divisor;
+        let data = self.data;
+        let batch = s.batch.min(data.len()).max(1);
+        let per_epoch = (data.len() / batch).max(1);
+        let pixels = data.image_len();
+        let shape = [batch, data.channels, data.height, data.width];
+        let query = Tensor::<4>::from_data(TensorData::new(self.query.repeat(batch), shape), &ad);
+        let threshold = (1.0 - s.tolerance) * self.null_loss;
+        let region = self
+            .region
+            .map(|w| Tensor::<2>::from_data(TensorData::new(w.to_vec(), [data.height, data.width]), &ad));
+        let mut report = Unlearning {
+            steps: 0,
+            capped: false,
+            null_loss: self.null_loss,
+            forget_loss: [f64::NAN; 2],
+            retain_loss: [f64::NAN; 2],
+        };
+        let mut rng = stream("mucs-unlearn", &[]);
+        for step in 0.. {
+            if job.cancel.is_cancelled() {
+                return Ok(None);
+            }
+            // A shuffled pass over the training set, whole batches only (drop_last).
+            let (epoch, within) = (step / per_epoch, step % per_epoch);
+            let order = permutation(&mut stream("mucs-retain-order", &[epoch as u64]), data.len());
+            let retain_ids = &order[within * batch..(within + 1) * batch];
+            let ts: Vec<usize> = (0..2 * batch).map(|_| below(&mut rng, self.schedule.len())).collect();
+            let noise = gaussian(&mut rng, 2 * batch * pixels);
+            let x0 = Tensor::cat(vec![batch_tensor(data, retain_ids, &ad), query.clone()], 0);
+            let noisy = noise_images(self.schedule, x0, &ts, noise);
+            let prediction = net.forward(noisy.x_t, noisy.t);
+            let retain = Measurement::Loss
+                .evaluate(
+                    self.schedule,
+                    prediction.clone().slice(0..batch),
+                    noisy.noise.clone().slice(0..batch),
+                    &ts[..batch],
+                )
+                .mean();
+            let forget = Measurement::Loss
+                .evaluate_in(
+                    self.schedule,
+                    prediction.slice(batch..2 * batch),
+                    noisy.noise.slice(batch..2 * batch),
+                    &ts[batch..],
+                    region.as_ref(),
+                )
+                .clamp_max(self.null_loss)
+                .mean();
+            let values = crate::device::read_back(Tensor::cat(vec![retain.clone(), forget.clone()], 0))?;
+            let (retain_value, forget_value) = (values[0] as f64, values[1] as f64);
+            if !(retain_value.is_finite() && forget_value.is_finite()) {
+                return Err(format!("unlearning diverged at step {step} (non-finite loss)"));
+            }
+            if step == 0 {
+                report.retain_loss[0] = retain_value;
+                report.forget_loss[0] = forget_value;
+            }
+            report.retain_loss[1] = retain_value;
+            report.forget_loss[1] = forget_value;
+            job.report(
+                "unlearning the query",
+                step as u64,
+                s.max_steps as u64,
+                format!("forget loss {forget_value:.4} of {threshold:.4}"),
+            );
+            if forget_value >= threshold {
+                break;
+            }
+            if step >= s.max_steps {
+                report.capped = true;
+                break;
+            }
+            let objective = retain - forget * s.forget_weight;
+            let mut grads = objective.backward();
+            let grads = GradientsParams::from_params(&mut grads, &net, &trainable);
+            if grads.is_empty() {
+                return Err("MUCS found no trainable parameter to unlearn with".into());
+            }
+            net = optim.step(lr, net, grads);
+            report.steps = step + 1;
+        }
+        Ok(Some((net.valid(), report)))
+    }
+}
+
+impl Method for Mucs {
+    fn name(&self) -> String {
+        "mucs".into()
+    }
+
+    fn summary(&self) -> &'static str {
+        "MUCS: unlearn the query by bounded mirrored gradient ascent, score the normalised loss skew (Serrà et al. 2026)"
+    }
+
+    fn parameters(&self) -> Vec<Parameter> {
+        PARAMETERS.to_vec()
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            model_copy: true,
+            ..Needs::default()
+        }
+    }
+
+    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
+        let settings = MucsSettings::from_parameters(context.parameters)?;
+        let Some(model) = context.final_model()? else {
+            return Ok(None);
+        };
+        let (entry, net) = (&model.0, &model.1);
+        let schedule = context.schedule();
+        let (data, device, job) = (context.data, context.device, context.job);
+        let info = &context.model.info;
+        let draws = ScoringDraws::new(settings.draws, schedule.len(), data.image_len());
+        let Some(original) = context.original_losses(&draws)? else {
+            return Ok(None);
+        };
+        let Some(null) = null_loss(&info.unet, &schedule, data, settings.null_images, device, job)? else {
+            return Ok(None);
+        };
+        let request = UnlearnRequest {
+            net,
+            schedule: &schedule,
+            data,
+            query: &context.query.pixels,
+            region: context.query.mask.as_deref(),
+            settings: &settings,
+            learning_rate: info.train.learning_rate,
+            weight_decay: info.train.weight_decay,
+            null_loss: null,
+            device,
+        };
+        let Some((unlearned, report)) = request.run(job)? else {
+            return Ok(None);
+        };
+        let Some(after) = loss_matrix(
+            &unlearned,
+            &schedule,
+            data,
+            &draws,
+            device,
+            job,
+            "scoring the unlearned model",
+        )?
+        else {
+            return Ok(None);
+        };
+        let plan = &context.index_settings.plan;
+        let buckets: Vec<[usize; 2]> = (0..plan.buckets)
+            .map(|b| {
+                let (s, e) = plan.bucket_range(b);
+                [s, e]
+            })
+            .collect();
+        let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
+        Ok(Some(Scores {
+            method: self.name(),
+            parameters: serde_json::json!({
+                "checkpoint": entry.state.step,
+                "settings": context.parameters.to_json(&self.parameters()),
+                "unlearning": report,
+                "training_loss_over_draws": [mean(&original), mean(&after)],
+                "query": context.query.description,
+            }),
+            per_bucket: skew_scores(&after, &original, &draws, &buckets),
+            buckets,
+            ids: data.ids.clone(),
+            labels: data.labels.clone(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scoring_draws_take_the_noisiest_seventy_percent_of_the_steps() {
+        let d = ScoringDraws::new(100, 1000, 4);
+        assert_eq!(d.steps[0], 999);
+        assert!(d.steps.windows(2).all(|w| w[0] > w[1]));
+        assert!((290..=310).contains(&d.steps[99]), "{}", d.steps[99]);
+        assert_eq!(d.noise.len(), 400);
+        assert_eq!(d, ScoringDraws::new(100, 1000, 4), "fixed draws");
+    }
+
+    #[test]
+    fn skew_is_zero_for_equal_losses_and_signed_by_the_change() {
+        let draws = ScoringDraws {
+            steps: vec![900, 100],
+            noise: vec![],
+        };
+        let buckets = [[0, 500], [500, 1000]];
+        let original = [1.0, 2.0, 1.0, 2.0];
+        assert!(
+            skew_scores(&original, &original, &draws, &buckets)
+                .iter()
+                .all(|&v| v == 0.0)
+        );
+        let raised = [3.0, 2.0, 1.0, 1.0];
+        let s = skew_scores(&raised, &original, &draws, &buckets);
+        // Image 0: draw 0 (t = 900, bucket 1) rose 1 → 3; image 1: draw 1 (t = 100, bucket 0) fell.
+        assert!((s[1] as f64 - 0.5 * 2.0 / (4.0 + SKEW_DELTA)).abs() < 1e-6, "{s:?}");
+        assert_eq!(s[0], 0.0);
+        assert!(s[2] < 0.0 && s[3] == 0.0, "{s:?}");
+    }
+}
