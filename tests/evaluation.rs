@@ -230,7 +230,15 @@ fn on_the_bundled_benchmark_methods_beat_chance_and_ekfac_beats_pixel_and_tracin
     let pixel = score("pixel");
     let tracin = score("tracin+shared");
     let ekfac = score("ekfac+shared");
-    for result in [&pixel, &tracin, &ekfac, &score("retrac+shared"), &score("kfac+shared")] {
+    for result in [
+        &pixel,
+        &tracin,
+        &ekfac,
+        &score("retrac+shared"),
+        &score("kfac+shared"),
+        &score("trak+shared"),
+        &score("dtrak+shared"),
+    ] {
         eprintln!(
             "{}: held-out LDS {:.3} (random {:.3})",
             result.method, result.held_out.lds, random.held_out.lds
@@ -252,7 +260,7 @@ fn on_the_bundled_benchmark_methods_beat_chance_and_ekfac_beats_pixel_and_tracin
 
 /// How far above the random scorer's held-out LDS every method lies with its default settings.
 /// Measured (reported half, 64 subsets × 2 seeds): pixel .507, TracIn .473, ReTrac .491, K-FAC
-/// .513, EK-FAC .599, random −.032 (`retrace eval lds`; README).
+/// .513, EK-FAC .599, TRAK .601, D-TRAK .602, random −.032 (`retrace eval lds`; README).
 const RANDOM_MARGIN: f64 = 0.3;
 
 /// How far EK-FAC's held-out LDS lies above pixel similarity's and TracIn's, query by query.

@@ -1,6 +1,7 @@
-//! Methods side by side: 2–4 computed methods in columns, rows aligned by rank, images that
-//! several methods rank in their top k framed; agreement figures (overlap@k, Spearman over all
-//! scores) and the label breakdown of each method's top k.
+//! Methods side by side: any number of computed methods in columns (scrolling when they do not
+//! fit), rows aligned by rank, images that several methods rank in their top k framed;
+//! agreement figures (overlap@k, Spearman over all scores) and the label breakdown of each
+//! method's top k.
 
 use egui::Ui;
 
@@ -8,8 +9,8 @@ use super::RetraceApp;
 use super::textures::training_image;
 use crate::eval::stats::{overlap_at_k, spearman};
 
-/// Rows shown per method.
-const ROWS: usize = 12;
+/// Most methods compared at once.
+const MOST: usize = 16;
 
 /// Draws the comparison view.
 pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
@@ -24,7 +25,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         for m in &computed {
             let mut on = app.compared.contains(m);
             if ui.checkbox(&mut on, m).changed() {
-                if on && app.compared.len() < 4 {
+                if on && app.compared.len() < MOST {
                     app.compared.push(m.clone());
                 } else {
                     app.compared.retain(|x| x != m);
@@ -34,13 +35,21 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     });
     let methods: Vec<String> = app.compared.iter().filter(|m| computed.contains(m)).cloned().collect();
     if methods.len() < 2 {
-        ui.label("Tick two to four methods.");
+        ui.label("Tick two or more methods.");
         return;
     }
     let scores: Vec<_> = methods.iter().filter_map(|m| app.scores(m).cloned()).collect();
     let totals: Vec<Vec<f64>> = scores.iter().map(|s| s.totals()).collect();
     let orders: Vec<Vec<usize>> = scores.iter().map(|s| s.ranking()).collect();
-    let k = ROWS.min(orders[0].len());
+    ui.horizontal(|ui| {
+        let label = ui.label("rows");
+        ui.add(egui::DragValue::new(&mut app.compare_rows).range(1..=50))
+            .labelled_by(label.id);
+        if ui.button("all methods").clicked() {
+            app.compared = computed.iter().take(MOST).cloned().collect();
+        }
+    });
+    let k = app.compare_rows.min(orders[0].len());
     let shared = |i: usize| orders.iter().filter(|o| o[..k].contains(&i)).count() > 1;
 
     ui.label(egui::RichText::new("Agreement").strong());
@@ -77,7 +86,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     }
     ui.separator();
     let ctx = ui.ctx().clone();
-    egui::ScrollArea::vertical().show(ui, |ui| {
+    egui::ScrollArea::both().show(ui, |ui| {
         egui::Grid::new("side-by-side").spacing([16.0, 6.0]).show(ui, |ui| {
             ui.label("rank");
             for m in &methods {

@@ -91,10 +91,16 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
                 let spread = &m.generally_influential;
                 ui.label((i + 1).to_string());
                 ui.label(&m.method);
-                ui.label(format!("{:.3}", m.held_out.lds));
-                ui.label(format!("[{:.3}, {:.3}]", m.held_out.ci95[0], m.held_out.ci95[1]));
-                ui.label(format!("{:.3}", m.generated.lds));
-                ui.label(format!("[{:.3}, {:.3}]", m.generated.ci95[0], m.generated.ci95[1]));
+                for interval in [&m.held_out, &m.generated] {
+                    // A method that takes only generated queries (Journey-TRAK) has no held-out LDS.
+                    if interval.queries == 0 {
+                        ui.label("—");
+                        ui.label("");
+                    } else {
+                        ui.label(format!("{:.3}", interval.lds));
+                        ui.label(format!("[{:.3}, {:.3}]", interval.ci95[0], interval.ci95[1]));
+                    }
+                }
                 ui.label(format!("{} of {}", spread.distinct, spread.queries * spread.k));
                 ui.label(format!("{:.0}%", 100.0 * spread.top10_share));
                 ui.label(format!("{:.3}", m.seconds_per_query));

@@ -104,6 +104,8 @@ pub struct RetraceApp {
     pub shown_method: Option<String>,
     /// Methods compared side by side.
     pub compared: Vec<String>,
+    /// Ranks shown per method in the comparison.
+    pub compare_rows: usize,
     /// The training image opened in the detail view.
     pub selected_train: Option<usize>,
     /// Training images whose curves the timestep view plots.
@@ -169,6 +171,7 @@ impl RetraceApp {
             cache: HashMap::new(),
             shown_method: None,
             compared: DEFAULT_METHODS.map(String::from).to_vec(),
+            compare_rows: 12,
             selected_train: None,
             plotted: Vec::new(),
             view: View::Ranking,

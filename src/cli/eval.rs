@@ -397,7 +397,10 @@ fn lds(
         let Some(result) = evaluate_row(&bench, row, half, &device.device, job).map_err(|e| anyhow!(e))? else {
             bail!("cancelled");
         };
-        let cell = |i: &retrace::eval::lds::Interval| format!("{:.3} [{:.3}, {:.3}]", i.lds, i.ci95[0], i.ci95[1]);
+        let cell = |i: &retrace::eval::lds::Interval| match i.queries {
+            0 => "—".to_owned(),
+            _ => format!("{:.3} [{:.3}, {:.3}]", i.lds, i.ci95[0], i.ci95[1]),
+        };
         job.progress.update(&Default::default());
         let spread = &result.generally_influential;
         println!(
