@@ -220,6 +220,27 @@ fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
     );
     harness.state_mut().notice = None;
 
+    // A painted region is another question: its rankings are cached apart from the whole
+    // image's, differ from them, and clearing the region brings the whole-image ones back.
+    let whole = harness.state().scores("retrac").unwrap().clone();
+    harness.get_by_label("Paint region").click();
+    harness.run_steps(2);
+    let q = harness.state().current.unwrap();
+    assert!(retrace::app::region::paint(harness.state_mut(), q, [14.0, 10.0], 6.0, 1.0));
+    harness.run_steps(2);
+    harness.get_by_label_contains("attributed region: ");
+    assert!(harness.state().scores("retrac").is_none(), "the region has no ranking yet");
+    harness.get_by_label("Run").click();
+    harness.step();
+    until_idle(&mut harness, Duration::from_secs(300));
+    assert_eq!(harness.state().notice, None);
+    let region = harness.state().scores("retrac").unwrap().clone();
+    assert_ne!(region.per_bucket, whole.per_bucket);
+    harness.get_by_label("Clear region").click();
+    harness.get_by_label("Paint region").click();
+    harness.run_steps(2);
+    assert_eq!(harness.state().scores("retrac"), Some(&whole));
+
     // Tolerate the small rasterisation differences of another CPU under lavapipe; a changed
     // layout or missing panel still fails.
     let options = egui_kittest::SnapshotOptions::new()

@@ -391,6 +391,7 @@ impl RetraceApp {
             query: serde_json::json!({
                 "description": entry.query.description,
                 "image": crate::report::png_data_uri(&entry.bytes, entry.query.shape, 1),
+                "region": entry.query.mask,
             }),
             device: session.device.name.clone(),
             methods,
