@@ -58,10 +58,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let command = cli.command.unwrap_or(Command::Gui(cli::gui::GuiArgs {
-        model: None,
-        data: None,
-    }));
+    let command = cli.command.unwrap_or(Command::Gui(cli::gui::GuiArgs::default()));
     match command {
         Command::Train(args) => cli::train::run(args, cli.device),
         Command::Sample(args) => cli::sample::run(args, cli.device),

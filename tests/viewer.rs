@@ -226,10 +226,19 @@ fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
     harness.get_by_label("Paint region").click();
     harness.run_steps(2);
     let q = harness.state().current.unwrap();
-    assert!(retrace::app::region::paint(harness.state_mut(), q, [14.0, 10.0], 6.0, 1.0));
+    assert!(retrace::app::region::paint(
+        harness.state_mut(),
+        q,
+        [14.0, 10.0],
+        6.0,
+        1.0
+    ));
     harness.run_steps(2);
     harness.get_by_label_contains("attributed region: ");
-    assert!(harness.state().scores("retrac").is_none(), "the region has no ranking yet");
+    assert!(
+        harness.state().scores("retrac").is_none(),
+        "the region has no ranking yet"
+    );
     harness.get_by_label("Run").click();
     harness.step();
     until_idle(&mut harness, Duration::from_secs(300));

@@ -27,12 +27,22 @@ pub fn grid_row(ui: &mut egui::Ui, label: &str, widget: impl egui::Widget) -> eg
     response
 }
 
+/// What the viewer starts with besides its session: the methods ticked (the defaults when
+/// empty) and the methods' parameters.
+#[derive(Clone, Debug, Default)]
+pub struct Start {
+    /// Methods ticked at start (registry names, ensembles included); empty for the defaults.
+    pub methods: Vec<String>,
+    /// Parameter values.
+    pub parameters: crate::attribution::Parameters,
+}
+
 /// Opens the viewer window on `session` (or on the error that kept it from opening) and runs
 /// until the window closes.
 ///
 /// When the session computes on wgpu with a shared setup
 /// ([`crate::device::choose_shared`]), the window renders with that same device and queue.
-pub fn run(session: Result<crate::session::Session, String>) -> Result<(), String> {
+pub fn run(session: Result<crate::session::Session, String>, start: Start) -> Result<(), String> {
     let mut wgpu_options = eframe::egui_wgpu::WgpuConfiguration::default();
     if let Some(setup) = session.as_ref().ok().and_then(|s| s.device.wgpu_setup.clone()) {
         wgpu_options.wgpu_setup = shared_setup(setup);
@@ -49,7 +59,7 @@ pub fn run(session: Result<crate::session::Session, String>) -> Result<(), Strin
     eframe::run_native(
         "retrace",
         options,
-        Box::new(move |cc| Ok(Box::new(RetraceApp::new(cc, session)))),
+        Box::new(move |cc| Ok(Box::new(RetraceApp::new(cc, session).with_start(start)))),
     )
     .map_err(|e| format!("cannot open the window: {e}"))
 }

@@ -191,6 +191,24 @@ impl RetraceApp {
         app
     }
 
+    /// Applies the start settings: ticks `start.methods` (adding ensembles among them to the
+    /// list) and takes its parameters.
+    pub fn with_start(mut self, start: super::Start) -> Self {
+        if !start.methods.is_empty() {
+            for (m, on) in &mut self.selected_methods {
+                *on = start.methods.contains(m);
+            }
+            for m in &start.methods {
+                if !self.selected_methods.iter().any(|(s, _)| s == m) {
+                    self.selected_methods.push((m.clone(), true));
+                }
+            }
+            self.compared = start.methods.clone();
+        }
+        self.parameters = start.parameters;
+        self
+    }
+
     /// Starts building the index in the background when it is missing or partial, so the
     /// first ranking need not wait for it (cancelling keeps the finished chunks).
     fn ensure_index(&mut self) {
