@@ -13,11 +13,18 @@ fn progress(ui: &mut Ui, title: &str, p: &crate::jobs::Progress, elapsed: f64, c
     } else {
         0.0
     };
+    // The stage first: a long title (many methods) must not hide what is running now.
+    let hint = if p.message.is_empty() {
+        title.to_owned()
+    } else {
+        format!("{title}\n{}", p.message)
+    };
     ui.add(
         egui::ProgressBar::new(fraction)
-            .desired_width(300.0)
-            .text(format!("{title}: {} {}/{} ({elapsed:.0} s)", p.stage, p.done, p.total)),
-    );
+            .desired_width(360.0)
+            .text(format!("{} {}/{} ({elapsed:.0} s) · {title}", p.stage, p.done, p.total)),
+    )
+    .on_hover_text(hint);
     if ui.button("Cancel").clicked() {
         cancel();
     }

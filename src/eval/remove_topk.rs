@@ -146,13 +146,23 @@ enum Unit {
 
 impl RemovalPlan {
     /// Every model, references first, in the order shards are dealt.
-    fn units(&self) -> Vec<Unit> {
+    fn units(&self, bench: &Benchmark) -> Vec<Unit> {
         let references = (0..self.seeds.len()).map(|seed| Unit::Reference { seed });
         let removals = self.queries.iter().flat_map(|&query| {
             (0..self.rows.len())
+                .filter(move |&row| self.takes(bench, query, row))
                 .flat_map(move |row| (0..self.seeds.len()).map(move |seed| Unit::Removal { query, row, seed }))
         });
         references.chain(removals).collect()
+    }
+
+    /// Whether row `row` scores query `query` (Journey-TRAK takes generated queries only).
+    fn takes(&self, bench: &Benchmark, query: usize, row: usize) -> bool {
+        bench
+            .truth
+            .queries
+            .get(query)
+            .is_some_and(|q| self.rows[row].takes(q.kind))
     }
 }
 
@@ -176,7 +186,7 @@ pub fn remove_top_k(
         keep_models: false,
     };
     let all: Vec<usize> = (0..bench.truth.queries.len()).collect();
-    let units = plan.units();
+    let units = plan.units(bench);
     // Every method's top-k per (query, row index), computed once.
     let mut top_lists: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
     // Other shards' models not done when this shard passed them: the file and what it must hold.
@@ -320,7 +330,10 @@ fn assemble(plan: &RemovalPlan, dir: &Path, bench: &Benchmark) -> Result<Removal
     }
     let mut results = Vec::new();
     for &query in &plan.queries {
-        for row in &plan.rows {
+        for (r, row) in plan.rows.iter().enumerate() {
+            if !plan.takes(bench, query, r) {
+                continue;
+            }
             for (s, &seed) in plan.seeds.iter().enumerate() {
                 let path = dir
                     .join("results")

@@ -239,6 +239,17 @@ impl EvalRow {
         format!("{name}{suffix}{settings}{draws}")
     }
 
+    /// Whether the row scores queries of `kind`: a method that attributes sampling trajectories
+    /// (Journey-TRAK) takes generated queries only.
+    pub fn takes(&self, kind: QueryKind) -> bool {
+        match &self.method {
+            RowMethod::Attribution(m) => {
+                kind == QueryKind::Generated || registry::lookup(m).is_ok_and(|m| !m.needs().trajectory)
+            }
+            RowMethod::Random => true,
+        }
+    }
+
     /// Parses a row name as [`Self::label`] writes it, on top of `parameters`.
     pub fn parse(name: &str, parameters: &Parameters) -> Result<Self, String> {
         let (name, shared_noise) = match name.trim().strip_suffix("+shared") {
@@ -367,15 +378,9 @@ pub fn evaluate_row(
     device: &burn::tensor::Device,
     job: &JobContext,
 ) -> Result<Option<RowResult>, String> {
-    // A method that attributes sampling trajectories (Journey-TRAK) takes the generated
-    // queries only.
-    let trajectories_only = match &row.method {
-        RowMethod::Attribution(m) => registry::lookup(m)?.needs().trajectory,
-        RowMethod::Random => false,
-    };
     let queries: Vec<usize> = QueryKind::ALL
         .iter()
-        .filter(|&&kind| !trajectories_only || kind == QueryKind::Generated)
+        .filter(|&&kind| row.takes(kind))
         .flat_map(|&kind| bench.truth.query_indices(kind, half))
         .collect();
     let Some(&first) = queries.first() else {
