@@ -40,6 +40,8 @@ pub struct Tile {
 pub struct MethodSection {
     /// The method's name ("retrac").
     pub name: String,
+    /// What it computes, from the method registry (empty for a name it does not know).
+    pub summary: String,
     /// The top-k proponents, best first.
     pub proponents: Vec<Tile>,
     /// The top-k opponents, most negative first.
@@ -114,6 +116,9 @@ impl ReportContent {
                     .collect();
                 MethodSection {
                     name: s.method.clone(),
+                    summary: crate::attribution::registry::lookup(&s.method)
+                        .map(|m| m.summary().to_owned())
+                        .unwrap_or_default(),
                     proponents: tiles(&order[..k.min(n)], t, &|r| r + 1),
                     opponents: tiles(&opponents, t, &|r| n - r),
                     curves: (s.buckets.len() > 1)

@@ -40,6 +40,9 @@ pub fn html_report(content: &ReportContent) -> String {
     );
     for section in &content.sections {
         body += &format!("<h2>{}</h2>", escape(&section.name));
+        if !section.summary.is_empty() {
+            body += &format!(r#"<p class="meta">{}</p>"#, escape(&section.summary));
+        }
         body += &format!("<h3>Top {k} proponents</h3>{}", grid(&section.proponents));
         body += &format!("<h3>Top {k} opponents</h3>{}", grid(&section.opponents));
         if let Some(plot) = &section.curves {

@@ -369,6 +369,9 @@ pub fn layout(content: &ReportContent) -> Result<Vec<Vec<Draw<'_>>>, String> {
     let k = content.top_k;
     for section in &content.sections {
         flow.heading(&section.name, 14.0, 100.0);
+        if !section.summary.is_empty() {
+            flow.paragraph(&section.summary, 8.0, Typeface::Sans, AXIS_COLOUR, 4.0);
+        }
         flow.heading(&format!("Top {k} proponents"), 10.0, TILE_SIZE + 20.0);
         flow.grid(&section.proponents);
         flow.heading(&format!("Top {k} opponents"), 10.0, TILE_SIZE + 20.0);
@@ -514,6 +517,7 @@ mod tests {
         let sections = (0..2u8)
             .map(|m| MethodSection {
                 name: format!("method {m}"),
+                summary: "what the method computes, in one line".to_owned(),
                 proponents: (0..12).map(|i| tile(m * 50 + i)).collect(),
                 opponents: (0..12).map(|i| tile(m * 50 + 20 + i)).collect(),
                 curves: PlotGeometry::layout(&series, "diffusion step t", 720.0, 240.0),
