@@ -211,6 +211,7 @@ fn on_the_bundled_benchmark_methods_beat_chance_and_ekfac_beats_pixel_and_tracin
             &bench,
             &row,
             retrace::eval::QueryHalf::Report,
+            None,
             &cpu(),
             &JobContext::silent(),
         )

@@ -394,7 +394,12 @@ fn lds(
         "method", "LDS held-out [95% CI]", "LDS generated [95% CI]", "s / query", "top-10: distinct, top10"
     );
     for row in &rows {
-        let Some(result) = evaluate_row(&bench, row, half, &device.device, job).map_err(|e| anyhow!(e))? else {
+        // Each query's result is kept beside the table while a row is scored, so a stopped run
+        // resumes where it was (a MUCS row takes hours on a CPU).
+        let parts = out.as_ref().map(|o| o.with_extension("parts"));
+        let Some(result) =
+            evaluate_row(&bench, row, half, parts.as_deref(), &device.device, job).map_err(|e| anyhow!(e))?
+        else {
             bail!("cancelled");
         };
         let cell = |i: &retrace::eval::lds::Interval| match i.queries {
@@ -417,8 +422,13 @@ fn lds(
             None => report.methods.push(result),
         }
         if let Some(path) = &out {
-            // Written after every row, so a long table keeps what it has.
+            // Written after every row, so a long table keeps what it has; the row's per-query
+            // results are then in the table and go.
             retrace::eval::build::write_json(path, &report).map_err(|e| anyhow!(e))?;
+            if let Some(parts) = &parts {
+                let _ = std::fs::remove_dir_all(retrace::eval::table::row_parts_dir(parts, &row.label()));
+                let _ = std::fs::remove_dir(parts);
+            }
         }
     }
     if let Some(path) = &out {

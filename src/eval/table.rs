@@ -370,11 +370,35 @@ impl EvalReport {
     }
 }
 
-/// Scores `row` on the queries of `half`. `Ok(None)` when cancelled.
+/// One query's result of a row, kept while the row is scored so a long row (MUCS) resumes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct QueryPart {
+    /// The query's LDS.
+    lds: f64,
+    /// Its top [`SPREAD_K`] training images.
+    top: Vec<usize>,
+    /// Seconds it took; `None` for the first query scored in a run, which also builds what the
+    /// method builds once (index, curvature, kernel).
+    seconds: Option<f64>,
+}
+
+/// Where [`evaluate_row`] keeps the per-query results of the row `label` under `parts`.
+pub fn row_parts_dir(parts: &Path, label: &str) -> PathBuf {
+    let stem: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect();
+    parts.join(stem)
+}
+
+/// Scores `row` on the queries of `half`. `Ok(None)` when cancelled. With `parts`, every
+/// query's result is kept in a file under it as soon as it is known, and a run that was stopped
+/// resumes from them.
 pub fn evaluate_row(
     bench: &Benchmark,
     row: &EvalRow,
     half: QueryHalf,
+    parts: Option<&Path>,
     device: &burn::tensor::Device,
     job: &JobContext,
 ) -> Result<Option<RowResult>, String> {
@@ -383,46 +407,64 @@ pub fn evaluate_row(
         .filter(|&&kind| row.takes(kind))
         .flat_map(|&kind| bench.truth.query_indices(kind, half))
         .collect();
-    let Some(&first) = queries.first() else {
+    if queries.is_empty() {
         return Err("the benchmark has no query in this half".into());
-    };
-    // Build the index (and, for influence functions, the curvature) outside the timing.
-    if bench.scores(row, first, device, job)?.is_none() {
-        return Ok(None);
     }
-    let started = Instant::now();
-    let mut per_query = Vec::with_capacity(queries.len());
-    let mut generated_top = Vec::new();
+    let label = row.label();
+    let part_path = |q: usize| parts.map(|dir| row_parts_dir(dir, &label).join(format!("q{q:03}.json")));
+    let mut results: Vec<QueryPart> = Vec::with_capacity(queries.len());
+    let mut first_in_run = true;
     for (done, &q) in queries.iter().enumerate() {
-        job.report(
-            &row.label(),
-            done as u64,
-            queries.len() as u64,
-            bench.truth.queries[q].describe(),
-        );
+        job.report(&label, done as u64, queries.len() as u64, bench.truth.queries[q].describe());
+        let path = part_path(q);
+        if let Some(part) = match &path {
+            Some(p) => super::build::read_json::<QueryPart>(p)?,
+            None => None,
+        } {
+            results.push(part);
+            continue;
+        }
+        let started = Instant::now();
         let Some(scores) = bench.scores(row, q, device, job)? else {
             return Ok(None);
         };
-        per_query.push(bench.lds(&scores, q));
-        if bench.truth.queries[q].kind == QueryKind::Generated {
-            generated_top.push(top_k(&scores, SPREAD_K));
+        let part = QueryPart {
+            lds: bench.lds(&scores, q),
+            top: top_k(&scores, SPREAD_K),
+            seconds: (!first_in_run).then(|| started.elapsed().as_secs_f64()),
+        };
+        first_in_run = false;
+        if let Some(p) = &path {
+            super::build::write_json(p, &part)?;
         }
+        results.push(part);
     }
-    let seconds_per_query = started.elapsed().as_secs_f64() / queries.len().max(1) as f64;
+    let timed: Vec<f64> = results.iter().filter_map(|r| r.seconds).collect();
+    let seconds_per_query = if timed.is_empty() {
+        f64::NAN
+    } else {
+        timed.iter().sum::<f64>() / timed.len() as f64
+    };
     let of_kind = |kind: QueryKind| -> Vec<f64> {
         queries
             .iter()
-            .zip(&per_query)
+            .zip(&results)
             .filter(|(q, _)| bench.truth.queries[**q].kind == kind)
-            .map(|(_, v)| *v)
+            .map(|(_, r)| r.lds)
             .collect()
     };
+    let generated_top: Vec<Vec<usize>> = queries
+        .iter()
+        .zip(&results)
+        .filter(|(q, _)| bench.truth.queries[**q].kind == QueryKind::Generated)
+        .map(|(_, r)| r.top.clone())
+        .collect();
     Ok(Some(RowResult {
-        method: row.label(),
+        method: label,
         held_out: bootstrap(&of_kind(QueryKind::HeldOut), 1),
         generated: bootstrap(&of_kind(QueryKind::Generated), 2),
         seconds_per_query,
-        per_query,
+        per_query: results.iter().map(|r| r.lds).collect(),
         generally_influential: top_k_spread(&generated_top, SPREAD_K),
     }))
 }
