@@ -123,20 +123,8 @@ impl<'a> Context<'a> {
         let Some(index) = self.index_for(measurement)? else {
             return Ok(None);
         };
-        let Some(model) = self.last_model()? else {
-            return Ok(None);
-        };
-        let schedule = self.schedule();
-        let run = FeatureRun {
-            model: &model.1,
-            schedule: &schedule,
-            plan: &index.manifest.key.plan,
-            projector: &index.projector,
-            measurement,
-            batch_size: self.index_settings.batch_size,
-            device: self.device,
-        };
-        let Some(features) = run.run(&self.query_example(), self.job)? else {
+        let job = self.job;
+        let Some(features) = self.query_run(&index, measurement, |run, query| run.run(query, job))? else {
             return Ok(None);
         };
         self.projected_queries.insert(measurement, features.clone());
@@ -415,13 +403,14 @@ impl<'a> Context<'a> {
         Ok(Some(curvature))
     }
 
-    /// The query's exact (unprojected) per-bucket gradients of `measurement` at the index's
-    /// last checkpoint, under the index's timestep plan.
-    pub fn query_gradients(&mut self, measurement: Measurement) -> Result<Option<Vec<Tensor<3>>>, String> {
-        if let Some(g) = self.query_gradients.get(&measurement) {
-            return Ok(Some(g.clone()));
-        }
-        let Some(index) = self.index()? else { return Ok(None) };
+    /// Runs `visit` with a featurisation of `measurement` under `index`'s plan and projection
+    /// at the index's last checkpoint, and the query as its example.
+    fn query_run<T>(
+        &mut self,
+        index: &Index,
+        measurement: Measurement,
+        visit: impl FnOnce(&FeatureRun<'_>, &Examples) -> Result<Option<T>, String>,
+    ) -> Result<Option<T>, String> {
         let Some(model) = self.last_model()? else {
             return Ok(None);
         };
@@ -435,7 +424,19 @@ impl<'a> Context<'a> {
             batch_size: self.index_settings.batch_size,
             device: self.device,
         };
-        let Some(gradients) = run.bucket_gradients(&self.query_example(), self.job)? else {
+        visit(&run, &self.query_example())
+    }
+
+    /// The query's exact (unprojected) per-bucket gradients of `measurement` at the index's
+    /// last checkpoint, under the index's timestep plan.
+    pub fn query_gradients(&mut self, measurement: Measurement) -> Result<Option<Vec<Tensor<3>>>, String> {
+        if let Some(g) = self.query_gradients.get(&measurement) {
+            return Ok(Some(g.clone()));
+        }
+        let Some(index) = self.index()? else { return Ok(None) };
+        let job = self.job;
+        let Some(gradients) = self.query_run(&index, measurement, |run, query| run.bucket_gradients(query, job))?
+        else {
             return Ok(None);
         };
         self.query_gradients.insert(measurement, gradients.clone());

@@ -386,7 +386,13 @@ struct QueryPart {
 pub fn row_parts_dir(parts: &Path, label: &str) -> PathBuf {
     let stem: String = label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     parts.join(stem)
 }
@@ -415,7 +421,12 @@ pub fn evaluate_row(
     let mut results: Vec<QueryPart> = Vec::with_capacity(queries.len());
     let mut first_in_run = true;
     for (done, &q) in queries.iter().enumerate() {
-        job.report(&label, done as u64, queries.len() as u64, bench.truth.queries[q].describe());
+        job.report(
+            &label,
+            done as u64,
+            queries.len() as u64,
+            bench.truth.queries[q].describe(),
+        );
         let path = part_path(q);
         if let Some(part) = match &path {
             Some(p) => super::build::read_json::<QueryPart>(p)?,
