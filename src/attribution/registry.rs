@@ -141,10 +141,21 @@ impl Parameter {
     /// The range in words: "[0.001, 100] (log)", "one of loss, elbo, square-norm".
     pub fn describe_range(&self) -> String {
         match self.range {
-            Range::Number { min, max, log } => format!("[{min}, {max}]{}", if log { " (log)" } else { "" }),
+            Range::Number { min, max, log } => {
+                format!("[{}, {}]{}", short(min), short(max), if log { " (log)" } else { "" })
+            }
             Range::Integer { min, max } => format!("[{min}, {max}]"),
             Range::Choice(names) => format!("one of {}", names().join(", ")),
         }
+    }
+}
+
+/// A number as people write it: 0.1, 64, 1e-12, 1e6.
+fn short(v: f64) -> String {
+    if v != 0.0 && !(1e-3..1e5).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
     }
 }
 
