@@ -41,8 +41,9 @@ pub enum View {
 pub enum Work {
     /// Sampling a query, with the live preview's latest frame.
     Generate(BackgroundJob<Query>, Arc<Mutex<Option<Vec<u8>>>>),
-    /// Ranking the training images for query `usize` of the history.
-    Attribute(BackgroundJob<Vec<Scores>>, usize, MethodSettings),
+    /// Ranking the training images for query `usize` of the history; the cache key of every
+    /// requested method, fixed when the job started (the user may paint or switch meanwhile).
+    Attribute(BackgroundJob<Vec<Scores>>, usize, MethodSettings, HashMap<String, String>),
 }
 
 impl Work {
@@ -50,7 +51,7 @@ impl Work {
     pub fn status(&self) -> (&str, Progress, f64) {
         match self {
             Work::Generate(j, _) => (&j.title, j.progress(), j.elapsed()),
-            Work::Attribute(j, _, _) => (&j.title, j.progress(), j.elapsed()),
+            Work::Attribute(j, ..) => (&j.title, j.progress(), j.elapsed()),
         }
     }
 
@@ -58,7 +59,7 @@ impl Work {
     pub fn cancel(&self) {
         match self {
             Work::Generate(j, _) => j.cancel.cancel(),
-            Work::Attribute(j, _, _) => j.cancel.cancel(),
+            Work::Attribute(j, ..) => j.cancel.cancel(),
         }
     }
 }
@@ -456,7 +457,12 @@ impl RetraceApp {
             parameters: self.parameters.clone(),
         };
         let job = session.attribute(self.history[q].query.clone(), request.clone(), Self::waker(ctx));
-        self.work = Some(Work::Attribute(job, q, request));
+        let keys = request
+            .methods
+            .iter()
+            .map(|m| (m.clone(), self.parameters_key(m)))
+            .collect();
+        self.work = Some(Work::Attribute(job, q, request, keys));
     }
 
     /// Starts sampling a new query with the current seed and sampler.
@@ -508,12 +514,12 @@ impl RetraceApp {
                 Some(Ok(None)) => self.notice = Some("sampling cancelled".into()),
                 Some(Err(e)) => self.notice = Some(e),
             },
-            Work::Attribute(job, q, request) => match job.poll() {
-                None => self.work = Some(Work::Attribute(job, q, request)),
+            Work::Attribute(job, q, request, keys) => match job.poll() {
+                None => self.work = Some(Work::Attribute(job, q, request, keys)),
                 Some(Ok(Some(scores))) => {
                     for s in scores {
-                        let key = (q, s.method.clone(), self.parameters_key(&s.method));
-                        self.cache.insert(key, s);
+                        let Some(key) = keys.get(&s.method) else { continue };
+                        self.cache.insert((q, s.method.clone(), key.clone()), s);
                     }
                     if self.shown_method.as_ref().is_none_or(|m| !request.methods.contains(m)) {
                         self.shown_method = request.methods.first().cloned();
