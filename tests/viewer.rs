@@ -169,7 +169,7 @@ fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
     // session's index shares the query's draws, so the `+shared` rows are its methods').
     harness.state_mut().evaluation = Some(Ok(evaluation_table()));
     harness.run_steps(3);
-    harness.get_by_label("retrac (LDS 0.41 / 0.12)");
+    harness.get_by_label("LDS 0.41 / 0.12");
     harness.get_by_label("Evaluation").click();
     harness.run_steps(3);
     harness.get_by_label("LDS held-out");

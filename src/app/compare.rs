@@ -12,6 +12,35 @@ use crate::eval::stats::{overlap_at_k, spearman};
 /// Most methods compared at once.
 const MOST: usize = 16;
 
+/// Up to this many methods, agreement is a list of pairs; beyond, a matrix.
+const PAIR_LIST: usize = 4;
+
+/// Agreement of many methods as one matrix: overlap@k above the diagonal, Spearman below.
+fn agreement_matrix(ui: &mut Ui, methods: &[String], totals: &[Vec<f64>], k: usize) {
+    ui.small(format!("above the diagonal: overlap@{k}; below: Spearman over all training images"));
+    egui::ScrollArea::horizontal().id_salt("agreement-matrix").show(ui, |ui| {
+        egui::Grid::new("agreement-matrix").striped(true).show(ui, |ui| {
+            ui.label("");
+            for m in methods {
+                ui.small(m.as_str());
+            }
+            ui.end_row();
+            for (a, row) in methods.iter().enumerate() {
+                ui.small(row.as_str());
+                for b in 0..methods.len() {
+                    let cell = match a.cmp(&b) {
+                        std::cmp::Ordering::Less => format!("{:.2}", overlap_at_k(&totals[a], &totals[b], k)),
+                        std::cmp::Ordering::Greater => format!("{:.2}", spearman(&totals[a], &totals[b])),
+                        std::cmp::Ordering::Equal => "·".to_owned(),
+                    };
+                    ui.small(cell);
+                }
+                ui.end_row();
+            }
+        });
+    });
+}
+
 /// Draws the comparison view.
 pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     let Ok(session) = app.session.clone() else { return };
@@ -53,20 +82,24 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     let shared = |i: usize| orders.iter().filter(|o| o[..k].contains(&i)).count() > 1;
 
     ui.label(egui::RichText::new("Agreement").strong());
-    egui::Grid::new("agreement").striped(true).show(ui, |ui| {
-        ui.label("pair");
-        ui.label(format!("overlap@{k}"));
-        ui.label("Spearman");
-        ui.end_row();
-        for a in 0..methods.len() {
-            for b in a + 1..methods.len() {
-                ui.label(format!("{} / {}", methods[a], methods[b]));
-                ui.label(format!("{:.2}", overlap_at_k(&totals[a], &totals[b], k)));
-                ui.label(format!("{:.3}", spearman(&totals[a], &totals[b])));
-                ui.end_row();
+    if methods.len() <= PAIR_LIST {
+        egui::Grid::new("agreement").striped(true).show(ui, |ui| {
+            ui.label("pair");
+            ui.label(format!("overlap@{k}"));
+            ui.label("Spearman");
+            ui.end_row();
+            for a in 0..methods.len() {
+                for b in a + 1..methods.len() {
+                    ui.label(format!("{} / {}", methods[a], methods[b]));
+                    ui.label(format!("{:.2}", overlap_at_k(&totals[a], &totals[b], k)));
+                    ui.label(format!("{:.3}", spearman(&totals[a], &totals[b])));
+                    ui.end_row();
+                }
             }
-        }
-    });
+        });
+    } else {
+        agreement_matrix(ui, &methods, &totals, k);
+    }
     ui.separator();
     ui.label(egui::RichText::new(format!("Labels among each method's top {k}")).strong());
     for (m, order) in methods.iter().zip(&orders) {
@@ -90,12 +123,16 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         egui::Grid::new("side-by-side").spacing([16.0, 6.0]).show(ui, |ui| {
             ui.label("rank");
             for m in &methods {
-                let lds = app
-                    .method_lds(m)
-                    .map(|(h, g)| format!(" (LDS {h:.2} / {g:.2})"))
-                    .unwrap_or_default();
-                ui.strong(format!("{m}{lds}"))
-                    .on_hover_text("LDS on the bundled benchmark's held-out / generated queries (Evaluation tab)");
+                // The name over its LDS, so that many columns fit side by side.
+                let lds = app.method_lds(m);
+                ui.vertical(|ui| {
+                    ui.strong(m.as_str());
+                    if let Some((h, g)) = lds {
+                        ui.small(format!("LDS {h:.2} / {g:.2}")).on_hover_text(
+                            "LDS on the bundled benchmark's held-out / generated queries (Evaluation tab)",
+                        );
+                    }
+                });
             }
             ui.end_row();
             for r in 0..k {
