@@ -317,7 +317,13 @@ fn reference_path(dir: &Path, seed: u64) -> PathBuf {
 }
 
 fn result_stem(query: usize, row: &EvalRow, seed: u64) -> String {
-    format!("q{query:03}-{}-s{seed}", row.label().replace('+', "_"))
+    // File-name safe: `+`, brackets and `;`/`=` of non-default parameters become `_`.
+    let label: String = row
+        .label()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect();
+    format!("q{query:03}-{label}-s{seed}")
 }
 
 /// The report from the finished models' files.
