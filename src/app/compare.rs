@@ -17,28 +17,32 @@ const PAIR_LIST: usize = 4;
 
 /// Agreement of many methods as one matrix: overlap@k above the diagonal, Spearman below.
 fn agreement_matrix(ui: &mut Ui, methods: &[String], totals: &[Vec<f64>], k: usize) {
-    ui.small(format!("above the diagonal: overlap@{k}; below: Spearman over all training images"));
-    egui::ScrollArea::horizontal().id_salt("agreement-matrix").show(ui, |ui| {
-        egui::Grid::new("agreement-matrix").striped(true).show(ui, |ui| {
-            ui.label("");
-            for m in methods {
-                ui.small(m.as_str());
-            }
-            ui.end_row();
-            for (a, row) in methods.iter().enumerate() {
-                ui.small(row.as_str());
-                for b in 0..methods.len() {
-                    let cell = match a.cmp(&b) {
-                        std::cmp::Ordering::Less => format!("{:.2}", overlap_at_k(&totals[a], &totals[b], k)),
-                        std::cmp::Ordering::Greater => format!("{:.2}", spearman(&totals[a], &totals[b])),
-                        std::cmp::Ordering::Equal => "·".to_owned(),
-                    };
-                    ui.small(cell);
+    ui.small(format!(
+        "above the diagonal: overlap@{k}; below: Spearman over all training images"
+    ));
+    egui::ScrollArea::horizontal()
+        .id_salt("agreement-matrix")
+        .show(ui, |ui| {
+            egui::Grid::new("agreement-matrix").striped(true).show(ui, |ui| {
+                ui.label("");
+                for m in methods {
+                    ui.small(m.as_str());
                 }
                 ui.end_row();
-            }
+                for (a, row) in methods.iter().enumerate() {
+                    ui.small(row.as_str());
+                    for b in 0..methods.len() {
+                        let cell = match a.cmp(&b) {
+                            std::cmp::Ordering::Less => format!("{:.2}", overlap_at_k(&totals[a], &totals[b], k)),
+                            std::cmp::Ordering::Greater => format!("{:.2}", spearman(&totals[a], &totals[b])),
+                            std::cmp::Ordering::Equal => "·".to_owned(),
+                        };
+                        ui.small(cell);
+                    }
+                    ui.end_row();
+                }
+            });
         });
-    });
 }
 
 /// Draws the comparison view.

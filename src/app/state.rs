@@ -43,7 +43,12 @@ pub enum Work {
     Generate(BackgroundJob<Query>, Arc<Mutex<Option<Vec<u8>>>>),
     /// Ranking the training images for query `usize` of the history; the cache key of every
     /// requested method, fixed when the job started (the user may paint or switch meanwhile).
-    Attribute(BackgroundJob<Vec<Scores>>, usize, MethodSettings, HashMap<String, String>),
+    Attribute(
+        BackgroundJob<Vec<Scores>>,
+        usize,
+        MethodSettings,
+        HashMap<String, String>,
+    ),
 }
 
 impl Work {

@@ -317,12 +317,7 @@ fn reference_path(dir: &Path, seed: u64) -> PathBuf {
 }
 
 fn result_stem(query: usize, row: &EvalRow, seed: u64) -> String {
-    // File-name safe: `+`, brackets and `;`/`=` of non-default parameters become `_`.
-    let label: String = row
-        .label()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
-        .collect();
+    let label = super::table::file_safe(&row.label());
     format!("q{query:03}-{label}-s{seed}")
 }
 

@@ -384,7 +384,12 @@ struct QueryPart {
 
 /// Where [`evaluate_row`] keeps the per-query results of the row `label` under `parts`.
 pub fn row_parts_dir(parts: &Path, label: &str) -> PathBuf {
-    let stem: String = label
+    parts.join(file_safe(label))
+}
+
+/// A row label as a file name: `+`, brackets, `;` and `=` become `_`.
+pub fn file_safe(label: &str) -> String {
+    label
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
@@ -393,8 +398,7 @@ pub fn row_parts_dir(parts: &Path, label: &str) -> PathBuf {
                 '_'
             }
         })
-        .collect();
-    parts.join(stem)
+        .collect()
 }
 
 /// Scores `row` on the queries of `half`. `Ok(None)` when cancelled. With `parts`, every
