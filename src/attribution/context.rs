@@ -13,6 +13,7 @@ use super::mucs::{ScoringDraws, loss_matrix};
 use super::registry::{self, Parameters};
 use super::run::IndexSettings;
 use super::tracin::checkpoint_weights;
+use super::trak::TrakKernel;
 use super::{CheckpointFeatures, GradientInputs, Query, Scores, TrainFeatures};
 use crate::curvature::store::CURVATURE_FORMAT_VERSION;
 use crate::curvature::{
@@ -57,6 +58,7 @@ pub struct Context<'a> {
     final_model: Option<Arc<(CheckpointEntry, UNet)>>,
     curvature: Option<(Fisher, Sharing, usize, Arc<Curvature>)>,
     query_gradients: HashMap<Measurement, Vec<Tensor<3>>>,
+    kernels: HashMap<(Measurement, u64), Arc<TrakKernel>>,
     scores: HashMap<String, Scores>,
 }
 
@@ -86,6 +88,7 @@ impl<'a> Context<'a> {
             final_model: None,
             curvature: None,
             query_gradients: HashMap::new(),
+            kernels: HashMap::new(),
             scores: HashMap::new(),
         }
     }
@@ -441,6 +444,21 @@ impl<'a> Context<'a> {
         };
         self.query_gradients.insert(measurement, gradients.clone());
         Ok(Some(gradients))
+    }
+
+    /// TRAK's kernel of the index of `measurement` with relative `damping`, loaded from beside
+    /// the index or fitted there, once per request (TRAK and Journey-TRAK share it).
+    pub fn trak_kernel(&mut self, measurement: Measurement, damping: f64) -> Result<Option<Arc<TrakKernel>>, String> {
+        let key = (measurement, damping.to_bits());
+        if let Some(kernel) = self.kernels.get(&key) {
+            return Ok(Some(kernel.clone()));
+        }
+        let Some(index) = self.index_for(measurement)? else {
+            return Ok(None);
+        };
+        let kernel = Arc::new(TrakKernel::load_or_fit(&index, damping)?);
+        self.kernels.insert(key, kernel.clone());
+        Ok(Some(kernel))
     }
 
     /// The scores of the method called `name` for this query, computed once per request (an

@@ -19,7 +19,7 @@
 
 use super::context::Context;
 use super::registry::{Method, Needs, Parameter, Range};
-use super::trak::{Trak, TrakKernel, record};
+use super::trak::{Trak, record};
 use super::{Query, Scores};
 use crate::diffusion::Measurement;
 use crate::grad::{Examples, FeatureRun, TimestepPlan};
@@ -106,7 +106,9 @@ impl Method for Journey {
         let Some(inputs) = context.last_checkpoint_inputs()? else {
             return Ok(None);
         };
-        let kernel = TrakKernel::load_or_fit(&index, damping)?;
+        let Some(kernel) = context.trak_kernel(Measurement::Loss, damping)? else {
+            return Ok(None);
+        };
         let schedule = context.schedule();
         let mut chosen = spread(trajectory.steps.len(), steps);
         // Buckets in order of t, like every method's.

@@ -295,6 +295,8 @@ pub fn null_loss(
     device: &Device,
     job: &JobContext,
 ) -> Result<Option<f64>, String> {
+    // A fixed initialisation, so L_null reproduces (this reseeds the device's generator, which
+    // nothing else in a request draws from: every other draw comes from keyed streams).
     device.seed(0x6d75_6373);
     let fresh = config.init(device);
     let mut chosen = permutation(&mut stream("mucs-null-images", &[]), data.len());

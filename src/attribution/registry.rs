@@ -218,7 +218,22 @@ pub fn lookup(name: &str) -> Result<Box<dyn Method>, String> {
 
 /// The parameter called `key`, from whichever method declares it.
 pub fn parameter(key: &str) -> Option<Parameter> {
-    all().iter().flat_map(|m| m.parameters()).find(|p| p.key == key)
+    every_parameter().iter().find(|p| p.key == key).copied()
+}
+
+/// Every method's parameters, each key once, gathered on first use (the viewer asks every
+/// frame).
+fn every_parameter() -> &'static [Parameter] {
+    static ALL: std::sync::OnceLock<Vec<Parameter>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
+        let mut out: Vec<Parameter> = Vec::new();
+        for p in all().iter().flat_map(|m| m.parameters()) {
+            if !out.iter().any(|q| q.key == p.key) {
+                out.push(p);
+            }
+        }
+        out
+    })
 }
 
 /// Parameter values set by the user; a parameter not set takes its default.
@@ -229,13 +244,8 @@ impl Parameters {
     /// Sets `key` to `value`, checked against the parameter's range.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         let p = parameter(key).ok_or_else(|| {
-            let keys: Vec<&str> = all()
-                .iter()
-                .flat_map(|m| m.parameters())
-                .map(|p| p.key)
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
+            let mut keys: Vec<&str> = every_parameter().iter().map(|p| p.key).collect();
+            keys.sort_unstable();
             format!(
                 "no method has a parameter {key:?}; the parameters are {}",
                 keys.join(", ")

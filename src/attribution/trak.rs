@@ -123,13 +123,12 @@ impl Method for Trak {
     fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
         let output = self.output(context)?;
         let damping = context.parameters.number(self.damping_key)?;
-        let Some(index) = context.index_for(output)? else {
-            return Ok(None);
-        };
         let Some(query) = context.projected_query(output)? else {
             return Ok(None);
         };
-        let kernel = TrakKernel::load_or_fit(&index, damping)?;
+        let Some(kernel) = context.trak_kernel(output, damping)? else {
+            return Ok(None);
+        };
         let Some(inputs) = context.last_checkpoint_inputs()? else {
             return Ok(None);
         };
