@@ -297,6 +297,11 @@ impl<'a> Context<'a> {
                     query: features,
                 });
             }
+            // The last checkpoint's loss features of the query are TRAK's too: kept for it (the
+            // projection does not depend on the measurement an index holds).
+            if let Some(last) = checkpoints.last() {
+                self.projected_queries.insert(Measurement::Loss, last.query.clone());
+            }
             self.inputs = Some(self.base_inputs(&index, checkpoints));
         }
         Ok(self.inputs.clone())
