@@ -217,6 +217,21 @@ fn attribute_finds_the_source_of_a_perturbed_copy_and_refuses_a_wrong_size() {
             a.method
         );
     }
+    // A region that leaves some pixels out changes every method's scores: the region is used.
+    let mut left_half = vec![0.0; 28 * 28];
+    for row in left_half.chunks_mut(28) {
+        row[..14].fill(1.0);
+    }
+    let half = Query {
+        mask: Some(left_half),
+        ..query.clone()
+    };
+    let partial = attribute(&model, &data, &half, &methods, &s, &cpu(), &JobContext::silent())
+        .unwrap()
+        .unwrap();
+    for (a, b) in partial.iter().zip(&scores) {
+        assert_ne!(a.per_bucket, b.per_bucket, "{}: the region changed nothing", a.method);
+    }
     // A region is checked before any work.
     let empty = Query {
         mask: Some(vec![0.0; 28 * 28]),
