@@ -113,9 +113,10 @@ impl Method for Journey {
         let mut chosen = spread(trajectory.steps.len(), steps);
         // Buckets in order of t, like every method's.
         chosen.sort_by_key(|&s| trajectory.steps[s]);
-        let n = inputs.ids.len();
-        let mut per_bucket = vec![0.0f32; n * chosen.len()];
-        for (b, &s) in chosen.iter().enumerate() {
+        // Every attributed step's features as one [S, d] query, scored in one product:
+        // S[i, s] = Ψ_i · φ_s / S.
+        let mut steps_features = Vec::new();
+        for &s in &chosen {
             let t = trajectory.steps[s];
             let plan = TimestepPlan::pinned(schedule.len(), t, draws, index.manifest.key.plan.seed ^ 0x6a6f_7572)?;
             let run = FeatureRun {
@@ -136,11 +137,9 @@ impl Method for Journey {
             let Some(features) = run.run(&example, context.job)? else {
                 return Ok(None);
             };
-            let step_scores = kernel.scores(&features.values, 1, context.device)?;
-            for (i, v) in step_scores.iter().enumerate() {
-                per_bucket[i * chosen.len() + b] = v / chosen.len() as f32;
-            }
+            steps_features.extend(features.values);
         }
+        let per_bucket = kernel.scores(&steps_features, chosen.len(), context.device)?;
         let mut scores = inputs.scores("journey", per_bucket);
         scores.buckets = chosen
             .iter()
