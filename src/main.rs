@@ -36,8 +36,10 @@ enum Command {
     Report(cli::report::ReportArgs),
     /// Open the desktop viewer on a model and its training data.
     Gui(cli::gui::GuiArgs),
-    /// Describe a model directory or a dataset spec.
+    /// Describe a model directory (retrace's or diffusers') or a dataset spec.
     Info(cli::info::InfoArgs),
+    /// Write a model's weights in another framework's layout (a diffusers pipeline).
+    Export(cli::export::ExportArgs),
     /// List the attribution methods, what they need and their parameters.
     Methods(cli::methods::MethodsArgs),
     /// Evaluate attribution methods: build an LDS ground truth, merge its shards, score methods.
@@ -67,6 +69,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => cli::report::run(args),
         Command::Gui(args) => cli::gui::run(args, cli.device),
         Command::Info(args) => cli::info::run(args),
+        Command::Export(args) => cli::export::run(args, cli.device),
         Command::Methods(args) => cli::methods::run(args),
         Command::Eval { command } => {
             let dev = cli::compute_device(cli.device)?;

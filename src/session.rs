@@ -44,19 +44,13 @@ impl Session {
     /// Opens the model in `model_root` with `data` (default: the data it was trained on).
     pub fn open(model_root: &Path, data: Option<&str>, device: ComputeDevice) -> Result<Self, String> {
         let model = ModelDir::open(model_root).map_err(|e| e.to_string())?;
-        let spec: DataSpec = data
-            .map(str::to_owned)
-            .unwrap_or_else(|| model.info.data_spec.clone())
+        let spec: DataSpec = model
+            .data_spec(data)
+            .map_err(|e| e.to_string())?
             .parse()
             .map_err(|e: crate::data::DataError| e.to_string())?;
         let data = Dataset::load(&spec).map_err(|e| e.to_string())?;
-        let cfg = &model.info.unet;
-        if [data.channels, data.height, data.width] != [cfg.image_channels, cfg.sample_size, cfg.sample_size] {
-            return Err(format!(
-                "{} holds {}×{}×{} images but the model takes {}×{}×{}",
-                spec, data.channels, data.height, data.width, cfg.image_channels, cfg.sample_size, cfg.sample_size
-            ));
-        }
+        model.check_data(&data)?;
         let held_out = (spec.split == Split::Train)
             .then(|| {
                 let mut test = spec.clone();

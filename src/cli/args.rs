@@ -153,12 +153,9 @@ impl IndexTarget {
     pub(crate) fn open(&self) -> Result<(ModelDir, Dataset, retrace::attribution::IndexSettings)> {
         let root = self.model.clone().unwrap_or_else(bundled_model_dir);
         let model = ModelDir::open(&root)?;
-        let spec: DataSpec = self
-            .data
-            .clone()
-            .unwrap_or_else(|| model.info.data_spec.clone())
-            .parse()?;
+        let spec: DataSpec = model.data_spec(self.data.as_deref())?.parse()?;
         let data = Dataset::load(&spec)?;
+        model.check_data(&data).map_err(anyhow::Error::msg)?;
         let mut settings =
             self.features
                 .settings(model.info.schedule.steps, !self.per_example_noise, PathBuf::new())?;

@@ -5,7 +5,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use retrace::data::{DataSpec, Dataset};
-use retrace::diffusion::ModelDir;
+use retrace::diffusion::diffusers::is_diffusers_dir;
+use retrace::diffusion::schedule::BetaSchedule;
+use retrace::diffusion::{ModelDir, ModelFormat};
 
 /// Describe a model directory or a dataset spec.
 #[derive(clap::Args)]
@@ -21,43 +23,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
 
 fn info(path: &str) -> Result<()> {
     let p = Path::new(path);
-    if p.join("model.json").is_file() {
+    if p.join("model.json").is_file() || is_diffusers_dir(p) {
         let dir = ModelDir::open(p)?;
-        let i = &dir.info;
-        let net = i.unet.init(&burn::tensor::Device::flex());
-        println!("model directory {}", p.display());
-        println!(
-            "  architecture: U-Net, widths {:?}, attention {:?}, {} resnet(s) per level, {} parameters",
-            i.unet.block_out_channels,
-            i.unet.attention,
-            i.unet.layers_per_block,
-            burn::module::Module::num_params(&net)
-        );
-        println!(
-            "  images: {}×{}×{}",
-            i.unet.image_channels, i.unet.sample_size, i.unet.sample_size
-        );
-        println!(
-            "  schedule: linear β {}…{}, T = {}",
-            i.schedule.beta_start, i.schedule.beta_end, i.schedule.steps
-        );
-        println!(
-            "  data: {} ({} images, hash {}…)",
-            i.data_spec,
-            i.data_len,
-            &i.data_hash[..16]
-        );
-        println!("  trained with: {}", i.train.command);
-        for c in dir.checkpoints()? {
-            println!(
-                "  checkpoint step {:>7}  epoch {:>6.1}  lr {:.2e}  loss {:.4}  {}",
-                c.state.step,
-                c.state.epoch,
-                c.state.learning_rate,
-                c.state.loss,
-                c.dir.display()
-            );
-        }
+        describe_model(&dir)?;
         return Ok(());
     }
     let spec: DataSpec = path
@@ -75,6 +43,59 @@ fn info(path: &str) -> Result<()> {
     );
     for (k, (name, n)) in ds.class_names.iter().zip(ds.class_counts()).enumerate() {
         println!("  class {k:>2} {name:<14} {n}");
+    }
+    Ok(())
+}
+
+fn describe_model(dir: &ModelDir) -> Result<()> {
+    let i = &dir.info;
+    let net = i.unet.init(&burn::tensor::Device::flex());
+    let kind = match dir.format {
+        ModelFormat::Retrace => "model directory",
+        ModelFormat::Diffusers(_) => "diffusers model (read-only)",
+    };
+    println!("{kind} {}", dir.root.display());
+    println!(
+        "  architecture: U-Net, widths {:?}, attention {:?}, {} resnet(s) per level, {} parameters",
+        i.unet.block_out_channels,
+        i.unet.attention,
+        i.unet.layers_per_block,
+        burn::module::Module::num_params(&net)
+    );
+    println!(
+        "  images: {}×{}×{}",
+        i.unet.image_channels, i.unet.sample_size, i.unet.sample_size
+    );
+    let shape = match i.schedule.beta_schedule {
+        BetaSchedule::Linear => "linear",
+        BetaSchedule::ScaledLinear => "scaled-linear",
+        BetaSchedule::SquaredcosCapV2 => "cosine",
+    };
+    println!(
+        "  schedule: {shape} β {}…{}, T = {}",
+        i.schedule.beta_start, i.schedule.beta_end, i.schedule.steps
+    );
+    if i.data_spec.is_empty() {
+        println!("  data: not recorded (pass --data SPEC to the commands that read it)");
+    } else {
+        println!(
+            "  data: {} ({} images, hash {}…)",
+            i.data_spec,
+            i.data_len,
+            &i.data_hash[..16.min(i.data_hash.len())]
+        );
+    }
+    println!("  trained with: {}", i.train.command);
+    for c in dir.checkpoints()? {
+        let known = |v: f64, text: String| if v.is_finite() { text } else { "—".to_owned() };
+        println!(
+            "  checkpoint step {:>7}  epoch {:>6}  lr {:.2e}  loss {:>6}  {}",
+            c.state.step,
+            known(c.state.epoch, format!("{:.1}", c.state.epoch)),
+            c.state.learning_rate,
+            known(c.state.loss, format!("{:.4}", c.state.loss)),
+            c.dir.display()
+        );
     }
     Ok(())
 }

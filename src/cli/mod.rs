@@ -14,6 +14,7 @@ pub mod args;
 pub mod attribute;
 pub mod bench;
 pub mod eval;
+pub mod export;
 pub mod gui;
 pub mod index;
 pub mod info;

@@ -97,7 +97,8 @@ fn parse_seeds(seed: Option<u64>, seeds: Option<&str>) -> Result<Vec<u64>> {
     }
 }
 
-fn pick_checkpoint(dir: &ModelDir, step: Option<usize>) -> Result<retrace::diffusion::CheckpointEntry> {
+/// The checkpoint of training step `step` (default: the newest).
+pub(crate) fn pick_checkpoint(dir: &ModelDir, step: Option<usize>) -> Result<retrace::diffusion::CheckpointEntry> {
     let all = dir.checkpoints()?;
     match step {
         None => all

@@ -6,6 +6,9 @@
 //! assembled under a temporary name and renamed into place, so a killed process leaves either
 //! the old checkpoint or the new one, never half of one. Weights are checksummed and checked for
 //! non-finite values when loaded.
+//!
+//! A diffusers `UNet2DModel` or pipeline directory opens as a [`ModelDir`] too (read-only; see
+//! [`super::diffusers`]).
 
 use std::path::{Path, PathBuf};
 
@@ -152,13 +155,24 @@ pub struct CheckpointEntry {
     pub state: CheckpointState,
 }
 
+/// How a model directory stores its weights.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelFormat {
+    /// retrace's own layout: `model.json` and `checkpoints/step-N/weights.bpk`.
+    Retrace,
+    /// A diffusers `UNet2DModel` or pipeline directory (read-only).
+    Diffusers(super::diffusers::DiffusersLayout),
+}
+
 /// A model directory on disk.
 #[derive(Clone, Debug)]
 pub struct ModelDir {
     /// Root directory.
     pub root: PathBuf,
-    /// Parsed `model.json`.
+    /// Parsed `model.json` (or what a diffusers directory says in retrace's terms).
     pub info: ModelInfo,
+    /// The directory's layout.
+    pub format: ModelFormat,
 }
 
 impl ModelDir {
@@ -171,16 +185,26 @@ impl ModelDir {
         Ok(Self {
             root: root.to_owned(),
             info,
+            format: ModelFormat::Retrace,
         })
     }
 
-    /// Opens an existing model directory.
+    /// Opens an existing model directory: retrace's own, or a diffusers model or pipeline.
     pub fn open(root: &Path) -> Result<Self, CheckpointError> {
         let path = root.join(MODEL_FILE);
         if !path.is_file() {
+            if super::diffusers::is_diffusers_dir(root) {
+                let (info, layout) = super::diffusers::open(root)?;
+                return Ok(Self {
+                    root: root.to_owned(),
+                    info,
+                    format: ModelFormat::Diffusers(layout),
+                });
+            }
             return Err(CheckpointError::invalid(
                 root,
-                "not a retrace model directory (no model.json)",
+                "neither a retrace model directory (no model.json) nor a diffusers model (no config.json, \
+                 no unet/config.json)",
             ));
         }
         let bytes = std::fs::read(&path).map_err(io(&path))?;
@@ -199,11 +223,52 @@ impl ModelDir {
         Ok(Self {
             root: root.to_owned(),
             info,
+            format: ModelFormat::Retrace,
         })
+    }
+
+    /// The data spec to use: `given`, or the one the model was trained on, which a diffusers
+    /// model does not record.
+    pub fn data_spec(&self, given: Option<&str>) -> Result<String, CheckpointError> {
+        match given {
+            Some(spec) => Ok(spec.to_owned()),
+            None if self.info.data_spec.is_empty() => Err(CheckpointError::invalid(
+                &self.root,
+                "does not record the data it was trained on (a diffusers model): pass --data SPEC, e.g. \
+                 --data 'cifar10:DIR?classes=1,7&subset=5000' for CIFAR-2",
+            )),
+            None => Ok(self.info.data_spec.clone()),
+        }
+    }
+
+    /// Checks that `data` fits the model: its images' shape, and its content when the model
+    /// records the hash of the data it was trained on.
+    pub fn check_data(&self, data: &crate::data::Dataset) -> Result<(), String> {
+        let cfg = &self.info.unet;
+        let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
+        if [data.channels, data.height, data.width] != shape {
+            return Err(format!(
+                "{} holds {}×{}×{} images but the model takes {}×{}×{}",
+                data.name, data.channels, data.height, data.width, shape[0], shape[1], shape[2]
+            ));
+        }
+        if !self.info.data_hash.is_empty() && self.info.data_hash != data.content_hash() {
+            return Err(format!(
+                "the model was trained on {} (data hash {}…) but the data given, {}, differs (hash {}…)",
+                self.info.data_spec,
+                &self.info.data_hash[..12.min(self.info.data_hash.len())],
+                data.name,
+                &data.content_hash()[..12]
+            ));
+        }
+        Ok(())
     }
 
     /// All complete checkpoints, oldest first. Unfinished temporary directories are ignored.
     pub fn checkpoints(&self) -> Result<Vec<CheckpointEntry>, CheckpointError> {
+        if let ModelFormat::Diffusers(layout) = &self.format {
+            return super::diffusers::checkpoints(&self.info, layout);
+        }
         let dir = self.root.join("checkpoints");
         let mut found = Vec::new();
         let entries = match std::fs::read_dir(&dir) {
@@ -240,6 +305,12 @@ impl ModelDir {
         optimizer: Option<&ModuleOptimizer>,
         mut state: CheckpointState,
     ) -> Result<CheckpointEntry, CheckpointError> {
+        if self.format != ModelFormat::Retrace {
+            return Err(CheckpointError::invalid(
+                &self.root,
+                "is a diffusers model, which retrace opens read-only: train into a new directory",
+            ));
+        }
         let final_dir = self.root.join("checkpoints").join(format!("step-{:07}", state.step));
         let tmp_dir = final_dir.with_extension(format!("tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp_dir);
@@ -273,7 +344,16 @@ impl ModelDir {
 
     /// Loads a checkpoint's weights onto `device`, verifying checksum, shapes and finiteness.
     pub fn load_model(&self, checkpoint: &CheckpointEntry, device: &Device) -> Result<UNet, CheckpointError> {
-        let path = checkpoint.dir.join(WEIGHTS_FILE);
+        let path = match &self.format {
+            ModelFormat::Retrace => checkpoint.dir.join(WEIGHTS_FILE),
+            ModelFormat::Diffusers(layout) => layout
+                .weights
+                .iter()
+                .map(|(_, file)| file)
+                .find(|file| file.parent() == Some(checkpoint.dir.as_path()))
+                .cloned()
+                .ok_or_else(|| CheckpointError::invalid(&checkpoint.dir, "is not a checkpoint of this model"))?,
+        };
         let bytes = std::fs::read(&path).map_err(io(&path))?;
         let actual = sha256(&bytes);
         if actual != checkpoint.state.weights_sha256 {
@@ -285,14 +365,18 @@ impl ModelDir {
                 ),
             ));
         }
-        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
-            .map_err(|e| CheckpointError::invalid(&path, format!("unreadable weights: {e}")))?;
-        let model = self
-            .info
-            .unet
-            .init(device)
-            .try_load_record(record)
-            .map_err(|e| CheckpointError::invalid(&path, format!("weights do not fit the architecture: {e}")))?;
+        let model =
+            match &self.format {
+                ModelFormat::Retrace => {
+                    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+                        .map_err(|e| CheckpointError::invalid(&path, format!("unreadable weights: {e}")))?;
+                    self.info.unet.init(device).try_load_record(record).map_err(|e| {
+                        CheckpointError::invalid(&path, format!("weights do not fit the architecture: {e}"))
+                    })?
+                }
+                ModelFormat::Diffusers(_) => super::diffusers::weights::load_unet(bytes, &self.info.unet, device)
+                    .map_err(|e| CheckpointError::invalid(&path, e))?,
+            };
         if let Some(name) = first_non_finite(&model) {
             return Err(CheckpointError::invalid(
                 &path,

@@ -1,6 +1,7 @@
 //! Denoising diffusion: the noise schedule, the U-Net, training, checkpoints and samplers.
 
 pub mod checkpoint;
+pub mod diffusers;
 pub mod images;
 pub mod measure;
 pub mod noise;
@@ -9,7 +10,9 @@ pub mod schedule;
 pub mod train;
 pub mod unet;
 
-pub use checkpoint::{CheckpointEntry, CheckpointError, CheckpointState, LrSchedule, ModelDir, ModelInfo, TrainRecipe};
+pub use checkpoint::{
+    CheckpointEntry, CheckpointError, CheckpointState, LrSchedule, ModelDir, ModelFormat, ModelInfo, TrainRecipe,
+};
 pub use measure::Measurement;
 pub use sampler::{SampleStep, SamplerConfig, SamplerKind, sample};
 pub use schedule::{Schedule, ScheduleConfig};

@@ -75,12 +75,17 @@ pub fn sample(
         let ab_s = ts.get(i + 1).map_or(1.0, |&s| schedule.alpha_bars[s]);
         let t_in = Tensor::<1>::from_floats(vec![t as f32; n].as_slice(), device);
         let eps = model.forward(x.clone(), t_in);
-        let x0 = ((x.clone() - eps * (1.0 - ab_t).sqrt()) / ab_t.sqrt()).clamp(-1.0, 1.0);
-        // Recompute ε from the clipped x₀ so the update stays consistent with it.
-        let eps = (x - x0.clone() * ab_t.sqrt()) / (1.0 - ab_t).sqrt();
+        let estimate = (x.clone() - eps.clone() * (1.0 - ab_t).sqrt()) / ab_t.sqrt();
+        let x0 = estimate.clone().clamp(-1.0, 1.0);
+        let (eps, x0_used) = if schedule.clip_sample {
+            // Recompute ε from the clipped x₀ so the update stays consistent with it.
+            ((x - x0.clone() * ab_t.sqrt()) / (1.0 - ab_t).sqrt(), x0.clone())
+        } else {
+            (eps, estimate)
+        };
         let sigma = eta * ((1.0 - ab_s) / (1.0 - ab_t)).sqrt() * (1.0 - ab_t / ab_s).max(0.0).sqrt();
         let dir = (1.0 - ab_s - sigma * sigma).max(0.0).sqrt();
-        x = x0.clone() * ab_s.sqrt() + eps * dir;
+        x = x0_used * ab_s.sqrt() + eps * dir;
         if sigma > 0.0 && i + 1 < ts.len() {
             x = x + draw(&mut rngs) * sigma;
         }

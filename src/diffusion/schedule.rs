@@ -1,9 +1,25 @@
-//! The DDPM noise schedule (Ho et al. 2020): a linear β schedule and the quantities derived from
-//! it. Steps are indexed 0..T−1 as in diffusers (index `t` is Ho et al.'s step `t + 1`).
+//! The DDPM noise schedule (Ho et al. 2020): a β schedule (linear by default, or diffusers'
+//! `scaled_linear` and `squaredcos_cap_v2`) and the quantities derived from it. Steps are indexed
+//! 0..T−1 as in diffusers (index `t` is Ho et al.'s step `t + 1`).
 
 use serde::{Deserialize, Serialize};
 
-/// The linear-β schedule's parameters.
+/// How β grows over the steps (diffusers' `beta_schedule`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BetaSchedule {
+    /// β evenly spaced from `beta_start` to `beta_end` (Ho et al. 2020).
+    #[default]
+    Linear,
+    /// √β evenly spaced from √`beta_start` to √`beta_end` (latent diffusion's schedule).
+    ScaledLinear,
+    /// The cosine schedule of Nichol & Dhariwal (2021): ᾱ(s) = cos²((s + 0.008)/1.008 · π/2),
+    /// β capped at 0.999 (diffusers' `squaredcos_cap_v2`; `beta_start`/`beta_end` unused).
+    #[serde(rename = "squaredcos_cap_v2")]
+    SquaredcosCapV2,
+}
+
+/// The β schedule's parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleConfig {
     /// Number of diffusion steps T.
@@ -12,6 +28,17 @@ pub struct ScheduleConfig {
     pub beta_start: f64,
     /// β of the last step.
     pub beta_end: f64,
+    /// The shape of the schedule (linear in older files).
+    #[serde(default)]
+    pub beta_schedule: BetaSchedule,
+    /// Whether the sampler clips its estimate of x₀ to [−1, 1] at every step (diffusers'
+    /// `clip_sample`; on in older files).
+    #[serde(default = "clip_by_default")]
+    pub clip_sample: bool,
+}
+
+fn clip_by_default() -> bool {
+    true
 }
 
 impl Default for ScheduleConfig {
@@ -20,6 +47,8 @@ impl Default for ScheduleConfig {
             steps: 1000,
             beta_start: 1e-4,
             beta_end: 0.02,
+            beta_schedule: BetaSchedule::Linear,
+            clip_sample: true,
         }
     }
 }
@@ -31,16 +60,26 @@ pub struct Schedule {
     pub betas: Vec<f64>,
     /// ᾱ_t = Π_{s≤t} (1 − β_s).
     pub alpha_bars: Vec<f64>,
+    /// Whether the sampler clips x̂₀ to [−1, 1].
+    pub clip_sample: bool,
 }
 
 impl Schedule {
-    /// Builds the linear schedule.
+    /// Builds the schedule a config describes.
     pub fn new(config: &ScheduleConfig) -> Self {
         let n = config.steps.max(1);
+        let frac = |i: usize| if n == 1 { 0.0 } else { i as f64 / (n - 1) as f64 };
+        let cosine = |s: f64| ((s + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
         let betas: Vec<f64> = (0..n)
-            .map(|i| {
-                let frac = if n == 1 { 0.0 } else { i as f64 / (n - 1) as f64 };
-                config.beta_start + frac * (config.beta_end - config.beta_start)
+            .map(|i| match config.beta_schedule {
+                BetaSchedule::Linear => config.beta_start + frac(i) * (config.beta_end - config.beta_start),
+                BetaSchedule::ScaledLinear => {
+                    let (a, b) = (config.beta_start.sqrt(), config.beta_end.sqrt());
+                    (a + frac(i) * (b - a)).powi(2)
+                }
+                BetaSchedule::SquaredcosCapV2 => {
+                    (1.0 - cosine((i + 1) as f64 / n as f64) / cosine(i as f64 / n as f64)).min(0.999)
+                }
             })
             .collect();
         let alpha_bars = betas
@@ -50,7 +89,11 @@ impl Schedule {
                 Some(*acc)
             })
             .collect();
-        Self { betas, alpha_bars }
+        Self {
+            betas,
+            alpha_bars,
+            clip_sample: config.clip_sample,
+        }
     }
 
     /// Number of steps T.
@@ -104,5 +147,26 @@ mod tests {
         let (a, b) = s.noising_weights(500);
         assert!((a * a + b * b - 1.0).abs() < 1e-12);
         assert!(s.elbo_weight(10) > 0.0 && s.elbo_weight(10).is_finite());
+    }
+
+    #[test]
+    fn other_beta_schedules_follow_diffusers_formulas() {
+        let config = |beta_schedule| ScheduleConfig {
+            steps: 1000,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            beta_schedule,
+            clip_sample: true,
+        };
+        let scaled = Schedule::new(&config(BetaSchedule::ScaledLinear));
+        assert!((scaled.betas[0] - 0.00085).abs() < 1e-15 && (scaled.betas[999] - 0.012).abs() < 1e-15);
+        let mid = ((0.00085f64.sqrt() + 0.012f64.sqrt()) / 2.0).powi(2);
+        assert!((scaled.betas[..].iter().sum::<f64>() / 1000.0 - mid).abs() < 2e-4);
+        let cosine = Schedule::new(&config(BetaSchedule::SquaredcosCapV2));
+        // ᾱ follows cos² closely and β is capped at 0.999 at the end.
+        let expected = |s: f64| ((s + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+        let ratio = cosine.alpha_bars[499] / (expected(0.5) / expected(0.0));
+        assert!((ratio - 1.0).abs() < 1e-9, "{ratio}");
+        assert_eq!(cosine.betas[999], 0.999);
     }
 }

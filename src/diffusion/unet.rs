@@ -7,12 +7,13 @@
 //! Every Linear and Conv2d call goes through a [`Tape`], so that gradient capture can read
 //! layer inputs and attach probes to layer outputs without a second copy of the model code.
 
-use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::{gelu, mish, silu, softmax};
+use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
 /// Observes every Linear and Conv2d application of a forward pass, in execution order.
 ///
@@ -58,8 +59,36 @@ fn dense(layer: &Linear, x: Tensor<3>, tape: &mut impl Tape) -> Tensor<3> {
     tape.dense(layer, &x, y)
 }
 
-/// Architecture of a [`UNet`]; named presets come from [`UNetConfig::named`].
-#[derive(Config, Debug, PartialEq)]
+/// The nonlinearity of the residual blocks (diffusers' `act_fn`; as in diffusers, the timestep
+/// MLP and the output keep SiLU whatever it is).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// x·σ(x) (diffusers' `silu`, also called `swish`).
+    #[default]
+    Silu,
+    /// x·tanh(softplus(x)).
+    Mish,
+    /// x·Φ(x), the exact (erf) form.
+    Gelu,
+}
+
+impl Activation {
+    /// Applies the nonlinearity elementwise.
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::Silu => silu(x),
+            Self::Mish => mish(x),
+            Self::Gelu => gelu(x),
+        }
+    }
+}
+
+/// Architecture of a [`UNet`]; named presets come from [`UNetConfig::named`]. Every option
+/// after `attention_head_dim` mirrors a field of diffusers' `UNet2DModel` config, with
+/// retrace's historical choice as its default ([`UNetConfig::new`]), which is also what older
+/// `model.json` files that lack it mean.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UNetConfig {
     /// Channels of the input and output images.
     pub image_channels: usize,
@@ -70,29 +99,129 @@ pub struct UNetConfig {
     /// Whether each level's blocks carry self-attention.
     pub attention: Vec<bool>,
     /// Residual blocks per down level (up levels have one more).
-    #[config(default = 1)]
     pub layers_per_block: usize,
     /// GroupNorm groups.
-    #[config(default = 8)]
     pub norm_groups: usize,
-    /// Channels per attention head.
-    #[config(default = 8)]
-    pub attention_head_dim: usize,
+    /// Channels per attention head; `None` gives every attention layer a single head as wide as
+    /// its level (diffusers' `attention_head_dim: null`, as in DDPM's CIFAR-10 model).
+    pub attention_head_dim: Option<usize>,
+    /// GroupNorm ε (diffusers' `norm_eps`).
+    #[serde(default = "defaults::norm_eps")]
+    pub norm_eps: f64,
+    /// Nonlinearity of the residual blocks (diffusers' `act_fn`).
+    #[serde(default)]
+    pub activation: Activation,
+    /// Timestep features ordered [cos, sin] (true) or [sin, cos] (diffusers' `flip_sin_to_cos`).
+    #[serde(default = "defaults::yes")]
+    pub flip_sin_to_cos: bool,
+    /// Frequency shift s of the timestep features, f_k = 10000^(−k/(dim/2 − s)) (diffusers'
+    /// `freq_shift`; DDPM's models use 1).
+    #[serde(default)]
+    pub freq_shift: f64,
+    /// Padding of the stride-2 downsampling convolutions: 1 on every side, or 0 after one row
+    /// and one column of zeros are added at the bottom and right (diffusers'
+    /// `downsample_padding`; DDPM's CIFAR-10 model uses 0).
+    #[serde(default = "defaults::one")]
+    pub downsample_padding: usize,
+    /// The bottleneck's residual and attention outputs are divided by this (diffusers'
+    /// `mid_block_scale_factor`).
+    #[serde(default = "defaults::one_f")]
+    pub mid_block_scale_factor: f64,
+    /// Whether inputs are mapped x ↦ 2x − 1 first (diffusers' `center_input_sample`).
+    #[serde(default)]
+    pub center_input_sample: bool,
+    /// Whether the bottleneck carries self-attention (diffusers' `add_attention`).
+    #[serde(default = "defaults::yes")]
+    pub mid_attention: bool,
+    /// Width of the timestep embedding; `None` is 4× the first level (diffusers'
+    /// `time_embedding_dim`).
+    #[serde(default)]
+    pub time_embedding_dim: Option<usize>,
+}
+
+/// Defaults of the options older `model.json` files lack.
+mod defaults {
+    pub fn norm_eps() -> f64 {
+        1e-5
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn one() -> usize {
+        1
+    }
+    pub fn one_f() -> f64 {
+        1.0
+    }
 }
 
 /// Names of the presets [`UNetConfig::named`] knows.
-pub const CONFIG_NAMES: [&str; 2] = ["tiny", "base"];
+pub const CONFIG_NAMES: [&str; 3] = ["tiny", "base", "ddpm-cifar10"];
 
 impl UNetConfig {
-    /// A named preset for `channels`×`size`×`size` images: `tiny` (tests; seconds on a CPU) or
-    /// `base` (the bundled default model).
+    /// A U-Net with retrace's historical choices for everything but the image shape and the
+    /// levels: one residual block per level, 8 norm groups, 8 channels per head, and diffusers'
+    /// `UNet2DModel` defaults for the rest.
+    pub fn new(
+        image_channels: usize,
+        sample_size: usize,
+        block_out_channels: Vec<usize>,
+        attention: Vec<bool>,
+    ) -> Self {
+        Self {
+            image_channels,
+            sample_size,
+            block_out_channels,
+            attention,
+            layers_per_block: 1,
+            norm_groups: 8,
+            attention_head_dim: Some(8),
+            norm_eps: defaults::norm_eps(),
+            activation: Activation::Silu,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            center_input_sample: false,
+            mid_attention: true,
+            time_embedding_dim: None,
+        }
+    }
+
+    /// A named preset for `channels`×`size`×`size` images: `tiny` (tests; seconds on a CPU),
+    /// `base` (the bundled default model) or `ddpm-cifar10`, the architecture of Ho et al.'s
+    /// CIFAR-10 model as diffusers' `google/ddpm-cifar10-32` configures it (widths
+    /// 128/256/256/256, two residual blocks per level, one-head attention at 16×16, 35.7M
+    /// parameters at 3×32×32), which the attribution papers train on CIFAR-2 and CIFAR-10.
     pub fn named(name: &str, channels: usize, size: usize) -> Option<Self> {
-        let (widths, attention, groups): (Vec<usize>, Vec<bool>, usize) = match name {
-            "tiny" => (vec![8, 16], vec![false, true], 4),
-            "base" => (vec![32, 64, 64], vec![false, false, true], 8),
+        Some(match name {
+            "tiny" => Self {
+                norm_groups: 4,
+                ..Self::new(channels, size, vec![8, 16], vec![false, true])
+            },
+            "base" => Self::new(channels, size, vec![32, 64, 64], vec![false, false, true]),
+            "ddpm-cifar10" => Self {
+                layers_per_block: 2,
+                norm_groups: 32,
+                attention_head_dim: None,
+                norm_eps: 1e-6,
+                flip_sin_to_cos: false,
+                freq_shift: 1.0,
+                downsample_padding: 0,
+                ..Self::new(
+                    channels,
+                    size,
+                    vec![128, 256, 256, 256],
+                    vec![false, true, false, false],
+                )
+            },
             _ => return None,
-        };
-        Some(Self::new(channels, size, widths, attention).with_norm_groups(groups))
+        })
+    }
+
+    /// Number of attention heads of a layer `channels` wide.
+    pub fn attention_heads(&self, channels: usize) -> usize {
+        self.attention_head_dim.map_or(1, |d| (channels / d).max(1))
     }
 
     /// Checks that the levels, groups and image size fit together.
@@ -111,15 +240,41 @@ impl UNetConfig {
                 self.norm_groups
             ));
         }
-        if let Some(w) = self
+        let last = self.block_out_channels[levels - 1];
+        let attended = self
             .block_out_channels
             .iter()
             .zip(&self.attention)
-            .find(|(w, a)| **a && *w % self.attention_head_dim != 0)
-        {
+            .filter_map(|(w, a)| a.then_some(*w))
+            .chain(self.mid_attention.then_some(last));
+        if let Some(head_dim) = self.attention_head_dim {
+            if head_dim == 0 {
+                return Err("attention head dim 0: heads need at least one channel".into());
+            }
+            if let Some(w) = attended.into_iter().find(|w| w % head_dim != 0) {
+                return Err(format!("attention width {w} is not divisible by head dim {head_dim}"));
+            }
+        }
+        if self.downsample_padding > 1 {
             return Err(format!(
-                "attention width {} is not divisible by head dim {}",
-                w.0, self.attention_head_dim
+                "downsample padding {} (diffusers' downsample_padding): only 0 and 1 are supported",
+                self.downsample_padding
+            ));
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
+            return Err(format!("norm ε {} must be positive", self.norm_eps));
+        }
+        if !(self.mid_block_scale_factor > 0.0 && self.mid_block_scale_factor.is_finite()) {
+            return Err(format!(
+                "mid-block scale factor {} must be positive",
+                self.mid_block_scale_factor
+            ));
+        }
+        let half = self.block_out_channels[0] / 2;
+        if half == 0 || self.freq_shift >= half as f64 {
+            return Err(format!(
+                "frequency shift {} leaves no timestep frequencies for a first level {} wide",
+                self.freq_shift, self.block_out_channels[0]
             ));
         }
         let factor = 1usize << (levels - 1);
@@ -132,17 +287,22 @@ impl UNetConfig {
         Ok(())
     }
 
-    /// Width of the timestep embedding (4× the first level, as in diffusers).
+    /// Width of the timestep embedding (4× the first level unless set, as in diffusers).
     pub fn time_embed_dim(&self) -> usize {
-        self.block_out_channels[0] * 4
+        self.time_embedding_dim.unwrap_or(self.block_out_channels[0] * 4)
     }
 
     /// Builds the network with freshly initialised weights. Call [`Self::validate`] first.
     pub fn init(&self, device: &Device) -> UNet {
         let widths = &self.block_out_channels;
         let temb = self.time_embed_dim();
-        let block = |cin: usize, cout: usize| ResnetBlock::new(cin, cout, temb, self.norm_groups, device);
-        let attn = |c: usize| Attention::new(c, self.norm_groups, c / self.attention_head_dim, device);
+        let norm = |c: usize| {
+            GroupNormConfig::new(self.norm_groups, c)
+                .with_epsilon(self.norm_eps)
+                .init(device)
+        };
+        let block = |cin: usize, cout: usize| ResnetBlock::new(cin, cout, temb, norm, device);
+        let attn = |c: usize| Attention::new(c, norm(c), self.attention_heads(c), device);
         let levels = widths.len();
 
         let mut down_blocks = Vec::new();
@@ -161,7 +321,7 @@ impl UNetConfig {
             }
             let mut downsamplers = Vec::new();
             if level + 1 < levels {
-                downsamplers.push(Resample::new(cout, 2, device));
+                downsamplers.push(Resample::down(cout, self.downsample_padding, device));
                 skip_channels.push(cout);
             }
             down_blocks.push(UNetBlock {
@@ -174,7 +334,11 @@ impl UNetConfig {
         let last = widths[levels - 1];
         let mid_block = MidBlock {
             resnets: vec![block(last, last), block(last, last)],
-            attentions: vec![attn(last)],
+            attentions: if self.mid_attention {
+                vec![attn(last)]
+            } else {
+                Vec::new()
+            },
         };
 
         let mut up_blocks = Vec::new();
@@ -193,7 +357,7 @@ impl UNetConfig {
             }
             let mut upsamplers = Vec::new();
             if i + 1 < levels {
-                upsamplers.push(Resample::new(cout, 1, device));
+                upsamplers.push(Resample::up(cout, device));
             }
             up_blocks.push(UNetBlock {
                 resnets,
@@ -216,9 +380,16 @@ impl UNetConfig {
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: GroupNormConfig::new(self.norm_groups, widths[0]).init(device),
+            conv_norm_out: norm(widths[0]),
             conv_out: conv3(widths[0], self.image_channels),
             time_proj_dim: widths[0],
+            options: ForwardOptions {
+                activation: self.activation,
+                flip_sin_to_cos: self.flip_sin_to_cos,
+                freq_shift: self.freq_shift,
+                mid_block_scale_factor: self.mid_block_scale_factor,
+                center_input_sample: self.center_input_sample,
+            },
         }
     }
 }
@@ -242,6 +413,24 @@ pub struct UNet {
     pub conv_out: Conv2d,
     /// Width of the sinusoidal timestep features.
     pub time_proj_dim: usize,
+    /// The architecture's weight-free choices.
+    #[module(skip)]
+    pub options: ForwardOptions,
+}
+
+/// The weight-free parts of the architecture that the forward pass reads (from [`UNetConfig`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ForwardOptions {
+    /// Nonlinearity.
+    pub activation: Activation,
+    /// Timestep features ordered [cos, sin] rather than [sin, cos].
+    pub flip_sin_to_cos: bool,
+    /// Frequency shift of the timestep features.
+    pub freq_shift: f64,
+    /// Divisor of the bottleneck's residual and attention outputs.
+    pub mid_block_scale_factor: f64,
+    /// Whether inputs are mapped x ↦ 2x − 1 first.
+    pub center_input_sample: bool,
 }
 
 impl UNet {
@@ -252,16 +441,18 @@ impl UNet {
 
     /// [`Self::forward`], reporting every Linear and Conv2d to `tape`.
     pub fn forward_with(&self, x: Tensor<4>, t: Tensor<1>, tape: &mut impl Tape) -> Tensor<4> {
-        let temb = self
-            .time_embedding
-            .forward(timestep_features(t, self.time_proj_dim), tape);
+        let o = self.options;
+        let act = o.activation;
+        let x = if o.center_input_sample { x * 2.0 - 1.0 } else { x };
+        let features = timestep_features(t, self.time_proj_dim, o.flip_sin_to_cos, o.freq_shift);
+        let temb = self.time_embedding.forward(features, tape);
         let mut h = conv(&self.conv_in, x, tape);
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
             for (i, resnet) in block.resnets.iter().enumerate() {
-                h = resnet.forward(h, &temb, tape);
+                h = resnet.forward(h, &temb, act, 1.0, tape);
                 if let Some(attn) = block.attentions.get(i) {
-                    h = attn.forward(h, tape);
+                    h = attn.forward(h, 1.0, tape);
                 }
                 skips.push(h.clone());
             }
@@ -270,15 +461,18 @@ impl UNet {
                 skips.push(h.clone());
             }
         }
-        h = self.mid_block.resnets[0].forward(h, &temb, tape);
-        h = self.mid_block.attentions[0].forward(h, tape);
-        h = self.mid_block.resnets[1].forward(h, &temb, tape);
+        let scale = o.mid_block_scale_factor;
+        h = self.mid_block.resnets[0].forward(h, &temb, act, scale, tape);
+        if let Some(attn) = self.mid_block.attentions.first() {
+            h = attn.forward(h, scale, tape);
+        }
+        h = self.mid_block.resnets[1].forward(h, &temb, act, scale, tape);
         for block in &self.up_blocks {
             for (i, resnet) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("the decoder consumes exactly the encoder's skips");
-                h = resnet.forward(Tensor::cat(vec![h, skip], 1), &temb, tape);
+                h = resnet.forward(Tensor::cat(vec![h, skip], 1), &temb, act, 1.0, tape);
                 if let Some(attn) = block.attentions.get(i) {
-                    h = attn.forward(h, tape);
+                    h = attn.forward(h, 1.0, tape);
                 }
             }
             for up in &block.resamplers {
@@ -290,18 +484,28 @@ impl UNet {
     }
 }
 
-/// Sinusoidal features of the timesteps ([batch] → [batch, dim]) as diffusers' `Timesteps`
-/// with `flip_sin_to_cos = true` and no frequency shift: [cos(t·f_k), sin(t·f_k)] with
-/// f_k = 10000^(−k/(dim/2)).
-pub fn timestep_features(t: Tensor<1>, dim: usize) -> Tensor<2> {
+/// Sinusoidal features of the timesteps ([batch] → [batch, dim]) as diffusers' `Timesteps`:
+/// sin(t·f_k) and cos(t·f_k) with f_k = 10000^(−k/(dim/2 − shift)), cosines first when
+/// `flip_sin_to_cos`, and a zero column when `dim` is odd.
+pub fn timestep_features(t: Tensor<1>, dim: usize, flip_sin_to_cos: bool, shift: f64) -> Tensor<2> {
     let half = dim / 2;
     let device = t.device();
     let freqs: Vec<f32> = (0..half)
-        .map(|k| (-(10000f64.ln()) * k as f64 / half as f64).exp() as f32)
+        .map(|k| (-(10000f64.ln()) * k as f64 / (half as f64 - shift)).exp() as f32)
         .collect();
     let freqs = Tensor::<1>::from_floats(freqs.as_slice(), &device).unsqueeze_dim::<2>(0);
     let args = t.unsqueeze_dim::<2>(1).matmul(freqs);
-    Tensor::cat(vec![args.clone().cos(), args.sin()], 1)
+    let (sin, cos) = (args.clone().sin(), args.cos());
+    let features = if flip_sin_to_cos {
+        Tensor::cat(vec![cos, sin], 1)
+    } else {
+        Tensor::cat(vec![sin, cos], 1)
+    };
+    if dim % 2 == 1 {
+        features.pad([(0, 1)], PadMode::Constant(0.0))
+    } else {
+        features
+    }
 }
 
 /// Nearest-neighbour ×2 upsampling of [batch, C, H, W].
@@ -353,18 +557,45 @@ pub struct MidBlock {
 pub struct Resample {
     /// The convolution.
     pub conv: Conv2d,
+    /// Whether a row and a column of zeros are added at the bottom and right before an
+    /// unpadded convolution (diffusers' `Downsample2D` with padding 0).
+    pub pad_bottom_right: bool,
 }
 
 impl Resample {
-    fn new(channels: usize, stride: usize, device: &Device) -> Self {
+    /// The stride-2 downsampler with diffusers' `downsample_padding` (0 or 1).
+    fn down(channels: usize, padding: usize, device: &Device) -> Self {
         let conv = Conv2dConfig::new([channels, channels], [3, 3])
-            .with_stride([stride, stride])
+            .with_stride([2, 2])
+            .with_padding(if padding == 0 {
+                PaddingConfig2d::Valid
+            } else {
+                PaddingConfig2d::Explicit(padding, padding, padding, padding)
+            })
+            .init(device);
+        Self {
+            conv,
+            pad_bottom_right: padding == 0,
+        }
+    }
+
+    /// The convolution after nearest-neighbour upsampling.
+    fn up(channels: usize, device: &Device) -> Self {
+        let conv = Conv2dConfig::new([channels, channels], [3, 3])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
             .init(device);
-        Self { conv }
+        Self {
+            conv,
+            pad_bottom_right: false,
+        }
     }
 
     fn forward(&self, x: Tensor<4>, tape: &mut impl Tape) -> Tensor<4> {
+        let x = if self.pad_bottom_right {
+            x.pad([(0, 1), (0, 1)], PadMode::Constant(0.0))
+        } else {
+            x
+        };
         conv(&self.conv, x, tape)
     }
 }
@@ -388,33 +619,35 @@ pub struct ResnetBlock {
 }
 
 impl ResnetBlock {
-    fn new(cin: usize, cout: usize, temb: usize, groups: usize, device: &Device) -> Self {
+    fn new(cin: usize, cout: usize, temb: usize, norm: impl Fn(usize) -> GroupNorm, device: &Device) -> Self {
         let conv3 = |a: usize, b: usize| {
             Conv2dConfig::new([a, b], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .init(device)
         };
         Self {
-            norm1: GroupNormConfig::new(groups, cin).init(device),
+            norm1: norm(cin),
             conv1: conv3(cin, cout),
             time_emb_proj: LinearConfig::new(temb, cout).init(device),
-            norm2: GroupNormConfig::new(groups, cout).init(device),
+            norm2: norm(cout),
             conv2: conv3(cout, cout),
             conv_shortcut: (cin != cout).then(|| Conv2dConfig::new([cin, cout], [1, 1]).init(device)),
         }
     }
 
-    fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, tape: &mut impl Tape) -> Tensor<4> {
-        let h = conv(&self.conv1, silu(self.norm1.forward(x.clone())), tape);
-        let shift = dense(&self.time_emb_proj, silu(temb.clone()).unsqueeze_dim(1), tape);
+    /// The block on `x` with time embedding `temb`; the sum with the shortcut is divided by
+    /// `scale` (diffusers' `output_scale_factor`).
+    fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, act: Activation, scale: f64, tape: &mut impl Tape) -> Tensor<4> {
+        let h = conv(&self.conv1, act.apply(self.norm1.forward(x.clone())), tape);
+        let shift = dense(&self.time_emb_proj, act.apply(temb.clone()).unsqueeze_dim(1), tape);
         let [b, c] = [shift.dims()[0], shift.dims()[2]];
         let h = h + shift.reshape([b, c, 1, 1]);
-        let h = conv(&self.conv2, silu(self.norm2.forward(h)), tape);
+        let h = conv(&self.conv2, act.apply(self.norm2.forward(h)), tape);
         let shortcut = match &self.conv_shortcut {
             Some(s) => conv(s, x, tape),
             None => x,
         };
-        shortcut + h
+        rescale(shortcut + h, scale)
     }
 }
 
@@ -437,10 +670,10 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn new(channels: usize, groups: usize, heads: usize, device: &Device) -> Self {
+    fn new(channels: usize, group_norm: GroupNorm, heads: usize, device: &Device) -> Self {
         let lin = || LinearConfig::new(channels, channels).init(device);
         Self {
-            group_norm: GroupNormConfig::new(groups, channels).init(device),
+            group_norm,
             to_q: lin(),
             to_k: lin(),
             to_v: lin(),
@@ -449,7 +682,8 @@ impl Attention {
         }
     }
 
-    fn forward(&self, x: Tensor<4>, tape: &mut impl Tape) -> Tensor<4> {
+    /// Attention with its residual, divided by `scale` (diffusers' `rescale_output_factor`).
+    fn forward(&self, x: Tensor<4>, scale: f64, tape: &mut impl Tape) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let (p, heads) = (h * w, self.heads);
         let hd = c / heads;
@@ -461,6 +695,11 @@ impl Attention {
         let weights = softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt()), 3);
         let mixed = weights.matmul(v).swap_dims(1, 2).reshape([b, p, c]);
         let out = dense(&self.to_out, mixed, tape);
-        x + out.swap_dims(1, 2).reshape([b, c, h, w])
+        rescale(x + out.swap_dims(1, 2).reshape([b, c, h, w]), scale)
     }
+}
+
+/// `x / scale`, skipped for the common scale of 1.
+fn rescale(x: Tensor<4>, scale: f64) -> Tensor<4> {
+    if scale == 1.0 { x } else { x / scale }
 }

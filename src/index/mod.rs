@@ -139,23 +139,9 @@ impl IndexSpec<'_> {
         if self.checkpoints.is_empty() {
             return Err(IndexError::Invalid("no checkpoint to index".into()));
         }
-        if self.model.info.data_hash != self.data.content_hash() {
-            return Err(IndexError::Invalid(format!(
-                "the model was trained on {} (data hash {}…) but the data given, {}, differs (hash {}…)",
-                self.model.info.data_spec,
-                &self.model.info.data_hash[..12],
-                self.data.name,
-                &self.data.content_hash()[..12]
-            )));
-        }
+        self.model.check_data(self.data).map_err(IndexError::Invalid)?;
         let cfg = &self.model.info.unet;
         let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
-        if [self.data.channels, self.data.height, self.data.width] != shape {
-            return Err(IndexError::Invalid(format!(
-                "the data holds {}×{}×{} images but the model takes {}×{}×{}",
-                self.data.channels, self.data.height, self.data.width, shape[0], shape[1], shape[2]
-            )));
-        }
         let first = self
             .model
             .load_model(&self.checkpoints[0], self.device)

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Loads a `retrace export --format diffusers` directory in PyTorch and records what PyTorch
+saw, for tests/diffusers.rs to check retrace against.
+
+    retrace export --out /tmp/bundled-export          # the bundled model
+    python3 scripts/check-diffusers-export.py /tmp/bundled-export tests/fixtures/diffusers/bundled-export
+
+It loads the pipeline with DDPMPipeline.from_pretrained and its parts with
+UNet2DModel.from_pretrained / DDPMScheduler.from_pretrained, fails if any weight is missing or
+unexpected, runs the pipeline for a few steps, and writes to the output directory:
+- keys.json: every parameter name and shape PyTorch loaded;
+- io.safetensors: sample, timesteps and PyTorch's output for them (float32, CPU).
+"""
+import json
+import pathlib
+import sys
+
+import diffusers
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from safetensors.torch import save_file
+
+
+def main(export_dir, out_dir):
+    export_dir, out_dir = pathlib.Path(export_dir), pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    unet, info = UNet2DModel.from_pretrained(str(export_dir), subfolder="unet", output_loading_info=True)
+    problems = {k: v for k, v in info.items() if v}
+    if problems:
+        sys.exit(f"PyTorch did not load the export cleanly: {problems}")
+    scheduler = DDPMScheduler.from_pretrained(str(export_dir), subfolder="scheduler")
+    pipeline = DDPMPipeline.from_pretrained(str(export_dir))
+    images = pipeline(batch_size=1, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape[0] == 1 and images.min() >= 0 and images.max() <= 1
+    unet.eval()
+    keys = {name: list(p.shape) for name, p in unet.state_dict().items()}
+    (out_dir / "keys.json").write_text(json.dumps(keys, indent=1, sort_keys=True) + "\n")
+    size, channels = unet.config.sample_size, unet.config.in_channels
+    gen = torch.Generator().manual_seed(5)
+    sample = torch.randn(2, channels, size, size, generator=gen)
+    timesteps = torch.tensor([25, scheduler.config.num_train_timesteps - 1], dtype=torch.int64)
+    with torch.no_grad():
+        output = unet(sample, timesteps).sample
+    save_file(
+        {"sample": sample.contiguous(), "timesteps": timesteps.float(), "output": output.contiguous()},
+        str(out_dir / "io.safetensors"),
+        metadata={"torch": torch.__version__, "diffusers": diffusers.__version__},
+    )
+    print(f"PyTorch loaded {len(keys)} tensors from {export_dir}; wrote {out_dir}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Writes the diffusers fixtures under tests/fixtures/diffusers/: tiny UNet2DModels with random
+weights, saved by diffusers itself, plus inputs and PyTorch's outputs for them.
+
+Run once (the outputs are committed); it needs torch and diffusers:
+    python3 -m venv /tmp/py && /tmp/py/bin/pip install torch diffusers safetensors
+    /tmp/py/bin/python scripts/make-diffusers-fixtures.py
+
+Fixtures:
+- ddpm-pipeline/: a DDPMPipeline directory (model_index.json, unet/, scheduler/) whose U-Net
+  has the options of Ho et al.'s CIFAR-10 model (google/ddpm-cifar10-32): sin-first timestep
+  features with frequency shift 1, downsample padding 0, GroupNorm eps 1e-6, one-head
+  attention at the second level, two residual blocks per level. Its attention weights are
+  renamed to the pre-0.12 names (query/key/value/proj_attn) that checkpoint ships with.
+- options-unet/: a bare UNet2DModel directory with scheduler_config.json beside it,
+  exercising the other supported options: mish, head dim 4, centred input, no bottleneck
+  attention, a bottleneck scale factor, a custom embedding width, a cosine schedule, and
+  weights saved in float16.
+- each fixture's io.safetensors: sample [2, C, H, W], timesteps [2], output [2, C, H, W]
+  (PyTorch's prediction, float32 on the CPU).
+"""
+import json
+import pathlib
+
+import diffusers
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from safetensors.torch import load_file, save_file
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "diffusers"
+
+
+def randomise(model, seed):
+    """Replaces every parameter with N(0, 0.2²) noise, so that no layer is left at an
+    initialisation (zeros, ones) that would hide a wrong mapping."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+
+
+def write_io(model, channels, size, directory, seed):
+    gen = torch.Generator().manual_seed(seed)
+    sample = torch.randn(2, channels, size, size, generator=gen)
+    timesteps = torch.tensor([3, 777], dtype=torch.int64)
+    with torch.no_grad():
+        output = model(sample, timesteps).sample
+    save_file(
+        {"sample": sample.contiguous(), "timesteps": timesteps.float(), "output": output.contiguous()},
+        str(directory / "io.safetensors"),
+        metadata={"torch": torch.__version__, "diffusers": diffusers.__version__},
+    )
+
+
+def ddpm_pipeline():
+    out = ROOT / "ddpm-pipeline"
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=2,
+        attention_head_dim=None,
+        norm_num_groups=4,
+        norm_eps=1e-6,
+        flip_sin_to_cos=False,
+        freq_shift=1,
+        downsample_padding=0,
+    ).eval()
+    randomise(unet, 1)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(str(out))
+    weights_path = out / "unet" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(str(weights_path))
+    old_names = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    renamed = {}
+    for key, value in weights.items():
+        for new, old in old_names.items():
+            key = key.replace(f".{new}.", f".{old}.")
+        renamed[key] = value
+    assert any(".query." in k for k in renamed)
+    save_file(renamed, str(weights_path), metadata={"format": "pt"})
+    # diffusers reads the old names back: the fixture stays loadable by PyTorch.
+    reloaded = UNet2DModel.from_pretrained(str(out / "unet")).eval()
+    write_io(reloaded, 3, 8, out, 2)
+
+
+def options_unet():
+    out = ROOT / "options-unet"
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        down_block_types=("AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=4,
+        norm_num_groups=4,
+        act_fn="mish",
+        center_input_sample=True,
+        add_attention=False,
+        mid_block_scale_factor=1.4142135623730951,
+        time_embedding_dim=24,
+    ).eval()
+    randomise(unet, 3)
+    unet = unet.half().float()  # weights exactly representable in float16
+    unet.half().save_pretrained(str(out))
+    DDPMScheduler(num_train_timesteps=500, beta_schedule="squaredcos_cap_v2", clip_sample=False).save_config(str(out))
+    reloaded = UNet2DModel.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+    write_io(reloaded, 1, 8, out, 4)
+
+
+def ddpm_cifar10_parameters():
+    """The parameter count of the DDPM CIFAR-10 architecture, which the Rust preset test checks."""
+    config = {
+        "sample_size": 32,
+        "block_out_channels": (128, 256, 256, 256),
+        "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        "layers_per_block": 2,
+        "attention_head_dim": None,
+        "norm_eps": 1e-6,
+        "flip_sin_to_cos": False,
+        "freq_shift": 1,
+        "downsample_padding": 0,
+    }
+    return sum(p.numel() for p in UNet2DModel(**config).parameters())
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    ROOT.mkdir(parents=True, exist_ok=True)
+    ddpm_pipeline()
+    options_unet()
+    count = ddpm_cifar10_parameters()
+    (ROOT / "ddpm-cifar10-parameters.json").write_text(json.dumps({"parameters": count}) + "\n")
+    print(f"wrote {ROOT}; DDPM CIFAR-10 architecture: {count} parameters")

@@ -1,0 +1,96 @@
+//! `retrace export --format diffusers`: a model's weights as a `DDPMPipeline` directory.
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use serde_json::json;
+
+use super::config::{DIFFUSERS_VERSION, SchedulerConfig, UNet2DModelConfig};
+use super::weights::save_unet;
+use super::{CONFIG_FILE, Provenance, RETRACE_FILE, SCHEDULER_FILE, WEIGHTS_FILE};
+use crate::diffusion::checkpoint::{CheckpointEntry, CheckpointError, ModelDir};
+use crate::files::write_atomic;
+
+fn invalid(path: &Path, reason: impl Into<String>) -> CheckpointError {
+    CheckpointError::Invalid {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn pretty(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec_pretty(value).expect("configs serialise")
+}
+
+/// Writes `checkpoint` of `model` to `out` as a diffusers pipeline: `model_index.json`,
+/// `unet/` (`config.json`, `diffusion_pytorch_model.safetensors`), `scheduler/`
+/// (`scheduler_config.json`), and `retrace.json` with the data and recipe. The directory is
+/// assembled under a temporary name and renamed into place; an earlier export at `out` is
+/// replaced, anything else there is refused.
+pub fn export_pipeline(
+    model: &ModelDir,
+    checkpoint: &CheckpointEntry,
+    out: &Path,
+    device: &Device,
+) -> Result<(), CheckpointError> {
+    if out.exists() && !out.join(RETRACE_FILE).is_file() {
+        let empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !empty {
+            return Err(invalid(
+                out,
+                "exists and is not an earlier retrace export: choose a new directory",
+            ));
+        }
+    }
+    let net = model.load_model(checkpoint, device)?;
+    let weights = save_unet(&net).map_err(|e| invalid(&checkpoint.dir, e))?;
+    let info = &model.info;
+    let provenance = Provenance {
+        data_spec: info.data_spec.clone(),
+        data_hash: info.data_hash.clone(),
+        data_len: info.data_len,
+        class_names: info.class_names.clone(),
+        train: info.train.clone(),
+        final_step: checkpoint.state.step,
+    };
+    let index = json!({
+        "_class_name": "DDPMPipeline",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "unet": ["diffusers", "UNet2DModel"],
+    });
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let files = [
+        ("model_index.json".to_owned(), pretty(&index)),
+        (RETRACE_FILE.to_owned(), pretty(&provenance)),
+        (
+            format!("unet/{CONFIG_FILE}"),
+            pretty(&UNet2DModelConfig::from_unet(&info.unet)),
+        ),
+        (format!("unet/{WEIGHTS_FILE}"), weights),
+        (
+            format!("scheduler/{SCHEDULER_FILE}"),
+            pretty(&SchedulerConfig::from_schedule(&info.schedule)),
+        ),
+    ];
+    for (file, bytes) in &files {
+        let path = tmp.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| CheckpointError::Io {
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
+        write_atomic(&path, bytes)?;
+    }
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::rename(&tmp, out).map_err(|source| CheckpointError::Io {
+        path: out.to_owned(),
+        source,
+    })
+}

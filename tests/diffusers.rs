@@ -1,0 +1,269 @@
+//! diffusers interoperability: models written by PyTorch open and predict what PyTorch
+//! predicted, retrace's models export to diffusers and back unchanged, and directories that do
+//! not fit are refused by name before any work starts.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::{Tensor, TensorData};
+use common::cpu;
+use retrace::diffusion::diffusers::export_pipeline;
+use retrace::diffusion::{ModelDir, ModelFormat, UNetConfig};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/diffusers")
+        .join(name)
+}
+
+/// A tensor of `io.safetensors` as f32 values and its shape.
+fn io_tensor(dir: &Path, name: &str) -> (Vec<f32>, Vec<usize>) {
+    let bytes = std::fs::read(dir.join("io.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = file.tensor(name).unwrap();
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (values, view.shape().to_vec())
+}
+
+fn max_abs_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The model's prediction for `sample` ([B, C, H, W] values) at `timesteps`.
+fn predict(model: &ModelDir, sample: &[f32], shape: &[usize], timesteps: &[f32]) -> Vec<f32> {
+    let (net, _) = model.load_latest(&cpu()).unwrap();
+    let dims: [usize; 4] = shape.try_into().unwrap();
+    let x = Tensor::<4>::from_data(TensorData::new(sample.to_vec(), dims), &cpu());
+    let t = Tensor::<1>::from_floats(timesteps, &cpu());
+    net.forward(x, t).into_data().try_to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn models_written_by_pytorch_predict_what_pytorch_predicted() {
+    for name in ["ddpm-pipeline", "options-unet"] {
+        let dir = fixture(name);
+        let model = ModelDir::open(&dir).unwrap();
+        assert!(matches!(model.format, ModelFormat::Diffusers(_)), "{name}");
+        let (sample, shape) = io_tensor(&dir, "sample");
+        let (timesteps, _) = io_tensor(&dir, "timesteps");
+        let (expected, _) = io_tensor(&dir, "output");
+        let error = max_abs_difference(&predict(&model, &sample, &shape, &timesteps), &expected);
+        eprintln!("{name}: max |retrace − PyTorch| = {error:e}");
+        assert!(error <= 1e-4, "{name}: max abs error {error}");
+    }
+}
+
+#[test]
+fn the_ddpm_cifar10_preset_has_the_parameters_diffusers_counts() {
+    let counted: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("ddpm-cifar10-parameters.json")).unwrap()).unwrap();
+    let net = UNetConfig::named("ddpm-cifar10", 3, 32).unwrap().init(&cpu());
+    assert_eq!(net.num_params() as u64, counted["parameters"].as_u64().unwrap());
+}
+
+#[test]
+fn export_then_import_gives_identical_weights_outputs_and_provenance() {
+    let bundled = ModelDir::open(&retrace::data::bundled_model_dir()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pipeline");
+    let last = bundled.latest().unwrap().unwrap();
+    export_pipeline(&bundled, &last, &out, &cpu()).unwrap();
+    // Exporting again replaces the earlier export.
+    export_pipeline(&bundled, &last, &out, &cpu()).unwrap();
+    for file in [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    ] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    let imported = ModelDir::open(&out).unwrap();
+    assert_eq!(imported.info, bundled.info);
+    let entries = imported.checkpoints().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].state.step, last.state.step);
+    let (original, _) = bundled.load_latest(&cpu()).unwrap();
+    let (reloaded, _) = imported.load_latest(&cpu()).unwrap();
+    assert_eq!(common::param_values(&original), common::param_values(&reloaded));
+    let shape = [2, 1, 28, 28];
+    let sample: Vec<f32> = (0..2 * 28 * 28).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let timesteps = [10.0, 900.0];
+    assert_eq!(
+        predict(&bundled, &sample, &shape, &timesteps),
+        predict(&imported, &sample, &shape, &timesteps)
+    );
+    // The export recorded the training data, so the bundled data still fits it.
+    let data = retrace::data::Dataset::load(&imported.data_spec(None).unwrap().parse().unwrap()).unwrap();
+    imported.check_data(&data).unwrap();
+    // A directory holding something else is not overwritten.
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
+    let refused = export_pipeline(&bundled, &last, &foreign, &cpu())
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("not an earlier retrace export"), "{refused}");
+    assert!(foreign.join("notes.txt").is_file());
+}
+
+#[test]
+fn pytorch_loads_an_export_and_predicts_what_retrace_predicts() {
+    // tests/fixtures/diffusers/bundled-export holds what PyTorch loaded from `retrace export` of
+    // the bundled model (scripts/check-diffusers-export.py): every tensor name and shape, and
+    // its prediction for a fixed input. Today's export must match both.
+    let seen = fixture("bundled-export");
+    let bundled = ModelDir::open(&retrace::data::bundled_model_dir()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pipeline");
+    export_pipeline(&bundled, &bundled.latest().unwrap().unwrap(), &out, &cpu()).unwrap();
+    let bytes = std::fs::read(out.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    let exported = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let shapes: std::collections::BTreeMap<String, Vec<usize>> = exported
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec()))
+        .collect();
+    let loaded: std::collections::BTreeMap<String, Vec<usize>> =
+        serde_json::from_slice(&std::fs::read(seen.join("keys.json")).unwrap()).unwrap();
+    assert_eq!(shapes, loaded);
+    let (sample, shape) = io_tensor(&seen, "sample");
+    let (timesteps, _) = io_tensor(&seen, "timesteps");
+    let (expected, _) = io_tensor(&seen, "output");
+    let imported = ModelDir::open(&out).unwrap();
+    let error = max_abs_difference(&predict(&imported, &sample, &shape, &timesteps), &expected);
+    eprintln!("bundled export: max |retrace − PyTorch| = {error:e}");
+    assert!(error <= 1e-4, "max abs error {error}");
+}
+
+/// Copies a fixture into `to` and applies `edit` to it.
+fn edited_copy(name: &str, to: &Path, edit: impl FnOnce(&Path)) -> PathBuf {
+    let from = fixture(name);
+    let dir = to.join(name);
+    for entry in walk(&from) {
+        let target = dir.join(entry.strip_prefix(&from).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, target).unwrap();
+    }
+    edit(&dir);
+    dir
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut value: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    edit(&mut value);
+    std::fs::write(path, serde_json::to_vec(&value).unwrap()).unwrap();
+}
+
+/// The error of loading the model in `dir` and its newest weights.
+fn load_error(dir: &Path) -> String {
+    match ModelDir::open(dir) {
+        Err(e) => e.to_string(),
+        Ok(model) => model
+            .load_latest(&cpu())
+            .expect_err("the damaged model loads")
+            .to_string(),
+    }
+}
+
+#[test]
+fn directories_that_do_not_fit_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = |label: &str, edit: Box<dyn FnOnce(&Path)>, expected: &[&str]| {
+        let dir = edited_copy("ddpm-pipeline", &tmp.path().join(label), edit);
+        let message = load_error(&dir);
+        for part in expected {
+            assert!(message.contains(part), "{label}: {message:?} lacks {part:?}");
+        }
+    };
+    case(
+        "widths",
+        Box::new(|d| {
+            edit_json(&d.join("unet/config.json"), |c| {
+                c["block_out_channels"] = serde_json::json!([8, 16, 32])
+            })
+        }),
+        &["do not fit", "down_blocks.2"],
+    );
+    case(
+        "levels",
+        Box::new(|d| {
+            edit_json(&d.join("unet/config.json"), |c| {
+                c["block_out_channels"] = serde_json::json!([8, 16]);
+                c["down_block_types"] = serde_json::json!(["DownBlock2D", "AttnDownBlock2D"]);
+                c["up_block_types"] = serde_json::json!(["AttnUpBlock2D", "UpBlock2D"]);
+            })
+        }),
+        &["do not fit", "up_blocks.0"],
+    );
+    case(
+        "block",
+        Box::new(|d| {
+            edit_json(&d.join("unet/config.json"), |c| {
+                c["down_block_types"][0] = serde_json::json!("CrossAttnDownBlock2D")
+            })
+        }),
+        &["unsupported down block type", "CrossAttnDownBlock2D"],
+    );
+    case(
+        "scheduler",
+        Box::new(|d| std::fs::remove_file(d.join("scheduler/scheduler_config.json")).unwrap()),
+        &["without a scheduler config", "scheduler_config.json"],
+    );
+    case(
+        "prediction",
+        Box::new(|d| {
+            edit_json(&d.join("scheduler/scheduler_config.json"), |c| {
+                c["prediction_type"] = serde_json::json!("v_prediction")
+            })
+        }),
+        &["prediction_type", "v_prediction"],
+    );
+    case(
+        "pickle",
+        Box::new(|d| {
+            std::fs::rename(
+                d.join("unet/diffusion_pytorch_model.safetensors"),
+                d.join("unet/diffusion_pytorch_model.bin"),
+            )
+            .unwrap()
+        }),
+        &["pickle", "safe_serialization"],
+    );
+    case(
+        "truncated",
+        Box::new(|d| {
+            let path = d.join("unet/diffusion_pytorch_model.safetensors");
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        }),
+        &["unreadable safetensors"],
+    );
+    // A model with no recorded data asks for it; data of another shape is refused.
+    let model = ModelDir::open(&fixture("options-unet")).unwrap();
+    let asked = model.data_spec(None).unwrap_err().to_string();
+    assert!(asked.contains("--data"), "{asked}");
+    let grey = common::small_data();
+    let refused = model.check_data(&grey).unwrap_err();
+    assert!(refused.contains("1×28×28") && refused.contains("1×8×8"), "{refused}");
+}
