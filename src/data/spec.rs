@@ -46,7 +46,11 @@ impl DataFormat {
 
 /// A dataset named as `FORMAT:PATH?option=value&…` (or just `bundled[?…]`).
 ///
-/// Formats: `mnist`, `fashion-mnist` (idx directories), `cifar10`, `folder`, `bundled`.
+/// Formats: `mnist`, `fashion-mnist` (idx directories), `cifar10`, `folder`, `bundled`, and
+/// `cifar2`, the CIFAR-2 of the attribution papers (D-TRAK, Zheng et al. 2024; Mlodozeniec et
+/// al. 2024): CIFAR-10's automobiles and horses, 5,000 images (short for
+/// `cifar10:DIR?classes=1,7&subset=5000`, which is how it prints; the first 5,000 in file
+/// order, where the papers draw 5,000 at random; CIFAR-10's files are in random order).
 /// Options: `split=train|test`, `classes=0,3,7` (keep these labels), `subset=N` (first N images
 /// after the class filter, in file order).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,15 +90,17 @@ impl FromStr for DataSpec {
         };
         let (head, query) = s.split_once('?').unwrap_or((s, ""));
         let (format, path) = head.split_once(':').unwrap_or((head, ""));
+        let cifar2 = format == "cifar2";
         let format = match format {
             "mnist" | "idx" => DataFormat::Idx { fashion: false },
+            "cifar2" => DataFormat::Cifar10,
             "fashion-mnist" => DataFormat::Idx { fashion: true },
             "cifar10" => DataFormat::Cifar10,
             "folder" => DataFormat::Folder,
             "bundled" => DataFormat::Bundled,
             other => {
                 return Err(bad(format!(
-                    "unknown format {other:?}; expected mnist, fashion-mnist, cifar10, folder or bundled"
+                    "unknown format {other:?}; expected mnist, fashion-mnist, cifar10, cifar2, folder or bundled"
                 )));
             }
         };
@@ -109,8 +115,8 @@ impl FromStr for DataSpec {
             format,
             path: PathBuf::from(path),
             split: Split::Train,
-            classes: None,
-            subset: None,
+            classes: cifar2.then(|| vec![1, 7]),
+            subset: cifar2.then_some(5000),
         };
         for option in query.split('&').filter(|o| !o.is_empty()) {
             let (key, value) = option
@@ -188,6 +194,17 @@ mod tests {
             let spec: DataSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
         }
+    }
+
+    #[test]
+    fn cifar2_is_automobiles_and_horses_5000() {
+        let spec: DataSpec = "cifar2:/data/cifar".parse().unwrap();
+        assert_eq!(spec.to_string(), "cifar10:/data/cifar?classes=1,7&subset=5000");
+        let test: DataSpec = "cifar2:/data/cifar?split=test&subset=200".parse().unwrap();
+        assert_eq!(
+            test.to_string(),
+            "cifar10:/data/cifar?split=test&classes=1,7&subset=200"
+        );
     }
 
     #[test]
