@@ -281,6 +281,7 @@ pub fn synthetic_query_latency(
             learning_rate: 1e-3,
             chunks: Vec::new(),
         }],
+        shard: None,
     };
     let dir = std::env::temp_dir().join(format!("retrace-bench-index-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

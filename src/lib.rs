@@ -18,6 +18,7 @@ pub mod index;
 pub mod jobs;
 pub mod report;
 pub mod session;
+pub mod shard;
 
 /// The version string shown in reports and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -352,3 +352,72 @@ fn retrac_bucket_finds_the_source_of_a_perturbed_copy_with_more_draws() {
     eprintln!("source at rank {} (retrac), {} (retrac-bucket)", ranks[0], ranks[1]);
     assert!(ranks[1] < 5, "retrac-bucket: source at rank {}", ranks[1]);
 }
+
+/// Every file of a directory (name → bytes), subdirectories excluded.
+fn files_of(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn shards_built_apart_merge_into_the_one_machine_index_byte_for_byte() {
+    use retrace::index::shards::merge_shards;
+    use retrace::shard::Shard;
+    let data = common::small_data();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::bundled_model_for(&data, &tmp.path().join("model"));
+    let job = JobContext::silent();
+    let mut whole = settings(&tmp.path().join("whole"), 4);
+    whole.chunk_size = 5;
+    whole.ensure(&model, &data, &cpu(), &job).unwrap().unwrap();
+
+    let mut sharded = whole.clone();
+    sharded.dir = tmp.path().join("sharded");
+    let shard = |i: usize| Shard { index: i, count: 3 };
+    sharded
+        .build_shard(&model, &data, shard(0), &cpu(), &job)
+        .unwrap()
+        .unwrap();
+    // Shard 1 is killed after its first chunk (8 chunks dealt to 3 shards: it owns 1, 4, 7).
+    let killed = sharded.build_shard(&model, &data, shard(1), &cpu(), &common::job_cancelled_at(5 * 2));
+    assert!(killed.unwrap().is_none());
+    let refused = merge_shards(&sharded.dir).unwrap_err().to_string();
+    assert!(refused.contains("2/3") && refused.contains("have not run"), "{refused}");
+    sharded
+        .build_shard(&model, &data, shard(2), &cpu(), &job)
+        .unwrap()
+        .unwrap();
+    let refused = merge_shards(&sharded.dir).unwrap_err().to_string();
+    assert!(
+        refused.contains("shard 1/3") && refused.contains("unfinished"),
+        "{refused}"
+    );
+    // A shard of another split is refused at build.
+    let other = sharded.build_shard(&model, &data, Shard { index: 1, count: 2 }, &cpu(), &job);
+    assert!(other.is_ok(), "another split builds in its own directory");
+    let mixed = merge_shards(&sharded.dir).unwrap_err().to_string();
+    assert!(mixed.contains("of 2 and of 3 machines"), "{mixed}");
+    std::fs::remove_dir_all(sharded.dir.join("shard-1-of-2")).unwrap();
+    // Resumed, shard 1 finishes; the merge gives the one-machine index exactly.
+    sharded
+        .build_shard(&model, &data, shard(1), &cpu(), &job)
+        .unwrap()
+        .unwrap();
+    let outcome = merge_shards(&sharded.dir).unwrap();
+    assert_eq!((outcome.shards, outcome.chunks), (3, 8));
+    let (a, b) = (files_of(&whole.dir), files_of(&sharded.dir));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    assert!(a == b, "the merged index differs from the one-machine build");
+    assert!(!sharded.dir.join("shard-0-of-3").exists(), "the shards are cleaned up");
+    // And it opens and scores like the one-machine index.
+    sharded.ensure(&model, &data, &cpu(), &job).unwrap().unwrap();
+}

@@ -14,6 +14,7 @@ use crate::diffusion::{CheckpointEntry, Measurement, ModelDir};
 use crate::grad::{ProjectionConfig, TimestepPlan};
 use crate::index::{Index, IndexSpec, Storage};
 use crate::jobs::JobContext;
+use crate::shard::Shard;
 
 /// Which checkpoints to index and sum over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -122,21 +123,22 @@ impl IndexSettings {
         .relocated()
     }
 
-    /// Builds the index if needed (resuming a partial one) and opens it, verified. `Ok(None)`
-    /// when cancelled.
-    pub fn ensure(
-        &self,
-        model: &ModelDir,
-        data: &Dataset,
-        device: &Device,
-        job: &JobContext,
-    ) -> Result<Option<Index>, String> {
+    /// What building this index for `model` and `data` takes: the checkpoints chosen, in
+    /// `dir`, restricted to `shard`.
+    fn spec<'a>(
+        &'a self,
+        model: &'a ModelDir,
+        data: &'a Dataset,
+        dir: &'a std::path::Path,
+        shard: Shard,
+        device: &'a Device,
+    ) -> Result<IndexSpec<'a>, String> {
         let mut checkpoints: Vec<CheckpointEntry> = model.checkpoints().map_err(|e| e.to_string())?;
         if self.checkpoints == CheckpointChoice::Last {
             checkpoints = checkpoints.split_off(checkpoints.len().saturating_sub(1));
         }
-        let spec = IndexSpec {
-            dir: &self.dir,
+        Ok(IndexSpec {
+            dir,
             model,
             checkpoints,
             data,
@@ -146,14 +148,43 @@ impl IndexSettings {
             measurement: self.measurement,
             chunk_size: self.chunk_size,
             batch_size: self.batch_size,
+            shard,
             device,
-        };
+        })
+    }
+
+    /// Builds the index if needed (resuming a partial one) and opens it, verified. `Ok(None)`
+    /// when cancelled.
+    pub fn ensure(
+        &self,
+        model: &ModelDir,
+        data: &Dataset,
+        device: &Device,
+        job: &JobContext,
+    ) -> Result<Option<Index>, String> {
+        let spec = self.spec(model, data, &self.dir, Shard::ALL, device)?;
         let Some(index) = spec.build(job).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
         Index::open(&index.dir, &index.manifest.key, device)
             .map(Some)
             .map_err(|e| e.to_string())
+    }
+
+    /// Builds (or resumes) shard `shard` of the index, in its own directory under this one
+    /// ([`crate::index::shards::shard_dir`]), for `retrace index merge` to join. Returns the
+    /// shard's manifest; `Ok(None)` when cancelled.
+    pub fn build_shard(
+        &self,
+        model: &ModelDir,
+        data: &Dataset,
+        shard: Shard,
+        device: &Device,
+        job: &JobContext,
+    ) -> Result<Option<crate::index::Manifest>, String> {
+        let dir = crate::index::shards::shard_dir(&self.dir, shard);
+        let spec = self.spec(model, data, &dir, shard, device)?;
+        Ok(spec.build(job).map_err(|e| e.to_string())?.map(|index| index.manifest))
     }
 }
 

@@ -159,10 +159,24 @@ impl IndexTarget {
         let mut settings =
             self.features
                 .settings(model.info.schedule.steps, !self.per_example_noise, PathBuf::new())?;
-        settings.dir = self
-            .index
-            .clone()
-            .unwrap_or_else(|| retrace::index::default_index_dir(&root).join(settings.slug()));
+        settings.dir = self.dir_for(&root, &settings);
         Ok((model, data, settings))
+    }
+
+    /// The index directory: `--index`, or the default for the model and settings.
+    fn dir_for(&self, root: &std::path::Path, settings: &retrace::attribution::IndexSettings) -> PathBuf {
+        self.index
+            .clone()
+            .unwrap_or_else(|| retrace::index::default_index_dir(root).join(settings.slug()))
+    }
+
+    /// The index directory these options name, without loading the data.
+    pub(crate) fn index_dir(&self) -> Result<PathBuf> {
+        let root = self.model.clone().unwrap_or_else(bundled_model_dir);
+        let model = ModelDir::open(&root)?;
+        let settings = self
+            .features
+            .settings(model.info.schedule.steps, !self.per_example_noise, PathBuf::new())?;
+        Ok(self.dir_for(&root, &settings))
     }
 }

@@ -1,26 +1,75 @@
-//! `retrace index`: build (or finish) the index of projected training-gradient features.
+//! `retrace index`: build (or finish) the index of projected training-gradient features, on one
+//! machine or as shards on several (`--shard i/N`, then `retrace index merge`).
 
 use anyhow::Result;
 
 use retrace::device::DeviceRequest;
+use retrace::index::Manifest;
+use retrace::index::shards::merge_shards;
+use retrace::shard::Shard;
 
 use super::args::IndexTarget;
 use super::{compute_device, terminal_job};
 
 /// Build (or finish) the index of projected training-gradient features.
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct IndexArgs {
+    #[command(subcommand)]
+    pub action: Option<IndexAction>,
     #[command(flatten)]
     pub target: IndexTarget,
+    /// Build only this shard, `i/N` (0-based), of an index split over N machines: it writes
+    /// every N-th chunk file into INDEX/shard-i-of-N/. Run all N (a Slurm job array, a
+    /// Kubernetes Indexed Job; docs/cluster/), then `retrace index merge` with the same options.
+    #[arg(long)]
+    pub shard: Option<Shard>,
+}
+
+/// What else `retrace index` does.
+#[derive(clap::Subcommand)]
+pub enum IndexAction {
+    /// Join the shards built with `--shard i/N` into the index (the same options as the shards
+    /// name the same index directory); the result is byte for byte a one-machine build.
+    Merge {
+        #[command(flatten)]
+        target: IndexTarget,
+    },
 }
 
 /// Runs `retrace index` on the requested compute device.
 pub fn run(args: IndexArgs, device: Option<DeviceRequest>) -> Result<()> {
-    let IndexArgs { target } = args;
+    if let Some(IndexAction::Merge { target }) = args.action {
+        let dir = target.index_dir()?;
+        let outcome = merge_shards(&dir)?;
+        println!(
+            "merged {} shards ({} chunk files) into {}",
+            outcome.shards,
+            outcome.chunks,
+            dir.display()
+        );
+        describe(&outcome.manifest);
+        return Ok(());
+    }
     let dev = compute_device(device)?;
-    let (model, data, settings) = target.open()?;
+    let (model, data, settings) = args.target.open()?;
     let (job, bar) = terminal_job()?;
     let started = std::time::Instant::now();
+    if let Some(shard) = args.shard {
+        let manifest = settings
+            .build_shard(&model, &data, shard, &dev.device, &job)
+            .map_err(anyhow::Error::msg)?;
+        bar.finish();
+        match manifest {
+            None => println!("stopped; run the same command again to resume from the last complete chunk"),
+            Some(_) => println!(
+                "shard {shard} of {} done in {:.1} s; once every shard is, run `retrace index merge` with the same options",
+                settings.dir.display(),
+                started.elapsed().as_secs_f64()
+            ),
+        }
+        return Ok(());
+    }
     let index = settings
         .ensure(&model, &data, &dev.device, &job)
         .map_err(anyhow::Error::msg)?;
@@ -28,20 +77,27 @@ pub fn run(args: IndexArgs, device: Option<DeviceRequest>) -> Result<()> {
     match index {
         None => println!("stopped; run the same command again to resume from the last complete chunk"),
         Some(index) => {
-            let m = &index.manifest;
-            let per_image = m.key.plan.buckets * m.dim * m.key.storage.bytes() * m.checkpoints.len();
-            println!("{:.1} KB per indexed image", per_image as f64 / 1024.0);
             println!(
-                "index {} ready in {:.1} s: {} images × {} buckets × {} features × {} checkpoint(s), {} storage",
+                "index {} ready in {:.1} s",
                 index.dir.display(),
-                started.elapsed().as_secs_f64(),
-                m.examples,
-                m.key.plan.buckets,
-                m.dim,
-                m.checkpoints.len(),
-                format!("{:?}", m.key.storage).to_lowercase()
+                started.elapsed().as_secs_f64()
             );
+            describe(&index.manifest);
         }
     }
     Ok(())
+}
+
+/// Prints an index's size and shape.
+fn describe(m: &Manifest) {
+    let per_image = m.key.plan.buckets * m.dim * m.key.storage.bytes() * m.checkpoints.len();
+    println!(
+        "{} images × {} buckets × {} features × {} checkpoint(s), {} storage: {:.1} KB per indexed image",
+        m.examples,
+        m.key.plan.buckets,
+        m.dim,
+        m.checkpoints.len(),
+        format!("{:?}", m.key.storage).to_lowercase(),
+        per_image as f64 / 1024.0
+    );
 }

@@ -41,40 +41,7 @@ pub const GROUND_TRUTH_FILE: &str = "ground-truth.json";
 const COMMANDS_DIR: &str = "commands";
 const QUERIES_FILE: &str = "queries.json";
 
-/// One of `count` shards (0-based `index`), written `i/N` on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shard {
-    /// This shard, 0-based.
-    pub index: usize,
-    /// Number of shards.
-    pub count: usize,
-}
-
-impl Shard {
-    /// The whole build in one shard.
-    pub const ALL: Shard = Shard { index: 0, count: 1 };
-
-    /// True when model number `position` (in [`BenchmarkSpec::models`] order) is this shard's.
-    pub fn owns(&self, position: usize) -> bool {
-        position % self.count == self.index
-    }
-}
-
-impl std::str::FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("a shard is i/N with 0 ≤ i < N (e.g. 0/8), not {s:?}");
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count): (usize, usize) = (
-            i.trim().parse().map_err(|_| bad())?,
-            n.trim().parse().map_err(|_| bad())?,
-        );
-        if count == 0 || index >= count {
-            return Err(bad());
-        }
-        Ok(Shard { index, count })
-    }
-}
+pub use crate::shard::Shard;
 
 /// Errors of a build, as text for the CLI and the viewer.
 pub type BuildResult<T> = Result<T, String>;

@@ -114,6 +114,10 @@ pub struct Manifest {
     pub dim: usize,
     /// Per-checkpoint progress.
     pub checkpoints: Vec<IndexedCheckpoint>,
+    /// The shard of a build split over machines, which writes only its own chunks (absent in
+    /// a whole index, and in the index `retrace index merge` assembles from the shards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::shard::Shard>,
 }
 
 impl Manifest {
@@ -125,5 +129,27 @@ impl Manifest {
     /// Number of chunks per checkpoint.
     pub fn chunks_per_checkpoint(&self) -> usize {
         self.examples.div_ceil(self.chunk_size)
+    }
+
+    /// Which shard builds chunk `chunk` of checkpoint number `checkpoint`: the (checkpoint,
+    /// chunk) pairs are dealt round-robin.
+    pub fn owner(&self, checkpoint: usize, chunk: usize, shards: usize) -> usize {
+        (checkpoint * self.chunks_per_checkpoint() + chunk) % shards
+    }
+
+    /// True when this manifest's build writes chunk `chunk` of checkpoint `checkpoint`.
+    pub fn builds(&self, checkpoint: usize, chunk: usize) -> bool {
+        self.shard
+            .is_none_or(|s| self.owner(checkpoint, chunk, s.count) == s.index)
+    }
+
+    /// True when every chunk this manifest's build writes is written.
+    pub fn is_built(&self) -> bool {
+        self.checkpoints.iter().enumerate().all(|(ci, c)| {
+            c.chunks
+                .iter()
+                .enumerate()
+                .all(|(k, sha)| sha.is_some() || !self.builds(ci, k))
+        })
     }
 }

@@ -6,6 +6,7 @@
 //! or projection is refused with a message naming what differs.
 
 pub mod manifest;
+pub mod shards;
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,7 @@ use crate::diffusion::{CheckpointEntry, Measurement, ModelDir, Schedule};
 use crate::files::{sha256, write_atomic};
 use crate::grad::{Examples, FeatureRun, Features, ProjectionConfig, Projector, TimestepPlan, model_layer_shapes};
 use crate::jobs::JobContext;
+use crate::shard::Shard;
 
 /// Why an index could not be built or opened.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,9 @@ pub struct IndexSpec<'a> {
     pub chunk_size: usize,
     /// (image, point) pairs per batch.
     pub batch_size: usize,
+    /// The share of the chunks to build ([`Shard::ALL`] for the whole index; another shard
+    /// builds its chunks only, for `retrace index merge` to join).
+    pub shard: Shard,
     /// Compute device.
     pub device: &'a burn::tensor::Device,
 }
@@ -151,9 +156,14 @@ impl IndexSpec<'_> {
         let projector = Projector::new(self.projection, &shapes, self.device);
         std::fs::create_dir_all(self.dir).map_err(io(self.dir))?;
         let manifest_path = self.dir.join("manifest.json");
+        let shard = (self.shard != Shard::ALL).then_some(self.shard);
         let mut manifest = if manifest_path.is_file() {
             let m = read_manifest(self.dir)?;
-            let differences = m.key.differences(&key);
+            let mut differences = m.key.differences(&key);
+            if m.shard != shard {
+                let name = |s: Option<Shard>| s.map_or("the whole index".to_owned(), |s| format!("shard {s}"));
+                differences.push(format!("sharding ({} vs {})", name(m.shard), name(shard)));
+            }
             if !differences.is_empty() {
                 return Err(IndexError::Foreign {
                     dir: self.dir.to_owned(),
@@ -178,17 +188,29 @@ impl IndexSpec<'_> {
                         chunks: vec![None; chunks],
                     })
                     .collect(),
+                shard,
             }
         };
         let schedule = Schedule::new(&self.model.info.schedule);
-        let per_chunk = manifest.chunk_size * self.plan.points_per_example();
-        let total = (self.data.len() * self.plan.points_per_example() * self.checkpoints.len()) as u64;
+        let built: Vec<Vec<usize>> = (0..self.checkpoints.len())
+            .map(|ci| {
+                (0..manifest.chunks_per_checkpoint())
+                    .filter(|&k| manifest.builds(ci, k))
+                    .collect()
+            })
+            .collect();
+        let chunk_size = manifest.chunk_size;
+        let points = |k: usize| {
+            let start = k * chunk_size;
+            (self.data.len().min(start + chunk_size) - start) * self.plan.points_per_example()
+        };
+        let total: u64 = built.iter().flatten().map(|&k| points(k) as u64).sum();
         let mut done = 0u64;
         for (ci, entry) in self.checkpoints.iter().enumerate() {
-            let missing: Vec<usize> = (0..manifest.chunks_per_checkpoint())
-                .filter(|&k| manifest.checkpoints[ci].chunks[k].is_none())
-                .collect();
-            done += ((manifest.chunks_per_checkpoint() - missing.len()) * per_chunk) as u64;
+            let (missing, written): (Vec<usize>, Vec<usize>) = built[ci]
+                .iter()
+                .partition(|&&k| manifest.checkpoints[ci].chunks[k].is_none());
+            done += written.iter().map(|&k| points(k) as u64).sum::<u64>();
             if missing.is_empty() {
                 continue;
             }
@@ -224,7 +246,7 @@ impl IndexSpec<'_> {
                     return Ok(None);
                 };
                 write_chunk(self.dir, &mut manifest, ci, k, &features.values)?;
-                done += ((end - start) * self.plan.points_per_example()) as u64;
+                done += points(k) as u64;
             }
         }
         write_manifest(self.dir, &manifest)?;
