@@ -116,4 +116,84 @@ mod tests {
             }
         }
     }
+
+    /// The `retrace` command lines of a cluster example: Slurm scripts' lines that start with
+    /// `retrace`, and Kubernetes manifests' folded `args` blocks, with the scripts' variables
+    /// (and the array index, as 0) substituted.
+    fn example_commands(text: &str) -> Vec<String> {
+        let mut vars = std::collections::HashMap::from([
+            ("SLURM_ARRAY_TASK_ID".to_owned(), "0".to_owned()),
+            ("JOB_COMPLETION_INDEX".to_owned(), "0".to_owned()),
+        ]);
+        let mut commands = Vec::new();
+        let mut folded: Option<String> = None;
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if let Some(block) = folded.as_mut() {
+                if trimmed.starts_with("retrace") || (!block.is_empty() && trimmed.starts_with("--")) {
+                    block.push(' ');
+                    block.push_str(trimmed);
+                    continue;
+                }
+                commands.push(folded.take().unwrap());
+            }
+            if trimmed == "- >-" {
+                folded = Some(String::new());
+            } else if let Some((name, value)) = trimmed.split_once('=')
+                && !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+            {
+                vars.insert(name.to_owned(), shlex::split(value).unwrap_or_default().join(" "));
+            } else if trimmed.starts_with("retrace ") {
+                commands.push(trimmed.to_owned());
+            }
+        }
+        commands.extend(folded);
+        commands
+            .into_iter()
+            .map(|c| {
+                let mut c = c.trim().to_owned();
+                let mut names: Vec<&String> = vars.keys().collect();
+                names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+                for name in names {
+                    c = c
+                        .replace(&format!("${{{name}}}"), &vars[name])
+                        .replace(&format!("${name}"), &vars[name]);
+                }
+                c
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_cluster_examples_run_valid_commands() {
+        let examples = [
+            ("index-shards.slurm", include_str!("../docs/cluster/index-shards.slurm")),
+            ("index-merge.slurm", include_str!("../docs/cluster/index-merge.slurm")),
+            ("lds-shards.slurm", include_str!("../docs/cluster/lds-shards.slurm")),
+            (
+                "index-shards-job.yaml",
+                include_str!("../docs/cluster/index-shards-job.yaml"),
+            ),
+            (
+                "index-merge-job.yaml",
+                include_str!("../docs/cluster/index-merge-job.yaml"),
+            ),
+            (
+                "lds-shards-job.yaml",
+                include_str!("../docs/cluster/lds-shards-job.yaml"),
+            ),
+        ];
+        for (file, text) in examples {
+            let commands = example_commands(text);
+            assert!(!commands.is_empty(), "{file} runs no retrace command");
+            for command in commands {
+                let words = shlex::split(&command).unwrap_or_else(|| panic!("{file}: cannot split {command:?}"));
+                assert!(!command.contains('$'), "{file}: unsubstituted variable in {command:?}");
+                if let Err(e) = <super::Cli as clap::Parser>::try_parse_from(&words) {
+                    panic!("{file}: {command:?}: {e}");
+                }
+            }
+        }
+    }
 }
