@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 
 use retrace::data::{DataSpec, Dataset};
 use retrace::device::ComputeDevice;
-use retrace::diffusion::{ScheduleConfig, UNetConfig};
+use retrace::diffusion::ScheduleConfig;
 use retrace::eval::benchmark::BENCHMARK_FORMAT_VERSION;
 use retrace::eval::build::BENCHMARK_FILE;
 use retrace::eval::remove_topk::RemovalOutcome;
@@ -159,7 +159,8 @@ pub struct BuildLdsArgs {
     /// Data spec of the held-out query images.
     #[arg(long, default_value = DEFAULT_HELD_OUT)]
     held_out: String,
-    /// Architecture preset.
+    /// Architecture: a preset (tiny, base, ddpm-cifar10), a model directory (retrace's or
+    /// diffusers') or a diffusers config.json.
     #[arg(long, default_value = "tiny")]
     config: String,
     /// Epochs of the full-data model; subset models train for epochs / α (as many steps).
@@ -216,8 +217,7 @@ pub struct BuildLdsArgs {
 
 impl BuildLdsArgs {
     fn spec(&self, data: &Dataset) -> Result<BenchmarkSpec> {
-        let unet = UNetConfig::named(&self.config, data.channels, data.height)
-            .with_context(|| format!("unknown config {:?}", self.config))?;
+        let unet = super::named_config(&self.config, data)?;
         let spec = BenchmarkSpec {
             format_version: BENCHMARK_FORMAT_VERSION,
             data: self.data.clone(),

@@ -49,11 +49,38 @@ pub(crate) fn terminal_job() -> Result<(JobContext, Arc<TerminalProgress>)> {
     ))
 }
 
-/// Architecture preset `name` for `data`'s images, checked against them.
+/// The architecture `name` names for `data`'s images, checked against them: a preset
+/// (`tiny`, `base`, `ddpm-cifar10`), a model directory (retrace's or diffusers'), or a
+/// diffusers `UNet2DModel` `config.json`.
 pub(crate) fn named_config(name: &str, data: &Dataset) -> Result<UNetConfig> {
-    let cfg = UNetConfig::named(name, data.channels, data.height)
-        .with_context(|| format!("unknown config {name:?}; expected one of {CONFIG_NAMES:?}"))?;
+    let path = std::path::Path::new(name);
+    let cfg = if let Some(preset) = UNetConfig::named(name, data.channels, data.height) {
+        preset
+    } else if path.is_dir() {
+        retrace::diffusion::ModelDir::open(path)?.info.unet
+    } else if path.is_file() {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {name}"))?;
+        let config: retrace::diffusion::diffusers::UNet2DModelConfig =
+            serde_json::from_slice(&bytes).with_context(|| format!("{name} is not a diffusers UNet2DModel config"))?;
+        config.to_unet().map_err(|e| anyhow::anyhow!("{name}: {e}"))?
+    } else {
+        anyhow::bail!(
+            "unknown config {name:?}: expected one of {CONFIG_NAMES:?}, a model directory or a diffusers config.json"
+        );
+    };
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("config {name} does not fit {}: {e}", data.name))?;
+    if [cfg.image_channels, cfg.sample_size, cfg.sample_size] != [data.channels, data.height, data.width] {
+        anyhow::bail!(
+            "config {name} takes {}×{}×{} images but {} holds {}×{}×{}",
+            cfg.image_channels,
+            cfg.sample_size,
+            cfg.sample_size,
+            data.name,
+            data.channels,
+            data.height,
+            data.width
+        );
+    }
     Ok(cfg)
 }

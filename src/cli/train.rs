@@ -20,7 +20,8 @@ pub struct TrainArgs {
     /// Model directory to create (or to continue with --resume).
     #[arg(long)]
     pub out: PathBuf,
-    /// Architecture preset: tiny or base (default base; a resumed run keeps its own).
+    /// Architecture: a preset (tiny, base, ddpm-cifar10), a model directory (retrace's or
+    /// diffusers') or a diffusers config.json (default base; a resumed run keeps its own).
     #[arg(long)]
     pub config: Option<String>,
     /// Epochs to train in all (a resumed run continues up to this count).
