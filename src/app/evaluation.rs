@@ -207,7 +207,12 @@ fn removal_chart(ui: &mut Ui, removal: &RemovalReport, height: f32) {
             (QueryKind::HeldOut, "held-out", HELD_OUT, -0.18),
             (QueryKind::Generated, "generated", GENERATED, 0.18),
         ] {
-            let values: Vec<_> = removal.rows.iter().map(|r| r.percent_increase_of(kind)).collect();
+            // No bar for a kind of query a method does not take (Journey-TRAK, held-out images).
+            let values: Vec<_> = removal
+                .rows
+                .iter()
+                .map(|r| r.percent_increase_of(kind).unwrap_or((0.0, [0.0, 0.0])))
+                .collect();
             interval_bars(p, name, colour, offset, &values);
             all.extend(values);
         }

@@ -489,8 +489,10 @@ fn remove_topk(args: RemoveTopkArgs, device: &ComputeDevice, job: &JobContext) -
             row.increase.ci95[0],
             row.increase.ci95[1],
             cell(row.percent_increase()),
-            cell(row.percent_increase_of(retrace::eval::QueryKind::HeldOut)),
-            cell(row.percent_increase_of(retrace::eval::QueryKind::Generated))
+            row.percent_increase_of(retrace::eval::QueryKind::HeldOut)
+                .map_or("—".into(), cell),
+            row.percent_increase_of(retrace::eval::QueryKind::Generated)
+                .map_or("—".into(), cell)
         );
     }
     if let Some(path) = &args.out {

@@ -94,11 +94,12 @@ impl RemovalRow {
         percent(&self.relative_increase)
     }
 
-    /// The relative increase of one kind of query in per cent, with its interval (zero when
-    /// the report has no split by kind).
-    pub fn percent_increase_of(&self, kind: QueryKind) -> (f64, [f64; 2]) {
+    /// The relative increase of one kind of query in per cent, with its interval; `None` when
+    /// the method took no query of that kind (Journey-TRAK and held-out images) or the report
+    /// has no split by kind.
+    pub fn percent_increase_of(&self, kind: QueryKind) -> Option<(f64, [f64; 2])> {
         let i = QueryKind::ALL.iter().position(|&k| k == kind).unwrap_or(0);
-        self.relative_by_kind.get(i).map_or((0.0, [0.0, 0.0]), percent)
+        self.relative_by_kind.get(i).filter(|r| r.queries > 0).map(percent)
     }
 }
 
