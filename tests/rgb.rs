@@ -262,6 +262,15 @@ fn a_model_written_by_pytorch_attributes_an_rgb_image_folder() {
     for s in &scores {
         assert_eq!(s.len(), 12);
         assert!(s.per_bucket.iter().all(|v| v.is_finite()), "{}", s.method);
+        // A model that records no training step still weighs its one checkpoint (TracIn
+        // multiplies by the steps since the previous checkpoint).
+        let totals = s.totals();
+        assert!(
+            totals.iter().any(|&v| v != totals[0]),
+            "{}: every score is {}",
+            s.method,
+            totals[0]
+        );
     }
     assert_eq!(common::rank_of(&scores[3], 4), 0, "pixel distance finds the source");
     // Data of another shape is refused before any work starts.

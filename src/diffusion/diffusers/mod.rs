@@ -5,7 +5,7 @@
 //!
 //! An opened diffusers model is read-only. Its checkpoints are the final weights and, when the
 //! directory is the output of diffusers' training scripts, every `checkpoint-N/unet/` they
-//! saved (step N; the final weights are ordered after them). A diffusers model does not record
+//! saved (step N; the final weights are assumed one checkpoint interval after the last). A diffusers model does not record
 //! its training data or recipe: `retrace.json`, which `retrace export` writes beside the
 //! pipeline, supplies them when present; otherwise the data must be passed with `--data`, and
 //! the recipe is assumed to be the defaults of diffusers' `train_unconditional.py` (learning
@@ -142,13 +142,24 @@ pub fn locate(root: &Path) -> Result<DiffusersLayout, CheckpointError> {
         }
     }
     weights.sort();
-    let after_all = weights.last().map_or(0, |(step, _)| step + 1);
-    weights.push((after_all, weights_file(&unet_dir)?));
+    weights.push((final_step_guess(&weights), weights_file(&unet_dir)?));
     Ok(DiffusersLayout {
         unet_dir,
         scheduler_config,
         weights,
     })
+}
+
+/// The training step assumed for the final weights when nothing records it: one checkpoint
+/// interval after the last saved checkpoint, or step 1 when there is none. (TracIn weighs a
+/// checkpoint by the steps since the previous one, so the final weights must not sit at the
+/// step of the last checkpoint, or at 0; `retrace.json` records the true step.)
+fn final_step_guess(checkpoints: &[(usize, PathBuf)]) -> usize {
+    match checkpoints {
+        [] => 1,
+        [(only, _)] => 2 * only.max(&1),
+        [.., (before, _), (last, _)] => last + (last - before).max(1),
+    }
 }
 
 /// Opens the diffusers model in `root`: its description in retrace's terms, and its files.
@@ -246,4 +257,17 @@ pub(crate) fn checkpoints(info: &ModelInfo, layout: &DiffusersLayout) -> Result<
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_final_weights_are_placed_one_interval_after_the_last_checkpoint() {
+        let at = |steps: &[usize]| -> Vec<(usize, PathBuf)> { steps.iter().map(|&s| (s, PathBuf::new())).collect() };
+        assert_eq!(final_step_guess(&at(&[])), 1);
+        assert_eq!(final_step_guess(&at(&[500])), 1000);
+        assert_eq!(final_step_guess(&at(&[500, 1000, 1500])), 2000);
+    }
 }
