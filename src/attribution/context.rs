@@ -149,16 +149,19 @@ impl<'a> Context<'a> {
         }
     }
 
-    /// The index's checkpoint entries in the model directory, oldest first.
+    /// The index's checkpoint entries in the model directory, oldest first, found by their
+    /// weights' hash (the index is keyed by it; a step number alone can be re-assigned, as a
+    /// diffusers model's guessed final step).
     fn indexed_entries(&self, index: &Index) -> Result<Vec<CheckpointEntry>, String> {
         let all = self.model.checkpoints().map_err(|e| e.to_string())?;
         index
             .manifest
-            .checkpoints
+            .key
+            .checkpoint_hashes
             .iter()
-            .map(|indexed| {
+            .map(|hash| {
                 all.iter()
-                    .find(|c| c.state.step == indexed.step)
+                    .find(|c| &c.state.weights_sha256 == hash)
                     .cloned()
                     .ok_or_else(|| "an indexed checkpoint is missing from the model".to_owned())
             })
@@ -263,17 +266,17 @@ impl<'a> Context<'a> {
         if self.inputs.is_none() {
             let Some(index) = self.index()? else { return Ok(None) };
             let schedule = self.schedule();
+            let entries = self.indexed_entries(&index)?;
+            // TracIn's weights from the model's own record of each checkpoint's step and rate.
             let weights = checkpoint_weights(
-                &index
-                    .manifest
-                    .checkpoints
+                &entries
                     .iter()
-                    .map(|c| (c.step, c.learning_rate))
+                    .map(|c| (c.state.step, c.state.learning_rate))
                     .collect::<Vec<_>>(),
             );
             let query = self.query_example();
             let mut checkpoints = Vec::new();
-            for (i, entry) in self.indexed_entries(&index)?.iter().enumerate() {
+            for (i, entry) in entries.iter().enumerate() {
                 let net = self.model.load_model(entry, self.device).map_err(|e| e.to_string())?;
                 let run = FeatureRun {
                     model: &net,
