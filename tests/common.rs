@@ -22,11 +22,12 @@ pub fn tiny_config() -> UNetConfig {
     UNetConfig::named("tiny", 1, 28).unwrap()
 }
 
-/// A fresh model directory for `data` with the tiny architecture.
-pub fn tiny_model_dir(root: &Path, data: &Dataset, batch_size: usize, checkpoint_every: usize) -> ModelDir {
-    let info = ModelInfo {
+/// The description of a model of architecture `unet` to be trained on `data` with the tests'
+/// recipe (learning rate 2e-3, 5 warm-up steps, seed 7).
+pub fn test_model_info(unet: UNetConfig, data: &Dataset, batch_size: usize, checkpoint_every: usize) -> ModelInfo {
+    ModelInfo {
         format_version: FORMAT_VERSION,
-        unet: tiny_config(),
+        unet,
         schedule: ScheduleConfig::default(),
         data_spec: data.name.clone(),
         data_hash: data.content_hash(),
@@ -42,8 +43,12 @@ pub fn tiny_model_dir(root: &Path, data: &Dataset, batch_size: usize, checkpoint
             checkpoint_every,
             command: "test".into(),
         },
-    };
-    ModelDir::create(root, info).unwrap()
+    }
+}
+
+/// A fresh model directory for `data` with the tiny architecture.
+pub fn tiny_model_dir(root: &Path, data: &Dataset, batch_size: usize, checkpoint_every: usize) -> ModelDir {
+    ModelDir::create(root, test_model_info(tiny_config(), data, batch_size, checkpoint_every)).unwrap()
 }
 
 /// The CPU device every test computes on unless it compares backends.

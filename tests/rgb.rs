@@ -9,9 +9,8 @@ use std::path::Path;
 use common::cpu;
 use retrace::attribution::{CheckpointChoice, IndexSettings, MethodSettings, Query, attribute, registry};
 use retrace::data::{DataSpec, Dataset};
-use retrace::diffusion::checkpoint::FORMAT_VERSION;
 use retrace::diffusion::train::{TrainLength, train};
-use retrace::diffusion::{ModelDir, ModelInfo, ScheduleConfig, TrainRecipe, UNetConfig};
+use retrace::diffusion::{ModelDir, UNetConfig};
 use retrace::grad::{ProjectionConfig, TimestepPlan};
 use retrace::index::Storage;
 use retrace::jobs::JobContext;
@@ -81,8 +80,8 @@ fn index_settings(dir: &Path) -> IndexSettings {
 
 /// How far down the 24 training images a method may rank the source of a perturbed copy on the
 /// briefly trained RGB model, queried with independent draws (4 buckets × 2 draws). Measured:
-/// pixel 0, K-FAC 0, EK-FAC 0, TRAK 1, D-TRAK 1, MUCS 2, TracIn 3 (ReTrac 1, its bucket
-/// variant 0; printed only, as in tests/index.rs). With 2 buckets × 1 draw and 40 epochs the
+/// pixel 0, K-FAC 0, EK-FAC 0, D-TRAK 0, TRAK 1, MUCS 1, TracIn 2 (ReTrac 3, its bucket
+/// variant 2; printed only, as in tests/index.rs). With 2 buckets × 1 draw and 40 epochs the
 /// gradient methods rank it 6–16: too few draws for a model this little trained.
 const SOURCE_RANK_LIMIT: [(&str, usize); 7] = [
     ("pixel", 1),
@@ -105,25 +104,7 @@ fn cifar2_trains_samples_attributes_and_reports_in_colour() {
     assert!(data.labels.iter().all(|&l| l == 1 || l == 7));
     assert_eq!(data.class_name(0), "automobile");
 
-    let info = ModelInfo {
-        format_version: FORMAT_VERSION,
-        unet: UNetConfig::named("tiny", 3, 32).unwrap(),
-        schedule: ScheduleConfig::default(),
-        data_spec: spec.to_string(),
-        data_hash: data.content_hash(),
-        data_len: data.len(),
-        class_names: data.class_names.clone(),
-        train: TrainRecipe {
-            learning_rate: 2e-3,
-            warmup_steps: 5,
-            lr_schedule: Default::default(),
-            batch_size: 8,
-            weight_decay: 0.0,
-            seed: 3,
-            checkpoint_every: 1000,
-            command: "test".into(),
-        },
-    };
+    let info = common::test_model_info(UNetConfig::named("tiny", 3, 32).unwrap(), &data, 8, 1000);
     let model = ModelDir::create(&tmp.path().join("model"), info).unwrap();
     let job = JobContext::silent();
     train(&model, &data, &TrainLength { epochs: 100 }, false, &cpu(), &job).unwrap();
