@@ -87,11 +87,26 @@ fn a_killed_build_resumes_and_foreign_or_damaged_indexes_are_refused() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "bin"))
         .unwrap();
-    let mut bytes = std::fs::read(&chunk).unwrap();
+    let original = std::fs::read(&chunk).unwrap();
+    let mut bytes = original.clone();
     bytes[10] ^= 0xff;
-    std::fs::write(&chunk, bytes).unwrap();
+    let modified = std::fs::metadata(&chunk).unwrap().modified().unwrap();
+    std::fs::write(&chunk, &bytes).unwrap();
     let err = s.ensure(&model, &data, &cpu(), &JobContext::silent()).unwrap_err();
-    assert!(err.contains("checksum mismatch"), "{err}");
+    assert!(err.contains("checksum mismatch"), "a rewritten file is hashed again: {err}");
+
+    // Once verified, an index is trusted while its files keep their sizes and times: a flip in
+    // place that keeps both passes the quick open, and the full verification finds it.
+    std::fs::write(&chunk, &original).unwrap();
+    let key = s.ensure(&model, &data, &cpu(), &JobContext::silent()).unwrap().unwrap().manifest.key;
+    let file = std::fs::OpenOptions::new().write(true).open(&chunk).unwrap();
+    let stamped = std::fs::metadata(&chunk).unwrap().modified().unwrap();
+    assert_ne!(stamped, modified);
+    std::fs::write(&chunk, &bytes).unwrap();
+    file.set_modified(stamped).unwrap();
+    retrace::index::Index::open(&index_dir, &key, &cpu()).unwrap();
+    let full = retrace::index::Index::open_with(&index_dir, &key, retrace::index::Verification::Full, &cpu());
+    assert!(full.unwrap_err().to_string().contains("checksum mismatch"));
 }
 
 #[test]
@@ -358,7 +373,7 @@ fn files_of(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
+        .filter(|p| p.is_file() && !p.ends_with(retrace::index::VERIFIED_STAMP))
         .map(|p| {
             (
                 p.file_name().unwrap().to_string_lossy().into_owned(),

@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use retrace::device::DeviceRequest;
-use retrace::index::Manifest;
+use retrace::index::{Index, Manifest, Verification};
 use retrace::index::shards::merge_shards;
 use retrace::shard::Shard;
 
@@ -24,6 +24,11 @@ pub struct IndexArgs {
     /// Kubernetes Indexed Job; docs/cluster/), then `retrace index merge` with the same options.
     #[arg(long)]
     pub shard: Option<Shard>,
+    /// Hash every chunk file of the index now. (Opening an index hashes its files only the
+    /// first time and whenever one changed size or modification time since; this catches
+    /// damage that kept both.)
+    #[arg(long, conflicts_with = "shard")]
+    pub verify: bool,
 }
 
 /// What else `retrace index` does.
@@ -74,16 +79,23 @@ pub fn run(args: IndexArgs, device: Option<DeviceRequest>) -> Result<()> {
         .ensure(&model, &data, &dev.device, &job)
         .map_err(anyhow::Error::msg)?;
     bar.finish();
-    match index {
-        None => println!("stopped; run the same command again to resume from the last complete chunk"),
-        Some(index) => {
-            println!(
-                "index {} ready in {:.1} s",
-                index.dir.display(),
-                started.elapsed().as_secs_f64()
-            );
-            describe(&index.manifest);
-        }
+    let Some(index) = index else {
+        println!("stopped; run the same command again to resume from the last complete chunk");
+        return Ok(());
+    };
+    println!(
+        "index {} ready in {:.1} s",
+        index.dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    describe(&index.manifest);
+    if args.verify {
+        let started = std::time::Instant::now();
+        Index::open_with(&index.dir, &index.manifest.key, Verification::Full, &dev.device)?;
+        println!(
+            "every chunk's checksum verified in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

@@ -14,6 +14,10 @@ use memmap2::Mmap;
 
 pub use manifest::{INDEX_FORMAT_VERSION, IndexKey, IndexedCheckpoint, Manifest, Storage};
 
+/// The file in an index directory that records its last full verification (a cache: not part
+/// of the index's content).
+pub const VERIFIED_STAMP: &str = VERIFIED_FILE;
+
 use crate::data::Dataset;
 use crate::diffusion::{CheckpointEntry, Measurement, ModelDir, Schedule};
 use crate::files::{sha256, write_atomic};
@@ -345,10 +349,84 @@ fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), IndexError> {
     write_atomic(&dir.join("manifest.json"), &json).map_err(|e| IndexError::Invalid(e.to_string()))
 }
 
+/// What a full verification of an index saw, kept in `verified.json` so that later opens
+/// check file sizes and modification times instead of hashing every byte again.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct VerifiedStamp {
+    /// SHA-256 of the manifest file that was verified.
+    manifest_sha256: String,
+    /// (file name, length, modification time in ns since the epoch) of every chunk file.
+    files: Vec<(String, u64, u128)>,
+}
+
+const VERIFIED_FILE: &str = "verified.json";
+
+/// The stamp of `manifest`'s chunk files as they are on disk now.
+fn stamp_of(dir: &Path, manifest: &Manifest, manifest_bytes: &[u8]) -> Result<VerifiedStamp, IndexError> {
+    let mut files = Vec::new();
+    for c in &manifest.checkpoints {
+        for k in 0..c.chunks.len() {
+            let path = chunk_path(dir, c.step, k);
+            let meta = std::fs::metadata(&path).map_err(io(&path))?;
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            files.push((name, meta.len(), modified));
+        }
+    }
+    Ok(VerifiedStamp {
+        manifest_sha256: sha256(manifest_bytes),
+        files,
+    })
+}
+
+/// Hashes every chunk file of `manifest` against its recorded checksum.
+fn verify_chunks(dir: &Path, manifest: &Manifest) -> Result<(), IndexError> {
+    for c in &manifest.checkpoints {
+        for (k, sha) in c.chunks.iter().enumerate() {
+            let path = chunk_path(dir, c.step, k);
+            let map = map_file(&path)?;
+            if sha.as_deref() != Some(sha256(&map).as_str()) {
+                return Err(IndexError::Invalid(format!(
+                    "{}: checksum mismatch: the index file is damaged; rebuild the index",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How thoroughly [`Index::open`] checks the chunk files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// Hash every byte when the files are not as the last full verification saw them (size,
+    /// modification time, manifest); otherwise trust them. The default.
+    OnChange,
+    /// Hash every byte now (`retrace index --verify`).
+    Full,
+}
+
 impl Index {
-    /// Opens a complete index, checking that it matches `expected` and that every chunk's
-    /// checksum is intact.
+    /// Opens a complete index, checking that it matches `expected` and that its chunks are
+    /// intact: every checksum the first time (and whenever a file or the manifest changed
+    /// since), only sizes and modification times afterwards ([`Verification::OnChange`]).
     pub fn open(dir: &Path, expected: &IndexKey, device: &burn::tensor::Device) -> Result<Self, IndexError> {
+        Self::open_with(dir, expected, Verification::OnChange, device)
+    }
+
+    /// [`Self::open`] with the chosen verification.
+    pub fn open_with(
+        dir: &Path,
+        expected: &IndexKey,
+        verification: Verification,
+        device: &burn::tensor::Device,
+    ) -> Result<Self, IndexError> {
+        let manifest_path = dir.join("manifest.json");
+        let manifest_bytes = std::fs::read(&manifest_path).map_err(io(&manifest_path))?;
         let manifest = read_manifest(dir)?;
         let differences = manifest.key.differences(expected);
         if !differences.is_empty() {
@@ -363,17 +441,17 @@ impl Index {
                 dir.display()
             )));
         }
-        for c in &manifest.checkpoints {
-            for (k, sha) in c.chunks.iter().enumerate() {
-                let path = chunk_path(dir, c.step, k);
-                let map = map_file(&path)?;
-                if sha.as_deref() != Some(sha256(&map).as_str()) {
-                    return Err(IndexError::Invalid(format!(
-                        "{}: checksum mismatch: the index file is damaged; rebuild the index",
-                        path.display()
-                    )));
-                }
-            }
+        let now = stamp_of(dir, &manifest, &manifest_bytes)?;
+        let stamp_path = dir.join(VERIFIED_FILE);
+        let trusted = verification == Verification::OnChange
+            && std::fs::read(&stamp_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<VerifiedStamp>(&b).ok())
+                .is_some_and(|stamp| stamp == now);
+        if !trusted {
+            verify_chunks(dir, &manifest)?;
+            // A read-only index is verified on every open instead.
+            let _ = write_atomic(&stamp_path, &serde_json::to_vec(&now).expect("stamp serialises"));
         }
         let projector = Projector::new(manifest.key.projection, &manifest.key.layer_shapes, device);
         Ok(Self {
