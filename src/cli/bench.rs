@@ -28,9 +28,14 @@ pub struct BenchArgs {
     /// Images (× 10 timestep buckets) to time a K-FAC/EK-FAC curvature fit on (0 skips).
     #[arg(long, default_value_t = 16)]
     pub fit_images: usize,
-    /// Training images of the synthetic index whose query latency is measured (0 skips).
-    #[arg(long, default_value_t = 60_000)]
-    pub synthetic_images: usize,
+    /// Sizes of the synthetic indexes whose query latency is measured, comma-separated (0
+    /// skips; each is written to a temporary directory: 60,000 images take about 19 GB).
+    #[arg(long, value_delimiter = ',', default_value = "1000,60000")]
+    pub synthetic_images: Vec<usize>,
+    /// Also write the results as JSON: plain forward+backward throughput, the index and
+    /// factor passes as ratios of it, query seconds per index size and method, bytes per image.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// Runs `retrace bench` on the requested compute device.
@@ -42,6 +47,7 @@ pub fn run(args: BenchArgs, device: Option<DeviceRequest>) -> Result<()> {
         iterations,
         fit_images,
         synthetic_images,
+        json,
     } = args;
     let dev = compute_device(device)?;
     let (cfg, net, what) = match config {
@@ -80,44 +86,71 @@ pub fn run(args: BenchArgs, device: Option<DeviceRequest>) -> Result<()> {
         retrace::grad::ProjectionConfig::default().k_in,
         features / r.examples_per_second
     );
+    let mut factor_ratio = None;
     if fit_images > 0 {
         let c = retrace::bench::curvature_fit(&cfg, &net_for_features, fit_images, 10, batch, &dev.device)
             .map_err(anyhow::Error::msg)?;
+        let points_per_second = c.points as f64 / c.factor_seconds;
+        factor_ratio = Some(points_per_second / r.examples_per_second);
         println!(
-            "curvature fit on {} points: factors {:.1} s ({:.1} points/s), eigendecomposition {:.1} s (largest factor {}), EK-FAC correction {:.1} s ({:.1} points/s)",
+            "curvature fit on {} points: factors {:.1} s ({:.1} points/s, {:.2}× forward+backward), eigendecomposition {:.1} s (largest factor {}), EK-FAC correction {:.1} s ({:.1} points/s)",
             c.points,
             c.factor_seconds,
-            c.points as f64 / c.factor_seconds,
+            points_per_second,
+            points_per_second / r.examples_per_second,
             c.eigen_seconds,
             c.largest_factor,
             c.correction_seconds,
             c.points as f64 / c.correction_seconds
         );
     }
-    if synthetic_images > 0 {
+    let mut query_seconds = serde_json::Map::new();
+    let mut bytes_per_image = None;
+    for images in synthetic_images.into_iter().filter(|&n| n > 0) {
         let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
         let shapes = retrace::grad::model_layer_shapes(&net_for_features, shape, &dev.device);
         let q = retrace::bench::synthetic_query_latency(
-            synthetic_images,
+            images,
             10,
             &shapes,
             retrace::index::Storage::F16,
             &dev.device,
         )
         .map_err(anyhow::Error::msg)?;
+        let per_image = q.index_bytes as f64 / q.images as f64;
+        bytes_per_image = Some(per_image);
         println!(
             "synthetic index: {} images × {} buckets × {} features, f16, {:.2} GB ({:.1} KB per image); first open (every checksum) {:.2} s, later opens (sizes and times) {:.3} s",
             q.images,
             q.buckets,
             q.dim,
             q.index_bytes as f64 / 1e9,
-            q.index_bytes as f64 / q.images as f64 / 1024.0,
+            per_image / 1024.0,
             q.open_seconds,
             q.reopen_seconds
         );
+        let mut methods = serde_json::Map::new();
         for (name, seconds) in &q.methods {
             println!("  query scoring, {name}: {:.0} ms", seconds * 1e3);
+            methods.insert(name.clone(), serde_json::json!(seconds));
         }
+        methods.insert("open_first".into(), serde_json::json!(q.open_seconds));
+        methods.insert("open_later".into(), serde_json::json!(q.reopen_seconds));
+        query_seconds.insert(images.to_string(), serde_json::Value::Object(methods));
+    }
+    if let Some(path) = json {
+        let report = serde_json::json!({
+            "device": dev.name,
+            "model": what,
+            "plain_fwd_bwd": r.examples_per_second,
+            "index_ratio": features / r.examples_per_second,
+            "factor_ratio": factor_ratio,
+            "query_seconds": query_seconds,
+            "bytes_per_image": bytes_per_image,
+        });
+        let bytes = serde_json::to_vec_pretty(&report).expect("the report serialises");
+        retrace::files::write_atomic(&path, &bytes)?;
+        println!("wrote {}", path.display());
     }
     Ok(())
 }
