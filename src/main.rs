@@ -51,7 +51,25 @@ enum Command {
     Bench(cli::bench::BenchArgs),
 }
 
+/// Keeps glibc from serving every tensor of a few megabytes with a fresh mapping: by default it
+/// maps large blocks anew and unmaps them on free, so each layer of every forward and backward
+/// pass page-faults and zeroes its buffers again (page faults and memset were about 6% of a
+/// profiled training step). Blocks up to 32 MiB (glibc's largest threshold) now come from the
+/// heap, which keeps its freed memory. Measured on the 2-core CPU, three alternating runs of
+/// `retrace bench --batch 32 --iterations 4` with and without: forward+backward 35.7–37.4 vs
+/// 31.4–31.9 example·timesteps/s (+13–17%). (mimalloc as the global allocator gained nothing.)
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
 fn main() {
+    tune_allocator();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
