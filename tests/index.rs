@@ -93,12 +93,20 @@ fn a_killed_build_resumes_and_foreign_or_damaged_indexes_are_refused() {
     let modified = std::fs::metadata(&chunk).unwrap().modified().unwrap();
     std::fs::write(&chunk, &bytes).unwrap();
     let err = s.ensure(&model, &data, &cpu(), &JobContext::silent()).unwrap_err();
-    assert!(err.contains("checksum mismatch"), "a rewritten file is hashed again: {err}");
+    assert!(
+        err.contains("checksum mismatch"),
+        "a rewritten file is hashed again: {err}"
+    );
 
     // Once verified, an index is trusted while its files keep their sizes and times: a flip in
     // place that keeps both passes the quick open, and the full verification finds it.
     std::fs::write(&chunk, &original).unwrap();
-    let key = s.ensure(&model, &data, &cpu(), &JobContext::silent()).unwrap().unwrap().manifest.key;
+    let key = s
+        .ensure(&model, &data, &cpu(), &JobContext::silent())
+        .unwrap()
+        .unwrap()
+        .manifest
+        .key;
     let file = std::fs::OpenOptions::new().write(true).open(&chunk).unwrap();
     let stamped = std::fs::metadata(&chunk).unwrap().modified().unwrap();
     assert_ne!(stamped, modified);

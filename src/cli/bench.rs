@@ -109,14 +109,8 @@ pub fn run(args: BenchArgs, device: Option<DeviceRequest>) -> Result<()> {
     for images in synthetic_images.into_iter().filter(|&n| n > 0) {
         let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
         let shapes = retrace::grad::model_layer_shapes(&net_for_features, shape, &dev.device);
-        let q = retrace::bench::synthetic_query_latency(
-            images,
-            10,
-            &shapes,
-            retrace::index::Storage::F16,
-            &dev.device,
-        )
-        .map_err(anyhow::Error::msg)?;
+        let q = retrace::bench::synthetic_query_latency(images, 10, &shapes, retrace::index::Storage::F16, &dev.device)
+            .map_err(anyhow::Error::msg)?;
         let per_image = q.index_bytes as f64 / q.images as f64;
         bytes_per_image = Some(per_image);
         println!(

@@ -4,8 +4,8 @@
 use anyhow::Result;
 
 use retrace::device::DeviceRequest;
-use retrace::index::{Index, Manifest, Verification};
 use retrace::index::shards::merge_shards;
+use retrace::index::{Index, Manifest, Verification};
 use retrace::shard::Shard;
 
 use super::args::IndexTarget;
