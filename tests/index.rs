@@ -441,6 +441,10 @@ fn shards_built_apart_merge_into_the_one_machine_index_byte_for_byte() {
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     assert!(a == b, "the merged index differs from the one-machine build");
     assert!(!sharded.dir.join("shard-0-of-3").exists(), "the shards are cleaned up");
+    assert!(
+        sharded.dir.join(retrace::index::VERIFIED_STAMP).is_file(),
+        "the merge hashed every chunk, so it stamps the index verified"
+    );
     // And it opens and scores like the one-machine index.
     sharded.ensure(&model, &data, &cpu(), &job).unwrap().unwrap();
 }

@@ -386,6 +386,24 @@ fn stamp_of(dir: &Path, manifest: &Manifest, manifest_bytes: &[u8]) -> Result<Ve
     })
 }
 
+/// Records that the chunk files are as `stamp` describes them and were just verified. A
+/// read-only index cannot keep the stamp and is verified on every open instead.
+fn write_stamp(dir: &Path, stamp: &VerifiedStamp) {
+    let _ = write_atomic(
+        &dir.join(VERIFIED_FILE),
+        &serde_json::to_vec(stamp).expect("stamp serialises"),
+    );
+}
+
+/// Stamps the complete index in `dir` as verified, for a caller that has just checked every
+/// chunk's checksum itself (the shard merge), so the first open does not hash them again.
+fn stamp_verified(dir: &Path, manifest: &Manifest) -> Result<(), IndexError> {
+    let path = dir.join("manifest.json");
+    let bytes = std::fs::read(&path).map_err(io(&path))?;
+    write_stamp(dir, &stamp_of(dir, manifest, &bytes)?);
+    Ok(())
+}
+
 /// Hashes every chunk file of `manifest` against its recorded checksum.
 fn verify_chunks(dir: &Path, manifest: &Manifest) -> Result<(), IndexError> {
     for c in &manifest.checkpoints {
@@ -453,8 +471,7 @@ impl Index {
                 .is_some_and(|stamp| stamp == now);
         if !trusted {
             verify_chunks(dir, &manifest)?;
-            // A read-only index is verified on every open instead.
-            let _ = write_atomic(&stamp_path, &serde_json::to_vec(&now).expect("stamp serialises"));
+            write_stamp(dir, &now);
         }
         let projector = Projector::new(manifest.key.projection, &manifest.key.layer_shapes, device);
         Ok(Self {

@@ -1,11 +1,12 @@
 //! An index built over several machines: each `retrace index --shard i/N` writes its chunks
 //! into `DIR/shard-i-of-N/`, and `retrace index merge` checks that every shard is complete and
 //! of the same index, moves the chunks into `DIR` and writes the manifest a one-machine build
-//! would have written — byte for byte the same index.
+//! would have written — byte for byte the same index (and stamps it verified: every chunk was
+//! hashed on the way).
 
 use std::path::{Path, PathBuf};
 
-use super::{IndexError, Manifest, chunk_path, io, read_manifest, write_manifest};
+use super::{IndexError, Manifest, chunk_path, io, read_manifest, stamp_verified, write_manifest};
 use crate::files::sha256;
 use crate::shard::Shard;
 
@@ -132,6 +133,8 @@ pub fn merge_shards(dir: &Path) -> Result<MergeOutcome, IndexError> {
         }
     }
     write_manifest(dir, &merged)?;
+    // Every chunk was hashed above: the first open need not hash them again.
+    stamp_verified(dir, &merged)?;
     for (_, path) in &found {
         std::fs::remove_dir_all(path).map_err(io(path))?;
     }
