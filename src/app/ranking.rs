@@ -6,12 +6,7 @@ use egui::Ui;
 
 use super::RetraceApp;
 use super::textures::training_image;
-use crate::attribution::Scores;
-
-/// Training-image indices by rank (best first) and their totals.
-pub fn ranked(scores: &Scores) -> (Vec<usize>, Vec<f64>) {
-    (scores.ranking(), scores.totals())
-}
+use crate::eval::stats::{bottom_k, top_k};
 
 fn grid(app: &mut RetraceApp, ui: &mut Ui, title: &str, order: &[usize], totals: &[f64], ranks_from_end: bool) {
     let Ok(session) = app.session.clone() else { return };
@@ -52,7 +47,9 @@ fn grid(app: &mut RetraceApp, ui: &mut Ui, title: &str, order: &[usize], totals:
 }
 
 /// Moves the selection with the arrow keys along `order`.
-fn keyboard(app: &mut RetraceApp, ui: &Ui, order: &[usize]) {
+/// ←/→ move the selection along the whole ranking (sorted only when a key is pressed), Esc
+/// clears it.
+fn keyboard(app: &mut RetraceApp, ui: &Ui, totals: &[f64]) {
     let (left, right, escape) = ui.input(|i| {
         (
             i.key_pressed(egui::Key::ArrowLeft),
@@ -64,9 +61,10 @@ fn keyboard(app: &mut RetraceApp, ui: &Ui, order: &[usize]) {
         app.selected_train = None;
         return;
     }
-    if !(left || right) || order.is_empty() {
+    if !(left || right) || totals.is_empty() {
         return;
     }
+    let order = top_k(totals, totals.len());
     let pos = app.selected_train.and_then(|s| order.iter().position(|&i| i == s));
     let next = match (pos, right) {
         (None, _) => 0,
@@ -82,22 +80,25 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         ui.label("Pick a query and press Run to rank the training images.");
         return;
     };
-    let Some(scores) = app.scores(&method).cloned() else {
+    // Only the shown images are ranked: a selection of the top and bottom k, not a sort of
+    // every training image, and no copy of the scores, every frame.
+    let k = app.top_k;
+    let Some((count, proponents, opponents, totals)) = app.scores(&method).map(|s| {
+        let totals = s.totals();
+        (s.len(), top_k(&totals, k), bottom_k(&totals, k), totals)
+    }) else {
         ui.label(format!("{} has not run for this query yet: press Run.", method));
         return;
     };
-    let (order, totals) = ranked(&scores);
-    keyboard(app, ui, &order);
+    keyboard(app, ui, &totals);
     ui.horizontal(|ui| {
-        ui.label(format!("{} — {} training images", method, scores.len()));
+        ui.label(format!("{} — {} training images", method, count));
         let label = ui.label("shown per side");
         ui.add(egui::Slider::new(&mut app.top_k, 4..=96)).labelled_by(label.id);
     });
-    let k = app.top_k.min(order.len());
     egui::ScrollArea::vertical().show(ui, |ui| {
-        grid(app, ui, "Proponents (highest scores)", &order[..k], &totals, false);
+        grid(app, ui, "Proponents (highest scores)", &proponents, &totals, false);
         ui.separator();
-        let opponents: Vec<usize> = order.iter().rev().take(k).copied().collect();
         grid(app, ui, "Opponents (lowest scores)", &opponents, &totals, true);
     });
 }

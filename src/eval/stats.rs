@@ -47,11 +47,31 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
     pearson(&ranks(x), &ranks(y))
 }
 
-/// Indices of the `k` largest values, largest first.
+/// Indices of the `k` largest values, largest first (ties by index). A selection, then a sort
+/// of the `k` chosen: O(n + k log k), so that the viewer's top 24 of 60,000 images do not sort
+/// all 60,000 every frame.
 pub fn top_k(x: &[f64], k: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..x.len()).collect();
-    order.sort_by(|&a, &b| x[b].total_cmp(&x[a]));
-    order.truncate(k);
+    select_sorted(x.len(), k, |a, b| x[b].total_cmp(&x[a]).then(a.cmp(&b)))
+}
+
+/// Indices of the `k` smallest values, smallest first (ties by index, last first: the reverse
+/// of [`top_k`]'s full order).
+pub fn bottom_k(x: &[f64], k: usize) -> Vec<usize> {
+    select_sorted(x.len(), k, |a, b| x[a].total_cmp(&x[b]).then(b.cmp(&a)))
+}
+
+/// The first `k` of `0..n` in the total order `before`, in that order.
+fn select_sorted(n: usize, k: usize, before: impl Fn(usize, usize) -> std::cmp::Ordering) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let k = k.min(n);
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < n {
+        order.select_nth_unstable_by(k - 1, |&a, &b| before(a, b));
+        order.truncate(k);
+    }
+    order.sort_unstable_by(|&a, &b| before(a, b));
     order
 }
 
@@ -101,6 +121,19 @@ pub fn top_k_spread(lists: &[Vec<usize>], k: usize) -> TopKSpread {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn top_and_bottom_k_by_selection_match_a_full_sort() {
+        // With ties: the selection must give exactly what a stable full sort gives.
+        let x: Vec<f64> = (0..500).map(|i| ((i * 7919) % 97) as f64 / 7.0).collect();
+        let mut full: Vec<usize> = (0..x.len()).collect();
+        full.sort_by(|&a, &b| x[b].total_cmp(&x[a]));
+        for k in [0, 1, 24, 499, 500, 600] {
+            assert_eq!(super::top_k(&x, k), full[..k.min(500)].to_vec(), "top {k}");
+            let reversed: Vec<usize> = full.iter().rev().take(k).copied().collect();
+            assert_eq!(super::bottom_k(&x, k), reversed, "bottom {k}");
+        }
+    }
+
     use super::*;
 
     #[test]
