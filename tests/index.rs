@@ -448,3 +448,62 @@ fn shards_built_apart_merge_into_the_one_machine_index_byte_for_byte() {
     // And it opens and scores like the one-machine index.
     sharded.ensure(&model, &data, &cpu(), &job).unwrap().unwrap();
 }
+
+#[test]
+fn the_fused_cpu_pass_over_an_index_equals_the_tensor_products() {
+    use retrace::attribution::{CheckpointFeatures, GradientInputs, TrainFeatures, bucket_dot_products};
+    let data = common::small_data().select(&(0..12).collect::<Vec<_>>());
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::bundled_model_for(&data, &tmp.path().join("model"));
+    for storage in [Storage::F32, Storage::F16] {
+        let s = IndexSettings {
+            storage,
+            chunk_size: 5,
+            ..settings(&tmp.path().join(format!("{storage:?}")), 4)
+        };
+        let index = std::sync::Arc::new(s.ensure(&model, &data, &cpu(), &JobContext::silent()).unwrap().unwrap());
+        let features = index.features(0).unwrap();
+        // A query: another image's features, so the products are not self-similarities.
+        let row = features.buckets * features.dim;
+        let query = retrace::grad::Features {
+            values: features.values[3 * row..4 * row]
+                .iter()
+                .map(|v| v * 1.5 + 0.01)
+                .collect(),
+            examples: 1,
+            buckets: features.buckets,
+            dim: features.dim,
+        };
+        let inputs = |train: TrainFeatures| GradientInputs {
+            checkpoints: vec![CheckpointFeatures {
+                step: 1,
+                weight: 0.5,
+                train,
+                query: query.clone(),
+            }],
+            plan: index.manifest.key.plan.clone(),
+            ids: data.ids.clone(),
+            labels: data.labels.clone(),
+            parameters: serde_json::json!({}),
+            device: cpu(),
+        };
+        for normalise in [false, true] {
+            // In memory the products run as tensor ops; from the index, as the fused pass.
+            let tensor = bucket_dot_products(&inputs(TrainFeatures::Memory(features.clone())), normalise).unwrap();
+            let fused = bucket_dot_products(
+                &inputs(TrainFeatures::Indexed {
+                    index: index.clone(),
+                    checkpoint: 0,
+                }),
+                normalise,
+            )
+            .unwrap();
+            let scale = tensor.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let error = tensor.iter().zip(&fused).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                error <= 1e-5 * scale,
+                "{storage:?}, normalise {normalise}: {error} of {scale}"
+            );
+        }
+    }
+}

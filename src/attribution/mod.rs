@@ -175,6 +175,28 @@ pub(crate) fn unit_rows(x: Tensor<3>) -> Tensor<3> {
 /// normalised to unit norm per (example, bucket). Returns the flat [N × B] scores.
 pub fn bucket_dot_products(inputs: &GradientInputs, normalise: bool) -> Result<Vec<f32>, String> {
     let (n, b) = (inputs.ids.len(), inputs.plan.buckets);
+    // On the CPU, an index is scored in one fused pass over its mapped rows.
+    let on_cpu = inputs.device == Device::flex();
+    if on_cpu
+        && inputs
+            .checkpoints
+            .iter()
+            .all(|c| matches!(c.train, TrainFeatures::Indexed { .. }))
+    {
+        let mut total = vec![0f32; n * b];
+        for c in &inputs.checkpoints {
+            let TrainFeatures::Indexed { index, checkpoint } = &c.train else {
+                unreachable!("checked above")
+            };
+            let dots = index
+                .bucket_dots(*checkpoint, &c.query.values, normalise)
+                .map_err(|e| e.to_string())?;
+            for (t, v) in total.iter_mut().zip(dots) {
+                *t += v * c.weight as f32;
+            }
+        }
+        return Ok(total);
+    }
     let mut total = Tensor::<2>::zeros([n, b], &inputs.device);
     for c in &inputs.checkpoints {
         let mut query = features_tensor(&c.query, &inputs.device);

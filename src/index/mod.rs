@@ -536,6 +536,99 @@ impl Index {
     }
 }
 
+/// ⟨q_b, x_b⟩ for every bucket of one stored row, or the cosine when `normalise` (the query
+/// rows are unit already): `row` holds B × D values encoded as `storage`, decoded a bucket at a
+/// time into `scratch` and dotted at once, so nothing of the index is copied beyond one bucket.
+fn row_bucket_dots(
+    row: &[u8],
+    storage: Storage,
+    query: &[f32],
+    dim: usize,
+    normalise: bool,
+    scratch: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let width = dim * storage.bytes();
+    for (b, slot) in out.iter_mut().enumerate() {
+        scratch.clear();
+        decode(&row[b * width..(b + 1) * width], storage, scratch);
+        let q = &query[b * dim..(b + 1) * dim];
+        // Eight independent accumulators, so the loop vectorises.
+        let (mut dot, mut sq) = ([0f32; 8], [0f32; 8]);
+        let (xs, qs) = (scratch.chunks_exact(8), q.chunks_exact(8));
+        let (x_rest, q_rest) = (xs.remainder(), qs.remainder());
+        for (x, y) in xs.zip(qs) {
+            for l in 0..8 {
+                dot[l] += x[l] * y[l];
+                sq[l] += x[l] * x[l];
+            }
+        }
+        let mut d: f32 = dot.iter().sum();
+        let mut n: f32 = sq.iter().sum();
+        for (x, y) in x_rest.iter().zip(q_rest) {
+            d += x * y;
+            n += x * x;
+        }
+        *slot = if normalise {
+            if n > 0.0 { d / n.sqrt() } else { 0.0 }
+        } else {
+            d
+        };
+    }
+}
+
+impl Index {
+    /// Per-bucket dot products of every training image's features at checkpoint `i` with
+    /// `query` ([B × D]), or cosines when `normalise` ([N × B]): one pass over the mapped files,
+    /// in parallel over images, decoding a bucket at a time — the index is never copied into
+    /// f32. What TracIn and the ReTrac bucket variant score with on the CPU.
+    pub fn bucket_dots(&self, i: usize, query: &[f32], normalise: bool) -> Result<Vec<f32>, IndexError> {
+        use rayon::prelude::*;
+        let m = &self.manifest;
+        let c = m
+            .checkpoints
+            .get(i)
+            .ok_or_else(|| IndexError::Invalid(format!("the index has no checkpoint #{i}")))?;
+        let (b, d) = (m.key.plan.buckets, m.dim);
+        if query.len() != b * d {
+            return Err(IndexError::Invalid(format!(
+                "a query of {} values for an index of {b} buckets × {d} features",
+                query.len()
+            )));
+        }
+        let mut query = query.to_vec();
+        if normalise {
+            for q in query.chunks_mut(d) {
+                let norm = q.iter().map(|v| v * v).sum::<f32>().sqrt();
+                if norm > 0.0 {
+                    q.iter_mut().for_each(|v| *v /= norm);
+                }
+            }
+        }
+        let row_bytes = b * d * m.key.storage.bytes();
+        let mut out = vec![0f32; m.examples * b];
+        for (k, scores) in out.chunks_mut(m.chunk_size * b).enumerate() {
+            let path = chunk_path(&self.dir, c.step, k);
+            let map = map_file(&path)?;
+            if map.len() != scores.len() / b * row_bytes {
+                return Err(IndexError::Invalid(format!(
+                    "{}: {} bytes, not {} rows of {row_bytes}",
+                    path.display(),
+                    map.len(),
+                    scores.len() / b
+                )));
+            }
+            scores
+                .par_chunks_mut(b)
+                .zip(map.par_chunks(row_bytes))
+                .for_each_init(Vec::new, |scratch, (slot, row)| {
+                    row_bucket_dots(row, m.key.storage, &query, d, normalise, scratch, slot)
+                });
+        }
+        Ok(out)
+    }
+}
+
 fn map_file(path: &Path) -> Result<Mmap, IndexError> {
     let file = std::fs::File::open(path).map_err(io(path))?;
     // SAFETY: index files are written once under a temporary name and renamed into place; they
