@@ -176,20 +176,19 @@ pub(crate) fn unit_rows(x: Tensor<3>) -> Tensor<3> {
 pub fn bucket_dot_products(inputs: &GradientInputs, normalise: bool) -> Result<Vec<f32>, String> {
     let (n, b) = (inputs.ids.len(), inputs.plan.buckets);
     // On the CPU, an index is scored in one fused pass over its mapped rows.
-    let on_cpu = inputs.device == Device::flex();
-    if on_cpu
-        && inputs
-            .checkpoints
-            .iter()
-            .all(|c| matches!(c.train, TrainFeatures::Indexed { .. }))
-    {
+    let indexed: Vec<(&Arc<Index>, usize, &CheckpointFeatures)> = inputs
+        .checkpoints
+        .iter()
+        .filter_map(|c| match &c.train {
+            TrainFeatures::Indexed { index, checkpoint } => Some((index, *checkpoint, c)),
+            TrainFeatures::Memory(_) => None,
+        })
+        .collect();
+    if inputs.device == Device::flex() && indexed.len() == inputs.checkpoints.len() {
         let mut total = vec![0f32; n * b];
-        for c in &inputs.checkpoints {
-            let TrainFeatures::Indexed { index, checkpoint } = &c.train else {
-                unreachable!("checked above")
-            };
+        for (index, checkpoint, c) in indexed {
             let dots = index
-                .bucket_dots(*checkpoint, &c.query.values, normalise)
+                .bucket_dots(checkpoint, &c.query.values, normalise)
                 .map_err(|e| e.to_string())?;
             for (t, v) in total.iter_mut().zip(dots) {
                 *t += v * c.weight as f32;

@@ -234,6 +234,20 @@ impl UNetConfig {
                 self.attention.len()
             ));
         }
+        // A config.json from outside may hold zeros; each would divide by zero or build an
+        // empty layer further on.
+        let sizes = [
+            ("image channels", self.image_channels),
+            ("image size", self.sample_size),
+            ("norm groups", self.norm_groups),
+            ("time embedding width", self.time_embed_dim()),
+        ];
+        if let Some((what, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{what} 0: it must be at least 1"));
+        }
+        if self.block_out_channels.contains(&0) {
+            return Err("a block width of 0: every level needs channels".into());
+        }
         if let Some(w) = self.block_out_channels.iter().find(|&&w| w % self.norm_groups != 0) {
             return Err(format!(
                 "block width {w} is not divisible by {} norm groups",

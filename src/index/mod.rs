@@ -332,7 +332,12 @@ pub fn default_index_dir(model: &Path) -> PathBuf {
 fn read_manifest(dir: &Path) -> Result<Manifest, IndexError> {
     let path = dir.join("manifest.json");
     let bytes = std::fs::read(&path).map_err(io(&path))?;
-    let m: Manifest = serde_json::from_slice(&bytes)
+    parse_manifest(&path, &bytes)
+}
+
+/// The manifest in `bytes`, read from `path`, of this retrace's format.
+fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, IndexError> {
+    let m: Manifest = serde_json::from_slice(bytes)
         .map_err(|e| IndexError::Invalid(format!("{}: unreadable index manifest: {e}", path.display())))?;
     if m.format_version != INDEX_FORMAT_VERSION {
         return Err(IndexError::Invalid(format!(
@@ -448,7 +453,7 @@ impl Index {
     ) -> Result<Self, IndexError> {
         let manifest_path = dir.join("manifest.json");
         let manifest_bytes = std::fs::read(&manifest_path).map_err(io(&manifest_path))?;
-        let manifest = read_manifest(dir)?;
+        let manifest = parse_manifest(&manifest_path, &manifest_bytes)?;
         let differences = manifest.key.differences(expected);
         if !differences.is_empty() {
             return Err(IndexError::Foreign {

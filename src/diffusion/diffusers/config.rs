@@ -583,6 +583,8 @@ mod tests {
             ),
             ("num_class_embeds", serde_json::json!(10), "num_class_embeds"),
             ("sample_size", serde_json::json!([8, 16]), "square"),
+            ("norm_num_groups", serde_json::json!(0), "norm groups 0"),
+            ("block_out_channels", serde_json::json!([8, 0]), "block width of 0"),
         ] {
             let message = refusal(key, value);
             assert!(message.contains(named), "{key}: {message}");
