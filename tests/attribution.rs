@@ -1,6 +1,6 @@
 //! Gradient features and the TracIn / ReTrac / pixel methods on the bundled model and data.
 
-mod common;
+use crate::common;
 
 use burn::tensor::Device;
 use common::cpu;

@@ -1,6 +1,6 @@
 //! Loaders on the real Fashion-MNIST files and on broken copies of them.
 
-mod common;
+use crate::common;
 
 use common::{FASHION_DIR, fashion_subset};
 use retrace::data::{DataSpec, Dataset, Split};

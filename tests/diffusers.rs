@@ -2,7 +2,7 @@
 //! predicted, retrace's models export to diffusers and back unchanged, and directories that do
 //! not fit are refused by name before any work starts.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! The DDPM on real data: training lowers the loss, checkpoints are exact and resumable,
 //! samplers are deterministic, and flex and wgpu compute the same network.
 
-mod common;
+use crate::common;
 
 use burn::module::Module;
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};

@@ -1,6 +1,6 @@
 //! The LDS ground-truth build (resumable, shardable) on a miniature benchmark.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,6 +1,6 @@
 //! Per-example gradients from one batched capture equal batch-of-one autodiff, layer by layer.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

@@ -1,6 +1,6 @@
 //! Projected gradient inner products track the exact ones.
 
-mod common;
+use crate::common;
 
 use burn::tensor::Tensor;
 use common::{cpu, fashion_subset, tiny_config};

@@ -1,7 +1,7 @@
 //! The on-disk index: resumable, checksummed, refused for another setting; and `attribute`
 //! end to end on the bundled model.
 
-mod common;
+use crate::common;
 
 use common::cpu;
 use retrace::attribution::{CheckpointChoice, IndexSettings, MethodSettings, Query, attribute, registry};

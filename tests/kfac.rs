@@ -3,7 +3,7 @@
 //! two-layer convolutional net where it is an approximation, and — through [`CurvatureFit`]
 //! itself, with its Monte Carlo output gradients — converging to it as the fit's draws grow.
 
-mod common;
+use crate::common;
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};

@@ -1,7 +1,7 @@
 //! MUCS: unlearning stops at its bound and keeps the retain loss within a stated tolerance;
 //! scoring with the original model in place of the unlearned one gives exactly zero.
 
-mod common;
+use crate::common;
 
 use common::cpu;
 use retrace::attribution::mucs::{

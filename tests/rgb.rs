@@ -2,7 +2,7 @@
 //! in colour, every method attributes an RGB query and the report shows it in colour; and a
 //! model written by PyTorch (diffusers) gets attributions on an RGB image folder.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

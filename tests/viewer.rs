@@ -3,7 +3,7 @@
 //! the per-timestep plots and the comparison, export HTML and PDF reports and the scores; and,
 //! on a wgpu device shared with the renderer, generate a sample and drop an image file.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
