@@ -295,7 +295,7 @@ fn f16_storage_halves_the_index_and_keeps_three_digits() {
         std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "bin"))
+            .filter(|p| p.extension().is_some_and(|x| x == "bin") && !p.to_string_lossy().ends_with(".summary.bin"))
             .map(|p| p.metadata().unwrap().len())
             .sum()
     };
@@ -450,7 +450,9 @@ fn shards_built_apart_merge_into_the_one_machine_index_byte_for_byte() {
 }
 
 #[test]
-fn the_fused_cpu_pass_over_an_index_equals_the_tensor_products() {
+fn the_fused_cpu_passes_over_an_index_and_its_compact_block_equal_their_definitions() {
+    use retrace::attribution::kfac::preconditioned_scores;
+    use retrace::attribution::retrac::retrac_scores;
     use retrace::attribution::{CheckpointFeatures, GradientInputs, TrainFeatures, bucket_dot_products};
     let data = common::small_data().select(&(0..12).collect::<Vec<_>>());
     let tmp = tempfile::tempdir().unwrap();
@@ -487,23 +489,185 @@ fn the_fused_cpu_pass_over_an_index_equals_the_tensor_products() {
             parameters: serde_json::json!({}),
             device: cpu(),
         };
+        let indexed = || TrainFeatures::Indexed {
+            index: index.clone(),
+            checkpoint: 0,
+        };
+        let max_error = |a: &[f32], b: &[f32]| {
+            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+            (a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())), scale)
+        };
         for normalise in [false, true] {
             // In memory the products run as tensor ops; from the index, as the fused pass.
             let tensor = bucket_dot_products(&inputs(TrainFeatures::Memory(features.clone())), normalise).unwrap();
-            let fused = bucket_dot_products(
-                &inputs(TrainFeatures::Indexed {
-                    index: index.clone(),
-                    checkpoint: 0,
-                }),
-                normalise,
-            )
-            .unwrap();
-            let scale = tensor.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let error = tensor.iter().zip(&fused).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let fused = bucket_dot_products(&inputs(indexed()), normalise).unwrap();
+            let (error, scale) = max_error(&tensor, &fused);
             assert!(
                 error <= 1e-5 * scale,
                 "{storage:?}, normalise {normalise}: {error} of {scale}"
             );
+        }
+        // ReTrac from the compact block (the mean unit-normalised features, stored as the
+        // index's values) equals its definition computed here from every bucket feature.
+        let (b, d) = (features.buckets, features.dim);
+        let unit = |x: &[f32]| -> Vec<f64> {
+            let n = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            x.iter().map(|&v| if n > 0.0 { v as f64 / n } else { 0.0 }).collect()
+        };
+        let mut brute = vec![0f32; data.len() * b];
+        for i in 0..data.len() {
+            let mut mean_unit = vec![0f64; d];
+            for bucket in 0..b {
+                for (m, u) in mean_unit.iter_mut().zip(unit(features.row(i, bucket))) {
+                    *m += u / b as f64;
+                }
+            }
+            for bucket in 0..b {
+                let q = unit(query.row(0, bucket));
+                let dot: f64 = q.iter().zip(&mean_unit).map(|(x, y)| x * y).sum();
+                brute[i * b + bucket] = (0.5 * dot / b as f64) as f32;
+            }
+        }
+        let tolerance = match storage {
+            Storage::F32 => 1e-5,
+            Storage::F16 => 2e-3,
+        };
+        for train in [TrainFeatures::Memory(features.clone()), indexed()] {
+            let retrac = retrac_scores(&inputs(train)).unwrap();
+            let (error, scale) = max_error(&brute, &retrac);
+            assert!(error <= tolerance * scale, "ReTrac, {storage:?}: {error} of {scale}");
+        }
+        // K-FAC's scoring step from the bucket-mean block equals 1/B · q_bᵀ φ̄_i.
+        let q =
+            burn::tensor::Tensor::<2>::from_data(burn::tensor::TensorData::new(query.values.clone(), [b, d]), &cpu());
+        let kfac = preconditioned_scores(&inputs(indexed()), q).unwrap();
+        let mut brute = vec![0f32; data.len() * b];
+        for i in 0..data.len() {
+            for bucket in 0..b {
+                let dot: f64 = (0..b)
+                    .map(|other| {
+                        let x = features.row(i, other);
+                        query
+                            .row(0, bucket)
+                            .iter()
+                            .zip(x)
+                            .map(|(&u, &v)| u as f64 * v as f64)
+                            .sum::<f64>()
+                    })
+                    .sum();
+                brute[i * b + bucket] = (dot / (b * b) as f64) as f32;
+            }
+        }
+        let (error, scale) = max_error(&brute, &kfac);
+        assert!(error <= tolerance * scale, "K-FAC, {storage:?}: {error} of {scale}");
+
+        // An index written before compact blocks existed gets them on its first open, the same
+        // bytes as a build writes.
+        let summaries: Vec<_> = std::fs::read_dir(&index.dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(".summary.bin"))
+            .collect();
+        assert_eq!(summaries.len(), 3, "one per chunk");
+        let built: Vec<Vec<u8>> = summaries.iter().map(|p| std::fs::read(p).unwrap()).collect();
+        let manifest_path = index.dir.join("manifest.json");
+        let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+        for c in manifest["checkpoints"].as_array_mut().unwrap() {
+            c.as_object_mut().unwrap().remove("summaries");
+        }
+        std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        summaries.iter().for_each(|p| std::fs::remove_file(p).unwrap());
+        let reopened = retrace::index::Index::open(&index.dir, &index.manifest.key, &cpu()).unwrap();
+        assert!(reopened.manifest.is_summarised());
+        let derived: Vec<Vec<u8>> = summaries.iter().map(|p| std::fs::read(p).unwrap()).collect();
+        assert!(
+            built == derived,
+            "{storage:?}: derived summaries differ from built ones"
+        );
+        assert_eq!(reopened.bucket_norms(0).unwrap().len(), data.len() * b);
+    }
+}
+
+/// A synthetic index of `images` images × `buckets` buckets of random features (the layer
+/// shapes give an odd feature width), in `storage`, written to `dir` and opened.
+fn synthetic_index(dir: &std::path::Path, images: usize, buckets: usize, storage: Storage) -> retrace::index::Index {
+    use retrace::grad::Projector;
+    use retrace::index::{INDEX_FORMAT_VERSION, IndexKey, IndexedCheckpoint, Manifest, write_index};
+    let projection = ProjectionConfig {
+        k_in: 16,
+        k_out: 16,
+        seed: 0,
+    };
+    let layer_shapes = vec![(3, 5), (7, 1), (3, 3)];
+    let dim = Projector::new(projection, &layer_shapes, &cpu()).dim();
+    let key = IndexKey {
+        checkpoint_hashes: vec!["synthetic".into()],
+        data_hash: "synthetic-data".into(),
+        plan: TimestepPlan::new(1000, buckets, 1, 0).unwrap(),
+        projection,
+        layer_shapes,
+        storage,
+        measurement: retrace::diffusion::Measurement::Loss,
+    };
+    let manifest = Manifest {
+        format_version: INDEX_FORMAT_VERSION,
+        key: key.clone(),
+        examples: images,
+        chunk_size: 10,
+        dim,
+        checkpoints: vec![IndexedCheckpoint {
+            step: 1,
+            learning_rate: 1e-3,
+            chunks: Vec::new(),
+            summaries: Vec::new(),
+        }],
+        shard: None,
+    };
+    let values = retrace::diffusion::noise::gaussian(
+        &mut retrace::diffusion::noise::stream("synthetic-index", &[images as u64]),
+        images * buckets * dim,
+    );
+    let row = buckets * dim;
+    write_index(dir, manifest, |_, start, end| values[start * row..end * row].to_vec()).unwrap();
+    retrace::index::Index::open(dir, &key, &cpu()).unwrap()
+}
+
+#[test]
+fn the_wgsl_kernels_score_an_index_as_the_cpu_passes_do() {
+    use burn::tensor::{Device, DeviceKind};
+    use retrace::index::SummaryPart;
+    // lavapipe in CI: the kernels of shaders/ on a real wgpu device.
+    let gpu = Device::wgpu(DeviceKind::DefaultDevice);
+    let client = retrace::index::gpu::wgpu_client(&gpu).expect("a wgpu device");
+    let tmp = tempfile::tempdir().unwrap();
+    let close = |what: &str, cpu: &[f32], gpu: &[f32]| {
+        assert_eq!(cpu.len(), gpu.len(), "{what}");
+        let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let error = cpu.iter().zip(gpu).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(scale > 0.0 && error <= 1e-5 * scale, "{what}: {error} of {scale}");
+    };
+    for storage in [Storage::F16, Storage::F32] {
+        let (images, buckets) = (37, 3);
+        let index = synthetic_index(&tmp.path().join(format!("{storage:?}")), images, buckets, storage);
+        let dim = index.manifest.dim;
+        assert_eq!(dim % 2, 1, "an odd width, so f16 rows straddle 32-bit words");
+        let noise = retrace::diffusion::noise::gaussian(&mut retrace::diffusion::noise::stream("q", &[1]), 20 * dim);
+        // 3 query vectors (one group of the kernel), and 20 (two groups).
+        for count in [3, 20] {
+            let queries = &noise[..count * dim];
+            for part in [SummaryPart::Mean, SummaryPart::UnitMean] {
+                let on_cpu = index.summary_dots(0, part, queries, count).unwrap();
+                for pass in ["upload", "cached"] {
+                    let on_gpu = index.summary_dots_gpu(&client, 0, part, queries, count).unwrap();
+                    close(&format!("{storage:?} {part:?} × {count} ({pass})"), &on_cpu, &on_gpu);
+                }
+            }
+        }
+        for normalise in [false, true] {
+            let query = &noise[..buckets * dim];
+            let on_cpu = index.bucket_dots(0, query, normalise).unwrap();
+            let on_gpu = index.bucket_dots_gpu(&client, 0, query, normalise).unwrap();
+            close(&format!("{storage:?} buckets, normalise {normalise}"), &on_cpu, &on_gpu);
         }
     }
 }

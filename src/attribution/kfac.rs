@@ -19,6 +19,7 @@ use super::{GradientInputs, Scores};
 use crate::curvature::{Damping, Eigenvalues, Fisher, Preconditioner, Sharing};
 use crate::device::read_back;
 use crate::diffusion::Measurement;
+use crate::index::SummaryPart;
 
 /// How the damping parameter is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -168,7 +169,8 @@ impl Method for KfacInfluence {
 }
 
 /// S[i, b] = 1/B · q̃_bᵀ φ̄_i at the inputs' last checkpoint, for the preconditioned, projected
-/// query `query` [B, D]: the flat [N × B] scores.
+/// query `query` [B, D]: the flat [N × B] scores, read from the index's compact block (the
+/// bucket-mean features φ̄).
 pub fn preconditioned_scores(inputs: &GradientInputs, query: Tensor<2>) -> Result<Vec<f32>, String> {
     let last = inputs
         .checkpoints
@@ -181,11 +183,7 @@ pub fn preconditioned_scores(inputs: &GradientInputs, query: Tensor<2>) -> Resul
             "the preconditioned query has {b}×{d} features but the index {train_b}×{train_d}"
         ));
     }
-    let query = query.transpose();
-    let scores = last.train.map_blocks(&inputs.device, |train: Tensor<3>| {
-        let rows = train.dims()[0];
-        let mean_train = train.mean_dim(1).reshape([rows, d]);
-        Ok(mean_train.matmul(query.clone()) / b as f64)
-    })?;
-    read_back(scores)
+    let queries = read_back(query / b as f64)?;
+    last.train
+        .summary_products(SummaryPart::Mean, &queries, b, &inputs.device)
 }

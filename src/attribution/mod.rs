@@ -32,7 +32,8 @@ pub use scores::Scores;
 pub use tracin::TracIn;
 
 use crate::grad::{Features, TimestepPlan};
-use crate::index::Index;
+use crate::index::summary::ChunkSummary;
+use crate::index::{Index, SummaryPart};
 
 /// Projected gradient features of the training set and of the query at one checkpoint.
 #[derive(Clone, Debug)]
@@ -106,6 +107,65 @@ impl TrainFeatures {
     }
 }
 
+impl TrainFeatures {
+    /// Every training image's `part` vector (its bucket-mean feature, or the mean of its
+    /// unit-normalised bucket features) dotted with each row of `queries` ([count × D]): the
+    /// flat [N × count] products. An index is read from its compact block — on the CPU in one
+    /// fused pass, elsewhere in blocks multiplied on `device`; features in memory are summarised
+    /// block by block.
+    pub fn summary_products(
+        &self,
+        part: SummaryPart,
+        queries: &[f32],
+        count: usize,
+        device: &Device,
+    ) -> Result<Vec<f32>, String> {
+        let (n, b, d) = self.shape();
+        if queries.len() != count * d {
+            return Err(format!(
+                "{} query values for {count} vectors of {d} features",
+                queries.len()
+            ));
+        }
+        if let Self::Indexed { index, checkpoint } = self {
+            if *device == Device::flex() {
+                return index
+                    .summary_dots(*checkpoint, part, queries, count)
+                    .map_err(|e| e.to_string());
+            }
+            if let Some(client) = crate::index::gpu::wgpu_client(device) {
+                return index
+                    .summary_dots_gpu(&client, *checkpoint, part, queries, count)
+                    .map_err(|e| e.to_string());
+            }
+        }
+        let columns = Tensor::<2>::from_data(TensorData::new(queries.to_vec(), [count, d]), device).transpose();
+        let block = (SCORING_BLOCK_BYTES / (4 * d).max(1)).max(1);
+        let mut parts = Vec::with_capacity(n.div_ceil(block));
+        for start in (0..n).step_by(block) {
+            let end = (start + block).min(n);
+            let values = match self {
+                Self::Memory(f) => {
+                    let summary = ChunkSummary::of(&f.values[start * b * d..end * b * d], end - start, b, d);
+                    match part {
+                        SummaryPart::Mean => summary.mean,
+                        SummaryPart::UnitMean => summary.unit_mean,
+                    }
+                }
+                Self::Indexed { index, checkpoint } => index
+                    .summary_rows(*checkpoint, part, start, end)
+                    .map_err(|e| e.to_string())?,
+            };
+            let rows = Tensor::<2>::from_data(TensorData::new(values, [end - start, d]), device);
+            parts.push(rows.matmul(columns.clone()));
+        }
+        if parts.is_empty() {
+            return Err("there is no training image to score".into());
+        }
+        crate::device::read_back(Tensor::cat(parts, 0))
+    }
+}
+
 /// Everything a gradient-based method needs.
 #[derive(Clone, Debug)]
 pub struct GradientInputs {
@@ -175,7 +235,8 @@ pub(crate) fn unit_rows(x: Tensor<3>) -> Tensor<3> {
 /// normalised to unit norm per (example, bucket). Returns the flat [N × B] scores.
 pub fn bucket_dot_products(inputs: &GradientInputs, normalise: bool) -> Result<Vec<f32>, String> {
     let (n, b) = (inputs.ids.len(), inputs.plan.buckets);
-    // On the CPU, an index is scored in one fused pass over its mapped rows.
+    // An index is scored in one fused pass over its stored rows: on the CPU over the mapped
+    // files, on a wgpu device by the `bucket_dots` kernel.
     let indexed: Vec<(&Arc<Index>, usize, &CheckpointFeatures)> = inputs
         .checkpoints
         .iter()
@@ -184,12 +245,15 @@ pub fn bucket_dot_products(inputs: &GradientInputs, normalise: bool) -> Result<V
             TrainFeatures::Memory(_) => None,
         })
         .collect();
-    if inputs.device == Device::flex() && indexed.len() == inputs.checkpoints.len() {
+    let client = crate::index::gpu::wgpu_client(&inputs.device);
+    if (inputs.device == Device::flex() || client.is_some()) && indexed.len() == inputs.checkpoints.len() {
         let mut total = vec![0f32; n * b];
         for (index, checkpoint, c) in indexed {
-            let dots = index
-                .bucket_dots(checkpoint, &c.query.values, normalise)
-                .map_err(|e| e.to_string())?;
+            let dots = match &client {
+                Some(client) => index.bucket_dots_gpu(client, checkpoint, &c.query.values, normalise),
+                None => index.bucket_dots(checkpoint, &c.query.values, normalise),
+            }
+            .map_err(|e| e.to_string())?;
             for (t, v) in total.iter_mut().zip(dots) {
                 *t += v * c.weight as f32;
             }

@@ -20,12 +20,10 @@
 //! [`ReTracBucket`] is a variant, not the paper's estimator: both sides normalised per bucket
 //! and matched bucket by bucket, S[i, b] = Σ_c η_c ⟨q̂_{c,b}, φ̂_{c,i,b}⟩.
 
-use burn::tensor::Tensor;
-
 use super::context::Context;
 use super::registry::{Method, Needs};
-use super::{GradientInputs, Scores, bucket_dot_products, features_tensor, unit_rows};
-use crate::device::read_back;
+use super::{GradientInputs, Scores, bucket_dot_products};
+use crate::index::SummaryPart;
 
 /// What both ReTrac variants need: the index.
 const NEEDS: Needs = Needs {
@@ -59,26 +57,31 @@ impl Method for ReTrac {
     }
 }
 
-/// ReTrac's flat [N × B] scores for `inputs`.
+/// ReTrac's flat [N × B] scores for `inputs`, read from the index's compact block: per
+/// checkpoint, every training image's mean unit-normalised feature ū_i against the query's
+/// unit-normalised bucket features divided by B.
 pub fn retrac_scores(inputs: &GradientInputs) -> Result<Vec<f32>, String> {
     let (n, b) = (inputs.ids.len(), inputs.plan.buckets);
-    let mut total = Tensor::<2>::zeros([n, b], &inputs.device);
+    let mut total = vec![0f32; n * b];
     for c in &inputs.checkpoints {
-        let d = c.query.dim;
-        // [D, B]: the query's unit-normalised bucket gradients as columns, divided by B so
-        // the columns sum to the mean over buckets.
-        let query = unit_rows(features_tensor(&c.query, &inputs.device))
-            .reshape([b, d])
-            .transpose()
-            / b as f64;
-        let dots = c.train.map_blocks(&inputs.device, |train| {
-            let rows = train.dims()[0];
-            let mean_unit = unit_rows(train).mean_dim(1).reshape([rows, d]);
-            Ok(mean_unit.matmul(query.clone()))
-        })?;
-        total = total + dots * c.weight;
+        let mut queries = c.query.values.clone();
+        for q in queries.chunks_mut(c.query.dim) {
+            let norm = q.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            let scale = if norm > 0.0 {
+                (1.0 / (norm * b as f64)) as f32
+            } else {
+                0.0
+            };
+            q.iter_mut().for_each(|v| *v *= scale);
+        }
+        let dots = c
+            .train
+            .summary_products(SummaryPart::UnitMean, &queries, b, &inputs.device)?;
+        for (t, v) in total.iter_mut().zip(dots) {
+            *t += v * c.weight as f32;
+        }
     }
-    read_back(total)
+    Ok(total)
 }
 
 /// The bucket-matched cosine variant of ReTrac.

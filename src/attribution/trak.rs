@@ -35,7 +35,7 @@ use super::ridge::RidgeKernel;
 use crate::device::read_back;
 use crate::diffusion::Measurement;
 use crate::files::{sha256, write_atomic};
-use crate::index::Index;
+use crate::index::{Index, SummaryPart};
 
 /// A TRAK-style method: its name, output function and damping parameter.
 pub struct Trak {
@@ -201,9 +201,10 @@ impl TrakKernel {
             .len()
             .checked_sub(1)
             .ok_or("the index holds no checkpoint")?;
-        let (rows, buckets, dim) = (m.examples, m.key.plan.buckets, m.dim);
-        let features = index.rows(last, 0, rows).map_err(|e| e.to_string())?.values;
-        let mean = mean_over_buckets(&features, rows, buckets, dim);
+        let (rows, dim) = (m.examples, m.dim);
+        let mean = index
+            .summary_rows(last, SummaryPart::Mean, 0, rows)
+            .map_err(|e| e.to_string())?;
         Self::from_features(&mean, rows, dim, damping)
     }
 
@@ -266,23 +267,17 @@ impl TrakKernel {
                 self.dim
             ));
         }
+        if *device == burn::tensor::Device::flex() {
+            let queries: Vec<f32> = query.iter().map(|v| v / buckets as f32).collect();
+            return Ok(crate::index::scan::row_products(
+                &self.weighted,
+                self.dim,
+                &queries,
+                buckets,
+            ));
+        }
         let psi = Tensor::<2>::from_data(TensorData::new(self.weighted.clone(), [self.rows, self.dim]), device);
         let q = Tensor::<2>::from_data(TensorData::new(query.to_vec(), [buckets, self.dim]), device);
         read_back(psi.matmul(q.transpose()) / buckets as f64)
     }
-}
-
-/// The mean over buckets of features [rows, buckets, dim]: [rows, dim].
-pub fn mean_over_buckets(features: &[f32], rows: usize, buckets: usize, dim: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; rows * dim];
-    for r in 0..rows {
-        let target = &mut out[r * dim..(r + 1) * dim];
-        for b in 0..buckets {
-            let start = (r * buckets + b) * dim;
-            for (t, v) in target.iter_mut().zip(&features[start..start + dim]) {
-                *t += v / buckets as f32;
-            }
-        }
-    }
-    out
 }

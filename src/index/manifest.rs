@@ -97,6 +97,11 @@ pub struct IndexedCheckpoint {
     pub learning_rate: f64,
     /// SHA-256 of every complete chunk file, in order (`None` while missing).
     pub chunks: Vec<Option<String>>,
+    /// SHA-256 of every chunk's summary file (its compact block, [`super::summary`]), in order
+    /// (`None` while missing; an index built before summaries existed has none, and gets them
+    /// on its first open).
+    #[serde(default)]
+    pub summaries: Vec<Option<String>>,
 }
 
 /// `manifest.json`.
@@ -124,6 +129,13 @@ impl Manifest {
     /// True when every chunk of every checkpoint is written.
     pub fn is_complete(&self) -> bool {
         self.checkpoints.iter().all(|c| c.chunks.iter().all(Option::is_some))
+    }
+
+    /// True when every chunk of every checkpoint has its summary file.
+    pub fn is_summarised(&self) -> bool {
+        self.checkpoints
+            .iter()
+            .all(|c| c.summaries.len() == c.chunks.len() && c.summaries.iter().all(Option::is_some))
     }
 
     /// Number of chunks per checkpoint.

@@ -5,14 +5,19 @@
 //! file is detected when the index is opened. An index built for another model, dataset, plan
 //! or projection is refused with a message naming what differs.
 
+pub mod gpu;
 pub mod manifest;
+pub mod scan;
 pub mod shards;
+pub mod summary;
 
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
 pub use manifest::{INDEX_FORMAT_VERSION, IndexKey, IndexedCheckpoint, Manifest, Storage};
+pub use summary::SummaryPart;
+use summary::{ChunkSummary, summary_path};
 
 /// The file in an index directory that records its last full verification (a cache: not part
 /// of the index's content).
@@ -94,6 +99,11 @@ pub struct Index {
     pub manifest: Manifest,
     /// The projection its features were made with.
     pub projector: Projector,
+    /// Blocks of the index uploaded to a GPU, kept for the next query.
+    device_cache: gpu::DeviceCache,
+    /// The files scored so far, kept mapped: a mapping's page tables fill on first touch, so a
+    /// later query reads them without a page fault.
+    maps: scan::Mappings,
 }
 
 fn chunk_path(dir: &Path, step: usize, chunk: usize) -> PathBuf {
@@ -110,18 +120,32 @@ fn encode(values: &[f32], storage: Storage) -> Vec<u8> {
     }
 }
 
+/// Appends the values `bytes` hold (little-endian, as `storage`) to `out`. f16 rows convert in
+/// bulk (F16C instructions where the CPU has them).
 fn decode(bytes: &[u8], storage: Storage, out: &mut Vec<f32>) {
+    let start = out.len();
     match storage {
-        Storage::F32 => out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        ),
-        Storage::F16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
-        ),
+        Storage::F32 => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+            Ok(values) if cfg!(target_endian = "little") => out.extend_from_slice(values),
+            _ => out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
+        },
+        Storage::F16 => match bytemuck::try_cast_slice::<u8, u16>(bytes) {
+            Ok(bits) if cfg!(target_endian = "little") => {
+                use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+                let halves: &[half::f16] = bits.reinterpret_cast();
+                out.resize(start + halves.len(), 0.0);
+                halves.convert_to_f32_slice(&mut out[start..]);
+            }
+            _ => out.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
+        },
     }
 }
 
@@ -190,11 +214,16 @@ impl IndexSpec<'_> {
                         step: c.state.step,
                         learning_rate: c.state.learning_rate,
                         chunks: vec![None; chunks],
+                        summaries: vec![None; chunks],
                     })
                     .collect(),
                 shard,
             }
         };
+        for c in &mut manifest.checkpoints {
+            // An index begun before summaries existed: its chunks get theirs on open.
+            c.summaries.resize(c.chunks.len(), None);
+        }
         let schedule = Schedule::new(&self.model.info.schedule);
         let built: Vec<Vec<usize>> = (0..self.checkpoints.len())
             .map(|ci| {
@@ -254,10 +283,14 @@ impl IndexSpec<'_> {
             }
         }
         write_manifest(self.dir, &manifest)?;
+        // Chunks written before summaries existed get theirs now.
+        summarise_missing(self.dir, &mut manifest)?;
         Ok(Some(Index {
             dir: self.dir.to_owned(),
             manifest,
             projector,
+            device_cache: Default::default(),
+            maps: Default::default(),
         }))
     }
 }
@@ -281,14 +314,66 @@ impl crate::jobs::ProgressSink for Offset {
     }
 }
 
-/// Writes chunk `k` of checkpoint `ci` (encoded in the manifest's storage) and records its
-/// checksum in the manifest, both atomically.
+/// Writes chunk `k` of checkpoint `ci` (encoded in the manifest's storage) and its summary
+/// file, and records both checksums in the manifest, all atomically.
 fn write_chunk(dir: &Path, manifest: &mut Manifest, ci: usize, k: usize, values: &[f32]) -> Result<(), IndexError> {
-    let bytes = encode(values, manifest.key.storage);
+    let storage = manifest.key.storage;
+    let bytes = encode(values, storage);
     let path = chunk_path(dir, manifest.checkpoints[ci].step, k);
     write_atomic(&path, &bytes).map_err(|e| IndexError::Invalid(e.to_string()))?;
-    manifest.checkpoints[ci].chunks[k] = Some(sha256(&bytes));
+    // The summary is made from the stored (rounded) values, so that a summary derived later
+    // from the chunk file is the same bytes.
+    let mut stored = Vec::with_capacity(values.len());
+    decode(&bytes, storage, &mut stored);
+    let summary = write_summary(dir, manifest, ci, k, &stored)?;
+    let c = &mut manifest.checkpoints[ci];
+    c.summaries.resize(c.chunks.len(), None);
+    c.chunks[k] = Some(sha256(&bytes));
+    c.summaries[k] = Some(summary);
     write_manifest(dir, manifest)
+}
+
+/// Writes the summary file of chunk `k` of checkpoint `ci` from its (decoded) feature values;
+/// returns its checksum.
+fn write_summary(dir: &Path, manifest: &Manifest, ci: usize, k: usize, values: &[f32]) -> Result<String, IndexError> {
+    let (b, d) = (manifest.key.plan.buckets, manifest.dim);
+    let rows = values.len() / (b * d).max(1);
+    let bytes = ChunkSummary::of(values, rows, b, d).encode(manifest.key.storage);
+    let path = summary_path(dir, manifest.checkpoints[ci].step, k);
+    write_atomic(&path, &bytes).map_err(|e| IndexError::Invalid(e.to_string()))?;
+    Ok(sha256(&bytes))
+}
+
+/// Writes the summary file of every chunk that lacks one (an index built before summaries
+/// existed), from its chunk file, and records them in the manifest. Returns whether any was
+/// written.
+fn summarise_missing(dir: &Path, manifest: &mut Manifest) -> Result<bool, IndexError> {
+    let mut wrote = false;
+    for ci in 0..manifest.checkpoints.len() {
+        let chunks = manifest.checkpoints[ci].chunks.len();
+        manifest.checkpoints[ci].summaries.resize(chunks, None);
+        for k in 0..chunks {
+            if manifest.checkpoints[ci].summaries[k].is_some() || manifest.checkpoints[ci].chunks[k].is_none() {
+                continue;
+            }
+            let path = chunk_path(dir, manifest.checkpoints[ci].step, k);
+            let mut values = Vec::new();
+            decode(&map_file(&path)?, manifest.key.storage, &mut values);
+            let sha = write_summary(dir, manifest, ci, k, &values).map_err(|e| {
+                IndexError::Invalid(format!(
+                    "the index in {} has no compact summaries and they could not be written ({e}): \
+                     open a writable copy once, or rebuild it",
+                    dir.display()
+                ))
+            })?;
+            manifest.checkpoints[ci].summaries[k] = Some(sha);
+            wrote = true;
+        }
+    }
+    if wrote {
+        write_manifest(dir, manifest)?;
+    }
+    Ok(wrote)
 }
 
 /// Writes a complete index whose features come from `features(checkpoint, start, end)`
@@ -303,6 +388,7 @@ pub fn write_index(
     let chunks = manifest.chunks_per_checkpoint();
     for ci in 0..manifest.checkpoints.len() {
         manifest.checkpoints[ci].chunks = vec![None; chunks];
+        manifest.checkpoints[ci].summaries = vec![None; chunks];
         for k in 0..chunks {
             let start = k * manifest.chunk_size;
             let end = (start + manifest.chunk_size).min(manifest.examples);
@@ -370,8 +456,8 @@ const VERIFIED_FILE: &str = "verified.json";
 fn stamp_of(dir: &Path, manifest: &Manifest, manifest_bytes: &[u8]) -> Result<VerifiedStamp, IndexError> {
     let mut files = Vec::new();
     for c in &manifest.checkpoints {
-        for k in 0..c.chunks.len() {
-            let path = chunk_path(dir, c.step, k);
+        let summaries = (0..c.summaries.len()).map(|k| summary_path(dir, c.step, k));
+        for path in (0..c.chunks.len()).map(|k| chunk_path(dir, c.step, k)).chain(summaries) {
             let meta = std::fs::metadata(&path).map_err(io(&path))?;
             let modified = meta
                 .modified()
@@ -409,11 +495,20 @@ fn stamp_verified(dir: &Path, manifest: &Manifest) -> Result<(), IndexError> {
     Ok(())
 }
 
-/// Hashes every chunk file of `manifest` against its recorded checksum.
+/// Hashes every chunk and summary file of `manifest` against its recorded checksum.
 fn verify_chunks(dir: &Path, manifest: &Manifest) -> Result<(), IndexError> {
     for c in &manifest.checkpoints {
-        for (k, sha) in c.chunks.iter().enumerate() {
-            let path = chunk_path(dir, c.step, k);
+        let chunks = c
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(k, sha)| (chunk_path(dir, c.step, k), sha));
+        let summaries = c
+            .summaries
+            .iter()
+            .enumerate()
+            .map(|(k, sha)| (summary_path(dir, c.step, k), sha));
+        for (path, sha) in chunks.chain(summaries.filter(|(_, sha)| sha.is_some())) {
             let map = map_file(&path)?;
             if sha.as_deref() != Some(sha256(&map).as_str()) {
                 return Err(IndexError::Invalid(format!(
@@ -478,11 +573,18 @@ impl Index {
             verify_chunks(dir, &manifest)?;
             write_stamp(dir, &now);
         }
+        let mut manifest = manifest;
+        if summarise_missing(dir, &mut manifest)? {
+            // The chunks were just verified and the summaries made from them.
+            stamp_verified(dir, &manifest)?;
+        }
         let projector = Projector::new(manifest.key.projection, &manifest.key.layer_shapes, device);
         Ok(Self {
             dir: dir.to_owned(),
             manifest,
             projector,
+            device_cache: Default::default(),
+            maps: Default::default(),
         })
     }
 
@@ -538,99 +640,6 @@ impl Index {
             buckets: m.key.plan.buckets,
             dim: m.dim,
         })
-    }
-}
-
-/// ⟨q_b, x_b⟩ for every bucket of one stored row, or the cosine when `normalise` (the query
-/// rows are unit already): `row` holds B × D values encoded as `storage`, decoded a bucket at a
-/// time into `scratch` and dotted at once, so nothing of the index is copied beyond one bucket.
-fn row_bucket_dots(
-    row: &[u8],
-    storage: Storage,
-    query: &[f32],
-    dim: usize,
-    normalise: bool,
-    scratch: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let width = dim * storage.bytes();
-    for (b, slot) in out.iter_mut().enumerate() {
-        scratch.clear();
-        decode(&row[b * width..(b + 1) * width], storage, scratch);
-        let q = &query[b * dim..(b + 1) * dim];
-        // Eight independent accumulators, so the loop vectorises.
-        let (mut dot, mut sq) = ([0f32; 8], [0f32; 8]);
-        let (xs, qs) = (scratch.chunks_exact(8), q.chunks_exact(8));
-        let (x_rest, q_rest) = (xs.remainder(), qs.remainder());
-        for (x, y) in xs.zip(qs) {
-            for l in 0..8 {
-                dot[l] += x[l] * y[l];
-                sq[l] += x[l] * x[l];
-            }
-        }
-        let mut d: f32 = dot.iter().sum();
-        let mut n: f32 = sq.iter().sum();
-        for (x, y) in x_rest.iter().zip(q_rest) {
-            d += x * y;
-            n += x * x;
-        }
-        *slot = if normalise {
-            if n > 0.0 { d / n.sqrt() } else { 0.0 }
-        } else {
-            d
-        };
-    }
-}
-
-impl Index {
-    /// Per-bucket dot products of every training image's features at checkpoint `i` with
-    /// `query` ([B × D]), or cosines when `normalise` ([N × B]): one pass over the mapped files,
-    /// in parallel over images, decoding a bucket at a time — the index is never copied into
-    /// f32. What TracIn and the ReTrac bucket variant score with on the CPU.
-    pub fn bucket_dots(&self, i: usize, query: &[f32], normalise: bool) -> Result<Vec<f32>, IndexError> {
-        use rayon::prelude::*;
-        let m = &self.manifest;
-        let c = m
-            .checkpoints
-            .get(i)
-            .ok_or_else(|| IndexError::Invalid(format!("the index has no checkpoint #{i}")))?;
-        let (b, d) = (m.key.plan.buckets, m.dim);
-        if query.len() != b * d {
-            return Err(IndexError::Invalid(format!(
-                "a query of {} values for an index of {b} buckets × {d} features",
-                query.len()
-            )));
-        }
-        let mut query = query.to_vec();
-        if normalise {
-            for q in query.chunks_mut(d) {
-                let norm = q.iter().map(|v| v * v).sum::<f32>().sqrt();
-                if norm > 0.0 {
-                    q.iter_mut().for_each(|v| *v /= norm);
-                }
-            }
-        }
-        let row_bytes = b * d * m.key.storage.bytes();
-        let mut out = vec![0f32; m.examples * b];
-        for (k, scores) in out.chunks_mut(m.chunk_size * b).enumerate() {
-            let path = chunk_path(&self.dir, c.step, k);
-            let map = map_file(&path)?;
-            if map.len() != scores.len() / b * row_bytes {
-                return Err(IndexError::Invalid(format!(
-                    "{}: {} bytes, not {} rows of {row_bytes}",
-                    path.display(),
-                    map.len(),
-                    scores.len() / b
-                )));
-            }
-            scores
-                .par_chunks_mut(b)
-                .zip(map.par_chunks(row_bytes))
-                .for_each_init(Vec::new, |scratch, (slot, row)| {
-                    row_bucket_dots(row, m.key.storage, &query, d, normalise, scratch, slot)
-                });
-        }
-        Ok(out)
     }
 }
 

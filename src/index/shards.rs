@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::summary::summary_path;
 use super::{IndexError, Manifest, chunk_path, io, read_manifest, stamp_verified, write_manifest};
 use crate::files::sha256;
 use crate::shard::Shard;
@@ -108,23 +109,42 @@ pub fn merge_shards(dir: &Path) -> Result<MergeOutcome, IndexError> {
     let mut merged = reference.clone();
     merged.shard = None;
     let mut moves = Vec::new();
+    let mut chunks = 0;
     for (ci, checkpoint) in merged.checkpoints.iter_mut().enumerate() {
-        for (k, slot) in checkpoint.chunks.iter_mut().enumerate() {
+        checkpoint.summaries.resize(checkpoint.chunks.len(), None);
+        for k in 0..checkpoint.chunks.len() {
             let owner = reference.owner(ci, k, count);
-            let sha = manifests[owner].checkpoints[ci].chunks[k].clone();
-            *slot = sha.clone();
-            let from = chunk_path(&found[owner].1, checkpoint.step, k);
-            let to = chunk_path(dir, checkpoint.step, k);
-            let source = if from.is_file() { &from } else { &to };
-            let bytes = std::fs::read(source).map_err(io(source))?;
-            if sha.as_deref() != Some(sha256(&bytes).as_str()) {
-                return Err(IndexError::Invalid(format!(
-                    "{}: checksum mismatch: the shard's file is damaged; delete {} and run shard {owner}/{count} again",
-                    source.display(),
-                    found[owner].1.display()
-                )));
+            let theirs = &manifests[owner].checkpoints[ci];
+            let files = [
+                (
+                    chunk_path as fn(&Path, usize, usize) -> PathBuf,
+                    theirs.chunks[k].clone(),
+                ),
+                (summary_path, theirs.summaries.get(k).cloned().flatten()),
+            ];
+            for (slot, (path_of, sha)) in [&mut checkpoint.chunks[k], &mut checkpoint.summaries[k]]
+                .into_iter()
+                .zip(files)
+            {
+                *slot = sha.clone();
+                let Some(sha) = sha else {
+                    // A shard built before summaries existed: the first open makes them.
+                    continue;
+                };
+                let from = path_of(&found[owner].1, checkpoint.step, k);
+                let to = path_of(dir, checkpoint.step, k);
+                let source = if from.is_file() { &from } else { &to };
+                let bytes = std::fs::read(source).map_err(io(source))?;
+                if sha != sha256(&bytes) {
+                    return Err(IndexError::Invalid(format!(
+                        "{}: checksum mismatch: the shard's file is damaged; delete {} and run shard {owner}/{count} again",
+                        source.display(),
+                        found[owner].1.display()
+                    )));
+                }
+                moves.push((from, to));
             }
-            moves.push((from, to));
+            chunks += 1;
         }
     }
     for (from, to) in &moves {
@@ -140,7 +160,7 @@ pub fn merge_shards(dir: &Path) -> Result<MergeOutcome, IndexError> {
     }
     Ok(MergeOutcome {
         shards: count,
-        chunks: moves.len(),
+        chunks,
         manifest: merged,
     })
 }

@@ -1,0 +1,262 @@
+//! Query latency against a synthetic index of a real model's feature width: what one query
+//! costs every index-based method at a dataset size no bundled dataset has, with the page cache
+//! cold (the files evicted first) and warm, beside the floor — reading the compact block once.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::attribution::kfac::preconditioned_scores;
+use crate::attribution::retrac::retrac_scores;
+use crate::attribution::trak::TrakKernel;
+use crate::attribution::{CheckpointFeatures, GradientInputs, TrainFeatures, bucket_dot_products};
+use crate::diffusion::noise::{gaussian, stream};
+use crate::grad::{Features, ProjectionConfig, Projector, TimestepPlan};
+use crate::index::{INDEX_FORMAT_VERSION, Index, IndexKey, IndexedCheckpoint, Manifest, Storage, write_index};
+
+/// One method's query latency.
+#[derive(Clone, Debug)]
+pub struct MethodLatency {
+    /// Registry name.
+    pub method: String,
+    /// Seconds with the index's files evicted from the page cache first (`None` where this
+    /// platform cannot evict them).
+    pub cold_seconds: Option<f64>,
+    /// Seconds right after the cold run.
+    pub warm_seconds: f64,
+}
+
+/// Query latency against a synthetic index.
+#[derive(Clone, Debug)]
+pub struct QueryLatency {
+    /// Training images in the synthetic index.
+    pub images: usize,
+    /// Timestep buckets.
+    pub buckets: usize,
+    /// Features per image and bucket.
+    pub dim: usize,
+    /// Bytes of the index's files on disk (chunks and compact block).
+    pub index_bytes: u64,
+    /// Bytes of the compact block one ranking method reads per image (one of its two parts).
+    pub compact_bytes_per_image: usize,
+    /// Opening the index the first time (reading the manifest and verifying every checksum).
+    pub open_seconds: f64,
+    /// Opening it again: the manifest, file sizes and times against the verification stamp.
+    pub reopen_seconds: f64,
+    /// Reading one part of the compact block once, warm: the floor of a ranking method.
+    pub floor_seconds: f64,
+    /// Every index-based method's scoring of one query.
+    pub methods: Vec<MethodLatency>,
+}
+
+/// Writes a synthetic index of `images` images (features of the given layer shapes and
+/// projection, random values, `storage`), opens it, and times scoring one query with every
+/// method that reads it — ReTrac, K-FAC's scoring step and TRAK's product from the compact
+/// block, TracIn and `retrac-bucket` from every bucket — cold and warm. What does not depend on
+/// the index size (the query's gradients, K-FAC's preconditioning, TRAK's one-off kernel fit,
+/// here a random kernel of the right shape) is not included. The index lives in a temporary
+/// directory removed afterwards.
+pub fn synthetic_query_latency(
+    images: usize,
+    buckets: usize,
+    layer_shapes: &[(usize, usize)],
+    storage: Storage,
+    device: &Device,
+) -> Result<QueryLatency, String> {
+    let dir = std::env::temp_dir().join(format!("retrace-bench-index-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let result = measure(&dir, images, buckets, layer_shapes, storage, device);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn measure(
+    dir: &Path,
+    images: usize,
+    buckets: usize,
+    layer_shapes: &[(usize, usize)],
+    storage: Storage,
+    device: &Device,
+) -> Result<QueryLatency, String> {
+    let projection = ProjectionConfig::default();
+    let dim = Projector::new(projection, layer_shapes, device).dim();
+    let plan = TimestepPlan::new(1000, buckets, 1, 0)?;
+    let key = IndexKey {
+        checkpoint_hashes: vec!["synthetic".repeat(8)],
+        data_hash: "synthetic".repeat(8),
+        plan: plan.clone(),
+        projection,
+        layer_shapes: layer_shapes.to_vec(),
+        storage,
+        measurement: crate::diffusion::Measurement::Loss,
+    };
+    let manifest = Manifest {
+        format_version: INDEX_FORMAT_VERSION,
+        key: key.clone(),
+        examples: images,
+        chunk_size: 1000,
+        dim,
+        checkpoints: vec![IndexedCheckpoint {
+            step: 1,
+            learning_rate: 1e-3,
+            chunks: Vec::new(),
+            summaries: Vec::new(),
+        }],
+        shard: None,
+    };
+    // A block of random values, cycled: the values do not change the work.
+    let pool = gaussian(&mut stream("bench-features", &[0]), 1 << 20);
+    let row = buckets * dim;
+    write_index(dir, manifest, |_, start, end| {
+        (start * row..end * row)
+            .map(|i| pool[(i * 7919) % pool.len()])
+            .collect()
+    })
+    .map_err(|e| e.to_string())?;
+    let index_bytes = files(dir)?.iter().map(|(_, len)| len).sum();
+    let start = Instant::now();
+    let index = Index::open(dir, &key, device).map_err(|e| e.to_string());
+    let open_seconds = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let index = index.and_then(|_| Index::open(dir, &key, device).map_err(|e| e.to_string()));
+    let reopen_seconds = start.elapsed().as_secs_f64();
+    let index = Arc::new(index?);
+    let query = Features {
+        values: pool[..row].to_vec(),
+        examples: 1,
+        buckets,
+        dim,
+    };
+    let inputs = GradientInputs {
+        checkpoints: vec![CheckpointFeatures {
+            step: 1,
+            weight: 1e-3,
+            train: TrainFeatures::Indexed {
+                index: index.clone(),
+                checkpoint: 0,
+            },
+            query: query.clone(),
+        }],
+        plan,
+        ids: (0..images as u64).collect(),
+        labels: vec![0; images],
+        parameters: serde_json::json!({}),
+        device: device.clone(),
+    };
+    let kfac_query = Tensor::<2>::from_data(TensorData::new(query.values.clone(), [buckets, dim]), device);
+    let trak = TrakKernel {
+        weighted: (0..images * dim).map(|i| pool[(i * 104_729) % pool.len()]).collect(),
+        rows: images,
+        dim,
+        lambda: 1.0,
+    };
+    type Scorer<'s> = Box<dyn Fn() -> Result<Vec<f32>, String> + 's>;
+    let methods: [(&str, Scorer); 5] = [
+        ("retrac", Box::new(|| retrac_scores(&inputs))),
+        ("kfac", Box::new(|| preconditioned_scores(&inputs, kfac_query.clone()))),
+        ("trak", Box::new(|| trak.scores(&query.values, buckets, device))),
+        ("tracin", Box::new(|| bucket_dot_products(&inputs, false))),
+        ("retrac-bucket", Box::new(|| bucket_dot_products(&inputs, true))),
+    ];
+    let mut timings = Vec::new();
+    for (name, score) in methods {
+        let cold_seconds = if evict(dir)? {
+            let start = Instant::now();
+            score()?;
+            Some(start.elapsed().as_secs_f64())
+        } else {
+            None
+        };
+        let start = Instant::now();
+        score()?;
+        timings.push(MethodLatency {
+            method: name.to_owned(),
+            cold_seconds,
+            warm_seconds: start.elapsed().as_secs_f64(),
+        });
+    }
+    let floor_seconds = read_floor(dir, &index)?;
+    Ok(QueryLatency {
+        images,
+        buckets,
+        dim,
+        index_bytes,
+        compact_bytes_per_image: dim * storage.bytes(),
+        open_seconds,
+        reopen_seconds,
+        floor_seconds,
+        methods: timings,
+    })
+}
+
+/// (path, length) of every file in `dir`.
+fn files(dir: &Path) -> Result<Vec<(std::path::PathBuf, u64)>, String> {
+    std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .map(|e| {
+            let path = e.map_err(|e| e.to_string())?.path();
+            let len = path.metadata().map_err(|e| e.to_string())?.len();
+            Ok((path, len))
+        })
+        .collect()
+}
+
+/// Seconds to read the mean unit-normalised part of the compact block once with the page
+/// cache warm and the files mapped (read once before timing), summing its bytes in parallel:
+/// the memory-bandwidth floor of a method that ranks from the compact block.
+fn read_floor(dir: &Path, index: &Index) -> Result<f64, String> {
+    use rayon::prelude::*;
+    let m = &index.manifest;
+    let part = m.dim * m.key.storage.bytes();
+    let maps = files(dir)?
+        .into_iter()
+        .filter(|(p, _)| p.to_string_lossy().ends_with(".summary.bin"))
+        .map(|(path, _)| {
+            let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+            // SAFETY: the synthetic index is written once and not modified while it is read.
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let sum = || {
+        maps.iter().fold(0u64, |total, map| {
+            let rows = map.len() / (2 * part + m.key.plan.buckets * 4);
+            let words = map[rows * part..2 * rows * part]
+                .par_chunks(1 << 16)
+                .map(|c| {
+                    c.chunks_exact(8).fold(0u64, |acc, w| {
+                        acc.wrapping_add(u64::from_le_bytes(w.try_into().unwrap_or_default()))
+                    })
+                })
+                .reduce(|| 0, u64::wrapping_add);
+            total.wrapping_add(words)
+        })
+    };
+    std::hint::black_box(sum());
+    let start = Instant::now();
+    std::hint::black_box(sum());
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Asks the kernel to drop `dir`'s files from the page cache, so the next read comes from the
+/// disk; false where that is not possible here.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn evict(dir: &Path) -> Result<bool, String> {
+    use std::os::fd::AsRawFd;
+    for (path, _) in files(dir)? {
+        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        // SAFETY: a valid open descriptor; the call only advises the kernel about its pages.
+        let status = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if status != 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Page-cache eviction is not available on this platform.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn evict(_dir: &Path) -> Result<bool, String> {
+    Ok(false)
+}
