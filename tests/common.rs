@@ -51,6 +51,28 @@ pub fn tiny_model_dir(root: &Path, data: &Dataset, batch_size: usize, checkpoint
     ModelDir::create(root, test_model_info(tiny_config(), data, batch_size, checkpoint_every)).unwrap()
 }
 
+/// burn's wgpu runtime, brought up once for the whole test binary by
+/// [`retrace::device::choose_shared`] (lavapipe in CI), with the setup a renderer can share: every
+/// test that computes on wgpu uses this one, so the test that shares it with the viewer's
+/// window does not depend on which test touched wgpu first.
+pub fn shared_wgpu() -> &'static retrace::device::ComputeDevice {
+    static SHARED: std::sync::OnceLock<retrace::device::ComputeDevice> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let chosen = retrace::device::choose_shared(Some(retrace::device::DeviceRequest::Wgpu)).unwrap();
+        assert!(
+            chosen.wgpu_setup.is_some(),
+            "burn's wgpu runtime started: {}",
+            chosen.reason
+        );
+        chosen
+    })
+}
+
+/// The wgpu device of [`shared_wgpu`].
+pub fn wgpu() -> Device {
+    shared_wgpu().device.clone()
+}
+
 /// The CPU device every test computes on unless it compares backends.
 pub fn cpu() -> Device {
     Device::flex()

@@ -4,7 +4,7 @@
 use crate::common;
 
 use burn::module::Module;
-use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use common::{cpu, fashion_subset, tiny_config, tiny_model_dir};
 use retrace::diffusion::images::batch_tensor;
 use retrace::diffusion::train::{TrainLength, batch_plan, diffusion_loss, noise_images, train};
@@ -195,7 +195,7 @@ fn flex_and_wgpu_compute_the_same_forward_pass() {
     flex.seed(5);
     let model = tiny_config().init(&flex);
     let record = model.clone().into_record().into_bytes().unwrap();
-    let gpu = Device::wgpu(DeviceKind::DefaultDevice);
+    let gpu = common::wgpu();
     let on_gpu = tiny_config()
         .init(&gpu)
         .load_record(burn::store::ModuleRecord::from_bytes(record).unwrap());
@@ -230,7 +230,7 @@ fn bundled_model_samples_the_same_on_flex_and_wgpu() {
         let x = sample(&model, &schedule, &config, [1, 28, 28], &[0, 1, 2], device, |_| true).unwrap();
         x.into_data().try_to_vec::<f32>().unwrap()
     };
-    let (a, b) = (run(&cpu()), run(&Device::wgpu(DeviceKind::DefaultDevice)));
+    let (a, b) = (run(&cpu()), run(&common::wgpu()));
     let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(
         max_diff < 1e-3,

@@ -634,10 +634,9 @@ fn synthetic_index(dir: &std::path::Path, images: usize, buckets: usize, storage
 
 #[test]
 fn the_wgsl_kernels_score_an_index_as_the_cpu_passes_do() {
-    use burn::tensor::{Device, DeviceKind};
     use retrace::index::SummaryPart;
     // lavapipe in CI: the kernels of shaders/ on a real wgpu device.
-    let gpu = Device::wgpu(DeviceKind::DefaultDevice);
+    let gpu = common::wgpu();
     let client = retrace::index::gpu::wgpu_client(&gpu).expect("a wgpu device");
     let tmp = tempfile::tempdir().unwrap();
     let close = |what: &str, cpu: &[f32], gpu: &[f32]| {

@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::silu;
-use burn::tensor::{Device, DeviceKind, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor};
 use common::cpu;
 use retrace::curvature::{
     CurvatureFit, Damping, EigenCorrection, Eigenvalues, FactorAccumulator, Fisher, FitConfig, LayerEigen,
@@ -250,7 +250,7 @@ fn kfac_and_ekfac_equal_the_exact_ggn_influence_on_one_linear_layer() {
     // The preconditioner computes the same on wgpu (lavapipe in CI) as on flex.
     let lambda = p.damping(0.1);
     let flex = p.kfac(Eigenvalues::Ekfac, lambda, &cpu());
-    let gpu = p.kfac(Eigenvalues::Ekfac, lambda, &Device::wgpu(DeviceKind::DefaultDevice));
+    let gpu = p.kfac(Eigenvalues::Ekfac, lambda, &common::wgpu());
     let scale = flex.iter().flatten().map(|v| v.abs()).fold(0.0, f64::max);
     let diff = flex
         .iter()

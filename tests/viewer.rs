@@ -293,7 +293,7 @@ fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
 fn on_a_shared_wgpu_device_generate_a_sample_then_drop_an_image() {
     let tmp = tempfile::tempdir().unwrap();
     let mut session = session(tmp.path());
-    session.device = retrace::device::choose_shared(Some(retrace::device::DeviceRequest::Wgpu)).unwrap();
+    session.device = common::shared_wgpu().clone();
     let setup = retrace::app::shared_setup(session.device.wgpu_setup.clone().unwrap());
     let mut harness = Harness::builder()
         .with_size(egui::vec2(1280.0, 820.0))
