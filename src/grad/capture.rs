@@ -12,7 +12,7 @@ use burn::module::ParamId;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, PaddingConfig2d};
 use burn::tensor::module::{conv2d, unfold4d};
-use burn::tensor::ops::{ConvOptions, UnfoldOptions};
+use burn::tensor::ops::{ConvOptions, PadMode, UnfoldOptions};
 use burn::tensor::{Gradients, Tensor};
 
 use crate::diffusion::{Denoiser, Tape};
@@ -71,9 +71,7 @@ impl LayerGrads {
     /// of ones when the layer has a bias.
     pub fn activations(&self) -> Tensor<3> {
         let a = match &self.input {
-            LayerInput::Conv { input, kernel, options } => {
-                unfold4d(input.clone(), *kernel, options.clone()).swap_dims(1, 2)
-            }
+            LayerInput::Conv { input, kernel, options } => patches(input.clone(), *kernel, options).swap_dims(1, 2),
             LayerInput::Dense(x) => x.clone(),
         };
         with_bias_column(a, self.bias.is_some())
@@ -114,6 +112,23 @@ impl LayerGrads {
     pub fn per_example(&self) -> Tensor<3> {
         self.output_grads.clone().swap_dims(1, 2).matmul(self.activations())
     }
+}
+
+/// The unfolded patches [B, C·kh·kw, P] of a convolution's input, as `unfold4d` gives them.
+/// burn unfolds a padded input by convolving it with one-hot kernels (C·kh·kw output channels:
+/// as costly as a Gram matrix of the patches, and half the K-FAC factor pass before this); the
+/// input is padded here instead, so that the unpadded unfold takes burn's path of strided views.
+fn patches(input: Tensor<4>, kernel: [usize; 2], options: &UnfoldOptions) -> Tensor<3> {
+    let [ph, pw] = options.padding;
+    if options.dilation != [1, 1] {
+        return unfold4d(input, kernel, options.clone());
+    }
+    let padded = if ph + pw > 0 {
+        input.pad((pw, pw, ph, ph), PadMode::Constant(0.0))
+    } else {
+        input
+    };
+    unfold4d(padded, kernel, UnfoldOptions::new(options.stride, [0, 0], [1, 1]))
 }
 
 enum Probe {
@@ -236,4 +251,30 @@ pub fn capture_layers<M: Denoiser>(
 pub fn frozen_on_autodiff<M: Denoiser>(model: &M, device: &burn::tensor::Device) -> (M, burn::tensor::Device) {
     let ad = device.clone().autodiff();
     (model.clone().to_device(&ad).train().no_grad(), ad)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Distribution, Tensor};
+
+    use super::*;
+
+    #[test]
+    fn patches_equal_burns_unfold_for_every_geometry() {
+        let device = Device::flex();
+        let input = Tensor::<4>::random([2, 3, 7, 6], Distribution::Normal(0.0, 1.0), &device);
+        for (kernel, stride, padding) in [
+            ([3, 3], [1, 1], [1, 1]),
+            ([3, 3], [2, 2], [1, 1]),
+            ([1, 1], [1, 1], [0, 0]),
+            ([3, 2], [1, 2], [0, 1]),
+        ] {
+            let options = UnfoldOptions::new(stride, padding, [1, 1]);
+            let expected = unfold4d(input.clone(), kernel, options.clone());
+            let got = patches(input.clone(), kernel, &options);
+            assert_eq!(got.dims(), expected.dims(), "{kernel:?} {stride:?} {padding:?}");
+            got.into_data()
+                .assert_approx_eq::<f32>(&expected.into_data(), burn::tensor::Tolerance::absolute(1e-6));
+        }
+    }
 }
