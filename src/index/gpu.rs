@@ -176,6 +176,17 @@ impl Index {
         Ok(handle)
     }
 
+    /// What every launch over rows of `row_bytes` shares: rows per launch, the uploaded query
+    /// vectors, and the storage flag the shaders read (1 for f16).
+    fn launch_setting(&self, client: &Client, row_bytes: usize, queries: &[f32]) -> (usize, Handle, u64) {
+        let m = &self.manifest;
+        (
+            (LAUNCH_BYTES / row_bytes.max(1)).clamp(1, m.chunk_size),
+            client.create_from_slice(&f32_bytes(queries)),
+            u64::from(m.key.storage == super::Storage::F16),
+        )
+    }
+
     /// [`Index::summary_dots`] on a wgpu device: the `summary_dots` kernel over each chunk's
     /// `part`, uploaded once and kept on the device.
     pub fn summary_dots_gpu(
@@ -188,16 +199,9 @@ impl Index {
     ) -> Result<Vec<f32>, IndexError> {
         let m = &self.manifest;
         let d = m.dim;
-        if queries.len() != count * d || count == 0 {
-            return Err(IndexError::Invalid(format!(
-                "{} query values for {count} vectors of an index of {d} features",
-                queries.len()
-            )));
-        }
+        self.check_queries(queries, count)?;
         let row_bytes = d * m.key.storage.bytes();
-        let piece_rows = (LAUNCH_BYTES / row_bytes.max(1)).clamp(1, m.chunk_size);
-        let query_handle = client.create_from_slice(&f32_bytes(queries));
-        let half = u64::from(m.key.storage == super::Storage::F16);
+        let (piece_rows, query_handle, half) = self.launch_setting(client, row_bytes, queries);
         let mut outputs = Vec::new();
         for k in 0..m.chunks_per_checkpoint() {
             let rows = self.chunk_rows(k);
@@ -239,25 +243,9 @@ impl Index {
         let m = &self.manifest;
         let c = self.checkpoint(i)?;
         let (b, d) = (m.key.plan.buckets, m.dim);
-        if query.len() != b * d {
-            return Err(IndexError::Invalid(format!(
-                "a query of {} values for an index of {b} buckets × {d} features",
-                query.len()
-            )));
-        }
-        let mut query = query.to_vec();
-        if normalise {
-            for q in query.chunks_mut(d) {
-                let norm = q.iter().map(|v| v * v).sum::<f32>().sqrt();
-                if norm > 0.0 {
-                    q.iter_mut().for_each(|v| *v /= norm);
-                }
-            }
-        }
+        let query = self.bucket_query(query, normalise)?;
         let row_bytes = b * d * m.key.storage.bytes();
-        let piece_rows = (LAUNCH_BYTES / row_bytes.max(1)).clamp(1, m.chunk_size);
-        let query_handle = client.create_from_slice(&f32_bytes(&query));
-        let half = u64::from(m.key.storage == super::Storage::F16);
+        let (piece_rows, query_handle, half) = self.launch_setting(client, row_bytes, &query);
         let mut outputs = Vec::new();
         for k in 0..m.chunks_per_checkpoint() {
             let rows = self.chunk_rows(k);

@@ -79,14 +79,10 @@ impl Index {
         Ok((map, layout))
     }
 
-    /// Per-bucket dot products of every training image's features at checkpoint `i` with
-    /// `query` ([B × D]), or cosines when `normalise` ([N × B]): one pass over the mapped files,
-    /// in parallel over images, decoding a bucket at a time — the index is never copied into
-    /// f32. What TracIn and the ReTrac bucket variant score with on the CPU.
-    pub fn bucket_dots(&self, i: usize, query: &[f32], normalise: bool) -> Result<Vec<f32>, IndexError> {
-        let m = &self.manifest;
-        let c = self.checkpoint(i)?;
-        let (b, d) = (m.key.plan.buckets, m.dim);
+    /// `query` ([B × D]) checked against the index's shape, each bucket's row unit-normalised
+    /// when `normalise`.
+    pub(super) fn bucket_query(&self, query: &[f32], normalise: bool) -> Result<Vec<f32>, IndexError> {
+        let (b, d) = (self.manifest.key.plan.buckets, self.manifest.dim);
         if query.len() != b * d {
             return Err(IndexError::Invalid(format!(
                 "a query of {} values for an index of {b} buckets × {d} features",
@@ -102,6 +98,30 @@ impl Index {
                 }
             }
         }
+        Ok(query)
+    }
+
+    /// `queries` ([count × D]) checked against the index's feature width.
+    pub(super) fn check_queries(&self, queries: &[f32], count: usize) -> Result<(), IndexError> {
+        let d = self.manifest.dim;
+        if queries.len() != count * d || count == 0 {
+            return Err(IndexError::Invalid(format!(
+                "{} query values for {count} vectors of an index of {d} features",
+                queries.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Per-bucket dot products of every training image's features at checkpoint `i` with
+    /// `query` ([B × D]), or cosines when `normalise` ([N × B]): one pass over the mapped files,
+    /// in parallel over images, decoding a bucket at a time — the index is never copied into
+    /// f32. What TracIn and the ReTrac bucket variant score with on the CPU.
+    pub fn bucket_dots(&self, i: usize, query: &[f32], normalise: bool) -> Result<Vec<f32>, IndexError> {
+        let m = &self.manifest;
+        let c = self.checkpoint(i)?;
+        let (b, d) = (m.key.plan.buckets, m.dim);
+        let query = self.bucket_query(query, normalise)?;
         let row_bytes = b * d * m.key.storage.bytes();
         let mut out = vec![0f32; m.examples * b];
         for (k, scores) in out.chunks_mut(m.chunk_size * b).enumerate() {
@@ -137,12 +157,7 @@ impl Index {
     ) -> Result<Vec<f32>, IndexError> {
         let m = &self.manifest;
         let d = m.dim;
-        if queries.len() != count * d || count == 0 {
-            return Err(IndexError::Invalid(format!(
-                "{} query values for {count} vectors of an index of {d} features",
-                queries.len()
-            )));
-        }
+        self.check_queries(queries, count)?;
         let packed = PackedQueries::new(queries, count, d);
         let mut out = vec![0f32; m.examples * count];
         for (k, scores) in out.chunks_mut(m.chunk_size * count).enumerate() {
