@@ -220,10 +220,6 @@ impl IndexSpec<'_> {
                 shard,
             }
         };
-        for c in &mut manifest.checkpoints {
-            // An index begun before summaries existed: its chunks get theirs on open.
-            c.summaries.resize(c.chunks.len(), None);
-        }
         let schedule = Schedule::new(&self.model.info.schedule);
         let built: Vec<Vec<usize>> = (0..self.checkpoints.len())
             .map(|ci| {
@@ -604,19 +600,15 @@ impl Index {
         let end = end.min(m.examples);
         let row = m.key.plan.buckets * m.dim;
         let mut values = Vec::with_capacity(end.saturating_sub(start) * row);
-        let mut chunk = start / m.chunk_size;
-        while chunk * m.chunk_size < end {
-            let first = chunk * m.chunk_size;
+        let bytes_per_row = row * m.key.storage.bytes();
+        for (chunk, from, to) in self.chunk_spans(start, end) {
             let map = map_file(&chunk_path(&self.dir, c.step, chunk))?;
-            let bytes_per_row = row * m.key.storage.bytes();
-            let in_file = map.len() / bytes_per_row.max(1);
-            let from = start.max(first) - first;
-            let to = (end - first).min(in_file);
-            if to < from || map.len() != in_file * bytes_per_row {
+            if map.len() != self.chunk_rows(chunk) * bytes_per_row {
                 return Err(IndexError::Invalid(format!(
-                    "index checkpoint {} chunk {chunk} holds {} bytes, not whole rows of {bytes_per_row}",
+                    "index checkpoint {} chunk {chunk} holds {} bytes, not its {} rows of {bytes_per_row}",
                     c.step,
-                    map.len()
+                    map.len(),
+                    self.chunk_rows(chunk)
                 )));
             }
             decode(
@@ -624,7 +616,6 @@ impl Index {
                 m.key.storage,
                 &mut values,
             );
-            chunk += 1;
         }
         let expected = end.saturating_sub(start) * row;
         if values.len() != expected {

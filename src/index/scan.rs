@@ -55,6 +55,18 @@ impl Index {
         m.examples.saturating_sub(k * m.chunk_size).min(m.chunk_size)
     }
 
+    /// (chunk, first row, end row) within every chunk that holds images `start..end` (clamped
+    /// to the index), in order.
+    pub(super) fn chunk_spans(&self, start: usize, end: usize) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let size = self.manifest.chunk_size;
+        let end = end.min(self.manifest.examples);
+        (start / size..end.div_ceil(size)).filter_map(move |k| {
+            let first = k * size;
+            let (from, to) = (start.max(first) - first, (end - first).min(self.chunk_rows(k)));
+            (from < to).then_some((k, from, to))
+        })
+    }
+
     /// The mapped summary file of chunk `k` of checkpoint `i`, checked against its layout.
     pub(super) fn summary_file(&self, i: usize, k: usize) -> Result<(Arc<Mmap>, SummaryLayout), IndexError> {
         let m = &self.manifest;
@@ -180,20 +192,15 @@ impl Index {
     /// [(end − start) × D] row-major.
     pub fn summary_rows(&self, i: usize, part: SummaryPart, start: usize, end: usize) -> Result<Vec<f32>, IndexError> {
         let m = &self.manifest;
-        let end = end.min(m.examples);
-        let mut values = Vec::with_capacity(end.saturating_sub(start) * m.dim);
-        let mut k = start / m.chunk_size;
-        while k * m.chunk_size < end {
-            let first = k * m.chunk_size;
+        let mut values = Vec::with_capacity(end.min(m.examples).saturating_sub(start) * m.dim);
+        for (k, from, to) in self.chunk_spans(start, end) {
             let (map, layout) = self.summary_file(i, k)?;
             let section = &map[layout.section(part)];
-            let (from, to) = (start.max(first) - first, (end - first).min(layout.rows));
             decode(
                 &section[from * layout.row_bytes()..to * layout.row_bytes()],
                 m.key.storage,
                 &mut values,
             );
-            k += 1;
         }
         Ok(values)
     }
