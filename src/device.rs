@@ -118,6 +118,11 @@ fn wgpu_device(adapter: Option<&AdapterSummary>, reason: String) -> ComputeDevic
     }
 }
 
+/// The environment variable burn reads for its default device (`Device::default()`). retrace
+/// never computes there, but burn-optim restores optimizer state onto it: the `retrace` binary
+/// sets it to `flex` unless the user did (see `main.rs`).
+pub const BURN_DEFAULT_ENV: &str = "BURN_DEVICE";
+
 /// Applies the policy to a request (the `--device` flag, else `RETRACE_DEVICE`, else auto).
 pub fn choose(flag: Option<DeviceRequest>) -> Result<ComputeDevice, String> {
     let request = match flag {

@@ -68,7 +68,22 @@ fn tune_allocator() {
     }
 }
 
+/// Keeps burn's default device on the host. retrace passes its chosen device to every tensor it
+/// makes, but burn-optim 0.22 restores a resumed run's optimizer state onto `Device::default()`,
+/// which in a build with wgpu is the first wgpu adapter: resuming a CPU run would bring up a GPU
+/// runtime (lavapipe, on a machine without one) only to hold Adam's moments until the first step
+/// moves them to the model's device, and would take the default wgpu device before the viewer can
+/// share it with its window. With `BURN_DEVICE=flex` they wait in host memory. A value the user
+/// set is kept. (`.cargo/config.toml` sets the same for `cargo test`.)
+fn keep_burn_default_on_host() {
+    if std::env::var_os(retrace::device::BURN_DEFAULT_ENV).is_none() {
+        // SAFETY: called first in `main`, before any thread exists that could read the environment.
+        unsafe { std::env::set_var(retrace::device::BURN_DEFAULT_ENV, "flex") };
+    }
+}
+
 fn main() {
+    keep_burn_default_on_host();
     tune_allocator();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {

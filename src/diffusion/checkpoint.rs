@@ -387,6 +387,9 @@ impl ModelDir {
     }
 
     /// Loads the optimizer state saved with a checkpoint into `optimizer`.
+    ///
+    /// burn-optim puts the restored state on burn's default device (`BURN_DEVICE`,
+    /// [`crate::device::BURN_DEFAULT_ENV`]); the first step moves it to the model's device.
     pub fn load_optimizer(
         &self,
         checkpoint: &CheckpointEntry,
