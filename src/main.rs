@@ -93,7 +93,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let command = cli.command.unwrap_or(Command::Gui(cli::gui::GuiArgs::default()));
+    let command = cli.command.unwrap_or(Command::Gui(cli::gui::GuiArgs::defaults()));
     match command {
         Command::Train(args) => cli::train::run(args, cli.device),
         Command::Sample(args) => cli::sample::run(args, cli.device),

@@ -151,15 +151,11 @@ impl FeatureArgs {
 impl IndexTarget {
     /// Opens the model and its data and picks the index settings and directory.
     pub(crate) fn open(&self) -> Result<(ModelDir, Dataset, retrace::attribution::IndexSettings)> {
-        let root = self.model.clone().unwrap_or_else(bundled_model_dir);
-        let model = ModelDir::open(&root)?;
+        let model = ModelDir::open(&self.model_root())?;
         let spec: DataSpec = model.data_spec(self.data.as_deref())?.parse()?;
         let data = Dataset::load(&spec)?;
         model.check_data(&data).map_err(anyhow::Error::msg)?;
-        let mut settings =
-            self.features
-                .settings(model.info.schedule.steps, !self.per_example_noise, PathBuf::new())?;
-        settings.dir = self.dir_for(&root, &settings);
+        let settings = self.index_settings(&model)?;
         Ok((model, data, settings))
     }
 
@@ -172,11 +168,26 @@ impl IndexTarget {
 
     /// The index directory these options name, without loading the data.
     pub(crate) fn index_dir(&self) -> Result<PathBuf> {
-        let root = self.model.clone().unwrap_or_else(bundled_model_dir);
-        let model = ModelDir::open(&root)?;
-        let settings = self
-            .features
-            .settings(model.info.schedule.steps, !self.per_example_noise, PathBuf::new())?;
-        Ok(self.dir_for(&root, &settings))
+        let root = self.model_root();
+        Ok(self.index_settings(&ModelDir::open(&root)?)?.dir)
+    }
+
+    /// The model directory: `--model`, or the bundled model.
+    pub(crate) fn model_root(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(bundled_model_dir)
+    }
+
+    /// The training data spec given with `--data`, if any.
+    pub(crate) fn data_spec(&self) -> Option<&str> {
+        self.data.as_deref()
+    }
+
+    /// The index settings (and directory) these options name for `model`.
+    pub(crate) fn index_settings(&self, model: &ModelDir) -> Result<retrace::attribution::IndexSettings> {
+        let mut settings =
+            self.features
+                .settings(model.info.schedule.steps, !self.per_example_noise, PathBuf::new())?;
+        settings.dir = self.dir_for(&model.root, &settings);
+        Ok(settings)
     }
 }

@@ -1,21 +1,18 @@
 //! `retrace gui`: open the desktop viewer on a model and its training data.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 
-use retrace::data::bundled_model_dir;
 use retrace::device::{self, DeviceRequest};
 
+use super::args::IndexTarget;
+
 /// Open the desktop viewer on a model and its training data.
-#[derive(clap::Args, Default)]
+#[derive(clap::Args)]
 pub struct GuiArgs {
-    /// Model directory (default: the bundled model).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Training data spec (default: the model's own).
-    #[arg(long)]
-    pub data: Option<String>,
+    /// The model, the data and the index settings the viewer starts with (as for `retrace
+    /// index`; the viewer's index panel changes them later).
+    #[command(flatten)]
+    target: IndexTarget,
     /// Methods ticked at start, comma-separated (default: retrac,kfac).
     #[arg(long, value_delimiter = ',', value_parser = super::attribute::parse_method)]
     pub method: Vec<String>,
@@ -24,21 +21,27 @@ pub struct GuiArgs {
     pub set: Vec<String>,
 }
 
+impl GuiArgs {
+    /// What `retrace` with no subcommand opens: every option at its default.
+    pub fn defaults() -> Self {
+        use clap::{Args, FromArgMatches};
+        let command = Self::augment_args(clap::Command::new("gui"));
+        Self::from_arg_matches(&command.get_matches_from(["gui"])).expect("the defaults parse")
+    }
+}
+
 /// Runs `retrace gui` on the requested compute device.
 pub fn run(args: GuiArgs, device: Option<DeviceRequest>) -> Result<()> {
-    let GuiArgs {
-        model,
-        data,
-        method,
-        set,
-    } = args;
+    let GuiArgs { target, method, set } = args;
     let mut parameters = retrace::attribution::Parameters::default();
     for pair in &set {
         parameters.set_pair(pair).map_err(anyhow::Error::msg)?;
     }
     let session = device::choose_shared(device).and_then(|dev| {
         eprintln!("compute device: {dev}");
-        retrace::session::Session::open(&model.unwrap_or_else(bundled_model_dir), data.as_deref(), dev)
+        let session = retrace::session::Session::open(&target.model_root(), target.data_spec(), dev)?;
+        let index = target.index_settings(&session.model).map_err(|e| format!("{e:#}"))?;
+        Ok(session.with_index(index))
     });
     let start = retrace::app::Start {
         methods: method,
@@ -46,4 +49,28 @@ pub fn run(args: GuiArgs, device: Option<DeviceRequest>) -> Result<()> {
     };
     retrace::app::run(session, start).map_err(anyhow::Error::msg)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use retrace::data::bundled_model_dir;
+
+    #[test]
+    fn the_viewer_starts_with_the_standard_index_settings_unless_told_otherwise() {
+        let model = retrace::diffusion::ModelDir::open(&bundled_model_dir()).unwrap();
+        let standard = retrace::attribution::IndexSettings::standard(&model);
+        let defaults = GuiArgs::defaults().target.index_settings(&model).unwrap();
+        assert_eq!(format!("{defaults:?}"), format!("{standard:?}"));
+        let command = <GuiArgs as clap::Args>::augment_args(clap::Command::new("gui"));
+        let matches = command.get_matches_from(["gui", "--f16", "--buckets", "4"]);
+        let args = <GuiArgs as clap::FromArgMatches>::from_arg_matches(&matches).unwrap();
+        let chosen = args.target.index_settings(&model).unwrap();
+        assert_eq!(chosen.storage, retrace::index::Storage::F16);
+        assert_eq!(chosen.plan.buckets, 4);
+        assert_ne!(
+            chosen.dir, standard.dir,
+            "indexes of other settings live beside the standard one"
+        );
+    }
 }
