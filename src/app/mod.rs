@@ -6,6 +6,7 @@ pub mod compare;
 pub mod detail;
 pub mod dialogs;
 pub mod evaluation;
+pub mod frame_times;
 pub mod journey_view;
 pub mod methods_panel;
 pub mod query_panel;
@@ -43,6 +44,12 @@ pub struct Start {
 /// When the session computes on wgpu with a shared setup
 /// ([`crate::device::choose_shared`]), the window renders with that same device and queue.
 pub fn run(session: Result<crate::session::Session, String>, start: Start) -> Result<(), String> {
+    // The engine's parallel loops run on rayon's global pool: its threads yield to the
+    // interface too, as the job threads do ([`crate::jobs::yield_to_the_interface`]). An error
+    // means the pool was already built (by a caller that chose its own): that one is kept.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .start_handler(|_| crate::jobs::yield_to_the_interface())
+        .build_global();
     let mut wgpu_options = eframe::egui_wgpu::WgpuConfiguration::default();
     if let Some(setup) = session.as_ref().ok().and_then(|s| s.device.wgpu_setup.clone()) {
         wgpu_options.wgpu_setup = shared_setup(setup);

@@ -124,8 +124,8 @@ pub struct RetraceApp {
     pub notice: Option<String>,
     /// Training-image textures.
     pub thumbnails: Thumbnails,
-    /// Recent frame times in seconds (for the status bar).
-    pub frame_times: Vec<f32>,
+    /// Recent frame times (for the status bar).
+    pub frame_times: super::frame_times::FrameTimes,
     /// Show the frame time in the status bar (off for reproducible snapshots).
     pub show_frame_time: bool,
     /// The window renders with the very wgpu device burn computes on.
@@ -184,7 +184,7 @@ impl RetraceApp {
             top_k: 24,
             notice: None,
             thumbnails: Thumbnails::default(),
-            frame_times: Vec::new(),
+            frame_times: Default::default(),
             show_frame_time: true,
             renderer_shared,
             index_draft: None,
@@ -537,8 +537,8 @@ impl RetraceApp {
         }
     }
 
-    /// Draws one frame of the whole window.
-    pub fn show(&mut self, ui: &mut Ui) {
+    /// Draws one frame of the whole window, and returns how long its UI work took (seconds).
+    pub fn show(&mut self, ui: &mut Ui) -> f32 {
         let started = std::time::Instant::now();
         self.poll_work();
         super::query_panel::handle_dropped_files(self, ui.ctx());
@@ -577,15 +577,32 @@ impl RetraceApp {
         if self.work.is_some() || self.indexing.is_some() {
             ui.ctx().request_repaint_after(std::time::Duration::from_millis(100));
         }
-        self.frame_times.push(started.elapsed().as_secs_f32());
-        if self.frame_times.len() > 120 {
-            self.frame_times.remove(0);
+        started.elapsed().as_secs_f32()
+    }
+
+    /// What the viewer is busy with, for the frame log.
+    fn activity(&self) -> String {
+        let described = |title: &str, p: crate::jobs::Progress| format!("{title}: {} {}/{}", p.stage, p.done, p.total);
+        let mut busy = Vec::new();
+        if let Some(job) = &self.indexing {
+            busy.push(described(&job.title, job.progress()));
         }
+        if let Some(work) = &self.work {
+            let (title, progress, _) = work.status();
+            busy.push(described(title, progress));
+        }
+        busy.join("; ")
     }
 }
 
 impl eframe::App for RetraceApp {
-    fn ui(&mut self, ui: &mut Ui, _frame: &mut eframe::Frame) {
-        self.show(ui);
+    fn ui(&mut self, ui: &mut Ui, frame: &mut eframe::Frame) {
+        let ui_seconds = self.show(ui);
+        let activity = if self.frame_times.logging() {
+            self.activity()
+        } else {
+            String::new()
+        };
+        self.frame_times.record(ui_seconds, frame.info().cpu_usage, &activity);
     }
 }

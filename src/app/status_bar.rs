@@ -68,9 +68,16 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         }
         ui.separator();
         if app.show_frame_time {
-            let worst = app.frame_times.iter().copied().fold(0.0f32, f32::max);
-            ui.label(format!("frame max {:.0} ms", worst * 1e3))
-                .on_hover_text("slowest of the last 120 frames (UI work only)");
+            let times = &app.frame_times;
+            ui.label(format!(
+                "frame max {:.0} ms UI · {:.0} ms whole",
+                times.worst_ui() * 1e3,
+                times.worst_whole() * 1e3
+            ))
+            .on_hover_text(format!(
+                "slowest of the last {} frames: the UI work, and the whole frame with its painting",
+                super::frame_times::WINDOW
+            ));
             ui.separator();
         }
         if let Some(job) = &app.indexing {

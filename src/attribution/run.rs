@@ -166,9 +166,18 @@ impl IndexSettings {
         let Some(index) = spec.build(job).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
-        Index::open(&index.dir, &index.manifest.key, device)
-            .map(Some)
-            .map_err(|e| e.to_string())
+        let opened = Index::open_with(
+            &index.dir,
+            &index.manifest.key,
+            crate::index::Verification::OnChange,
+            device,
+            job,
+        );
+        match opened {
+            Ok(index) => Ok(Some(index)),
+            Err(crate::index::IndexError::Cancelled) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Builds (or resumes) shard `shard` of the index, in its own directory under this one

@@ -78,24 +78,25 @@ pub fn run(args: IndexArgs, device: Option<DeviceRequest>) -> Result<()> {
     let index = settings
         .ensure(&model, &data, &dev.device, &job)
         .map_err(anyhow::Error::msg)?;
-    bar.finish();
     let Some(index) = index else {
+        bar.finish();
         println!("stopped; run the same command again to resume from the last complete chunk");
         return Ok(());
     };
-    println!(
-        "index {} ready in {:.1} s",
-        index.dir.display(),
-        started.elapsed().as_secs_f64()
-    );
+    let ready = started.elapsed().as_secs_f64();
+    let verified = args
+        .verify
+        .then(|| {
+            let started = std::time::Instant::now();
+            Index::open_with(&index.dir, &index.manifest.key, Verification::Full, &dev.device, &job)
+                .map(|_| started.elapsed().as_secs_f64())
+        })
+        .transpose()?;
+    bar.finish();
+    println!("index {} ready in {ready:.1} s", index.dir.display());
     describe(&index.manifest);
-    if args.verify {
-        let started = std::time::Instant::now();
-        Index::open_with(&index.dir, &index.manifest.key, Verification::Full, &dev.device)?;
-        println!(
-            "every chunk's checksum verified in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
+    if let Some(seconds) = verified {
+        println!("every chunk's checksum verified in {seconds:.1} s");
     }
     Ok(())
 }
