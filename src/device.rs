@@ -187,3 +187,17 @@ pub fn read_back<const D: usize>(x: burn::tensor::Tensor<D>) -> Result<Vec<f32>,
         .try_to_vec::<f32>()
         .map_err(|e| format!("cannot read a tensor back from the device: {e:?}"))
 }
+
+/// Runs `draw`, which draws from burn's random generator on `device` (initial weights), with
+/// the generator first seeded with `seed` when one is given, and no other such draw in between:
+/// burn keeps one generator per backend for the whole process, so two threads initialising
+/// models at once (parallel tests, a viewer job beside another) would otherwise take each
+/// other's numbers, and a seeded initialisation would not reproduce.
+pub fn drawing<T>(device: &Device, seed: Option<u64>, draw: impl FnOnce() -> T) -> T {
+    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _only_drawer = GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(seed) = seed {
+        device.seed(seed);
+    }
+    draw()
+}

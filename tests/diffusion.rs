@@ -32,8 +32,7 @@ fn tiny_training_on_fashion_mnist_lowers_the_loss() {
     let device = cpu();
     let before = eval_loss(&tiny_config().init(&device), &data, &device);
     // Initialisation is seeded by the recipe: the first model is reproducible.
-    device.seed(7);
-    let init = tiny_config().init(&device);
+    let init = tiny_config().init_seeded(&device, 7);
     let outcome = train(
         &dir,
         &data,
@@ -147,8 +146,7 @@ fn checkpoints_round_trip_exactly_and_reject_damage() {
 #[test]
 fn samplers_are_deterministic_for_a_seed() {
     let device = cpu();
-    device.seed(1);
-    let model = tiny_config().init(&device);
+    let model = tiny_config().init_seeded(&device, 1);
     let schedule = Schedule::new(&Default::default());
     for kind in [SamplerKind::Ddpm, SamplerKind::Ddim] {
         let config = SamplerConfig { kind, steps: 8 };
@@ -192,8 +190,7 @@ fn samplers_are_deterministic_for_a_seed() {
 #[test]
 fn flex_and_wgpu_compute_the_same_forward_pass() {
     let flex = cpu();
-    flex.seed(5);
-    let model = tiny_config().init(&flex);
+    let model = tiny_config().init_seeded(&flex, 5);
     let record = model.clone().into_record().into_bytes().unwrap();
     let gpu = common::wgpu();
     let on_gpu = tiny_config()

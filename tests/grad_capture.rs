@@ -48,8 +48,7 @@ fn slice(batch: &NoisyBatch, i: usize) -> (Tensor<4>, Tensor<1>, Tensor<4>) {
 #[test]
 fn captured_per_example_gradients_match_batch_of_one_autodiff() {
     let device = cpu().autodiff();
-    device.seed(3);
-    let model = tiny_config().init(&device);
+    let model = tiny_config().init_seeded(&device, 3);
     let data = fashion_subset(3);
     let schedule = Schedule::new(&Default::default());
     let (_, _, noise) = batch_plan(5, 0, 3, 3, schedule.len(), data.image_len());

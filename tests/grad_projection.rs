@@ -13,8 +13,7 @@ use retrace::grad::{ProjectionConfig, Projector, capture_layers, layer_shapes};
 #[test]
 fn projected_inner_products_track_exact_ones_at_the_default_k() {
     let device = cpu().autodiff();
-    device.seed(11);
-    let model = tiny_config().init(&device);
+    let model = tiny_config().init_seeded(&device, 11);
     let n = 16;
     let data = fashion_subset(n);
     let schedule = Schedule::new(&Default::default());

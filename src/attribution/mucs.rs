@@ -295,10 +295,9 @@ pub fn null_loss(
     device: &Device,
     job: &JobContext,
 ) -> Result<Option<f64>, String> {
-    // A fixed initialisation, so L_null reproduces (this reseeds the device's generator, which
-    // nothing else in a request draws from: every other draw comes from keyed streams).
-    device.seed(0x6d75_6373);
-    let fresh = config.init(device);
+    // A fixed initialisation, so L_null reproduces (every other draw of a request comes from
+    // keyed streams).
+    let fresh = config.init_seeded(device, 0x6d75_6373);
     let mut chosen = permutation(&mut stream("mucs-null-images", &[]), data.len());
     chosen.truncate(images.clamp(1, data.len().max(1)));
     let mut rng = stream("mucs-null-draws", &[]);

@@ -172,10 +172,7 @@ pub fn train(
                 latest.state.step
             )));
         }
-        None => {
-            ad.seed(recipe.seed);
-            (info.unet.init(&ad), 0)
-        }
+        None => (info.unet.init_seeded(&ad, recipe.seed), 0),
     };
     let per_epoch = data.len().div_ceil(recipe.batch_size);
     let total = per_epoch * length.epochs;

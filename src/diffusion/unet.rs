@@ -307,7 +307,19 @@ impl UNetConfig {
     }
 
     /// Builds the network with freshly initialised weights. Call [`Self::validate`] first.
+    /// The weights come from burn's generator, which one process shares: the draws are made
+    /// under [`crate::device::drawing`], so no other initialisation interleaves with them.
     pub fn init(&self, device: &Device) -> UNet {
+        crate::device::drawing(device, None, || self.build(device))
+    }
+
+    /// [`Self::init`] from the generator seeded with `seed`: the same weights for the same
+    /// seed, whatever else the process initialises at the same time.
+    pub fn init_seeded(&self, device: &Device, seed: u64) -> UNet {
+        crate::device::drawing(device, Some(seed), || self.build(device))
+    }
+
+    fn build(&self, device: &Device) -> UNet {
         let widths = &self.block_out_channels;
         let temb = self.time_embed_dim();
         let norm = |c: usize| {
