@@ -479,6 +479,7 @@ impl<'a> Context<'a> {
         let Some(scores) = method.score(self)? else {
             return Ok(None);
         };
+        scores.check_finite()?;
         self.scores.insert(name.to_owned(), scores.clone());
         Ok(Some(scores))
     }

@@ -30,6 +30,29 @@ impl Scores {
         self.ids.is_empty()
     }
 
+    /// An error naming the method, the training image and the timestep bucket of the first
+    /// score that is NaN or infinite: such a score has no place in a ranking (it would sort
+    /// first or last by accident), so it is reported instead of ranked.
+    pub fn check_finite(&self) -> Result<(), String> {
+        let buckets = self.buckets.len().max(1);
+        let Some(at) = self.per_bucket.iter().position(|v| !v.is_finite()) else {
+            return Ok(());
+        };
+        let (image, bucket) = (at / buckets, at % buckets);
+        let steps = self
+            .buckets
+            .get(bucket)
+            .map_or(String::new(), |[a, b]| format!(", timesteps {a}..{b}"));
+        Err(format!(
+            "{} scored training image #{image} (id {}) {}{steps}: its gradients or the query's overflowed \
+             or are undefined, so no ranking is given (an f16 index cannot hold them: rebuild it as f32; \
+             a model whose loss is NaN needs retraining)",
+            self.method,
+            self.ids.get(image).map_or("?".to_owned(), u64::to_string),
+            self.per_bucket[at]
+        ))
+    }
+
     /// The per-bucket scores of training image `i`.
     pub fn bucket_scores(&self, i: usize) -> &[f32] {
         let b = self.buckets.len();
@@ -197,5 +220,29 @@ impl AttributionFile {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nan_score_is_an_error_naming_the_method_image_and_bucket() {
+        let mut scores = Scores {
+            method: "tracin".into(),
+            parameters: serde_json::json!({}),
+            buckets: vec![[0, 500], [500, 1000]],
+            ids: vec![10, 11, 12],
+            labels: vec![0; 3],
+            per_bucket: vec![0.1; 6],
+        };
+        assert!(scores.check_finite().is_ok());
+        scores.per_bucket[5] = f32::NAN;
+        let message = scores.check_finite().unwrap_err();
+        assert!(
+            message.starts_with("tracin scored training image #2 (id 12) NaN, timesteps 500..1000"),
+            "{message}"
+        );
     }
 }

@@ -25,7 +25,7 @@ pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
 /// Ranks (0-based, ties get their average rank).
 pub fn ranks(x: &[f64]) -> Vec<f64> {
     let mut order: Vec<usize> = (0..x.len()).collect();
-    order.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
+    order.sort_by(|&a, &b| smaller_first(x[a], x[b]));
     let mut r = vec![0.0; x.len()];
     let mut i = 0;
     while i < order.len() {
@@ -51,13 +51,31 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
 /// of the `k` chosen: O(n + k log k), so that the viewer's top 24 of 60,000 images do not sort
 /// all 60,000 every frame.
 pub fn top_k(x: &[f64], k: usize) -> Vec<usize> {
-    select_sorted(x.len(), k, |a, b| x[b].total_cmp(&x[a]).then(a.cmp(&b)))
+    select_sorted(x.len(), k, |a, b| larger_first(x[a], x[b]).then(a.cmp(&b)))
 }
 
 /// Indices of the `k` smallest values, smallest first (ties by index, last first: the reverse
 /// of [`top_k`]'s full order).
 pub fn bottom_k(x: &[f64], k: usize) -> Vec<usize> {
-    select_sorted(x.len(), k, |a, b| x[a].total_cmp(&x[b]).then(b.cmp(&a)))
+    select_sorted(x.len(), k, |a, b| smaller_first(x[a], x[b]).then(b.cmp(&a)))
+}
+
+/// Larger numbers first, and NaN after every number: a NaN is never ranked first. (`total_cmp`
+/// alone orders a positive NaN above +∞.)
+pub fn larger_first(a: f64, b: f64) -> std::cmp::Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (false, false) => b.total_cmp(&a),
+        (a_nan, b_nan) => a_nan.cmp(&b_nan),
+    }
+}
+
+/// Smaller numbers first, and NaN after every number (a negative NaN too, which `total_cmp`
+/// orders below −∞).
+pub fn smaller_first(a: f64, b: f64) -> std::cmp::Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (false, false) => a.total_cmp(&b),
+        (a_nan, b_nan) => a_nan.cmp(&b_nan),
+    }
 }
 
 /// The first `k` of `0..n` in the total order `before`, in that order.
@@ -157,5 +175,15 @@ mod tests {
         let s = top_k_spread(&different, 2);
         assert_eq!(s.distinct, 40);
         assert!((s.top10_share - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn no_nan_is_ranked_first_at_either_end() {
+        let x = [1.0, f64::NAN, -f64::NAN, 3.0, f64::INFINITY, -2.0, f64::NEG_INFINITY];
+        assert_eq!(super::top_k(&x, 5), [4, 3, 0, 5, 6]);
+        assert_eq!(super::bottom_k(&x, 5), [6, 5, 0, 3, 4]);
+        let r = super::ranks(&x);
+        assert_eq!(&r[..1], &[2.0]);
+        assert!(r[1] >= 5.0 && r[2] >= 5.0, "NaN ranks after every number: {r:?}");
     }
 }
