@@ -82,14 +82,51 @@ fn keep_burn_default_on_host() {
     }
 }
 
+/// Exit status of a command that failed on its input or environment (the message says why).
+const EXIT_ERROR: i32 = 1;
+/// Exit status of a bug: a panic inside retrace, reported as an internal error. (clap exits
+/// with 2 on a malformed command line.)
+const EXIT_INTERNAL: i32 = 70;
+
 fn main() {
     keep_burn_default_on_host();
     tune_allocator();
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    report_panics_as_internal_errors();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(EXIT_ERROR);
+        }
+        Err(_) => std::process::exit(EXIT_INTERNAL),
     }
+}
+
+/// Replaces Rust's panic message with an error that says what happened and that it is
+/// retrace's fault, not the user's: where (file and line) and what, plus the backtrace when
+/// `RUST_BACKTRACE` asks for it. A panic on any thread (a worker's included) prints this; the
+/// main thread's, or one that reaches it, ends the process with [`EXIT_INTERNAL`].
+fn report_panics_as_internal_errors() {
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "an unknown panic".into());
+        let place = info
+            .location()
+            .map_or(String::new(), |l| format!(" (at {}:{})", l.file(), l.line()));
+        eprintln!(
+            "error: internal error in retrace{place}: {what}\n\
+             This is a bug, not a problem with your input; files written so far are complete \
+             (every write is atomic) and a long job resumes from its last checkpoint. Please report it."
+        );
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            eprintln!("{}", std::backtrace::Backtrace::force_capture());
+        }
+    }));
 }
 
 fn run(cli: Cli) -> Result<()> {
