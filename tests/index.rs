@@ -113,7 +113,13 @@ fn a_killed_build_resumes_and_foreign_or_damaged_indexes_are_refused() {
     std::fs::write(&chunk, &bytes).unwrap();
     file.set_modified(stamped).unwrap();
     retrace::index::Index::open(&index_dir, &key, &cpu()).unwrap();
-    let full = retrace::index::Index::open_with(&index_dir, &key, retrace::index::Verification::Full, &cpu());
+    let full = retrace::index::Index::open_with(
+        &index_dir,
+        &key,
+        retrace::index::Verification::Full,
+        &cpu(),
+        &JobContext::silent(),
+    );
     assert!(full.unwrap_err().to_string().contains("checksum mismatch"));
 }
 
@@ -601,8 +607,8 @@ fn synthetic_index(dir: &std::path::Path, images: usize, buckets: usize, storage
     let layer_shapes = vec![(3, 5), (7, 1), (3, 3)];
     let dim = Projector::new(projection, &layer_shapes, &cpu()).dim();
     let key = IndexKey {
-        checkpoint_hashes: vec!["synthetic".into()],
-        data_hash: "synthetic-data".into(),
+        checkpoint_hashes: vec![retrace::files::sha256(b"synthetic checkpoint")],
+        data_hash: retrace::files::sha256(b"synthetic data"),
         plan: TimestepPlan::new(1000, buckets, 1, 0).unwrap(),
         projection,
         layer_shapes,

@@ -118,6 +118,7 @@ pub fn generate_query(
     job: &crate::jobs::JobContext,
     mut frame: impl FnMut(usize, usize, &[f32]),
 ) -> Result<Option<Query>, String> {
+    config.validate(model.info.schedule.steps)?;
     let (net, entry) = model.load_latest(device).map_err(|e| e.to_string())?;
     let cfg = &model.info.unet;
     let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];

@@ -87,8 +87,8 @@ fn measure(
     let dim = Projector::new(projection, layer_shapes, device).dim();
     let plan = TimestepPlan::new(1000, buckets, 1, 0)?;
     let key = IndexKey {
-        checkpoint_hashes: vec!["synthetic".repeat(8)],
-        data_hash: "synthetic".repeat(8),
+        checkpoint_hashes: vec![crate::files::sha256(b"synthetic checkpoint")],
+        data_hash: crate::files::sha256(b"synthetic data"),
         plan: plan.clone(),
         projection,
         layer_shapes: layer_shapes.to_vec(),

@@ -50,6 +50,8 @@ pub fn run(args: SampleArgs, device: Option<DeviceRequest>) -> Result<()> {
     } = args;
     let dev = compute_device(device)?;
     let dir = ModelDir::open(&model.unwrap_or_else(bundled_model_dir))?;
+    let config = SamplerConfig { kind: sampler, steps };
+    config.validate(dir.info.schedule.steps).map_err(anyhow::Error::msg)?;
     let seeds = parse_seeds(seed, seeds.as_deref())?;
     let entry = pick_checkpoint(&dir, checkpoint)?;
     let net = dir.load_model(&entry, &dev.device)?;
@@ -57,7 +59,6 @@ pub fn run(args: SampleArgs, device: Option<DeviceRequest>) -> Result<()> {
     let cfg = &dir.info.unet;
     let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
     let (job, bar) = terminal_job()?;
-    let config = SamplerConfig { kind: sampler, steps };
     let images = sample(&net, &schedule, &config, shape, &seeds, &dev.device, |step| {
         job.report("sampling", step.done as u64, step.total as u64, "");
         !job.cancel.is_cancelled()

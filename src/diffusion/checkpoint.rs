@@ -52,7 +52,7 @@ pub enum CheckpointError {
 }
 
 impl CheckpointError {
-    fn invalid(path: &Path, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(path: &Path, reason: impl Into<String>) -> Self {
         Self::Invalid {
             path: path.to_owned(),
             reason: reason.into(),
@@ -129,6 +129,48 @@ pub struct ModelInfo {
     pub class_names: Vec<String>,
     /// Training recipe.
     pub train: TrainRecipe,
+}
+
+/// Whether `hash` is a SHA-256 digest as retrace writes them: 64 lowercase hex digits.
+pub fn is_sha256_hex(hash: &str) -> bool {
+    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl ModelInfo {
+    /// Checks every field before use: the architecture, the schedule, and a data hash that is a
+    /// SHA-256 digest (or empty: not recorded), so that nothing later slices or compares a
+    /// malformed one.
+    pub fn validate(&self) -> Result<(), String> {
+        self.unet.validate()?;
+        self.schedule.validate()?;
+        if !self.data_hash.is_empty() && !is_sha256_hex(&self.data_hash) {
+            return Err(format!(
+                "data_hash {:?} is not a SHA-256 digest (64 hex digits); `retrace info DATA` prints the \
+                 data's hash",
+                self.data_hash.chars().take(80).collect::<String>()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl CheckpointState {
+    /// Checks the fields a checkpoint's `state.json` must have sensible values in.
+    pub fn validate(&self) -> Result<(), String> {
+        if !is_sha256_hex(&self.weights_sha256) {
+            return Err("weights_sha256 is not a SHA-256 digest (64 hex digits)".into());
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+            return Err(format!(
+                "learning_rate {} is not a finite non-negative number",
+                self.learning_rate
+            ));
+        }
+        if !(self.epoch.is_finite() && self.epoch >= 0.0) {
+            return Err(format!("epoch {} is not a finite non-negative number", self.epoch));
+        }
+        Ok(())
+    }
 }
 
 /// Per-checkpoint facts: `state.json`.
@@ -219,7 +261,7 @@ impl ModelDir {
                 ),
             ));
         }
-        info.unet.validate().map_err(|e| CheckpointError::invalid(&path, e))?;
+        info.validate().map_err(|e| CheckpointError::invalid(&path, e))?;
         Ok(Self {
             root: root.to_owned(),
             info,
@@ -256,7 +298,7 @@ impl ModelDir {
             return Err(format!(
                 "the model was trained on {} (data hash {}…) but the data given, {}, differs (hash {}…)",
                 self.info.data_spec,
-                &self.info.data_hash[..12.min(self.info.data_hash.len())],
+                &self.info.data_hash[..12],
                 data.name,
                 &data.content_hash()[..12]
             ));
@@ -286,6 +328,9 @@ impl ModelDir {
             let bytes = std::fs::read(&state_path).map_err(io(&state_path))?;
             let state: CheckpointState = serde_json::from_slice(&bytes)
                 .map_err(|e| CheckpointError::invalid(&state_path, format!("unreadable checkpoint state: {e}")))?;
+            state
+                .validate()
+                .map_err(|e| CheckpointError::invalid(&state_path, format!("damaged checkpoint state: {e}")))?;
             found.push(CheckpointEntry { dir: path, state });
         }
         found.sort_by_key(|c| c.state.step);

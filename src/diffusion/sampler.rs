@@ -27,6 +27,19 @@ pub struct SamplerConfig {
     pub steps: usize,
 }
 
+impl SamplerConfig {
+    /// Checks the step count against a schedule of `t_total` steps: 1 to T.
+    pub fn validate(&self, t_total: usize) -> Result<(), String> {
+        if self.steps == 0 || self.steps > t_total {
+            return Err(format!(
+                "{} denoising steps: the model's schedule allows 1 to {t_total}",
+                self.steps
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The timesteps visited, from noisiest to cleanest: `steps` evenly spaced values of 0..T.
 pub fn timesteps(t_total: usize, steps: usize) -> Vec<usize> {
     let steps = steps.clamp(1, t_total);

@@ -37,6 +37,24 @@ pub struct ScheduleConfig {
     pub clip_sample: bool,
 }
 
+impl ScheduleConfig {
+    /// Checks that the schedule describes a diffusion: at least one step, and every β in
+    /// (0, 1) with the first no larger than the last.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.steps == 0 {
+            return Err("the noise schedule has 0 steps (schedule.steps must be at least 1)".into());
+        }
+        let in_range = |b: f64| b.is_finite() && b > 0.0 && b < 1.0;
+        if !(in_range(self.beta_start) && in_range(self.beta_end) && self.beta_start <= self.beta_end) {
+            return Err(format!(
+                "the noise schedule's β runs from {} to {}: both must lie in (0, 1), the first no larger",
+                self.beta_start, self.beta_end
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn clip_by_default() -> bool {
     true
 }

@@ -113,6 +113,33 @@ fn chunk_path(dir: &Path, step: usize, chunk: usize) -> PathBuf {
     dir.join(format!("ckpt-{step:07}-chunk-{chunk:05}.bin"))
 }
 
+/// Refuses features the index cannot store faithfully, naming the training image: NaN or
+/// infinite values (a diverged model), and in f16 storage values beyond its range (±65,504),
+/// which would otherwise become ±∞ and then NaN scores. `first` is the image of the first
+/// row, and a row holds `row` values.
+fn check_storable(values: &[f32], storage: Storage, first: usize, row: usize) -> Result<(), IndexError> {
+    let limit = match storage {
+        Storage::F32 => f32::MAX,
+        Storage::F16 => half::f16::MAX.to_f32(),
+    };
+    let Some(at) = values.iter().position(|v| !(v.abs() <= limit)) else {
+        return Ok(());
+    };
+    let image = first + at / row;
+    let value = values[at];
+    Err(IndexError::Invalid(if value.is_finite() {
+        format!(
+            "training image #{image}: a gradient feature of {value:e} exceeds what f16 storage holds \
+             (±65504); build the index with f32 storage (without --f16)"
+        )
+    } else {
+        format!(
+            "training image #{image}: its gradient features hold {value} (the model's loss or \
+             gradients overflow on it); check the checkpoint (`retrace info`) or retrain"
+        )
+    }))
+}
+
 fn encode(values: &[f32], storage: Storage) -> Vec<u8> {
     match storage {
         Storage::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -317,6 +344,8 @@ impl crate::jobs::ProgressSink for Offset {
 /// file, and records both checksums in the manifest, all atomically.
 fn write_chunk(dir: &Path, manifest: &mut Manifest, ci: usize, k: usize, values: &[f32]) -> Result<(), IndexError> {
     let storage = manifest.key.storage;
+    let row = (manifest.key.plan.buckets * manifest.dim).max(1);
+    check_storable(values, storage, k * manifest.chunk_size, row)?;
     let bytes = encode(values, storage);
     let path = chunk_path(dir, manifest.checkpoints[ci].step, k);
     write_atomic(&path, &bytes).map_err(|e| IndexError::Invalid(e.to_string()))?;
@@ -421,21 +450,48 @@ fn read_manifest(dir: &Path) -> Result<Manifest, IndexError> {
 }
 
 /// The manifest in `bytes`, read from `path`, of this retrace's format.
+/// The key under which `manifest.json` holds the SHA-256 of the rest of itself.
+const MANIFEST_CHECKSUM: &str = "checksum";
+
+/// The checksum of a manifest's JSON value without its checksum field: of its compact
+/// serialisation, whose keys serde_json orders, so that it does not depend on the layout.
+fn manifest_checksum(value: &serde_json::Value) -> String {
+    sha256(&serde_json::to_vec(value).expect("a JSON value serialises"))
+}
+
 fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, IndexError> {
-    let m: Manifest = serde_json::from_slice(bytes)
-        .map_err(|e| IndexError::Invalid(format!("{}: unreadable index manifest: {e}", path.display())))?;
+    let invalid = |what: String| IndexError::Invalid(format!("{}: {what}", path.display()));
+    let mut value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| invalid(format!("unreadable index manifest: {e}")))?;
+    // A manifest written before manifests carried a checksum has none; the next write adds it.
+    if let Some(stored) = value.as_object_mut().and_then(|o| o.remove(MANIFEST_CHECKSUM))
+        && stored.as_str() != Some(manifest_checksum(&value).as_str())
+    {
+        return Err(invalid(
+            "the index manifest does not match its checksum (edited or damaged): rebuild the index, \
+             or delete the directory"
+                .into(),
+        ));
+    }
+    let m: Manifest = serde_json::from_value(value).map_err(|e| invalid(format!("unreadable index manifest: {e}")))?;
     if m.format_version != INDEX_FORMAT_VERSION {
-        return Err(IndexError::Invalid(format!(
-            "{}: index format {} but this retrace reads {INDEX_FORMAT_VERSION}; rebuild it",
-            path.display(),
+        return Err(invalid(format!(
+            "index format {} but this retrace reads {INDEX_FORMAT_VERSION}; rebuild it",
             m.format_version
         )));
     }
+    m.validate()
+        .map_err(|e| invalid(format!("damaged index manifest: {e}; rebuild the index")))?;
     Ok(m)
 }
 
 fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), IndexError> {
-    let json = serde_json::to_vec_pretty(m).expect("manifest serialises");
+    let mut value = serde_json::to_value(m).expect("a manifest serialises");
+    let checksum = manifest_checksum(&value);
+    if let Some(object) = value.as_object_mut() {
+        object.insert(MANIFEST_CHECKSUM.into(), checksum.into());
+    }
+    let json = serde_json::to_vec_pretty(&value).expect("a JSON value serialises");
     write_atomic(&dir.join("manifest.json"), &json).map_err(|e| IndexError::Invalid(e.to_string()))
 }
 
@@ -660,4 +716,86 @@ fn map_file(path: &Path) -> Result<Mmap, IndexError> {
     // SAFETY: index files are written once under a temporary name and renamed into place; they
     // are never modified afterwards, so the mapping stays valid while it is read.
     unsafe { Mmap::map(&file) }.map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(examples: usize, chunk_size: usize) -> Manifest {
+        let chunks = examples.div_ceil(chunk_size.max(1));
+        Manifest {
+            format_version: INDEX_FORMAT_VERSION,
+            key: IndexKey {
+                checkpoint_hashes: vec![sha256(b"checkpoint")],
+                data_hash: sha256(b"data"),
+                plan: TimestepPlan::new(1000, 10, 1, 0).unwrap(),
+                projection: ProjectionConfig::default(),
+                layer_shapes: vec![(3, 5)],
+                storage: Storage::F16,
+                measurement: Measurement::Loss,
+            },
+            examples,
+            chunk_size,
+            dim: 15,
+            checkpoints: vec![IndexedCheckpoint {
+                step: 7,
+                learning_rate: 1e-3,
+                chunks: vec![Some(sha256(b"chunk")); chunks],
+                summaries: vec![None; chunks],
+            }],
+            shard: None,
+        }
+    }
+
+    #[test]
+    fn a_manifest_carries_its_checksum_and_every_field_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        write_manifest(dir.path(), &manifest(250, 100)).unwrap();
+        assert_eq!(read_manifest(dir.path()).unwrap(), manifest(250, 100));
+        // Edited by hand: the checksum no longer matches.
+        let text = std::fs::read_to_string(&path).unwrap().replace("250", "260");
+        std::fs::write(&path, &text).unwrap();
+        let error = read_manifest(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("does not match its checksum"), "{error}");
+        // Without a checksum (an older manifest), the fields are still checked.
+        let unchecked = |m: &Manifest| {
+            std::fs::write(&path, serde_json::to_vec(m).unwrap()).unwrap();
+            read_manifest(dir.path()).map_err(|e| e.to_string())
+        };
+        assert!(unchecked(&manifest(250, 100)).is_ok());
+        let mut bad = vec![
+            manifest(250, 0),
+            manifest(250, 100),
+            manifest(250, 100),
+            manifest(250, 100),
+        ];
+        bad[1].checkpoints[0].chunks.pop();
+        bad[2].key.data_hash.truncate(12);
+        bad[3].key.plan.buckets = 0;
+        for m in &bad {
+            let error = unchecked(m).unwrap_err();
+            assert!(error.contains("damaged index manifest"), "{error}");
+        }
+    }
+
+    #[test]
+    fn features_beyond_the_storage_are_refused_with_the_image_named() {
+        let mut values = vec![0.5f32; 3 * 4];
+        assert!(check_storable(&values, Storage::F16, 200, 4).is_ok());
+        values[9] = 70_000.0;
+        assert!(check_storable(&values, Storage::F32, 200, 4).is_ok());
+        let message = check_storable(&values, Storage::F16, 200, 4).unwrap_err().to_string();
+        assert!(
+            message.contains("training image #202") && message.contains("f32"),
+            "{message}"
+        );
+        values[9] = f32::NAN;
+        let message = check_storable(&values, Storage::F32, 200, 4).unwrap_err().to_string();
+        assert!(
+            message.contains("training image #202") && message.contains("NaN"),
+            "{message}"
+        );
+    }
 }

@@ -215,6 +215,8 @@ pub fn open(root: &Path) -> Result<(ModelInfo, DiffusersLayout), CheckpointError
             },
         },
     };
+    info.validate()
+        .map_err(|e| CheckpointError::invalid(root, format!("diffusers model: {e}")))?;
     Ok((info, layout))
 }
 
