@@ -74,7 +74,7 @@ fn tune_allocator() {
 /// runtime (lavapipe, on a machine without one) only to hold Adam's moments until the first step
 /// moves them to the model's device, and would take the default wgpu device before the viewer can
 /// share it with its window. With `BURN_DEVICE=flex` they wait in host memory. A value the user
-/// set is kept. (`.cargo/config.toml` sets the same for `cargo test`.)
+/// set is kept.
 fn keep_burn_default_on_host() {
     if std::env::var_os(retrace::device::BURN_DEFAULT_ENV).is_none() {
         // SAFETY: called first in `main`, before any thread exists that could read the environment.
