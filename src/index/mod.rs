@@ -122,7 +122,7 @@ fn check_storable(values: &[f32], storage: Storage, first: usize, row: usize) ->
         Storage::F32 => f32::MAX,
         Storage::F16 => half::f16::MAX.to_f32(),
     };
-    let Some(at) = values.iter().position(|v| !(v.abs() <= limit)) else {
+    let Some(at) = values.iter().position(|v| v.is_nan() || v.abs() > limit) else {
         return Ok(());
     };
     let image = first + at / row;
