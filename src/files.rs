@@ -38,7 +38,30 @@ pub fn sha256(bytes: &[u8]) -> String {
     to_hex(&Sha256::digest(bytes))
 }
 
+/// The first 12 characters of a digest, for messages; all of it when it is shorter (a damaged
+/// or empty hash in a file must not make a message panic).
+pub fn short_hash(hash: &str) -> &str {
+    hash.char_indices().nth(12).map_or(hash, |(end, _)| &hash[..end])
+}
+
 /// Lowercase hex of a byte string.
 pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Largest image side retrace decodes: far beyond any training image, small enough that a
+/// damaged header cannot make the decoder allocate gigabytes.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+
+/// Decodes a PNG or JPEG file, recognising the format by its content (a JPEG named `.png`
+/// reads too) and refusing sides beyond [`MAX_IMAGE_SIDE`].
+pub fn read_image(path: &Path) -> Result<image::DynamicImage, String> {
+    let mut reader = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| e.to_string())?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(limits);
+    reader.decode().map_err(|e| e.to_string())
 }

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod attribution;
 pub mod bench;
+pub mod contained;
 pub mod curvature;
 pub mod data;
 pub mod device;

@@ -109,6 +109,9 @@ fn main() {
 /// main thread's, or one that reaches it, ends the process with [`EXIT_INTERNAL`].
 fn report_panics_as_internal_errors() {
     std::panic::set_hook(Box::new(|info| {
+        if retrace::contained::is_contained() {
+            return;
+        }
         let what = info
             .payload()
             .downcast_ref::<&str>()

@@ -167,3 +167,52 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// A synthetic index of `images` images × `buckets` buckets of random features (the layer
+/// shapes give an odd feature width), in `storage`, written to `dir` and opened.
+pub fn synthetic_index(
+    dir: &std::path::Path,
+    images: usize,
+    buckets: usize,
+    storage: retrace::index::Storage,
+) -> retrace::index::Index {
+    use retrace::grad::Projector;
+    use retrace::index::{INDEX_FORMAT_VERSION, IndexKey, IndexedCheckpoint, Manifest, write_index};
+    let projection = retrace::grad::ProjectionConfig {
+        k_in: 16,
+        k_out: 16,
+        seed: 0,
+    };
+    let layer_shapes = vec![(3, 5), (7, 1), (3, 3)];
+    let dim = Projector::new(projection, &layer_shapes, &cpu()).dim();
+    let key = IndexKey {
+        checkpoint_hashes: vec![retrace::files::sha256(b"synthetic checkpoint")],
+        data_hash: retrace::files::sha256(b"synthetic data"),
+        plan: retrace::grad::TimestepPlan::new(1000, buckets, 1, 0).unwrap(),
+        projection,
+        layer_shapes,
+        storage,
+        measurement: retrace::diffusion::Measurement::Loss,
+    };
+    let manifest = Manifest {
+        format_version: INDEX_FORMAT_VERSION,
+        key: key.clone(),
+        examples: images,
+        chunk_size: 10,
+        dim,
+        checkpoints: vec![IndexedCheckpoint {
+            step: 1,
+            learning_rate: 1e-3,
+            chunks: Vec::new(),
+            summaries: Vec::new(),
+        }],
+        shard: None,
+    };
+    let values = retrace::diffusion::noise::gaussian(
+        &mut retrace::diffusion::noise::stream("synthetic-index", &[images as u64]),
+        images * buckets * dim,
+    );
+    let row = buckets * dim;
+    write_index(dir, manifest, |_, start, end| values[start * row..end * row].to_vec()).unwrap();
+    retrace::index::Index::open(dir, &key, &cpu()).unwrap()
+}

@@ -106,6 +106,7 @@ fn checkpoints_round_trip_exactly_and_reject_damage() {
         learning_rate: 1e-3,
         loss: 0.5,
         weights_sha256: String::new(),
+        optimizer_sha256: None,
     };
     let entry = dir.save(&model, None, state).unwrap();
     let loaded = dir.load_model(&entry, &device).unwrap();
@@ -130,6 +131,7 @@ fn checkpoints_round_trip_exactly_and_reject_damage() {
         learning_rate: 1e-3,
         loss: 0.5,
         weights_sha256: String::new(),
+        optimizer_sha256: None,
     };
     let entry = dir.save(&poisoned, None, state).unwrap();
     let err = dir.load_model(&entry, &device).unwrap_err().to_string();

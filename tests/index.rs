@@ -597,50 +597,6 @@ fn the_fused_cpu_passes_over_an_index_and_its_compact_block_equal_their_definiti
     }
 }
 
-/// A synthetic index of `images` images × `buckets` buckets of random features (the layer
-/// shapes give an odd feature width), in `storage`, written to `dir` and opened.
-fn synthetic_index(dir: &std::path::Path, images: usize, buckets: usize, storage: Storage) -> retrace::index::Index {
-    use retrace::grad::Projector;
-    use retrace::index::{INDEX_FORMAT_VERSION, IndexKey, IndexedCheckpoint, Manifest, write_index};
-    let projection = ProjectionConfig {
-        k_in: 16,
-        k_out: 16,
-        seed: 0,
-    };
-    let layer_shapes = vec![(3, 5), (7, 1), (3, 3)];
-    let dim = Projector::new(projection, &layer_shapes, &cpu()).dim();
-    let key = IndexKey {
-        checkpoint_hashes: vec![retrace::files::sha256(b"synthetic checkpoint")],
-        data_hash: retrace::files::sha256(b"synthetic data"),
-        plan: TimestepPlan::new(1000, buckets, 1, 0).unwrap(),
-        projection,
-        layer_shapes,
-        storage,
-        measurement: retrace::diffusion::Measurement::Loss,
-    };
-    let manifest = Manifest {
-        format_version: INDEX_FORMAT_VERSION,
-        key: key.clone(),
-        examples: images,
-        chunk_size: 10,
-        dim,
-        checkpoints: vec![IndexedCheckpoint {
-            step: 1,
-            learning_rate: 1e-3,
-            chunks: Vec::new(),
-            summaries: Vec::new(),
-        }],
-        shard: None,
-    };
-    let values = retrace::diffusion::noise::gaussian(
-        &mut retrace::diffusion::noise::stream("synthetic-index", &[images as u64]),
-        images * buckets * dim,
-    );
-    let row = buckets * dim;
-    write_index(dir, manifest, |_, start, end| values[start * row..end * row].to_vec()).unwrap();
-    retrace::index::Index::open(dir, &key, &cpu()).unwrap()
-}
-
 #[test]
 fn the_wgsl_kernels_score_an_index_as_the_cpu_passes_do() {
     use retrace::index::SummaryPart;
@@ -656,7 +612,7 @@ fn the_wgsl_kernels_score_an_index_as_the_cpu_passes_do() {
     };
     for storage in [Storage::F16, Storage::F32] {
         let (images, buckets) = (37, 3);
-        let index = synthetic_index(&tmp.path().join(format!("{storage:?}")), images, buckets, storage);
+        let index = common::synthetic_index(&tmp.path().join(format!("{storage:?}")), images, buckets, storage);
         let dim = index.manifest.dim;
         assert_eq!(dim % 2, 1, "an odd width, so f16 rows straddle 32-bit words");
         let noise = retrace::diffusion::noise::gaussian(&mut retrace::diffusion::noise::stream("q", &[1]), 20 * dim);

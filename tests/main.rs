@@ -10,6 +10,7 @@ mod data_loading;
 mod diffusers;
 mod diffusion;
 mod evaluation;
+mod fuzz;
 mod grad_capture;
 mod grad_projection;
 mod index;

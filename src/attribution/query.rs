@@ -53,7 +53,8 @@ impl Query {
 /// Loads an image file and converts it to `channels`×`size`×`size` (grey or RGB, resized with a
 /// Lanczos filter), saying what was done.
 pub fn load_query_image(path: &Path, channels: usize, size: usize) -> Result<Query, String> {
-    let img = image::open(path).map_err(|e| format!("cannot read the query image {}: {e}", path.display()))?;
+    let img =
+        crate::files::read_image(path).map_err(|e| format!("cannot read the query image {}: {e}", path.display()))?;
     let (w, h) = (img.width(), img.height());
     let mut notes = Vec::new();
     if (w as usize, h as usize) != (size, size) {
@@ -95,7 +96,8 @@ pub fn load_query_image(path: &Path, channels: usize, size: usize) -> Result<Que
 /// resized to `size`×`size`; white pixels are in the region, grey ones partly. Refused when it
 /// marks no pixel.
 pub fn load_region(path: &Path, size: usize) -> Result<Vec<f32>, String> {
-    let img = image::open(path).map_err(|e| format!("cannot read the region mask {}: {e}", path.display()))?;
+    let img =
+        crate::files::read_image(path).map_err(|e| format!("cannot read the region mask {}: {e}", path.display()))?;
     let grey = image::imageops::resize(&img.to_luma8(), size as u32, size as u32, FilterType::Triangle);
     let region: Vec<f32> = grey.as_raw().iter().map(|&b| b as f32 / 255.0).collect();
     if region.iter().all(|&w| w == 0.0) {

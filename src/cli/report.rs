@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use retrace::data::{DataSpec, Dataset};
 
@@ -28,43 +28,18 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let ReportArgs { scores, out, data, top } = args;
     retrace::report::ReportFormat::from_path(&out).map_err(anyhow::Error::msg)?;
     let bytes = std::fs::read(&scores).with_context(|| format!("cannot read {}", scores.display()))?;
-    let file: retrace::attribution::scores::AttributionFile = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{} is not a scores file of retrace attribute", scores.display()))?;
+    let file = retrace::report::read_scores_file(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", scores.display()))?;
     let spec: DataSpec = data.unwrap_or_else(|| file.data.clone()).parse()?;
     let dataset = Dataset::load(&spec)?;
-    let methods = file
-        .methods
-        .iter()
-        .map(|m| m.to_scores(&dataset))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
-    let uri = file.query["image"]
-        .as_str()
-        .context("the scores file holds no query image (written by an older retrace?)")?;
-    let (query, shape) = retrace::report::decode_png_data_uri(uri, dataset.channels).map_err(anyhow::Error::msg)?;
-    if shape != [dataset.channels, dataset.height, dataset.width] {
-        bail!(
-            "the query image is {shape:?} but the training images are {}×{}",
-            dataset.height,
-            dataset.width
-        );
-    }
-    let region: Option<Vec<f32>> = match file.query.get("region") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => {
-            let region: Vec<f32> =
-                serde_json::from_value(v.clone()).context("the scores file's query region is not a list of weights")?;
-            retrace::attribution::run::check_region(&region, dataset.height, dataset.width)
-                .map_err(anyhow::Error::msg)?;
-            Some(region)
-        }
-    };
+    let parts = retrace::report::ScoresForReport::of(&file, &dataset)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", scores.display()))?;
+    let methods = &parts.methods;
     let input = retrace::report::ReportInput {
-        query: &query,
-        query_description: file.query["description"].as_str().unwrap_or(""),
-        region: region.as_deref(),
+        query: &parts.query,
+        query_description: &parts.query_description,
+        region: parts.region.as_deref(),
         data: &dataset,
-        methods: &methods,
+        methods,
         top_k: top,
         device: &file.device,
         model: &file.model,

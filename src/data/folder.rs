@@ -39,7 +39,8 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Dataset, DataError> {
     let mut decoded = Vec::new();
     for (label, class_dir) in classes.iter().enumerate() {
         for path in list_dir(class_dir)?.into_iter().filter(|p| is_image(p)) {
-            let img = image::open(&path).map_err(|e| DataError::corrupt(&path, format!("cannot decode image: {e}")))?;
+            let img = crate::files::read_image(&path)
+                .map_err(|e| DataError::corrupt(&path, format!("cannot decode image: {e}")))?;
             decoded.push((label as u32, path, img));
         }
     }

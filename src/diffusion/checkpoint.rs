@@ -160,6 +160,9 @@ impl CheckpointState {
         if !is_sha256_hex(&self.weights_sha256) {
             return Err("weights_sha256 is not a SHA-256 digest (64 hex digits)".into());
         }
+        if self.optimizer_sha256.as_deref().is_some_and(|h| !is_sha256_hex(h)) {
+            return Err("optimizer_sha256 is not a SHA-256 digest (64 hex digits)".into());
+        }
         if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
             return Err(format!(
                 "learning_rate {} is not a finite non-negative number",
@@ -186,6 +189,10 @@ pub struct CheckpointState {
     pub loss: f64,
     /// SHA-256 of `weights.bpk`.
     pub weights_sha256: String,
+    /// SHA-256 of `optimizer.bpk`, when the checkpoint was saved with its optimizer state
+    /// (absent in checkpoints written before retrace recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer_sha256: Option<String>,
 }
 
 /// A checkpoint found in a model directory.
@@ -298,9 +305,9 @@ impl ModelDir {
             return Err(format!(
                 "the model was trained on {} (data hash {}…) but the data given, {}, differs (hash {}…)",
                 self.info.data_spec,
-                &self.info.data_hash[..12],
+                crate::files::short_hash(&self.info.data_hash),
                 data.name,
-                &data.content_hash()[..12]
+                crate::files::short_hash(&data.content_hash())
             ));
         }
         Ok(())
@@ -371,6 +378,7 @@ impl ModelDir {
             let bytes = optim
                 .into_bytes()
                 .map_err(|e| CheckpointError::invalid(&final_dir, format!("cannot serialise optimizer: {e}")))?;
+            state.optimizer_sha256 = Some(sha256(&bytes));
             write_atomic(&tmp_dir.join(OPTIMIZER_FILE), &bytes)?;
         }
         write_atomic(
@@ -449,9 +457,33 @@ impl ModelDir {
             ));
         }
         let bytes = std::fs::read(&path).map_err(io(&path))?;
-        optimizer
-            .from_bytes(Bytes::from_bytes_vec(bytes))
-            .map_err(|e| CheckpointError::invalid(&path, format!("unreadable optimizer state: {e}")))
+        if let Some(recorded) = &checkpoint.state.optimizer_sha256 {
+            let actual = sha256(&bytes);
+            if &actual != recorded {
+                return Err(CheckpointError::invalid(
+                    &path,
+                    format!(
+                        "checksum mismatch (file {actual}, recorded {recorded}): the optimizer state is \
+                         corrupt or truncated; delete this checkpoint directory to resume from the one before"
+                    ),
+                ));
+            }
+        }
+        // burn-optim's reader panics on some malformed records (a tensor without a parameter
+        // id); a file that passes the checksum but was not written by this retrace (or one from
+        // before checksums) could hold one, so its panic becomes this error.
+        match crate::contained::contain(|| optimizer.from_bytes(Bytes::from_bytes_vec(bytes))) {
+            Some(Ok(optimizer)) => Ok(optimizer),
+            Some(Err(e)) => Err(CheckpointError::invalid(
+                &path,
+                format!("unreadable optimizer state: {e}"),
+            )),
+            None => Err(CheckpointError::invalid(
+                &path,
+                "unreadable optimizer state (a malformed record); delete this checkpoint directory to resume \
+                 from the one before",
+            )),
+        }
     }
 
     /// Loads the newest checkpoint's weights.

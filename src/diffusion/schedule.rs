@@ -37,12 +37,21 @@ pub struct ScheduleConfig {
     pub clip_sample: bool,
 }
 
+/// Most diffusion steps a schedule may have (DDPM uses 1,000).
+pub const MAX_STEPS: usize = 100_000;
+
 impl ScheduleConfig {
     /// Checks that the schedule describes a diffusion: at least one step, and every β in
     /// (0, 1) with the first no larger than the last.
     pub fn validate(&self) -> Result<(), String> {
         if self.steps == 0 {
             return Err("the noise schedule has 0 steps (schedule.steps must be at least 1)".into());
+        }
+        if self.steps > MAX_STEPS {
+            return Err(format!(
+                "the noise schedule has {} steps; retrace handles at most {MAX_STEPS}",
+                self.steps
+            ));
         }
         let in_range = |b: f64| b.is_finite() && b > 0.0 && b < 1.0;
         if !(in_range(self.beta_start) && in_range(self.beta_end) && self.beta_start <= self.beta_end) {

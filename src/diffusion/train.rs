@@ -148,7 +148,7 @@ pub fn train(
             "{} was created for data {} (hash {}…), not {}",
             dir.root.display(),
             info.data_spec,
-            &info.data_hash[..12],
+            crate::files::short_hash(&info.data_hash),
             data.name
         )));
     }
@@ -244,6 +244,7 @@ fn checkpoint_state(step: usize, per_epoch: usize, learning_rate: f64, loss: f64
         learning_rate,
         loss,
         weights_sha256: String::new(),
+        optimizer_sha256: None,
     }
 }
 

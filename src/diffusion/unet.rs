@@ -155,6 +155,17 @@ mod defaults {
     }
 }
 
+/// Most resolution levels a U-Net may have.
+pub const MAX_LEVELS: usize = 8;
+/// Most residual blocks per level.
+pub const MAX_LAYERS_PER_BLOCK: usize = 16;
+/// Most image channels.
+pub const MAX_IMAGE_CHANNELS: usize = 64;
+/// Largest image side.
+pub const MAX_SAMPLE_SIZE: usize = 4096;
+/// Most parameters (about 8 GB of f32 weights).
+pub const MAX_PARAMETERS: f64 = 2e9;
+
 /// Names of the presets [`UNetConfig::named`] knows.
 pub const CONFIG_NAMES: [&str; 3] = ["tiny", "base", "ddpm-cifar10"];
 
@@ -248,6 +259,24 @@ impl UNetConfig {
         if self.block_out_channels.contains(&0) {
             return Err("a block width of 0: every level needs channels".into());
         }
+        // A config from outside may also name a network no machine can hold; refuse it here,
+        // before anything allocates it (the caps are far beyond any model retrace attributes).
+        let caps = [
+            ("resolution levels", levels, MAX_LEVELS),
+            ("resnets per level", self.layers_per_block, MAX_LAYERS_PER_BLOCK),
+            ("image channels", self.image_channels, MAX_IMAGE_CHANNELS),
+            ("image size", self.sample_size, MAX_SAMPLE_SIZE),
+        ];
+        if let Some((what, value, cap)) = caps.iter().find(|(_, value, cap)| value > cap) {
+            return Err(format!("{what} {value}: retrace handles at most {cap}"));
+        }
+        let parameters = self.estimated_parameters();
+        if parameters > MAX_PARAMETERS {
+            return Err(format!(
+                "about {parameters:.1e} parameters ({:.0} GB as f32): retrace handles at most {MAX_PARAMETERS:.0e}",
+                parameters * 4e-9
+            ));
+        }
         if let Some(w) = self.block_out_channels.iter().find(|&&w| w % self.norm_groups != 0) {
             return Err(format!(
                 "block width {w} is not divisible by {} norm groups",
@@ -303,7 +332,25 @@ impl UNetConfig {
 
     /// Width of the timestep embedding (4× the first level unless set, as in diffusers).
     pub fn time_embed_dim(&self) -> usize {
-        self.time_embedding_dim.unwrap_or(self.block_out_channels[0] * 4)
+        self.time_embedding_dim
+            .unwrap_or(self.block_out_channels.first().map_or(0, |w| w.saturating_mul(4)))
+    }
+
+    /// An upper estimate of the parameter count, computed without building anything: each
+    /// level's residual blocks (down, and up with the skip concatenated) as two 3×3
+    /// convolutions as wide as twice the level, their time projections, and the time MLP.
+    pub fn estimated_parameters(&self) -> f64 {
+        let time = self.time_embed_dim() as f64;
+        let blocks = (2 * self.layers_per_block.min(MAX_LAYERS_PER_BLOCK) + 1) as f64;
+        let levels: f64 = self
+            .block_out_channels
+            .iter()
+            .map(|&w| {
+                let w = w as f64;
+                blocks * (2.0 * 9.0 * 4.0 * w * w + time * w)
+            })
+            .sum();
+        levels + 2.0 * time * time
     }
 
     /// Builds the network with freshly initialised weights. Call [`Self::validate`] first.

@@ -76,6 +76,17 @@ pub struct BenchmarkSpec {
     pub draw_seed: u64,
 }
 
+/// Most training images a benchmark draws subsets from.
+pub const MAX_DATA_LEN: usize = 10_000_000;
+/// Most subsets of a benchmark.
+pub const MAX_SUBSETS: usize = 10_000;
+/// Most training seeds per subset.
+pub const MAX_SEEDS: usize = 100;
+/// Most queries of each kind.
+pub const MAX_QUERIES_PER_KIND: usize = 10_000;
+/// Most (t, ε) draws per query.
+pub const MAX_DRAWS: usize = 1_000_000;
+
 impl BenchmarkSpec {
     /// Checks the numbers fit together before any work starts.
     pub fn validate(&self) -> Result<(), String> {
@@ -84,6 +95,17 @@ impl BenchmarkSpec {
                 "benchmark format version {} but this retrace reads {BENCHMARK_FORMAT_VERSION}",
                 self.format_version
             ));
+        }
+        let caps = [
+            ("training images", self.data_len, MAX_DATA_LEN),
+            ("subsets", self.subsets, MAX_SUBSETS),
+            ("seeds", self.seeds.len(), MAX_SEEDS),
+            ("queries per kind", self.queries_per_kind, MAX_QUERIES_PER_KIND),
+            ("draws", self.draws, MAX_DRAWS),
+            ("sampler steps", self.sampler_steps, self.schedule.steps),
+        ];
+        if let Some((what, value, cap)) = caps.iter().find(|(_, value, cap)| value > cap) {
+            return Err(format!("{value} {what}: a benchmark takes at most {cap}"));
         }
         if !(self.alpha > 0.0 && self.alpha < 1.0) {
             return Err(format!("α must lie strictly between 0 and 1, not {}", self.alpha));
@@ -111,6 +133,7 @@ impl BenchmarkSpec {
         if self.training.batch_size == 0 || self.training.full_epochs == 0 || self.training.subset_epochs == 0 {
             return Err("batch size and epochs must be positive".into());
         }
+        self.schedule.validate()?;
         self.unet.validate()
     }
 
@@ -158,10 +181,10 @@ impl BenchmarkSpec {
                 "{} holds {} images (hash {}…) but the benchmark was made for {} images of {} (hash {}…)",
                 data.name,
                 data.len(),
-                &data.content_hash()[..12],
+                crate::files::short_hash(&data.content_hash()),
                 self.data_len,
                 self.data,
-                &self.data_hash[..self.data_hash.len().min(12)]
+                crate::files::short_hash(&self.data_hash)
             ));
         }
         Ok(())

@@ -62,8 +62,8 @@ impl IndexKey {
         if self.data_hash != other.data_hash {
             out.push(format!(
                 "training data (hash {}… vs {}…)",
-                &self.data_hash[..12],
-                &other.data_hash[..12]
+                crate::files::short_hash(&self.data_hash),
+                crate::files::short_hash(&other.data_hash)
             ));
         }
         if self.plan != other.plan {
@@ -125,6 +125,10 @@ pub struct Manifest {
     pub shard: Option<crate::shard::Shard>,
 }
 
+/// Largest index a manifest may describe, per checkpoint (1 PB: a damaged size must not
+/// overflow the arithmetic that lays out the files).
+pub const MAX_BYTES_PER_CHECKPOINT: usize = 1 << 50;
+
 impl Manifest {
     /// True when every chunk of every checkpoint is written.
     pub fn is_complete(&self) -> bool {
@@ -136,6 +140,13 @@ impl Manifest {
         self.checkpoints
             .iter()
             .all(|c| c.summaries.len() == c.chunks.len() && c.summaries.iter().all(Option::is_some))
+    }
+
+    /// Number of training images in chunk `k`.
+    pub fn chunk_rows(&self, k: usize) -> usize {
+        self.examples
+            .saturating_sub(k.saturating_mul(self.chunk_size))
+            .min(self.chunk_size)
     }
 
     /// Number of chunks per checkpoint.
@@ -178,6 +189,22 @@ impl Manifest {
         }
         if key.projection.k_in == 0 || key.projection.k_out == 0 {
             return Err("the projection's k is 0".into());
+        }
+        let bytes_per_checkpoint = plan
+            .buckets
+            .checked_mul(self.dim)
+            .and_then(|row| row.checked_mul(key.storage.bytes()))
+            .and_then(|row| row.checked_mul(self.examples));
+        if bytes_per_checkpoint.is_none_or(|b| b > MAX_BYTES_PER_CHECKPOINT) {
+            return Err(format!(
+                "{} images × {} buckets × {} features do not fit an index",
+                self.examples, plan.buckets, self.dim
+            ));
+        }
+        let mut steps: Vec<usize> = self.checkpoints.iter().map(|c| c.step).collect();
+        steps.sort_unstable();
+        if steps.windows(2).any(|w| w[0] == w[1]) {
+            return Err("two checkpoints share a step".into());
         }
         let chunks = self.chunks_per_checkpoint();
         for c in &self.checkpoints {

@@ -485,12 +485,22 @@ fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, IndexError> {
     Ok(m)
 }
 
-fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), IndexError> {
-    let mut value = serde_json::to_value(m).expect("a manifest serialises");
+/// A manifest's JSON value with its checksum field set to the checksum of the rest (replacing
+/// any it had): what [`write_manifest`] stores, and what a test that edits a manifest on purpose
+/// writes back.
+pub fn seal_manifest(mut value: serde_json::Value) -> serde_json::Value {
+    if let Some(object) = value.as_object_mut() {
+        object.remove(MANIFEST_CHECKSUM);
+    }
     let checksum = manifest_checksum(&value);
     if let Some(object) = value.as_object_mut() {
         object.insert(MANIFEST_CHECKSUM.into(), checksum.into());
     }
+    value
+}
+
+fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), IndexError> {
+    let value = seal_manifest(serde_json::to_value(m).expect("a manifest serialises"));
     let json = serde_json::to_vec_pretty(&value).expect("a JSON value serialises");
     write_atomic(&dir.join("manifest.json"), &json).map_err(|e| IndexError::Invalid(e.to_string()))
 }
@@ -588,6 +598,42 @@ fn verify_chunks(dir: &Path, manifest: &Manifest, job: &JobContext) -> Result<()
     Ok(())
 }
 
+/// Checks that every chunk file and compact block is as long as the manifest lays it out, so
+/// that a damaged manifest cannot promise more images than the files hold (and make a reader
+/// allocate for them).
+fn check_sizes(dir: &Path, manifest: &Manifest) -> Result<(), IndexError> {
+    let (buckets, dim, storage) = (manifest.key.plan.buckets, manifest.dim, manifest.key.storage);
+    let row_bytes = buckets * dim * storage.bytes();
+    for c in &manifest.checkpoints {
+        for k in 0..c.chunks.len() {
+            let rows = manifest.chunk_rows(k);
+            let summary = c.summaries.get(k).is_some_and(Option::is_some).then(|| {
+                let layout = summary::SummaryLayout {
+                    rows,
+                    buckets,
+                    dim,
+                    storage,
+                };
+                (summary_path(dir, c.step, k), layout.len())
+            });
+            for (path, expected) in [(chunk_path(dir, c.step, k), rows * row_bytes)]
+                .into_iter()
+                .chain(summary)
+            {
+                let length = std::fs::metadata(&path).map_err(io(&path))?.len();
+                if length != expected as u64 {
+                    return Err(IndexError::Invalid(format!(
+                        "{}: {length} bytes where the manifest lays out {expected}: the index is damaged; \
+                         rebuild it",
+                        path.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The progress stage of checking an index's files.
 pub const VERIFY_STAGE: &str = "checking the index files";
 
@@ -629,12 +675,23 @@ impl Index {
                 differences,
             });
         }
+        let projector = Projector::new(manifest.key.projection, &manifest.key.layer_shapes, device);
+        if projector.dim() != manifest.dim {
+            return Err(IndexError::Invalid(format!(
+                "{}: the manifest's feature width {} is not the projection's {}: the manifest is damaged; \
+                 rebuild the index",
+                manifest_path.display(),
+                manifest.dim,
+                projector.dim()
+            )));
+        }
         if !manifest.is_complete() {
             return Err(IndexError::Invalid(format!(
                 "the index in {} is incomplete: run `retrace index` to finish it",
                 dir.display()
             )));
         }
+        check_sizes(dir, &manifest)?;
         let now = stamp_of(dir, &manifest, &manifest_bytes)?;
         let stamp_path = dir.join(VERIFIED_FILE);
         let trusted = verification == Verification::OnChange
@@ -651,7 +708,6 @@ impl Index {
             // The chunks were just verified and the summaries made from them.
             stamp_verified(dir, &manifest)?;
         }
-        let projector = Projector::new(manifest.key.projection, &manifest.key.layer_shapes, device);
         Ok(Self {
             dir: dir.to_owned(),
             manifest,
@@ -676,7 +732,7 @@ impl Index {
             .ok_or_else(|| IndexError::Invalid(format!("the index has no checkpoint #{i}")))?;
         let end = end.min(m.examples);
         let row = m.key.plan.buckets * m.dim;
-        let mut values = Vec::with_capacity(end.saturating_sub(start) * row);
+        let mut values = Vec::new();
         let bytes_per_row = row * m.key.storage.bytes();
         for (chunk, from, to) in self.chunk_spans(start, end) {
             let map = map_file(&chunk_path(&self.dir, c.step, chunk))?;

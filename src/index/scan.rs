@@ -51,8 +51,7 @@ impl Index {
 
     /// Training images in chunk `k`.
     pub(super) fn chunk_rows(&self, k: usize) -> usize {
-        let m = &self.manifest;
-        m.examples.saturating_sub(k * m.chunk_size).min(m.chunk_size)
+        self.manifest.chunk_rows(k)
     }
 
     /// (chunk, first row, end row) within every chunk that holds images `start..end` (clamped

@@ -9,12 +9,14 @@ pub mod content;
 pub mod html;
 pub mod pdf;
 pub mod plot;
+pub mod scores_file;
 
 use std::path::Path;
 
 pub use content::{ReportContent, ReportInput};
 pub use html::html_report;
 pub use pdf::pdf_report;
+pub use scores_file::{ScoresForReport, read_scores_file};
 
 use base64::Engine;
 

@@ -255,6 +255,7 @@ pub(crate) fn checkpoints(info: &ModelInfo, layout: &DiffusersLayout) -> Result<
                     learning_rate: info.train.learning_rate,
                     loss: f64::NAN,
                     weights_sha256: weights_hash(file)?,
+                    optimizer_sha256: None,
                 },
             })
         })

@@ -1,0 +1,184 @@
+//! Fuzzing model directories: `model.json`, a checkpoint's `state.json`, weights and optimizer
+//! state, and a diffusers model's `config.json` and safetensors weights.
+
+use std::path::{Path, PathBuf};
+
+use burn::optim::{AdamWConfig, ModuleOptimizer};
+use retrace::diffusion::ModelDir;
+use retrace::diffusion::train::{TrainLength, train};
+use retrace::jobs::JobContext;
+
+use super::{Parser, Shape, campaign};
+use crate::common::{self, cpu};
+
+/// A tiny model trained for three steps on 8 bundled images, a checkpoint after each, the last
+/// with its optimizer state.
+fn trained_model(root: &Path) -> ModelDir {
+    let data = retrace::data::Dataset::load(&"bundled?subset=8".parse().unwrap()).unwrap();
+    let dir = common::tiny_model_dir(root, &data, 4, 1);
+    let outcome = train(
+        &dir,
+        &data,
+        &TrainLength { epochs: 1 },
+        false,
+        &cpu(),
+        &JobContext::silent(),
+    )
+    .unwrap();
+    assert_eq!(outcome.step, 2);
+    dir
+}
+
+/// What `retrace info` and the commands that load a model read: the description, the list of
+/// checkpoints, and every checkpoint's weights.
+fn open_and_load(root: &Path) -> Result<ModelDir, String> {
+    let dir = ModelDir::open(root).map_err(|e| e.to_string())?;
+    assert!(dir.info.unet.estimated_parameters() <= retrace::diffusion::unet::MAX_PARAMETERS);
+    for checkpoint in dir.checkpoints().map_err(|e| e.to_string())? {
+        dir.load_model(&checkpoint, &cpu()).map_err(|e| e.to_string())?;
+    }
+    Ok(dir)
+}
+
+fn newest_checkpoint(root: &Path) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    dirs.pop().unwrap()
+}
+
+/// Rewrites the newest checkpoint's recorded weight digest to match the file's bytes.
+fn reseal_weights(checkpoint: &Path, state_seed: &serde_json::Value) {
+    let weights = std::fs::read(checkpoint.join("weights.bpk")).unwrap();
+    let mut state = state_seed.clone();
+    state["weights_sha256"] = retrace::files::sha256(&weights).into();
+    std::fs::write(checkpoint.join("state.json"), serde_json::to_vec(&state).unwrap()).unwrap();
+}
+
+#[test]
+fn model_descriptions() {
+    let tmp = tempfile::tempdir().unwrap();
+    trained_model(tmp.path());
+    let path = tmp.path().join("model.json");
+    let parser = Parser {
+        name: "model-json",
+        seeds: vec![std::fs::read(&path).unwrap()],
+        shape: Shape::Json,
+    };
+    campaign(parser, |input, _| {
+        std::fs::write(&path, input).unwrap();
+        let dir = open_and_load(tmp.path())?;
+        dir.data_spec(None).map_err(|e| e.to_string())?;
+        Ok(())
+    });
+}
+
+#[test]
+fn checkpoint_states() {
+    let tmp = tempfile::tempdir().unwrap();
+    trained_model(tmp.path());
+    let path = newest_checkpoint(tmp.path()).join("state.json");
+    let parser = Parser {
+        name: "checkpoint-state",
+        seeds: vec![std::fs::read(&path).unwrap()],
+        shape: Shape::Json,
+    };
+    campaign(parser, |input, _| {
+        std::fs::write(&path, input).unwrap();
+        open_and_load(tmp.path()).map(|_| ())
+    });
+}
+
+#[test]
+fn checkpoint_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    trained_model(tmp.path());
+    let checkpoint = newest_checkpoint(tmp.path());
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(checkpoint.join("state.json")).unwrap()).unwrap();
+    let path = checkpoint.join("weights.bpk");
+    let parser = Parser {
+        name: "checkpoint-weights",
+        seeds: vec![std::fs::read(&path).unwrap()],
+        shape: Shape::Binary,
+    };
+    campaign(parser, |input, reseal| {
+        std::fs::write(&path, input).unwrap();
+        if reseal {
+            reseal_weights(&checkpoint, &state);
+        } else {
+            std::fs::write(checkpoint.join("state.json"), serde_json::to_vec(&state).unwrap()).unwrap();
+        }
+        open_and_load(tmp.path()).map(|_| ())
+    });
+}
+
+#[test]
+fn optimizer_states() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = trained_model(tmp.path());
+    let checkpoint = dir.latest().unwrap().unwrap();
+    let path = checkpoint.dir.join("optimizer.bpk");
+    let parser = Parser {
+        name: "optimizer-state",
+        seeds: vec![std::fs::read(&path).unwrap()],
+        shape: Shape::Binary,
+    };
+    campaign(parser, |input, reseal| {
+        std::fs::write(&path, input).unwrap();
+        let mut checkpoint = checkpoint.clone();
+        if reseal {
+            checkpoint.state.optimizer_sha256 = Some(retrace::files::sha256(input));
+        }
+        let fresh: ModuleOptimizer = AdamWConfig::new().init();
+        dir.load_optimizer(&checkpoint, fresh).map_err(|e| e.to_string())?;
+        Ok(())
+    });
+}
+
+/// A copy of the `options-unet` diffusers fixture (a bare UNet2DModel with non-default options).
+fn diffusers_copy(root: &Path) -> PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers/options-unet");
+    for file in [
+        "config.json",
+        "scheduler_config.json",
+        "diffusion_pytorch_model.safetensors",
+    ] {
+        std::fs::copy(fixture.join(file), root.join(file)).unwrap();
+    }
+    root.to_owned()
+}
+
+#[test]
+fn diffusers_configs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = diffusers_copy(tmp.path());
+    let path = root.join("config.json");
+    let parser = Parser {
+        name: "diffusers-config",
+        seeds: vec![std::fs::read(&path).unwrap()],
+        shape: Shape::Json,
+    };
+    campaign(parser, |input, _| {
+        std::fs::write(&path, input).unwrap();
+        open_and_load(&root).map(|_| ())
+    });
+}
+
+#[test]
+fn diffusers_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = diffusers_copy(tmp.path());
+    let path = root.join("diffusion_pytorch_model.safetensors");
+    let parser = Parser {
+        name: "diffusers-weights",
+        seeds: vec![std::fs::read(&path).unwrap()],
+        shape: Shape::Safetensors,
+    };
+    campaign(parser, |input, _| {
+        std::fs::write(&path, input).unwrap();
+        open_and_load(&root).map(|_| ())
+    });
+}
