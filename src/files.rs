@@ -24,10 +24,60 @@ fn at(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary sibling, fsync, rename.
+/// The name of the temporary sibling this process writes `path` through.
+pub fn temporary_sibling(path: &Path) -> PathBuf {
+    path.with_extension(format!("{TEMPORARY_MARK}{}", std::process::id()))
+}
+
+/// What the name of a temporary file or directory holds before its writer's process id.
+const TEMPORARY_MARK: &str = "tmp-";
+
+/// Removes the temporary files and directories a killed process left in `dir`: entries named
+/// `….tmp-PID` whose process is gone (on systems with `/proc`; elsewhere nothing is removed).
+/// Each directory is swept once per process, before its first atomic write, so a resumed job
+/// ends with no leftovers of the run it resumes.
+pub fn remove_stale_temporaries(dir: &Path) {
+    static SWEPT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let proc_fs = Path::new("/proc/self");
+    if !proc_fs.exists() {
+        return;
+    }
+    {
+        let mut swept = SWEPT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if swept.iter().any(|d| d == dir) {
+            return;
+        }
+        swept.push(dir.to_owned());
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.rsplit_once(&format!(".{TEMPORARY_MARK}")))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary sibling, fsync, rename. A killed writer's
+/// temporaries in the same directory are removed first ([`remove_stale_temporaries`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     use std::io::Write;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    if let Some(parent) = path.parent() {
+        remove_stale_temporaries(parent);
+    }
+    let tmp = temporary_sibling(path);
     let mut file = std::fs::File::create(&tmp).map_err(at(&tmp))?;
     file.write_all(bytes).and_then(|_| file.sync_all()).map_err(at(&tmp))?;
     std::fs::rename(&tmp, path).map_err(at(path))

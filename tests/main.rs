@@ -15,6 +15,7 @@ mod grad_capture;
 mod grad_projection;
 mod index;
 mod kfac;
+mod kill_campaign;
 mod mucs;
 mod rgb;
 mod viewer;

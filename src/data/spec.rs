@@ -104,6 +104,12 @@ impl FromStr for DataSpec {
                 )));
             }
         };
+        if format == DataFormat::Bundled && !path.is_empty() {
+            return Err(bad(format!(
+                "bundled names the data shipped with retrace and takes no path (found {path:?}); \
+                 for files of your own use mnist:, fashion-mnist:, cifar10: or folder:"
+            )));
+        }
         if format != DataFormat::Bundled && path.is_empty() {
             return Err(bad(format!(
                 "{} needs a path, as in {}:DIR",

@@ -19,6 +19,7 @@ use burn::optim::ModuleOptimizer;
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device, Tensor};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::{ScheduleConfig, UNet, UNetConfig};
 use crate::files::{FileError, sha256, write_atomic};
@@ -364,7 +365,8 @@ impl ModelDir {
             ));
         }
         let final_dir = self.root.join("checkpoints").join(format!("step-{:07}", state.step));
-        let tmp_dir = final_dir.with_extension(format!("tmp-{}", std::process::id()));
+        let tmp_dir = crate::files::temporary_sibling(&final_dir);
+        crate::files::remove_stale_temporaries(&self.root.join("checkpoints"));
         let _ = std::fs::remove_dir_all(&tmp_dir);
         std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
         let weights = model
@@ -377,6 +379,8 @@ impl ModelDir {
         if let Some(optim) = optimizer {
             let bytes = optim
                 .into_bytes()
+                .map_err(|e| e.to_string())
+                .and_then(canonical_record)
                 .map_err(|e| CheckpointError::invalid(&final_dir, format!("cannot serialise optimizer: {e}")))?;
             state.optimizer_sha256 = Some(sha256(&bytes));
             write_atomic(&tmp_dir.join(OPTIMIZER_FILE), &bytes)?;
@@ -518,6 +522,54 @@ pub fn param_paths<M: Module>(module: &M) -> HashMap<ParamId, String> {
     };
     module.visit(&mut v);
     v.names
+}
+
+/// `module` with every parameter's id derived from its dotted path (the first 8 bytes of the
+/// path's SHA-256). burn draws parameter ids at random per process and stores them in weight
+/// and optimizer files, so without this two identical trainings write different bytes; with it,
+/// a resumed training ends with the bytes of an uninterrupted one.
+pub fn with_path_ids<M: Module>(module: M) -> M {
+    struct PathIds {
+        path: Vec<String>,
+    }
+    impl burn::module::ModuleMapper for PathIds {
+        fn enter_module(&mut self, name: &str, _container: &str) {
+            self.path.push(name.to_owned());
+        }
+        fn exit_module(&mut self, _name: &str, _container: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let digest = Sha256::digest(self.path.join(".").as_bytes());
+            let id = u64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"));
+            param.id = ParamId::from(id);
+            param
+        }
+    }
+    module.map(&mut PathIds { path: Vec::new() })
+}
+
+/// A burn record with its tensors in name order. burn-optim lists the optimizer's tensors in
+/// the order of a hash map seeded per process, so the same state would be written as different
+/// bytes by two processes; sorted, a resumed training's optimizer file equals an uninterrupted
+/// one's.
+fn canonical_record(bytes: Bytes) -> Result<Vec<u8>, String> {
+    let reader = burn_pack::Reader::from_bytes(bytes).map_err(|e| e.to_string())?;
+    let (scalars, metadata) = (reader.scalars().clone(), reader.metadata().clone());
+    let mut tensors = Vec::new();
+    for tensor in reader.into_tensors().map_err(|e| e.to_string())? {
+        let (name, dtype, shape, param_id, data) = tensor.into_parts().map_err(|e| e.to_string())?;
+        tensors.push(burn_pack::Tensor::new(name, dtype, shape, param_id, data));
+    }
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut writer = burn_pack::Writer::new(tensors);
+    for (key, value) in &scalars {
+        writer = writer.with_scalar(key, *value);
+    }
+    for (key, value) in &metadata {
+        writer = writer.with_metadata(key, value);
+    }
+    Ok(writer.into_bytes().map_err(|e| e.to_string())?.to_vec())
 }
 
 /// Path of the first parameter with a NaN or infinity, if any.

@@ -357,13 +357,15 @@ impl UNetConfig {
     /// The weights come from burn's generator, which one process shares: the draws are made
     /// under [`crate::device::drawing`], so no other initialisation interleaves with them.
     pub fn init(&self, device: &Device) -> UNet {
-        crate::device::drawing(device, None, || self.build(device))
+        crate::device::drawing(device, None, || super::checkpoint::with_path_ids(self.build(device)))
     }
 
     /// [`Self::init`] from the generator seeded with `seed`: the same weights for the same
     /// seed, whatever else the process initialises at the same time.
     pub fn init_seeded(&self, device: &Device, seed: u64) -> UNet {
-        crate::device::drawing(device, Some(seed), || self.build(device))
+        crate::device::drawing(device, Some(seed), || {
+            super::checkpoint::with_path_ids(self.build(device))
+        })
     }
 
     fn build(&self, device: &Device) -> UNet {
