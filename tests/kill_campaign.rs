@@ -6,7 +6,7 @@
 //! `RETRACE_KILLS` sets the kills per job (2 by default, which CI runs; `scripts/kill-campaign`
 //! runs 20), `RETRACE_KILL_SEED` the seed of the moments (0 by default), and
 //! `RETRACE_KILL_REPORT` a file that receives one JSON line per job. The jobs run the `retrace`
-//! binary of this build, with relative paths inside one directory per run, so that the command
+//! binary of this build (or `RETRACE_BIN`), with relative paths inside one directory per run, so that the command
 //! lines a model records are the same in every run.
 
 use std::collections::BTreeMap;
@@ -91,7 +91,9 @@ struct Job {
 }
 
 fn retrace() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_retrace"));
+    // RETRACE_BIN runs another copy of the binary (a long campaign beside a rebuild).
+    let binary = std::env::var("RETRACE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_retrace").to_owned());
+    let mut command = Command::new(binary);
     command
         .env("RETRACE_DEVICE", "cpu")
         .stdout(Stdio::null())
