@@ -115,3 +115,69 @@ pub fn read_image(path: &Path) -> Result<image::DynamicImage, String> {
     reader.limits(limits);
     reader.decode().map_err(|e| e.to_string())
 }
+
+/// A safetensors file with its JSON header's keys in sorted order (the metadata's included).
+/// The `safetensors` crate takes the metadata as a hash map, whose order differs between
+/// processes, so the same tensors would be written as different bytes; sorted, they are not.
+/// The header keeps its length, so its padding and every data offset stay valid.
+pub fn canonical_safetensors(mut bytes: Vec<u8>) -> Vec<u8> {
+    fn sorted(value: serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(fields) => {
+                let mut entries: Vec<(String, serde_json::Value)> = fields.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+            }
+            other => other,
+        }
+    }
+    let Some(length) = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(|b| u64::from_le_bytes(b) as usize)
+    else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8usize.saturating_add(length)) else {
+        return bytes;
+    };
+    let text = String::from_utf8_lossy(header);
+    let trimmed = text.trim_end();
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(trimmed) else {
+        return bytes;
+    };
+    let Ok(canonical) = serde_json::to_vec(&sorted(value)) else {
+        return bytes;
+    };
+    if canonical.len() == trimmed.len() {
+        bytes[8..8 + canonical.len()].copy_from_slice(&canonical);
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_safetensors_header_is_written_in_one_order_whatever_the_metadata_map_holds() {
+        let values = [1.0f32, 2.0, 3.0];
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3], &data).unwrap();
+        let written: Vec<Vec<u8>> = (0..8)
+            .map(|k| {
+                // Maps filled in different orders, as different processes' hash maps iterate.
+                let mut metadata = std::collections::HashMap::new();
+                let mut keys = vec!["key", "payload_sha256", "version"];
+                keys.rotate_left(k % 3);
+                for key in keys {
+                    metadata.insert(key.to_owned(), format!("value of {key}"));
+                }
+                canonical_safetensors(safetensors::serialize([("t", view.clone())], Some(metadata)).unwrap())
+            })
+            .collect();
+        assert!(written.windows(2).all(|w| w[0] == w[1]));
+        let read = safetensors::SafeTensors::deserialize(&written[0]).unwrap();
+        assert_eq!(read.tensor("t").unwrap().data(), data.as_slice());
+    }
+}

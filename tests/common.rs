@@ -216,3 +216,48 @@ pub fn synthetic_index(
     write_index(dir, manifest, |_, start, end| values[start * row..end * row].to_vec()).unwrap();
     retrace::index::Index::open(dir, &key, &cpu()).unwrap()
 }
+
+/// A job context that keeps every progress message it is given.
+pub fn recording_job() -> (retrace::jobs::JobContext, std::sync::Arc<Recorder>) {
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let job = retrace::jobs::JobContext {
+        cancel: retrace::jobs::CancelToken::new(),
+        progress: recorder.clone(),
+    };
+    (job, recorder)
+}
+
+/// The messages a job reported, in order.
+#[derive(Default)]
+pub struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl Recorder {
+    /// Every message so far.
+    pub fn messages(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl retrace::jobs::ProgressSink for Recorder {
+    fn update(&self, progress: &retrace::jobs::Progress) {
+        self.0.lock().unwrap().push(progress.message.clone());
+    }
+}
+
+/// A tiny model trained for two steps on 8 bundled images, a checkpoint after each, the last
+/// with its optimizer state.
+pub fn tiny_trained_model(root: &Path) -> ModelDir {
+    let data = retrace::data::Dataset::load(&"bundled?subset=8".parse().unwrap()).unwrap();
+    let dir = tiny_model_dir(root, &data, 4, 1);
+    let outcome = retrace::diffusion::train::train(
+        &dir,
+        &data,
+        &retrace::diffusion::train::TrainLength { epochs: 1 },
+        false,
+        &cpu(),
+        &retrace::jobs::JobContext::silent(),
+    )
+    .unwrap();
+    assert_eq!(outcome.step, 2);
+    dir
+}

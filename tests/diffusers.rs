@@ -51,6 +51,10 @@ fn models_written_by_pytorch_predict_what_pytorch_predicted() {
         let dir = fixture(name);
         let model = ModelDir::open(&dir).unwrap();
         assert!(matches!(model.format, ModelFormat::Diffusers(_)), "{name}");
+        // Without retrace's provenance file the model names no training data: a warning says so.
+        let data = retrace::data::Dataset::load(&"bundled?subset=4".parse().unwrap()).unwrap();
+        let warning = model.unverified_data(&data).expect("a warning");
+        assert!(warning.contains("records no hash"), "{warning}");
         let (sample, shape) = io_tensor(&dir, "sample");
         let (timesteps, _) = io_tensor(&dir, "timesteps");
         let (expected, _) = io_tensor(&dir, "output");
@@ -86,6 +90,12 @@ fn export_then_import_gives_identical_weights_outputs_and_provenance() {
         assert!(out.join(file).is_file(), "{file}");
     }
     let imported = ModelDir::open(&out).unwrap();
+    let data = retrace::data::Dataset::load(&"bundled".parse().unwrap()).unwrap();
+    assert_eq!(
+        imported.unverified_data(&data),
+        None,
+        "the provenance file names the data"
+    );
     assert_eq!(imported.info, bundled.info);
     let entries = imported.checkpoints().unwrap();
     assert_eq!(entries.len(), 1);

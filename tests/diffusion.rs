@@ -236,3 +236,32 @@ fn bundled_model_samples_the_same_on_flex_and_wgpu() {
         "20 DDIM steps differ by {max_diff} between flex and wgpu"
     );
 }
+
+#[test]
+fn a_damaged_checkpoint_state_is_named_with_its_fix_and_info_still_lists_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::tiny_trained_model(tmp.path());
+    let first = dir.checkpoints().unwrap()[0].dir.clone();
+    std::fs::write(first.join("state.json"), b"{\"step\": 1, \"epo").unwrap();
+
+    // Commands that need every checkpoint stop, naming the file and the fix.
+    let err = dir.checkpoints().unwrap_err().to_string();
+    assert!(err.contains("state.json") && err.contains("delete"), "{err}");
+    let (good, damaged) = dir.scan_checkpoints().unwrap();
+    assert_eq!(good.iter().map(|c| c.state.step).collect::<Vec<_>>(), [2]);
+    assert_eq!(damaged.len(), 1);
+    assert_eq!(damaged[0].dir, first);
+
+    // `retrace info` lists the good checkpoint and reports the damaged one.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_retrace"))
+        .args(["info", tmp.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(text.contains("checkpoint step       2"), "{text}");
+    assert!(
+        text.contains("damaged checkpoint") && text.contains("--resume"),
+        "{text}"
+    );
+}

@@ -269,13 +269,23 @@ fn attribute_finds_the_source_of_a_perturbed_copy_and_refuses_a_wrong_size() {
     };
     let err = attribute(&model, &data, &empty, &methods, &s, &cpu(), &JobContext::silent()).unwrap_err();
     assert!(err.contains("region is empty"), "{err}");
-    let mut bytes = std::fs::read(&fitted[0]).unwrap();
+    // A damaged stored fit is fitted again, reported, and replaced by the same bytes.
+    let intact = std::fs::read(&fitted[0]).unwrap();
+    let mut bytes = intact.clone();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&fitted[0], &bytes).unwrap();
     let kfac_only = MethodSettings::new(&["kfac"]);
-    let err = attribute(&model, &data, &query, &kfac_only, &s, &cpu(), &JobContext::silent()).unwrap_err();
-    assert!(err.contains("checksum mismatch"), "{err}");
+    let (job, progress) = common::recording_job();
+    let refitted = attribute(&model, &data, &query, &kfac_only, &s, &cpu(), &job)
+        .unwrap()
+        .unwrap();
+    assert!(
+        progress.messages().iter().any(|m| m.contains("checksum mismatch")),
+        "the damage is reported"
+    );
+    assert_eq!(refitted[0], scores.iter().find(|s| s.method == "kfac").unwrap().clone());
+    assert_eq!(std::fs::read(&fitted[0]).unwrap(), intact);
     let bad = Query::image(vec![0.0; 3 * 32 * 32], [3, 32, 32], "cifar-sized");
     let err = attribute(&model, &data, &bad, &methods, &s, &cpu(), &JobContext::silent()).unwrap_err();
     assert!(err.contains("model takes"), "{err}");

@@ -193,6 +193,7 @@ impl RetraceApp {
             repaint: ctx.clone(),
         };
         app.index_draft = app.session.as_ref().ok().map(|s| s.index.clone());
+        app.notice = app.session.as_ref().ok().and_then(|s| s.model.unverified_data(&s.data));
         app.ensure_index();
         app
     }

@@ -391,7 +391,17 @@ impl<'a> Context<'a> {
             batch_size: self.index_settings.batch_size,
             device: self.device,
         };
-        let layers = match load_curvature(&index.dir, &key)? {
+        // A damaged or truncated stored fit is not an error: it is fitted again and replaced.
+        let stored = load_curvature(&index.dir, &key).unwrap_or_else(|damage| {
+            self.job.report(
+                "refitting the curvature",
+                0,
+                1,
+                format!("the stored fit is damaged and is fitted again: {damage}"),
+            );
+            None
+        });
+        let layers = match stored {
             Some(mut layers) => {
                 if corrected && layers.iter().any(|l| l.corrected.is_none()) {
                     if !fitter.correct(&mut layers, self.job)? {

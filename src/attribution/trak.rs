@@ -230,6 +230,7 @@ impl TrakKernel {
             ("lambda".to_owned(), self.lambda.to_string()),
         ]);
         let encoded = safetensors::serialize([("weighted", view)], Some(metadata)).map_err(|e| e.to_string())?;
+        let encoded = crate::files::canonical_safetensors(encoded);
         write_atomic(path, &encoded).map_err(|e| e.to_string())
     }
 

@@ -155,6 +155,9 @@ impl IndexTarget {
         let spec: DataSpec = model.data_spec(self.data.as_deref())?.parse()?;
         let data = Dataset::load(&spec)?;
         model.check_data(&data).map_err(anyhow::Error::msg)?;
+        if let Some(warning) = model.unverified_data(&data) {
+            eprintln!("{warning}");
+        }
         let settings = self.index_settings(&model)?;
         Ok((model, data, settings))
     }

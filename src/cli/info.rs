@@ -82,11 +82,12 @@ fn describe_model(dir: &ModelDir) -> Result<()> {
             "  data: {} ({} images, hash {}…)",
             i.data_spec,
             i.data_len,
-            &i.data_hash[..16.min(i.data_hash.len())]
+            retrace::files::short_hash(&i.data_hash)
         );
     }
     println!("  trained with: {}", i.train.command);
-    for c in dir.checkpoints()? {
+    let (checkpoints, damaged) = dir.scan_checkpoints()?;
+    for c in checkpoints {
         let known = |v: f64, text: String| if v.is_finite() { text } else { "—".to_owned() };
         println!(
             "  checkpoint step {:>7}  epoch {:>6}  lr {:.2e}  loss {:>6}  {}",
@@ -96,6 +97,9 @@ fn describe_model(dir: &ModelDir) -> Result<()> {
             known(c.state.loss, format!("{:.4}", c.state.loss)),
             c.dir.display()
         );
+    }
+    for bad in damaged {
+        println!("  damaged checkpoint: {}\n    {}", bad.reason, bad.fix(&dir.root));
     }
     Ok(())
 }

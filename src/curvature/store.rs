@@ -84,6 +84,7 @@ pub fn save_curvature(dir: &Path, key: &CurvatureKey, layers: &[LayerEigen]) -> 
         })
         .collect::<Result<Vec<_>, String>>()?;
     let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())?;
+    let bytes = crate::files::canonical_safetensors(bytes);
     let path = key.path(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     write_atomic(&path, &bytes).map_err(|e| e.to_string())?;

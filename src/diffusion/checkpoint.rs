@@ -196,6 +196,27 @@ pub struct CheckpointState {
     pub optimizer_sha256: Option<String>,
 }
 
+/// A checkpoint directory whose `state.json` cannot be used.
+#[derive(Clone, Debug)]
+pub struct DamagedCheckpoint {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// What is wrong, naming the file.
+    pub reason: String,
+}
+
+impl DamagedCheckpoint {
+    /// What the user can do about it, for the model in `root`.
+    pub fn fix(&self, root: &Path) -> String {
+        format!(
+            "delete {} to use the other checkpoints (`retrace train --out {} --resume` retrains from the one \
+             before it)",
+            self.dir.display(),
+            root.display()
+        )
+    }
+}
+
 /// A checkpoint found in a model directory.
 #[derive(Clone, Debug)]
 pub struct CheckpointEntry {
@@ -314,16 +335,46 @@ impl ModelDir {
         Ok(())
     }
 
-    /// All complete checkpoints, oldest first. Unfinished temporary directories are ignored.
+    /// A warning when the model records no hash of its training data (a diffusers model
+    /// without retrace's provenance file): retrace then cannot check that `data` is what the
+    /// model was trained on, and rankings over other images say nothing about the model.
+    pub fn unverified_data(&self, data: &crate::data::Dataset) -> Option<String> {
+        self.info.data_hash.is_empty().then(|| {
+            format!(
+                "warning: {} records no hash of its training data, so retrace cannot check that {} is what it \
+                 was trained on; rankings over images it was not trained on say nothing about it",
+                self.root.display(),
+                data.name
+            )
+        })
+    }
+
+    /// All complete checkpoints, oldest first. Unfinished temporary directories are ignored; a
+    /// checkpoint whose `state.json` is damaged is an error naming it and the fix (see
+    /// [`Self::scan_checkpoints`] for a listing that reports it instead).
     pub fn checkpoints(&self) -> Result<Vec<CheckpointEntry>, CheckpointError> {
+        let (found, damaged) = self.scan_checkpoints()?;
+        match damaged.first() {
+            None => Ok(found),
+            Some(bad) => Err(CheckpointError::invalid(
+                &bad.dir,
+                format!("{}; {}", bad.reason, bad.fix(&self.root)),
+            )),
+        }
+    }
+
+    /// The readable checkpoints, oldest first, and the damaged ones (an unreadable or invalid
+    /// `state.json`): what `retrace info` lists, so that one damaged checkpoint does not hide
+    /// the others.
+    pub fn scan_checkpoints(&self) -> Result<(Vec<CheckpointEntry>, Vec<DamagedCheckpoint>), CheckpointError> {
         if let ModelFormat::Diffusers(layout) = &self.format {
-            return super::diffusers::checkpoints(&self.info, layout);
+            return Ok((super::diffusers::checkpoints(&self.info, layout)?, Vec::new()));
         }
         let dir = self.root.join("checkpoints");
-        let mut found = Vec::new();
+        let (mut found, mut damaged) = (Vec::new(), Vec::new());
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((found, damaged)),
             Err(e) => return Err(io(&dir)(e)),
         };
         for entry in entries {
@@ -333,16 +384,27 @@ impl ModelDir {
                 continue;
             }
             let state_path = path.join(STATE_FILE);
-            let bytes = std::fs::read(&state_path).map_err(io(&state_path))?;
-            let state: CheckpointState = serde_json::from_slice(&bytes)
-                .map_err(|e| CheckpointError::invalid(&state_path, format!("unreadable checkpoint state: {e}")))?;
-            state
-                .validate()
-                .map_err(|e| CheckpointError::invalid(&state_path, format!("damaged checkpoint state: {e}")))?;
-            found.push(CheckpointEntry { dir: path, state });
+            let state = std::fs::read(&state_path)
+                .map_err(|e| format!("unreadable checkpoint state: {e}"))
+                .and_then(|bytes| {
+                    serde_json::from_slice::<CheckpointState>(&bytes)
+                        .map_err(|e| format!("unreadable checkpoint state: {e}"))
+                })
+                .and_then(|state| {
+                    state.validate().map_err(|e| format!("damaged checkpoint state: {e}"))?;
+                    Ok(state)
+                });
+            match state {
+                Ok(state) => found.push(CheckpointEntry { dir: path, state }),
+                Err(reason) => damaged.push(DamagedCheckpoint {
+                    dir: path,
+                    reason: format!("{}: {reason}", state_path.display()),
+                }),
+            }
         }
         found.sort_by_key(|c| c.state.step);
-        Ok(found)
+        damaged.sort_by(|a, b| a.dir.cmp(&b.dir));
+        Ok((found, damaged))
     }
 
     /// The newest checkpoint, if any.

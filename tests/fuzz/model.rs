@@ -5,29 +5,9 @@ use std::path::{Path, PathBuf};
 
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use retrace::diffusion::ModelDir;
-use retrace::diffusion::train::{TrainLength, train};
-use retrace::jobs::JobContext;
 
 use super::{Parser, Shape, campaign};
 use crate::common::{self, cpu};
-
-/// A tiny model trained for three steps on 8 bundled images, a checkpoint after each, the last
-/// with its optimizer state.
-fn trained_model(root: &Path) -> ModelDir {
-    let data = retrace::data::Dataset::load(&"bundled?subset=8".parse().unwrap()).unwrap();
-    let dir = common::tiny_model_dir(root, &data, 4, 1);
-    let outcome = train(
-        &dir,
-        &data,
-        &TrainLength { epochs: 1 },
-        false,
-        &cpu(),
-        &JobContext::silent(),
-    )
-    .unwrap();
-    assert_eq!(outcome.step, 2);
-    dir
-}
 
 /// What `retrace info` and the commands that load a model read: the description, the list of
 /// checkpoints, and every checkpoint's weights.
@@ -60,7 +40,7 @@ fn reseal_weights(checkpoint: &Path, state_seed: &serde_json::Value) {
 #[test]
 fn model_descriptions() {
     let tmp = tempfile::tempdir().unwrap();
-    trained_model(tmp.path());
+    common::tiny_trained_model(tmp.path());
     let path = tmp.path().join("model.json");
     let parser = Parser {
         name: "model-json",
@@ -78,7 +58,7 @@ fn model_descriptions() {
 #[test]
 fn checkpoint_states() {
     let tmp = tempfile::tempdir().unwrap();
-    trained_model(tmp.path());
+    common::tiny_trained_model(tmp.path());
     let path = newest_checkpoint(tmp.path()).join("state.json");
     let parser = Parser {
         name: "checkpoint-state",
@@ -94,7 +74,7 @@ fn checkpoint_states() {
 #[test]
 fn checkpoint_weights() {
     let tmp = tempfile::tempdir().unwrap();
-    trained_model(tmp.path());
+    common::tiny_trained_model(tmp.path());
     let checkpoint = newest_checkpoint(tmp.path());
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(checkpoint.join("state.json")).unwrap()).unwrap();
@@ -118,7 +98,7 @@ fn checkpoint_weights() {
 #[test]
 fn optimizer_states() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = trained_model(tmp.path());
+    let dir = common::tiny_trained_model(tmp.path());
     let checkpoint = dir.latest().unwrap().unwrap();
     let path = checkpoint.dir.join("optimizer.bpk");
     let parser = Parser {
