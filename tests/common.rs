@@ -176,44 +176,22 @@ pub fn synthetic_index(
     buckets: usize,
     storage: retrace::index::Storage,
 ) -> retrace::index::Index {
-    use retrace::grad::Projector;
-    use retrace::index::{INDEX_FORMAT_VERSION, IndexKey, IndexedCheckpoint, Manifest, write_index};
     let projection = retrace::grad::ProjectionConfig {
         k_in: 16,
         k_out: 16,
         seed: 0,
     };
-    let layer_shapes = vec![(3, 5), (7, 1), (3, 3)];
-    let dim = Projector::new(projection, &layer_shapes, &cpu()).dim();
-    let key = IndexKey {
-        checkpoint_hashes: vec![retrace::files::sha256(b"synthetic checkpoint")],
-        data_hash: retrace::files::sha256(b"synthetic data"),
-        plan: retrace::grad::TimestepPlan::new(1000, buckets, 1, 0).unwrap(),
-        projection,
-        layer_shapes,
-        storage,
-        measurement: retrace::diffusion::Measurement::Loss,
-    };
-    let manifest = Manifest {
-        format_version: INDEX_FORMAT_VERSION,
-        key: key.clone(),
-        examples: images,
-        chunk_size: 10,
-        dim,
-        checkpoints: vec![IndexedCheckpoint {
-            step: 1,
-            learning_rate: 1e-3,
-            chunks: Vec::new(),
-            summaries: Vec::new(),
-        }],
-        shard: None,
-    };
+    let layer_shapes = [(3, 5), (7, 1), (3, 3)];
+    let manifest =
+        retrace::bench::query::synthetic_manifest(projection, &layer_shapes, buckets, storage, images, 10, &cpu())
+            .unwrap();
+    let (key, dim) = (manifest.key.clone(), manifest.dim);
     let values = retrace::diffusion::noise::gaussian(
         &mut retrace::diffusion::noise::stream("synthetic-index", &[images as u64]),
         images * buckets * dim,
     );
     let row = buckets * dim;
-    write_index(dir, manifest, |_, start, end| values[start * row..end * row].to_vec()).unwrap();
+    retrace::index::write_index(dir, manifest, |_, start, end| values[start * row..end * row].to_vec()).unwrap();
     retrace::index::Index::open(dir, &key, &cpu()).unwrap()
 }
 
@@ -260,4 +238,13 @@ pub fn tiny_trained_model(root: &Path) -> ModelDir {
     .unwrap();
     assert_eq!(outcome.step, 2);
     dir
+}
+
+/// A number from the environment variable `name` (underscores allowed, as in `1_000_000`),
+/// or `default` when it is unset or not a number: how the campaigns take their sizes and seeds.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
 }

@@ -285,7 +285,11 @@ fn attribute_finds_the_source_of_a_perturbed_copy_and_refuses_a_wrong_size() {
         "the damage is reported"
     );
     assert_eq!(refitted[0], scores.iter().find(|s| s.method == "kfac").unwrap().clone());
-    assert_ne!(std::fs::read(&fitted[0]).unwrap(), bytes, "the damaged file is replaced");
+    assert_ne!(
+        std::fs::read(&fitted[0]).unwrap(),
+        bytes,
+        "the damaged file is replaced"
+    );
     let bad = Query::image(vec![0.0; 3 * 32 * 32], [3, 32, 32], "cifar-sized");
     let err = attribute(&model, &data, &bad, &methods, &s, &cpu(), &JobContext::silent()).unwrap_err();
     assert!(err.contains("model takes"), "{err}");

@@ -17,20 +17,6 @@ use std::time::{Duration, Instant};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
-fn kills_per_job() -> usize {
-    std::env::var("RETRACE_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2)
-}
-
-fn campaign_seed() -> u64 {
-    std::env::var("RETRACE_KILL_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The small model every job starts from or makes: the tiny U-Net on 48 bundled images.
 const TRAIN: &[&str] = &[
     "train",
@@ -396,8 +382,8 @@ fn jobs() -> Vec<Job> {
 
 #[test]
 fn killed_jobs_resume_to_the_bytes_of_an_uninterrupted_run() {
-    let kills = kills_per_job();
-    let seed = campaign_seed();
+    let kills = crate::common::env_number("RETRACE_KILLS", 2usize);
+    let seed = crate::common::env_number("RETRACE_KILL_SEED", 0u64);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let tmp = tempfile::tempdir().unwrap();
     let reference = tmp.path().join("reference");

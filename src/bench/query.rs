@@ -75,6 +75,44 @@ pub fn synthetic_query_latency(
     result
 }
 
+/// The manifest of an index of random features that no model made: one checkpoint of
+/// `images` images in chunks of `chunk_size`, `buckets` buckets of the projection of
+/// `layer_shapes`, with digests of fixed strings for the checkpoint and the data. What
+/// `retrace bench` and the tests build synthetic indexes from (with [`write_index`]).
+pub fn synthetic_manifest(
+    projection: ProjectionConfig,
+    layer_shapes: &[(usize, usize)],
+    buckets: usize,
+    storage: Storage,
+    images: usize,
+    chunk_size: usize,
+    device: &Device,
+) -> Result<Manifest, String> {
+    let key = IndexKey {
+        checkpoint_hashes: vec![crate::files::sha256(b"synthetic checkpoint")],
+        data_hash: crate::files::sha256(b"synthetic data"),
+        plan: TimestepPlan::new(1000, buckets, 1, 0)?,
+        projection,
+        layer_shapes: layer_shapes.to_vec(),
+        storage,
+        measurement: crate::diffusion::Measurement::Loss,
+    };
+    Ok(Manifest {
+        format_version: INDEX_FORMAT_VERSION,
+        key,
+        examples: images,
+        chunk_size,
+        dim: Projector::new(projection, layer_shapes, device).dim(),
+        checkpoints: vec![IndexedCheckpoint {
+            step: 1,
+            learning_rate: 1e-3,
+            chunks: Vec::new(),
+            summaries: Vec::new(),
+        }],
+        shard: None,
+    })
+}
+
 fn measure(
     dir: &Path,
     images: usize,
@@ -83,32 +121,16 @@ fn measure(
     storage: Storage,
     device: &Device,
 ) -> Result<QueryLatency, String> {
-    let projection = ProjectionConfig::default();
-    let dim = Projector::new(projection, layer_shapes, device).dim();
-    let plan = TimestepPlan::new(1000, buckets, 1, 0)?;
-    let key = IndexKey {
-        checkpoint_hashes: vec![crate::files::sha256(b"synthetic checkpoint")],
-        data_hash: crate::files::sha256(b"synthetic data"),
-        plan: plan.clone(),
-        projection,
-        layer_shapes: layer_shapes.to_vec(),
+    let manifest = synthetic_manifest(
+        ProjectionConfig::default(),
+        layer_shapes,
+        buckets,
         storage,
-        measurement: crate::diffusion::Measurement::Loss,
-    };
-    let manifest = Manifest {
-        format_version: INDEX_FORMAT_VERSION,
-        key: key.clone(),
-        examples: images,
-        chunk_size: 1000,
-        dim,
-        checkpoints: vec![IndexedCheckpoint {
-            step: 1,
-            learning_rate: 1e-3,
-            chunks: Vec::new(),
-            summaries: Vec::new(),
-        }],
-        shard: None,
-    };
+        images,
+        1000,
+        device,
+    )?;
+    let (key, dim) = (manifest.key.clone(), manifest.dim);
     // A block of random values, cycled: the values do not change the work.
     let pool = gaussian(&mut stream("bench-features", &[0]), 1 << 20);
     let row = buckets * dim;
@@ -142,7 +164,7 @@ fn measure(
             },
             query: query.clone(),
         }],
-        plan: plan.clone(),
+        plan: key.plan.clone(),
         ids: (0..images as u64).collect(),
         labels: vec![0; images],
         parameters: serde_json::json!({}),

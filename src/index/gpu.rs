@@ -163,7 +163,7 @@ impl Index {
             .device_cache
             .entries
             .lock()
-            .expect("the device cache is not poisoned");
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(handle) = entries.0.get(&key) {
             return Ok(handle.clone());
         }

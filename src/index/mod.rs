@@ -521,9 +521,26 @@ const VERIFIED_FILE: &str = "verified.json";
 fn stamp_of(dir: &Path, manifest: &Manifest, manifest_bytes: &[u8]) -> Result<VerifiedStamp, IndexError> {
     let mut files = Vec::new();
     for c in &manifest.checkpoints {
-        let summaries = (0..c.summaries.len()).map(|k| summary_path(dir, c.step, k));
-        for path in (0..c.chunks.len()).map(|k| chunk_path(dir, c.step, k)).chain(summaries) {
+        let summaries = (0..c.summaries.len()).map(|k| (summary_path(dir, c.step, k), k, true));
+        for (path, k, is_summary) in (0..c.chunks.len())
+            .map(|k| (chunk_path(dir, c.step, k), k, false))
+            .chain(summaries)
+        {
             let meta = std::fs::metadata(&path).map_err(io(&path))?;
+            let expected = if is_summary {
+                c.summaries[k].is_some().then(|| summary_layout(manifest, k).len())
+            } else {
+                Some(manifest.chunk_rows(k) * manifest.key.plan.buckets * manifest.dim * manifest.key.storage.bytes())
+            };
+            // A damaged manifest must not promise more images than the files hold (and make a
+            // reader allocate for them).
+            if let Some(expected) = expected.filter(|&e| e as u64 != meta.len()) {
+                return Err(IndexError::Invalid(format!(
+                    "{}: {} bytes where the manifest lays out {expected}: the index is damaged; rebuild it",
+                    path.display(),
+                    meta.len()
+                )));
+            }
             let modified = meta
                 .modified()
                 .ok()
@@ -540,6 +557,16 @@ fn stamp_of(dir: &Path, manifest: &Manifest, manifest_bytes: &[u8]) -> Result<Ve
         manifest_sha256: sha256(manifest_bytes),
         files,
     })
+}
+
+/// The layout of chunk `k`'s compact block.
+pub(crate) fn summary_layout(manifest: &Manifest, k: usize) -> summary::SummaryLayout {
+    summary::SummaryLayout {
+        rows: manifest.chunk_rows(k),
+        buckets: manifest.key.plan.buckets,
+        dim: manifest.dim,
+        storage: manifest.key.storage,
+    }
 }
 
 /// Records that the chunk files are as `stamp` describes them and were just verified. A
@@ -595,42 +622,6 @@ fn verify_chunks(dir: &Path, manifest: &Manifest, job: &JobContext) -> Result<()
         }
     }
     job.report(VERIFY_STAGE, total, total, "");
-    Ok(())
-}
-
-/// Checks that every chunk file and compact block is as long as the manifest lays it out, so
-/// that a damaged manifest cannot promise more images than the files hold (and make a reader
-/// allocate for them).
-fn check_sizes(dir: &Path, manifest: &Manifest) -> Result<(), IndexError> {
-    let (buckets, dim, storage) = (manifest.key.plan.buckets, manifest.dim, manifest.key.storage);
-    let row_bytes = buckets * dim * storage.bytes();
-    for c in &manifest.checkpoints {
-        for k in 0..c.chunks.len() {
-            let rows = manifest.chunk_rows(k);
-            let summary = c.summaries.get(k).is_some_and(Option::is_some).then(|| {
-                let layout = summary::SummaryLayout {
-                    rows,
-                    buckets,
-                    dim,
-                    storage,
-                };
-                (summary_path(dir, c.step, k), layout.len())
-            });
-            for (path, expected) in [(chunk_path(dir, c.step, k), rows * row_bytes)]
-                .into_iter()
-                .chain(summary)
-            {
-                let length = std::fs::metadata(&path).map_err(io(&path))?.len();
-                if length != expected as u64 {
-                    return Err(IndexError::Invalid(format!(
-                        "{}: {length} bytes where the manifest lays out {expected}: the index is damaged; \
-                         rebuild it",
-                        path.display()
-                    )));
-                }
-            }
-        }
-    }
     Ok(())
 }
 
@@ -691,7 +682,7 @@ impl Index {
                 dir.display()
             )));
         }
-        check_sizes(dir, &manifest)?;
+        // Also checks every file's length against the manifest, before any reader allocates.
         let now = stamp_of(dir, &manifest, &manifest_bytes)?;
         let stamp_path = dir.join(VERIFIED_FILE);
         let trusted = verification == Verification::OnChange

@@ -32,7 +32,7 @@ impl std::fmt::Debug for Mappings {
 impl Index {
     /// The mapping of `path`, made on first use and kept.
     pub(super) fn mapped(&self, path: &Path) -> Result<Arc<Mmap>, IndexError> {
-        let mut maps = self.maps.0.lock().expect("the mappings are not poisoned");
+        let mut maps = self.maps.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(map) = maps.get(path) {
             return Ok(map.clone());
         }
@@ -70,12 +70,7 @@ impl Index {
     pub(super) fn summary_file(&self, i: usize, k: usize) -> Result<(Arc<Mmap>, SummaryLayout), IndexError> {
         let m = &self.manifest;
         let c = self.checkpoint(i)?;
-        let layout = SummaryLayout {
-            rows: self.chunk_rows(k),
-            buckets: m.key.plan.buckets,
-            dim: m.dim,
-            storage: m.key.storage,
-        };
+        let layout = super::summary_layout(m, k);
         let path = summary_path(&self.dir, c.step, k);
         let map = self.mapped(&path)?;
         if map.len() != layout.len() {

@@ -23,22 +23,6 @@ use std::time::{Duration, Instant};
 
 use mutate::Mutator;
 
-/// Inputs per parser.
-fn inputs_per_parser() -> usize {
-    std::env::var("RETRACE_FUZZ_INPUTS")
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(10_000)
-}
-
-/// The campaign's seed.
-fn campaign_seed() -> u64 {
-    std::env::var("RETRACE_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// How seeds are mutated.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -93,7 +77,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs `attempt` on every seed (which must be accepted), on the regression corpus, and on
-/// [`inputs_per_parser`] mutations; `attempt(input, reseal)` returns `Err` with a message for
+/// `RETRACE_FUZZ_INPUTS` mutations; `attempt(input, reseal)` returns `Err` with a message for
 /// input it refuses. Fails when any input panicked or was refused without a message.
 pub fn campaign(parser: Parser, mut attempt: impl FnMut(&[u8], bool) -> Result<(), String>) {
     quiet_about_contained_panics();
@@ -112,8 +96,8 @@ pub fn campaign(parser: Parser, mut attempt: impl FnMut(&[u8], bool) -> Result<(
     let crash_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target/fuzz-crashes")
         .join(name);
-    let total = inputs_per_parser();
-    let seed = campaign_seed();
+    let total = crate::common::env_number("RETRACE_FUZZ_INPUTS", 10_000usize);
+    let seed = crate::common::env_number("RETRACE_FUZZ_SEED", 0u64);
     let per_parser = u64::from_str_radix(&retrace::files::sha256(name.as_bytes())[..16], 16).expect("hex digest");
     let mut mutator = Mutator::new(seed ^ per_parser);
     let mut tally = Tally {

@@ -59,16 +59,8 @@ fn model_descriptions() {
 fn checkpoint_states() {
     let tmp = tempfile::tempdir().unwrap();
     common::tiny_trained_model(tmp.path());
-    let path = newest_checkpoint(tmp.path()).join("state.json");
-    let parser = Parser {
-        name: "checkpoint-state",
-        seeds: vec![std::fs::read(&path).unwrap()],
-        shape: Shape::Json,
-    };
-    campaign(parser, |input, _| {
-        std::fs::write(&path, input).unwrap();
-        open_and_load(tmp.path()).map(|_| ())
-    });
+    let state = newest_checkpoint(tmp.path()).join("state.json");
+    model_file_campaign("checkpoint-state", tmp.path(), &state, Shape::Json);
 }
 
 #[test]
@@ -131,34 +123,31 @@ fn diffusers_copy(root: &Path) -> PathBuf {
     root.to_owned()
 }
 
+/// A campaign on one file of the model in `root`: each input is written over `file`, then the
+/// model is opened and every checkpoint loaded.
+fn model_file_campaign(name: &'static str, root: &Path, file: &Path, shape: Shape) {
+    let parser = Parser {
+        name,
+        seeds: vec![std::fs::read(file).unwrap()],
+        shape,
+    };
+    campaign(parser, |input, _| {
+        std::fs::write(file, input).unwrap();
+        open_and_load(root).map(|_| ())
+    });
+}
+
 #[test]
 fn diffusers_configs() {
     let tmp = tempfile::tempdir().unwrap();
     let root = diffusers_copy(tmp.path());
-    let path = root.join("config.json");
-    let parser = Parser {
-        name: "diffusers-config",
-        seeds: vec![std::fs::read(&path).unwrap()],
-        shape: Shape::Json,
-    };
-    campaign(parser, |input, _| {
-        std::fs::write(&path, input).unwrap();
-        open_and_load(&root).map(|_| ())
-    });
+    model_file_campaign("diffusers-config", &root, &root.join("config.json"), Shape::Json);
 }
 
 #[test]
 fn diffusers_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let root = diffusers_copy(tmp.path());
-    let path = root.join("diffusion_pytorch_model.safetensors");
-    let parser = Parser {
-        name: "diffusers-weights",
-        seeds: vec![std::fs::read(&path).unwrap()],
-        shape: Shape::Safetensors,
-    };
-    campaign(parser, |input, _| {
-        std::fs::write(&path, input).unwrap();
-        open_and_load(&root).map(|_| ())
-    });
+    let weights = root.join("diffusion_pytorch_model.safetensors");
+    model_file_campaign("diffusers-weights", &root, &weights, Shape::Safetensors);
 }
