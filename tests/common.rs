@@ -248,3 +248,12 @@ pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
         .and_then(|v| v.replace('_', "").parse().ok())
         .unwrap_or(default)
 }
+
+/// To be called before anything restores optimizer state in this process. burn-optim restores
+/// it onto burn's default device, which is wgpu when `BURN_DEVICE` is unset (the binary sets
+/// it to flex; the tests cannot without racing other threads), and a default wgpu brought up
+/// first makes [`shared_wgpu`]'s own setup fail ("Service already initialized"). Bringing the
+/// shared runtime up first makes the default device join it, whatever order the tests run in.
+pub fn before_restoring_optimizer_state() {
+    shared_wgpu();
+}

@@ -54,6 +54,7 @@ fn tiny_training_on_fashion_mnist_lowers_the_loss() {
 
 #[test]
 fn interrupted_training_resumes_to_the_same_weights() {
+    common::before_restoring_optimizer_state();
     let data = fashion_subset(64);
     let device = cpu();
     let straight = tempfile::tempdir().unwrap();

@@ -153,6 +153,7 @@ fn without_timings(bytes: &[u8]) -> Vec<u8> {
 /// Every checkpoint of the model in `root` loads (weights checked against their digests) and
 /// the newest one's optimizer state reads.
 fn check_model(root: &Path) -> Result<(), String> {
+    crate::common::before_restoring_optimizer_state();
     if !root.join("model.json").exists() {
         return Ok(());
     }

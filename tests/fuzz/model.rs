@@ -89,6 +89,7 @@ fn checkpoint_weights() {
 
 #[test]
 fn optimizer_states() {
+    common::before_restoring_optimizer_state();
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::tiny_trained_model(tmp.path());
     let checkpoint = dir.latest().unwrap().unwrap();
