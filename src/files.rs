@@ -71,16 +71,28 @@ pub fn remove_stale_temporaries(dir: &Path) {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary sibling, fsync, rename. A killed writer's
-/// temporaries in the same directory are removed first ([`remove_stale_temporaries`]).
+/// temporaries in the same directory are removed first ([`remove_stale_temporaries`]). On
+/// failure (a full disk, say) the temporary is removed and `path` keeps its old content.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     use std::io::Write;
     if let Some(parent) = path.parent() {
         remove_stale_temporaries(parent);
     }
     let tmp = temporary_sibling(path);
-    let mut file = std::fs::File::create(&tmp).map_err(at(&tmp))?;
-    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(at(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(at(path))
+    // Errors name `path`, the file the caller asked for, not the temporary.
+    let mut file = std::fs::File::create(&tmp).map_err(at(path))?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(at(path));
+    if written.is_err() {
+        // A full disk must not stay fuller for the attempt: the partial temporary goes, and
+        // whatever `path` held before is untouched.
+        drop(file);
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// SHA-256 of bytes as lowercase hex.

@@ -52,16 +52,30 @@ pub enum IndexError {
     /// A file is damaged or the index is unusable.
     #[error("{0}")]
     Invalid(String),
+    /// A file of the index is not there: the index was removed (or is being rebuilt) while in
+    /// use, or was never complete.
+    #[error(
+        "{0}: no such file: the index is incomplete or was removed while in use; building it again (the next ranking, or `retrace index`) restores it"
+    )]
+    Missing(PathBuf),
     /// The job was cancelled while checking the index (nothing was changed).
     #[error("cancelled while checking the index")]
     Cancelled,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
-    move |source| IndexError::Io {
-        path: path.to_owned(),
-        source,
+    move |source| match source.kind() {
+        std::io::ErrorKind::NotFound => IndexError::Missing(path.to_owned()),
+        _ => IndexError::Io {
+            path: path.to_owned(),
+            source,
+        },
     }
+}
+
+/// A failed atomic write of an index file, as an [`IndexError`].
+fn written(e: crate::files::FileError) -> IndexError {
+    io(&e.path)(e.source)
 }
 
 /// What to index.
@@ -348,7 +362,7 @@ fn write_chunk(dir: &Path, manifest: &mut Manifest, ci: usize, k: usize, values:
     check_storable(values, storage, k * manifest.chunk_size, row)?;
     let bytes = encode(values, storage);
     let path = chunk_path(dir, manifest.checkpoints[ci].step, k);
-    write_atomic(&path, &bytes).map_err(|e| IndexError::Invalid(e.to_string()))?;
+    write_atomic(&path, &bytes).map_err(written)?;
     // The summary is made from the stored (rounded) values, so that a summary derived later
     // from the chunk file is the same bytes.
     let mut stored = Vec::with_capacity(values.len());
@@ -368,7 +382,7 @@ fn write_summary(dir: &Path, manifest: &Manifest, ci: usize, k: usize, values: &
     let rows = values.len() / (b * d).max(1);
     let bytes = ChunkSummary::of(values, rows, b, d).encode(manifest.key.storage);
     let path = summary_path(dir, manifest.checkpoints[ci].step, k);
-    write_atomic(&path, &bytes).map_err(|e| IndexError::Invalid(e.to_string()))?;
+    write_atomic(&path, &bytes).map_err(written)?;
     Ok(sha256(&bytes))
 }
 
@@ -502,7 +516,7 @@ pub fn seal_manifest(mut value: serde_json::Value) -> serde_json::Value {
 fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), IndexError> {
     let value = seal_manifest(serde_json::to_value(m).expect("a manifest serialises"));
     let json = serde_json::to_vec_pretty(&value).expect("a JSON value serialises");
-    write_atomic(&dir.join("manifest.json"), &json).map_err(|e| IndexError::Invalid(e.to_string()))
+    write_atomic(&dir.join("manifest.json"), &json).map_err(written)
 }
 
 /// What a full verification of an index saw, kept in `verified.json` so that later opens
