@@ -171,11 +171,7 @@ impl<'a> Context<'a> {
     /// The model at its newest checkpoint, with its entry (no index needed).
     pub fn final_model(&mut self) -> Result<Option<Arc<(CheckpointEntry, UNet)>>, String> {
         if self.final_model.is_none() {
-            let entry = self
-                .model
-                .latest()
-                .map_err(|e| e.to_string())?
-                .ok_or("the model directory holds no checkpoint")?;
+            let entry = self.model.latest_required().map_err(|e| e.to_string())?;
             let net = self.model.load_model(&entry, self.device).map_err(|e| e.to_string())?;
             self.final_model = Some(Arc::new((entry, net)));
         }

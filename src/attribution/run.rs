@@ -134,6 +134,9 @@ impl IndexSettings {
         device: &'a Device,
     ) -> Result<IndexSpec<'a>, String> {
         let mut checkpoints: Vec<CheckpointEntry> = model.checkpoints().map_err(|e| e.to_string())?;
+        if checkpoints.is_empty() {
+            return Err(model.no_checkpoint().to_string());
+        }
         if self.checkpoints == CheckpointChoice::Last {
             checkpoints = checkpoints.split_off(checkpoints.len().saturating_sub(1));
         }

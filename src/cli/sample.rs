@@ -102,10 +102,7 @@ fn parse_seeds(seed: Option<u64>, seeds: Option<&str>) -> Result<Vec<u64>> {
 pub(crate) fn pick_checkpoint(dir: &ModelDir, step: Option<usize>) -> Result<retrace::diffusion::CheckpointEntry> {
     let all = dir.checkpoints()?;
     match step {
-        None => all
-            .last()
-            .cloned()
-            .with_context(|| format!("{} holds no checkpoint yet", dir.root.display())),
+        None => all.last().cloned().ok_or_else(|| dir.no_checkpoint().into()),
         Some(s) => all.iter().find(|c| c.state.step == s).cloned().with_context(|| {
             let steps: Vec<usize> = all.iter().map(|c| c.state.step).collect();
             format!("no checkpoint at step {s}; available: {steps:?}")

@@ -412,6 +412,26 @@ impl ModelDir {
         Ok(self.checkpoints()?.pop())
     }
 
+    /// The newest checkpoint, or an error saying the directory holds none and how to make one.
+    pub fn latest_required(&self) -> Result<CheckpointEntry, CheckpointError> {
+        self.latest()?.ok_or_else(|| self.no_checkpoint())
+    }
+
+    /// The error of a directory that holds no checkpoint yet, with the command that trains one.
+    pub fn no_checkpoint(&self) -> CheckpointError {
+        CheckpointError::invalid(
+            &self.root,
+            format!(
+                "holds no checkpoint yet: train it first (`retrace train --data {} --out {} --resume`)",
+                match self.info.data_spec.as_str() {
+                    "" => "DATA",
+                    spec => spec,
+                },
+                self.root.display()
+            ),
+        )
+    }
+
     /// Writes a checkpoint atomically. The optimizer state is kept only in the newest
     /// checkpoint: older ones lose theirs once this one is in place.
     pub fn save(
@@ -554,9 +574,7 @@ impl ModelDir {
 
     /// Loads the newest checkpoint's weights.
     pub fn load_latest(&self, device: &Device) -> Result<(UNet, CheckpointEntry), CheckpointError> {
-        let latest = self
-            .latest()?
-            .ok_or_else(|| CheckpointError::invalid(&self.root, "holds no checkpoint yet (train it first)"))?;
+        let latest = self.latest_required()?;
         Ok((self.load_model(&latest, device)?, latest))
     }
 }
