@@ -368,3 +368,195 @@ impl egui::DroppedFile for DroppedPath {
         std::fs::read(&self.0).map_err(|e| e.to_string())
     }
 }
+
+/// A file system of `bytes` bytes mounted for a test (tmpfs; unmounted when dropped), to fill
+/// up; `None` where the test may not mount one (it needs root, which CI has).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: usize) -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Self { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// The viewer under faults, each of which must end in a notice with the window still working:
+/// a corrupt image dropped on it, a disk that fills while a report is written (the report the
+/// path held before is kept, and no partial file is left), and the index deleted at several
+/// moments of a ranking (the ranking either finishes with the right scores or says what
+/// happened, and the next one rebuilds the index and gives the right scores).
+#[test]
+fn faults_end_in_notices_and_the_window_keeps_working() {
+    let tmp = tempfile::tempdir().unwrap();
+    let session = session(tmp.path());
+    let index_dir = session.index.dir.clone();
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1280.0, 820.0))
+        .build_eframe(|cc| RetraceApp::new(cc, Ok(session)));
+    harness.get_by_label("Use").click();
+    harness.run_steps(2);
+    // While the index builds, methods that read it wait; pixel distance need not.
+    let tick_only = |harness: &mut Harness<'_, RetraceApp>, method: &str| {
+        for (m, on) in &mut harness.state_mut().selected_methods {
+            *on = m == method;
+        }
+    };
+    if harness.state().indexing.is_some() {
+        assert!(!harness.state().can_run(), "retrac waits for the index");
+        tick_only(&mut harness, "pixel");
+        assert!(harness.state().can_run(), "pixel need not wait");
+    }
+    until_idle(&mut harness, Duration::from_secs(300));
+    tick_only(&mut harness, "retrac");
+    harness.run_steps(2);
+    harness.get_by_label("Run").click();
+    harness.step();
+    until_idle(&mut harness, Duration::from_secs(300));
+    assert_eq!(harness.state().notice, None);
+    let reference = harness.state().scores("retrac").unwrap().clone();
+
+    // A truncated PNG dropped on the window: a notice naming it; the query stays.
+    let png = tmp.path().join("good.png");
+    image::GrayImage::from_fn(28, 28, |x, y| image::Luma([(x * 9 + y) as u8]))
+        .save(&png)
+        .unwrap();
+    let bytes = std::fs::read(&png).unwrap();
+    let corrupt = tmp.path().join("corrupt.png");
+    std::fs::write(&corrupt, &bytes[..bytes.len() / 2]).unwrap();
+    harness
+        .input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(DroppedPath(corrupt.clone())));
+    harness.run_steps(2);
+    let notice = harness.state().notice.clone().unwrap_or_default();
+    assert!(notice.contains("corrupt.png"), "the notice names the file: {notice}");
+    assert_eq!(harness.state().history.len(), 1, "the corrupt image is not a query");
+    assert_eq!(harness.state().scores("retrac"), Some(&reference));
+    harness.get_by_label_contains("corrupt.png");
+    harness.get_by_label("Dismiss").click();
+    harness.run_steps(2);
+    assert_eq!(harness.state().notice, None);
+    assert!(
+        harness.query_by_label_contains("corrupt.png").is_none(),
+        "the banner is gone"
+    );
+
+    // A disk that fills while the report is written.
+    match SmallDisk::mount(48 * 1024) {
+        Some(disk) => {
+            let path = disk.dir.path().join("report.html");
+            std::fs::write(&path, b"the previous report").unwrap();
+            harness.state_mut().export_report(&path);
+            harness.state_mut().wait_for_exports();
+            harness.run_steps(2);
+            let notice = harness.state().notice.clone().unwrap_or_default();
+            assert!(
+                notice.starts_with("cannot write the report") && notice.contains("No space left on device"),
+                "{notice}"
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), b"the previous report");
+            let names: Vec<_> = std::fs::read_dir(disk.dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["report.html"], "no partial file is left behind");
+            // Scores are small: they still fit.
+            harness.state_mut().export_scores(&disk.dir.path().join("scores.csv"));
+            let notice = harness.state().notice.clone().unwrap_or_default();
+            assert!(notice.starts_with("scores written to"), "{notice}");
+        }
+        None => eprintln!("skipped the full-disk export: this process may not mount a file system"),
+    }
+
+    // The index deleted at several moments of a ranking.
+    let mut outcomes = Vec::new();
+    for delay in [0u64, 10, 40, 150, 600] {
+        harness.state_mut().cache.clear();
+        harness.state_mut().notice = None;
+        // The banner goes: lay out again before clicking.
+        harness.run_steps(2);
+        harness.get_by_label("Run").click();
+        harness.step();
+        assert!(harness.state().work.is_some());
+        std::thread::sleep(Duration::from_millis(delay));
+        // The job may be writing into the directory as it goes: retry until it is gone.
+        while index_dir.exists() {
+            let _ = std::fs::remove_dir_all(&index_dir);
+        }
+        until_idle(&mut harness, Duration::from_secs(300));
+        let notice = harness.state().notice.clone();
+        outcomes.push(
+            notice
+                .clone()
+                .map_or("finished".to_owned(), |n| n.chars().take(60).collect()),
+        );
+        match notice {
+            None => assert_eq!(harness.state().scores("retrac"), Some(&reference)),
+            Some(notice) => {
+                assert!(notice.contains("index"), "the notice says what happened: {notice}");
+                assert!(harness.state().scores("retrac").is_none());
+                harness.get_by_label("Run").click();
+                harness.step();
+                until_idle(&mut harness, Duration::from_secs(300));
+                assert_eq!(harness.state().notice, None, "the next ranking rebuilds the index");
+                assert_eq!(harness.state().scores("retrac"), Some(&reference));
+            }
+        }
+    }
+    eprintln!("the index deleted during a ranking: {outcomes:?}");
+}
+
+/// A model directory without checkpoints opens: the index build and sampling say what is
+/// missing and how to get it, and the window keeps working (a held-out image can still be
+/// picked, and ranking says the same).
+#[test]
+fn a_model_directory_without_checkpoints_opens_with_a_notice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let session = session(tmp.path());
+    std::fs::remove_dir_all(session.model.root.join("checkpoints")).unwrap();
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1280.0, 820.0))
+        .build_eframe(|cc| RetraceApp::new(cc, Ok(session)));
+    until_idle(&mut harness, Duration::from_secs(60));
+    let says_what_is_missing = |notice: Option<String>| {
+        let notice = notice.unwrap_or_default();
+        assert!(
+            notice.contains("no checkpoint") && notice.contains("retrace train"),
+            "{notice}"
+        );
+    };
+    says_what_is_missing(harness.state().notice.clone());
+    harness.state_mut().notice = None;
+    // The banner goes: lay out again before clicking.
+    harness.run_steps(2);
+    harness.get_by_label("Generate").click();
+    harness.step();
+    until_idle(&mut harness, Duration::from_secs(60));
+    says_what_is_missing(harness.state().notice.clone());
+    assert!(harness.state().history.is_empty());
+    harness.get_by_label("Use").click();
+    harness.run_steps(2);
+    assert_eq!(harness.state().history.len(), 1, "a held-out image is still a query");
+    harness.state_mut().notice = None;
+    // The banner goes: lay out again before clicking.
+    harness.run_steps(2);
+    harness.get_by_label("Run").click();
+    harness.step();
+    until_idle(&mut harness, Duration::from_secs(60));
+    says_what_is_missing(harness.state().notice.clone());
+    harness.get_by_label_contains("no checkpoint");
+}

@@ -23,8 +23,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         }
     });
     ensemble_builder(app, ui);
-    let ready = app.current.is_some() && app.work.is_none() && app.indexing.is_none();
-    if ui.add_enabled(ready, egui::Button::new("Run")).clicked() {
+    if ui.add_enabled(app.can_run(), egui::Button::new("Run")).clicked() {
         let ctx = ui.ctx().clone();
         app.run_methods(&ctx);
     }

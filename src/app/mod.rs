@@ -9,6 +9,7 @@ pub mod evaluation;
 pub mod frame_times;
 pub mod journey_view;
 pub mod methods_panel;
+pub mod notice;
 pub mod query_panel;
 pub mod ranking;
 pub mod region;

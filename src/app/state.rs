@@ -440,12 +440,21 @@ impl RetraceApp {
         move || ctx.request_repaint()
     }
 
+    /// Whether Run can start: a query, no job in flight, and either no index build running or
+    /// no ticked method that reads the index (pixel distance need not wait for it).
+    pub fn can_run(&self) -> bool {
+        let needs_index = |name: &str| registry::lookup(name).map(|m| m.needs().index).unwrap_or(true);
+        self.current.is_some()
+            && self.work.is_none()
+            && (self.indexing.is_none() || !self.selected_methods.iter().any(|(m, on)| *on && needs_index(m)))
+    }
+
     /// Starts ranking the current query with the ticked methods that are not cached yet.
     pub fn run_methods(&mut self, ctx: &egui::Context) {
         let (Ok(session), Some(q)) = (&self.session, self.current) else {
             return;
         };
-        if self.work.is_some() || self.indexing.is_some() {
+        if !self.can_run() {
             return;
         }
         let wanted: Vec<String> = self
@@ -544,6 +553,7 @@ impl RetraceApp {
         self.poll_work();
         super::query_panel::handle_dropped_files(self, ui.ctx());
         egui::Panel::bottom("status").show(ui, |ui| super::status_bar::show(self, ui));
+        super::notice::show(self, ui);
         egui::Panel::left("controls")
             .resizable(true)
             .default_size(300.0)

@@ -1,5 +1,5 @@
 //! The status bar: compute device, model, dataset, index state, frame time, the job in flight
-//! (with its progress and a cancel button), and the last notice.
+//! (with its progress and a cancel button). Notices have their own banner ([`super::notice`]).
 
 use egui::Ui;
 
@@ -63,7 +63,8 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
                 ui.label(index).on_hover_text(s.index.dir.display().to_string());
             }
             Err(e) => {
-                ui.colored_label(ui.visuals().error_fg_color, format!("no session: {e}"));
+                ui.colored_label(ui.visuals().error_fg_color, "no model open")
+                    .on_hover_text(e.as_str());
             }
         }
         ui.separator();
@@ -86,10 +87,6 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         if let Some(work) = &app.work {
             let (title, p, elapsed) = work.status();
             progress(ui, title, &p, elapsed, || work.cancel());
-        }
-        if let Some(n) = &app.notice {
-            ui.separator();
-            ui.colored_label(ui.visuals().warn_fg_color, n);
         }
     });
 }
