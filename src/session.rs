@@ -129,6 +129,24 @@ impl Session {
         })
     }
 
+    /// Reads an image file as a query in the model's format, as a background job: a large or
+    /// hostile file may take long to decode, and the window must not wait for it.
+    pub fn load_query(
+        self: &Arc<Self>,
+        path: &Path,
+        wake: impl Fn() + Send + Sync + Clone + 'static,
+    ) -> BackgroundJob<Query> {
+        let [channels, size, _] = self.shape();
+        let path = path.to_owned();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        BackgroundJob::spawn(format!("reading {name}"), wake, move |_| {
+            crate::attribution::load_query_image(&path, channels, size).map(Some)
+        })
+    }
+
     /// Builds (or finishes) the index as a background job.
     pub fn build_index(self: &Arc<Self>, wake: impl Fn() + Send + Sync + Clone + 'static) -> BackgroundJob<()> {
         let session = self.clone();

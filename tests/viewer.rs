@@ -82,12 +82,12 @@ fn evaluation_table() -> retrace::eval::table::EvalReport {
     }
 }
 
-/// Steps the UI until the job in flight has ended (or fails the test after `limit`).
+/// Steps the UI until no background work is under way (or fails the test after `limit`).
 fn until_idle(harness: &mut Harness<'_, RetraceApp>, limit: Duration) {
     let start = Instant::now();
     loop {
         harness.step();
-        if harness.state().work.is_none() && harness.state().indexing.is_none() {
+        if !harness.state().busy() {
             break;
         }
         assert!(start.elapsed() < limit, "the job did not finish within {limit:?}");
@@ -344,7 +344,9 @@ fn on_a_shared_wgpu_device_generate_a_sample_then_drop_an_image() {
         .input_mut()
         .dropped_files
         .push(std::sync::Arc::new(DroppedPath(dropped.clone())));
-    harness.run_steps(2);
+    harness.step();
+    assert_eq!(harness.state().loads.len(), 1, "the image is read off the UI thread");
+    until_idle(&mut harness, Duration::from_secs(60));
     assert_eq!(harness.state().history.len(), 2);
     let notice = harness.state().notice.clone().unwrap_or_default();
     assert!(
@@ -441,7 +443,7 @@ fn faults_end_in_notices_and_the_window_keeps_working() {
         .input_mut()
         .dropped_files
         .push(std::sync::Arc::new(DroppedPath(corrupt.clone())));
-    harness.run_steps(2);
+    until_idle(&mut harness, Duration::from_secs(60));
     let notice = harness.state().notice.clone().unwrap_or_default();
     assert!(notice.contains("corrupt.png"), "the notice names the file: {notice}");
     assert_eq!(harness.state().history.len(), 1, "the corrupt image is not a query");

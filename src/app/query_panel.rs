@@ -7,25 +7,21 @@ use egui::Ui;
 use super::state::Work;
 use super::textures::image;
 use super::{RetraceApp, grid_row};
-use crate::attribution::{Query, load_query_image};
+use crate::attribution::Query;
 use crate::diffusion::SamplerKind;
 use crate::diffusion::images::bytes_to_unit;
 
-/// Loads an image file as the current query, reporting conversion notes or errors.
+/// Starts reading an image file as a query, off the UI thread; it becomes the current query
+/// once read ([`RetraceApp::poll_work`]), and the notice says how it was converted, or why it
+/// could not be read.
 pub fn load_file(app: &mut RetraceApp, path: &std::path::Path) {
     let Ok(session) = &app.session else { return };
-    let [c, s, _] = session.shape();
-    match load_query_image(path, c, s) {
-        Ok(q) => {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            app.notice = Some(q.description.clone());
-            app.push_query(q, name);
-        }
-        Err(e) => app.notice = Some(e),
-    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let job = session.load_query(path, RetraceApp::waker(&app.repaint_context()));
+    app.loads.push((job, name));
 }
 
 /// Takes files dropped on the window as queries.

@@ -135,6 +135,8 @@ pub struct RetraceApp {
     pub index_draft: Option<crate::attribution::IndexSettings>,
     /// Reports being written off the UI thread.
     pub exports: Vec<BackgroundJob<String>>,
+    /// Image files being read as queries off the UI thread, with their file names.
+    pub loads: Vec<(BackgroundJob<Query>, String)>,
     /// The evaluation table the Evaluation tab and Compare read (loaded when first needed).
     pub evaluation: Option<Result<crate::eval::table::EvalReport, String>>,
     /// The context to repaint when background work reports.
@@ -189,6 +191,7 @@ impl RetraceApp {
             renderer_shared,
             index_draft: None,
             exports: Vec::new(),
+            loads: Vec::new(),
             evaluation: None,
             repaint: ctx.clone(),
         };
@@ -384,6 +387,38 @@ impl RetraceApp {
         }
     }
 
+    /// Adds the image files that have been read to the history (the last one read becomes the
+    /// current query) and says how each was converted, or why it could not be read. A load the
+    /// user cancelled is dropped at once (its thread finishes unseen).
+    fn poll_loads(&mut self) {
+        for (job, name) in std::mem::take(&mut self.loads) {
+            if job.cancel.is_cancelled() {
+                self.notice = Some(format!("stopped reading {name}"));
+                continue;
+            }
+            match job.poll() {
+                None => self.loads.push((job, name)),
+                Some(Ok(Some(query))) => {
+                    self.notice = Some(query.description.clone());
+                    self.push_query(query, name);
+                }
+                Some(Ok(None)) => self.notice = Some(format!("stopped reading {name}")),
+                Some(Err(e)) => self.notice = Some(e),
+            }
+        }
+    }
+
+    /// Whether any background work is under way: a job, the index build, an image being read
+    /// or a report being written.
+    pub fn busy(&self) -> bool {
+        self.work.is_some() || self.indexing.is_some() || !self.loads.is_empty() || !self.exports.is_empty()
+    }
+
+    /// The context background jobs repaint.
+    pub fn repaint_context(&self) -> egui::Context {
+        self.repaint.clone()
+    }
+
     /// Blocks until every report being written is written (for tests and scripts).
     pub fn wait_for_exports(&mut self) {
         while !self.exports.is_empty() {
@@ -514,6 +549,7 @@ impl RetraceApp {
     pub fn poll_work(&mut self) {
         self.poll_indexing();
         self.poll_exports();
+        self.poll_loads();
         let Some(work) = self.work.take() else { return };
         match work {
             Work::Generate(job, frame) => match job.poll() {
@@ -585,7 +621,7 @@ impl RetraceApp {
                 View::Evaluation => super::evaluation::show(self, ui),
             }
         });
-        if self.work.is_some() || self.indexing.is_some() {
+        if self.busy() {
             ui.ctx().request_repaint_after(std::time::Duration::from_millis(100));
         }
         started.elapsed().as_secs_f32()

@@ -84,6 +84,9 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         if let Some(job) = &app.indexing {
             progress(ui, &job.title, &job.progress(), job.elapsed(), || job.cancel.cancel());
         }
+        for (job, _) in &app.loads {
+            progress(ui, &job.title, &job.progress(), job.elapsed(), || job.cancel.cancel());
+        }
         if let Some(work) = &app.work {
             let (title, p, elapsed) = work.status();
             progress(ui, title, &p, elapsed, || work.cancel());
