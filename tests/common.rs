@@ -159,15 +159,6 @@ pub fn rank_of(scores: &retrace::attribution::Scores, source: usize) -> usize {
     scores.ranking().iter().position(|&i| i == source).unwrap()
 }
 
-/// Held by the tests that compare two trainings (or unlearnings) for equality, so they never
-/// run beside each other: run concurrently in one process, their results differ (the two pass
-/// alone and with `--test-threads=1`; the shared state behind it is not found yet, and the
-/// issue 13 note records it).
-pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// A synthetic index of `images` images × `buckets` buckets of random features (the layer
 /// shapes give an odd feature width), in `storage`, written to `dir` and opened.
 pub fn synthetic_index(

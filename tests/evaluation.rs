@@ -74,7 +74,6 @@ fn measured(truth: &GroundTruth) -> String {
 
 #[test]
 fn a_cancelled_and_resumed_or_sharded_build_equals_an_uninterrupted_one() {
-    let _exclusive = common::exclusive();
     common::before_restoring_optimizer_state();
     let spec = miniature();
     let tmp = tempfile::tempdir().unwrap();

@@ -125,7 +125,6 @@ fn a_killed_build_resumes_and_foreign_or_damaged_indexes_are_refused() {
 
 #[test]
 fn attribute_finds_the_source_of_a_perturbed_copy_and_refuses_a_wrong_size() {
-    let _exclusive = common::exclusive();
     let data = common::small_data();
     let tmp = tempfile::tempdir().unwrap();
     let model = common::bundled_model_for(&data, &tmp.path().join("model"));
