@@ -248,3 +248,34 @@ pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
 pub fn before_restoring_optimizer_state() {
     shared_wgpu();
 }
+
+/// A file system of `bytes` bytes mounted for a test (tmpfs; unmounted when dropped), to fill
+/// up; `None` where the test may not mount one (it needs root, which CI has).
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts one, or `None` where this process may not.
+    pub fn mount(bytes: usize) -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Self { dir })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
+    }
+}

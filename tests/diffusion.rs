@@ -266,3 +266,31 @@ fn a_damaged_checkpoint_state_is_named_with_its_fix_and_info_still_lists_the_oth
         "{text}"
     );
 }
+
+/// A checkpoint that does not fit on the disk fails with the system's error and leaves nothing
+/// behind (no partial checkpoint, no temporary directory), so the disk is no fuller for it.
+#[test]
+fn a_checkpoint_that_does_not_fit_on_the_disk_leaves_nothing_behind() {
+    let Some(disk) = common::SmallDisk::mount(64 * 1024) else {
+        eprintln!("skipped: this process may not mount a file system");
+        return;
+    };
+    let data = retrace::data::Dataset::load(&"bundled?subset=8".parse().unwrap()).unwrap();
+    let dir = tiny_model_dir(&disk.path().join("model"), &data, 4, 1);
+    let error = train(
+        &dir,
+        &data,
+        &TrainLength { epochs: 1 },
+        false,
+        &cpu(),
+        &JobContext::silent(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("No space left on device"), "{error}");
+    let left: Vec<_> = std::fs::read_dir(dir.root.join("checkpoints"))
+        .map(|entries| entries.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(dir.latest().unwrap().is_none());
+}

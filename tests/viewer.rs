@@ -371,31 +371,6 @@ impl egui::DroppedFile for DroppedPath {
     }
 }
 
-/// A file system of `bytes` bytes mounted for a test (tmpfs; unmounted when dropped), to fill
-/// up; `None` where the test may not mount one (it needs root, which CI has).
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(bytes: usize) -> Option<Self> {
-        let dir = tempfile::tempdir().ok()?;
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        mounted.then_some(Self { dir })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
 /// The viewer under faults, each of which must end in a notice with the window still working:
 /// a corrupt image dropped on it, a disk that fills while a report is written (the report the
 /// path held before is kept, and no partial file is left), and the index deleted at several
@@ -458,9 +433,9 @@ fn faults_end_in_notices_and_the_window_keeps_working() {
     );
 
     // A disk that fills while the report is written.
-    match SmallDisk::mount(48 * 1024) {
+    match common::SmallDisk::mount(48 * 1024) {
         Some(disk) => {
-            let path = disk.dir.path().join("report.html");
+            let path = disk.path().join("report.html");
             std::fs::write(&path, b"the previous report").unwrap();
             harness.state_mut().export_report(&path);
             harness.state_mut().wait_for_exports();
@@ -471,13 +446,13 @@ fn faults_end_in_notices_and_the_window_keeps_working() {
                 "{notice}"
             );
             assert_eq!(std::fs::read(&path).unwrap(), b"the previous report");
-            let names: Vec<_> = std::fs::read_dir(disk.dir.path())
+            let names: Vec<_> = std::fs::read_dir(disk.path())
                 .unwrap()
                 .map(|e| e.unwrap().file_name())
                 .collect();
             assert_eq!(names, ["report.html"], "no partial file is left behind");
             // Scores are small: they still fit.
-            harness.state_mut().export_scores(&disk.dir.path().join("scores.csv"));
+            harness.state_mut().export_scores(&disk.path().join("scores.csv"));
             let notice = harness.state().notice.clone().unwrap_or_default();
             assert!(notice.starts_with("scores written to"), "{notice}");
         }

@@ -450,27 +450,35 @@ impl ModelDir {
         let tmp_dir = crate::files::temporary_sibling(&final_dir);
         crate::files::remove_stale_temporaries(&self.root.join("checkpoints"));
         let _ = std::fs::remove_dir_all(&tmp_dir);
-        std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
-        let weights = model
-            .clone()
-            .into_record()
-            .into_bytes()
-            .map_err(|e| CheckpointError::invalid(&final_dir, format!("cannot serialise weights: {e}")))?;
-        state.weights_sha256 = sha256(&weights);
-        write_atomic(&tmp_dir.join(WEIGHTS_FILE), &weights)?;
-        if let Some(optim) = optimizer {
-            let bytes = optim
+        // A failed write (a full disk) takes its partial directory with it.
+        let mut write_files = || -> Result<(), CheckpointError> {
+            std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
+            let weights = model
+                .clone()
+                .into_record()
                 .into_bytes()
-                .map_err(|e| e.to_string())
-                .and_then(canonical_record)
-                .map_err(|e| CheckpointError::invalid(&final_dir, format!("cannot serialise optimizer: {e}")))?;
-            state.optimizer_sha256 = Some(sha256(&bytes));
-            write_atomic(&tmp_dir.join(OPTIMIZER_FILE), &bytes)?;
+                .map_err(|e| CheckpointError::invalid(&final_dir, format!("cannot serialise weights: {e}")))?;
+            state.weights_sha256 = sha256(&weights);
+            write_atomic(&tmp_dir.join(WEIGHTS_FILE), &weights)?;
+            if let Some(optim) = optimizer {
+                let bytes = optim
+                    .into_bytes()
+                    .map_err(|e| e.to_string())
+                    .and_then(canonical_record)
+                    .map_err(|e| CheckpointError::invalid(&final_dir, format!("cannot serialise optimizer: {e}")))?;
+                state.optimizer_sha256 = Some(sha256(&bytes));
+                write_atomic(&tmp_dir.join(OPTIMIZER_FILE), &bytes)?;
+            }
+            write_atomic(
+                &tmp_dir.join(STATE_FILE),
+                &serde_json::to_vec_pretty(&state).expect("state serialises"),
+            )?;
+            Ok(())
+        };
+        if let Err(e) = write_files() {
+            let _ = std::fs::remove_dir_all(&tmp_dir);
+            return Err(e);
         }
-        write_atomic(
-            &tmp_dir.join(STATE_FILE),
-            &serde_json::to_vec_pretty(&state).expect("state serialises"),
-        )?;
         let _ = std::fs::remove_dir_all(&final_dir);
         std::fs::rename(&tmp_dir, &final_dir).map_err(io(&final_dir))?;
         if optimizer.is_some() {

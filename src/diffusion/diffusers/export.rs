@@ -78,15 +78,23 @@ pub fn export_pipeline(
             pretty(&SchedulerConfig::from_schedule(&info.schedule)),
         ),
     ];
-    for (file, bytes) in &files {
-        let path = tmp.join(file);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| CheckpointError::Io {
-                path: parent.to_owned(),
-                source,
-            })?;
+    let write_files = || -> Result<(), CheckpointError> {
+        for (file, bytes) in &files {
+            let path = tmp.join(file);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| CheckpointError::Io {
+                    path: parent.to_owned(),
+                    source,
+                })?;
+            }
+            write_atomic(&path, bytes)?;
         }
-        write_atomic(&path, bytes)?;
+        Ok(())
+    };
+    if let Err(e) = write_files() {
+        // A failed write (a full disk) takes its partial directory with it.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
     let _ = std::fs::remove_dir_all(out);
     std::fs::rename(&tmp, out).map_err(|source| CheckpointError::Io {
