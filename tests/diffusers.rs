@@ -79,8 +79,11 @@ fn export_then_import_gives_identical_weights_outputs_and_provenance() {
     let out = tmp.path().join("pipeline");
     let last = bundled.latest().unwrap().unwrap();
     export_pipeline(&bundled, &last, &out, &cpu()).unwrap();
-    // Exporting again replaces the earlier export.
+    let weights = out.join("unet/diffusion_pytorch_model.safetensors");
+    let first = std::fs::read(&weights).unwrap();
+    // Exporting again replaces the earlier export, with the same bytes.
     export_pipeline(&bundled, &last, &out, &cpu()).unwrap();
+    assert_eq!(std::fs::read(&weights).unwrap(), first);
     for file in [
         "model_index.json",
         "unet/config.json",

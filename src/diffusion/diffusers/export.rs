@@ -43,7 +43,8 @@ pub fn export_pipeline(
         }
     }
     let net = model.load_model(checkpoint, device)?;
-    let weights = save_unet(&net).map_err(|e| invalid(&checkpoint.dir, e))?;
+    // Sorted header: two exports of one checkpoint are the same bytes.
+    let weights = crate::files::canonical_safetensors(save_unet(&net).map_err(|e| invalid(&checkpoint.dir, e))?);
     let info = &model.info;
     let provenance = Provenance {
         data_spec: info.data_spec.clone(),
