@@ -262,7 +262,9 @@ fn a_damaged_checkpoint_state_is_named_with_its_fix_and_info_still_lists_the_oth
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(text.contains("checkpoint step       2"), "{text}");
     assert!(
-        text.contains("damaged checkpoint") && text.contains("--resume"),
+        text.contains("damaged checkpoint")
+            && text.contains("retrace train --data 'bundled?subset=8' --out")
+            && text.contains("--resume"),
         "{text}"
     );
 }

@@ -87,6 +87,9 @@ fn describe_model(dir: &ModelDir) -> Result<()> {
     }
     println!("  trained with: {}", i.train.command);
     let (checkpoints, damaged) = dir.scan_checkpoints()?;
+    if checkpoints.is_empty() && damaged.is_empty() {
+        println!("  checkpoints: none yet; train it with `{}`", dir.train_command());
+    }
     for c in checkpoints {
         let known = |v: f64, text: String| if v.is_finite() { text } else { "—".to_owned() };
         println!(
@@ -99,7 +102,7 @@ fn describe_model(dir: &ModelDir) -> Result<()> {
         );
     }
     for bad in damaged {
-        println!("  damaged checkpoint: {}\n    {}", bad.reason, bad.fix(&dir.root));
+        println!("  damaged checkpoint: {}\n    {}", bad.reason, bad.fix(dir));
     }
     Ok(())
 }

@@ -206,13 +206,12 @@ pub struct DamagedCheckpoint {
 }
 
 impl DamagedCheckpoint {
-    /// What the user can do about it, for the model in `root`.
-    pub fn fix(&self, root: &Path) -> String {
+    /// What the user can do about it, for the model in `model`.
+    pub fn fix(&self, model: &ModelDir) -> String {
         format!(
-            "delete {} to use the other checkpoints (`retrace train --out {} --resume` retrains from the one \
-             before it)",
+            "delete {} to use the other checkpoints (`{}` retrains from the one before it)",
             self.dir.display(),
-            root.display()
+            model.train_command()
         )
     }
 }
@@ -358,7 +357,7 @@ impl ModelDir {
             None => Ok(found),
             Some(bad) => Err(CheckpointError::invalid(
                 &bad.dir,
-                format!("{}; {}", bad.reason, bad.fix(&self.root)),
+                format!("{}; {}", bad.reason, bad.fix(self)),
             )),
         }
     }
@@ -421,15 +420,20 @@ impl ModelDir {
     pub fn no_checkpoint(&self) -> CheckpointError {
         CheckpointError::invalid(
             &self.root,
-            format!(
-                "holds no checkpoint yet: train it first (`retrace train --data {} --out {} --resume`)",
-                match self.info.data_spec.as_str() {
-                    "" => "DATA",
-                    spec => spec,
-                },
-                self.root.display()
-            ),
+            format!("holds no checkpoint yet: train it first (`{}`)", self.train_command()),
         )
+    }
+
+    /// The command that trains this directory's model from its newest checkpoint (or from the
+    /// start, when it has none).
+    pub fn train_command(&self) -> String {
+        let quoted = |text: &str| shlex::try_quote(text).map_or_else(|_| text.to_owned(), |q| q.into_owned());
+        let data = match self.info.data_spec.as_str() {
+            "" => "DATA".to_owned(),
+            spec => quoted(spec),
+        };
+        let root = quoted(&self.root.display().to_string());
+        format!("retrace train --data {data} --out {root} --resume")
     }
 
     /// Writes a checkpoint atomically. The optimizer state is kept only in the newest
