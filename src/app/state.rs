@@ -137,6 +137,14 @@ pub struct RetraceApp {
     pub exports: Vec<BackgroundJob<String>>,
     /// Image files being read as queries off the UI thread, with their file names.
     pub loads: Vec<(BackgroundJob<Query>, String)>,
+    /// The index state the status bar last read, with the manifest's path, modification time
+    /// and length it was read from: the manifest is parsed again only when it changes.
+    index_state: Option<(
+        std::path::PathBuf,
+        std::time::SystemTime,
+        u64,
+        crate::session::IndexState,
+    )>,
     /// The evaluation table the Evaluation tab and Compare read (loaded when first needed).
     pub evaluation: Option<Result<crate::eval::table::EvalReport, String>>,
     /// The context to repaint when background work reports.
@@ -192,6 +200,7 @@ impl RetraceApp {
             index_draft: None,
             exports: Vec::new(),
             loads: Vec::new(),
+            index_state: None,
             evaluation: None,
             repaint: ctx.clone(),
         };
@@ -406,6 +415,28 @@ impl RetraceApp {
                 Some(Err(e)) => self.notice = Some(e),
             }
         }
+    }
+
+    /// How far the session's index is ([`Session::index_state`]), read again only when its
+    /// manifest has changed since the last call (the status bar asks every frame, and a large
+    /// index's manifest is some 100 KB of JSON). `None` without a session.
+    pub fn index_state(&mut self) -> Option<crate::session::IndexState> {
+        let session = self.session.as_ref().ok()?;
+        let path = session.index.dir.join("manifest.json");
+        let Some((modified, len)) = std::fs::metadata(&path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+        else {
+            return Some(crate::session::IndexState::Missing);
+        };
+        if let Some((p, m, l, state)) = &self.index_state
+            && (p, *m, *l) == (&path, modified, len)
+        {
+            return Some(state.clone());
+        }
+        let state = session.index_state();
+        self.index_state = Some((path, modified, len, state.clone()));
+        Some(state)
     }
 
     /// Whether any background work is under way: a job, the index build, an image being read

@@ -32,6 +32,7 @@ fn progress(ui: &mut Ui, title: &str, p: &crate::jobs::Progress, elapsed: f64, c
 
 /// Draws the status bar.
 pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
+    let index_state = app.index_state();
     ui.horizontal(|ui| {
         match &app.session {
             Ok(s) => {
@@ -55,10 +56,10 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
                 ui.separator();
                 ui.label(format!("data: {} ({} images)", s.data.name, s.data.len()));
                 ui.separator();
-                let index = match s.index_state() {
-                    IndexState::Ready => "index ready".to_owned(),
-                    IndexState::Missing => "index not built (built on first ranking)".to_owned(),
-                    IndexState::Partial(done, total) => format!("index {done}/{total} chunks"),
+                let index = match index_state {
+                    Some(IndexState::Ready) => "index ready".to_owned(),
+                    Some(IndexState::Missing) | None => "index not built (built on first ranking)".to_owned(),
+                    Some(IndexState::Partial(done, total)) => format!("index {done}/{total} chunks"),
                 };
                 ui.label(index).on_hover_text(s.index.dir.display().to_string());
             }
