@@ -81,7 +81,11 @@ pub struct AdapterSummary {
 
 /// Lists the wgpu adapters of this machine.
 pub fn wgpu_adapters() -> Vec<AdapterSummary> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    // The primary backends only: the GL backend's set-up probes for a Wayland display, which on
+    // a headless machine prints "XDG_RUNTIME_DIR is invalid" to stderr, as if retrace had failed.
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = wgpu::Backends::PRIMARY;
+    let instance = wgpu::Instance::new(descriptor.with_env());
     pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
         .into_iter()
         .map(|a| {

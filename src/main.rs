@@ -82,6 +82,20 @@ fn keep_burn_default_on_host() {
     }
 }
 
+/// On a machine with no Wayland session (a headless server, CI), Mesa's Vulkan device-select
+/// layer still tries to connect to one while picking the default GPU, and prints "error:
+/// XDG_RUNTIME_DIR is invalid or not set" — which reads as if retrace had failed. There is no
+/// display to pick a GPU by, so the layer is turned off (`NODEVICE_SELECT=1`), unless the user
+/// set it or chose a device through it (`MESA_VK_DEVICE_SELECT`).
+fn quiet_headless_vulkan() {
+    let headless = std::env::var_os("XDG_RUNTIME_DIR").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none();
+    let chosen = std::env::var_os("MESA_VK_DEVICE_SELECT").is_some() || std::env::var_os("NODEVICE_SELECT").is_some();
+    if headless && !chosen {
+        // SAFETY: called first in `main`, before any thread exists that could read the environment.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
 /// Exit status of a command that failed on its input or environment (the message says why).
 const EXIT_ERROR: i32 = 1;
 /// Exit status of a bug: a panic inside retrace, reported as an internal error. (clap exits
@@ -90,6 +104,7 @@ const EXIT_INTERNAL: i32 = 70;
 
 fn main() {
     keep_burn_default_on_host();
+    quiet_headless_vulkan();
     tune_allocator();
     let cli = Cli::parse();
     report_panics_as_internal_errors();
