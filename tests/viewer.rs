@@ -497,6 +497,19 @@ fn faults_end_in_notices_and_the_window_keeps_working() {
     eprintln!("the index deleted during a ranking: {outcomes:?}");
 }
 
+/// Dismisses the notice with its button (the banner goes, so the layout is made again before
+/// the next click), then clicks `label` and waits until the work it started has ended.
+fn dismiss_then_click(harness: &mut Harness<'_, RetraceApp>, label: &str) {
+    if harness.state().notice.is_some() {
+        harness.get_by_label("Dismiss").click();
+        harness.run_steps(2);
+        assert_eq!(harness.state().notice, None);
+    }
+    harness.get_by_label(label).click();
+    harness.step();
+    until_idle(harness, Duration::from_secs(60));
+}
+
 /// A model directory without checkpoints opens: the index build and sampling say what is
 /// missing and how to get it, and the window keeps working (a held-out image can still be
 /// picked, and ranking says the same).
@@ -517,23 +530,13 @@ fn a_model_directory_without_checkpoints_opens_with_a_notice() {
         );
     };
     says_what_is_missing(harness.state().notice.clone());
-    harness.state_mut().notice = None;
-    // The banner goes: lay out again before clicking.
-    harness.run_steps(2);
-    harness.get_by_label("Generate").click();
-    harness.step();
-    until_idle(&mut harness, Duration::from_secs(60));
+    dismiss_then_click(&mut harness, "Generate");
     says_what_is_missing(harness.state().notice.clone());
     assert!(harness.state().history.is_empty());
     harness.get_by_label("Use").click();
     harness.run_steps(2);
     assert_eq!(harness.state().history.len(), 1, "a held-out image is still a query");
-    harness.state_mut().notice = None;
-    // The banner goes: lay out again before clicking.
-    harness.run_steps(2);
-    harness.get_by_label("Run").click();
-    harness.step();
-    until_idle(&mut harness, Duration::from_secs(60));
+    dismiss_then_click(&mut harness, "Run");
     says_what_is_missing(harness.state().notice.clone());
     harness.get_by_label_contains("no checkpoint");
 }
