@@ -24,9 +24,25 @@ fn at(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
     }
 }
 
-/// The name of the temporary sibling this process writes `path` through.
+/// A fresh temporary sibling for this process to write `path` through: hidden, named after the
+/// whole file name (so `report.html` and `report.pdf` never share one) with a number unique in
+/// this process (so two writers of one path never share one either), and ending in the process
+/// id, by which [`remove_stale_temporaries`] knows a dead writer's.
 pub fn temporary_sibling(path: &Path) -> PathBuf {
-    path.with_extension(format!("{TEMPORARY_MARK}{}", std::process::id()))
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_file_name(format!(
+        ".{}.{n}.{TEMPORARY_MARK}{}",
+        file_name(path),
+        std::process::id()
+    ))
+}
+
+/// The last component of `path` as text ("" for none), for names and messages.
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// What the name of a temporary file or directory holds before its writer's process id.
@@ -170,6 +186,33 @@ pub fn canonical_safetensors(mut bytes: Vec<u8>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_atomic_write_leaves_the_old_content_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        // A non-empty directory where the file should go: the final rename fails.
+        let path = dir.path().join("report.html");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("kept"), b"old").unwrap();
+        let error = write_atomic(&path, b"new").unwrap_err();
+        assert_eq!(error.path, path, "the error names the file asked for");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["report.html"], "no temporary is left");
+        assert_eq!(std::fs::read(path.join("kept")).unwrap(), b"old");
+    }
+
+    #[test]
+    fn temporaries_of_one_process_never_share_a_name() {
+        let a = temporary_sibling(Path::new("/x/report.html"));
+        let b = temporary_sibling(Path::new("/x/report.pdf"));
+        let c = temporary_sibling(Path::new("/x/report.html"));
+        assert!(a != b && a != c && b != c, "{a:?} {b:?} {c:?}");
+        assert!(a.to_string_lossy().ends_with(&format!(".tmp-{}", std::process::id())));
+        assert_eq!(a.parent(), Some(Path::new("/x")));
+    }
 
     #[test]
     fn a_safetensors_header_is_written_in_one_order_whatever_the_metadata_map_holds() {

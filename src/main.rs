@@ -82,16 +82,19 @@ fn keep_burn_default_on_host() {
     }
 }
 
-/// On a machine with no Wayland session (a headless server, CI), Mesa's Vulkan device-select
-/// layer still tries to connect to one while picking the default GPU, and prints "error:
-/// XDG_RUNTIME_DIR is invalid or not set" — which reads as if retrace had failed. There is no
-/// display to pick a GPU by, so the layer is turned off (`NODEVICE_SELECT=1`), unless the user
-/// set it or chose a device through it (`MESA_VK_DEVICE_SELECT`).
+/// On a machine with no display session at all (a headless server, CI), Mesa's Vulkan
+/// device-select layer still tries to connect to a Wayland one while picking the default GPU,
+/// and prints "error: XDG_RUNTIME_DIR is invalid or not set" — which reads as if retrace had
+/// failed. With no display to pick a GPU by, the layer is turned off (`NODEVICE_SELECT=1`),
+/// unless the user set it or chose a device through it (`MESA_VK_DEVICE_SELECT`). Where any
+/// display is there (X11 included), the layer keeps choosing as it would.
 fn quiet_headless_vulkan() {
-    let headless = std::env::var_os("XDG_RUNTIME_DIR").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none();
-    let chosen = std::env::var_os("MESA_VK_DEVICE_SELECT").is_some() || std::env::var_os("NODEVICE_SELECT").is_some();
+    let set = |name: &str| std::env::var_os(name).is_some();
+    let headless = !set("XDG_RUNTIME_DIR") && !set("WAYLAND_DISPLAY") && !set("DISPLAY");
+    let chosen = set("MESA_VK_DEVICE_SELECT") || set("NODEVICE_SELECT");
     if headless && !chosen {
-        // SAFETY: called first in `main`, before any thread exists that could read the environment.
+        // SAFETY: called at the start of `main`, before any thread exists that could read the
+        // environment.
         unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
     }
 }

@@ -138,12 +138,11 @@ impl Session {
     ) -> BackgroundJob<Query> {
         let [channels, size, _] = self.shape();
         let path = path.to_owned();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        BackgroundJob::spawn(format!("reading {name}"), wake, move |_| {
-            crate::attribution::load_query_image(&path, channels, size).map(Some)
+        let title = format!("reading {}", crate::files::file_name(&path));
+        BackgroundJob::spawn(title, wake, move |job: &JobContext| {
+            // Decoding cannot stop half-way; a load cancelled meanwhile gives nothing.
+            let query = crate::attribution::load_query_image(&path, channels, size)?;
+            Ok((!job.cancel.is_cancelled()).then_some(query))
         })
     }
 

@@ -250,7 +250,9 @@ pub fn before_restoring_optimizer_state() {
 }
 
 /// A file system of `bytes` bytes mounted for a test (tmpfs; unmounted when dropped), to fill
-/// up; `None` where the test may not mount one (it needs root, which CI has).
+/// up; `None` where the test may not mount one (it needs root). Where `RETRACE_REQUIRE_TMPFS`
+/// is set (CI sets it where a mount works), failing to mount fails the test instead, so the
+/// tests that need one cannot pass by skipping.
 pub struct SmallDisk {
     dir: tempfile::TempDir,
 }
@@ -265,7 +267,30 @@ impl SmallDisk {
             .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
+        assert!(
+            mounted || std::env::var_os("RETRACE_REQUIRE_TMPFS").is_none(),
+            "cannot mount a tmpfs, and RETRACE_REQUIRE_TMPFS is set"
+        );
         mounted.then_some(Self { dir })
+    }
+
+    /// Fills it up but for about `bytes` bytes, with a file named `filler`.
+    pub fn fill_leaving(&self, bytes: usize) {
+        let filler = self.path().join("filler");
+        let mut size = 0usize;
+        let block = vec![0u8; 4096];
+        let mut file = std::fs::File::create(&filler).unwrap();
+        use std::io::Write;
+        while file.write_all(&block).and_then(|_| file.sync_all()).is_ok() {
+            size += block.len();
+        }
+        drop(file);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&filler)
+            .unwrap()
+            .set_len(size.saturating_sub(bytes) as u64)
+            .unwrap();
     }
 
     /// Where it is mounted.

@@ -384,20 +384,35 @@ fn faults_end_in_notices_and_the_window_keeps_working() {
     let mut harness = Harness::builder()
         .with_size(egui::vec2(1280.0, 820.0))
         .build_eframe(|cc| RetraceApp::new(cc, Ok(session)));
+    assert!(harness.state().indexing.is_some(), "the index builds at launch");
+    until_idle(&mut harness, Duration::from_secs(300));
     harness.get_by_label("Use").click();
     harness.run_steps(2);
-    // While the index builds, methods that read it wait; pixel distance need not.
+    // While an index build runs (here one that runs until cancelled), methods that read the
+    // index wait; pixel distance and MUCS need not.
     let tick_only = |harness: &mut Harness<'_, RetraceApp>, method: &str| {
         for (m, on) in &mut harness.state_mut().selected_methods {
             *on = m == method;
         }
     };
-    if harness.state().indexing.is_some() {
-        assert!(!harness.state().can_run(), "retrac waits for the index");
-        tick_only(&mut harness, "pixel");
-        assert!(harness.state().can_run(), "pixel need not wait");
+    harness.state_mut().indexing = Some(retrace::jobs::BackgroundJob::spawn(
+        "a build",
+        || {},
+        |job| {
+            while !job.cancel.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(None)
+        },
+    ));
+    for (method, waits) in [("retrac", true), ("kfac", true), ("pixel", false), ("mucs", false)] {
+        tick_only(&mut harness, method);
+        assert_eq!(harness.state().run_waits_for_index(), waits, "{method}");
+        assert_eq!(harness.state().can_run(), !waits, "{method}");
     }
-    until_idle(&mut harness, Duration::from_secs(300));
+    harness.state().indexing.as_ref().unwrap().cancel.cancel();
+    until_idle(&mut harness, Duration::from_secs(10));
+    harness.state_mut().notice = None;
     tick_only(&mut harness, "retrac");
     harness.run_steps(2);
     harness.get_by_label("Run").click();
@@ -433,10 +448,11 @@ fn faults_end_in_notices_and_the_window_keeps_working() {
     );
 
     // A disk that fills while the report is written.
-    match common::SmallDisk::mount(48 * 1024) {
+    match common::SmallDisk::mount(256 * 1024) {
         Some(disk) => {
             let path = disk.path().join("report.html");
             std::fs::write(&path, b"the previous report").unwrap();
+            disk.fill_leaving(8 * 1024);
             harness.state_mut().export_report(&path);
             harness.state_mut().wait_for_exports();
             harness.run_steps(2);
@@ -446,15 +462,20 @@ fn faults_end_in_notices_and_the_window_keeps_working() {
                 "{notice}"
             );
             assert_eq!(std::fs::read(&path).unwrap(), b"the previous report");
-            let names: Vec<_> = std::fs::read_dir(disk.path())
+            let mut names: Vec<_> = std::fs::read_dir(disk.path())
                 .unwrap()
                 .map(|e| e.unwrap().file_name())
                 .collect();
-            assert_eq!(names, ["report.html"], "no partial file is left behind");
-            // Scores are small: they still fit.
+            names.sort();
+            assert_eq!(names, ["filler", "report.html"], "no partial file is left behind");
+            // With room made, the export works again.
+            std::fs::remove_file(disk.path().join("filler")).unwrap();
             harness.state_mut().export_scores(&disk.path().join("scores.csv"));
             let notice = harness.state().notice.clone().unwrap_or_default();
             assert!(notice.starts_with("scores written to"), "{notice}");
+            harness.state_mut().export_report(&path);
+            harness.state_mut().wait_for_exports();
+            assert!(std::fs::read_to_string(&path).unwrap().contains("<h2>retrac</h2>"));
         }
         None => eprintln!("skipped the full-disk export: this process may not mount a file system"),
     }
@@ -484,7 +505,10 @@ fn faults_end_in_notices_and_the_window_keeps_working() {
         match notice {
             None => assert_eq!(harness.state().scores("retrac"), Some(&reference)),
             Some(notice) => {
-                assert!(notice.contains("index"), "the notice says what happened: {notice}");
+                assert!(
+                    notice.contains("removed while in use"),
+                    "the notice says what happened: {notice}"
+                );
                 assert!(harness.state().scores("retrac").is_none());
                 harness.get_by_label("Run").click();
                 harness.step();

@@ -23,7 +23,15 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         }
     });
     ensemble_builder(app, ui);
-    if ui.add_enabled(app.can_run(), egui::Button::new("Run")).clicked() {
+    let why_not = if app.current.is_none() {
+        "generate, load or pick a query first"
+    } else if app.work.is_some() {
+        "wait for the running job, or cancel it"
+    } else {
+        "the ticked methods read the index: wait for its build (pixel distance and MUCS need not)"
+    };
+    let run = ui.add_enabled(app.can_run(), egui::Button::new("Run"));
+    if run.on_disabled_hover_text(why_not).clicked() {
         let ctx = ui.ctx().clone();
         app.run_methods(&ctx);
     }

@@ -16,12 +16,8 @@ use crate::diffusion::images::bytes_to_unit;
 /// could not be read.
 pub fn load_file(app: &mut RetraceApp, path: &std::path::Path) {
     let Ok(session) = &app.session else { return };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let job = session.load_query(path, RetraceApp::waker(&app.repaint_context()));
-    app.loads.push((job, name));
+    app.loads.push((job, crate::files::file_name(path)));
 }
 
 /// Takes files dropped on the window as queries.
@@ -30,9 +26,9 @@ pub fn handle_dropped_files(app: &mut RetraceApp, ctx: &egui::Context) {
     for f in dropped {
         let path = f.path().to_path_buf();
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
-            // An evaluation table (`retrace eval lds --out`) goes to the Evaluation tab.
-            app.evaluation = Some(crate::eval::table::EvalReport::load(&path));
-            app.view = super::state::View::Evaluation;
+            // An evaluation table (`retrace eval lds --out`) goes to the Evaluation tab, read off
+            // the UI thread too.
+            app.load_evaluation(&path);
             continue;
         }
         load_file(app, &path);

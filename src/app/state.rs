@@ -41,14 +41,24 @@ pub enum View {
 pub enum Work {
     /// Sampling a query, with the live preview's latest frame.
     Generate(BackgroundJob<Query>, Arc<Mutex<Option<Vec<u8>>>>),
-    /// Ranking the training images for query `usize` of the history; the cache key of every
-    /// requested method, fixed when the job started (the user may paint or switch meanwhile).
-    Attribute(
-        BackgroundJob<Vec<Scores>>,
-        usize,
-        MethodSettings,
-        HashMap<String, String>,
-    ),
+    /// Ranking the training images for a query of the history.
+    Attribute(Ranking),
+}
+
+/// A ranking in flight, and what it was started with (the user may paint, switch query or
+/// change parameters meanwhile).
+pub struct Ranking {
+    /// The job.
+    pub job: BackgroundJob<Vec<Scores>>,
+    /// The query's place in the history.
+    pub query: usize,
+    /// The methods and parameters asked for.
+    pub request: MethodSettings,
+    /// The cache key of every requested method.
+    pub keys: HashMap<String, String>,
+    /// The notice when the job started: a ranking that succeeds clears it (it was about an
+    /// earlier attempt), but not a notice raised while it ran (a file that could not be read).
+    pub notice_before: Option<String>,
 }
 
 impl Work {
@@ -56,7 +66,7 @@ impl Work {
     pub fn status(&self) -> (&str, Progress, f64) {
         match self {
             Work::Generate(j, _) => (&j.title, j.progress(), j.elapsed()),
-            Work::Attribute(j, ..) => (&j.title, j.progress(), j.elapsed()),
+            Work::Attribute(r) => (&r.job.title, r.job.progress(), r.job.elapsed()),
         }
     }
 
@@ -64,7 +74,7 @@ impl Work {
     pub fn cancel(&self) {
         match self {
             Work::Generate(j, _) => j.cancel.cancel(),
-            Work::Attribute(j, ..) => j.cancel.cancel(),
+            Work::Attribute(r) => r.job.cancel.cancel(),
         }
     }
 }
@@ -102,7 +112,7 @@ pub struct RetraceApp {
     /// The job in flight.
     pub work: Option<Work>,
     /// The index being built in the background (started at launch when it is not complete).
-    /// Queries can be made meanwhile; ranking waits for it.
+    /// Queries can be made meanwhile; ranking with methods that read the index waits for it.
     pub indexing: Option<BackgroundJob<()>>,
     /// Cached scores by (query, method, parameters).
     pub cache: HashMap<(usize, String, String), Scores>,
@@ -137,6 +147,8 @@ pub struct RetraceApp {
     pub exports: Vec<BackgroundJob<String>>,
     /// Image files being read as queries off the UI thread, with their file names.
     pub loads: Vec<(BackgroundJob<Query>, String)>,
+    /// An evaluation table dropped on the window, being read off the UI thread.
+    pub evaluation_load: Option<BackgroundJob<crate::eval::table::EvalReport>>,
     /// The index state the status bar last read, with the manifest's path, modification time
     /// and length it was read from: the manifest is parsed again only when it changes.
     index_state: Option<(
@@ -200,6 +212,7 @@ impl RetraceApp {
             index_draft: None,
             exports: Vec::new(),
             loads: Vec::new(),
+            evaluation_load: None,
             index_state: None,
             evaluation: None,
             repaint: ctx.clone(),
@@ -439,10 +452,38 @@ impl RetraceApp {
         Some(state)
     }
 
+    /// Starts reading the evaluation table at `path` (as `retrace eval lds --out` writes it) for
+    /// the Evaluation tab, off the UI thread; the tab shows it, or why it could not be read.
+    pub fn load_evaluation(&mut self, path: &std::path::Path) {
+        let path = path.to_owned();
+        let title = format!("reading {}", crate::files::file_name(&path));
+        self.evaluation_load = Some(BackgroundJob::spawn(title, Self::waker(&self.repaint), move |_| {
+            crate::eval::table::EvalReport::load(&path).map(Some)
+        }));
+        self.view = View::Evaluation;
+    }
+
+    /// Takes the evaluation table once it has been read.
+    fn poll_evaluation_load(&mut self) {
+        let Some(outcome) = self.evaluation_load.as_ref().and_then(|j| j.poll()) else {
+            return;
+        };
+        self.evaluation_load = None;
+        match outcome {
+            Ok(Some(report)) => self.evaluation = Some(Ok(report)),
+            Ok(None) => {}
+            Err(e) => self.evaluation = Some(Err(e)),
+        }
+    }
+
     /// Whether any background work is under way: a job, the index build, an image being read
     /// or a report being written.
     pub fn busy(&self) -> bool {
-        self.work.is_some() || self.indexing.is_some() || !self.loads.is_empty() || !self.exports.is_empty()
+        self.work.is_some()
+            || self.indexing.is_some()
+            || self.evaluation_load.is_some()
+            || !self.loads.is_empty()
+            || !self.exports.is_empty()
     }
 
     /// The context background jobs repaint.
@@ -506,13 +547,27 @@ impl RetraceApp {
         move || ctx.request_repaint()
     }
 
-    /// Whether Run can start: a query, no job in flight, and either no index build running or
-    /// no ticked method that reads the index (pixel distance need not wait for it).
-    pub fn can_run(&self) -> bool {
+    /// The ticked methods whose scores for the current query are not cached yet: what Run
+    /// computes.
+    pub fn methods_to_run(&self) -> Vec<String> {
+        let Some(q) = self.current else { return Vec::new() };
+        self.selected_methods
+            .iter()
+            .filter(|(m, on)| *on && !self.cache.contains_key(&(q, m.clone(), self.parameters_key(m))))
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+
+    /// Whether Run must wait for the index build: some method it would compute reads the index
+    /// (pixel distance and MUCS do not).
+    pub fn run_waits_for_index(&self) -> bool {
         let needs_index = |name: &str| registry::lookup(name).map(|m| m.needs().index).unwrap_or(true);
-        self.current.is_some()
-            && self.work.is_none()
-            && (self.indexing.is_none() || !self.selected_methods.iter().any(|(m, on)| *on && needs_index(m)))
+        self.indexing.is_some() && self.methods_to_run().iter().any(|m| needs_index(m))
+    }
+
+    /// Whether Run can start: a query, no job in flight, and no wait for the index build.
+    pub fn can_run(&self) -> bool {
+        self.current.is_some() && self.work.is_none() && !self.run_waits_for_index()
     }
 
     /// Starts ranking the current query with the ticked methods that are not cached yet.
@@ -523,12 +578,7 @@ impl RetraceApp {
         if !self.can_run() {
             return;
         }
-        let wanted: Vec<String> = self
-            .selected_methods
-            .iter()
-            .filter(|(m, on)| *on && !self.cache.contains_key(&(q, m.clone(), self.parameters_key(m))))
-            .map(|(m, _)| m.clone())
-            .collect();
+        let wanted = self.methods_to_run();
         if wanted.is_empty() {
             self.shown_method = self.selected_methods.iter().find(|(_, on)| *on).map(|(m, _)| m.clone());
             return;
@@ -543,7 +593,13 @@ impl RetraceApp {
             .iter()
             .map(|m| (m.clone(), self.parameters_key(m)))
             .collect();
-        self.work = Some(Work::Attribute(job, q, request, keys));
+        self.work = Some(Work::Attribute(Ranking {
+            job,
+            query: q,
+            request,
+            keys,
+            notice_before: self.notice.clone(),
+        }));
     }
 
     /// Starts sampling a new query with the current seed and sampler.
@@ -581,6 +637,7 @@ impl RetraceApp {
         self.poll_indexing();
         self.poll_exports();
         self.poll_loads();
+        self.poll_evaluation_load();
         let Some(work) = self.work.take() else { return };
         match work {
             Work::Generate(job, frame) => match job.poll() {
@@ -596,17 +653,26 @@ impl RetraceApp {
                 Some(Ok(None)) => self.notice = Some("sampling cancelled".into()),
                 Some(Err(e)) => self.notice = Some(e),
             },
-            Work::Attribute(job, q, request, keys) => match job.poll() {
-                None => self.work = Some(Work::Attribute(job, q, request, keys)),
+            Work::Attribute(ranking) => match ranking.job.poll() {
+                None => self.work = Some(Work::Attribute(ranking)),
                 Some(Ok(Some(scores))) => {
+                    let Ranking {
+                        query,
+                        request,
+                        keys,
+                        notice_before,
+                        ..
+                    } = ranking;
                     for s in scores {
                         let Some(key) = keys.get(&s.method) else { continue };
-                        self.cache.insert((q, s.method.clone(), key.clone()), s);
+                        self.cache.insert((query, s.method.clone(), key.clone()), s);
                     }
                     if self.shown_method.as_ref().is_none_or(|m| !request.methods.contains(m)) {
                         self.shown_method = request.methods.first().cloned();
                     }
-                    self.notice = None;
+                    if self.notice == notice_before {
+                        self.notice = None;
+                    }
                 }
                 Some(Ok(None)) => self.notice = Some("ranking cancelled; finished index chunks are kept".into()),
                 Some(Err(e)) => self.notice = Some(e),
@@ -669,6 +735,8 @@ impl RetraceApp {
             let (title, progress, _) = work.status();
             busy.push(described(title, progress));
         }
+        busy.extend(self.loads.iter().map(|(job, _)| job.title.clone()));
+        busy.extend(self.exports.iter().map(|job| job.title.clone()));
         busy.join("; ")
     }
 }

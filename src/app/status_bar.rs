@@ -85,8 +85,18 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         if let Some(job) = &app.indexing {
             progress(ui, &job.title, &job.progress(), job.elapsed(), || job.cancel.cancel());
         }
-        for (job, _) in &app.loads {
-            progress(ui, &job.title, &job.progress(), job.elapsed(), || job.cancel.cancel());
+        if let Some((first, _)) = app.loads.first() {
+            let title = match app.loads.len() {
+                1 => first.title.clone(),
+                n => format!("reading {n} image files"),
+            };
+            let decoding = crate::jobs::Progress {
+                stage: "decoding".into(),
+                ..Default::default()
+            };
+            progress(ui, &title, &decoding, first.elapsed(), || {
+                app.loads.iter().for_each(|(job, _)| job.cancel.cancel())
+            });
         }
         if let Some(work) = &app.work {
             let (title, p, elapsed) = work.status();

@@ -425,7 +425,8 @@ impl ModelDir {
     }
 
     /// The command that trains this directory's model from its newest checkpoint (or from the
-    /// start, when it has none).
+    /// start, when it has none), to the epoch count its training was started with (`--resume`
+    /// takes the rest of the recipe from `model.json`; `--epochs` it must be told).
     pub fn train_command(&self) -> String {
         let quoted = |text: &str| shlex::try_quote(text).map_or_else(|_| text.to_owned(), |q| q.into_owned());
         let data = match self.info.data_spec.as_str() {
@@ -433,7 +434,16 @@ impl ModelDir {
             spec => quoted(spec),
         };
         let root = quoted(&self.root.display().to_string());
-        format!("retrace train --data {data} --out {root} --resume")
+        let recorded: Vec<&str> = self.info.train.command.split_whitespace().collect();
+        let epochs = recorded
+            .iter()
+            .position(|w| *w == "--epochs")
+            .and_then(|i| recorded.get(i + 1).copied())
+            .or_else(|| recorded.iter().find_map(|w| w.strip_prefix("--epochs=")))
+            .filter(|e| e.parse::<usize>().is_ok())
+            .map(|e| format!(" --epochs {e}"))
+            .unwrap_or_default();
+        format!("retrace train --data {data} --out {root}{epochs} --resume")
     }
 
     /// Writes a checkpoint atomically. The optimizer state is kept only in the newest
@@ -453,7 +463,6 @@ impl ModelDir {
         let final_dir = self.root.join("checkpoints").join(format!("step-{:07}", state.step));
         let tmp_dir = crate::files::temporary_sibling(&final_dir);
         crate::files::remove_stale_temporaries(&self.root.join("checkpoints"));
-        let _ = std::fs::remove_dir_all(&tmp_dir);
         // A failed write (a full disk) takes its partial directory with it.
         let mut write_files = || -> Result<(), CheckpointError> {
             std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
@@ -484,7 +493,10 @@ impl ModelDir {
             return Err(e);
         }
         let _ = std::fs::remove_dir_all(&final_dir);
-        std::fs::rename(&tmp_dir, &final_dir).map_err(io(&final_dir))?;
+        std::fs::rename(&tmp_dir, &final_dir).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp_dir);
+            io(&final_dir)(e)
+        })?;
         if optimizer.is_some() {
             for old in self.checkpoints()?.iter().filter(|c| c.state.step < state.step) {
                 let _ = std::fs::remove_file(old.dir.join(OPTIMIZER_FILE));

@@ -55,7 +55,7 @@ pub enum IndexError {
     /// A file of the index is not there: the index was removed (or is being rebuilt) while in
     /// use, or was never complete.
     #[error(
-        "{0}: no such file: the index is incomplete or was removed while in use; building it again (the next ranking, or `retrace index`) restores it"
+        "{0}: no such file: the index (or shard) is incomplete or was removed while in use; building it again restores it (`retrace index`, which resumes; in the viewer, the next ranking)"
     )]
     Missing(PathBuf),
     /// The job was cancelled while checking the index (nothing was changed).

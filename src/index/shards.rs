@@ -149,7 +149,7 @@ pub fn merge_shards(dir: &Path) -> Result<MergeOutcome, IndexError> {
     }
     for (from, to) in &moves {
         if from.is_file() {
-            std::fs::rename(from, to).map_err(io(to))?;
+            std::fs::rename(from, to).map_err(io(from))?;
         }
     }
     write_manifest(dir, &merged)?;

@@ -6,7 +6,8 @@
 //! replays the same inputs), and `RETRACE_FUZZ_REPORT` a file that receives one JSON line per
 //! parser. An input that panics is saved under `target/fuzz-crashes/PARSER/`; once fixed, it
 //! belongs in `tests/fixtures/fuzz/PARSER/`, which every run replays first. The slowest input
-//! of each run is kept as `target/fuzz-slowest/PARSER`, to look into.
+//! of each run is kept as `target/fuzz-slowest/PARSER` (`PARSER-resealed` when it was
+//! re-sealed), to look into.
 //!
 //! Files that carry a checksum (checkpoint weights, the index manifest and chunks, curvature
 //! files) would turn nearly every mutation into a checksum error; for half the inputs the
@@ -53,7 +54,7 @@ struct Tally {
     rejected: usize,
     panics: Vec<(PathBuf, String)>,
     slowest: Duration,
-    slowest_input: Vec<u8>,
+    slowest_input: (Vec<u8>, bool),
 }
 
 /// Keeps the panic hook quiet about panics retrace contains and turns into errors
@@ -107,7 +108,7 @@ pub fn campaign(parser: Parser, mut attempt: impl FnMut(&[u8], bool) -> Result<(
         rejected: 0,
         panics: Vec::new(),
         slowest: Duration::ZERO,
-        slowest_input: Vec::new(),
+        slowest_input: (Vec::new(), false),
     };
     let started = Instant::now();
     let replays = corpus.iter().flat_map(|c| [(c.clone(), false), (c.clone(), true)]);
@@ -133,7 +134,7 @@ pub fn campaign(parser: Parser, mut attempt: impl FnMut(&[u8], bool) -> Result<(
         let outcome = catch_unwind(AssertUnwindSafe(|| attempt(&input, reseal)));
         if start.elapsed() > tally.slowest {
             tally.slowest = start.elapsed();
-            tally.slowest_input.clone_from(&input);
+            tally.slowest_input = (input.clone(), reseal);
         }
         match outcome {
             Ok(Ok(())) => tally.accepted += 1,
@@ -158,7 +159,9 @@ pub fn campaign(parser: Parser, mut attempt: impl FnMut(&[u8], bool) -> Result<(
     let seconds = started.elapsed().as_secs_f64();
     let slowest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-slowest");
     let _ = std::fs::create_dir_all(&slowest_dir);
-    let _ = std::fs::write(slowest_dir.join(name), &tally.slowest_input);
+    let (slowest, resealed) = &tally.slowest_input;
+    let suffix = if *resealed { "-resealed" } else { "" };
+    let _ = std::fs::write(slowest_dir.join(format!("{name}{suffix}")), slowest);
     let line = serde_json::json!({
         "parser": name,
         "inputs": total,

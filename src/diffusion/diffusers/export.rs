@@ -60,12 +60,10 @@ pub fn export_pipeline(
         "scheduler": ["diffusers", "DDPMScheduler"],
         "unet": ["diffusers", "UNet2DModel"],
     });
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    if let Some(parent) = out.parent() {
+        crate::files::remove_stale_temporaries(parent);
+    }
+    let tmp = crate::files::temporary_sibling(out);
     let files = [
         ("model_index.json".to_owned(), pretty(&index)),
         (RETRACE_FILE.to_owned(), pretty(&provenance)),
@@ -98,8 +96,11 @@ pub fn export_pipeline(
         return Err(e);
     }
     let _ = std::fs::remove_dir_all(out);
-    std::fs::rename(&tmp, out).map_err(|source| CheckpointError::Io {
-        path: out.to_owned(),
-        source,
+    std::fs::rename(&tmp, out).map_err(|source| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        CheckpointError::Io {
+            path: out.to_owned(),
+            source,
+        }
     })
 }
