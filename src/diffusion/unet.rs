@@ -15,6 +15,23 @@ use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+/// `model` with ids derived from its parameters' paths and every parameter made now. burn makes
+/// a parameter's initial value lazily, at its first use; a seeded initialisation must draw all
+/// its numbers while it holds the generator ([`crate::device::drawing`]), or another thread's
+/// draws interleave with them and the same seed gives other weights (two trainings in one
+/// process, a viewer job beside another).
+fn materialised(model: UNet) -> UNet {
+    struct MakeNow;
+    impl burn::module::ModuleVisitor for MakeNow {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    let model = super::checkpoint::with_path_ids(model);
+    model.visit(&mut MakeNow);
+    model
+}
+
 /// Observes every Linear and Conv2d application of a forward pass, in execution order.
 ///
 /// The default methods return the output unchanged; gradient capture overrides them to keep
@@ -357,15 +374,13 @@ impl UNetConfig {
     /// The weights come from burn's generator, which one process shares: the draws are made
     /// under [`crate::device::drawing`], so no other initialisation interleaves with them.
     pub fn init(&self, device: &Device) -> UNet {
-        crate::device::drawing(device, None, || super::checkpoint::with_path_ids(self.build(device)))
+        crate::device::drawing(device, None, || materialised(self.build(device)))
     }
 
     /// [`Self::init`] from the generator seeded with `seed`: the same weights for the same
     /// seed, whatever else the process initialises at the same time.
     pub fn init_seeded(&self, device: &Device, seed: u64) -> UNet {
-        crate::device::drawing(device, Some(seed), || {
-            super::checkpoint::with_path_ids(self.build(device))
-        })
+        crate::device::drawing(device, Some(seed), || materialised(self.build(device)))
     }
 
     fn build(&self, device: &Device) -> UNet {
