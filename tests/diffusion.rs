@@ -296,3 +296,34 @@ fn a_checkpoint_that_does_not_fit_on_the_disk_leaves_nothing_behind() {
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(dir.latest().unwrap().is_none());
 }
+
+/// Seeded initialisations made at the same time in one process (two trainings, a viewer job
+/// beside another) each give the weights their seed gives alone.
+#[test]
+fn seeded_initialisations_side_by_side_give_each_seeds_weights() {
+    let config = tiny_config();
+    let alone: Vec<Vec<f32>> = (0..2)
+        .map(|seed| common::param_values(&config.init_seeded(&cpu(), seed)))
+        .collect();
+    assert_ne!(alone[0], alone[1]);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..2u64)
+            .map(|seed| {
+                let config = &config;
+                scope.spawn(move || {
+                    (0..6)
+                        .map(|_| common::param_values(&config.init_seeded(&cpu(), seed)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for (seed, worker) in workers.into_iter().enumerate() {
+            for weights in worker.join().unwrap() {
+                assert!(
+                    weights == alone[seed],
+                    "seed {seed} gave other weights beside another initialisation"
+                );
+            }
+        }
+    });
+}
