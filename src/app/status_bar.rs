@@ -44,15 +44,8 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
                 ui.label(format!("device: {}{shared}", s.device.name))
                     .on_hover_text(&s.device.reason);
                 ui.separator();
-                ui.label(format!(
-                    "model: {}",
-                    s.model
-                        .root
-                        .file_name()
-                        .map(|n| n.to_string_lossy())
-                        .unwrap_or_default()
-                ))
-                .on_hover_text(s.model.root.display().to_string());
+                ui.label(format!("model: {}", crate::files::file_name(&s.model.root)))
+                    .on_hover_text(s.model.root.display().to_string());
                 ui.separator();
                 ui.label(format!("data: {} ({} images)", s.data.name, s.data.len()));
                 ui.separator();

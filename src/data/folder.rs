@@ -77,14 +77,7 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Dataset, DataError> {
             pixels.extend_from_slice(img.to_luma8().as_raw());
         }
     }
-    let names = classes
-        .iter()
-        .map(|p| {
-            p.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        })
-        .collect();
+    let names = classes.iter().map(|p| crate::files::file_name(p)).collect();
     let ids = (0..labels.len() as u64).collect();
     Dataset::new(
         dir.display().to_string(),

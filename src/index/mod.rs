@@ -560,11 +560,7 @@ fn stamp_of(dir: &Path, manifest: &Manifest, manifest_bytes: &[u8]) -> Result<Ve
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_nanos());
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            files.push((name, meta.len(), modified));
+            files.push((crate::files::file_name(&path), meta.len(), modified));
         }
     }
     Ok(VerifiedStamp {
