@@ -1,7 +1,17 @@
-//! Compute-device policy. A real GPU adapter → burn's wgpu backend; when the only wgpu adapters
-//! are CPU rasterisers (llvmpipe, lavapipe, WARP) → burn's flex backend, which on a CPU is about
-//! ten times faster than wgpu on lavapipe (≈100 vs ≈10 GFLOP/s for a 512² matmul, measured on a
-//! 2-core machine). `--device` or `RETRACE_DEVICE` (`auto`, `cpu`, `wgpu`) overrides the choice.
+//! Compute-device policy. burn's runtimes, chosen at run time in one binary:
+//!
+//! - `cuda`: CubeCL's CUDA runtime (only in builds with the `cuda` feature);
+//! - `vulkan`: the wgpu runtime pinned to Vulkan, whose kernels CubeCL compiles to SPIR-V
+//!   (cooperative matrices where the driver has them);
+//! - `wgpu`: the wgpu runtime on the API it settles on (Vulkan, with SPIR-V, where the adapter
+//!   has the features CubeCL's SPIR-V compiler needs; WGSL through naga elsewhere);
+//! - `cpu`: burn's flex backend.
+//!
+//! `auto` takes CUDA where it is built and a CUDA device answers, else a real GPU adapter
+//! through wgpu; when the only wgpu adapters are CPU rasterisers (llvmpipe, lavapipe, WARP), flex,
+//! which on a CPU is about ten times faster than wgpu on lavapipe (≈100 vs ≈10 GFLOP/s for a
+//! 512² matmul, measured on a 2-core machine). `--device` or `RETRACE_DEVICE` overrides the
+//! choice. Every probe answers with an error, never a panic, where a driver library is missing.
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,6 +33,10 @@ pub enum DeviceRequest {
     Cpu,
     /// wgpu's default adapter, even a software one.
     Wgpu,
+    /// wgpu pinned to Vulkan (SPIR-V kernels), even a software adapter.
+    Vulkan,
+    /// CubeCL's CUDA runtime, device 0 (builds with the `cuda` feature).
+    Cuda,
 }
 
 impl FromStr for DeviceRequest {
@@ -32,7 +46,11 @@ impl FromStr for DeviceRequest {
             "auto" => Ok(Self::Auto),
             "cpu" | "flex" => Ok(Self::Cpu),
             "wgpu" | "gpu" => Ok(Self::Wgpu),
-            _ => Err(format!("unknown device {s:?}; expected auto, cpu or wgpu")),
+            "vulkan" => Ok(Self::Vulkan),
+            "cuda" => Ok(Self::Cuda),
+            _ => Err(format!(
+                "unknown device {s:?}; expected auto, cpu, wgpu, vulkan or cuda"
+            )),
         }
     }
 }
@@ -42,8 +60,19 @@ impl FromStr for DeviceRequest {
 pub enum BackendKind {
     /// burn's pure-Rust CPU backend.
     Flex,
-    /// burn's wgpu backend.
+    /// burn's wgpu backend (its API and shader language the runtime's choice).
     Wgpu,
+    /// burn's wgpu backend pinned to Vulkan (SPIR-V kernels).
+    Vulkan,
+    /// burn's CUDA backend.
+    Cuda,
+}
+
+impl BackendKind {
+    /// True for the runtimes built on wgpu, whose device a wgpu renderer can share.
+    pub fn is_wgpu(self) -> bool {
+        matches!(self, Self::Wgpu | Self::Vulkan)
+    }
 }
 
 /// The chosen device with a description for the user.
@@ -111,15 +140,60 @@ fn flex(reason: String) -> ComputeDevice {
     }
 }
 
-fn wgpu_device(adapter: Option<&AdapterSummary>, reason: String) -> ComputeDevice {
+fn wgpu_device(adapter: Option<&AdapterSummary>, backend: BackendKind, reason: String) -> ComputeDevice {
     let name = adapter.map_or_else(|| "wgpu".to_owned(), |a| format!("{} ({})", a.name, a.api));
+    let (device, name) = match backend {
+        #[cfg(feature = "vulkan")]
+        BackendKind::Vulkan => (Device::vulkan(DeviceKind::DefaultDevice), format!("{name}, SPIR-V")),
+        _ => (Device::wgpu(DeviceKind::DefaultDevice), name),
+    };
     ComputeDevice {
-        device: Device::wgpu(DeviceKind::DefaultDevice),
-        backend: BackendKind::Wgpu,
+        device,
+        backend,
         name,
         reason,
         wgpu_setup: None,
     }
+}
+
+/// CubeCL's CUDA device 0, if this build has the runtime and a CUDA device answers: the probe
+/// runs one small computation, and a missing driver library (a panic inside the runtime) or
+/// no device comes back as the error.
+#[cfg(feature = "cuda")]
+pub fn cuda_device() -> Result<ComputeDevice, String> {
+    let probe = crate::contained::contain(|| {
+        let device = Device::cuda(0);
+        let sum = burn::tensor::Tensor::<1>::ones([4], &device).sum().into_scalar::<f32>();
+        (device, sum)
+    });
+    match probe {
+        Some((device, sum)) if sum == 4.0 => {
+            let name = device
+                .clone()
+                .as_dispatch()
+                .identity()
+                .map_or_else(|| "CUDA device 0".to_owned(), |i| i.name);
+            Ok(ComputeDevice {
+                device,
+                backend: BackendKind::Cuda,
+                name: format!("{name} (CUDA)"),
+                reason: String::new(),
+                wgpu_setup: None,
+            })
+        }
+        Some((_, sum)) => Err(format!("the CUDA device computed 1+1+1+1 = {sum}")),
+        None => Err("CUDA is not available here: no CUDA driver library, or no CUDA device".to_owned()),
+    }
+}
+
+/// This build has no CUDA runtime: the error says so and how to get one.
+#[cfg(not(feature = "cuda"))]
+pub fn cuda_device() -> Result<ComputeDevice, String> {
+    Err(
+        "this retrace was built without CUDA: build it with `cargo build --release --features cuda` \
+         (cubecl-cuda links an LLVM build that its build script downloads), or use --device vulkan"
+            .to_owned(),
+    )
 }
 
 /// The environment variable burn reads for its default device (`Device::default()`). retrace
@@ -138,18 +212,45 @@ pub fn choose(flag: Option<DeviceRequest>) -> Result<ComputeDevice, String> {
     };
     Ok(match request {
         DeviceRequest::Cpu => flex("requested".to_owned()),
-        DeviceRequest::Wgpu => {
-            let adapters = wgpu_adapters();
+        DeviceRequest::Vulkan if !cfg!(feature = "vulkan") => {
+            return Err(
+                "this retrace was built without the Vulkan (SPIR-V) runtime: build it with \
+                 `cargo build --release --features vulkan`, or use --device wgpu"
+                    .to_owned(),
+            );
+        }
+        DeviceRequest::Wgpu | DeviceRequest::Vulkan => {
+            let vulkan = request == DeviceRequest::Vulkan;
+            let adapters: Vec<_> = wgpu_adapters()
+                .into_iter()
+                .filter(|a| !vulkan || a.api == "Vulkan")
+                .collect();
             let best = adapters.iter().find(|a| !a.is_cpu).or(adapters.first());
             if best.is_none() {
-                return Err("wgpu was requested but no wgpu adapter exists on this machine".to_owned());
+                let what = if vulkan { "Vulkan" } else { "wgpu" };
+                return Err(format!(
+                    "{what} was requested but no {what} adapter exists on this machine (is a Vulkan \
+                     driver installed? Debian: apt-get install mesa-vulkan-drivers libvulkan1)"
+                ));
             }
-            wgpu_device(best, "requested".to_owned())
+            let backend = if vulkan { BackendKind::Vulkan } else { BackendKind::Wgpu };
+            wgpu_device(best, backend, "requested".to_owned())
+        }
+        DeviceRequest::Cuda => {
+            let mut chosen = cuda_device()?;
+            chosen.reason = "requested".to_owned();
+            chosen
         }
         DeviceRequest::Auto => {
+            if cfg!(feature = "cuda")
+                && let Ok(mut chosen) = cuda_device()
+            {
+                chosen.reason = "CUDA device found".to_owned();
+                return Ok(chosen);
+            }
             let adapters = wgpu_adapters();
             match adapters.iter().find(|a| !a.is_cpu) {
-                Some(gpu) => wgpu_device(Some(gpu), "GPU adapter found".to_owned()),
+                Some(gpu) => wgpu_device(Some(gpu), BackendKind::Wgpu, "GPU adapter found".to_owned()),
                 None if adapters.is_empty() => flex("no GPU adapter".to_owned()),
                 None => flex(format!(
                     "only a CPU rasteriser ({}) — flex is faster there",
@@ -160,18 +261,29 @@ pub fn choose(flag: Option<DeviceRequest>) -> Result<ComputeDevice, String> {
     })
 }
 
-/// Like [`choose`], but when the choice is wgpu, burn's runtime is brought up here and its
-/// instance, adapter, device and queue are kept in [`ComputeDevice::wgpu_setup`], so that a
-/// renderer (the viewer's eframe window) draws with the very device burn computes on: one GPU
-/// context, no second copy of the driver's state, and textures could be shared later.
+/// Like [`choose`], but when the choice is a wgpu runtime (wgpu or Vulkan), burn's runtime is
+/// brought up here and its instance, adapter, device and queue are kept in
+/// [`ComputeDevice::wgpu_setup`], so that a renderer (the viewer's eframe window) draws with the
+/// very device burn computes on: one GPU context, no second copy of the driver's state, and
+/// textures could be shared later. CUDA cannot share with a wgpu renderer: the reason says the
+/// renderer has its own device.
 ///
 /// Call it before any tensor touches wgpu's default device in this process. If burn's wgpu
 /// runtime cannot be brought up, the CPU (flex) computes instead, and the reason says why: the
 /// viewer still opens.
 pub fn choose_shared(flag: Option<DeviceRequest>) -> Result<ComputeDevice, String> {
     let mut chosen = choose(flag)?;
-    if chosen.backend == BackendKind::Wgpu {
-        match Device::wgpu_options().init_with_setup() {
+    if chosen.backend == BackendKind::Cuda {
+        chosen.reason += "; the renderer has its own device";
+    }
+    if chosen.backend.is_wgpu() {
+        #[allow(unused_mut)]
+        let mut options = Device::wgpu_options();
+        #[cfg(feature = "vulkan")]
+        if chosen.backend == BackendKind::Vulkan {
+            options = options.graphics_api(burn::tensor::wgpu::WgpuBackend::Vulkan);
+        }
+        match options.init_with_setup() {
             Ok((device, setup)) => {
                 let info = setup.adapter.get_info();
                 chosen.device = device;

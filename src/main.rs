@@ -15,7 +15,9 @@ mod cli;
     about = "Which training images made a diffusion model generate this?"
 )]
 struct Cli {
-    /// Compute device: auto (GPU if any, else CPU), cpu (flex) or wgpu. Overrides RETRACE_DEVICE.
+    /// Compute device: auto (CUDA, else a GPU through wgpu, else the CPU), cpu (flex), wgpu,
+    /// vulkan (wgpu pinned to Vulkan: SPIR-V kernels) or cuda (builds with the `cuda` feature).
+    /// Overrides RETRACE_DEVICE.
     #[arg(long, global = true)]
     device: Option<DeviceRequest>,
     #[command(subcommand)]
@@ -47,8 +49,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::eval::EvalCommand,
     },
-    /// Measure plain forward+backward throughput of a model on the chosen device.
+    /// Measure the heavy passes (forward+backward, index build, K-FAC factors) and query
+    /// latency on the chosen device.
     Bench(cli::bench::BenchArgs),
+    /// List the compute devices of each runtime (wgpu adapters, CUDA) and the one chosen.
+    Devices,
 }
 
 /// Keeps glibc from serving every tensor of a few megabytes with a fresh mapping: by default it
@@ -170,6 +175,7 @@ fn run(cli: Cli) -> Result<()> {
             outcome
         }
         Command::Bench(args) => cli::bench::run(args, cli.device),
+        Command::Devices => cli::devices::run(cli.device),
     }
 }
 

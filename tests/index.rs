@@ -611,11 +611,11 @@ fn the_fused_cpu_passes_over_an_index_and_its_compact_block_equal_their_definiti
 }
 
 #[test]
-fn the_wgsl_kernels_score_an_index_as_the_cpu_passes_do() {
+fn the_cube_kernels_score_an_index_as_the_cpu_passes_do() {
     use retrace::index::SummaryPart;
-    // lavapipe in CI: the kernels of shaders/ on a real wgpu device.
+    // lavapipe in CI: the CubeCL kernels on a real wgpu device (WGSL).
     let gpu = common::wgpu();
-    let client = retrace::index::gpu::wgpu_client(&gpu).expect("a wgpu device");
+    let client = retrace::index::gpu::gpu_client(&gpu).expect("a CubeCL device");
     let tmp = tempfile::tempdir().unwrap();
     let close = |what: &str, cpu: &[f32], gpu: &[f32]| {
         assert_eq!(cpu.len(), gpu.len(), "{what}");

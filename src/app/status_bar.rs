@@ -38,6 +38,8 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
             Ok(s) => {
                 let shared = if app.renderer_shared {
                     " (shared with the renderer)"
+                } else if s.device.backend != crate::device::BackendKind::Flex {
+                    " (the renderer has its own device)"
                 } else {
                     ""
                 };

@@ -133,7 +133,7 @@ impl TrainFeatures {
                     .summary_dots(*checkpoint, part, queries, count)
                     .map_err(|e| e.to_string());
             }
-            if let Some(client) = crate::index::gpu::wgpu_client(device) {
+            if let Some(client) = crate::index::gpu::gpu_client(device) {
                 return index
                     .summary_dots_gpu(&client, *checkpoint, part, queries, count)
                     .map_err(|e| e.to_string());
@@ -245,7 +245,7 @@ pub fn bucket_dot_products(inputs: &GradientInputs, normalise: bool) -> Result<V
             TrainFeatures::Memory(_) => None,
         })
         .collect();
-    let client = crate::index::gpu::wgpu_client(&inputs.device);
+    let client = crate::index::gpu::gpu_client(&inputs.device);
     if (inputs.device == Device::flex() || client.is_some()) && indexed.len() == inputs.checkpoints.len() {
         let mut total = vec![0f32; n * b];
         for (index, checkpoint, c) in indexed {

@@ -155,21 +155,23 @@ pub struct CurvatureTimings {
     pub points: usize,
     /// The Kronecker-factor pass.
     pub factor_seconds: f64,
-    /// Host eigendecomposition of every factor.
-    pub eigen_seconds: f64,
-    /// EK-FAC's eigenvalue-correction pass.
-    pub correction_seconds: f64,
+    /// Host eigendecomposition of every factor (`None` when only the factor pass was timed).
+    pub eigen_seconds: Option<f64>,
+    /// EK-FAC's eigenvalue-correction pass (`None` when only the factor pass was timed).
+    pub correction_seconds: Option<f64>,
     /// Largest factor side (d_in + 1 or d_out).
     pub largest_factor: usize,
 }
 
-/// Times a K-FAC + EK-FAC fit of `model` on `images` random images × `buckets` points each.
+/// Times a K-FAC + EK-FAC fit of `model` on `images` random images × `buckets` points each:
+/// the Kronecker-factor pass, and with `whole` the host eigendecomposition and EK-FAC's
+/// correction pass too.
 pub fn curvature_fit(
     config: &UNetConfig,
     model: &UNet,
-    images: usize,
-    buckets: usize,
+    (images, buckets): (usize, usize),
     batch: usize,
+    whole: bool,
     device: &Device,
 ) -> Result<CurvatureTimings, String> {
     use crate::curvature::{CurvatureFit, Fisher, FitConfig, Sharing, eigendecompose};
@@ -207,16 +209,21 @@ pub fn curvature_fit(
     let start = Instant::now();
     let factors = fit.factors(&job)?.ok_or("cancelled")?;
     let factor_seconds = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    let mut layers = eigendecompose(&factors, &job);
-    let eigen_seconds = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    fit.correct(&mut layers, &job)?;
+    let largest_factor = factors.iter().map(|f| f.d_in.max(f.d_out)).max().unwrap_or(0);
+    let (mut eigen_seconds, mut correction_seconds) = (None, None);
+    if whole {
+        let start = Instant::now();
+        let mut layers = eigendecompose(&factors, &job);
+        eigen_seconds = Some(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        fit.correct(&mut layers, &job)?;
+        correction_seconds = Some(start.elapsed().as_secs_f64());
+    }
     Ok(CurvatureTimings {
         points: images * buckets,
         factor_seconds,
         eigen_seconds,
-        correction_seconds: start.elapsed().as_secs_f64(),
-        largest_factor: factors.iter().map(|f| f.d_in.max(f.d_out)).max().unwrap_or(0),
+        correction_seconds,
+        largest_factor,
     })
 }

@@ -298,3 +298,84 @@ fn evict(dir: &Path) -> Result<bool, String> {
 fn evict(_dir: &Path) -> Result<bool, String> {
     Ok(false)
 }
+
+/// One query against a compact block held in GPU memory.
+#[derive(Clone, Debug)]
+pub struct ResidentQueryLatency {
+    /// Training images (rows of the block).
+    pub images: usize,
+    /// Features per row.
+    pub dim: usize,
+    /// Bytes of the block on the device (f16).
+    pub bytes: usize,
+    /// Seconds to upload the block.
+    pub upload_seconds: f64,
+    /// Median seconds of one query's scoring, read-back of its scores included.
+    pub seconds: f64,
+    /// The block's bytes over those seconds (GB/s).
+    pub gigabytes_per_second: f64,
+}
+
+/// Times one query (one vector) against a compact block of `images` f16 rows of `dim` random
+/// features held in the memory of `device`, a CubeCL runtime: what a ranking from the compact
+/// block costs once the index is on the GPU (the device cache keeps it there after the first
+/// query), with no index files at all, so that a million images fit where their whole index
+/// would not. The scores of the first rows are checked against the host's.
+pub fn resident_compact_query(images: usize, dim: usize, device: &Device) -> Result<ResidentQueryLatency, String> {
+    use crate::index::gpu::{LAUNCH_BYTES, f32_bytes, gpu_client, launch_summary_dots, read_f32, upload};
+    let client = gpu_client(device).ok_or("a resident compact-block query needs a GPU runtime (wgpu, vulkan, cuda)")?;
+    let pool = gaussian(&mut stream("bench-resident", &[0]), 1 << 16);
+    let rows_per_block = (LAUNCH_BYTES / (2 * dim)).clamp(1, images.max(1));
+    // One block of f16 rows, uploaded as often as the index needs: the values do not change
+    // the work.
+    let values: Vec<half::f16> = (0..rows_per_block * dim)
+        .map(|i| half::f16::from_f32(pool[(i * 7919) % pool.len()]))
+        .collect();
+    let block_bytes: &[u8] = bytemuck::cast_slice(&values);
+    let query: Vec<f32> = pool[..dim].to_vec();
+    let start = Instant::now();
+    let blocks: Vec<(usize, cubecl::server::Handle)> = (0..images)
+        .step_by(rows_per_block)
+        .map(|first| {
+            let n = rows_per_block.min(images - first);
+            (n, upload(&client, &block_bytes[..n * dim * 2]))
+        })
+        .collect();
+    let query_handle = upload(&client, &f32_bytes(&query));
+    let _ = client.read(vec![query_handle.clone()]);
+    let upload_seconds = start.elapsed().as_secs_f64();
+    let score = || -> Result<Vec<f32>, String> {
+        let outputs = blocks
+            .iter()
+            .map(|(n, block)| launch_summary_dots(&client, block, *n, dim, &query_handle, 1, true))
+            .collect();
+        Ok(read_f32(&client, outputs).map_err(|e| e.to_string())?.concat())
+    };
+    let scores = score()?;
+    if scores.len() != images {
+        return Err(format!("{} scores for {images} images", scores.len()));
+    }
+    for (r, &on_device) in scores.iter().take(8).enumerate() {
+        let on_host: f32 = (0..dim).map(|d| values[r * dim + d].to_f32() * query[d]).sum();
+        if (on_device - on_host).abs() > 1e-3 * on_host.abs().max(1.0) {
+            return Err(format!("row {r}: the device scored {on_device}, the host {on_host}"));
+        }
+    }
+    let mut runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            score().map(|_| start.elapsed().as_secs_f64())
+        })
+        .collect::<Result<_, _>>()?;
+    runs.sort_by(f64::total_cmp);
+    let seconds = runs[runs.len() / 2];
+    let bytes = images * dim * 2;
+    Ok(ResidentQueryLatency {
+        images,
+        dim,
+        bytes,
+        upload_seconds,
+        seconds,
+        gigabytes_per_second: bytes as f64 / seconds / 1e9,
+    })
+}

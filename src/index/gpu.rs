@@ -1,21 +1,18 @@
-//! The fused scoring passes on a wgpu device: the WGSL kernels of `shaders/` (`summary_dots`
-//! over the compact block, `bucket_dots` over every bucket), launched through CubeCL's runtime
-//! on the very device burn computes with. The index's f16 (or f32) bytes are uploaded as they
-//! are stored and decoded inside the kernel, so no f32 copy of the index is made anywhere; the
-//! uploaded blocks stay on the device (up to a budget, [`GPU_CACHE_ENV`]), so a second query
-//! reads the index from device memory only.
+//! The fused scoring passes on a GPU: the CubeCL kernels of [`super::kernels`] (`summary_dots`
+//! over the compact block, `bucket_dots` over every bucket), launched on the very device burn
+//! computes with, whichever CubeCL runtime that is (wgpu, Vulkan, CUDA). The index's f16 (or
+//! f32) bytes are uploaded as they are stored and decoded inside the kernel, so no f32 copy of
+//! the index is made anywhere; the uploaded blocks stay on the device (up to a budget,
+//! [`GPU_CACHE_ENV`]), so a second query reads the index from device memory only.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use burn::tensor::Device;
-use cubecl::CubeCount;
-use cubecl::ir::UIntKind;
-use cubecl::ir::metadata::Info;
-use cubecl::ir::settings::Dim3;
 use cubecl::prelude::*;
-use cubecl::server::{Handle, KernelArguments, MetadataBindingInfo};
+use cubecl::server::Handle;
 
+use super::kernels::{self, MAX_GROUPS, QUERY_GROUP, THREADS};
 use super::summary::SummaryPart;
 use super::{Index, IndexError, chunk_path, map_file};
 
@@ -24,69 +21,89 @@ use super::{Index, IndexError, chunk_path, map_file};
 pub const GPU_CACHE_ENV: &str = "RETRACE_GPU_CACHE_MB";
 
 /// Bytes of index rows uploaded and scored per launch at most.
-const LAUNCH_BYTES: usize = 64 << 20;
-/// Threads per workgroup, as the shaders declare.
-const THREADS: u32 = 128;
-/// Query vectors one `summary_dots` launch scores, as the shader declares.
-const QUERY_GROUP: usize = 16;
-/// Workgroups per dispatch dimension at most (WebGPU's guaranteed limit).
-const MAX_GROUPS: usize = 65_535;
+pub(crate) const LAUNCH_BYTES: usize = 64 << 20;
 
-/// A WGSL kernel of `shaders/`.
-#[derive(Clone, Copy)]
-struct Wgsl {
-    name: &'static str,
-    source: &'static str,
-}
-
-const SUMMARY_DOTS: Wgsl = Wgsl {
-    name: "summary_dots",
-    source: include_str!("../../shaders/summary_dots.wgsl"),
-};
-
-const BUCKET_DOTS: Wgsl = Wgsl {
-    name: "bucket_dots",
-    source: include_str!("../../shaders/bucket_dots.wgsl"),
-};
-
-impl KernelMetadata for Wgsl {
-    fn id(&self) -> KernelId {
-        KernelId::new::<Self>()
-            .info(self.name)
-            .cube_dim(Dim3::from((THREADS, 1, 1)))
-    }
-
-    fn address_type(&self) -> ElemType {
-        ElemType::UInt(UIntKind::U32)
-    }
-}
-
-impl CubeKernel for Wgsl {
-    fn define(&self) -> KernelDefinition {
-        // Never compiled: the source is the kernel; the definition only keys the cache.
-        let settings = KernelSettings::new(Dim3::from((THREADS, 1, 1)), ExecutionMode::Checked, AddressType::U32);
-        KernelDefinition {
-            body: Scope::root(settings.clone()),
-            settings,
-            info: Info::default(),
-        }
-    }
-
-    fn source(&self) -> Option<PrecompiledSource> {
-        Some(PrecompiledSource {
-            source: self.source.to_owned(),
-            entrypoint_name: "main".into(),
-            lang: "wgsl",
-        })
-    }
-}
-
-/// The CubeCL client of `device` when it is a wgpu device (the kernels are WGSL).
-pub fn wgpu_client(device: &Device) -> Option<Client> {
+/// The CubeCL client of `device` when burn computes there through a CubeCL runtime (wgpu,
+/// Vulkan or CUDA), where the scoring kernels run; `None` on the CPU (flex).
+pub fn gpu_client(device: &Device) -> Option<Client> {
     match device.clone().without_autodiff().as_dispatch() {
-        burn_dispatch::DispatchDevice::Cube(cube @ cubecl::Device::Wgpu(_)) => Some(cube.client()),
+        burn_dispatch::DispatchDevice::Cube(cube) => Some(cube.client()),
+        #[allow(unreachable_patterns)]
         _ => None,
     }
+}
+
+/// Scores `n` rows of `dim` features (f16 pairs when `half`, else f32) in `block` against
+/// `count` query vectors (`queries`, f32, uploaded): `[n, count]` f32 scores on the device.
+/// What [`Index::summary_dots_gpu`] launches per block, and what `retrace bench` times on a
+/// device-resident compact block.
+pub fn launch_summary_dots(
+    client: &Client,
+    block: &Handle,
+    n: usize,
+    dim: usize,
+    queries: &Handle,
+    count: usize,
+    half: bool,
+) -> Handle {
+    let out = client.empty(n * count * 4);
+    let words = if half { (n * dim).div_ceil(2) } else { n * dim };
+    let groups = MAX_GROUPS as usize;
+    for first in (0..count).step_by(QUERY_GROUP as usize) {
+        // SAFETY: the buffers hold the lengths given: `block` n × dim features in `words`
+        // words, `queries` count × dim f32, `out` n × count f32.
+        unsafe {
+            kernels::summary_dots::launch(
+                client,
+                CubeCount::Static(n.min(groups) as u32, n.div_ceil(groups) as u32, 1),
+                CubeDim::new_1d(THREADS),
+                BufferArg::from_raw_parts(block.clone(), words),
+                BufferArg::from_raw_parts(queries.clone(), count * dim),
+                BufferArg::from_raw_parts(out.clone(), n * count),
+                n as u32,
+                dim as u32,
+                count as u32,
+                first as u32,
+                count as u32,
+                half,
+            );
+        }
+    }
+    out
+}
+
+/// Scores every bucket of `n` rows of `buckets` × `dim` features in `block` against the
+/// matching bucket of `query` (uploaded, `[buckets, dim]` f32): `[n, buckets]` dot products,
+/// or cosines with `normalise`.
+fn launch_bucket_dots(
+    client: &Client,
+    block: &Handle,
+    (n, buckets, dim): (usize, usize, usize),
+    query: &Handle,
+    half: bool,
+    normalise: bool,
+) -> Handle {
+    let out = client.empty(n * buckets * 4);
+    let features = n * buckets * dim;
+    let words = if half { features.div_ceil(2) } else { features };
+    let groups = MAX_GROUPS as usize;
+    // SAFETY: the buffers hold the lengths given, as in `launch_summary_dots`.
+    unsafe {
+        kernels::bucket_dots::launch(
+            client,
+            CubeCount::Static(buckets as u32, n.min(groups) as u32, n.div_ceil(groups) as u32),
+            CubeDim::new_1d(THREADS),
+            BufferArg::from_raw_parts(block.clone(), words),
+            BufferArg::from_raw_parts(query.clone(), buckets * dim),
+            BufferArg::from_raw_parts(out.clone(), n * buckets),
+            n as u32,
+            buckets as u32,
+            dim as u32,
+            half,
+            normalise,
+        );
+    }
+    out
 }
 
 /// Which rows of an index an uploaded block holds.
@@ -123,7 +140,7 @@ fn budget() -> usize {
 }
 
 /// Uploads `bytes` (padded to whole 32-bit words).
-fn upload(client: &Client, bytes: &[u8]) -> Handle {
+pub(crate) fn upload(client: &Client, bytes: &[u8]) -> Handle {
     if bytes.len().is_multiple_of(4) {
         client.create_from_slice(bytes)
     } else {
@@ -133,11 +150,11 @@ fn upload(client: &Client, bytes: &[u8]) -> Handle {
     }
 }
 
-fn f32_bytes(values: &[f32]) -> Vec<u8> {
+pub(crate) fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-fn read_f32(client: &Client, handles: Vec<Handle>) -> Result<Vec<Vec<f32>>, IndexError> {
+pub(crate) fn read_f32(client: &Client, handles: Vec<Handle>) -> Result<Vec<Vec<f32>>, IndexError> {
     let bytes = client
         .read(handles)
         .map_err(|e| IndexError::Invalid(format!("the GPU scoring pass failed: {e:?}")))?;
@@ -177,17 +194,17 @@ impl Index {
     }
 
     /// What every launch over rows of `row_bytes` shares: rows per launch, the uploaded query
-    /// vectors, and the storage flag the shaders read (1 for f16).
-    fn launch_setting(&self, client: &Client, row_bytes: usize, queries: &[f32]) -> (usize, Handle, u64) {
+    /// vectors, and whether the rows are f16.
+    fn launch_setting(&self, client: &Client, row_bytes: usize, queries: &[f32]) -> (usize, Handle, bool) {
         let m = &self.manifest;
         (
             (LAUNCH_BYTES / row_bytes.max(1)).clamp(1, m.chunk_size),
             client.create_from_slice(&f32_bytes(queries)),
-            u64::from(m.key.storage == super::Storage::F16),
+            m.key.storage == super::Storage::F16,
         )
     }
 
-    /// [`Index::summary_dots`] on a wgpu device: the `summary_dots` kernel over each chunk's
+    /// [`Index::summary_dots`] on a GPU: the `summary_dots` kernel over each chunk's
     /// `part`, uploaded once and kept on the device.
     pub fn summary_dots_gpu(
         &self,
@@ -212,26 +229,14 @@ impl Index {
                     let section = &map[layout.section(part)];
                     Ok(section[first_row * row_bytes..(first_row + n) * row_bytes].to_vec())
                 })?;
-                let out = client.empty(n * count * 4);
-                for first in (0..count).step_by(QUERY_GROUP) {
-                    let info = vec![n as u64, d as u64, count as u64, first as u64, half, count as u64];
-                    client.launch(
-                        Box::new(SUMMARY_DOTS),
-                        CubeCount::Static(n.min(MAX_GROUPS) as u32, n.div_ceil(MAX_GROUPS) as u32, 1),
-                        KernelArguments::new()
-                            .with_buffer(block.clone().binding())
-                            .with_buffer(query_handle.clone().binding())
-                            .with_buffer(out.clone().binding())
-                            .with_info(MetadataBindingInfo::custom(info)),
-                    );
-                }
+                let out = launch_summary_dots(client, &block, n, d, &query_handle, count, half);
                 outputs.push(out);
             }
         }
         Ok(read_f32(client, outputs)?.concat())
     }
 
-    /// [`Index::bucket_dots`] on a wgpu device: the `bucket_dots` kernel over every bucket of
+    /// [`Index::bucket_dots`] on a GPU: the `bucket_dots` kernel over every bucket of
     /// every chunk, uploaded once and kept on the device within the budget.
     pub fn bucket_dots_gpu(
         &self,
@@ -263,17 +268,7 @@ impl Index {
                     }
                     Ok(map[first_row * row_bytes..(first_row + n) * row_bytes].to_vec())
                 })?;
-                let out = client.empty(n * b * 4);
-                let info = vec![n as u64, b as u64, d as u64, half, u64::from(normalise)];
-                client.launch(
-                    Box::new(BUCKET_DOTS),
-                    CubeCount::Static(b as u32, n.min(MAX_GROUPS) as u32, n.div_ceil(MAX_GROUPS) as u32),
-                    KernelArguments::new()
-                        .with_buffer(block.binding())
-                        .with_buffer(query_handle.clone().binding())
-                        .with_buffer(out.clone().binding())
-                        .with_info(MetadataBindingInfo::custom(info)),
-                );
+                let out = launch_bucket_dots(client, &block, (n, b, d), &query_handle, half, normalise);
                 outputs.push(out);
             }
         }

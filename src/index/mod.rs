@@ -6,6 +6,7 @@
 //! or projection is refused with a message naming what differs.
 
 pub mod gpu;
+pub mod kernels;
 pub mod manifest;
 pub mod scan;
 pub mod shards;
