@@ -144,3 +144,38 @@ fn a_perturbed_copy_of_a_training_image_finds_its_source() {
             .contains("10 values")
     );
 }
+
+#[test]
+fn region_masks_of_the_query_size_or_a_whole_multiple_load_and_others_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, w: u32, h: u32| {
+        let path = tmp.path().join(name);
+        // The left half white.
+        image::GrayImage::from_fn(w, h, |x, _| image::Luma([if x < w / 2 { 255 } else { 0 }]))
+            .save(&path)
+            .unwrap();
+        path
+    };
+    let load = retrace::attribution::query::load_region;
+    let exact = load(&write("exact.png", 28, 28), 28).unwrap();
+    let zoomed = load(&write("zoomed.png", 280, 280), 28).unwrap();
+    assert_eq!(exact.len(), 28 * 28);
+    assert_eq!(zoomed.len(), 28 * 28);
+    // The zoomed mask averages down to the same left half (within the filter's edge).
+    let differ = exact.iter().zip(&zoomed).filter(|(a, b)| (*a - *b).abs() > 0.5).count();
+    assert_eq!(differ, 0, "a 10× mask marks other pixels than the exact one");
+    for (name, w, h) in [("small.png", 5, 5), ("odd.png", 30, 30), ("wide.png", 56, 28)] {
+        let e = load(&write(name, w, h), 28).unwrap_err();
+        assert!(e.contains(&format!("{w}×{h}")) && e.contains("28×28"), "{name}: {e}");
+    }
+}
+
+#[test]
+fn the_bundled_benchmark_model_names_the_data_it_was_trained_on() {
+    // Every command on the benchmark's full-data model runs without --data.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/lds/full");
+    let model = ModelDir::open(&root).unwrap();
+    let spec: DataSpec = model.data_spec(None).unwrap().parse().unwrap();
+    let data = Dataset::load(&spec).unwrap();
+    model.check_data(&data).unwrap();
+}

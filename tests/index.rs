@@ -401,7 +401,10 @@ fn files_of(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && !p.ends_with(retrace::index::VERIFIED_STAMP))
+        // The verification stamp and the build lock are about the files, not index content.
+        .filter(|p| {
+            p.is_file() && !p.ends_with(retrace::index::VERIFIED_STAMP) && !p.ends_with(retrace::index::BUILD_LOCK)
+        })
         .map(|p| {
             (
                 p.file_name().unwrap().to_string_lossy().into_owned(),
@@ -647,4 +650,87 @@ fn the_cube_kernels_score_an_index_as_the_cpu_passes_do() {
             close(&format!("{storage:?} buckets, normalise {normalise}"), &on_cpu, &on_gpu);
         }
     }
+}
+
+#[test]
+fn the_summary_kernel_scores_every_width_and_query_count_as_the_host_does() {
+    use retrace::index::gpu::{f32_bytes, gpu_client, launch_summary_dots, read_f32, upload};
+    // Even widths take the kernel's whole-word path, odd ones its per-feature path; 1, 3, 16
+    // and 21 query vectors cover one lane, a partial group, a full group and two groups.
+    let client = gpu_client(&common::wgpu()).expect("a CubeCL device");
+    let noise = |label: &str, len: usize| {
+        retrace::diffusion::noise::gaussian(&mut retrace::diffusion::noise::stream(label, &[len as u64]), len)
+    };
+    for dim in [1, 2, 7, 130, 257, 300] {
+        let n = 9;
+        let values = noise("rows", n * dim);
+        for half in [true, false] {
+            let (bytes, stored): (Vec<u8>, Vec<f32>) = if half {
+                let h: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+                (
+                    bytemuck::cast_slice(&h).to_vec(),
+                    h.iter().map(|v| v.to_f32()).collect(),
+                )
+            } else {
+                (f32_bytes(&values), values.clone())
+            };
+            let block = upload(&client, &bytes);
+            for count in [1, 3, 16, 21] {
+                let queries = noise("queries", count * dim);
+                let query_handle = upload(&client, &f32_bytes(&queries));
+                let out = launch_summary_dots(&client, &block, n, dim, &query_handle, count, half);
+                let on_gpu = read_f32(&client, vec![out]).unwrap().concat();
+                for r in 0..n {
+                    for k in 0..count {
+                        let on_host: f32 = (0..dim).map(|d| stored[r * dim + d] * queries[k * dim + d]).sum();
+                        let got = on_gpu[r * count + k];
+                        assert!(
+                            (got - on_host).abs() <= 1e-4 * (1.0 + on_host.abs()),
+                            "dim {dim}, f16 {half}, {count} queries, row {r}, query {k}: {got} vs {on_host}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_second_build_of_one_index_waits_for_the_first_and_a_killed_holder_leaves_no_lock() {
+    let data = common::small_data();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::bundled_model_for(&data, &tmp.path().join("model"));
+    let index_dir = tmp.path().join("index");
+    std::fs::create_dir_all(&index_dir).unwrap();
+    // Another builder (here: this test) holds the directory's lock.
+    let held = std::fs::File::create(index_dir.join(retrace::index::BUILD_LOCK)).unwrap();
+    held.lock().unwrap();
+    let (job, recorder) = common::recording_job();
+    let cancel = job.cancel.clone();
+    let waiting = std::thread::scope(|scope| {
+        let build = scope.spawn(|| settings(&index_dir, 4).ensure(&model, &data, &cpu(), &job));
+        let start = std::time::Instant::now();
+        while !recorder.messages().iter().any(|m| m.contains("waiting for it")) {
+            assert!(start.elapsed().as_secs() < 120, "the second build never said it waits");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let waiting = !build.is_finished();
+        cancel.cancel();
+        assert!(build.join().unwrap().unwrap().is_none(), "cancelled while waiting");
+        waiting
+    });
+    assert!(waiting, "the second build ran while the first held the lock");
+    let chunks = std::fs::read_dir(&index_dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "bin"))
+        .count();
+    assert_eq!(chunks, 0, "nothing was built while waiting");
+    // The holder ends (a killed process's lock goes with it): the next build runs.
+    drop(held);
+    let index = settings(&index_dir, 4)
+        .ensure(&model, &data, &cpu(), &JobContext::silent())
+        .unwrap()
+        .unwrap();
+    assert_eq!(index.manifest.examples, data.len());
 }

@@ -92,12 +92,23 @@ pub fn load_query_image(path: &Path, channels: usize, size: usize) -> Result<Que
     ))
 }
 
-/// Loads a region mask: a grey image (any format the `image` crate reads, converted to grey),
-/// resized to `size`×`size`; white pixels are in the region, grey ones partly. Refused when it
-/// marks no pixel.
+/// Loads a region mask: a grey image (any format the `image` crate reads, converted to grey) of
+/// the query's `size`×`size`, or of a whole multiple of it (a mask painted at a zoom), which is
+/// averaged down; white pixels are in the region, grey ones partly. Refused when it has another
+/// shape (it would be stretched over pixels it was not drawn on) or marks no pixel.
 pub fn load_region(path: &Path, size: usize) -> Result<Vec<f32>, String> {
     let img =
         crate::files::read_image(path).map_err(|e| format!("cannot read the region mask {}: {e}", path.display()))?;
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    if width != height || size == 0 || !width.is_multiple_of(size) || width < size {
+        return Err(format!(
+            "the region mask {} is {width}×{height} pixels but the query is {size}×{size}: draw the mask \
+             at the query's size (or a whole multiple of it, e.g. {}×{})",
+            path.display(),
+            size * 10,
+            size * 10
+        ));
+    }
     let grey = image::imageops::resize(&img.to_luma8(), size as u32, size as u32, FilterType::Triangle);
     let region: Vec<f32> = grey.as_raw().iter().map(|&b| b as f32 / 255.0).collect();
     if region.iter().all(|&w| w == 0.0) {

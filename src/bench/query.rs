@@ -322,10 +322,10 @@ pub struct ResidentQueryLatency {
 /// query), with no index files at all, so that a million images fit where their whole index
 /// would not. The scores of the first rows are checked against the host's.
 pub fn resident_compact_query(images: usize, dim: usize, device: &Device) -> Result<ResidentQueryLatency, String> {
-    use crate::index::gpu::{LAUNCH_BYTES, f32_bytes, gpu_client, launch_summary_dots, read_f32, upload};
+    use crate::index::gpu::{f32_bytes, gpu_client, launch_bytes, launch_summary_dots, read_f32, upload};
     let client = gpu_client(device).ok_or("a resident compact-block query needs a GPU runtime (wgpu, vulkan, cuda)")?;
     let pool = gaussian(&mut stream("bench-resident", &[0]), 1 << 16);
-    let rows_per_block = (LAUNCH_BYTES / (2 * dim)).clamp(1, images.max(1));
+    let rows_per_block = (launch_bytes(&client) / (2 * dim)).clamp(1, images.max(1));
     // One block of f16 rows, uploaded as often as the index needs: the values do not change
     // the work.
     let values: Vec<half::f16> = (0..rows_per_block * dim)

@@ -152,7 +152,7 @@ impl<'a> LdsBuild<'a> {
         held_out: &Dataset,
     ) -> BuildResult<Option<Vec<BenchmarkQuery>>> {
         let full_dir = self.dir.join("full");
-        let info = model_info(spec, data, spec.training.full_seed, "full-data model");
+        let info = model_info(spec, data, spec.training.full_seed, FULL_DATA_MODEL);
         let Some((net, train_seconds, final_loss)) =
             self.train_model(&full_dir, info, data, spec.training.full_epochs, "full-data model")?
         else {
@@ -499,13 +499,24 @@ pub fn recorded_commands(dir: &Path) -> BuildResult<Vec<String>> {
     Ok(out)
 }
 
-/// `model.json` of a benchmark model trained on `data` with `seed`.
+/// What the benchmark's model trained on all of its data is called in its records.
+pub(crate) const FULL_DATA_MODEL: &str = "full-data model";
+
+/// `model.json` of a benchmark model trained on `data` with `seed`. The full-data model
+/// records the benchmark's data spec as it is, so every command runs on it without `--data`;
+/// a model trained on a part of the data records the spec with a note of which part (no spec
+/// names a benchmark's subset, so such a model needs `--data`).
 pub(crate) fn model_info(spec: &BenchmarkSpec, data: &Dataset, seed: u64, what: &str) -> ModelInfo {
+    let data_spec = if what == FULL_DATA_MODEL {
+        spec.data.to_string()
+    } else {
+        format!("{} ({what} of the LDS benchmark)", spec.data)
+    };
     ModelInfo {
         format_version: FORMAT_VERSION,
         unet: spec.unet.clone(),
         schedule: spec.schedule.clone(),
-        data_spec: format!("{} ({what} of the LDS benchmark)", spec.data),
+        data_spec,
         data_hash: data.content_hash(),
         data_len: data.len(),
         class_names: data.class_names.clone(),

@@ -207,7 +207,7 @@ pub fn remove_top_k(
                     continue;
                 }
                 let root = dir.join("models").join(format!("reference-s{seed}"));
-                let info = model_info(spec, &bench.data, seed, "full-data model");
+                let info = model_info(spec, &bench.data, seed, super::build::FULL_DATA_MODEL);
                 let Some((net, _, _)) =
                     builder.train_model(&root, info, &bench.data, spec.training.full_epochs, "reference")?
                 else {

@@ -20,8 +20,15 @@ use super::{Index, IndexError, chunk_path, map_file};
 /// 4096). Blocks past the budget are uploaded for each query and dropped.
 pub const GPU_CACHE_ENV: &str = "RETRACE_GPU_CACHE_MB";
 
-/// Bytes of index rows uploaded and scored per launch at most.
-pub(crate) const LAUNCH_BYTES: usize = 64 << 20;
+/// Bytes of rows uploaded and scored per launch at most: a gibibyte, or less where the device
+/// binds no buffer that large. Fewer, larger launches matter: on wgpu a launch costs a fixed
+/// fraction of a millisecond (480 launches of 64 MiB took 124 ms for a million images on an
+/// H200, at 259 GB/s).
+pub fn launch_bytes(client: &Client) -> usize {
+    usize::try_from(client.properties().memory.max_page_size)
+        .unwrap_or(usize::MAX)
+        .min(1 << 30)
+}
 
 /// The CubeCL client of `device` when burn computes there through a CubeCL runtime (wgpu,
 /// Vulkan or CUDA), where the scoring kernels run; `None` on the CPU (flex).
@@ -48,8 +55,10 @@ pub fn launch_summary_dots(
 ) -> Handle {
     let out = client.empty(n * count * 4);
     let words = if half { (n * dim).div_ceil(2) } else { n * dim };
+    let paired = half && dim.is_multiple_of(2);
     let groups = MAX_GROUPS as usize;
     for first in (0..count).step_by(QUERY_GROUP as usize) {
+        let group = (count - first).min(QUERY_GROUP as usize) as u32;
         // SAFETY: the buffers hold the lengths given: `block` n × dim features in `words`
         // words, `queries` count × dim f32, `out` n × count f32.
         unsafe {
@@ -62,10 +71,11 @@ pub fn launch_summary_dots(
                 BufferArg::from_raw_parts(out.clone(), n * count),
                 n as u32,
                 dim as u32,
-                count as u32,
                 first as u32,
                 count as u32,
                 half,
+                paired,
+                group,
             );
         }
     }
@@ -140,7 +150,7 @@ fn budget() -> usize {
 }
 
 /// Uploads `bytes` (padded to whole 32-bit words).
-pub(crate) fn upload(client: &Client, bytes: &[u8]) -> Handle {
+pub fn upload(client: &Client, bytes: &[u8]) -> Handle {
     if bytes.len().is_multiple_of(4) {
         client.create_from_slice(bytes)
     } else {
@@ -150,11 +160,13 @@ pub(crate) fn upload(client: &Client, bytes: &[u8]) -> Handle {
     }
 }
 
-pub(crate) fn f32_bytes(values: &[f32]) -> Vec<u8> {
+/// The little-endian bytes of `values`, as the kernels read them.
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-pub(crate) fn read_f32(client: &Client, handles: Vec<Handle>) -> Result<Vec<Vec<f32>>, IndexError> {
+/// Reads f32 buffers back from the device, one vector per handle.
+pub fn read_f32(client: &Client, handles: Vec<Handle>) -> Result<Vec<Vec<f32>>, IndexError> {
     let bytes = client
         .read(handles)
         .map_err(|e| IndexError::Invalid(format!("the GPU scoring pass failed: {e:?}")))?;
@@ -198,7 +210,7 @@ impl Index {
     fn launch_setting(&self, client: &Client, row_bytes: usize, queries: &[f32]) -> (usize, Handle, bool) {
         let m = &self.manifest;
         (
-            (LAUNCH_BYTES / row_bytes.max(1)).clamp(1, m.chunk_size),
+            (launch_bytes(client) / row_bytes.max(1)).clamp(1, m.chunk_size),
             client.create_from_slice(&f32_bytes(queries)),
             m.key.storage == super::Storage::F16,
         )

@@ -70,9 +70,23 @@ fn reduce_blocks(values: &mut Shared<[f32]>, #[comptime] groups: u32) {
     }
 }
 
-/// `out[r · stride + first + k] = Σ_d rows[r, d] · queries[first + k, d]` for the group of up
-/// to [`QUERY_GROUP`] query vectors starting at `first` (of `count`), for the `n` rows of
-/// `dim` features in `rows`. Cube (x, y) scores row x + y · [`MAX_GROUPS`].
+/// Adds `x` (feature `d` of a row) times each query's feature `d` to `sums`, for the `group`
+/// query vectors starting at `first`.
+#[cube]
+fn accumulate(sums: &mut Array<f32>, queries: &[f32], x: f32, d: u32, dim: u32, first: u32, #[comptime] group: u32) {
+    #[unroll]
+    for k in 0..group {
+        sums[k as usize] += x * queries[((first + k) * dim + d) as usize];
+    }
+}
+
+/// `out[r · stride + first + k] = Σ_d rows[r, d] · queries[first + k, d]` for the `group` (at
+/// most [`QUERY_GROUP`]) query vectors starting at `first`, for the `n` rows of `dim` features
+/// in `rows`. Cube (x, y) scores row x + y · [`MAX_GROUPS`].
+///
+/// `group` is a compile-time constant, so one query is one register and one reduction, not
+/// sixteen. With `paired` (f16 rows of an even width, so every row starts on a whole word), a
+/// unit reads whole 32-bit words: two features per load.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn summary_dots(
@@ -81,37 +95,48 @@ pub fn summary_dots(
     out: &mut [f32],
     n: u32,
     dim: u32,
-    count: u32,
     first: u32,
     stride: u32,
     #[comptime] half: bool,
+    #[comptime] paired: bool,
+    #[comptime] group: u32,
 ) {
     let row = CUBE_POS_X + CUBE_POS_Y * MAX_GROUPS;
-    let width = min(count - first, QUERY_GROUP);
-    let mut sums = Array::<f32>::new(QUERY_GROUP as usize);
+    let mut sums = Array::<f32>::new(group as usize);
     #[unroll]
-    for k in 0..QUERY_GROUP {
+    for k in 0..group {
         sums[k as usize] = 0.0;
     }
     if row < n {
-        let base = row * dim;
-        for d in range_stepped(UNIT_POS, dim, THREADS) {
-            let x = feature(rows, base + d, half);
-            #[unroll]
-            for k in 0..QUERY_GROUP {
-                if k < width {
-                    sums[k as usize] += x * queries[((first + k) * dim + d) as usize];
-                }
+        if paired {
+            let base = row * dim / 2;
+            for w in range_stepped(UNIT_POS, dim / 2, THREADS) {
+                let word = rows[(base + w) as usize];
+                accumulate(&mut sums, queries, half_to_f32(word & 0xffff), 2 * w, dim, first, group);
+                accumulate(
+                    &mut sums,
+                    queries,
+                    half_to_f32(word >> 16),
+                    2 * w + 1,
+                    dim,
+                    first,
+                    group,
+                );
+            }
+        } else {
+            let base = row * dim;
+            for d in range_stepped(UNIT_POS, dim, THREADS) {
+                accumulate(&mut sums, queries, feature(rows, base + d, half), d, dim, first, group);
             }
         }
     }
-    let mut partial = Shared::<[f32]>::new_slice((QUERY_GROUP * THREADS) as usize);
+    let mut partial = Shared::<[f32]>::new_slice((group * THREADS) as usize);
     #[unroll]
-    for k in 0..QUERY_GROUP {
+    for k in 0..group {
         partial[(k * THREADS + UNIT_POS) as usize] = sums[k as usize];
     }
-    reduce_blocks(&mut partial, QUERY_GROUP);
-    if row < n && UNIT_POS < width {
+    reduce_blocks(&mut partial, group);
+    if row < n && UNIT_POS < group {
         out[(row * stride + first + UNIT_POS) as usize] = partial[(UNIT_POS * THREADS) as usize];
     }
 }

@@ -228,6 +228,9 @@ impl IndexSpec<'_> {
         let key = self.key(shapes.clone());
         let projector = Projector::new(self.projection, &shapes, self.device);
         std::fs::create_dir_all(self.dir).map_err(io(self.dir))?;
+        let Some(_builder) = build_lock(self.dir, job)? else {
+            return Ok(None);
+        };
         let manifest_path = self.dir.join("manifest.json");
         let shard = (self.shard != Shard::ALL).then_some(self.shard);
         let mut manifest = if manifest_path.is_file() {
@@ -417,6 +420,49 @@ fn summarise_missing(dir: &Path, manifest: &mut Manifest) -> Result<bool, IndexE
         write_manifest(dir, manifest)?;
     }
     Ok(wrote)
+}
+
+/// The name of the lock file an index build holds in its directory.
+pub const BUILD_LOCK: &str = "build.lock";
+
+/// Takes the index directory's build lock: an advisory lock on `build.lock` that the operating
+/// system releases when its process ends, so a killed build never leaves it stuck. A second
+/// build of the same directory (another `retrace index`, or the viewer's) waits for the first,
+/// saying so, and then resumes from what the first wrote instead of computing it again.
+/// `Ok(None)` when cancelled while waiting.
+fn build_lock(dir: &Path, job: &JobContext) -> Result<Option<std::fs::File>, IndexError> {
+    let path = dir.join(BUILD_LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if job.cancel.is_cancelled() {
+                    return Ok(None);
+                }
+                if !said {
+                    job.report(
+                        "waiting",
+                        0,
+                        0,
+                        format!(
+                            "another process is building the index in {}: waiting for it",
+                            dir.display()
+                        ),
+                    );
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(IndexError::Io { path, source: e }),
+        }
+    }
 }
 
 /// Writes a complete index whose features come from `features(checkpoint, start, end)`
