@@ -115,6 +115,9 @@ fn main() {
     quiet_headless_vulkan();
     tune_allocator();
     let cli = Cli::parse();
+    if !matches!(cli.command, None | Some(Command::Gui(_))) {
+        end_quietly_on_a_closed_pipe();
+    }
     report_panics_as_internal_errors();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
         Ok(Ok(())) => {}
@@ -123,6 +126,18 @@ fn main() {
             std::process::exit(EXIT_ERROR);
         }
         Err(_) => std::process::exit(EXIT_INTERNAL),
+    }
+}
+
+/// Lets a command whose output pipe closes (`retrace methods | head`) end quietly, as other
+/// command-line tools do, instead of reporting the failed write as an internal error: Rust
+/// ignores SIGPIPE, so every later `println!` would panic. Not for the viewer, which must not
+/// die with the terminal it was started from.
+fn end_quietly_on_a_closed_pipe() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: restores the default disposition of one signal before any other thread runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

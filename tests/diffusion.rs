@@ -327,3 +327,27 @@ fn seeded_initialisations_side_by_side_give_each_seeds_weights() {
         }
     });
 }
+
+/// A command whose reader goes away (`retrace methods | head -1`) ends as other command-line
+/// tools do, by SIGPIPE, and does not report the failed write as an internal error.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_closed_output_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    // A pipe whose reading end is closed before the command starts: its first write fails.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_retrace"))
+        .arg("methods")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("internal error"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        output.status
+    );
+}
