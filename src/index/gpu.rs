@@ -40,6 +40,11 @@ pub fn gpu_client(device: &Device) -> Option<Client> {
     }
 }
 
+/// 32-bit words holding `features` stored values: two f16 per word, or one f32.
+fn stored_words(features: usize, half: bool) -> usize {
+    if half { features.div_ceil(2) } else { features }
+}
+
 /// Scores `n` rows of `dim` features (f16 pairs when `half`, else f32) in `block` against
 /// `count` query vectors (`queries`, f32, uploaded): `[n, count]` f32 scores on the device.
 /// What [`Index::summary_dots_gpu`] launches per block, and what `retrace bench` times on a
@@ -54,7 +59,7 @@ pub fn launch_summary_dots(
     half: bool,
 ) -> Handle {
     let out = client.empty(n * count * 4);
-    let words = if half { (n * dim).div_ceil(2) } else { n * dim };
+    let words = stored_words(n * dim, half);
     let paired = half && dim.is_multiple_of(2);
     let groups = MAX_GROUPS as usize;
     for first in (0..count).step_by(QUERY_GROUP as usize) {
@@ -94,8 +99,7 @@ fn launch_bucket_dots(
     normalise: bool,
 ) -> Handle {
     let out = client.empty(n * buckets * 4);
-    let features = n * buckets * dim;
-    let words = if half { features.div_ceil(2) } else { features };
+    let words = stored_words(n * buckets * dim, half);
     let groups = MAX_GROUPS as usize;
     // SAFETY: the buffers hold the lengths given, as in `launch_summary_dots`.
     unsafe {
