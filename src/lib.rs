@@ -20,6 +20,7 @@ pub mod jobs;
 pub mod report;
 pub mod session;
 pub mod shard;
+pub mod stats;
 
 /// The version string shown in reports and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

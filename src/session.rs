@@ -7,11 +7,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::attribution::query::generate_query;
-use crate::attribution::{IndexSettings, MethodSettings, Query, Scores, attribute};
+use crate::attribution::{MethodSettings, Query, Scores, attribute};
 use crate::data::{DataSpec, Dataset, Split};
 use crate::device::ComputeDevice;
 use crate::diffusion::images::unit_to_bytes;
 use crate::diffusion::{ModelDir, SamplerConfig};
+use crate::index::IndexSettings;
 use crate::index::Manifest;
 use crate::jobs::{BackgroundJob, JobContext};
 

@@ -4,8 +4,9 @@ use crate::common;
 
 use burn::tensor::Device;
 use common::cpu;
+use retrace::attribution::pixel::pixel_cosine;
 use retrace::attribution::retrac::retrac_scores;
-use retrace::attribution::{CheckpointFeatures, GradientInputs, TrainFeatures, bucket_dot_products, pixel_cosine};
+use retrace::attribution::{CheckpointFeatures, GradientInputs, TrainFeatures, bucket_dot_products};
 use retrace::data::{DataSpec, Dataset, Split, bundled_model_dir};
 use retrace::diffusion::images::bytes_to_unit;
 use retrace::diffusion::{Measurement, ModelDir, Schedule, UNet};
@@ -178,4 +179,130 @@ fn the_bundled_benchmark_model_names_the_data_it_was_trained_on() {
     let spec: DataSpec = model.data_spec(None).unwrap().parse().unwrap();
     let data = Dataset::load(&spec).unwrap();
     model.check_data(&data).unwrap();
+}
+
+/// A method defined here, outside the crate: each training image scores minus the distance of
+/// its mean value to the query's, times the parameter `brightness-scale`. It counts its calls.
+struct Brightness {
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl retrace::attribution::Method for Brightness {
+    fn name(&self) -> String {
+        "brightness".into()
+    }
+
+    fn summary(&self) -> &'static str {
+        "a test's method: closeness of mean brightness"
+    }
+
+    fn parameters(&self) -> Vec<retrace::attribution::Parameter> {
+        vec![retrace::attribution::Parameter {
+            key: "brightness-scale",
+            doc: "a factor on every score",
+            default: "1",
+            range: retrace::attribution::Range::Number {
+                min: 0.1,
+                max: 10.0,
+                log: false,
+            },
+        }]
+    }
+
+    fn needs(&self) -> retrace::attribution::Needs {
+        retrace::attribution::Needs::default()
+    }
+
+    fn score(
+        &self,
+        context: &mut retrace::attribution::Context<'_>,
+    ) -> Result<Option<retrace::attribution::Scores>, String> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let scale = context.parameters.number("brightness-scale")?;
+        let data = context.data;
+        Ok(Some(retrace::attribution::Scores {
+            method: self.name(),
+            parameters: serde_json::json!({ "scale": scale }),
+            buckets: vec![[0, context.model.info.schedule.steps]],
+            ids: data.ids.clone(),
+            labels: data.labels.clone(),
+            per_bucket: (0..data.len())
+                .map(|i| brightness_score(data.image(i), &context.query.pixels, scale))
+                .collect(),
+        }))
+    }
+}
+
+/// `Brightness`'s score, computed directly.
+fn brightness_score(image: &[u8], query: &[f32], scale: f64) -> f32 {
+    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+    (-scale * (mean(&bytes_to_unit(image)) - mean(query)).abs()) as f32
+}
+
+#[test]
+fn a_method_defined_outside_the_crate_is_one_line_in_a_registry_and_scores_like_the_built_in_ones() {
+    use retrace::attribution::{MethodSettings, Parameters, Query, Registry, attribute, attribute_in};
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // The one line: the built-in list with the test's method added.
+    let registry = Registry::builtin().with(std::sync::Arc::new(Brightness { calls: calls.clone() }));
+    assert_eq!(registry.names().last().map(String::as_str), Some("brightness"));
+    assert!(registry.parameter("brightness-scale").is_some());
+
+    // Its parameter is checked against its range, and unknown to the built-in registry.
+    let mut parameters = Parameters::default();
+    assert!(parameters.set("brightness-scale", "2").is_err());
+    assert!(parameters.set_in(&registry, "brightness-scale", "20").is_err());
+    parameters.set_in(&registry, "brightness-scale", "2").unwrap();
+
+    let data = Dataset::load(&DataSpec::bundled(Split::Train))
+        .unwrap()
+        .select(&(0..40).collect::<Vec<_>>());
+    let model = ModelDir::open(&bundled_model_dir()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = retrace::index::IndexSettings {
+        dir: tmp.path().join("index"),
+        ..retrace::index::IndexSettings::standard(&model)
+    };
+    let copy = common::perturbed_copy(data.image(5), [1, 28, 28], 5);
+    let query = Query::image(copy.clone(), [1, 28, 28], "a perturbed copy of image 5");
+    let request = MethodSettings {
+        methods: vec!["brightness".into(), "ensemble:brightness+pixel".into()],
+        parameters,
+    };
+    let job = JobContext::silent();
+    let scores = attribute_in(&registry, &model, &data, &query, &request, &settings, &cpu(), &job)
+        .unwrap()
+        .unwrap();
+
+    // Its own scores, as computed directly, with the parameter's value.
+    for (i, &s) in scores[0].per_bucket.iter().enumerate() {
+        assert_eq!(s, brightness_score(data.image(i), &copy, 2.0), "image {i}");
+    }
+    // In an ensemble with a built-in method: the mean of the two scaled ranks.
+    let pixel = pixel_cosine(&data, &copy, None, 1000, &cpu()).unwrap();
+    let rank = |totals: &[f64]| {
+        retrace::stats::ranks(totals)
+            .iter()
+            .map(|r| r / 39.0)
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (rank(&scores[0].totals()), rank(&pixel.totals()));
+    for (i, &s) in scores[1].per_bucket.iter().enumerate() {
+        assert!((s as f64 - (a[i] + b[i]) / 2.0).abs() < 1e-6, "image {i}");
+    }
+    // Scored once for the request, though asked for alone and in the ensemble.
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Nothing was indexed: neither method needs an index.
+    assert!(!settings.dir.exists());
+    // The built-in registry does not know it.
+    let refused = attribute(
+        &model,
+        &data,
+        &query,
+        &MethodSettings::new(&["brightness"]),
+        &settings,
+        &cpu(),
+        &job,
+    );
+    assert!(refused.unwrap_err().contains("unknown method \"brightness\""));
 }

@@ -172,7 +172,7 @@ fn remove_top_k_on(root: &Path, truth: &GroundTruth) {
                 .scores(&rows[0], r.model.query, &device, &silent)
                 .unwrap()
                 .unwrap();
-            assert_eq!(r.model.removed, retrace::eval::stats::top_k(&scores, 3));
+            assert_eq!(r.model.removed, retrace::stats::top_k(&scores, 3));
         }
     }
     // A lost result, and one whose removed images are not what the method removes now (made

@@ -7,8 +7,8 @@ use common::{cpu, fashion_subset, tiny_config};
 use retrace::diffusion::Schedule;
 use retrace::diffusion::images::batch_tensor;
 use retrace::diffusion::train::{batch_plan, noise_images};
-use retrace::eval::stats::{pearson, spearman};
 use retrace::grad::{ProjectionConfig, Projector, capture_layers, layer_shapes};
+use retrace::stats::{pearson, spearman};
 
 #[test]
 fn projected_inner_products_track_exact_ones_at_the_default_k() {

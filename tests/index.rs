@@ -4,9 +4,10 @@
 use crate::common;
 
 use common::cpu;
-use retrace::attribution::{CheckpointChoice, IndexSettings, MethodSettings, Query, attribute, registry};
+use retrace::attribution::{MethodSettings, Query, attribute, registry};
 use retrace::grad::{ProjectionConfig, TimestepPlan};
 use retrace::index::Storage;
+use retrace::index::{CheckpointChoice, IndexSettings};
 use retrace::jobs::JobContext;
 
 fn settings(dir: &std::path::Path, k: usize) -> IndexSettings {

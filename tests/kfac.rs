@@ -17,9 +17,9 @@ use retrace::curvature::{
 };
 use retrace::diffusion::noise::{gaussian as standard_normal, stream};
 use retrace::diffusion::{Denoiser, Schedule, ScheduleConfig, Tape};
-use retrace::eval::stats::pearson;
 use retrace::grad::{CaptureTape, Examples, LayerGrads, PlanWalk, TimestepPlan};
 use retrace::jobs::JobContext;
+use retrace::stats::pearson;
 
 /// A small network whose Linear/Conv2d calls go through a tape; returns [B, D] outputs.
 trait Net {

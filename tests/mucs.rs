@@ -4,9 +4,8 @@
 use crate::common;
 
 use common::cpu;
-use retrace::attribution::mucs::{
-    MucsSettings, ScoringDraws, UnlearnRequest, loss_matrix, null_loss, skew_scores, trainable_parameters,
-};
+use retrace::attribution::mucs::{MucsSettings, UnlearnRequest, null_loss, skew_scores, trainable_parameters};
+use retrace::attribution::products::losses::{ScoringDraws, loss_matrix};
 use retrace::diffusion::Schedule;
 use retrace::jobs::JobContext;
 

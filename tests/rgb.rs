@@ -7,12 +7,13 @@ use crate::common;
 use std::path::Path;
 
 use common::cpu;
-use retrace::attribution::{CheckpointChoice, IndexSettings, MethodSettings, Query, attribute, registry};
+use retrace::attribution::{MethodSettings, Query, attribute, registry};
 use retrace::data::{DataSpec, Dataset};
 use retrace::diffusion::train::{TrainLength, train};
 use retrace::diffusion::{ModelDir, UNetConfig};
 use retrace::grad::{ProjectionConfig, TimestepPlan};
 use retrace::index::Storage;
+use retrace::index::{CheckpointChoice, IndexSettings};
 use retrace::jobs::JobContext;
 
 /// A synthetic 3×`size`×`size` picture: a coloured square on a coloured gradient, both

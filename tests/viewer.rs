@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use retrace::app::RetraceApp;
-use retrace::attribution::{CheckpointChoice, IndexSettings};
 use retrace::device::{BackendKind, ComputeDevice};
 use retrace::grad::{ProjectionConfig, TimestepPlan};
 use retrace::index::Storage;
+use retrace::index::{CheckpointChoice, IndexSettings};
 use retrace::session::Session;
 
 fn session(root: &std::path::Path) -> Session {
@@ -58,7 +58,7 @@ fn evaluation_table() -> retrace::eval::table::EvalReport {
         generated: interval(generated),
         seconds_per_query: 0.5,
         per_query: Vec::new(),
-        generally_influential: retrace::eval::stats::TopKSpread {
+        generally_influential: retrace::stats::TopKSpread {
             k: 10,
             queries: 16,
             distinct: 100,

@@ -7,7 +7,7 @@ use egui::Ui;
 
 use super::RetraceApp;
 use super::textures::training_image;
-use crate::eval::stats::{overlap_at_k, spearman};
+use crate::stats::{overlap_at_k, spearman};
 
 /// Most methods compared at once.
 const MOST: usize = 16;

@@ -8,7 +8,7 @@ use super::RetraceApp;
 use super::textures::{image, training_image};
 use crate::attribution::Scores;
 use crate::diffusion::images::unit_to_bytes;
-use crate::eval::stats::top_k;
+use crate::stats::top_k;
 
 /// Training images shown for the chosen step.
 const SHOWN: usize = 8;

@@ -4,8 +4,9 @@
 use egui::Ui;
 
 use super::{RetraceApp, grid_row};
-use crate::attribution::CheckpointChoice;
-use crate::attribution::registry::{self, Parameter, Range};
+use crate::attribution::registry;
+use crate::attribution::{Parameter, Range};
+use crate::index::CheckpointChoice;
 use crate::index::Storage;
 
 /// Draws the methods panel.

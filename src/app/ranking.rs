@@ -6,7 +6,7 @@ use egui::Ui;
 
 use super::RetraceApp;
 use super::textures::training_image;
-use crate::eval::stats::{bottom_k, top_k};
+use crate::stats::{bottom_k, top_k};
 
 fn grid(app: &mut RetraceApp, ui: &mut Ui, title: &str, order: &[usize], totals: &[f64], ranks_from_end: bool) {
     let Ok(session) = app.session.clone() else { return };

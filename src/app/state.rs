@@ -142,7 +142,7 @@ pub struct RetraceApp {
     pub renderer_shared: bool,
     /// Index settings being edited in the methods panel (applied with
     /// [`Self::apply_index_settings`]); `None` without a session.
-    pub index_draft: Option<crate::attribution::IndexSettings>,
+    pub index_draft: Option<crate::index::IndexSettings>,
     /// Reports being written off the UI thread.
     pub exports: Vec<BackgroundJob<String>>,
     /// Image files being read as queries off the UI thread, with their file names.

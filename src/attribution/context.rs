@@ -1,39 +1,28 @@
 //! What the methods of one attribution request share: the model, the data, the query and the
 //! parameters, and the engine's expensive products, each made at most once per request and only
 //! when a method asks for it (the index, the query's features at every checkpoint, the fitted
-//! curvature, the query's exact gradients, other methods' scores). Every product returns
-//! `Ok(None)` when the job is cancelled.
+//! curvature, the query's exact gradients, the scores of methods already run). The products
+//! themselves are made in `products/` and in the layers below; the context only keeps them.
+//! Every product returns `Ok(None)` when the job is cancelled.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor};
 
-use super::mucs::{ScoringDraws, loss_matrix};
-use super::registry::{self, Parameters};
-use super::run::IndexSettings;
-use super::tracin::checkpoint_weights;
-use super::trak::TrakKernel;
-use super::{CheckpointFeatures, GradientInputs, Query, Scores, TrainFeatures};
-use crate::curvature::store::CURVATURE_FORMAT_VERSION;
-use crate::curvature::{
-    CurvatureFit, CurvatureKey, Fisher, FitConfig, LayerEigen, Sharing, load_curvature, save_curvature,
-};
+use super::inputs::{CheckpointFeatures, GradientInputs, TrainFeatures};
+use super::parameter::ParameterValues;
+use super::products::checkpoint_weights;
+use super::products::curvature::{Curvature, CurvatureSettings};
+use super::products::losses::{ScoringDraws, original_losses};
+use super::products::trak_kernel::TrakKernel;
+use super::query::Query;
+use super::scores::Scores;
 use crate::data::Dataset;
-use crate::diffusion::noise::{permutation, stream};
 use crate::diffusion::{CheckpointEntry, Measurement, ModelDir, Schedule, UNet};
-use crate::files::{sha256, write_atomic};
-use crate::grad::{Examples, FeatureRun, Features, TimestepPlan};
-use crate::index::Index;
+use crate::grad::{Examples, FeatureRun, Features};
+use crate::index::{Index, IndexSettings};
 use crate::jobs::JobContext;
-
-/// A fitted curvature at the index's last checkpoint.
-pub struct Curvature {
-    /// What it was fitted from and with.
-    pub key: CurvatureKey,
-    /// Per-layer eigenbases and eigenvalues (EK-FAC's corrected ones when asked for).
-    pub layers: Vec<LayerEigen>,
-}
 
 /// One attribution request's shared inputs and lazily made products.
 pub struct Context<'a> {
@@ -45,8 +34,8 @@ pub struct Context<'a> {
     pub query: &'a Query,
     /// How training images become features.
     pub index_settings: &'a IndexSettings,
-    /// The methods' parameter values.
-    pub parameters: &'a Parameters,
+    /// Every parameter's value.
+    pub parameters: &'a ParameterValues,
     /// Where the work runs.
     pub device: &'a Device,
     /// Progress and cancellation.
@@ -56,7 +45,7 @@ pub struct Context<'a> {
     inputs: Option<GradientInputs>,
     last_model: Option<Arc<(CheckpointEntry, UNet)>>,
     final_model: Option<Arc<(CheckpointEntry, UNet)>>,
-    curvature: Option<(Fisher, Sharing, usize, Arc<Curvature>)>,
+    curvature: Option<(CurvatureSettings, Arc<Curvature>)>,
     query_gradients: HashMap<Measurement, Vec<Tensor<3>>>,
     kernels: HashMap<(Measurement, u64), Arc<TrakKernel>>,
     scores: HashMap<String, Scores>,
@@ -69,7 +58,7 @@ impl<'a> Context<'a> {
         data: &'a Dataset,
         query: &'a Query,
         index_settings: &'a IndexSettings,
-        parameters: &'a Parameters,
+        parameters: &'a ParameterValues,
         device: &'a Device,
         job: &'a JobContext,
     ) -> Self {
@@ -179,51 +168,22 @@ impl<'a> Context<'a> {
     }
 
     /// The loss of every training image under every draw of `draws` with the newest
-    /// checkpoint ([N × J], MUCS's L_o): the same for every query, so it is kept in a file in
-    /// the model's cache directory (beside its indexes) and computed once per model and draws.
+    /// checkpoint ([N × J], MUCS's L_o), kept beside the model's indexes
+    /// ([`original_losses`]).
     pub fn original_losses(&mut self, draws: &ScoringDraws) -> Result<Option<Vec<f32>>, String> {
         let Some(model) = self.final_model()? else {
             return Ok(None);
         };
-        let key = format!(
-            "v1 {} {} {} {}",
-            model.0.state.weights_sha256,
-            self.data.content_hash(),
-            draws.len(),
-            self.model.info.schedule.steps
-        );
-        let path = self
-            .index_settings
-            .dir
-            .with_file_name(format!("mucs-original-losses-{}.f32", &sha256(key.as_bytes())[..16]));
-        let expected = self.data.len() * draws.len();
-        if let Ok(bytes) = std::fs::read(&path)
-            && bytes.len() == expected * 4
-        {
-            let values: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            if values.iter().all(|v| v.is_finite()) {
-                return Ok(Some(values));
-            }
-        }
-        let schedule = self.schedule();
-        let Some(values) = loss_matrix(
-            &model.1,
-            &schedule,
+        let cache_dir = self.index_settings.dir.parent().unwrap_or(std::path::Path::new("."));
+        original_losses(
+            &model,
+            &self.schedule(),
             self.data,
             draws,
+            cache_dir,
             self.device,
             self.job,
-            "scoring the original model",
-        )?
-        else {
-            return Ok(None);
-        };
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        write_atomic(&path, &bytes).map_err(|e| e.to_string())?;
-        Ok(Some(values))
+        )
     }
 
     /// The model at the index's last checkpoint, with its entry.
@@ -333,19 +293,12 @@ impl<'a> Context<'a> {
         Ok(Some(self.base_inputs(&index, vec![checkpoint])))
     }
 
-    /// The curvature fitted (or loaded from beside the index) at the index's last checkpoint
-    /// with the given settings on `fit_images` seeded training images; with EK-FAC's corrected
-    /// eigenvalues when `corrected`.
-    pub fn curvature(
-        &mut self,
-        fisher: Fisher,
-        sharing: Sharing,
-        fit_images: usize,
-        corrected: bool,
-    ) -> Result<Option<Arc<Curvature>>, String> {
-        if let Some((f, s, n, c)) = &self.curvature
-            && (*f, *s, *n) == (fisher, sharing, fit_images)
-            && (!corrected || c.layers.iter().all(|l| l.corrected.is_some()))
+    /// The curvature of `settings` fitted (or loaded from beside the index) at the index's last
+    /// checkpoint ([`Curvature::fit_or_load`]).
+    pub fn curvature(&mut self, settings: CurvatureSettings) -> Result<Option<Arc<Curvature>>, String> {
+        if let Some((kept, c)) = &self.curvature
+            && (kept.fisher, kept.sharing, kept.fit_images) == (settings.fisher, settings.sharing, settings.fit_images)
+            && (!settings.corrected || c.layers.iter().all(|l| l.corrected.is_some()))
         {
             return Ok(Some(c.clone()));
         }
@@ -353,70 +306,22 @@ impl<'a> Context<'a> {
         let Some(model) = self.last_model()? else {
             return Ok(None);
         };
-        let (entry, net) = (&model.0, &model.1);
         let schedule = self.schedule();
-        let index_plan = &index.manifest.key.plan;
-        let fit = FitConfig {
-            fisher,
-            sharing,
-            // Independent (t, ε) per fitted image: the curvature is an expectation over them.
-            plan: TimestepPlan {
-                shared_noise: false,
-                seed: index_plan.seed.wrapping_add(1),
-                ..index_plan.clone()
-            },
+        let Some(curvature) = Curvature::fit_or_load(
+            &settings,
+            &index,
+            &model,
+            &schedule,
+            self.data,
+            self.index_settings.batch_size,
+            self.device,
+            self.job,
+        )?
+        else {
+            return Ok(None);
         };
-        let data = self.data;
-        let mut chosen = permutation(&mut stream("curvature-fit", &[index_plan.seed]), data.len());
-        chosen.truncate(fit_images.clamp(1, data.len().max(1)));
-        chosen.sort_unstable();
-        let key = CurvatureKey {
-            format_version: CURVATURE_FORMAT_VERSION,
-            checkpoint_hash: entry.state.weights_sha256.clone(),
-            data_hash: data.content_hash(),
-            fit,
-            fit_images: chosen.len(),
-            layer_shapes: index.manifest.key.layer_shapes.clone(),
-        };
-        let fit_examples = Examples::from_dataset(data, &chosen);
-        let fitter = CurvatureFit {
-            model: net,
-            schedule: &schedule,
-            config: &key.fit,
-            examples: &fit_examples,
-            batch_size: self.index_settings.batch_size,
-            device: self.device,
-        };
-        // A damaged or truncated stored fit is not an error: it is fitted again and replaced.
-        let stored = load_curvature(&index.dir, &key).unwrap_or_else(|damage| {
-            self.job.report(
-                "refitting the curvature",
-                0,
-                1,
-                format!("the stored fit is damaged and is fitted again: {damage}"),
-            );
-            None
-        });
-        let layers = match stored {
-            Some(mut layers) => {
-                if corrected && layers.iter().any(|l| l.corrected.is_none()) {
-                    if !fitter.correct(&mut layers, self.job)? {
-                        return Ok(None);
-                    }
-                    save_curvature(&index.dir, &key, &layers)?;
-                }
-                layers
-            }
-            None => {
-                let Some(layers) = fitter.run(corrected, self.job)? else {
-                    return Ok(None);
-                };
-                save_curvature(&index.dir, &key, &layers)?;
-                layers
-            }
-        };
-        let curvature = Arc::new(Curvature { key, layers });
-        self.curvature = Some((fisher, sharing, fit_images, curvature.clone()));
+        let curvature = Arc::new(curvature);
+        self.curvature = Some((settings, curvature.clone()));
         Ok(Some(curvature))
     }
 
@@ -475,18 +380,14 @@ impl<'a> Context<'a> {
         Ok(Some(kernel))
     }
 
-    /// The scores of the method called `name` for this query, computed once per request (an
-    /// ensemble reuses its members' scores, and a member asked for on its own is not redone).
-    pub fn scores_of(&mut self, name: &str) -> Result<Option<Scores>, String> {
-        if let Some(s) = self.scores.get(name) {
-            return Ok(Some(s.clone()));
-        }
-        let method = registry::lookup(name)?;
-        let Some(scores) = method.score(self)? else {
-            return Ok(None);
-        };
-        scores.check_finite()?;
+    /// The scores of the method called `name` if a method of this request computed them
+    /// already ([`super::method::scores_of`]).
+    pub fn computed_scores(&self, name: &str) -> Option<Scores> {
+        self.scores.get(name).cloned()
+    }
+
+    /// Keeps the scores of the method called `name` for the rest of the request.
+    pub fn keep_scores(&mut self, name: &str, scores: &Scores) {
         self.scores.insert(name.to_owned(), scores.clone());
-        Ok(Some(scores))
     }
 }

@@ -1,239 +1,133 @@
 //! The method registry: every attribution method implements [`Method`] in a file of its own
-//! and is listed once in [`all`]. The command line (`--method`, `retrace methods`), the
-//! viewer's methods panel and the reports read the methods, their parameters (with defaults
-//! and ranges) and what they need from the engine from here, so a new method is one new file
-//! plus one line in [`all`].
+//! under `methods/` and is listed once in [`all`]. The command line (`--method`, `retrace
+//! methods`), the viewer's methods panel and the reports read the methods, their parameters
+//! (with defaults and ranges) and what they need from the engine from here, so a new method is
+//! one new file plus one line in [`all`]; [`lookup_in`] resolves names against any list, so a
+//! method defined elsewhere (a test's) is scored like the built-in ones. The registry also
+//! holds [`Parameters`], the user's checked values of every method's parameters.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::context::Context;
-use super::{Scores, ensemble, journey, kfac, mucs, pixel, retrac, tracin, trak};
+use super::method::Method;
+use super::methods::ensemble::{Combine, Ensemble};
+use super::methods::{journey, kfac, mucs, pixel, retrac, tracin, trak};
+use super::parameter::{Parameter, ParameterValues};
 
-/// What a method needs from the engine, beyond the query and the training data.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Needs {
-    /// The index of projected training gradients.
-    pub index: bool,
-    /// A fitted curvature (K-FAC factors) at the last checkpoint.
-    pub curvature: bool,
-    /// A copy of the model to change (unlearning).
-    pub model_copy: bool,
-    /// A generated query's sampling trajectory.
-    pub trajectory: bool,
-}
-
-impl Needs {
-    /// Short words for the needs, for listings: "index, curvature".
-    pub fn describe(self) -> String {
-        let mut parts = Vec::new();
-        if self.index {
-            parts.push("index");
-        }
-        if self.curvature {
-            parts.push("curvature");
-        }
-        if self.model_copy {
-            parts.push("model copy");
-        }
-        if self.trajectory {
-            parts.push("a generated query's trajectory");
-        }
-        if parts.is_empty() {
-            "nothing".into()
-        } else {
-            parts.join(", ")
-        }
-    }
-
-    /// The needs of either.
-    pub fn union(self, other: Needs) -> Needs {
-        Needs {
-            index: self.index || other.index,
-            curvature: self.curvature || other.curvature,
-            model_copy: self.model_copy || other.model_copy,
-            trajectory: self.trajectory || other.trajectory,
-        }
-    }
-}
-
-/// The values a parameter takes.
-#[derive(Clone, Copy, Debug)]
-pub enum Range {
-    /// A real number in [min, max]; `log` when it spans decades (edit it in ratios).
-    Number {
-        /// Smallest value.
-        min: f64,
-        /// Largest value.
-        max: f64,
-        /// Whether the scale is logarithmic.
-        log: bool,
-    },
-    /// A whole number in [min, max].
-    Integer {
-        /// Smallest value.
-        min: u64,
-        /// Largest value.
-        max: u64,
-    },
-    /// One of the names a `clap::ValueEnum` knows.
-    Choice(fn() -> Vec<String>),
-}
-
-/// The names of a `clap::ValueEnum`'s values (for [`Range::Choice`]).
-pub fn choices<T: clap::ValueEnum>() -> Vec<String> {
-    T::value_variants()
-        .iter()
-        .filter_map(|v| v.to_possible_value())
-        .map(|p| p.get_name().to_owned())
-        .collect()
-}
-
-/// A method parameter. Parameters live in one namespace: methods that declare the same key
-/// (K-FAC and EK-FAC share theirs) read the same value.
-#[derive(Clone, Copy, Debug)]
-pub struct Parameter {
-    /// Key on the command line (`--set key=value`) and in files.
-    pub key: &'static str,
-    /// What it does, in one sentence.
-    pub doc: &'static str,
-    /// Its default, as text.
-    pub default: &'static str,
-    /// The values it takes.
-    pub range: Range,
-}
-
-impl Parameter {
-    /// Checks `value` against the range, returning it in canonical form.
-    pub fn check(&self, value: &str) -> Result<String, String> {
-        let value = value.trim();
-        match self.range {
-            Range::Number { min, max, .. } => {
-                let v: f64 = value
-                    .parse()
-                    .map_err(|_| format!("{} takes a number, not {value:?}", self.key))?;
-                if !(v.is_finite() && (min..=max).contains(&v)) {
-                    return Err(format!("{} must lie in [{min}, {max}], not {value}", self.key));
-                }
-                Ok(v.to_string())
-            }
-            Range::Integer { min, max } => {
-                let v: u64 = value
-                    .parse()
-                    .map_err(|_| format!("{} takes a whole number, not {value:?}", self.key))?;
-                if !(min..=max).contains(&v) {
-                    return Err(format!("{} must lie in [{min}, {max}], not {value}", self.key));
-                }
-                Ok(v.to_string())
-            }
-            Range::Choice(names) => {
-                let names = names();
-                if names.iter().any(|n| n == value) {
-                    Ok(value.to_owned())
-                } else {
-                    Err(format!("{} takes one of {}, not {value:?}", self.key, names.join(", ")))
-                }
-            }
-        }
-    }
-
-    /// The range in words: "[0.001, 100] (log)", "one of loss, elbo, square-norm".
-    pub fn describe_range(&self) -> String {
-        match self.range {
-            Range::Number { min, max, log } => {
-                format!("[{}, {}]{}", short(min), short(max), if log { " (log)" } else { "" })
-            }
-            Range::Integer { min, max } => format!("[{min}, {max}]"),
-            Range::Choice(names) => format!("one of {}", names().join(", ")),
-        }
-    }
-}
-
-/// A number as people write it: 0.1, 64, 1e-12, 1e6.
-fn short(v: f64) -> String {
-    if v != 0.0 && !(1e-3..1e5).contains(&v.abs()) {
-        format!("{v:e}")
-    } else {
-        v.to_string()
-    }
-}
-
-/// A scoring method.
-pub trait Method: Send + Sync {
-    /// Its name on the command line, in files and in the viewer (`ensemble:retrac+kfac`).
-    fn name(&self) -> String;
-    /// What it computes, in one line, with its reference.
-    fn summary(&self) -> &'static str;
-    /// The parameters it reads.
-    fn parameters(&self) -> Vec<Parameter> {
-        Vec::new()
-    }
-    /// What it needs from the engine.
-    fn needs(&self) -> Needs;
-    /// Whether it can attribute `query` (Journey-TRAK needs a generated one), and why not.
-    fn applies_to(&self, query: &super::Query) -> Result<(), String> {
-        let _ = query;
-        Ok(())
-    }
-    /// Scores every training image for the context's query. `Ok(None)` when cancelled.
-    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String>;
-}
-
-/// Every method, in the order the command line and the viewer list them; one line per method.
-pub fn all() -> Vec<Box<dyn Method>> {
+/// Every built-in method, in the order the command line and the viewer list them; one line
+/// per method.
+fn builtin_methods() -> Vec<Arc<dyn Method>> {
     vec![
-        Box::new(retrac::ReTrac),
-        Box::new(retrac::ReTracBucket),
-        Box::new(tracin::TracIn),
-        Box::new(kfac::KfacInfluence::KFAC),
-        Box::new(kfac::KfacInfluence::EKFAC),
-        Box::new(trak::Trak::TRAK),
-        Box::new(trak::Trak::DTRAK),
-        Box::new(journey::Journey),
-        Box::new(mucs::Mucs),
-        Box::new(pixel::Pixel),
+        Arc::new(retrac::ReTrac),
+        Arc::new(retrac::ReTracBucket),
+        Arc::new(tracin::TracIn),
+        Arc::new(kfac::KfacInfluence::KFAC),
+        Arc::new(kfac::KfacInfluence::EKFAC),
+        Arc::new(trak::Trak::TRAK),
+        Arc::new(trak::Trak::DTRAK),
+        Arc::new(journey::Journey),
+        Arc::new(mucs::Mucs),
+        Arc::new(pixel::Pixel),
     ]
 }
 
-/// The names of every method in [`all`].
-pub fn names() -> Vec<String> {
-    all().iter().map(|m| m.name()).collect()
+/// A list of methods, and the one namespace of their parameters.
+#[derive(Clone)]
+pub struct Registry {
+    methods: Vec<Arc<dyn Method>>,
+    parameters: Vec<Parameter>,
 }
 
-/// The method called `name`: one of [`all`], or an ensemble of them
-/// (`ensemble:retrac+kfac`, `ensemble-z:retrac+kfac`).
-pub fn lookup(name: &str) -> Result<Box<dyn Method>, String> {
-    let name = name.trim();
-    if let Some(ensemble) = ensemble::Ensemble::parse(name)? {
-        return Ok(Box::new(ensemble));
-    }
-    all().into_iter().find(|m| m.name() == name).ok_or_else(|| {
-        format!(
-            "unknown method {name:?}; expected one of {}, or ensemble:A+B",
-            names().join(", ")
-        )
-    })
-}
-
-/// The parameter called `key`, from whichever method declares it.
-pub fn parameter(key: &str) -> Option<Parameter> {
-    every_parameter().iter().find(|p| p.key == key).copied()
-}
-
-/// Every method's parameters, each key once, gathered on first use (the viewer asks every
-/// frame).
-fn every_parameter() -> &'static [Parameter] {
-    static ALL: std::sync::OnceLock<Vec<Parameter>> = std::sync::OnceLock::new();
-    ALL.get_or_init(|| {
-        let mut out: Vec<Parameter> = Vec::new();
-        for p in all().iter().flat_map(|m| m.parameters()) {
-            if !out.iter().any(|q| q.key == p.key) {
-                out.push(p);
+impl Registry {
+    /// A registry of `methods`, in listing order.
+    pub fn new(methods: Vec<Arc<dyn Method>>) -> Self {
+        let mut parameters: Vec<Parameter> = Vec::new();
+        for p in methods.iter().flat_map(|m| m.parameters()) {
+            if !parameters.iter().any(|q| q.key == p.key) {
+                parameters.push(p);
             }
         }
-        out
-    })
+        Self { methods, parameters }
+    }
+
+    /// The built-in methods, made once (the viewer asks every frame).
+    pub fn builtin() -> &'static Registry {
+        static BUILTIN: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+        BUILTIN.get_or_init(|| Registry::new(builtin_methods()))
+    }
+
+    /// This registry with `method` listed last.
+    pub fn with(&self, method: Arc<dyn Method>) -> Self {
+        let mut methods = self.methods.clone();
+        methods.push(method);
+        Self::new(methods)
+    }
+
+    /// The methods, in listing order.
+    pub fn methods(&self) -> &[Arc<dyn Method>] {
+        &self.methods
+    }
+
+    /// The names of the methods.
+    pub fn names(&self) -> Vec<String> {
+        self.methods.iter().map(|m| m.name()).collect()
+    }
+
+    /// The method called `name`: a listed one, or an ensemble of listed ones
+    /// (`ensemble:retrac+kfac`, `ensemble-z:retrac+kfac`), built with its members resolved.
+    pub fn lookup(&self, name: &str) -> Result<Arc<dyn Method>, String> {
+        let name = name.trim();
+        if let Some((combine, members)) = Combine::parse(name)? {
+            let members = members
+                .iter()
+                .map(|m| self.listed(m).map_err(|e| format!("{name}: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Arc::new(Ensemble::new(combine, members)?));
+        }
+        self.listed(name)
+    }
+
+    /// The listed (non-ensemble) method called `name`.
+    fn listed(&self, name: &str) -> Result<Arc<dyn Method>, String> {
+        self.methods.iter().find(|m| m.name() == name).cloned().ok_or_else(|| {
+            format!(
+                "unknown method {name:?}; expected one of {}, or ensemble:A+B",
+                self.names().join(", ")
+            )
+        })
+    }
+
+    /// The parameter called `key`, from whichever method declares it.
+    pub fn parameter(&self, key: &str) -> Option<Parameter> {
+        self.parameters.iter().find(|p| p.key == key).copied()
+    }
+
+    /// Every listed method's parameters, each key once.
+    pub fn parameters(&self) -> &[Parameter] {
+        &self.parameters
+    }
+}
+
+/// Every built-in method, in listing order.
+pub fn all() -> Vec<Arc<dyn Method>> {
+    Registry::builtin().methods().to_vec()
+}
+
+/// The names of every built-in method.
+pub fn names() -> Vec<String> {
+    Registry::builtin().names()
+}
+
+/// The built-in method called `name`, or an ensemble of built-in methods.
+pub fn lookup(name: &str) -> Result<Arc<dyn Method>, String> {
+    Registry::builtin().lookup(name)
+}
+
+/// The built-in parameter called `key`.
+pub fn parameter(key: &str) -> Option<Parameter> {
+    Registry::builtin().parameter(key)
 }
 
 /// Parameter values set by the user; a parameter not set takes its default.
@@ -241,10 +135,15 @@ fn every_parameter() -> &'static [Parameter] {
 pub struct Parameters(BTreeMap<String, String>);
 
 impl Parameters {
-    /// Sets `key` to `value`, checked against the parameter's range.
+    /// Sets `key` to `value`, checked against the range of the built-in parameter.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
-        let p = parameter(key).ok_or_else(|| {
-            let mut keys: Vec<&str> = every_parameter().iter().map(|p| p.key).collect();
+        self.set_in(Registry::builtin(), key, value)
+    }
+
+    /// Sets `key` to `value`, checked against the range of `registry`'s parameter.
+    pub fn set_in(&mut self, registry: &Registry, key: &str, value: &str) -> Result<(), String> {
+        let p = registry.parameter(key).ok_or_else(|| {
+            let mut keys: Vec<&str> = registry.parameters().iter().map(|p| p.key).collect();
             keys.sort_unstable();
             format!(
                 "no method has a parameter {key:?}; the parameters are {}",
@@ -286,23 +185,24 @@ impl Parameters {
         }
     }
 
-    /// The value of the number parameter `key`.
-    pub fn number(&self, key: &str) -> Result<f64, String> {
-        let text = self.text(key)?;
-        text.parse().map_err(|_| format!("{key} = {text:?} is not a number"))
+    /// Every parameter of `registry` with its value (this one's, or the default): what the
+    /// methods of a request read.
+    pub fn values_in(&self, registry: &Registry) -> ParameterValues {
+        ParameterValues::new(
+            registry
+                .parameters()
+                .iter()
+                .map(|p| {
+                    let value = self.0.get(p.key).cloned().unwrap_or_else(|| p.default.to_owned());
+                    (p.key.to_owned(), value)
+                })
+                .collect(),
+        )
     }
 
-    /// The value of the whole-number parameter `key`.
-    pub fn integer(&self, key: &str) -> Result<usize, String> {
-        let text = self.text(key)?;
-        text.parse()
-            .map_err(|_| format!("{key} = {text:?} is not a whole number"))
-    }
-
-    /// The value of the choice parameter `key`, as its enum.
-    pub fn choice<T: clap::ValueEnum>(&self, key: &str) -> Result<T, String> {
-        let text = self.text(key)?;
-        T::from_str(&text, false).map_err(|e| format!("{key}: {e}"))
+    /// Every built-in parameter with its value.
+    pub fn values(&self) -> ParameterValues {
+        self.values_in(Registry::builtin())
     }
 
     /// The values of `parameters` (defaults included), as `key=value` text: what a method's
@@ -322,20 +222,6 @@ impl Parameters {
             .filter(|(k, _)| parameters.iter().any(|p| p.key == k.as_str()))
             .map(|(k, v)| format!("{k}={v}"))
             .collect()
-    }
-
-    /// The values of `parameters` as a JSON object, to record with scores.
-    pub fn to_json(&self, parameters: &[Parameter]) -> serde_json::Value {
-        let map: serde_json::Map<String, serde_json::Value> = parameters
-            .iter()
-            .map(|p| {
-                (
-                    p.key.to_owned(),
-                    serde_json::Value::String(self.text(p.key).unwrap_or_default()),
-                )
-            })
-            .collect();
-        serde_json::Value::Object(map)
     }
 }
 
@@ -359,7 +245,9 @@ mod tests {
         let mut p = Parameters::default();
         p.set("measurement", "square-norm").unwrap();
         assert_eq!(
-            p.choice::<crate::diffusion::Measurement>("measurement").unwrap(),
+            p.values()
+                .choice::<crate::diffusion::Measurement>("measurement")
+                .unwrap(),
             crate::diffusion::Measurement::SquareNorm
         );
         assert!(p.set("measurement", "nope").unwrap_err().contains("loss"));
@@ -372,5 +260,19 @@ mod tests {
             q
         });
         assert!(lookup("nope").err().unwrap().contains("retrac"));
+    }
+
+    #[test]
+    fn ensembles_parse_with_their_members_resolved_and_round_trip() {
+        let e = lookup("ensemble:retrac+kfac").unwrap();
+        assert_eq!(e.name(), "ensemble:retrac+kfac");
+        assert!(e.needs().curvature && e.needs().index);
+        assert_eq!(
+            lookup("ensemble-z:pixel+ekfac").unwrap().name(),
+            "ensemble-z:pixel+ekfac"
+        );
+        assert!(lookup("ensemble:retrac").is_err());
+        assert!(lookup("ensemble:retrac+nope").err().unwrap().contains("nope"));
+        assert!(lookup("ensemble:retrac+ensemble:kfac+pixel").is_err());
     }
 }

@@ -1,204 +1,18 @@
-//! One attribution request end to end: the index settings, the request (methods and
-//! parameters), and [`attribute`], which runs the methods over one shared [`Context`]. The CLI,
-//! the viewer and the evaluation all call it.
-
-use std::path::PathBuf;
+//! One attribution request end to end: the request (methods and parameters) and [`attribute`],
+//! which runs the methods over one shared [`Context`]. The CLI, the viewer and the evaluation
+//! all call it.
 
 use burn::tensor::Device;
 
 use super::context::Context;
-use super::registry::{Parameters, lookup};
-use super::{Query, Scores};
+use super::method::scores_of;
+use super::query::Query;
+use super::registry::{Parameters, Registry};
+use super::scores::Scores;
 use crate::data::Dataset;
-use crate::diffusion::{CheckpointEntry, Measurement, ModelDir};
-use crate::grad::{ProjectionConfig, TimestepPlan};
-use crate::index::{Index, IndexSpec, Storage};
+use crate::diffusion::ModelDir;
+use crate::index::IndexSettings;
 use crate::jobs::JobContext;
-use crate::shard::Shard;
-
-/// Which checkpoints to index and sum over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum CheckpointChoice {
-    /// Every checkpoint of the model directory.
-    All,
-    /// Only the newest.
-    Last,
-}
-
-/// Index settings shared by `retrace index` and `retrace attribute`.
-#[derive(Clone, Debug)]
-pub struct IndexSettings {
-    /// Index directory.
-    pub dir: PathBuf,
-    /// Timestep plan.
-    pub plan: TimestepPlan,
-    /// Projection.
-    pub projection: ProjectionConfig,
-    /// Checkpoints.
-    pub checkpoints: CheckpointChoice,
-    /// Value storage.
-    pub storage: Storage,
-    /// What the training gradients differentiate: the loss, except for D-TRAK's index.
-    pub measurement: Measurement,
-    /// (image, point) pairs per batch.
-    pub batch_size: usize,
-    /// Training images per index chunk (the unit of resumption).
-    pub chunk_size: usize,
-}
-
-impl IndexSettings {
-    /// The default settings for a model: its last checkpoint, 10 buckets of one shared draw,
-    /// k = 16, f32, in the user's cache ([`crate::index::default_index_dir`]). The LDS table's
-    /// development queries chose them (README, "Are the rankings right?").
-    pub fn standard(model: &ModelDir) -> Self {
-        let mut settings = Self {
-            dir: PathBuf::new(),
-            plan: TimestepPlan::new(model.info.schedule.steps, 10, 1, 0)
-                .unwrap_or_else(|_| TimestepPlan::new(model.info.schedule.steps, 1, 1, 0).expect("one bucket fits")),
-            projection: ProjectionConfig::default(),
-            checkpoints: CheckpointChoice::Last,
-            storage: Storage::F32,
-            measurement: Measurement::Loss,
-            batch_size: 32,
-            chunk_size: 100,
-        };
-        settings.dir = crate::index::default_index_dir(&model.root).join(settings.slug());
-        settings
-    }
-
-    /// These settings, checked, with their directory renamed after [`Self::slug`] beside the
-    /// current one: what the viewer applies when the user changes buckets, draws, k,
-    /// checkpoints or storage, so indexes of different settings live side by side.
-    pub fn relocated(mut self) -> Result<Self, String> {
-        let plan = &self.plan;
-        let checked = TimestepPlan::new(plan.steps, plan.buckets, plan.draws, plan.seed)?;
-        self.plan = TimestepPlan {
-            shared_noise: plan.shared_noise,
-            ..checked
-        };
-        if self.projection.k_in == 0 || self.projection.k_out == 0 {
-            return Err("the projection needs k of at least 1".into());
-        }
-        let parent = self.dir.parent().map(PathBuf::from).unwrap_or_default();
-        self.dir = parent.join(self.slug());
-        Ok(self)
-    }
-
-    /// A short name of the settings, so indexes built with different settings for one model
-    /// live side by side: `last-b10x1-k8-s0-shared-f32`.
-    pub fn slug(&self) -> String {
-        format!(
-            "{}-b{}x{}-k{}x{}-s{}-{}-{}",
-            match self.checkpoints {
-                CheckpointChoice::All => "all",
-                CheckpointChoice::Last => "last",
-            },
-            self.plan.buckets,
-            self.plan.draws,
-            self.projection.k_in,
-            self.projection.k_out,
-            self.plan.seed,
-            if self.plan.shared_noise {
-                "shared"
-            } else {
-                "per-example"
-            },
-            match self.storage {
-                Storage::F32 => "f32",
-                Storage::F16 => "f16",
-            }
-        ) + match self.measurement {
-            Measurement::Loss => "",
-            Measurement::ElboLoss => "-elbo",
-            Measurement::SquareNorm => "-sqnorm",
-        }
-    }
-
-    /// These settings for gradients of `measurement`, in their own directory beside these.
-    pub fn for_measurement(&self, measurement: Measurement) -> Result<Self, String> {
-        Self {
-            measurement,
-            ..self.clone()
-        }
-        .relocated()
-    }
-
-    /// What building this index for `model` and `data` takes: the checkpoints chosen, in
-    /// `dir`, restricted to `shard`.
-    fn spec<'a>(
-        &'a self,
-        model: &'a ModelDir,
-        data: &'a Dataset,
-        dir: &'a std::path::Path,
-        shard: Shard,
-        device: &'a Device,
-    ) -> Result<IndexSpec<'a>, String> {
-        let mut checkpoints: Vec<CheckpointEntry> = model.checkpoints().map_err(|e| e.to_string())?;
-        if checkpoints.is_empty() {
-            return Err(model.no_checkpoint().to_string());
-        }
-        if self.checkpoints == CheckpointChoice::Last {
-            checkpoints = checkpoints.split_off(checkpoints.len().saturating_sub(1));
-        }
-        Ok(IndexSpec {
-            dir,
-            model,
-            checkpoints,
-            data,
-            plan: self.plan.clone(),
-            projection: self.projection,
-            storage: self.storage,
-            measurement: self.measurement,
-            chunk_size: self.chunk_size,
-            batch_size: self.batch_size,
-            shard,
-            device,
-        })
-    }
-
-    /// Builds the index if needed (resuming a partial one) and opens it, verified. `Ok(None)`
-    /// when cancelled.
-    pub fn ensure(
-        &self,
-        model: &ModelDir,
-        data: &Dataset,
-        device: &Device,
-        job: &JobContext,
-    ) -> Result<Option<Index>, String> {
-        let spec = self.spec(model, data, &self.dir, Shard::ALL, device)?;
-        let Some(index) = spec.build(job).map_err(|e| e.to_string())? else {
-            return Ok(None);
-        };
-        let opened = Index::open_with(
-            &index.dir,
-            &index.manifest.key,
-            crate::index::Verification::OnChange,
-            device,
-            job,
-        );
-        match opened {
-            Ok(index) => Ok(Some(index)),
-            Err(crate::index::IndexError::Cancelled) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// Builds (or resumes) shard `shard` of the index, in its own directory under this one
-    /// ([`crate::index::shards::shard_dir`]), for `retrace index merge` to join. Returns the
-    /// shard's manifest; `Ok(None)` when cancelled.
-    pub fn build_shard(
-        &self,
-        model: &ModelDir,
-        data: &Dataset,
-        shard: Shard,
-        device: &Device,
-        job: &JobContext,
-    ) -> Result<Option<crate::index::Manifest>, String> {
-        let dir = crate::index::shards::shard_dir(&self.dir, shard);
-        let spec = self.spec(model, data, &dir, shard, device)?;
-        Ok(spec.build(job).map_err(|e| e.to_string())?.map(|index| index.manifest))
-    }
-}
 
 /// What to compute for a query: the methods (registry names, [`super::registry::lookup`]) and
 /// their parameters.
@@ -220,10 +34,26 @@ impl MethodSettings {
     }
 }
 
-/// Runs the requested methods for `query`, returning their scores in the order asked: each
-/// method takes what it needs from one shared [`Context`], so the index, the query's features
-/// and the curvature are made once. `Ok(None)` when cancelled.
+/// Runs the requested built-in methods for `query` ([`attribute_in`] with
+/// [`Registry::builtin`]).
 pub fn attribute(
+    model: &ModelDir,
+    data: &Dataset,
+    query: &Query,
+    request: &MethodSettings,
+    settings: &IndexSettings,
+    device: &Device,
+    job: &JobContext,
+) -> Result<Option<Vec<Scores>>, String> {
+    attribute_in(Registry::builtin(), model, data, query, request, settings, device, job)
+}
+
+/// Runs the requested methods of `registry` for `query`, returning their scores in the order
+/// asked: each method takes what it needs from one shared [`Context`], so the index, the
+/// query's features and the curvature are made once. `Ok(None)` when cancelled.
+#[allow(clippy::too_many_arguments)]
+pub fn attribute_in(
+    registry: &Registry,
     model: &ModelDir,
     data: &Dataset,
     query: &Query,
@@ -244,13 +74,20 @@ pub fn attribute(
         check_region(region, cfg.sample_size, cfg.sample_size)?;
     }
     // Refuse an unknown name, or a query a method cannot take, before any work starts.
-    for name in &request.methods {
-        lookup(name)?.applies_to(query).map_err(|e| format!("{name}: {e}"))?;
-    }
-    let mut context = Context::new(model, data, query, settings, &request.parameters, device, job);
-    let mut out = Vec::with_capacity(request.methods.len());
-    for name in &request.methods {
-        let Some(scores) = context.scores_of(name)? else {
+    let methods = request
+        .methods
+        .iter()
+        .map(|name| {
+            let method = registry.lookup(name)?;
+            method.applies_to(query).map_err(|e| format!("{name}: {e}"))?;
+            Ok(method)
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let values = request.parameters.values_in(registry);
+    let mut context = Context::new(model, data, query, settings, &values, device, job);
+    let mut out = Vec::with_capacity(methods.len());
+    for method in &methods {
+        let Some(scores) = scores_of(method.as_ref(), &mut context)? else {
             return Ok(None);
         };
         out.push(scores);

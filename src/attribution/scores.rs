@@ -78,7 +78,7 @@ impl Scores {
     /// Training-image indices from most to least influential (by total).
     pub fn ranking(&self) -> Vec<usize> {
         let totals = self.totals();
-        crate::eval::stats::top_k(&totals, totals.len())
+        crate::stats::top_k(&totals, totals.len())
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::attribution::kfac::preconditioned_scores;
+use crate::attribution::products::trak_kernel::TrakKernel;
 use crate::attribution::retrac::retrac_scores;
-use crate::attribution::trak::TrakKernel;
 use crate::attribution::{CheckpointFeatures, GradientInputs, TrainFeatures, bucket_dot_products};
 use crate::diffusion::noise::{gaussian, stream};
 use crate::grad::{Features, ProjectionConfig, Projector, TimestepPlan};

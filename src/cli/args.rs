@@ -101,7 +101,7 @@ pub(crate) struct FeatureArgs {
     draws: usize,
     /// Checkpoints to index: last, or all (TracIn then sums over the training trajectory).
     #[arg(long, default_value = "last")]
-    checkpoints: retrace::attribution::CheckpointChoice,
+    checkpoints: retrace::index::CheckpointChoice,
     /// Store features as 16-bit floats.
     #[arg(long)]
     f16: bool,
@@ -120,14 +120,14 @@ impl FeatureArgs {
         steps: usize,
         shared_noise: bool,
         dir: PathBuf,
-    ) -> Result<retrace::attribution::IndexSettings> {
+    ) -> Result<retrace::index::IndexSettings> {
         let mut plan = retrace::grad::TimestepPlan::new(steps, self.buckets, self.draws, self.plan_seed)
             .map_err(anyhow::Error::msg)?;
         plan.shared_noise = shared_noise;
         if self.projection_k == 0 {
             bail!("the projection needs k of at least 1");
         }
-        Ok(retrace::attribution::IndexSettings {
+        Ok(retrace::index::IndexSettings {
             dir,
             plan,
             projection: retrace::grad::ProjectionConfig {
@@ -150,7 +150,7 @@ impl FeatureArgs {
 
 impl IndexTarget {
     /// Opens the model and its data and picks the index settings and directory.
-    pub(crate) fn open(&self) -> Result<(ModelDir, Dataset, retrace::attribution::IndexSettings)> {
+    pub(crate) fn open(&self) -> Result<(ModelDir, Dataset, retrace::index::IndexSettings)> {
         let model = ModelDir::open(&self.model_root())?;
         let spec: DataSpec = model.data_spec(self.data.as_deref())?.parse()?;
         let data = Dataset::load(&spec)?;
@@ -163,7 +163,7 @@ impl IndexTarget {
     }
 
     /// The index directory: `--index`, or the default for the model and settings.
-    fn dir_for(&self, root: &std::path::Path, settings: &retrace::attribution::IndexSettings) -> PathBuf {
+    fn dir_for(&self, root: &std::path::Path, settings: &retrace::index::IndexSettings) -> PathBuf {
         self.index
             .clone()
             .unwrap_or_else(|| retrace::index::default_index_dir(root).join(settings.slug()))
@@ -186,7 +186,7 @@ impl IndexTarget {
     }
 
     /// The index settings (and directory) these options name for `model`.
-    pub(crate) fn index_settings(&self, model: &ModelDir) -> Result<retrace::attribution::IndexSettings> {
+    pub(crate) fn index_settings(&self, model: &ModelDir) -> Result<retrace::index::IndexSettings> {
         let mut settings =
             self.features
                 .settings(model.info.schedule.steps, !self.per_example_noise, PathBuf::new())?;

@@ -527,9 +527,9 @@ fn overlap(
             let Some(scores) = bench.scores(row, q, &device.device, job).map_err(|e| anyhow!(e))? else {
                 bail!("cancelled");
             };
-            lists.push(retrace::eval::stats::top_k(&scores, k));
+            lists.push(retrace::stats::top_k(&scores, k));
         }
-        let spread = retrace::eval::stats::top_k_spread(&lists, k);
+        let spread = retrace::stats::top_k_spread(&lists, k);
         job.progress.update(&Default::default());
         println!(
             "{:<20} {:>4} distinct of {:>4} slots; the 10 most frequent fill {:.0}%",

@@ -59,7 +59,7 @@ mod tests {
     #[test]
     fn the_viewer_starts_with_the_standard_index_settings_unless_told_otherwise() {
         let model = retrace::diffusion::ModelDir::open(&bundled_model_dir()).unwrap();
-        let standard = retrace::attribution::IndexSettings::standard(&model);
+        let standard = retrace::index::IndexSettings::standard(&model);
         let defaults = GuiArgs::defaults().target.index_settings(&model).unwrap();
         assert_eq!(format!("{defaults:?}"), format!("{standard:?}"));
         let command = <GuiArgs as clap::Args>::augment_args(clap::Command::new("gui"));

@@ -8,8 +8,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::benchmark::{BenchmarkQuery, BenchmarkSpec, ModelKey, QueryHalf, QueryKind};
-use super::stats::{pearson, spearman};
 use crate::files::to_hex;
+use crate::stats::{pearson, spearman};
 
 /// What measuring one model gave: every query's mean loss over the draws, and the mean over
 /// the even-numbered draws alone (the split that estimates measurement noise).

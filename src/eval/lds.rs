@@ -11,8 +11,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::ground_truth::mean;
-use super::stats::spearman;
 use crate::diffusion::noise::{below, gaussian, stream};
+use crate::stats::spearman;
 
 /// LDS of one query: Spearman over subsets between Σ_{i∈S_m} τ_i and −L_m.
 pub fn query_lds(scores: &[f64], subsets: &[Vec<usize>], losses: &[f64]) -> f64 {

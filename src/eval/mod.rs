@@ -6,7 +6,6 @@ pub mod build;
 pub mod ground_truth;
 pub mod lds;
 pub mod remove_topk;
-pub mod stats;
 pub mod table;
 
 pub use benchmark::{BenchmarkSpec, BenchmarkTraining, QueryHalf, QueryKind};

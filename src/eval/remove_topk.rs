@@ -18,11 +18,11 @@ use serde::{Deserialize, Serialize};
 use super::QueryKind;
 use super::build::{LdsBuild, Shard, measure_losses, model_info, read_json, write_json};
 use super::lds::{Interval, bootstrap};
-use super::stats::top_k;
 use super::table::{Benchmark, EvalRow, RowMethod};
 use crate::diffusion::ModelDir;
 use crate::diffusion::noise::{permutation, stream};
 use crate::jobs::JobContext;
+use crate::stats::top_k;
 
 /// What to retrain.
 #[derive(Clone, Debug)]

@@ -11,13 +11,15 @@ use super::benchmark::{QueryHalf, QueryKind};
 use super::build::{BENCHMARK_FILE, GROUND_TRUTH_FILE, partial_ground_truth};
 use super::ground_truth::GroundTruth;
 use super::lds::{Interval, bootstrap, query_lds, random_scores};
-use super::stats::{TopKSpread, top_k, top_k_spread};
-use crate::attribution::registry::{self, Parameter, Parameters};
-use crate::attribution::{IndexSettings, MethodSettings, Query, attribute};
+use crate::attribution::registry::{self, Parameters};
+use crate::attribution::{Method, Parameter};
+use crate::attribution::{MethodSettings, Query, attribute};
 use crate::data::Dataset;
 use crate::diffusion::images::bytes_to_unit;
 use crate::diffusion::{Measurement, ModelDir};
+use crate::index::IndexSettings;
 use crate::jobs::JobContext;
+use crate::stats::{TopKSpread, top_k, top_k_spread};
 
 /// A built benchmark opened for scoring: its ground truth, full-data model and training data.
 pub struct Benchmark {
@@ -194,7 +196,7 @@ const MEASUREMENT_SUFFIXES: [(&str, Measurement); 2] =
     [("-elbo", Measurement::ElboLoss), ("-sqnorm", Measurement::SquareNorm)];
 
 /// Whether the method reads the `measurement` parameter.
-fn takes_measurement(method: &dyn registry::Method) -> bool {
+fn takes_measurement(method: &dyn Method) -> bool {
     method.parameters().iter().any(|p| p.key == "measurement")
 }
 
@@ -213,6 +215,7 @@ impl EvalRow {
         };
         let measurement = self
             .parameters
+            .values()
             .choice::<Measurement>("measurement")
             .unwrap_or(Measurement::Loss);
         let suffix = MEASUREMENT_SUFFIXES

@@ -9,6 +9,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod manifest;
 pub mod scan;
+pub mod settings;
 pub mod shards;
 pub mod summary;
 
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 pub use manifest::{INDEX_FORMAT_VERSION, IndexKey, IndexedCheckpoint, Manifest, Storage};
+pub use settings::{CheckpointChoice, IndexSettings};
 pub use summary::SummaryPart;
 use summary::{ChunkSummary, summary_path};
 

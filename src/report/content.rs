@@ -4,7 +4,7 @@
 use super::plot::PlotGeometry;
 use crate::attribution::Scores;
 use crate::data::Dataset;
-use crate::eval::stats::{overlap_at_k, spearman};
+use crate::stats::{overlap_at_k, spearman};
 
 /// What a report is made from.
 pub struct ReportInput<'a> {

@@ -1,4 +1,5 @@
-//! Rank and linear correlation, and top-k overlap.
+//! Statistics on the ground floor: rank and linear correlation, ranks, top-k lists and their
+//! overlap; used by the methods (ensembles), the evaluation, the reports and the viewer.
 
 /// Pearson correlation of two equally long samples (0 when either is constant).
 pub fn pearson(x: &[f64], y: &[f64]) -> f64 {

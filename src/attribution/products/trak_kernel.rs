@@ -1,75 +1,19 @@
-//! TRAK and D-TRAK for diffusion models (Park et al. 2023, "TRAK: Attributing Model Behavior
-//! at Scale"; Zheng et al. 2024, "Intriguing Properties of Data Attribution on Diffusion
-//! Models"), as D-TRAK's code computes them (`sail-sg/D-TRAK`, notes in
-//! `docs/research/trak.md`): every image's feature φ is its projected gradient of an output
-//! function, averaged over timesteps, at the final checkpoint, and
-//!
-//! τ(q, i) = φ_qᵀ (ΦᵀΦ + λI)⁻¹ φ_i,
-//!
-//! with Φ the training features stacked. TRAK differentiates the training loss; D-TRAK the
-//! square norm of the predicted noise, ‖ε_θ(x_t, t)‖² (averaged over pixels, as their code
-//! does), on both sides. There is no out-to-loss reweighting (Q = I) in either, as in their
-//! code. A positive score marks a proponent (the image lowers the query's loss), their sign.
-//!
-//! Departures from their code, each for a reason:
-//! - the features are the index's: LoGra-projected, per timestep bucket, with the index's (t, ε)
-//!   draws; a training image's φ is the mean of its bucket features (their mean over K
-//!   timesteps, projected: projection is linear). The query's bucket features split its score
-//!   into buckets, S[i, b] = φ_{q,b}ᵀ (ΦᵀΦ + λI)⁻¹ φ_i / B, which sum to τ(q, i);
-//! - λ is relative: λ = damping × the mean squared feature norm (the mean diagonal of ΦΦᵀ), so
-//!   one default carries across models and projection widths, where their absolute λ
-//!   (swept over 1e-2…5e6 on the LDS benchmark itself) depends on the feature scale. The
-//!   default was chosen on the development queries of the bundled benchmark (README);
-//! - the kernel is factored in the smaller of its primal and dual forms
-//!   ([`super::ridge::RidgeKernel`]), and the weighted features Φ(ΦᵀΦ + λI)⁻¹ are stored beside
-//!   the index, so each query costs one product.
+//! TRAK's kernel, shared by TRAK, D-TRAK and Journey-TRAK: the weighted training features
+//! Ψ = Φ(ΦᵀΦ + λI)⁻¹ of an index's last checkpoint ([`TrakKernel`]), stored beside the index
+//! so each query costs one product, with λ relative to the mean squared feature norm (see
+//! `methods/trak.rs` for why), and the damping parameters of the methods that read it.
 
 use std::path::PathBuf;
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::Scores;
-use super::context::Context;
-use super::registry::{Method, Needs, Parameter, Range, choices};
 use super::ridge::RidgeKernel;
+use crate::attribution::parameter::{Parameter, Range};
+use crate::attribution::scores::Scores;
 use crate::device::read_back;
 use crate::diffusion::Measurement;
 use crate::files::{sha256, write_atomic};
 use crate::index::{Index, SummaryPart};
-
-/// A TRAK-style method: its name, output function and damping parameter.
-pub struct Trak {
-    /// "trak" or "dtrak".
-    pub name: &'static str,
-    /// The parameter holding the relative damping.
-    pub damping_key: &'static str,
-    /// The parameter choosing the output function, if the method has one (D-TRAK); TRAK
-    /// always differentiates the loss.
-    pub output_key: Option<&'static str>,
-}
-
-impl Trak {
-    /// TRAK with the training loss as output function.
-    pub const TRAK: Self = Self {
-        name: "trak",
-        damping_key: "trak-damping",
-        output_key: None,
-    };
-    /// D-TRAK: the square norm of the predicted noise (or another output, a parameter).
-    pub const DTRAK: Self = Self {
-        name: "dtrak",
-        damping_key: "dtrak-damping",
-        output_key: Some("dtrak-output"),
-    };
-
-    /// The output function the features differentiate.
-    pub fn output(&self, context: &Context<'_>) -> Result<Measurement, String> {
-        match self.output_key {
-            Some(key) => context.parameters.choice(key),
-            None => Ok(Measurement::Loss),
-        }
-    }
-}
 
 /// The damping parameter's range: a factor of the mean squared feature norm.
 const DAMPING_RANGE: Range = Range::Number {
@@ -78,66 +22,27 @@ const DAMPING_RANGE: Range = Range::Number {
     log: true,
 };
 
-impl Method for Trak {
-    fn name(&self) -> String {
-        self.name.into()
-    }
+/// What a damping parameter does.
+const DAMPING_DOC: &str = "λ of the kernel (ΦᵀΦ + λI)⁻¹, as a factor of the mean squared feature norm";
 
-    fn summary(&self) -> &'static str {
-        match self.output_key {
-            None => "TRAK: projected loss gradients through the kernel (ΦᵀΦ+λI)⁻¹ (Park et al. 2023)",
-            Some(_) => "D-TRAK: TRAK with gradients of ‖ε_θ‖² on both sides (Zheng et al. 2024)",
-        }
-    }
+// The defaults were chosen on the development queries of the bundled benchmark (README): the
+// LDS of TRAK peaks at 10, of D-TRAK at 0.1, over 1e-3 … 1e5.
 
-    fn parameters(&self) -> Vec<Parameter> {
-        let mut out = vec![Parameter {
-            key: self.damping_key,
-            doc: "λ of the kernel (ΦᵀΦ + λI)⁻¹, as a factor of the mean squared feature norm",
-            // Chosen on the development queries of the bundled benchmark (README): the LDS of
-            // TRAK peaks at 10, of D-TRAK at 0.1, over 1e-3 … 1e5.
-            default: match self.output_key {
-                None => "10",
-                Some(_) => "0.1",
-            },
-            range: DAMPING_RANGE,
-        }];
-        if let Some(key) = self.output_key {
-            out.push(Parameter {
-                key,
-                doc: "the output function both sides differentiate: D-TRAK's square norm, or the loss (TRAK)",
-                default: "square-norm",
-                range: Range::Choice(choices::<Measurement>),
-            });
-        }
-        out
-    }
+/// TRAK's damping (Journey-TRAK reads it too).
+pub const TRAK_DAMPING: Parameter = Parameter {
+    key: "trak-damping",
+    doc: DAMPING_DOC,
+    default: "10",
+    range: DAMPING_RANGE,
+};
 
-    fn needs(&self) -> Needs {
-        Needs {
-            index: true,
-            ..Needs::default()
-        }
-    }
-
-    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
-        let output = self.output(context)?;
-        let damping = context.parameters.number(self.damping_key)?;
-        let Some(query) = context.projected_query(output)? else {
-            return Ok(None);
-        };
-        let Some(kernel) = context.trak_kernel(output, damping)? else {
-            return Ok(None);
-        };
-        let Some(inputs) = context.last_checkpoint_inputs()? else {
-            return Ok(None);
-        };
-        let per_bucket = kernel.scores(&query.values, query.buckets, context.device)?;
-        let mut scores = inputs.scores(self.name, per_bucket);
-        record(&mut scores, output, damping, &kernel);
-        Ok(Some(scores))
-    }
-}
+/// D-TRAK's damping.
+pub const DTRAK_DAMPING: Parameter = Parameter {
+    key: "dtrak-damping",
+    doc: DAMPING_DOC,
+    default: "0.1",
+    range: DAMPING_RANGE,
+};
 
 /// Adds the kernel's settings to the scores' parameters.
 pub fn record(scores: &mut Scores, output: Measurement, damping: f64, kernel: &TrakKernel) {

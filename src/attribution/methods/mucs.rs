@@ -49,11 +49,13 @@ use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::Scores;
-use super::context::Context;
-use super::registry::{Method, Needs, Parameter, Range};
+use crate::attribution::context::Context;
+use crate::attribution::method::{Method, Needs};
+use crate::attribution::parameter::{Parameter, ParameterValues, Range};
+use crate::attribution::products::losses::{ScoringDraws, loss_matrix};
+use crate::attribution::scores::Scores;
 use crate::data::Dataset;
-use crate::diffusion::images::{batch_tensor, bytes_to_unit};
+use crate::diffusion::images::batch_tensor;
 use crate::diffusion::noise::{below, gaussian, permutation, stream};
 use crate::diffusion::train::noise_images;
 use crate::diffusion::{Measurement, Schedule, UNet};
@@ -147,7 +149,7 @@ pub struct MucsSettings {
 
 impl MucsSettings {
     /// The settings in `parameters` (defaults where not set).
-    pub fn from_parameters(p: &super::Parameters) -> Result<Self, String> {
+    pub fn from_parameters(p: &ParameterValues) -> Result<Self, String> {
         Ok(Self {
             forget_weight: p.number("mucs-forget-weight")?,
             tolerance: p.number("mucs-tolerance")?,
@@ -173,84 +175,6 @@ pub struct Unlearning {
     pub forget_loss: [f64; 2],
     /// The retain batch's loss at the first and the last check.
     pub retain_loss: [f64; 2],
-}
-
-/// The fixed scoring draws: steps t_j (noisiest first) and noises ε_j.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ScoringDraws {
-    /// t_j.
-    pub steps: Vec<usize>,
-    /// ε_j, each C×H×W, concatenated.
-    pub noise: Vec<f32>,
-}
-
-impl ScoringDraws {
-    /// `count` draws for a model of `steps_t` diffusion steps and images of `pixels` values:
-    /// the first `count` of ⌊count / 0.7⌋ evenly spaced steps from T − 1 down to 0, each with a
-    /// seeded Gaussian ε.
-    pub fn new(count: usize, steps_t: usize, pixels: usize) -> Self {
-        let grid = ((count as f64 / 0.7).floor() as usize).max(count).max(2);
-        let last = steps_t.saturating_sub(1) as f64;
-        let steps = (0..count)
-            .map(|j| (last * (1.0 - j as f64 / (grid - 1) as f64)).round() as usize)
-            .collect();
-        let noise = gaussian(&mut stream("mucs-scoring-noise", &[count as u64]), count * pixels);
-        Self { steps, noise }
-    }
-
-    /// Number of draws.
-    pub fn len(&self) -> usize {
-        self.steps.len()
-    }
-
-    /// True when there is no draw.
-    pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
-    }
-}
-
-/// The loss of every image (dataset order) under every draw: [N × J], row-major. `Ok(None)`
-/// when cancelled.
-pub fn loss_matrix(
-    net: &UNet,
-    schedule: &Schedule,
-    data: &Dataset,
-    draws: &ScoringDraws,
-    device: &Device,
-    job: &JobContext,
-    stage: &str,
-) -> Result<Option<Vec<f32>>, String> {
-    let (n, j, pixels) = (data.len(), draws.len(), data.image_len());
-    // Whole images per batch, about 128 (image, draw) pairs.
-    let images_per_batch = (128 / j.max(1)).max(1);
-    let mut out = Vec::with_capacity(n * j);
-    for start in (0..n).step_by(images_per_batch) {
-        if job.cancel.is_cancelled() {
-            return Ok(None);
-        }
-        let end = (start + images_per_batch).min(n);
-        let mut x0 = Vec::with_capacity((end - start) * j * pixels);
-        for i in start..end {
-            let image = bytes_to_unit(data.image(i));
-            for _ in 0..j {
-                x0.extend_from_slice(&image);
-            }
-        }
-        let rows = (end - start) * j;
-        let shape = [rows, data.channels, data.height, data.width];
-        let x0 = Tensor::<4>::from_data(TensorData::new(x0, shape), device);
-        let ts: Vec<usize> = (start..end).flat_map(|_| draws.steps.iter().copied()).collect();
-        let noise: Vec<f32> = (start..end).flat_map(|_| draws.noise.iter().copied()).collect();
-        let batch = noise_images(schedule, x0, &ts, noise);
-        let prediction = net.forward(batch.x_t, batch.t);
-        let losses = Measurement::Loss.evaluate(schedule, prediction, batch.noise, &ts);
-        out.extend(crate::device::read_back(losses)?);
-        job.report(stage, end as u64, n as u64, "");
-    }
-    if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
-        return Err(format!("training image {} has a non-finite loss", bad / j.max(1)));
-    }
-    Ok(Some(out))
 }
 
 /// The normalised skew of every image, credited to the timestep bucket of each draw: the flat
@@ -527,16 +451,6 @@ impl Method for Mucs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scoring_draws_take_the_noisiest_seventy_percent_of_the_steps() {
-        let d = ScoringDraws::new(100, 1000, 4);
-        assert_eq!(d.steps[0], 999);
-        assert!(d.steps.windows(2).all(|w| w[0] > w[1]));
-        assert!((290..=310).contains(&d.steps[99]), "{}", d.steps[99]);
-        assert_eq!(d.noise.len(), 400);
-        assert_eq!(d, ScoringDraws::new(100, 1000, 4), "fixed draws");
-    }
 
     #[test]
     fn skew_is_zero_for_equal_losses_and_signed_by_the_change() {

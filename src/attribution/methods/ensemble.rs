@@ -5,10 +5,14 @@
 //! are. The result has one bucket spanning every step. Whether an ensemble helps is the LDS
 //! table's call.
 
-use super::Scores;
-use super::context::Context;
-use super::registry::{self, Method, Needs, Parameter};
-use crate::eval::stats::ranks;
+use std::sync::Arc;
+
+use crate::attribution::context::Context;
+use crate::attribution::method::{Method, Needs, scores_of};
+use crate::attribution::parameter::Parameter;
+use crate::attribution::query::Query;
+use crate::attribution::scores::Scores;
+use crate::stats::ranks;
 
 /// How the members' scores are combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,20 +30,10 @@ impl Combine {
             Combine::ZScore => "ensemble-z:",
         }
     }
-}
 
-/// An ensemble of registered methods.
-pub struct Ensemble {
-    /// How members combine.
-    pub combine: Combine,
-    /// The members' names (at least two, none an ensemble).
-    pub members: Vec<String>,
-}
-
-impl Ensemble {
-    /// Parses `ensemble:A+B` or `ensemble-z:A+B`; `Ok(None)` for a name that is not an
-    /// ensemble.
-    pub fn parse(name: &str) -> Result<Option<Self>, String> {
+    /// Splits `ensemble:A+B` or `ensemble-z:A+B` into the combination and the members' names;
+    /// `Ok(None)` for a name that is not an ensemble.
+    pub fn parse(name: &str) -> Result<Option<(Self, Vec<String>)>, String> {
         let Some((combine, rest)) = [Combine::Rank, Combine::ZScore]
             .into_iter()
             .find_map(|c| name.strip_prefix(c.prefix()).map(|rest| (c, rest)))
@@ -52,17 +46,32 @@ impl Ensemble {
                 "{name}: an ensemble needs at least two methods, as in ensemble:retrac+kfac"
             ));
         }
-        for m in &members {
-            if m.starts_with("ensemble") {
-                return Err(format!("{name}: an ensemble cannot hold another ensemble"));
-            }
-            registry::lookup(m)?;
+        if members.iter().any(|m| m.starts_with("ensemble")) {
+            return Err(format!("{name}: an ensemble cannot hold another ensemble"));
         }
-        Ok(Some(Self { combine, members }))
+        Ok(Some((combine, members)))
+    }
+}
+
+/// An ensemble of methods, built with its members (the registry resolves their names).
+pub struct Ensemble {
+    /// How members combine.
+    pub combine: Combine,
+    /// The members (at least two, none an ensemble).
+    pub members: Vec<Arc<dyn Method>>,
+}
+
+impl Ensemble {
+    /// The ensemble of `members` combined by `combine`.
+    pub fn new(combine: Combine, members: Vec<Arc<dyn Method>>) -> Result<Self, String> {
+        if members.len() < 2 {
+            return Err("an ensemble needs at least two methods, as in ensemble:retrac+kfac".into());
+        }
+        Ok(Self { combine, members })
     }
 
-    fn member_methods(&self) -> Vec<Box<dyn Method>> {
-        self.members.iter().filter_map(|m| registry::lookup(m).ok()).collect()
+    fn member_names(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.name()).collect()
     }
 }
 
@@ -86,7 +95,7 @@ fn standardise(totals: &[f64], combine: Combine) -> Vec<f64> {
 
 impl Method for Ensemble {
     fn name(&self) -> String {
-        format!("{}{}", self.combine.prefix(), self.members.join("+"))
+        format!("{}{}", self.combine.prefix(), self.member_names().join("+"))
     }
 
     fn summary(&self) -> &'static str {
@@ -95,7 +104,7 @@ impl Method for Ensemble {
 
     fn parameters(&self) -> Vec<Parameter> {
         let mut out: Vec<Parameter> = Vec::new();
-        for p in self.member_methods().iter().flat_map(|m| m.parameters()) {
+        for p in self.members.iter().flat_map(|m| m.parameters()) {
             if !out.iter().any(|q| q.key == p.key) {
                 out.push(p);
             }
@@ -104,20 +113,20 @@ impl Method for Ensemble {
     }
 
     fn needs(&self) -> Needs {
-        self.member_methods()
+        self.members
             .iter()
             .fold(Needs::default(), |needs, m| needs.union(m.needs()))
     }
 
-    fn applies_to(&self, query: &super::Query) -> Result<(), String> {
-        self.member_methods().iter().try_for_each(|m| m.applies_to(query))
+    fn applies_to(&self, query: &Query) -> Result<(), String> {
+        self.members.iter().try_for_each(|m| m.applies_to(query))
     }
 
     fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
         let mut combined: Vec<f64> = Vec::new();
         let mut first: Option<Scores> = None;
         for member in &self.members {
-            let Some(scores) = context.scores_of(member)? else {
+            let Some(scores) = scores_of(member.as_ref(), context)? else {
                 return Ok(None);
             };
             let values = standardise(&scores.totals(), self.combine);
@@ -133,7 +142,7 @@ impl Method for Ensemble {
         Ok(Some(Scores {
             method: self.name(),
             parameters: serde_json::json!({
-                "members": self.members,
+                "members": self.member_names(),
                 "combine": format!("{:?}", self.combine),
             }),
             buckets: vec![[0, context.model.info.schedule.steps]],
@@ -149,17 +158,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_parse_and_round_trip() {
-        let e = Ensemble::parse("ensemble:retrac+kfac").unwrap().unwrap();
-        assert_eq!((e.combine, e.name().as_str()), (Combine::Rank, "ensemble:retrac+kfac"));
+    fn names_split_into_the_combination_and_members() {
+        let (combine, members) = Combine::parse("ensemble:retrac+kfac").unwrap().unwrap();
         assert_eq!(
-            Ensemble::parse("ensemble-z:pixel+ekfac").unwrap().unwrap().combine,
+            (combine, members),
+            (Combine::Rank, vec!["retrac".to_owned(), "kfac".to_owned()])
+        );
+        assert_eq!(
+            Combine::parse("ensemble-z:pixel+ekfac").unwrap().unwrap().0,
             Combine::ZScore
         );
-        assert!(Ensemble::parse("retrac").unwrap().is_none());
-        assert!(Ensemble::parse("ensemble:retrac").is_err());
-        assert!(Ensemble::parse("ensemble:retrac+nope").is_err());
-        assert!(Ensemble::parse("ensemble:retrac+ensemble:kfac+pixel").is_err());
+        assert!(Combine::parse("retrac").unwrap().is_none());
+        assert!(Combine::parse("ensemble:retrac").is_err());
+        assert!(Combine::parse("ensemble:retrac+ensemble:kfac+pixel").is_err());
     }
 
     #[test]

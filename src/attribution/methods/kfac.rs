@@ -13,9 +13,12 @@
 
 use burn::tensor::Tensor;
 
-use super::context::Context;
-use super::registry::{Method, Needs, Parameter, Range, choices};
-use super::{GradientInputs, Scores};
+use crate::attribution::context::Context;
+use crate::attribution::inputs::GradientInputs;
+use crate::attribution::method::{Method, Needs};
+use crate::attribution::parameter::{Parameter, Range, choices};
+use crate::attribution::products::curvature::CurvatureSettings;
+use crate::attribution::scores::Scores;
 use crate::curvature::{Damping, Eigenvalues, Fisher, Preconditioner, Sharing};
 use crate::device::read_back;
 use crate::diffusion::Measurement;
@@ -131,9 +134,13 @@ impl Method for KfacInfluence {
             DampingScale::Relative => Damping::Relative(p.number("damping")?),
             DampingScale::Absolute => Damping::Absolute(p.number("damping")?),
         };
-        let (fisher, sharing, fit_images) = (p.choice("curvature")?, p.choice("sharing")?, p.integer("fit-images")?);
-        let corrected = self.eigenvalues == Eigenvalues::Ekfac;
-        let Some(curvature) = context.curvature(fisher, sharing, fit_images, corrected)? else {
+        let settings = CurvatureSettings {
+            fisher: p.choice("curvature")?,
+            sharing: p.choice("sharing")?,
+            fit_images: p.integer("fit-images")?,
+            corrected: self.eigenvalues == Eigenvalues::Ekfac,
+        };
+        let Some(curvature) = context.curvature(settings)? else {
             return Ok(None);
         };
         let Some(gradients) = context.query_gradients(measurement)? else {

@@ -4,9 +4,9 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::Scores;
-use super::context::Context;
-use super::registry::{Method, Needs};
+use crate::attribution::context::Context;
+use crate::attribution::method::{Method, Needs};
+use crate::attribution::scores::Scores;
 use crate::data::Dataset;
 use crate::diffusion::images::bytes_to_unit;
 

@@ -15,12 +15,14 @@
 //! Departures: the trajectory is the query's own sampler's (retrace samples with DDIM or DDPM
 //! at any step count; theirs is the 1,000-step DDPM); `journey-steps` steps spread evenly over
 //! it are attributed (theirs: one or two chosen t); training features are the index's (see
-//! [`super::trak`]).
+//! `methods/trak.rs`).
 
-use super::context::Context;
-use super::registry::{Method, Needs, Parameter, Range};
-use super::trak::{Trak, record};
-use super::{Query, Scores};
+use crate::attribution::context::Context;
+use crate::attribution::method::{Method, Needs};
+use crate::attribution::parameter::{Parameter, Range};
+use crate::attribution::products::trak_kernel::{TRAK_DAMPING, record};
+use crate::attribution::query::Query;
+use crate::attribution::scores::Scores;
 use crate::diffusion::Measurement;
 use crate::grad::{Examples, FeatureRun, TimestepPlan};
 
@@ -66,7 +68,7 @@ impl Method for Journey {
     }
 
     fn parameters(&self) -> Vec<Parameter> {
-        let mut out = vec![Trak::TRAK.parameters()[0]];
+        let mut out = vec![TRAK_DAMPING];
         out.extend(PARAMETERS);
         out
     }
@@ -95,7 +97,7 @@ impl Method for Journey {
         };
         let p = context.parameters;
         let (damping, steps, draws) = (
-            p.number("trak-damping")?,
+            p.number(TRAK_DAMPING.key)?,
             p.integer("journey-steps")?,
             p.integer("journey-draws")?,
         );

@@ -20,9 +20,10 @@
 //! [`ReTracBucket`] is a variant, not the paper's estimator: both sides normalised per bucket
 //! and matched bucket by bucket, S[i, b] = Σ_c η_c ⟨q̂_{c,b}, φ̂_{c,i,b}⟩.
 
-use super::context::Context;
-use super::registry::{Method, Needs};
-use super::{GradientInputs, Scores, bucket_dot_products};
+use crate::attribution::context::Context;
+use crate::attribution::inputs::{GradientInputs, bucket_dot_products};
+use crate::attribution::method::{Method, Needs};
+use crate::attribution::scores::Scores;
 use crate::index::SummaryPart;
 
 /// What both ReTrac variants need: the index.

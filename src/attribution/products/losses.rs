@@ -1,0 +1,159 @@
+//! Losses under fixed draws, what MUCS scores with: the fixed scoring draws ([`ScoringDraws`]),
+//! the loss of every training image under every draw ([`loss_matrix`]), and the original
+//! model's matrix kept in a file beside the model's indexes ([`original_losses`]), the same for
+//! every query.
+
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::data::Dataset;
+use crate::diffusion::images::bytes_to_unit;
+use crate::diffusion::noise::{gaussian, stream};
+use crate::diffusion::train::noise_images;
+use crate::diffusion::{CheckpointEntry, Measurement, Schedule, UNet};
+use crate::files::{sha256, write_atomic};
+use crate::jobs::JobContext;
+
+/// The fixed scoring draws: steps t_j (noisiest first) and noises ε_j.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScoringDraws {
+    /// t_j.
+    pub steps: Vec<usize>,
+    /// ε_j, each C×H×W, concatenated.
+    pub noise: Vec<f32>,
+}
+
+impl ScoringDraws {
+    /// `count` draws for a model of `steps_t` diffusion steps and images of `pixels` values:
+    /// the first `count` of ⌊count / 0.7⌋ evenly spaced steps from T − 1 down to 0, each with a
+    /// seeded Gaussian ε.
+    pub fn new(count: usize, steps_t: usize, pixels: usize) -> Self {
+        let grid = ((count as f64 / 0.7).floor() as usize).max(count).max(2);
+        let last = steps_t.saturating_sub(1) as f64;
+        let steps = (0..count)
+            .map(|j| (last * (1.0 - j as f64 / (grid - 1) as f64)).round() as usize)
+            .collect();
+        let noise = gaussian(&mut stream("mucs-scoring-noise", &[count as u64]), count * pixels);
+        Self { steps, noise }
+    }
+
+    /// Number of draws.
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// True when there is no draw.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+/// The loss of every image (dataset order) under every draw: [N × J], row-major. `Ok(None)`
+/// when cancelled.
+pub fn loss_matrix(
+    net: &UNet,
+    schedule: &Schedule,
+    data: &Dataset,
+    draws: &ScoringDraws,
+    device: &Device,
+    job: &JobContext,
+    stage: &str,
+) -> Result<Option<Vec<f32>>, String> {
+    let (n, j, pixels) = (data.len(), draws.len(), data.image_len());
+    // Whole images per batch, about 128 (image, draw) pairs.
+    let images_per_batch = (128 / j.max(1)).max(1);
+    let mut out = Vec::with_capacity(n * j);
+    for start in (0..n).step_by(images_per_batch) {
+        if job.cancel.is_cancelled() {
+            return Ok(None);
+        }
+        let end = (start + images_per_batch).min(n);
+        let mut x0 = Vec::with_capacity((end - start) * j * pixels);
+        for i in start..end {
+            let image = bytes_to_unit(data.image(i));
+            for _ in 0..j {
+                x0.extend_from_slice(&image);
+            }
+        }
+        let rows = (end - start) * j;
+        let shape = [rows, data.channels, data.height, data.width];
+        let x0 = Tensor::<4>::from_data(TensorData::new(x0, shape), device);
+        let ts: Vec<usize> = (start..end).flat_map(|_| draws.steps.iter().copied()).collect();
+        let noise: Vec<f32> = (start..end).flat_map(|_| draws.noise.iter().copied()).collect();
+        let batch = noise_images(schedule, x0, &ts, noise);
+        let prediction = net.forward(batch.x_t, batch.t);
+        let losses = Measurement::Loss.evaluate(schedule, prediction, batch.noise, &ts);
+        out.extend(crate::device::read_back(losses)?);
+        job.report(stage, end as u64, n as u64, "");
+    }
+    if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
+        return Err(format!("training image {} has a non-finite loss", bad / j.max(1)));
+    }
+    Ok(Some(out))
+}
+
+/// The loss of every training image under every draw of `draws` with the checkpoint `model`
+/// ([N × J], MUCS's L_o): the same for every query, so it is kept in a file in `cache_dir`
+/// (beside the model's indexes) and computed once per model, data and draws. `Ok(None)` when
+/// cancelled.
+pub fn original_losses(
+    model: &(CheckpointEntry, UNet),
+    schedule: &Schedule,
+    data: &Dataset,
+    draws: &ScoringDraws,
+    cache_dir: &Path,
+    device: &Device,
+    job: &JobContext,
+) -> Result<Option<Vec<f32>>, String> {
+    let key = format!(
+        "v1 {} {} {} {}",
+        model.0.state.weights_sha256,
+        data.content_hash(),
+        draws.len(),
+        schedule.len()
+    );
+    let path = cache_dir.join(format!("mucs-original-losses-{}.f32", &sha256(key.as_bytes())[..16]));
+    let expected = data.len() * draws.len();
+    if let Ok(bytes) = std::fs::read(&path)
+        && bytes.len() == expected * 4
+    {
+        let values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if values.iter().all(|v| v.is_finite()) {
+            return Ok(Some(values));
+        }
+    }
+    let Some(values) = loss_matrix(
+        &model.1,
+        schedule,
+        data,
+        draws,
+        device,
+        job,
+        "scoring the original model",
+    )?
+    else {
+        return Ok(None);
+    };
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_atomic(&path, &bytes).map_err(|e| e.to_string())?;
+    Ok(Some(values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scoring_draws_take_the_noisiest_seventy_percent_of_the_steps() {
+        let d = ScoringDraws::new(100, 1000, 4);
+        assert_eq!(d.steps[0], 999);
+        assert!(d.steps.windows(2).all(|w| w[0] > w[1]));
+        assert!((290..=310).contains(&d.steps[99]), "{}", d.steps[99]);
+        assert_eq!(d.noise.len(), 400);
+        assert_eq!(d, ScoringDraws::new(100, 1000, 4), "fixed draws");
+    }
+}
