@@ -6,7 +6,7 @@
 
 pub mod app;
 pub mod attribution;
-pub mod bench;
+pub mod perf;
 pub mod contained;
 pub mod curvature;
 pub mod data;

@@ -174,7 +174,7 @@ pub fn synthetic_index(
     };
     let layer_shapes = [(3, 5), (7, 1), (3, 3)];
     let manifest =
-        retrace::bench::query::synthetic_manifest(projection, &layer_shapes, buckets, storage, images, 10, &cpu())
+        retrace::perf::query::synthetic_manifest(projection, &layer_shapes, buckets, storage, images, 10, &cpu())
             .unwrap();
     let (key, dim) = (manifest.key.clone(), manifest.dim);
     let values = retrace::diffusion::noise::gaussian(

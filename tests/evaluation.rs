@@ -140,8 +140,9 @@ fn a_cancelled_and_resumed_or_sharded_build_equals_an_uninterrupted_one() {
 fn remove_top_k_on(root: &Path, truth: &GroundTruth) {
     use retrace::attribution::Parameters;
     use retrace::eval::remove_topk::{RemovalOutcome, RemovalPlan, remove_top_k};
-    use retrace::eval::table::{Benchmark, EvalRow};
-    let bench = Benchmark::open(root).unwrap();
+    use retrace::eval::BuiltBenchmark;
+    use retrace::eval::rows::EvalRow;
+    let bench = BuiltBenchmark::open(root).unwrap();
     let rows = ["pixel", "random"].map(|m| EvalRow::parse(m, &Parameters::default()).unwrap());
     let plan = |shard| RemovalPlan {
         k: 3,
@@ -201,8 +202,10 @@ fn remove_top_k_on(root: &Path, truth: &GroundTruth) {
 #[test]
 fn on_the_bundled_benchmark_methods_beat_chance_and_ekfac_beats_pixel_and_tracin() {
     use retrace::attribution::Parameters;
-    use retrace::eval::table::{Benchmark, EvalRow, RowResult, evaluate_row};
-    let bench = Benchmark::open(&Benchmark::bundled_dir()).unwrap();
+    use retrace::eval::BuiltBenchmark;
+    use retrace::eval::rows::EvalRow;
+    use retrace::eval::table::{RowResult, evaluate_row};
+    let bench = BuiltBenchmark::open(&BuiltBenchmark::bundled_dir()).unwrap();
     assert!(!bench.is_partial().unwrap(), "the bundled ground truth is complete");
     let by_kind = &bench.truth.quality.seed_spearman_by_kind;
     assert!(by_kind[0] > 0.4, "held-out ceiling {by_kind:?}");

@@ -20,7 +20,7 @@ const GENERATED: egui::Color32 = egui::Color32::from_rgb(67, 147, 195);
 
 /// The results file the tab reads unless another is loaded: the bundled benchmark's table.
 pub fn bundled_results_path() -> std::path::PathBuf {
-    crate::eval::table::Benchmark::bundled_dir().join("results.json")
+    crate::eval::BuiltBenchmark::bundled_dir().join("results.json")
 }
 
 /// Draws the Evaluation tab.

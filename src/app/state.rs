@@ -328,8 +328,8 @@ impl RetraceApp {
             ));
         }
         let shared = self.session.as_ref().ok()?.index.plan.shared_noise;
-        let row = crate::eval::table::EvalRow {
-            method: crate::eval::table::RowMethod::Attribution(method.to_owned()),
+        let row = crate::eval::rows::EvalRow {
+            method: crate::eval::rows::RowMethod::Attribution(method.to_owned()),
             parameters: self.parameters.clone(),
             shared_noise: shared,
         };

@@ -131,7 +131,7 @@ pub fn run(args: BenchArgs, device: Option<DeviceRequest>) -> Result<()> {
     let mut bytes_per_image = None;
     let mut compact_bytes_per_image = None;
     for images in args.synthetic_images.iter().copied().filter(|&n| n > 0) {
-        let q = retrace::bench::query::synthetic_query_latency(
+        let q = retrace::perf::query::synthetic_query_latency(
             images,
             10,
             &shapes,
@@ -180,7 +180,7 @@ pub fn run(args: BenchArgs, device: Option<DeviceRequest>) -> Result<()> {
         let dim = retrace::grad::Projector::new(Default::default(), &shapes, &cpu).dim();
         for images in args.resident_images.iter().copied().filter(|&n| n > 0) {
             let q =
-                retrace::bench::query::resident_compact_query(images, dim, &dev.device).map_err(anyhow::Error::msg)?;
+                retrace::perf::query::resident_compact_query(images, dim, &dev.device).map_err(anyhow::Error::msg)?;
             println!(
                 "compact block in GPU memory: {} images × {} features, f16, {:.2} GB (uploaded in {:.1} s); one query {:.2} ms ({:.0} GB/s)",
                 q.images,
@@ -226,9 +226,9 @@ fn passes(
     device: &burn::tensor::Device,
 ) -> Result<serde_json::Value> {
     let mut plain_rows = Vec::new();
-    let mut best: Option<retrace::bench::TrainStepBench> = None;
+    let mut best: Option<retrace::perf::TrainStepBench> = None;
     for &batch in args.batch.iter().filter(|&&b| b > 0) {
-        let r = retrace::bench::forward_backward(cfg, Some(net.clone()), batch, args.iterations, device);
+        let r = retrace::perf::forward_backward(cfg, Some(net.clone()), batch, args.iterations, device);
         if plain_rows.is_empty() {
             println!("model: {what} ({:.2} GFLOP per example forward)", r.forward_flops / 1e9);
         }
@@ -252,7 +252,7 @@ fn passes(
     let batch = best.batch;
     let mut index_ratio = None;
     if !args.no_index_pass {
-        let features = retrace::bench::feature_throughput(cfg, net, Default::default(), batch, args.iterations, device);
+        let features = retrace::perf::feature_throughput(cfg, net, Default::default(), batch, args.iterations, device);
         index_ratio = Some(features / best.examples_per_second);
         println!(
             "gradient features (capture + projection, k = {}): {features:.1} example·timesteps/s at batch {batch}, {:.2}× forward+backward",
@@ -262,7 +262,7 @@ fn passes(
     }
     let mut factor_ratio = None;
     if args.fit_images > 0 {
-        let c = retrace::bench::curvature_fit(cfg, net, (args.fit_images, 10), batch, !args.factor_pass_only, device)
+        let c = retrace::perf::curvature_fit(cfg, net, (args.fit_images, 10), batch, !args.factor_pass_only, device)
             .map_err(anyhow::Error::msg)?;
         let points_per_second = c.points as f64 / c.factor_seconds;
         factor_ratio = Some(points_per_second / best.examples_per_second);

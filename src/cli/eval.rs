@@ -12,7 +12,9 @@ use retrace::diffusion::ScheduleConfig;
 use retrace::eval::benchmark::BENCHMARK_FORMAT_VERSION;
 use retrace::eval::build::BENCHMARK_FILE;
 use retrace::eval::remove_topk::RemovalOutcome;
-use retrace::eval::table::{Benchmark, EvalReport, EvalRow, evaluate_row};
+use retrace::eval::BuiltBenchmark;
+use retrace::eval::rows::EvalRow;
+use retrace::eval::table::{EvalReport, evaluate_row};
 use retrace::eval::{BenchmarkSpec, BenchmarkTraining, GroundTruth, LdsBuild, QueryHalf, Shard};
 use retrace::jobs::JobContext;
 
@@ -123,15 +125,15 @@ pub struct ScoringArgs {
 
 impl ScoringArgs {
     /// Opens the benchmark with these feature settings and parses `methods` into rows.
-    fn open(&self, methods: &[String]) -> Result<(Benchmark, Vec<EvalRow>)> {
+    fn open(&self, methods: &[String]) -> Result<(BuiltBenchmark, Vec<EvalRow>)> {
         let parameters = self.parameters.parameters()?;
         let rows = methods
             .iter()
             .map(|m| EvalRow::parse(m, &parameters))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow!(e))?;
-        let root = self.benchmark.clone().unwrap_or_else(Benchmark::bundled_dir);
-        let mut bench = Benchmark::open(&root).map_err(|e| anyhow!(e))?;
+        let root = self.benchmark.clone().unwrap_or_else(BuiltBenchmark::bundled_dir);
+        let mut bench = BuiltBenchmark::open(&root).map_err(|e| anyhow!(e))?;
         if bench.is_partial().map_err(|e| anyhow!(e))? {
             eprintln!(
                 "warning: the ground truth is still being built; using the {} subsets measured so far",
@@ -426,7 +428,7 @@ fn lds(
             // results are then in the table and go.
             retrace::eval::build::write_json(path, &report).map_err(|e| anyhow!(e))?;
             if let Some(parts) = &parts {
-                let _ = std::fs::remove_dir_all(retrace::eval::table::row_parts_dir(parts, &row.label()));
+                let _ = std::fs::remove_dir_all(retrace::eval::rows::row_parts_dir(parts, &row.label()));
                 let _ = std::fs::remove_dir(parts);
             }
         }

@@ -3,11 +3,14 @@
 
 pub mod benchmark;
 pub mod build;
+pub mod built;
 pub mod ground_truth;
 pub mod lds;
 pub mod remove_topk;
+pub mod rows;
 pub mod table;
 
 pub use benchmark::{BenchmarkSpec, BenchmarkTraining, QueryHalf, QueryKind};
 pub use build::{LdsBuild, Shard};
+pub use built::BuiltBenchmark;
 pub use ground_truth::GroundTruth;

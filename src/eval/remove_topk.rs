@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::QueryKind;
 use super::build::{LdsBuild, Shard, measure_losses, model_info, read_json, write_json};
 use super::lds::{Interval, bootstrap};
-use super::table::{Benchmark, EvalRow, RowMethod};
+use super::built::BuiltBenchmark;
+use super::rows::{EvalRow, RowMethod, file_safe};
 use crate::diffusion::ModelDir;
 use crate::diffusion::noise::{permutation, stream};
 use crate::jobs::JobContext;
@@ -147,7 +148,7 @@ enum Unit {
 
 impl RemovalPlan {
     /// Every model, references first, in the order shards are dealt.
-    fn units(&self, bench: &Benchmark) -> Vec<Unit> {
+    fn units(&self, bench: &BuiltBenchmark) -> Vec<Unit> {
         let references = (0..self.seeds.len()).map(|seed| Unit::Reference { seed });
         let removals = self.queries.iter().flat_map(|&query| {
             (0..self.rows.len())
@@ -158,7 +159,7 @@ impl RemovalPlan {
     }
 
     /// Whether row `row` scores query `query` (Journey-TRAK takes generated queries only).
-    fn takes(&self, bench: &Benchmark, query: usize, row: usize) -> bool {
+    fn takes(&self, bench: &BuiltBenchmark, query: usize, row: usize) -> bool {
         bench
             .truth
             .queries
@@ -170,7 +171,7 @@ impl RemovalPlan {
 /// Runs (or resumes) this shard of the plan in the work directory `dir` and, once every model
 /// of every shard is done, assembles the report.
 pub fn remove_top_k(
-    bench: &Benchmark,
+    bench: &BuiltBenchmark,
     plan: &RemovalPlan,
     dir: &Path,
     device: &burn::tensor::Device,
@@ -295,7 +296,7 @@ pub fn remove_top_k(
 /// The training images `row` removes for `query`: its top k, or k random ones for the random
 /// row. `Ok(None)` when cancelled.
 fn removed_images(
-    bench: &Benchmark,
+    bench: &BuiltBenchmark,
     plan: &RemovalPlan,
     row: &EvalRow,
     query: usize,
@@ -318,12 +319,12 @@ fn reference_path(dir: &Path, seed: u64) -> PathBuf {
 }
 
 fn result_stem(query: usize, row: &EvalRow, seed: u64) -> String {
-    let label = super::table::file_safe(&row.label());
+    let label = file_safe(&row.label());
     format!("q{query:03}-{label}-s{seed}")
 }
 
 /// The report from the finished models' files.
-fn assemble(plan: &RemovalPlan, dir: &Path, bench: &Benchmark) -> Result<RemovalReport, String> {
+fn assemble(plan: &RemovalPlan, dir: &Path, bench: &BuiltBenchmark) -> Result<RemovalReport, String> {
     let missing = |path: &Path| format!("{} is missing", path.display());
     let mut reference = Vec::new();
     for &seed in &plan.seeds {

@@ -1,4 +1,5 @@
-//! `retrace bench`: the throughput floor every attribution method is measured against — plain
+//! Performance measurements, what `retrace bench` prints (the LDS benchmark of `crate::eval` is
+//! another thing): the throughput floor every attribution method is measured against — plain
 //! batched forward+backward passes of the diffusion loss, in example·timesteps per second —
 //! and the arithmetic rate that implies.
 

@@ -1,0 +1,170 @@
+//! A built LDS benchmark opened for scoring ([`BuiltBenchmark`]): its ground truth, full-data
+//! model and training data, the queries, and one method's scores of a query. Its
+//! specification is [`super::benchmark::BenchmarkSpec`]; the throughput measurements of
+//! `retrace bench` are another thing, in `crate::perf`.
+
+use std::path::{Path, PathBuf};
+
+
+use super::benchmark::QueryKind;
+use super::build::{BENCHMARK_FILE, GROUND_TRUTH_FILE, partial_ground_truth};
+use super::ground_truth::GroundTruth;
+use super::lds::{query_lds, random_scores};
+use super::rows::{EvalRow, RowMethod};
+use crate::attribution::registry;
+use crate::attribution::{MethodSettings, Query, attribute};
+use crate::data::Dataset;
+use crate::diffusion::ModelDir;
+use crate::diffusion::images::bytes_to_unit;
+use crate::index::IndexSettings;
+use crate::jobs::JobContext;
+
+/// A built benchmark opened for scoring: its ground truth, full-data model and training data.
+pub struct BuiltBenchmark {
+    /// Its directory (`assets/lds` for the bundled one).
+    pub root: PathBuf,
+    /// The ground truth.
+    pub truth: GroundTruth,
+    /// The full-data model the methods attribute.
+    pub model: ModelDir,
+    /// The training data.
+    pub data: Dataset,
+    /// How the methods featurise images: [`IndexSettings::standard`] unless the caller sets
+    /// other settings; [`Self::index_settings`] picks the query's draws per row.
+    pub features: IndexSettings,
+    subsets: Vec<Vec<usize>>,
+}
+
+impl BuiltBenchmark {
+    /// The bundled benchmark's directory.
+    pub fn bundled_dir() -> PathBuf {
+        crate::data::bundled_dir().join("lds")
+    }
+
+    /// Opens the benchmark in `root` (`ground-truth.json` and the full-data model in `full/`)
+    /// and loads its training data, checking it is the data the ground truth was built on. A
+    /// build still in progress (no `ground-truth.json` yet) opens with the subsets measured so
+    /// far ([`partial_ground_truth`]); [`Self::is_partial`] says so.
+    pub fn open(root: &Path) -> Result<Self, String> {
+        let file = root.join(GROUND_TRUTH_FILE);
+        let truth = if file.is_file() {
+            GroundTruth::load(&file)?
+        } else {
+            partial_ground_truth(root)?
+        };
+        let model = ModelDir::open(&root.join("full")).map_err(|e| e.to_string())?;
+        if model.info.data_hash != truth.spec.data_hash {
+            return Err(format!(
+                "{} was not trained on the benchmark's data ({})",
+                model.root.display(),
+                truth.spec.data
+            ));
+        }
+        let data = super::build::load_spec(&truth.spec.data)?;
+        truth.spec.check_data(&data)?;
+        let subsets = truth.subsets()?;
+        Ok(Self {
+            root: root.to_owned(),
+            truth,
+            features: IndexSettings::standard(&model),
+            model,
+            data,
+            subsets,
+        })
+    }
+
+    /// True when the ground truth holds fewer subsets than its benchmark asks for (a build in
+    /// progress).
+    pub fn is_partial(&self) -> Result<bool, String> {
+        let spec: Option<super::BenchmarkSpec> = super::build::read_json(&self.root.join(BENCHMARK_FILE))?;
+        Ok(spec.is_some_and(|s| s.subsets > self.truth.spec.subsets))
+    }
+
+    /// Query `q` in the model's format.
+    pub fn query(&self, q: usize) -> Query {
+        let cfg = &self.model.info.unet;
+        let query = &self.truth.queries[q];
+        Query::image(
+            bytes_to_unit(&query.pixels),
+            [cfg.image_channels, cfg.sample_size, cfg.sample_size],
+            query.describe(),
+        )
+    }
+
+    /// Query `q` with its sampling trajectory when it is a generated one (sampled again from its
+    /// seed with the benchmark's sampler; the pixels stay the stored ones). `Ok(None)` when
+    /// cancelled.
+    pub fn query_with_trajectory(
+        &self,
+        q: usize,
+        device: &burn::tensor::Device,
+        job: &JobContext,
+    ) -> Result<Option<Query>, String> {
+        let mut query = self.query(q);
+        let stored = &self.truth.queries[q];
+        if stored.kind == QueryKind::Generated {
+            let config = crate::diffusion::SamplerConfig {
+                kind: crate::diffusion::SamplerKind::Ddim,
+                steps: self.truth.spec.sampler_steps,
+            };
+            let Some(sampled) = crate::attribution::query::generate_query(
+                &self.model,
+                stored.source,
+                &config,
+                device,
+                job,
+                |_, _, _| {},
+            )?
+            else {
+                return Ok(None);
+            };
+            query.trajectory = sampled.trajectory;
+        }
+        Ok(Some(query))
+    }
+
+    /// The total score of every training image (dataset order) for query `q` under `row`.
+    /// `Ok(None)` when cancelled.
+    pub fn scores(
+        &self,
+        row: &EvalRow,
+        q: usize,
+        device: &burn::tensor::Device,
+        job: &JobContext,
+    ) -> Result<Option<Vec<f64>>, String> {
+        let method = match &row.method {
+            RowMethod::Random => return Ok(Some(random_scores(self.data.len(), q))),
+            RowMethod::Attribution(m) => m.clone(),
+        };
+        let request = MethodSettings {
+            methods: vec![method],
+            parameters: row.parameters.clone(),
+        };
+        let index = self.index_settings(row.shared_noise)?;
+        let query = if registry::lookup(&request.methods[0])?.needs().trajectory {
+            let Some(query) = self.query_with_trajectory(q, device, job)? else {
+                return Ok(None);
+            };
+            query
+        } else {
+            self.query(q)
+        };
+        let Some(mut result) = attribute(&self.model, &self.data, &query, &request, &index, device, job)? else {
+            return Ok(None);
+        };
+        Ok(Some(result.pop().ok_or("a method returned no scores")?.totals()))
+    }
+
+    /// LDS of scores (dataset order) for query `q`.
+    pub fn lds(&self, scores: &[f64], q: usize) -> f64 {
+        query_lds(scores, &self.subsets, &self.truth.mean_losses(q))
+    }
+
+    /// The index settings the evaluation uses: [`Self::features`], with the query's (t, ε)
+    /// draws shared with the training images or not.
+    pub fn index_settings(&self, shared_noise: bool) -> Result<IndexSettings, String> {
+        let mut settings = self.features.clone();
+        settings.plan.shared_noise = shared_noise;
+        settings.relocated()
+    }
+}
