@@ -6,7 +6,6 @@
 
 pub mod app;
 pub mod attribution;
-pub mod perf;
 pub mod contained;
 pub mod curvature;
 pub mod data;
@@ -17,6 +16,7 @@ pub mod files;
 pub mod grad;
 pub mod index;
 pub mod jobs;
+pub mod perf;
 pub mod report;
 pub mod session;
 pub mod shard;

@@ -139,8 +139,8 @@ fn a_cancelled_and_resumed_or_sharded_build_equals_an_uninterrupted_one() {
 /// the second to finish writing the report; a model lost and recomputed changes nothing.
 fn remove_top_k_on(root: &Path, truth: &GroundTruth) {
     use retrace::attribution::Parameters;
-    use retrace::eval::remove_topk::{RemovalOutcome, RemovalPlan, remove_top_k};
     use retrace::eval::BuiltBenchmark;
+    use retrace::eval::remove_topk::{RemovalOutcome, RemovalPlan, remove_top_k};
     use retrace::eval::rows::EvalRow;
     let bench = BuiltBenchmark::open(root).unwrap();
     let rows = ["pixel", "random"].map(|m| EvalRow::parse(m, &Parameters::default()).unwrap());

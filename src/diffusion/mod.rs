@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod diffusers;
 pub mod images;
 pub mod measure;
+pub mod model_info;
 pub mod noise;
 pub mod sampler;
 pub mod schedule;

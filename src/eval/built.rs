@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 use super::benchmark::QueryKind;
 use super::build::{BENCHMARK_FILE, GROUND_TRUTH_FILE, partial_ground_truth};
 use super::ground_truth::GroundTruth;

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::QueryKind;
 use super::build::{LdsBuild, Shard, measure_losses, model_info, read_json, write_json};
-use super::lds::{Interval, bootstrap};
 use super::built::BuiltBenchmark;
+use super::lds::{Interval, bootstrap};
 use super::rows::{EvalRow, RowMethod, file_safe};
 use crate::diffusion::ModelDir;
 use crate::diffusion::noise::{permutation, stream};

@@ -8,8 +8,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::benchmark::{QueryHalf, QueryKind};
-use super::lds::{Interval, bootstrap};
 use super::built::BuiltBenchmark;
+use super::lds::{Interval, bootstrap};
 use super::remove_topk::RemovalReport;
 use super::rows::{EvalRow, row_parts_dir};
 use crate::jobs::JobContext;

@@ -24,7 +24,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{
+use super::model_info::{
     CheckpointEntry, CheckpointError, CheckpointState, FORMAT_VERSION, LrSchedule, ModelInfo, TrainRecipe,
 };
 use crate::files::sha256;

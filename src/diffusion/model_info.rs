@@ -1,0 +1,188 @@
+//! What a model is, whatever its directory layout: its description (`ModelInfo`: architecture,
+//! schedule, data, training recipe), a checkpoint's recorded state and entry, and the errors of
+//! reading them. Both layouts, retrace's own (`checkpoint.rs`) and diffusers' (`diffusers/`),
+//! read and write these.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ScheduleConfig, UNetConfig};
+use crate::files::FileError;
+
+/// Version of the model directory layout; bumped on incompatible changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Why a model directory could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// File-system failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The directory's content is unusable.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file involved.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl CheckpointError {
+    pub(crate) fn invalid(path: &Path, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            path: path.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl From<FileError> for CheckpointError {
+    fn from(e: FileError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
+/// How the learning rate moves after the warm-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The peak learning rate to the end.
+    #[default]
+    Constant,
+    /// A cosine decay from the peak to 0 at the last planned step (so the final weights depend
+    /// less on the last batches' noise; the planned length is then part of the recipe).
+    Cosine,
+}
+
+/// How the model was trained, as recorded in `model.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainRecipe {
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: usize,
+    /// The learning rate after the warm-up (constant when absent, as in older files).
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Seed of initialisation, shuffling and noise.
+    pub seed: u64,
+    /// Save a checkpoint every this many steps.
+    pub checkpoint_every: usize,
+    /// The command line that trained the model.
+    pub command: String,
+}
+
+/// Everything about a model except its weights: `model.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Layout version ([`FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// Network architecture.
+    pub unet: UNetConfig,
+    /// Noise schedule.
+    pub schedule: ScheduleConfig,
+    /// Spec of the training data.
+    pub data_spec: String,
+    /// Content hash of the training data.
+    pub data_hash: String,
+    /// Number of training images.
+    pub data_len: usize,
+    /// Class names of the training data.
+    pub class_names: Vec<String>,
+    /// Training recipe.
+    pub train: TrainRecipe,
+}
+
+/// Whether `hash` is a SHA-256 digest as retrace writes them: 64 lowercase hex digits.
+pub fn is_sha256_hex(hash: &str) -> bool {
+    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl ModelInfo {
+    /// Checks every field before use: the architecture, the schedule, and a data hash that is a
+    /// SHA-256 digest (or empty: not recorded), so that nothing later slices or compares a
+    /// malformed one.
+    pub fn validate(&self) -> Result<(), String> {
+        self.unet.validate()?;
+        self.schedule.validate()?;
+        if !self.data_hash.is_empty() && !is_sha256_hex(&self.data_hash) {
+            return Err(format!(
+                "data_hash {:?} is not a SHA-256 digest (64 hex digits); `retrace info DATA` prints the \
+                 data's hash",
+                self.data_hash.chars().take(80).collect::<String>()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl CheckpointState {
+    /// Checks the fields a checkpoint's `state.json` must have sensible values in.
+    pub fn validate(&self) -> Result<(), String> {
+        if !is_sha256_hex(&self.weights_sha256) {
+            return Err("weights_sha256 is not a SHA-256 digest (64 hex digits)".into());
+        }
+        if self.optimizer_sha256.as_deref().is_some_and(|h| !is_sha256_hex(h)) {
+            return Err("optimizer_sha256 is not a SHA-256 digest (64 hex digits)".into());
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+            return Err(format!(
+                "learning_rate {} is not a finite non-negative number",
+                self.learning_rate
+            ));
+        }
+        if !(self.epoch.is_finite() && self.epoch >= 0.0) {
+            return Err(format!("epoch {} is not a finite non-negative number", self.epoch));
+        }
+        Ok(())
+    }
+}
+
+/// Per-checkpoint facts: `state.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// Epochs completed (fractional).
+    pub epoch: f64,
+    /// Learning rate in force at this step (TracIn weights checkpoints by it).
+    pub learning_rate: f64,
+    /// Mean training loss since the previous checkpoint.
+    pub loss: f64,
+    /// SHA-256 of `weights.bpk`.
+    pub weights_sha256: String,
+    /// SHA-256 of `optimizer.bpk`, when the checkpoint was saved with its optimizer state
+    /// (absent in checkpoints written before retrace recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer_sha256: Option<String>,
+}
+
+/// A checkpoint found in a model directory.
+#[derive(Clone, Debug)]
+pub struct CheckpointEntry {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its recorded state.
+    pub state: CheckpointState,
+}
