@@ -8,6 +8,7 @@ pub mod dialogs;
 pub mod evaluation;
 pub mod frame_times;
 pub mod journey_view;
+pub mod layout;
 pub mod methods_panel;
 pub mod notice;
 pub mod query_panel;
