@@ -4,6 +4,7 @@
 //! that the `retrace` command-line tool and the desktop viewer share. See `ARCHITECTURE.md`
 //! for a map of the modules and `../shared/DESIGN.md` for the formulas.
 
+#[cfg(feature = "viewer")]
 pub mod app;
 pub mod attribution;
 pub mod contained;

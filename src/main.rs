@@ -37,6 +37,7 @@ enum Command {
     /// Render a scores file of `retrace attribute` as a self-contained HTML report or a PDF.
     Report(cli::report::ReportArgs),
     /// Open the desktop viewer on a model and its training data.
+    #[cfg(feature = "viewer")]
     Gui(cli::gui::GuiArgs),
     /// Describe a model directory (retrace's or diffusers') or a dataset spec.
     Info(cli::info::InfoArgs),
@@ -115,7 +116,7 @@ fn main() {
     quiet_headless_vulkan();
     tune_allocator();
     let cli = Cli::parse();
-    if !matches!(cli.command, None | Some(Command::Gui(_))) {
+    if !opens_the_viewer(&cli) {
         end_quietly_on_a_closed_pipe();
     }
     report_panics_as_internal_errors();
@@ -170,14 +171,31 @@ fn report_panics_as_internal_errors() {
     }));
 }
 
+/// Whether the command line opens the viewer (no subcommand, or `gui`).
+fn opens_the_viewer(cli: &Cli) -> bool {
+    #[cfg(feature = "viewer")]
+    return matches!(cli.command, None | Some(Command::Gui(_)));
+    #[cfg(not(feature = "viewer"))]
+    return cli.command.is_none();
+}
+
 fn run(cli: Cli) -> Result<()> {
+    #[cfg(feature = "viewer")]
     let command = cli.command.unwrap_or(Command::Gui(cli::gui::GuiArgs::defaults()));
+    #[cfg(not(feature = "viewer"))]
+    let command = cli.command.ok_or_else(|| {
+        anyhow::anyhow!(
+            "this retrace is headless (built without the `viewer` feature), so it has no viewer to open; \
+             give a command (`retrace --help` lists them)"
+        )
+    })?;
     match command {
         Command::Train(args) => cli::train::run(args, cli.device),
         Command::Sample(args) => cli::sample::run(args, cli.device),
         Command::Index(args) => cli::index::run(args, cli.device),
         Command::Attribute(args) => cli::attribute::run(args, cli.device),
         Command::Report(args) => cli::report::run(args),
+        #[cfg(feature = "viewer")]
         Command::Gui(args) => cli::gui::run(args, cli.device),
         Command::Info(args) => cli::info::run(args),
         Command::Export(args) => cli::export::run(args, cli.device),

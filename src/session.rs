@@ -4,16 +4,16 @@
 //! return (images as bytes, [`Scores`]); it never touches a tensor.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use crate::attribution::query::generate_query;
 use crate::attribution::{MethodSettings, Query, Scores, attribute};
+use crate::data::pixels::unit_to_bytes;
 use crate::data::{DataSpec, Dataset, Split};
 use crate::device::ComputeDevice;
-use crate::diffusion::images::unit_to_bytes;
 use crate::diffusion::{ModelDir, SamplerConfig};
-use crate::index::IndexSettings;
-use crate::index::Manifest;
+use crate::index::{IndexSettings, MANIFEST_FILE, Manifest};
 use crate::jobs::{BackgroundJob, JobContext};
 
 /// Everything a viewer session works on. Cheap to share between threads (`Arc`).
@@ -28,6 +28,10 @@ pub struct Session {
     pub index: IndexSettings,
     /// The compute device.
     pub device: ComputeDevice,
+    /// The index state last read, with its manifest's modification time and length: the
+    /// manifest is parsed again only when it changes (the status bar asks every frame, and a
+    /// large index's manifest is some 100 KB of JSON).
+    index_state: Mutex<Option<(SystemTime, u64, IndexState)>>,
 }
 
 /// How far the index is.
@@ -60,24 +64,36 @@ impl Session {
             })
             .flatten();
         let index = IndexSettings::standard(&model);
-        Ok(Self {
+        Ok(Self::new(model, data, held_out, index, device))
+    }
+
+    /// A session of these parts, its index not yet read.
+    pub fn new(
+        model: ModelDir,
+        data: Dataset,
+        held_out: Option<Dataset>,
+        index: IndexSettings,
+        device: ComputeDevice,
+    ) -> Self {
+        Self {
             model,
             data,
             held_out,
             index,
             device,
-        })
+            index_state: Mutex::new(None),
+        }
     }
 
     /// The same model, data and device with other index settings.
     pub fn with_index(&self, index: IndexSettings) -> Self {
-        Self {
-            model: self.model.clone(),
-            data: self.data.clone(),
-            held_out: self.held_out.clone(),
+        Self::new(
+            self.model.clone(),
+            self.data.clone(),
+            self.held_out.clone(),
             index,
-            device: self.device.clone(),
-        }
+            self.device.clone(),
+        )
     }
 
     /// C×H×W of the model's images.
@@ -86,10 +102,29 @@ impl Session {
         [cfg.image_channels, cfg.sample_size, cfg.sample_size]
     }
 
-    /// How far the index is, read from its manifest.
+    /// How far the index is, read from its manifest when it has changed since the last call.
     pub fn index_state(&self) -> IndexState {
-        let path = self.index.dir.join("manifest.json");
-        let Some(manifest) = std::fs::read(&path)
+        let path = self.index.dir.join(MANIFEST_FILE);
+        let Some((modified, len)) = std::fs::metadata(&path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+        else {
+            return IndexState::Missing;
+        };
+        let mut kept = self.index_state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((m, l, state)) = kept.as_ref()
+            && (*m, *l) == (modified, len)
+        {
+            return state.clone();
+        }
+        let state = Self::read_index_state(&path);
+        *kept = Some((modified, len, state.clone()));
+        state
+    }
+
+    /// How far the index whose manifest is `path` is.
+    fn read_index_state(path: &Path) -> IndexState {
+        let Some(manifest) = std::fs::read(path)
             .ok()
             .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
         else {

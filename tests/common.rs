@@ -137,7 +137,7 @@ pub fn bundled_model_for(data: &Dataset, root: &std::path::Path) -> ModelDir {
 /// right (the new first column is background) and noised with N(0, 0.05²), seeded. As a query,
 /// it is close to its source without being it.
 pub fn perturbed_copy(bytes: &[u8], [c, h, w]: [usize; 3], seed: u64) -> Vec<f32> {
-    let unit = retrace::diffusion::images::bytes_to_unit(bytes);
+    let unit = retrace::data::pixels::bytes_to_unit(bytes);
     let noise =
         retrace::diffusion::noise::gaussian(&mut retrace::diffusion::noise::stream("perturb", &[seed]), unit.len());
     let mut out = vec![-1.0f32; unit.len()];

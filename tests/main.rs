@@ -18,4 +18,5 @@ mod kfac;
 mod kill_campaign;
 mod mucs;
 mod rgb;
+#[cfg(feature = "viewer")]
 mod viewer;

@@ -175,7 +175,7 @@ fn cifar2_trains_samples_attributes_and_reports_in_colour() {
     assert_eq!(steps[0].buckets.len(), 3);
 
     // The report shows the query in colour.
-    let query_bytes = retrace::diffusion::images::unit_to_bytes(&query.pixels);
+    let query_bytes = retrace::data::pixels::unit_to_bytes(&query.pixels);
     let input = retrace::report::ReportInput {
         query: &query_bytes,
         query_description: &query.description,

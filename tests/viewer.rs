@@ -20,11 +20,11 @@ fn session(root: &std::path::Path) -> Session {
     let data = common::small_data();
     let model = common::bundled_model_for(&data, &root.join("model"));
     let held_out = retrace::data::Dataset::load(&retrace::data::DataSpec::bundled(retrace::data::Split::Test)).ok();
-    Session {
+    Session::new(
         model,
         data,
         held_out,
-        index: IndexSettings {
+        IndexSettings {
             dir: root.join("index"),
             plan: TimestepPlan::new(1000, 4, 1, 0).unwrap(),
             projection: ProjectionConfig::default(),
@@ -34,14 +34,14 @@ fn session(root: &std::path::Path) -> Session {
             batch_size: 16,
             chunk_size: 20,
         },
-        device: ComputeDevice {
+        ComputeDevice {
             device: common::cpu(),
             backend: BackendKind::Flex,
             name: "CPU (flex)".into(),
             reason: "test".into(),
             wgpu_setup: None,
         },
-    }
+    )
 }
 
 /// An evaluation table with three rows, as `retrace eval lds --out` writes them.

@@ -7,7 +7,7 @@ use egui::Ui;
 use super::RetraceApp;
 use super::textures::{image, training_image};
 use crate::attribution::Scores;
-use crate::diffusion::images::unit_to_bytes;
+use crate::data::pixels::unit_to_bytes;
 use crate::stats::top_k;
 
 /// Training images shown for the chosen step.

@@ -8,8 +8,8 @@ use super::state::Work;
 use super::textures::image;
 use super::{RetraceApp, grid_row};
 use crate::attribution::Query;
+use crate::data::pixels::bytes_to_unit;
 use crate::diffusion::SamplerKind;
-use crate::diffusion::images::bytes_to_unit;
 
 /// Starts reading an image file as a query, off the UI thread; it becomes the current query
 /// once read ([`RetraceApp::poll_work`]), and the notice says how it was converted, or why it

@@ -39,7 +39,7 @@ pub fn query_image(app: &mut RetraceApp, ui: &mut Ui, q: usize, shape: [usize; 3
     let entry = &app.history[q];
     let tex = match &entry.query.mask {
         Some(region) => {
-            let image = with_region(crate::diffusion::images::to_rgb_image(&entry.bytes, shape, 1), region);
+            let image = with_region(crate::data::pixels::to_rgb_image(&entry.bytes, shape, 1), region);
             // RGB as C×H×W planes, what the texture cache takes.
             let pixels = shape[1] * shape[2];
             let planar: Vec<u8> = (0..3)

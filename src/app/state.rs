@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use super::textures::Thumbnails;
 use crate::attribution::registry::{self, Parameters};
 use crate::attribution::{MethodSettings, Query, Scores};
-use crate::diffusion::images::unit_to_bytes;
+use crate::data::pixels::unit_to_bytes;
 use crate::jobs::{BackgroundJob, Progress};
+use crate::report::scores_file::{scores_file, write_scores_file};
 use crate::session::Session;
 
 /// A query the user has worked on.
@@ -147,14 +148,6 @@ pub struct RetraceApp {
     pub loads: Vec<(BackgroundJob<Query>, String)>,
     /// An evaluation table dropped on the window, being read off the UI thread.
     pub evaluation_load: Option<BackgroundJob<crate::eval::table::EvalReport>>,
-    /// The index state the status bar last read, with the manifest's path, modification time
-    /// and length it was read from: the manifest is parsed again only when it changes.
-    index_state: Option<(
-        std::path::PathBuf,
-        std::time::SystemTime,
-        u64,
-        crate::session::IndexState,
-    )>,
     /// The evaluation table the Evaluation tab and Compare read (loaded when first needed).
     pub evaluation: Option<Result<crate::eval::table::EvalReport, String>>,
     /// The context to repaint when background work reports.
@@ -211,7 +204,6 @@ impl RetraceApp {
             exports: Vec::new(),
             loads: Vec::new(),
             evaluation_load: None,
-            index_state: None,
             evaluation: None,
             repaint: ctx.clone(),
         };
@@ -428,26 +420,9 @@ impl RetraceApp {
         }
     }
 
-    /// How far the session's index is ([`Session::index_state`]), read again only when its
-    /// manifest has changed since the last call (the status bar asks every frame, and a large
-    /// index's manifest is some 100 KB of JSON). `None` without a session.
-    pub fn index_state(&mut self) -> Option<crate::session::IndexState> {
-        let session = self.session.as_ref().ok()?;
-        let path = session.index.dir.join("manifest.json");
-        let Some((modified, len)) = std::fs::metadata(&path)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())))
-        else {
-            return Some(crate::session::IndexState::Missing);
-        };
-        if let Some((p, m, l, state)) = &self.index_state
-            && (p, *m, *l) == (&path, modified, len)
-        {
-            return Some(state.clone());
-        }
-        let state = session.index_state();
-        self.index_state = Some((path, modified, len, state.clone()));
-        Some(state)
+    /// How far the session's index is ([`Session::index_state`]); `None` without a session.
+    pub fn index_state(&self) -> Option<crate::session::IndexState> {
+        Some(self.session.as_ref().ok()?.index_state())
     }
 
     /// Starts reading the evaluation table at `path` (as `retrace eval lds --out` writes it) for
@@ -503,40 +478,28 @@ impl RetraceApp {
         let (Ok(session), Some(q)) = (&self.session, self.current) else {
             return;
         };
-        let entry = &self.history[q];
-        let methods: Vec<_> = self
+        let scores: Vec<Scores> = self
             .computed_methods()
             .into_iter()
-            .filter_map(|m| self.scores(&m))
-            .map(|s| crate::attribution::scores::MethodResult::from_scores(s, &session.data.class_names))
+            .filter_map(|m| self.scores(&m).cloned())
             .collect();
-        if methods.is_empty() {
+        if scores.is_empty() {
             self.notice = Some("run a method first: there are no scores to export".into());
             return;
         }
-        let file = crate::attribution::scores::AttributionFile {
-            retrace_version: crate::VERSION.to_owned(),
-            model: session.model.root.display().to_string(),
-            data: session.data.name.clone(),
-            query: serde_json::json!({
-                "description": entry.query.description,
-                "image": crate::report::png_data_uri(&entry.bytes, entry.query.shape, 1),
-                "region": entry.query.mask,
-            }),
-            device: session.device.name.clone(),
-            methods,
-        };
-        let bytes = if path.extension().is_some_and(|e| e == "csv") {
-            Ok(file.to_csv().into_bytes())
-        } else {
-            serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())
-        };
-        self.notice = Some(
-            match bytes.and_then(|b| crate::files::write_atomic(path, &b).map_err(|e| e.to_string())) {
-                Ok(()) => format!("scores written to {}", path.display()),
-                Err(e) => format!("cannot write the scores: {e}"),
-            },
+        let query = &self.history[q].query;
+        let file = scores_file(
+            &session.model.root,
+            &session.data,
+            query,
+            None,
+            &session.device.name,
+            &scores,
         );
+        self.notice = Some(match write_scores_file(path, &file) {
+            Ok(()) => format!("scores written to {}", path.display()),
+            Err(e) => format!("cannot write the scores: {e}"),
+        });
     }
 
     /// A wake-up call for background jobs: repaint this context.

@@ -6,7 +6,7 @@ use egui::{ColorImage, TextureHandle, TextureOptions};
 
 /// C×H×W bytes (grey or RGB) as an egui image.
 pub fn color_image(bytes: &[u8], shape: [usize; 3]) -> ColorImage {
-    let rgb = crate::diffusion::images::to_rgb_image(bytes, shape, 1);
+    let rgb = crate::data::pixels::to_rgb_image(bytes, shape, 1);
     ColorImage::from_rgb([shape[2], shape[1]], rgb.as_raw())
 }
 

@@ -180,7 +180,8 @@ impl IndexTarget {
         self.model.clone().unwrap_or_else(bundled_model_dir)
     }
 
-    /// The training data spec given with `--data`, if any.
+    /// The training data spec given with `--data`, if any (the viewer's start).
+    #[cfg(feature = "viewer")]
     pub(crate) fn data_spec(&self) -> Option<&str> {
         self.data.as_deref()
     }

@@ -87,32 +87,8 @@ pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     bar.finish();
     let Some(scores) = scores else { bail!("cancelled") };
-    let file = retrace::attribution::scores::AttributionFile {
-        retrace_version: retrace::VERSION.to_owned(),
-        model: model.root.display().to_string(),
-        data: data.name.clone(),
-        query: serde_json::json!({
-            "description": q.description,
-            "seed": seed,
-            "region": q.mask,
-            "image": retrace::report::png_data_uri(
-                &retrace::diffusion::images::unit_to_bytes(&q.pixels),
-                q.shape,
-                1
-            ),
-        }),
-        device: dev.name.clone(),
-        methods: scores
-            .iter()
-            .map(|s| retrace::attribution::scores::MethodResult::from_scores(s, &data.class_names))
-            .collect(),
-    };
-    let bytes = if out.extension().is_some_and(|e| e == "csv") {
-        file.to_csv().into_bytes()
-    } else {
-        serde_json::to_vec_pretty(&file)?
-    };
-    retrace::files::write_atomic(&out, &bytes)?;
+    let file = retrace::report::scores_file::scores_file(&model.root, &data, &q, seed, &dev.name, &scores);
+    retrace::report::scores_file::write_scores_file(&out, &file).map_err(anyhow::Error::msg)?;
     for m in &file.methods {
         let best: Vec<String> = m
             .ranking

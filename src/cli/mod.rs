@@ -16,6 +16,7 @@ pub mod bench;
 pub mod devices;
 pub mod eval;
 pub mod export;
+#[cfg(feature = "viewer")]
 pub mod gui;
 pub mod index;
 pub mod info;

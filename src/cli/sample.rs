@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use retrace::data::bundled_model_dir;
+use retrace::data::pixels::grid;
 use retrace::device::DeviceRequest;
-use retrace::diffusion::images::{grid, tensor_to_images};
+use retrace::diffusion::images::tensor_to_images;
 use retrace::diffusion::{ModelDir, SamplerConfig, SamplerKind, Schedule, sample};
 
 use super::{compute_device, terminal_job};

@@ -11,6 +11,7 @@ mod cifar;
 mod error;
 mod folder;
 mod idx;
+pub mod pixels;
 mod spec;
 
 pub use bundled::{BUNDLED_DIR_ENV, bundled_dir, bundled_model_dir};

@@ -26,9 +26,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::benchmark::{BenchmarkQuery, BenchmarkSpec, ModelKey, QueryKind, half_of};
 use super::ground_truth::{GroundTruth, ModelResult};
+use crate::data::pixels::bytes_to_unit;
 use crate::data::{DataSpec, Dataset};
 use crate::diffusion::checkpoint::FORMAT_VERSION;
-use crate::diffusion::images::{bytes_to_unit, tensor_to_images};
+use crate::diffusion::images::tensor_to_images;
 use crate::diffusion::train::{TrainLength, noise_images, train};
 use crate::diffusion::{Measurement, ModelDir, ModelInfo, SamplerConfig, SamplerKind, Schedule, UNet, sample};
 use crate::files::write_atomic;

@@ -13,8 +13,8 @@ use super::rows::{EvalRow, RowMethod};
 use crate::attribution::registry;
 use crate::attribution::{MethodSettings, Query, attribute};
 use crate::data::Dataset;
+use crate::data::pixels::bytes_to_unit;
 use crate::diffusion::ModelDir;
-use crate::diffusion::images::bytes_to_unit;
 use crate::index::IndexSettings;
 use crate::jobs::JobContext;
 

@@ -33,7 +33,7 @@ impl Examples {
             shape: [data.channels, data.height, data.width],
             pixels: indices
                 .iter()
-                .flat_map(|&i| crate::diffusion::images::bytes_to_unit(data.image(i)))
+                .flat_map(|&i| crate::data::pixels::bytes_to_unit(data.image(i)))
                 .collect(),
             region: None,
         }

@@ -22,6 +22,9 @@ pub use settings::{CheckpointChoice, IndexSettings};
 pub use summary::SummaryPart;
 use summary::{ChunkSummary, summary_path};
 
+/// The file in an index directory that describes it and records which chunks are built.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
 /// The file in an index directory that records its last full verification (a cache: not part
 /// of the index's content).
 pub const VERIFIED_STAMP: &str = VERIFIED_FILE;
@@ -233,7 +236,7 @@ impl IndexSpec<'_> {
         let Some(_builder) = build_lock(self.dir, job)? else {
             return Ok(None);
         };
-        let manifest_path = self.dir.join("manifest.json");
+        let manifest_path = self.dir.join(MANIFEST_FILE);
         let shard = (self.shard != Shard::ALL).then_some(self.shard);
         let mut manifest = if manifest_path.is_file() {
             let m = read_manifest(self.dir)?;
@@ -507,7 +510,7 @@ pub fn default_index_dir(model: &Path) -> PathBuf {
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest, IndexError> {
-    let path = dir.join("manifest.json");
+    let path = dir.join(MANIFEST_FILE);
     let bytes = std::fs::read(&path).map_err(io(&path))?;
     parse_manifest(&path, &bytes)
 }
@@ -565,7 +568,7 @@ pub fn seal_manifest(mut value: serde_json::Value) -> serde_json::Value {
 fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), IndexError> {
     let value = seal_manifest(serde_json::to_value(m).expect("a manifest serialises"));
     let json = serde_json::to_vec_pretty(&value).expect("a JSON value serialises");
-    write_atomic(&dir.join("manifest.json"), &json).map_err(written)
+    write_atomic(&dir.join(MANIFEST_FILE), &json).map_err(written)
 }
 
 /// What a full verification of an index saw, kept in `verified.json` so that later opens
@@ -640,7 +643,7 @@ fn write_stamp(dir: &Path, stamp: &VerifiedStamp) {
 /// Stamps the complete index in `dir` as verified, for a caller that has just checked every
 /// chunk's checksum itself (the shard merge), so the first open does not hash them again.
 fn stamp_verified(dir: &Path, manifest: &Manifest) -> Result<(), IndexError> {
-    let path = dir.join("manifest.json");
+    let path = dir.join(MANIFEST_FILE);
     let bytes = std::fs::read(&path).map_err(io(&path))?;
     write_stamp(dir, &stamp_of(dir, manifest, &bytes)?);
     Ok(())
@@ -715,7 +718,7 @@ impl Index {
         device: &burn::tensor::Device,
         job: &JobContext,
     ) -> Result<Self, IndexError> {
-        let manifest_path = dir.join("manifest.json");
+        let manifest_path = dir.join(MANIFEST_FILE);
         let manifest_bytes = std::fs::read(&manifest_path).map_err(io(&manifest_path))?;
         let manifest = parse_manifest(&manifest_path, &manifest_bytes)?;
         let differences = manifest.key.differences(expected);
@@ -857,7 +860,7 @@ mod tests {
     #[test]
     fn a_manifest_carries_its_checksum_and_every_field_is_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("manifest.json");
+        let path = dir.path().join(MANIFEST_FILE);
         write_manifest(dir.path(), &manifest(250, 100)).unwrap();
         assert_eq!(read_manifest(dir.path()).unwrap(), manifest(250, 100));
         // Edited by hand: the checksum no longer matches.

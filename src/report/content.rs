@@ -84,7 +84,7 @@ impl ReportContent {
     pub fn new(input: &ReportInput<'_>) -> Self {
         let data = input.data;
         let shape = [data.channels, data.height, data.width];
-        let rgb = |bytes: &[u8]| crate::diffusion::images::to_rgb_image(bytes, shape, 1);
+        let rgb = |bytes: &[u8]| crate::data::pixels::to_rgb_image(bytes, shape, 1);
         let totals: Vec<Vec<f64>> = input.methods.iter().map(|s| s.totals()).collect();
         let k = input.top_k.min(data.len());
         let tiles = |order: &[usize], totals: &[f64], rank_of: &dyn Fn(usize) -> usize| -> Vec<Tile> {

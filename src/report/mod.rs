@@ -7,6 +7,7 @@
 
 pub mod content;
 pub mod html;
+#[cfg(feature = "pdf")]
 pub mod pdf;
 pub mod plot;
 pub mod scores_file;
@@ -15,6 +16,7 @@ use std::path::Path;
 
 pub use content::{ReportContent, ReportInput};
 pub use html::html_report;
+#[cfg(feature = "pdf")]
 pub use pdf::pdf_report;
 pub use scores_file::{ScoresForReport, read_scores_file};
 
@@ -53,7 +55,12 @@ pub fn render(input: &ReportInput<'_>, format: ReportFormat) -> Result<Vec<u8>, 
     let content = ReportContent::new(input);
     match format {
         ReportFormat::Html => Ok(html_report(&content).into_bytes()),
+        #[cfg(feature = "pdf")]
         ReportFormat::Pdf => pdf_report(&content),
+        #[cfg(not(feature = "pdf"))]
+        ReportFormat::Pdf => {
+            Err("this retrace was built without PDF reports (the `pdf` feature); write the report as .html".into())
+        }
     }
 }
 
@@ -65,7 +72,7 @@ pub fn write_report(path: &Path, input: &ReportInput<'_>) -> Result<(), String> 
 
 /// C×H×W bytes (grey or RGB) as a PNG data URI, scaled up `scale`× (nearest neighbour).
 pub fn png_data_uri(bytes: &[u8], shape: [usize; 3], scale: u32) -> String {
-    rgb_png_data_uri(&crate::diffusion::images::to_rgb_image(bytes, shape, scale))
+    rgb_png_data_uri(&crate::data::pixels::to_rgb_image(bytes, shape, scale))
 }
 
 /// An RGB image as a PNG data URI (empty if it cannot be encoded).

@@ -1,9 +1,52 @@
-//! Reading a scores file of `retrace attribute` back for a report: every method's scores in
-//! the training data's order, the query image and its region, each checked against the data.
+//! The scores file of `retrace attribute` and of the viewer's export, written by one writer
+//! ([`scores_file`], [`write_scores_file`]), and read back for a report: every method's scores
+//! in the training data's order, the query image and its region, each checked against the data.
 
-use crate::attribution::Scores;
-use crate::attribution::scores::AttributionFile;
+use std::path::Path;
+
+use crate::attribution::scores::{AttributionFile, MethodResult};
+use crate::attribution::{Query, Scores};
 use crate::data::Dataset;
+use crate::data::pixels::unit_to_bytes;
+
+/// The scores file of `scores` (one per method) for `query` (generated with `seed`, if it was),
+/// attributed with the model in `model` on `data` on the device named `device`.
+pub fn scores_file(
+    model: &Path,
+    data: &Dataset,
+    query: &Query,
+    seed: Option<u64>,
+    device: &str,
+    scores: &[Scores],
+) -> AttributionFile {
+    AttributionFile {
+        retrace_version: crate::VERSION.to_owned(),
+        model: model.display().to_string(),
+        data: data.name.clone(),
+        query: serde_json::json!({
+            "description": query.description,
+            "seed": seed,
+            "region": query.mask,
+            "image": super::png_data_uri(&unit_to_bytes(&query.pixels), query.shape, 1),
+        }),
+        device: device.to_owned(),
+        methods: scores
+            .iter()
+            .map(|s| MethodResult::from_scores(s, &data.class_names))
+            .collect(),
+    }
+}
+
+/// Writes `file` to `path`, atomically: CSV when the path ends in `.csv`, else JSON (what
+/// `retrace report` reads).
+pub fn write_scores_file(path: &Path, file: &AttributionFile) -> Result<(), String> {
+    let bytes = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+        file.to_csv().into_bytes()
+    } else {
+        serde_json::to_vec_pretty(file).map_err(|e| e.to_string())?
+    };
+    crate::files::write_atomic(path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
 
 /// What a report needs of a scores file, checked against the training data.
 #[derive(Debug)]

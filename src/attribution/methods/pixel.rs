@@ -8,7 +8,7 @@ use crate::attribution::context::Context;
 use crate::attribution::method::{Method, Needs};
 use crate::attribution::scores::Scores;
 use crate::data::Dataset;
-use crate::diffusion::images::bytes_to_unit;
+use crate::data::pixels::bytes_to_unit;
 
 /// Pixel-space cosine similarity.
 pub struct Pixel;

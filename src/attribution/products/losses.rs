@@ -8,7 +8,7 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::data::Dataset;
-use crate::diffusion::images::bytes_to_unit;
+use crate::data::pixels::bytes_to_unit;
 use crate::diffusion::noise::{gaussian, stream};
 use crate::diffusion::train::noise_images;
 use crate::diffusion::{CheckpointEntry, Measurement, Schedule, UNet};
