@@ -39,18 +39,36 @@ pub enum DeviceRequest {
     Cuda,
 }
 
+/// Why no compute device could be chosen, or a tensor not read back from one.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// A device name no one knows.
+    #[error("unknown device {0:?}; expected auto, cpu, wgpu, vulkan or cuda")]
+    Unknown(String),
+    /// The device named by the environment variable is unknown.
+    #[error("{DEVICE_ENV}: {0}")]
+    Environment(Box<DeviceError>),
+    /// The requested device does not exist here or this build lacks its runtime (the message
+    /// says which and what to do).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A tensor could not be read back to the host.
+    #[error("cannot read a tensor back from the device: {0}")]
+    ReadBack(String),
+}
+
+impl crate::jobs::Cancellable for DeviceError {}
+
 impl FromStr for DeviceRequest {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, DeviceError> {
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(Self::Auto),
             "cpu" | "flex" => Ok(Self::Cpu),
             "wgpu" | "gpu" => Ok(Self::Wgpu),
             "vulkan" => Ok(Self::Vulkan),
             "cuda" => Ok(Self::Cuda),
-            _ => Err(format!(
-                "unknown device {s:?}; expected auto, cpu, wgpu, vulkan or cuda"
-            )),
+            _ => Err(DeviceError::Unknown(s.to_owned())),
         }
     }
 }
@@ -160,7 +178,7 @@ fn wgpu_device(adapter: Option<&AdapterSummary>, backend: BackendKind, reason: S
 /// runs one small computation, and a missing driver library (a panic inside the runtime) or
 /// no device comes back as the error.
 #[cfg(feature = "cuda")]
-pub fn cuda_device() -> Result<ComputeDevice, String> {
+pub fn cuda_device() -> Result<ComputeDevice, DeviceError> {
     let probe = crate::contained::contain(|| {
         let device = Device::cuda(0);
         let sum = burn::tensor::Tensor::<1>::ones([4], &device).sum().into_scalar::<f32>();
@@ -181,19 +199,23 @@ pub fn cuda_device() -> Result<ComputeDevice, String> {
                 wgpu_setup: None,
             })
         }
-        Some((_, sum)) => Err(format!("the CUDA device computed 1+1+1+1 = {sum}")),
-        None => Err("CUDA is not available here: no CUDA driver library, or no CUDA device".to_owned()),
+        Some((_, sum)) => Err(DeviceError::Unavailable(format!(
+            "the CUDA device computed 1+1+1+1 = {sum}"
+        ))),
+        None => Err(DeviceError::Unavailable(
+            "CUDA is not available here: no CUDA driver library, or no CUDA device".to_owned(),
+        )),
     }
 }
 
 /// This build has no CUDA runtime: the error says so and how to get one.
 #[cfg(not(feature = "cuda"))]
-pub fn cuda_device() -> Result<ComputeDevice, String> {
-    Err(
+pub fn cuda_device() -> Result<ComputeDevice, DeviceError> {
+    Err(DeviceError::Unavailable(
         "this retrace was built without CUDA: build it with `cargo build --release --features cuda` \
          (cubecl-cuda links an LLVM build that its build script downloads), or use --device vulkan"
             .to_owned(),
-    )
+    ))
 }
 
 /// The environment variable burn reads for its default device (`Device::default()`). retrace
@@ -202,22 +224,22 @@ pub fn cuda_device() -> Result<ComputeDevice, String> {
 pub const BURN_DEFAULT_ENV: &str = "BURN_DEVICE";
 
 /// Applies the policy to a request (the `--device` flag, else `RETRACE_DEVICE`, else auto).
-pub fn choose(flag: Option<DeviceRequest>) -> Result<ComputeDevice, String> {
+pub fn choose(flag: Option<DeviceRequest>) -> Result<ComputeDevice, DeviceError> {
     let request = match flag {
         Some(r) => r,
         None => match std::env::var(DEVICE_ENV) {
-            Ok(v) if !v.is_empty() => v.parse().map_err(|e| format!("{DEVICE_ENV}: {e}"))?,
+            Ok(v) if !v.is_empty() => v.parse().map_err(|e| DeviceError::Environment(Box::new(e)))?,
             _ => DeviceRequest::Auto,
         },
     };
     Ok(match request {
         DeviceRequest::Cpu => flex("requested".to_owned()),
         DeviceRequest::Vulkan if !cfg!(feature = "vulkan") => {
-            return Err(
+            return Err(DeviceError::Unavailable(
                 "this retrace was built without the Vulkan (SPIR-V) runtime: build it with \
                  `cargo build --release --features vulkan`, or use --device wgpu"
                     .to_owned(),
-            );
+            ));
         }
         DeviceRequest::Wgpu | DeviceRequest::Vulkan => {
             let vulkan = request == DeviceRequest::Vulkan;
@@ -228,10 +250,10 @@ pub fn choose(flag: Option<DeviceRequest>) -> Result<ComputeDevice, String> {
             let best = adapters.iter().find(|a| !a.is_cpu).or(adapters.first());
             if best.is_none() {
                 let what = if vulkan { "Vulkan" } else { "wgpu" };
-                return Err(format!(
+                return Err(DeviceError::Unavailable(format!(
                     "{what} was requested but no {what} adapter exists on this machine (is a Vulkan \
                      driver installed? Debian: apt-get install mesa-vulkan-drivers libvulkan1)"
-                ));
+                )));
             }
             let backend = if vulkan { BackendKind::Vulkan } else { BackendKind::Wgpu };
             wgpu_device(best, backend, "requested".to_owned())
@@ -271,7 +293,7 @@ pub fn choose(flag: Option<DeviceRequest>) -> Result<ComputeDevice, String> {
 /// Call it before any tensor touches wgpu's default device in this process. If burn's wgpu
 /// runtime cannot be brought up, the CPU (flex) computes instead, and the reason says why: the
 /// viewer still opens.
-pub fn choose_shared(flag: Option<DeviceRequest>) -> Result<ComputeDevice, String> {
+pub fn choose_shared(flag: Option<DeviceRequest>) -> Result<ComputeDevice, DeviceError> {
     let mut chosen = choose(flag)?;
     if chosen.backend == BackendKind::Cuda {
         chosen.reason += "; the renderer has its own device";
@@ -298,10 +320,10 @@ pub fn choose_shared(flag: Option<DeviceRequest>) -> Result<ComputeDevice, Strin
 }
 
 /// Reads a tensor back to the host as f32 values (scores, features, curvature factors).
-pub fn read_back<const D: usize>(x: burn::tensor::Tensor<D>) -> Result<Vec<f32>, String> {
+pub fn read_back<const D: usize>(x: burn::tensor::Tensor<D>) -> Result<Vec<f32>, DeviceError> {
     x.into_data()
         .try_to_vec::<f32>()
-        .map_err(|e| format!("cannot read a tensor back from the device: {e:?}"))
+        .map_err(|e| DeviceError::ReadBack(format!("{e:?}")))
 }
 
 /// Runs `draw`, which draws from burn's random generator on `device` (initial weights), with

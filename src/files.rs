@@ -122,6 +122,16 @@ pub fn short_hash(hash: &str) -> &str {
     hash.char_indices().nth(12).map_or(hash, |(end, _)| &hash[..end])
 }
 
+/// Reads a whole file, naming it in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>, FileError> {
+    std::fs::read(path).map_err(at(path))
+}
+
+/// Creates a directory and its parents, naming it in the error.
+pub fn create_dir_all(dir: &Path) -> Result<(), FileError> {
+    std::fs::create_dir_all(dir).map_err(at(dir))
+}
+
 /// Lowercase hex of a byte string.
 pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -131,17 +141,37 @@ pub fn to_hex(bytes: &[u8]) -> String {
 /// damaged header cannot make the decoder allocate gigabytes.
 pub const MAX_IMAGE_SIDE: u32 = 16_384;
 
+/// Why an image file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageFileError {
+    /// The file could not be opened.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The file is not an image retrace decodes (or is damaged, or too large).
+    #[error("{path}: {source}")]
+    Decode {
+        /// The file involved.
+        path: PathBuf,
+        /// What the decoder said.
+        #[source]
+        source: image::ImageError,
+    },
+}
+
 /// Decodes a PNG or JPEG file, recognising the format by its content (a JPEG named `.png`
 /// reads too) and refusing sides beyond [`MAX_IMAGE_SIDE`].
-pub fn read_image(path: &Path) -> Result<image::DynamicImage, String> {
+pub fn read_image(path: &Path) -> Result<image::DynamicImage, ImageFileError> {
     let mut reader = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
-        .map_err(|e| e.to_string())?;
+        .map_err(at(path))?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     reader.limits(limits);
-    reader.decode().map_err(|e| e.to_string())
+    reader.decode().map_err(|source| ImageFileError::Decode {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// A safetensors file with its JSON header's keys in sorted order (the metadata's included).

@@ -26,6 +26,28 @@ impl CancelToken {
     }
 }
 
+/// A job stopped at a safe point because it was asked to: the value every layer's error turns
+/// into a `Cancelled` variant of its own, so a caller tells a cancelled job from a failed one by
+/// matching, never by reading a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cancelled")]
+pub struct Cancelled;
+
+/// An error that can stand for a cancelled job (each layer's error type implements it; those
+/// of layers that cannot be cancelled keep the default, `false`).
+pub trait Cancellable: std::error::Error + Send + Sync + 'static {
+    /// True when the job was cancelled rather than failed.
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+impl Cancellable for Cancelled {
+    fn is_cancelled(&self) -> bool {
+        true
+    }
+}
+
 /// A snapshot of a job's progress.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Progress {
@@ -66,6 +88,15 @@ impl JobContext {
         Self {
             cancel: CancelToken::new(),
             progress: Arc::new(Silent),
+        }
+    }
+
+    /// `Err(Cancelled)` once the job was asked to stop: call it at each safe point, with `?`.
+    pub fn stop_if_cancelled(&self) -> Result<(), Cancelled> {
+        if self.cancel.is_cancelled() {
+            Err(Cancelled)
+        } else {
+            Ok(())
         }
     }
 
@@ -138,9 +169,37 @@ impl ProgressSink for SharedProgress {
     }
 }
 
-/// What a finished background job produced: its value, `None` when it was cancelled, or why it
-/// failed (a panic inside the job is caught and reported here too).
-pub type JobOutcome<T> = Result<Option<T>, String>;
+/// Why a background job produced no value.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// It was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// It failed: its own error.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+    /// It panicked (a defect, caught so the viewer stays up).
+    #[error("the job failed unexpectedly: {0}")]
+    Panicked(String),
+    /// Its thread ended without sending a result.
+    #[error("the job's thread ended without a result")]
+    Lost,
+}
+
+impl JobError {
+    /// Sorts a job's own error: a cancellation becomes [`JobError::Cancelled`].
+    pub fn from_job<E: Cancellable>(error: E) -> Self {
+        if error.is_cancelled() {
+            Self::Cancelled
+        } else {
+            Self::Failed(Box::new(error))
+        }
+    }
+}
+
+/// What a finished background job produced: its value, or why there is none (cancelled,
+/// failed, or a panic inside the job, caught).
+pub type JobOutcome<T> = Result<T, JobError>;
 
 /// A job running on its own thread: poll it for progress and its outcome, cancel it at will.
 pub struct BackgroundJob<T> {
@@ -155,10 +214,10 @@ pub struct BackgroundJob<T> {
 
 impl<T: Send + 'static> BackgroundJob<T> {
     /// Starts `work` on a new thread; `wake` is called whenever it reports progress or ends.
-    pub fn spawn(
+    pub fn spawn<E: Cancellable>(
         title: impl Into<String>,
         wake: impl Fn() + Send + Sync + Clone + 'static,
-        work: impl FnOnce(&JobContext) -> JobOutcome<T> + Send + 'static,
+        work: impl FnOnce(&JobContext) -> Result<T, E> + Send + 'static,
     ) -> Self {
         let progress = Arc::new(SharedProgress {
             latest: std::sync::Mutex::new(Progress::default()),
@@ -172,15 +231,17 @@ impl<T: Send + 'static> BackgroundJob<T> {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             yield_to_the_interface();
-            let result =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&ctx))).unwrap_or_else(|panic| {
+            let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&ctx))) {
+                Ok(outcome) => outcome.map_err(JobError::from_job),
+                Err(panic) => {
                     let what = panic
                         .downcast_ref::<String>()
                         .cloned()
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_else(|| "unknown panic".into());
-                    Err(format!("the job failed unexpectedly: {what}"))
-                });
+                    Err(JobError::Panicked(what))
+                }
+            };
             let _ = tx.send(result);
             wake();
         });
@@ -208,17 +269,13 @@ impl<T: Send + 'static> BackgroundJob<T> {
         match self.outcome.try_recv() {
             Ok(outcome) => Some(outcome),
             Err(std::sync::mpsc::TryRecvError::Empty) => None,
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                Some(Err("the job's thread ended without a result".into()))
-            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(Err(JobError::Lost)),
         }
     }
 
     /// Waits for the outcome (CLI and tests).
     pub fn wait(self) -> JobOutcome<T> {
-        self.outcome
-            .recv()
-            .unwrap_or_else(|_| Err("the job's thread ended without a result".into()))
+        self.outcome.recv().unwrap_or(Err(JobError::Lost))
     }
 }
 

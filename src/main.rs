@@ -122,6 +122,10 @@ fn main() {
     report_panics_as_internal_errors();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
         Ok(Ok(())) => {}
+        Ok(Err(e)) if cli::is_cancellation(&e) => {
+            eprintln!("stopped; what was finished is kept, and running the same command again resumes from it");
+            std::process::exit(EXIT_ERROR);
+        }
         Ok(Err(e)) => {
             eprintln!("error: {e:#}");
             std::process::exit(EXIT_ERROR);

@@ -1,20 +1,90 @@
 //! A viewer session: one model, its training data, the held-out data beside it, index settings
 //! and the compute device — and the engine work the viewer asks for (generate a sample, rank
-//! the training images), each run as a [`BackgroundJob`]. The viewer holds only what these
-//! return (images as bytes, [`Scores`]); it never touches a tensor.
+//! the training images), each run as a [`BackgroundJob`], and what the viewer needs to know of
+//! the engine without reaching into it: the methods on offer ([`method_names`],
+//! [`MethodInfo`]) and the bundled evaluation ([`load_evaluation`], [`evaluation_label`]). The
+//! viewer holds only what these return (images as bytes, [`Scores`], plain descriptions); it
+//! never touches a tensor.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::attribution::query::generate_query;
-use crate::attribution::{MethodSettings, Query, Scores, attribute};
+use crate::attribution::{AttributionError, MethodSettings, Needs, Parameter, Parameters, Query, Scores, attribute};
 use crate::data::pixels::unit_to_bytes;
 use crate::data::{DataSpec, Dataset, Split};
 use crate::device::ComputeDevice;
 use crate::diffusion::{ModelDir, SamplerConfig};
 use crate::index::{IndexSettings, MANIFEST_FILE, Manifest};
 use crate::jobs::{BackgroundJob, JobContext};
+
+/// What the viewer shows of a method: its name, what it computes, what it needs and the
+/// parameters it reads.
+#[derive(Clone, Debug)]
+pub struct MethodInfo {
+    /// Its registry name.
+    pub name: String,
+    /// What it computes, in one line, with its reference.
+    pub summary: &'static str,
+    /// What it needs from the engine.
+    pub needs: Needs,
+    /// The parameters it reads.
+    pub parameters: Vec<Parameter>,
+}
+
+/// The built-in methods' names, in the registry's order.
+pub fn method_names() -> Vec<String> {
+    crate::attribution::registry::names()
+}
+
+/// What the method (or ensemble) called `name` is; an error for a name no one knows.
+pub fn method_info(name: &str) -> Result<MethodInfo, AttributionError> {
+    let method = crate::attribution::registry::lookup(name)?;
+    Ok(MethodInfo {
+        name: method.name(),
+        summary: method.summary(),
+        needs: method.needs(),
+        parameters: method.parameters(),
+    })
+}
+
+/// The bundled LDS benchmark's evaluation table (`retrace eval lds --out` wrote it).
+pub fn bundled_evaluation() -> std::path::PathBuf {
+    crate::eval::BuiltBenchmark::bundled_dir().join("results.json")
+}
+
+/// Reads an evaluation table as `retrace eval lds --out` writes it.
+pub fn load_evaluation(path: &Path) -> Result<crate::eval::table::EvalReport, crate::eval::EvalError> {
+    crate::eval::table::EvalReport::load(path)
+}
+
+/// The name an evaluation table gives the row of `method` with `parameters`, with the query's
+/// draws shared with the training images' or not: how the viewer finds a method's LDS.
+pub fn evaluation_label(method: &str, parameters: &Parameters, shared_noise: bool) -> String {
+    crate::eval::rows::EvalRow {
+        method: crate::eval::rows::RowMethod::Attribution(method.to_owned()),
+        parameters: parameters.clone(),
+        shared_noise,
+    }
+    .label()
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The model directory cannot be read.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::diffusion::CheckpointError),
+    /// The data cannot be read.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    /// The data does not fit the model.
+    #[error(transparent)]
+    Model(#[from] crate::diffusion::ModelError),
+}
+
+impl crate::jobs::Cancellable for SessionError {}
 
 /// Everything a viewer session works on. Cheap to share between threads (`Arc`).
 pub struct Session {
@@ -47,14 +117,10 @@ pub enum IndexState {
 
 impl Session {
     /// Opens the model in `model_root` with `data` (default: the data it was trained on).
-    pub fn open(model_root: &Path, data: Option<&str>, device: ComputeDevice) -> Result<Self, String> {
-        let model = ModelDir::open(model_root).map_err(|e| e.to_string())?;
-        let spec: DataSpec = model
-            .data_spec(data)
-            .map_err(|e| e.to_string())?
-            .parse()
-            .map_err(|e: crate::data::DataError| e.to_string())?;
-        let data = Dataset::load(&spec).map_err(|e| e.to_string())?;
+    pub fn open(model_root: &Path, data: Option<&str>, device: ComputeDevice) -> Result<Self, SessionError> {
+        let model = ModelDir::open(model_root)?;
+        let spec: DataSpec = model.data_spec(data)?.parse()?;
+        let data = Dataset::load(&spec)?;
         model.check_data(&data)?;
         let held_out = (spec.split == Split::Train)
             .then(|| {
@@ -178,7 +244,8 @@ impl Session {
         BackgroundJob::spawn(title, wake, move |job: &JobContext| {
             // Decoding cannot stop half-way; a load cancelled meanwhile gives nothing.
             let query = crate::attribution::load_query_image(&path, channels, size)?;
-            Ok((!job.cancel.is_cancelled()).then_some(query))
+            job.stop_if_cancelled()?;
+            Ok::<_, AttributionError>(query)
         })
     }
 
@@ -186,10 +253,10 @@ impl Session {
     pub fn build_index(self: &Arc<Self>, wake: impl Fn() + Send + Sync + Clone + 'static) -> BackgroundJob<()> {
         let session = self.clone();
         BackgroundJob::spawn("building the index", wake, move |job: &JobContext| {
-            let built = session
+            session
                 .index
-                .ensure(&session.model, &session.data, &session.device.device, job)?;
-            Ok(built.map(|_| ()))
+                .ensure(&session.model, &session.data, &session.device.device, job)
+                .map(|_| ())
         })
     }
 

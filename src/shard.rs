@@ -30,10 +30,15 @@ impl std::fmt::Display for Shard {
     }
 }
 
+/// A shard spec that is not `i/N` with `0 ≤ i < N`.
+#[derive(Debug, thiserror::Error)]
+#[error("a shard is i/N with 0 ≤ i < N (e.g. 0/8), not {0:?}")]
+pub struct BadShard(pub String);
+
 impl std::str::FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("a shard is i/N with 0 ≤ i < N (e.g. 0/8), not {s:?}");
+    type Err = BadShard;
+    fn from_str(s: &str) -> Result<Self, BadShard> {
+        let bad = || BadShard(s.to_owned());
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let (index, count): (usize, usize) = (
             i.trim().parse().map_err(|_| bad())?,

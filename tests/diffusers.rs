@@ -278,5 +278,8 @@ fn directories_that_do_not_fit_are_refused_by_name() {
     assert!(asked.contains("--data"), "{asked}");
     let grey = common::small_data();
     let refused = model.check_data(&grey).unwrap_err();
-    assert!(refused.contains("1×28×28") && refused.contains("1×8×8"), "{refused}");
+    assert!(
+        refused.to_string().contains("1×28×28") && refused.to_string().contains("1×8×8"),
+        "{refused}"
+    );
 }

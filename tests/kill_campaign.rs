@@ -248,7 +248,7 @@ fn check_lds(root: &Path) -> Result<(), String> {
     }
     let truth = dir.join("ground-truth.json");
     if truth.exists() {
-        retrace::eval::ground_truth::GroundTruth::load(&truth)?;
+        retrace::eval::ground_truth::GroundTruth::load(&truth).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

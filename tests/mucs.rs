@@ -43,9 +43,7 @@ fn unlearning_stops_at_its_bound_keeps_the_retain_loss_and_the_original_model_sc
         draws: 10,
         null_images: 40,
     };
-    let null = null_loss(&model.info.unet, &schedule, &data, settings.null_images, &cpu(), &job)
-        .unwrap()
-        .unwrap();
+    let null = null_loss(&model.info.unet, &schedule, &data, settings.null_images, &cpu(), &job).unwrap();
     assert!(null > 0.5, "an untrained model's loss is near E[ε²] = 1, not {null}");
     let query = common::perturbed_copy(data.image(5), [1, 28, 28], 0);
     let request = UnlearnRequest {
@@ -60,7 +58,7 @@ fn unlearning_stops_at_its_bound_keeps_the_retain_loss_and_the_original_model_sc
         null_loss: null,
         device: &cpu(),
     };
-    let (unlearned, report) = request.run(&job).unwrap().unwrap();
+    let (unlearned, report) = request.run(&job).unwrap();
     eprintln!("{report:?}");
     assert!(
         !report.capped,
@@ -70,12 +68,8 @@ fn unlearning_stops_at_its_bound_keeps_the_retain_loss_and_the_original_model_sc
     assert!(report.forget_loss[1] >= 0.2 * null && report.forget_loss[1] <= null + 1e-9);
 
     let draws = ScoringDraws::new(settings.draws, schedule.len(), data.image_len());
-    let original = loss_matrix(&net, &schedule, &data, &draws, &cpu(), &job, "original")
-        .unwrap()
-        .unwrap();
-    let after = loss_matrix(&unlearned, &schedule, &data, &draws, &cpu(), &job, "unlearned")
-        .unwrap()
-        .unwrap();
+    let original = loss_matrix(&net, &schedule, &data, &draws, &cpu(), &job, "original").unwrap();
+    let after = loss_matrix(&unlearned, &schedule, &data, &draws, &cpu(), &job, "unlearned").unwrap();
     let rise = mean(&after) / mean(&original) - 1.0;
     eprintln!(
         "training loss over the draws: {:.4} → {:.4} ({:+.1}%)",
@@ -91,9 +85,7 @@ fn unlearning_stops_at_its_bound_keeps_the_retain_loss_and_the_original_model_sc
         moved.iter().any(|&v| v != 0.0),
         "unlearning changed the training losses"
     );
-    let again = loss_matrix(&net, &schedule, &data, &draws, &cpu(), &job, "original again")
-        .unwrap()
-        .unwrap();
+    let again = loss_matrix(&net, &schedule, &data, &draws, &cpu(), &job, "original again").unwrap();
     let zero = skew_scores(&again, &original, &draws, &buckets);
     assert!(
         zero.iter().all(|&v| v == 0.0),

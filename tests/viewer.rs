@@ -402,7 +402,7 @@ fn faults_end_in_notices_and_the_window_keeps_working() {
             while !job.cancel.is_cancelled() {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Ok(None)
+            Err(retrace::jobs::Cancelled)
         },
     ));
     for (method, waits) in [("retrac", true), ("kfac", true), ("pixel", false), ("mucs", false)] {

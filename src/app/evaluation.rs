@@ -20,13 +20,16 @@ const GENERATED: egui::Color32 = egui::Color32::from_rgb(67, 147, 195);
 
 /// The results file the tab reads unless another is loaded: the bundled benchmark's table.
 pub fn bundled_results_path() -> std::path::PathBuf {
-    crate::eval::BuiltBenchmark::bundled_dir().join("results.json")
+    crate::session::bundled_evaluation()
 }
 
 /// Draws the Evaluation tab.
 pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     if app.evaluation.is_none() {
-        app.evaluation = Some(EvalReport::load(&bundled_results_path()));
+        app.evaluation = Some(
+            crate::session::load_evaluation(&bundled_results_path())
+                .map_err(|e| std::sync::Arc::new(crate::jobs::JobError::from_job(e))),
+        );
     }
     let report = match app.evaluation.clone() {
         Some(Ok(report)) => report,

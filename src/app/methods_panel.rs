@@ -4,7 +4,6 @@
 use egui::Ui;
 
 use super::{RetraceApp, grid_row};
-use crate::attribution::registry;
 use crate::attribution::{Parameter, Range};
 use crate::index::CheckpointChoice;
 use crate::index::Storage;
@@ -14,8 +13,8 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
     ui.heading("Methods");
     egui::Grid::new("methods").num_columns(3).show(ui, |ui| {
         for (k, (name, on)) in app.selected_methods.iter_mut().enumerate() {
-            let hint = registry::lookup(name)
-                .map(|m| format!("{}\nneeds: {}", m.summary(), m.needs().describe()))
+            let hint = crate::session::method_info(name)
+                .map(|m| format!("{}\nneeds: {}", m.summary, m.needs.describe()))
                 .unwrap_or_default();
             ui.checkbox(on, name.as_str()).on_hover_text(hint);
             if k % 3 == 2 {
@@ -171,9 +170,11 @@ fn parameters(app: &mut RetraceApp, ui: &mut Ui) {
         .map(|(m, _)| m.clone())
         .collect();
     for name in ticked {
-        let Ok(method) = registry::lookup(&name) else { continue };
+        let Ok(method) = crate::session::method_info(&name) else {
+            continue;
+        };
         let fresh: Vec<Parameter> = method
-            .parameters()
+            .parameters
             .into_iter()
             .filter(|p| !shown.contains(&p.key))
             .collect();
@@ -232,7 +233,7 @@ fn parameter_row(app: &mut RetraceApp, ui: &mut Ui, p: &Parameter) {
     if let Some(value) = edited
         && let Err(e) = app.parameters.set(p.key, &value)
     {
-        app.notice = Some(e);
+        app.notice = Some(e.to_string());
     }
 }
 

@@ -45,7 +45,7 @@ pub struct Start {
 ///
 /// When the session computes on wgpu with a shared setup
 /// ([`crate::device::choose_shared`]), the window renders with that same device and queue.
-pub fn run(session: Result<crate::session::Session, String>, start: Start) -> Result<(), String> {
+pub fn run(session: anyhow::Result<crate::session::Session>, start: Start) -> Result<(), eframe::Error> {
     // The engine's parallel loops run on rayon's global pool: its threads yield to the
     // interface too, as the job threads do ([`crate::jobs::yield_to_the_interface`]). An error
     // means the pool was already built (by a caller that chose its own): that one is kept.
@@ -70,7 +70,6 @@ pub fn run(session: Result<crate::session::Session, String>, start: Start) -> Re
         options,
         Box::new(move |cc| Ok(Box::new(RetraceApp::new(cc, session).with_start(start)))),
     )
-    .map_err(|e| format!("cannot open the window: {e}"))
 }
 
 /// eframe's description of burn's wgpu handles, so the window renders with burn's device.

@@ -17,7 +17,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         if let Some(e) = failed_session {
             let error = ui.visuals().error_fg_color;
             ui.add(
-                egui::Label::new(egui::RichText::new(format!("retrace could not open the model: {e}")).color(error))
+                egui::Label::new(egui::RichText::new(format!("retrace could not open the model: {e:#}")).color(error))
                     .wrap(),
             );
         }

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::textures::Thumbnails;
-use crate::attribution::registry::{self, Parameters};
+use crate::attribution::Parameters;
 use crate::attribution::{MethodSettings, Query, Scores};
 use crate::data::pixels::unit_to_bytes;
-use crate::jobs::{BackgroundJob, Progress};
+use crate::jobs::{BackgroundJob, JobError, Progress};
 use crate::report::scores_file::{scores_file, write_scores_file};
 use crate::session::Session;
 
@@ -84,7 +84,7 @@ pub const DEFAULT_METHODS: [&str; 2] = ["retrac", "kfac"];
 /// The whole viewer state.
 pub struct RetraceApp {
     /// The engine session (or why it could not open).
-    pub session: Result<Arc<Session>, String>,
+    pub session: Result<Arc<Session>, Arc<anyhow::Error>>,
     /// Queries worked on, oldest first.
     pub history: Vec<QueryEntry>,
     /// Index of the current query in `history`.
@@ -149,14 +149,14 @@ pub struct RetraceApp {
     /// An evaluation table dropped on the window, being read off the UI thread.
     pub evaluation_load: Option<BackgroundJob<crate::eval::table::EvalReport>>,
     /// The evaluation table the Evaluation tab and Compare read (loaded when first needed).
-    pub evaluation: Option<Result<crate::eval::table::EvalReport, String>>,
+    pub evaluation: Option<Result<crate::eval::table::EvalReport, Arc<JobError>>>,
     /// The context to repaint when background work reports.
     repaint: egui::Context,
 }
 
 impl RetraceApp {
     /// A viewer on `session`; with no session, the window explains why.
-    pub fn new(cc: &eframe::CreationContext<'_>, session: Result<Session, String>) -> Self {
+    pub fn new(cc: &eframe::CreationContext<'_>, session: anyhow::Result<Session>) -> Self {
         let ctx = &cc.egui_ctx;
         ctx.set_theme(egui::Theme::Dark);
         let renderer_shared = match (&session, &cc.wgpu_render_state) {
@@ -164,7 +164,7 @@ impl RetraceApp {
             _ => false,
         };
         let mut app = Self {
-            session: session.map(Arc::new),
+            session: session.map(Arc::new).map_err(Arc::new),
             history: Vec::new(),
             current: None,
             sampler: crate::diffusion::SamplerConfig {
@@ -174,7 +174,7 @@ impl RetraceApp {
             seed: 0,
             pick_index: 0,
             pick_held_out: true,
-            selected_methods: registry::names()
+            selected_methods: crate::session::method_names()
                 .into_iter()
                 .map(|m| {
                     let on = DEFAULT_METHODS.contains(&m.as_str());
@@ -279,16 +279,16 @@ impl RetraceApp {
     /// The parameters a method's cached scores are keyed by: the index settings (for methods
     /// that use the index) and the values of the method's parameters.
     pub fn parameters_key(&self, method: &str) -> String {
-        let Ok(m) = registry::lookup(method) else {
+        let Ok(m) = crate::session::method_info(method) else {
             return String::new();
         };
         let index = match &self.session {
-            Ok(s) if m.needs().index => s.index.slug(),
+            Ok(s) if m.needs.index => s.index.slug(),
             _ => String::new(),
         };
         format!(
             "{index} {} {}",
-            self.parameters.describe(&m.parameters()),
+            self.parameters.describe(&m.parameters),
             self.region_key()
         )
     }
@@ -313,17 +313,13 @@ impl RetraceApp {
     /// index setting (query draws shared with the training images or not), if evaluated.
     pub fn method_lds(&mut self, method: &str) -> Option<(f64, f64)> {
         if self.evaluation.is_none() {
-            self.evaluation = Some(crate::eval::table::EvalReport::load(
-                &super::evaluation::bundled_results_path(),
-            ));
+            self.evaluation = Some(
+                crate::session::load_evaluation(&crate::session::bundled_evaluation())
+                    .map_err(|e| Arc::new(JobError::from_job(e))),
+            );
         }
         let shared = self.session.as_ref().ok()?.index.plan.shared_noise;
-        let row = crate::eval::rows::EvalRow {
-            method: crate::eval::rows::RowMethod::Attribution(method.to_owned()),
-            parameters: self.parameters.clone(),
-            shared_noise: shared,
-        };
-        let label = row.label();
+        let label = crate::session::evaluation_label(method, &self.parameters, shared);
         let report = self.evaluation.as_ref()?.as_ref().ok()?;
         let row = report.methods.iter().find(|r| r.method == label)?;
         Some((row.held_out.lds, row.generated.lds))
@@ -380,9 +376,7 @@ impl RetraceApp {
                     device: &session.device.name,
                     model: &model,
                 };
-                crate::report::write_report(&path, &input)
-                    .map(|()| Some(format!("report written to {}", path.display())))
-                    .map_err(|e| format!("cannot write the report: {e}"))
+                crate::report::write_report(&path, &input).map(|()| format!("report written to {}", path.display()))
             },
         );
         self.exports.push(job);
@@ -393,8 +387,9 @@ impl RetraceApp {
         for job in std::mem::take(&mut self.exports) {
             match job.poll() {
                 None => self.exports.push(job),
-                Some(Ok(message)) => self.notice = message,
-                Some(Err(e)) => self.notice = Some(e),
+                Some(Ok(message)) => self.notice = Some(message),
+                Some(Err(JobError::Cancelled)) => {}
+                Some(Err(e)) => self.notice = Some(format!("cannot write the report: {e}")),
             }
         }
     }
@@ -410,12 +405,12 @@ impl RetraceApp {
             }
             match job.poll() {
                 None => self.loads.push((job, name)),
-                Some(Ok(Some(query))) => {
+                Some(Ok(query)) => {
                     self.notice = Some(query.description.clone());
                     self.push_query(query, name);
                 }
-                Some(Ok(None)) => self.notice = Some(format!("stopped reading {name}")),
-                Some(Err(e)) => self.notice = Some(e),
+                Some(Err(JobError::Cancelled)) => self.notice = Some(format!("stopped reading {name}")),
+                Some(Err(e)) => self.notice = Some(e.to_string()),
             }
         }
     }
@@ -431,7 +426,7 @@ impl RetraceApp {
         let path = path.to_owned();
         let title = format!("reading {}", crate::files::file_name(&path));
         self.evaluation_load = Some(BackgroundJob::spawn(title, Self::waker(&self.repaint), move |_| {
-            crate::eval::table::EvalReport::load(&path).map(Some)
+            crate::session::load_evaluation(&path)
         }));
         self.view = View::Evaluation;
     }
@@ -443,9 +438,9 @@ impl RetraceApp {
         };
         self.evaluation_load = None;
         match outcome {
-            Ok(Some(report)) => self.evaluation = Some(Ok(report)),
-            Ok(None) => {}
-            Err(e) => self.evaluation = Some(Err(e)),
+            Ok(report) => self.evaluation = Some(Ok(report)),
+            Err(JobError::Cancelled) => {}
+            Err(e) => self.evaluation = Some(Err(Arc::new(e))),
         }
     }
 
@@ -522,7 +517,7 @@ impl RetraceApp {
     /// Whether Run must wait for the index build: some method it would compute reads the index
     /// (pixel distance and MUCS do not).
     pub fn run_waits_for_index(&self) -> bool {
-        let needs_index = |name: &str| registry::lookup(name).map(|m| m.needs().index).unwrap_or(true);
+        let needs_index = |name: &str| crate::session::method_info(name).map(|m| m.needs.index).unwrap_or(true);
         self.indexing.is_some() && self.methods_to_run().iter().any(|m| needs_index(m))
     }
 
@@ -587,9 +582,9 @@ impl RetraceApp {
         };
         self.indexing = None;
         match outcome {
-            Ok(Some(())) => {}
-            Ok(None) => self.notice = Some("index build paused; the next ranking resumes it".into()),
-            Err(e) => self.notice = Some(e),
+            Ok(()) => {}
+            Err(JobError::Cancelled) => self.notice = Some("index build paused; the next ranking resumes it".into()),
+            Err(e) => self.notice = Some(e.to_string()),
         }
     }
 
@@ -603,7 +598,7 @@ impl RetraceApp {
         match work {
             Work::Generate(job, frame) => match job.poll() {
                 None => self.work = Some(Work::Generate(job, frame)),
-                Some(Ok(Some(query))) => {
+                Some(Ok(query)) => {
                     let label = format!(
                         "seed {} ({:?}, {} steps)",
                         self.seed, self.sampler.kind, self.sampler.steps
@@ -611,12 +606,12 @@ impl RetraceApp {
                     self.push_query(query, label);
                     self.seed += 1;
                 }
-                Some(Ok(None)) => self.notice = Some("sampling cancelled".into()),
-                Some(Err(e)) => self.notice = Some(e),
+                Some(Err(JobError::Cancelled)) => self.notice = Some("sampling cancelled".into()),
+                Some(Err(e)) => self.notice = Some(e.to_string()),
             },
             Work::Attribute(ranking) => match ranking.job.poll() {
                 None => self.work = Some(Work::Attribute(ranking)),
-                Some(Ok(Some(scores))) => {
+                Some(Ok(scores)) => {
                     let Ranking {
                         query,
                         request,
@@ -635,8 +630,10 @@ impl RetraceApp {
                         self.notice = None;
                     }
                 }
-                Some(Ok(None)) => self.notice = Some("ranking cancelled; finished index chunks are kept".into()),
-                Some(Err(e)) => self.notice = Some(e),
+                Some(Err(JobError::Cancelled)) => {
+                    self.notice = Some("ranking cancelled; finished index chunks are kept".into())
+                }
+                Some(Err(e)) => self.notice = Some(e.to_string()),
             },
         }
     }

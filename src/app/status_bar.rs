@@ -60,7 +60,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
             }
             Err(e) => {
                 ui.colored_label(ui.visuals().error_fg_color, "no model open")
-                    .on_hover_text(e.as_str());
+                    .on_hover_text(format!("{e:#}"));
             }
         }
         ui.separator();

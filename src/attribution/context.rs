@@ -3,13 +3,14 @@
 //! when a method asks for it (the index, the query's features at every checkpoint, the fitted
 //! curvature, the query's exact gradients, the scores of methods already run). The products
 //! themselves are made in `products/` and in the layers below; the context only keeps them.
-//! Every product returns `Ok(None)` when the job is cancelled.
+//! Every product returns [`AttributionError::Cancelled`] when the job is cancelled.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor};
 
+use super::error::AttributionError;
 use super::inputs::{CheckpointFeatures, GradientInputs, TrainFeatures};
 use super::parameter::ParameterValues;
 use super::products::checkpoint_weights;
@@ -20,7 +21,7 @@ use super::query::Query;
 use super::scores::Scores;
 use crate::data::Dataset;
 use crate::diffusion::{CheckpointEntry, Measurement, ModelDir, Schedule, UNet};
-use crate::grad::{Examples, FeatureRun, Features};
+use crate::grad::{Examples, FeatureRun, Features, GradError};
 use crate::index::{Index, IndexSettings};
 use crate::jobs::JobContext;
 
@@ -83,44 +84,38 @@ impl<'a> Context<'a> {
     }
 
     /// The index, built (or resumed) if needed and opened.
-    pub fn index(&mut self) -> Result<Option<Arc<Index>>, String> {
+    pub fn index(&mut self) -> Result<Arc<Index>, AttributionError> {
         self.index_for(self.index_settings.measurement)
     }
 
     /// The index of the training gradients of `measurement` (the loss for every method but
     /// D-TRAK), with the request's other settings, in its own directory beside the request's.
-    pub fn index_for(&mut self, measurement: Measurement) -> Result<Option<Arc<Index>>, String> {
+    pub fn index_for(&mut self, measurement: Measurement) -> Result<Arc<Index>, AttributionError> {
         if let Some(index) = self.indexes.get(&measurement) {
-            return Ok(Some(index.clone()));
+            return Ok(index.clone());
         }
         let settings = if measurement == self.index_settings.measurement {
             self.index_settings.clone()
         } else {
             self.index_settings.for_measurement(measurement)?
         };
-        let Some(index) = settings.ensure(self.model, self.data, self.device, self.job)? else {
-            return Ok(None);
-        };
+        let index = settings.ensure(self.model, self.data, self.device, self.job)?;
         let index = Arc::new(index);
         self.indexes.insert(measurement, index.clone());
-        Ok(Some(index))
+        Ok(index)
     }
 
     /// The query's projected per-bucket features [1, B, D] of `measurement` at the index's last
     /// checkpoint, under the index's plan and projection.
-    pub fn projected_query(&mut self, measurement: Measurement) -> Result<Option<Features>, String> {
+    pub fn projected_query(&mut self, measurement: Measurement) -> Result<Features, AttributionError> {
         if let Some(f) = self.projected_queries.get(&measurement) {
-            return Ok(Some(f.clone()));
+            return Ok(f.clone());
         }
-        let Some(index) = self.index_for(measurement)? else {
-            return Ok(None);
-        };
+        let index = self.index_for(measurement)?;
         let job = self.job;
-        let Some(features) = self.query_run(&index, measurement, |run, query| run.run(query, job))? else {
-            return Ok(None);
-        };
+        let features = self.query_run(&index, measurement, |run, query| run.run(query, job))?;
         self.projected_queries.insert(measurement, features.clone());
-        Ok(Some(features))
+        Ok(features)
     }
 
     /// The noise schedule of the model.
@@ -141,8 +136,8 @@ impl<'a> Context<'a> {
     /// The index's checkpoint entries in the model directory, oldest first, found by their
     /// weights' hash (the index is keyed by it; a step number alone can be re-assigned, as a
     /// diffusers model's guessed final step).
-    fn indexed_entries(&self, index: &Index) -> Result<Vec<CheckpointEntry>, String> {
-        let all = self.model.checkpoints().map_err(|e| e.to_string())?;
+    fn indexed_entries(&self, index: &Index) -> Result<Vec<CheckpointEntry>, AttributionError> {
+        let all = self.model.checkpoints()?;
         index
             .manifest
             .key
@@ -152,28 +147,28 @@ impl<'a> Context<'a> {
                 all.iter()
                     .find(|c| &c.state.weights_sha256 == hash)
                     .cloned()
-                    .ok_or_else(|| "an indexed checkpoint is missing from the model".to_owned())
+                    .ok_or_else(|| AttributionError::Invalid("an indexed checkpoint is missing from the model".into()))
             })
             .collect()
     }
 
     /// The model at its newest checkpoint, with its entry (no index needed).
-    pub fn final_model(&mut self) -> Result<Option<Arc<(CheckpointEntry, UNet)>>, String> {
-        if self.final_model.is_none() {
-            let entry = self.model.latest_required().map_err(|e| e.to_string())?;
-            let net = self.model.load_model(&entry, self.device).map_err(|e| e.to_string())?;
-            self.final_model = Some(Arc::new((entry, net)));
+    pub fn final_model(&mut self) -> Result<Arc<(CheckpointEntry, UNet)>, AttributionError> {
+        if let Some(model) = &self.final_model {
+            return Ok(model.clone());
         }
-        Ok(self.final_model.clone())
+        let entry = self.model.latest_required()?;
+        let net = self.model.load_model(&entry, self.device)?;
+        let model = Arc::new((entry, net));
+        self.final_model = Some(model.clone());
+        Ok(model)
     }
 
     /// The loss of every training image under every draw of `draws` with the newest
     /// checkpoint ([N × J], MUCS's L_o), kept beside the model's indexes
     /// ([`original_losses`]).
-    pub fn original_losses(&mut self, draws: &ScoringDraws) -> Result<Option<Vec<f32>>, String> {
-        let Some(model) = self.final_model()? else {
-            return Ok(None);
-        };
+    pub fn original_losses(&mut self, draws: &ScoringDraws) -> Result<Vec<f32>, AttributionError> {
+        let model = self.final_model()?;
         let cache_dir = self.index_settings.dir.parent().unwrap_or(std::path::Path::new("."));
         original_losses(
             &model,
@@ -187,17 +182,19 @@ impl<'a> Context<'a> {
     }
 
     /// The model at the index's last checkpoint, with its entry.
-    pub fn last_model(&mut self) -> Result<Option<Arc<(CheckpointEntry, UNet)>>, String> {
-        if self.last_model.is_none() {
-            let Some(index) = self.index()? else { return Ok(None) };
-            let entry = self
-                .indexed_entries(&index)?
-                .pop()
-                .ok_or("the index holds no checkpoint")?;
-            let net = self.model.load_model(&entry, self.device).map_err(|e| e.to_string())?;
-            self.last_model = Some(Arc::new((entry, net)));
+    pub fn last_model(&mut self) -> Result<Arc<(CheckpointEntry, UNet)>, AttributionError> {
+        if let Some(model) = &self.last_model {
+            return Ok(model.clone());
         }
-        Ok(self.last_model.clone())
+        let index = self.index()?;
+        let entry = self
+            .indexed_entries(&index)?
+            .pop()
+            .ok_or_else(|| AttributionError::Invalid("the index holds no checkpoint".into()))?;
+        let net = self.model.load_model(&entry, self.device)?;
+        let model = Arc::new((entry, net));
+        self.last_model = Some(model.clone());
+        Ok(model)
     }
 
     fn base_inputs(&self, index: &Arc<Index>, checkpoints: Vec<CheckpointFeatures>) -> GradientInputs {
@@ -218,64 +215,64 @@ impl<'a> Context<'a> {
 
     /// The training features and the query's loss features at every indexed checkpoint, with
     /// TracIn's checkpoint weights: the inputs of the dot-product methods.
-    pub fn gradient_inputs(&mut self) -> Result<Option<GradientInputs>, String> {
-        if self.inputs.is_none() {
-            let Some(index) = self.index()? else { return Ok(None) };
-            let schedule = self.schedule();
-            let entries = self.indexed_entries(&index)?;
-            // TracIn's weights from the model's own record of each checkpoint's step and rate.
-            let weights = checkpoint_weights(
-                &entries
-                    .iter()
-                    .map(|c| (c.state.step, c.state.learning_rate))
-                    .collect::<Vec<_>>(),
-            );
-            let query = self.query_example();
-            let mut checkpoints = Vec::new();
-            for (i, entry) in entries.iter().enumerate() {
-                let net = self.model.load_model(entry, self.device).map_err(|e| e.to_string())?;
-                let run = FeatureRun {
-                    model: &net,
-                    schedule: &schedule,
-                    plan: &index.manifest.key.plan,
-                    projector: &index.projector,
-                    measurement: Measurement::Loss,
-                    batch_size: self.index_settings.batch_size,
-                    device: self.device,
-                };
-                let Some(features) = run.run(&query, self.job)? else {
-                    return Ok(None);
-                };
-                checkpoints.push(CheckpointFeatures {
-                    step: entry.state.step,
-                    weight: weights[i],
-                    train: TrainFeatures::Indexed {
-                        index: index.clone(),
-                        checkpoint: i,
-                    },
-                    query: features,
-                });
-            }
-            // The last checkpoint's loss features of the query are TRAK's too: kept for it (the
-            // projection does not depend on the measurement an index holds).
-            if let Some(last) = checkpoints.last() {
-                self.projected_queries.insert(Measurement::Loss, last.query.clone());
-            }
-            self.inputs = Some(self.base_inputs(&index, checkpoints));
+    pub fn gradient_inputs(&mut self) -> Result<GradientInputs, AttributionError> {
+        if let Some(inputs) = &self.inputs {
+            return Ok(inputs.clone());
         }
-        Ok(self.inputs.clone())
+        let index = self.index()?;
+        let schedule = self.schedule();
+        let entries = self.indexed_entries(&index)?;
+        // TracIn's weights from the model's own record of each checkpoint's step and rate.
+        let weights = checkpoint_weights(
+            &entries
+                .iter()
+                .map(|c| (c.state.step, c.state.learning_rate))
+                .collect::<Vec<_>>(),
+        );
+        let query = self.query_example();
+        let mut checkpoints = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let net = self.model.load_model(entry, self.device)?;
+            let run = FeatureRun {
+                model: &net,
+                schedule: &schedule,
+                plan: &index.manifest.key.plan,
+                projector: &index.projector,
+                measurement: Measurement::Loss,
+                batch_size: self.index_settings.batch_size,
+                device: self.device,
+            };
+            let features = run.run(&query, self.job)?;
+            checkpoints.push(CheckpointFeatures {
+                step: entry.state.step,
+                weight: weights[i],
+                train: TrainFeatures::Indexed {
+                    index: index.clone(),
+                    checkpoint: i,
+                },
+                query: features,
+            });
+        }
+        // The last checkpoint's loss features of the query are TRAK's too: kept for it (the
+        // projection does not depend on the measurement an index holds).
+        if let Some(last) = checkpoints.last() {
+            self.projected_queries.insert(Measurement::Loss, last.query.clone());
+        }
+        let inputs = self.base_inputs(&index, checkpoints);
+        self.inputs = Some(inputs.clone());
+        Ok(inputs)
     }
 
     /// The training features at the index's last checkpoint, without the query's (the inputs
     /// of methods that featurise the query their own way).
-    pub fn last_checkpoint_inputs(&mut self) -> Result<Option<GradientInputs>, String> {
-        let Some(index) = self.index()? else { return Ok(None) };
+    pub fn last_checkpoint_inputs(&mut self) -> Result<GradientInputs, AttributionError> {
+        let index = self.index()?;
         let last = index
             .manifest
             .checkpoints
             .len()
             .checked_sub(1)
-            .ok_or("the index holds no checkpoint")?;
+            .ok_or_else(|| AttributionError::Invalid("the index holds no checkpoint".into()))?;
         let checkpoint = CheckpointFeatures {
             step: index.manifest.checkpoints[last].step,
             weight: 1.0,
@@ -290,24 +287,22 @@ impl<'a> Context<'a> {
                 dim: index.manifest.dim,
             },
         };
-        Ok(Some(self.base_inputs(&index, vec![checkpoint])))
+        Ok(self.base_inputs(&index, vec![checkpoint]))
     }
 
     /// The curvature of `settings` fitted (or loaded from beside the index) at the index's last
     /// checkpoint ([`Curvature::fit_or_load`]).
-    pub fn curvature(&mut self, settings: CurvatureSettings) -> Result<Option<Arc<Curvature>>, String> {
+    pub fn curvature(&mut self, settings: CurvatureSettings) -> Result<Arc<Curvature>, AttributionError> {
         if let Some((kept, c)) = &self.curvature
             && (kept.fisher, kept.sharing, kept.fit_images) == (settings.fisher, settings.sharing, settings.fit_images)
             && (!settings.corrected || c.layers.iter().all(|l| l.corrected.is_some()))
         {
-            return Ok(Some(c.clone()));
+            return Ok(c.clone());
         }
-        let Some(index) = self.index()? else { return Ok(None) };
-        let Some(model) = self.last_model()? else {
-            return Ok(None);
-        };
+        let index = self.index()?;
+        let model = self.last_model()?;
         let schedule = self.schedule();
-        let Some(curvature) = Curvature::fit_or_load(
+        let curvature = Curvature::fit_or_load(
             &settings,
             &index,
             &model,
@@ -316,13 +311,10 @@ impl<'a> Context<'a> {
             self.index_settings.batch_size,
             self.device,
             self.job,
-        )?
-        else {
-            return Ok(None);
-        };
+        )?;
         let curvature = Arc::new(curvature);
         self.curvature = Some((settings, curvature.clone()));
-        Ok(Some(curvature))
+        Ok(curvature)
     }
 
     /// Runs `visit` with a featurisation of `measurement` under `index`'s plan and projection
@@ -331,11 +323,9 @@ impl<'a> Context<'a> {
         &mut self,
         index: &Index,
         measurement: Measurement,
-        visit: impl FnOnce(&FeatureRun<'_>, &Examples) -> Result<Option<T>, String>,
-    ) -> Result<Option<T>, String> {
-        let Some(model) = self.last_model()? else {
-            return Ok(None);
-        };
+        visit: impl FnOnce(&FeatureRun<'_>, &Examples) -> Result<T, GradError>,
+    ) -> Result<T, AttributionError> {
+        let model = self.last_model()?;
         let schedule = self.schedule();
         let run = FeatureRun {
             model: &model.1,
@@ -346,38 +336,33 @@ impl<'a> Context<'a> {
             batch_size: self.index_settings.batch_size,
             device: self.device,
         };
-        visit(&run, &self.query_example())
+        Ok(visit(&run, &self.query_example())?)
     }
 
     /// The query's exact (unprojected) per-bucket gradients of `measurement` at the index's
     /// last checkpoint, under the index's timestep plan.
-    pub fn query_gradients(&mut self, measurement: Measurement) -> Result<Option<Vec<Tensor<3>>>, String> {
+    pub fn query_gradients(&mut self, measurement: Measurement) -> Result<Vec<Tensor<3>>, AttributionError> {
         if let Some(g) = self.query_gradients.get(&measurement) {
-            return Ok(Some(g.clone()));
+            return Ok(g.clone());
         }
-        let Some(index) = self.index()? else { return Ok(None) };
+        let index = self.index()?;
         let job = self.job;
-        let Some(gradients) = self.query_run(&index, measurement, |run, query| run.bucket_gradients(query, job))?
-        else {
-            return Ok(None);
-        };
+        let gradients = self.query_run(&index, measurement, |run, query| run.bucket_gradients(query, job))?;
         self.query_gradients.insert(measurement, gradients.clone());
-        Ok(Some(gradients))
+        Ok(gradients)
     }
 
     /// TRAK's kernel of the index of `measurement` with relative `damping`, loaded from beside
     /// the index or fitted there, once per request (TRAK and Journey-TRAK share it).
-    pub fn trak_kernel(&mut self, measurement: Measurement, damping: f64) -> Result<Option<Arc<TrakKernel>>, String> {
+    pub fn trak_kernel(&mut self, measurement: Measurement, damping: f64) -> Result<Arc<TrakKernel>, AttributionError> {
         let key = (measurement, damping.to_bits());
         if let Some(kernel) = self.kernels.get(&key) {
-            return Ok(Some(kernel.clone()));
+            return Ok(kernel.clone());
         }
-        let Some(index) = self.index_for(measurement)? else {
-            return Ok(None);
-        };
+        let index = self.index_for(measurement)?;
         let kernel = Arc::new(TrakKernel::load_or_fit(&index, damping)?);
         self.kernels.insert(key, kernel.clone());
-        Ok(Some(kernel))
+        Ok(kernel)
     }
 
     /// The scores of the method called `name` if a method of this request computed them

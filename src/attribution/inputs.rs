@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::error::AttributionError;
 use super::scores::Scores;
 use crate::grad::{Features, TimestepPlan};
 use crate::index::summary::ChunkSummary;
@@ -60,8 +61,8 @@ impl TrainFeatures {
     pub fn map_blocks(
         &self,
         device: &Device,
-        mut visit: impl FnMut(Tensor<3>) -> Result<Tensor<2>, String>,
-    ) -> Result<Tensor<2>, String> {
+        mut visit: impl FnMut(Tensor<3>) -> Result<Tensor<2>, AttributionError>,
+    ) -> Result<Tensor<2>, AttributionError> {
         let (n, b, d) = self.shape();
         let block = (SCORING_BLOCK_BYTES / (4 * b * d).max(1)).max(1);
         let mut parts = Vec::with_capacity(n.div_ceil(block));
@@ -69,15 +70,13 @@ impl TrainFeatures {
             let end = (start + block).min(n);
             let values = match self {
                 Self::Memory(f) => f.values[start * b * d..end * b * d].to_vec(),
-                Self::Indexed { index, checkpoint } => {
-                    index.rows(*checkpoint, start, end).map_err(|e| e.to_string())?.values
-                }
+                Self::Indexed { index, checkpoint } => index.rows(*checkpoint, start, end)?.values,
             };
             let x = Tensor::<3>::from_data(TensorData::new(values, [end - start, b, d]), device);
             parts.push(visit(x)?);
         }
         if parts.is_empty() {
-            return Err("there is no training image to score".into());
+            return Err(AttributionError::Invalid("there is no training image to score".into()));
         }
         Ok(Tensor::cat(parts, 0))
     }
@@ -95,24 +94,24 @@ impl TrainFeatures {
         queries: &[f32],
         count: usize,
         device: &Device,
-    ) -> Result<Vec<f32>, String> {
+    ) -> Result<Vec<f32>, AttributionError> {
         let (n, b, d) = self.shape();
         if queries.len() != count * d {
-            return Err(format!(
+            return Err(AttributionError::Invalid(format!(
                 "{} query values for {count} vectors of {d} features",
                 queries.len()
-            ));
+            )));
         }
         if let Self::Indexed { index, checkpoint } = self {
             if *device == Device::flex() {
                 return index
                     .summary_dots(*checkpoint, part, queries, count)
-                    .map_err(|e| e.to_string());
+                    .map_err(AttributionError::from);
             }
             if let Some(client) = crate::index::gpu::gpu_client(device) {
                 return index
                     .summary_dots_gpu(&client, *checkpoint, part, queries, count)
-                    .map_err(|e| e.to_string());
+                    .map_err(AttributionError::from);
             }
         }
         let columns = Tensor::<2>::from_data(TensorData::new(queries.to_vec(), [count, d]), device).transpose();
@@ -128,17 +127,15 @@ impl TrainFeatures {
                         SummaryPart::UnitMean => summary.unit_mean,
                     }
                 }
-                Self::Indexed { index, checkpoint } => index
-                    .summary_rows(*checkpoint, part, start, end)
-                    .map_err(|e| e.to_string())?,
+                Self::Indexed { index, checkpoint } => index.summary_rows(*checkpoint, part, start, end)?,
             };
             let rows = Tensor::<2>::from_data(TensorData::new(values, [end - start, d]), device);
             parts.push(rows.matmul(columns.clone()));
         }
         if parts.is_empty() {
-            return Err("there is no training image to score".into());
+            return Err(AttributionError::Invalid("there is no training image to score".into()));
         }
-        crate::device::read_back(Tensor::cat(parts, 0))
+        Ok(crate::device::read_back(Tensor::cat(parts, 0))?)
     }
 }
 
@@ -209,7 +206,7 @@ pub(crate) fn unit_rows(x: Tensor<3>) -> Tensor<3> {
 
 /// Σ_c η_c ⟨q_c[b], φ_c[i, b]⟩ as tensor ops on the inputs' device, optionally with both sides
 /// normalised to unit norm per (example, bucket). Returns the flat [N × B] scores.
-pub fn bucket_dot_products(inputs: &GradientInputs, normalise: bool) -> Result<Vec<f32>, String> {
+pub fn bucket_dot_products(inputs: &GradientInputs, normalise: bool) -> Result<Vec<f32>, AttributionError> {
     let (n, b) = (inputs.ids.len(), inputs.plan.buckets);
     // An index is scored in one fused pass over its stored rows: on the CPU over the mapped
     // files, on a wgpu device by the `bucket_dots` kernel.
@@ -228,8 +225,7 @@ pub fn bucket_dot_products(inputs: &GradientInputs, normalise: bool) -> Result<V
             let dots = match &client {
                 Some(client) => index.bucket_dots_gpu(client, checkpoint, &c.query.values, normalise),
                 None => index.bucket_dots(checkpoint, &c.query.values, normalise),
-            }
-            .map_err(|e| e.to_string())?;
+            }?;
             for (t, v) in total.iter_mut().zip(dots) {
                 *t += v * c.weight as f32;
             }
@@ -258,5 +254,5 @@ pub fn bucket_dot_products(inputs: &GradientInputs, normalise: bool) -> Result<V
         })?;
         total = total + dots * c.weight;
     }
-    crate::device::read_back(total)
+    Ok(crate::device::read_back(total)?)
 }

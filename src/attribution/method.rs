@@ -3,6 +3,7 @@
 //! [`Context`] at most once.
 
 use super::context::Context;
+use super::error::AttributionError;
 use super::parameter::Parameter;
 use super::query::Query;
 use super::scores::Scores;
@@ -67,26 +68,24 @@ pub trait Method: Send + Sync {
     /// What it needs from the engine.
     fn needs(&self) -> Needs;
     /// Whether it can attribute `query` (Journey-TRAK needs a generated one), and why not.
-    fn applies_to(&self, query: &Query) -> Result<(), String> {
+    fn applies_to(&self, query: &Query) -> Result<(), AttributionError> {
         let _ = query;
         Ok(())
     }
-    /// Scores every training image for the context's query. `Ok(None)` when cancelled.
-    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String>;
+    /// Scores every training image for the context's query.
+    fn score(&self, context: &mut Context<'_>) -> Result<Scores, AttributionError>;
 }
 
 /// The scores of `method` for the context's query, computed once per request: an ensemble
 /// reuses its members' scores, and a member asked for on its own is not redone. Scores that are
-/// not finite are refused. `Ok(None)` when cancelled.
-pub fn scores_of(method: &dyn Method, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
+/// not finite are refused.
+pub fn scores_of(method: &dyn Method, context: &mut Context<'_>) -> Result<Scores, AttributionError> {
     let name = method.name();
     if let Some(scores) = context.computed_scores(&name) {
-        return Ok(Some(scores));
+        return Ok(scores);
     }
-    let Some(scores) = method.score(context)? else {
-        return Ok(None);
-    };
+    let scores = method.score(context)?;
     scores.check_finite()?;
     context.keep_scores(&name, &scores);
-    Ok(Some(scores))
+    Ok(scores)
 }

@@ -3,10 +3,11 @@
 //! [`Scores`] S[train image, timestep bucket]; a score's total is its sum over buckets.
 //!
 //! Inside, imports run one way: `run` → `registry` → `methods/*` → `method` → `context` →
-//! `products/*`, `inputs`, `parameter`, `query`, `scores`. The context imports no method, and no
+//! `products/*`, `inputs`, `parameter`, `query`, `scores` → `error`. The context imports no method, and no
 //! method imports another method's file; what several methods share is a product.
 
 pub mod context;
+pub mod error;
 pub mod inputs;
 pub mod method;
 pub mod methods;
@@ -18,6 +19,7 @@ pub mod run;
 pub mod scores;
 
 pub use context::Context;
+pub use error::AttributionError;
 pub use inputs::{CheckpointFeatures, GradientInputs, TrainFeatures, bucket_dot_products};
 pub use method::{Method, Needs, scores_of};
 pub use methods::{ensemble, journey, kfac, mucs, pixel, retrac, tracin, trak};

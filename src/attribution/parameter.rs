@@ -2,6 +2,8 @@
 //! request gives every parameter ([`ParameterValues`]), which is what a method reads. Choosing
 //! and checking values happens above, in the registry's [`super::registry::Parameters`].
 
+use super::error::AttributionError;
+
 use std::collections::BTreeMap;
 
 /// The values a parameter takes.
@@ -52,24 +54,30 @@ pub struct Parameter {
 
 impl Parameter {
     /// Checks `value` against the range, returning it in canonical form.
-    pub fn check(&self, value: &str) -> Result<String, String> {
+    pub fn check(&self, value: &str) -> Result<String, AttributionError> {
         let value = value.trim();
         match self.range {
             Range::Number { min, max, .. } => {
                 let v: f64 = value
                     .parse()
-                    .map_err(|_| format!("{} takes a number, not {value:?}", self.key))?;
+                    .map_err(|_| AttributionError::Request(format!("{} takes a number, not {value:?}", self.key)))?;
                 if !(v.is_finite() && (min..=max).contains(&v)) {
-                    return Err(format!("{} must lie in [{min}, {max}], not {value}", self.key));
+                    return Err(AttributionError::Request(format!(
+                        "{} must lie in [{min}, {max}], not {value}",
+                        self.key
+                    )));
                 }
                 Ok(v.to_string())
             }
             Range::Integer { min, max } => {
-                let v: u64 = value
-                    .parse()
-                    .map_err(|_| format!("{} takes a whole number, not {value:?}", self.key))?;
+                let v: u64 = value.parse().map_err(|_| {
+                    AttributionError::Request(format!("{} takes a whole number, not {value:?}", self.key))
+                })?;
                 if !(min..=max).contains(&v) {
-                    return Err(format!("{} must lie in [{min}, {max}], not {value}", self.key));
+                    return Err(AttributionError::Request(format!(
+                        "{} must lie in [{min}, {max}], not {value}",
+                        self.key
+                    )));
                 }
                 Ok(v.to_string())
             }
@@ -78,7 +86,11 @@ impl Parameter {
                 if names.iter().any(|n| n == value) {
                     Ok(value.to_owned())
                 } else {
-                    Err(format!("{} takes one of {}, not {value:?}", self.key, names.join(", ")))
+                    Err(AttributionError::Request(format!(
+                        "{} takes one of {}, not {value:?}",
+                        self.key,
+                        names.join(", ")
+                    )))
                 }
             }
         }
@@ -117,30 +129,31 @@ impl ParameterValues {
     }
 
     /// The value of `key`, as text.
-    pub fn text(&self, key: &str) -> Result<String, String> {
+    pub fn text(&self, key: &str) -> Result<String, AttributionError> {
         self.0
             .get(key)
             .cloned()
-            .ok_or_else(|| format!("no method has a parameter {key:?}"))
+            .ok_or_else(|| AttributionError::Request(format!("no method has a parameter {key:?}")))
     }
 
     /// The value of the number parameter `key`.
-    pub fn number(&self, key: &str) -> Result<f64, String> {
+    pub fn number(&self, key: &str) -> Result<f64, AttributionError> {
         let text = self.text(key)?;
-        text.parse().map_err(|_| format!("{key} = {text:?} is not a number"))
+        text.parse()
+            .map_err(|_| AttributionError::Request(format!("{key} = {text:?} is not a number")))
     }
 
     /// The value of the whole-number parameter `key`.
-    pub fn integer(&self, key: &str) -> Result<usize, String> {
+    pub fn integer(&self, key: &str) -> Result<usize, AttributionError> {
         let text = self.text(key)?;
         text.parse()
-            .map_err(|_| format!("{key} = {text:?} is not a whole number"))
+            .map_err(|_| AttributionError::Request(format!("{key} = {text:?} is not a whole number")))
     }
 
     /// The value of the choice parameter `key`, as its enum.
-    pub fn choice<T: clap::ValueEnum>(&self, key: &str) -> Result<T, String> {
+    pub fn choice<T: clap::ValueEnum>(&self, key: &str) -> Result<T, AttributionError> {
         let text = self.text(key)?;
-        T::from_str(&text, false).map_err(|e| format!("{key}: {e}"))
+        T::from_str(&text, false).map_err(|e| AttributionError::Request(format!("{key}: {e}")))
     }
 
     /// The values of `parameters` as a JSON object, to record with scores.

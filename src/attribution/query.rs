@@ -1,5 +1,7 @@
 //! Queries: a generated sample or a loaded image, converted to what the model takes.
 
+use super::error::AttributionError;
+
 use std::path::Path;
 
 use image::imageops::FilterType;
@@ -52,9 +54,9 @@ impl Query {
 
 /// Loads an image file and converts it to `channels`×`size`×`size` (grey or RGB, resized with a
 /// Lanczos filter), saying what was done.
-pub fn load_query_image(path: &Path, channels: usize, size: usize) -> Result<Query, String> {
-    let img =
-        crate::files::read_image(path).map_err(|e| format!("cannot read the query image {}: {e}", path.display()))?;
+pub fn load_query_image(path: &Path, channels: usize, size: usize) -> Result<Query, AttributionError> {
+    let img = crate::files::read_image(path)
+        .map_err(|e| AttributionError::Request(format!("cannot read the query image {}: {e}", path.display())))?;
     let (w, h) = (img.width(), img.height());
     let mut notes = Vec::new();
     if (w as usize, h as usize) != (size, size) {
@@ -96,33 +98,33 @@ pub fn load_query_image(path: &Path, channels: usize, size: usize) -> Result<Que
 /// the query's `size`×`size`, or of a whole multiple of it (a mask painted at a zoom), which is
 /// averaged down; white pixels are in the region, grey ones partly. Refused when it has another
 /// shape (it would be stretched over pixels it was not drawn on) or marks no pixel.
-pub fn load_region(path: &Path, size: usize) -> Result<Vec<f32>, String> {
-    let img =
-        crate::files::read_image(path).map_err(|e| format!("cannot read the region mask {}: {e}", path.display()))?;
+pub fn load_region(path: &Path, size: usize) -> Result<Vec<f32>, AttributionError> {
+    let img = crate::files::read_image(path)
+        .map_err(|e| AttributionError::Request(format!("cannot read the region mask {}: {e}", path.display())))?;
     let (width, height) = (img.width() as usize, img.height() as usize);
     if width != height || size == 0 || !width.is_multiple_of(size) || width < size {
-        return Err(format!(
+        return Err(AttributionError::Request(format!(
             "the region mask {} is {width}×{height} pixels but the query is {size}×{size}: draw the mask \
              at the query's size (or a whole multiple of it, e.g. {}×{})",
             path.display(),
             size * 10,
             size * 10
-        ));
+        )));
     }
     let grey = image::imageops::resize(&img.to_luma8(), size as u32, size as u32, FilterType::Triangle);
     let region: Vec<f32> = grey.as_raw().iter().map(|&b| b as f32 / 255.0).collect();
     if region.iter().all(|&w| w == 0.0) {
-        return Err(format!(
+        return Err(AttributionError::Request(format!(
             "the region mask {} is all black: it marks no pixel",
             path.display()
-        ));
+        )));
     }
     Ok(region)
 }
 
 /// Generates a query from the newest checkpoint of `model` with `seed`. `frame(step, steps,
 /// pixels)` sees the model's current estimate of the clean image (C×H×W in [−1, 1]) after every
-/// denoising step, for live previews. `Ok(None)` when cancelled.
+/// denoising step, for live previews.
 pub fn generate_query(
     model: &crate::diffusion::ModelDir,
     seed: u64,
@@ -130,9 +132,9 @@ pub fn generate_query(
     device: &burn::tensor::Device,
     job: &crate::jobs::JobContext,
     mut frame: impl FnMut(usize, usize, &[f32]),
-) -> Result<Option<Query>, String> {
+) -> Result<Query, AttributionError> {
     config.validate(model.info.schedule.steps)?;
-    let (net, entry) = model.load_latest(device).map_err(|e| e.to_string())?;
+    let (net, entry) = model.load_latest(device)?;
     let cfg = &model.info.unet;
     let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
     let schedule = crate::diffusion::Schedule::new(&model.info.schedule);
@@ -154,11 +156,13 @@ pub fn generate_query(
         failure.is_none() && !job.cancel.is_cancelled()
     });
     if let Some(e) = failure {
-        return Err(e);
+        return Err(e.into());
     }
-    let Some(x) = x else { return Ok(None) };
+    let Some(x) = x else {
+        return Err(AttributionError::Cancelled);
+    };
     let pixels = crate::device::read_back(x)?;
-    Ok(Some(Query {
+    Ok(Query {
         trajectory: Some(trajectory),
         ..Query::image(
             pixels,
@@ -168,7 +172,7 @@ pub fn generate_query(
                 config.kind, config.steps, entry.state.step
             ),
         )
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -194,6 +198,7 @@ mod tests {
         assert!(
             load_query_image(&path, 1, 28)
                 .unwrap_err()
+                .to_string()
                 .contains("cannot read the query image")
         );
     }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::AttributionError;
 use super::method::Method;
 use super::methods::ensemble::{Combine, Ensemble};
 use super::methods::{journey, kfac, mucs, pixel, retrac, tracin, trak};
@@ -77,12 +78,15 @@ impl Registry {
 
     /// The method called `name`: a listed one, or an ensemble of listed ones
     /// (`ensemble:retrac+kfac`, `ensemble-z:retrac+kfac`), built with its members resolved.
-    pub fn lookup(&self, name: &str) -> Result<Arc<dyn Method>, String> {
+    pub fn lookup(&self, name: &str) -> Result<Arc<dyn Method>, AttributionError> {
         let name = name.trim();
         if let Some((combine, members)) = Combine::parse(name)? {
             let members = members
                 .iter()
-                .map(|m| self.listed(m).map_err(|e| format!("{name}: {e}")))
+                .map(|m| {
+                    self.listed(m)
+                        .map_err(|e| AttributionError::Request(format!("{name}: {e}")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(Arc::new(Ensemble::new(combine, members)?));
         }
@@ -90,12 +94,12 @@ impl Registry {
     }
 
     /// The listed (non-ensemble) method called `name`.
-    fn listed(&self, name: &str) -> Result<Arc<dyn Method>, String> {
+    fn listed(&self, name: &str) -> Result<Arc<dyn Method>, AttributionError> {
         self.methods.iter().find(|m| m.name() == name).cloned().ok_or_else(|| {
-            format!(
+            AttributionError::Request(format!(
                 "unknown method {name:?}; expected one of {}, or ensemble:A+B",
                 self.names().join(", ")
-            )
+            ))
         })
     }
 
@@ -121,7 +125,7 @@ pub fn names() -> Vec<String> {
 }
 
 /// The built-in method called `name`, or an ensemble of built-in methods.
-pub fn lookup(name: &str) -> Result<Arc<dyn Method>, String> {
+pub fn lookup(name: &str) -> Result<Arc<dyn Method>, AttributionError> {
     Registry::builtin().lookup(name)
 }
 
@@ -136,19 +140,19 @@ pub struct Parameters(BTreeMap<String, String>);
 
 impl Parameters {
     /// Sets `key` to `value`, checked against the range of the built-in parameter.
-    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), AttributionError> {
         self.set_in(Registry::builtin(), key, value)
     }
 
     /// Sets `key` to `value`, checked against the range of `registry`'s parameter.
-    pub fn set_in(&mut self, registry: &Registry, key: &str, value: &str) -> Result<(), String> {
+    pub fn set_in(&mut self, registry: &Registry, key: &str, value: &str) -> Result<(), AttributionError> {
         let p = registry.parameter(key).ok_or_else(|| {
             let mut keys: Vec<&str> = registry.parameters().iter().map(|p| p.key).collect();
             keys.sort_unstable();
-            format!(
+            AttributionError::Request(format!(
                 "no method has a parameter {key:?}; the parameters are {}",
                 keys.join(", ")
-            )
+            ))
         })?;
         let value = p.check(value)?;
         if value == p.check(p.default).unwrap_or_default() {
@@ -160,28 +164,28 @@ impl Parameters {
     }
 
     /// Sets the choice parameter `key` to `value`.
-    pub fn set_choice<T: clap::ValueEnum>(&mut self, key: &str, value: T) -> Result<(), String> {
+    pub fn set_choice<T: clap::ValueEnum>(&mut self, key: &str, value: T) -> Result<(), AttributionError> {
         let name = value
             .to_possible_value()
-            .ok_or_else(|| format!("{key}: a value without a name"))?;
+            .ok_or_else(|| AttributionError::Request(format!("{key}: a value without a name")))?;
         self.set(key, name.get_name())
     }
 
     /// Parses and sets a `key=value` pair.
-    pub fn set_pair(&mut self, pair: &str) -> Result<(), String> {
+    pub fn set_pair(&mut self, pair: &str) -> Result<(), AttributionError> {
         let (key, value) = pair
             .split_once('=')
-            .ok_or_else(|| format!("{pair:?} is not KEY=VALUE"))?;
+            .ok_or_else(|| AttributionError::Request(format!("{pair:?} is not KEY=VALUE")))?;
         self.set(key.trim(), value)
     }
 
     /// The value of `key` (its default when not set), as text.
-    pub fn text(&self, key: &str) -> Result<String, String> {
+    pub fn text(&self, key: &str) -> Result<String, AttributionError> {
         match self.0.get(key) {
             Some(v) => Ok(v.clone()),
             None => parameter(key)
                 .map(|p| p.default.to_owned())
-                .ok_or_else(|| format!("no method has a parameter {key:?}")),
+                .ok_or_else(|| AttributionError::Request(format!("no method has a parameter {key:?}"))),
         }
     }
 
@@ -250,7 +254,7 @@ mod tests {
                 .unwrap(),
             crate::diffusion::Measurement::SquareNorm
         );
-        assert!(p.set("measurement", "nope").unwrap_err().contains("loss"));
+        assert!(p.set("measurement", "nope").unwrap_err().to_string().contains("loss"));
         assert!(p.set("no-such-key", "1").is_err());
         assert!(p.set_pair("damping=-1").is_err());
         p.set_pair("damping=0.1").unwrap();
@@ -259,7 +263,7 @@ mod tests {
             q.set("measurement", "square-norm").unwrap();
             q
         });
-        assert!(lookup("nope").err().unwrap().contains("retrac"));
+        assert!(lookup("nope").err().unwrap().to_string().contains("retrac"));
     }
 
     #[test]
@@ -272,7 +276,13 @@ mod tests {
             "ensemble-z:pixel+ekfac"
         );
         assert!(lookup("ensemble:retrac").is_err());
-        assert!(lookup("ensemble:retrac+nope").err().unwrap().contains("nope"));
+        assert!(
+            lookup("ensemble:retrac+nope")
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("nope")
+        );
         assert!(lookup("ensemble:retrac+ensemble:kfac+pixel").is_err());
     }
 }

@@ -5,6 +5,7 @@
 use burn::tensor::Device;
 
 use super::context::Context;
+use super::error::AttributionError;
 use super::method::scores_of;
 use super::query::Query;
 use super::registry::{Parameters, Registry};
@@ -44,13 +45,13 @@ pub fn attribute(
     settings: &IndexSettings,
     device: &Device,
     job: &JobContext,
-) -> Result<Option<Vec<Scores>>, String> {
+) -> Result<Vec<Scores>, AttributionError> {
     attribute_in(Registry::builtin(), model, data, query, request, settings, device, job)
 }
 
 /// Runs the requested methods of `registry` for `query`, returning their scores in the order
 /// asked: each method takes what it needs from one shared [`Context`], so the index, the
-/// query's features and the curvature are made once. `Ok(None)` when cancelled.
+/// query's features and the curvature are made once.
 #[allow(clippy::too_many_arguments)]
 pub fn attribute_in(
     registry: &Registry,
@@ -61,14 +62,14 @@ pub fn attribute_in(
     settings: &IndexSettings,
     device: &Device,
     job: &JobContext,
-) -> Result<Option<Vec<Scores>>, String> {
+) -> Result<Vec<Scores>, AttributionError> {
     let cfg = &model.info.unet;
     let model_shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
     if query.shape != model_shape {
-        return Err(format!(
+        return Err(AttributionError::Request(format!(
             "the query is {:?} but the model takes {:?}",
             query.shape, model_shape
-        ));
+        )));
     }
     if let Some(region) = &query.mask {
         check_region(region, cfg.sample_size, cfg.sample_size)?;
@@ -79,35 +80,39 @@ pub fn attribute_in(
         .iter()
         .map(|name| {
             let method = registry.lookup(name)?;
-            method.applies_to(query).map_err(|e| format!("{name}: {e}"))?;
+            method
+                .applies_to(query)
+                .map_err(|e| AttributionError::Request(format!("{name}: {e}")))?;
             Ok(method)
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, AttributionError>>()?;
     let values = request.parameters.values_in(registry);
     let mut context = Context::new(model, data, query, settings, &values, device, job);
     let mut out = Vec::with_capacity(methods.len());
     for method in &methods {
-        let Some(scores) = scores_of(method.as_ref(), &mut context)? else {
-            return Ok(None);
-        };
+        let scores = scores_of(method.as_ref(), &mut context)?;
         out.push(scores);
     }
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// Checks a region's weights: H×W of them, each in [0, 1], not all zero.
-pub fn check_region(region: &[f32], height: usize, width: usize) -> Result<(), String> {
+pub fn check_region(region: &[f32], height: usize, width: usize) -> Result<(), AttributionError> {
     if region.len() != height * width {
-        return Err(format!(
+        return Err(AttributionError::Request(format!(
             "the region has {} pixels but the model takes {height}×{width} images",
             region.len()
-        ));
+        )));
     }
     if let Some(bad) = region.iter().find(|w| !(0.0..=1.0).contains(*w)) {
-        return Err(format!("region weights lie in [0, 1]; found {bad}"));
+        return Err(AttributionError::Request(format!(
+            "region weights lie in [0, 1]; found {bad}"
+        )));
     }
     if region.iter().all(|&w| w == 0.0) {
-        return Err("the region is empty: paint or pass a mask with some white pixels".into());
+        return Err(AttributionError::Request(
+            "the region is empty: paint or pass a mask with some white pixels".into(),
+        ));
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! Attribution results: a score for every training image in every timestep bucket.
 
+use super::error::AttributionError;
+
 use serde::{Deserialize, Serialize};
 
 /// Scores S[i, b] of every training image i in every bucket b, with what produced them.
@@ -33,7 +35,7 @@ impl Scores {
     /// An error naming the method, the training image and the timestep bucket of the first
     /// score that is NaN or infinite: such a score has no place in a ranking (it would sort
     /// first or last by accident), so it is reported instead of ranked.
-    pub fn check_finite(&self) -> Result<(), String> {
+    pub fn check_finite(&self) -> Result<(), AttributionError> {
         let buckets = self.buckets.len().max(1);
         let Some(at) = self.per_bucket.iter().position(|v| !v.is_finite()) else {
             return Ok(());
@@ -43,14 +45,14 @@ impl Scores {
             .buckets
             .get(bucket)
             .map_or(String::new(), |[a, b]| format!(", timesteps {a}..{b}"));
-        Err(format!(
+        Err(AttributionError::NonFinite(format!(
             "{} scored training image #{image} (id {}) {}{steps}: its gradients or the query's overflowed \
              or are undefined, so no ranking is given (an f16 index cannot hold them: rebuild it as f32; \
              a model whose loss is NaN needs retraining)",
             self.method,
             self.ids.get(image).map_or("?".to_owned(), u64::to_string),
             self.per_bucket[at]
-        ))
+        )))
     }
 
     /// The per-bucket scores of training image `i`.
@@ -158,7 +160,7 @@ impl MethodResult {
 impl MethodResult {
     /// The scores back in the dataset's order, for reports. Fails when an id of the file is not
     /// in `data` (the scores were computed on other data).
-    pub fn to_scores(&self, data: &crate::data::Dataset) -> Result<Scores, String> {
+    pub fn to_scores(&self, data: &crate::data::Dataset) -> Result<Scores, AttributionError> {
         let position: std::collections::HashMap<u64, usize> =
             data.ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
         let b = self.buckets.len();
@@ -166,27 +168,27 @@ impl MethodResult {
         let mut seen = vec![false; data.len()];
         for e in &self.ranking {
             let &i = position.get(&e.id).ok_or_else(|| {
-                format!(
+                AttributionError::Invalid(format!(
                     "{}: training image id {} is not in {}; the scores were computed on other data",
                     self.method, e.id, data.name
-                )
+                ))
             })?;
             if e.per_bucket.len() != b {
-                return Err(format!(
+                return Err(AttributionError::Invalid(format!(
                     "{}: image {} has {} bucket scores, not {b}",
                     self.method,
                     e.id,
                     e.per_bucket.len()
-                ));
+                )));
             }
             per_bucket[i * b..(i + 1) * b].copy_from_slice(&e.per_bucket);
             seen[i] = true;
         }
         if let Some(missing) = seen.iter().position(|s| !s) {
-            return Err(format!(
+            return Err(AttributionError::Invalid(format!(
                 "{}: the file has no score for training image id {} of {}",
                 self.method, data.ids[missing], data.name
-            ));
+            )));
         }
         Ok(Scores {
             method: self.method.clone(),
@@ -239,7 +241,7 @@ mod tests {
         };
         assert!(scores.check_finite().is_ok());
         scores.per_bucket[5] = f32::NAN;
-        let message = scores.check_finite().unwrap_err();
+        let message = scores.check_finite().unwrap_err().to_string();
         assert!(
             message.starts_with("tracin scored training image #2 (id 12) NaN, timesteps 500..1000"),
             "{message}"

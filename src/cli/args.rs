@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 
 use retrace::data::{DataSpec, Dataset, bundled_model_dir};
 use retrace::diffusion::ModelDir;
@@ -37,31 +37,29 @@ impl MethodArgs {
     pub(crate) fn parameters(&self) -> Result<retrace::attribution::Parameters> {
         let mut p = retrace::attribution::Parameters::default();
         let (damping, scale) = self.damping;
-        p.set_choice("measurement", self.measurement)
-            .map_err(anyhow::Error::msg)?;
-        p.set("damping", &damping.to_string()).map_err(anyhow::Error::msg)?;
-        p.set_choice("damping-scale", scale).map_err(anyhow::Error::msg)?;
-        p.set_choice("curvature", self.curvature).map_err(anyhow::Error::msg)?;
-        p.set_choice("sharing", self.sharing).map_err(anyhow::Error::msg)?;
-        p.set("fit-images", &self.fit_images.max(1).to_string())
-            .map_err(anyhow::Error::msg)?;
+        p.set_choice("measurement", self.measurement)?;
+        p.set("damping", &damping.to_string())?;
+        p.set_choice("damping-scale", scale)?;
+        p.set_choice("curvature", self.curvature)?;
+        p.set_choice("sharing", self.sharing)?;
+        p.set("fit-images", &self.fit_images.max(1).to_string())?;
         for pair in &self.set {
-            p.set_pair(pair).map_err(anyhow::Error::msg)?;
+            p.set_pair(pair)?;
         }
         Ok(p)
     }
 }
 
-fn parse_damping(s: &str) -> std::result::Result<(f64, retrace::attribution::kfac::DampingScale), String> {
+fn parse_damping(s: &str) -> Result<(f64, retrace::attribution::kfac::DampingScale)> {
     let (scale, number) = match s.strip_prefix("abs:") {
         Some(rest) => (retrace::attribution::kfac::DampingScale::Absolute, rest),
         None => (retrace::attribution::kfac::DampingScale::Relative, s),
     };
     let v: f64 = number
         .parse()
-        .map_err(|_| format!("damping {s:?} is not a number (or abs:NUMBER)"))?;
+        .map_err(|_| anyhow!("damping {s:?} is not a number (or abs:NUMBER)"))?;
     if !(v.is_finite() && v > 0.0) {
-        return Err(format!("damping must be positive, not {s}"));
+        bail!("damping must be positive, not {s}");
     }
     Ok((v, scale))
 }
@@ -121,8 +119,7 @@ impl FeatureArgs {
         shared_noise: bool,
         dir: PathBuf,
     ) -> Result<retrace::index::IndexSettings> {
-        let mut plan = retrace::grad::TimestepPlan::new(steps, self.buckets, self.draws, self.plan_seed)
-            .map_err(anyhow::Error::msg)?;
+        let mut plan = retrace::grad::TimestepPlan::new(steps, self.buckets, self.draws, self.plan_seed)?;
         plan.shared_noise = shared_noise;
         if self.projection_k == 0 {
             bail!("the projection needs k of at least 1");
@@ -154,7 +151,7 @@ impl IndexTarget {
         let model = ModelDir::open(&self.model_root())?;
         let spec: DataSpec = model.data_spec(self.data.as_deref())?.parse()?;
         let data = Dataset::load(&spec)?;
-        model.check_data(&data).map_err(anyhow::Error::msg)?;
+        model.check_data(&data)?;
         if let Some(warning) = model.unverified_data(&data) {
             eprintln!("{warning}");
         }

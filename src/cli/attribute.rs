@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
 use retrace::device::DeviceRequest;
 use retrace::diffusion::{SamplerConfig, SamplerKind};
@@ -55,8 +55,7 @@ pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
     let cfg = &model.info.unet;
     let (job, bar) = terminal_job()?;
     let q = match (query, seed) {
-        (Some(path), _) => retrace::attribution::load_query_image(&path, cfg.image_channels, cfg.sample_size)
-            .map_err(anyhow::Error::msg)?,
+        (Some(path), _) => retrace::attribution::load_query_image(&path, cfg.image_channels, cfg.sample_size)?,
         (None, seed) => {
             let config = SamplerConfig {
                 kind: SamplerKind::Ddim,
@@ -69,26 +68,23 @@ pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
                 &dev.device,
                 &job,
                 |_, _, _| {},
-            )
-            .map_err(anyhow::Error::msg)?
-            .context("sampling cancelled")?
+            )?
         }
     };
     let mut q = q;
     if let Some(path) = mask {
-        q.mask = Some(retrace::attribution::query::load_region(&path, cfg.sample_size).map_err(anyhow::Error::msg)?);
+        q.mask = Some(retrace::attribution::query::load_region(&path, cfg.sample_size)?);
     }
     eprintln!("query: {}", q.description);
     let request = retrace::attribution::MethodSettings {
         methods: method,
         parameters: parameters.parameters()?,
     };
-    let scores = retrace::attribution::attribute(&model, &data, &q, &request, &settings, &dev.device, &job)
-        .map_err(anyhow::Error::msg)?;
+    let scores = retrace::attribution::attribute(&model, &data, &q, &request, &settings, &dev.device, &job);
     bar.finish();
-    let Some(scores) = scores else { bail!("cancelled") };
+    let scores = scores?;
     let file = retrace::report::scores_file::scores_file(&model.root, &data, &q, seed, &dev.name, &scores);
-    retrace::report::scores_file::write_scores_file(&out, &file).map_err(anyhow::Error::msg)?;
+    retrace::report::scores_file::write_scores_file(&out, &file)?;
     for m in &file.methods {
         let best: Vec<String> = m
             .ranking
@@ -103,6 +99,6 @@ pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
 }
 
 /// A method name the registry knows (`--method`).
-pub(crate) fn parse_method(name: &str) -> std::result::Result<String, String> {
-    retrace::attribution::registry::lookup(name).map(|m| m.name())
+pub(crate) fn parse_method(name: &str) -> Result<String> {
+    Ok(retrace::attribution::registry::lookup(name)?.name())
 }

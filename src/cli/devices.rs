@@ -21,7 +21,7 @@ pub fn run(request: Option<DeviceRequest>) -> Result<()> {
         Ok(cuda) => println!("cuda: {}", cuda.name),
         Err(e) => println!("cuda: {e}"),
     }
-    let chosen = device::choose(request).map_err(anyhow::Error::msg)?;
+    let chosen = device::choose(request)?;
     println!("computes on: {chosen}");
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use retrace::data::{DataSpec, Dataset};
@@ -130,11 +130,10 @@ impl ScoringArgs {
         let rows = methods
             .iter()
             .map(|m| EvalRow::parse(m, &parameters))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow!(e))?;
+            .collect::<Result<Vec<_>, _>>()?;
         let root = self.benchmark.clone().unwrap_or_else(BuiltBenchmark::bundled_dir);
-        let mut bench = BuiltBenchmark::open(&root).map_err(|e| anyhow!(e))?;
-        if bench.is_partial().map_err(|e| anyhow!(e))? {
+        let mut bench = BuiltBenchmark::open(&root)?;
+        if bench.is_partial()? {
             eprintln!(
                 "warning: the ground truth is still being built; using the {} subsets measured so far",
                 bench.truth.spec.subsets
@@ -247,7 +246,7 @@ impl BuildLdsArgs {
             draws: self.draws,
             draw_seed: self.seed,
         };
-        spec.validate().map_err(|e| anyhow!("{e}"))?;
+        spec.validate()?;
         Ok(spec)
     }
 }
@@ -272,13 +271,11 @@ fn build_lds(args: BuildLdsArgs, device: &ComputeDevice, job: &JobContext) -> Re
     let spec_of_data: DataSpec = args.data.parse()?;
     let data = Dataset::load(&spec_of_data)?;
     let spec = args.spec(&data)?;
-    let (mut build, spec) = LdsBuild::open(&args.out, Some(&spec), &device.device, job).map_err(|e| anyhow!(e))?;
+    let (mut build, spec) = LdsBuild::open(&args.out, Some(&spec), &device.device, job)?;
     build.keep_models = args.keep_models;
-    build
-        .record_command(&std::env::args().collect::<Vec<_>>().join(" "))
-        .map_err(|e| anyhow!(e))?;
+    build.record_command(&std::env::args().collect::<Vec<_>>().join(" "))?;
     // `open` checked that the directory's benchmark is this one, so `data` is its training set.
-    let held_out = LdsBuild::load_held_out(&spec, &data).map_err(|e| anyhow!(e))?;
+    let held_out = LdsBuild::load_held_out(&spec, &data)?;
     eprintln!(
         "LDS benchmark: {} images, {} subsets × {} seeds of {}, {} + {} queries × {} draws",
         spec.data_len,
@@ -289,9 +286,7 @@ fn build_lds(args: BuildLdsArgs, device: &ComputeDevice, job: &JobContext) -> Re
         spec.queries_per_kind,
         spec.draws
     );
-    let Some(queries) = build.prepare(&spec, &data, &held_out).map_err(|e| anyhow!(e))? else {
-        bail!("stopped; run the same command again to resume");
-    };
+    let queries = build.prepare(&spec, &data, &held_out)?;
     if args.prepare_only {
         println!(
             "prepared {}: full-data model trained, {} queries measured",
@@ -301,9 +296,7 @@ fn build_lds(args: BuildLdsArgs, device: &ComputeDevice, job: &JobContext) -> Re
         return Ok(());
     }
     let shard = args.shard.unwrap_or(Shard::ALL);
-    if !build.run_shard(&spec, shard, &data, &queries).map_err(|e| anyhow!(e))? {
-        bail!("stopped; run the same command again to resume");
-    }
+    build.run_shard(&spec, shard, &data, &queries)?;
     finish(&build, &spec)
 }
 
@@ -314,9 +307,9 @@ fn merge(out: PathBuf, from: Vec<PathBuf>, device: &ComputeDevice, job: &JobCont
         std::fs::create_dir_all(out.join("results"))?;
         retrace::files::write_atomic(&out.join(BENCHMARK_FILE), &bytes)?;
     }
-    let (build, spec) = LdsBuild::open(&out, None, &device.device, job).map_err(|e| anyhow!(e))?;
+    let (build, spec) = LdsBuild::open(&out, None, &device.device, job)?;
     for dir in &from {
-        let copied = build.merge_from(&spec, dir).map_err(|e| anyhow!(e))?;
+        let copied = build.merge_from(&spec, dir)?;
         eprintln!("{}: {copied} new result(s)", dir.display());
     }
     finish(&build, &spec)
@@ -324,7 +317,7 @@ fn merge(out: PathBuf, from: Vec<PathBuf>, device: &ComputeDevice, job: &JobCont
 
 /// Assembles the ground truth when complete and prints its quality, or says what is missing.
 fn finish(build: &LdsBuild<'_>, spec: &BenchmarkSpec) -> Result<()> {
-    match build.assemble(spec).map_err(|e| anyhow!(e))? {
+    match build.assemble(spec)? {
         None => {
             println!(
                 "{} of {} models measured in {}; run the other shards, then `retrace eval merge`",
@@ -382,7 +375,7 @@ fn lds(
         bench.truth.spec.subsets,
         bench.truth.spec.seeds.len()
     );
-    let mut report = EvalReport::new(&bench, half).map_err(|e| anyhow!(e))?;
+    let mut report = EvalReport::new(&bench, half)?;
     // A table rewritten keeps the remove-top-k section `eval remove-topk` put in the same file,
     // and, when it was made on the same queries and features, the rows not scored again.
     if let Some(previous) = out.as_deref().and_then(EvalReport::read) {
@@ -399,11 +392,7 @@ fn lds(
         // Each query's result is kept beside the table while a row is scored, so a stopped run
         // resumes where it was (a MUCS row takes hours on a CPU).
         let parts = out.as_ref().map(|o| o.with_extension("parts"));
-        let Some(result) =
-            evaluate_row(&bench, row, half, parts.as_deref(), &device.device, job).map_err(|e| anyhow!(e))?
-        else {
-            bail!("cancelled");
-        };
+        let result = evaluate_row(&bench, row, half, parts.as_deref(), &device.device, job)?;
         let cell = |i: &retrace::eval::lds::Interval| match i.queries {
             0 => "—".to_owned(),
             _ => format!("{:.3} [{:.3}, {:.3}]", i.lds, i.ci95[0], i.ci95[1]),
@@ -426,7 +415,7 @@ fn lds(
         if let Some(path) = &out {
             // Written after every row, so a long table keeps what it has; the row's per-query
             // results are then in the table and go.
-            retrace::eval::build::write_json(path, &report).map_err(|e| anyhow!(e))?;
+            retrace::eval::build::write_json(path, &report)?;
             if let Some(parts) = &parts {
                 let _ = std::fs::remove_dir_all(retrace::eval::rows::row_parts_dir(parts, &row.label()));
                 let _ = std::fs::remove_dir(parts);
@@ -459,10 +448,7 @@ fn remove_topk(args: RemoveTopkArgs, device: &ComputeDevice, job: &JobContext) -
         shard: args.shard,
     };
     let work = args.work.unwrap_or_else(|| bench.root.join("remove-topk"));
-    let report = match retrace::eval::remove_topk::remove_top_k(&bench, &plan, &work, &device.device, job)
-        .map_err(|e| anyhow!(e))?
-    {
-        RemovalOutcome::Cancelled => bail!("stopped; run the same command again to resume"),
+    let report = match retrace::eval::remove_topk::remove_top_k(&bench, &plan, &work, &device.device, job)? {
         RemovalOutcome::ShardDone { waiting } => {
             println!(
                 "this shard is done; {waiting} models of other shards are not yet (the last shard to finish writes the report)"
@@ -501,10 +487,10 @@ fn remove_topk(args: RemoveTopkArgs, device: &ComputeDevice, job: &JobContext) -
         // The section goes into the LDS table's file when there is one (the viewer reads both).
         let mut table = match EvalReport::read(path) {
             Some(table) => table,
-            None => EvalReport::new(&bench, QueryHalf::Report).map_err(|e| anyhow!(e))?,
+            None => EvalReport::new(&bench, QueryHalf::Report)?,
         };
         table.remove_top_k = Some(report);
-        retrace::eval::build::write_json(path, &table).map_err(|e| anyhow!(e))?;
+        retrace::eval::build::write_json(path, &table)?;
         println!("wrote {}", path.display());
     }
     Ok(())
@@ -526,9 +512,7 @@ fn overlap(
     for row in &rows {
         let mut lists = Vec::new();
         for &q in &generated {
-            let Some(scores) = bench.scores(row, q, &device.device, job).map_err(|e| anyhow!(e))? else {
-                bail!("cancelled");
-            };
+            let scores = bench.scores(row, q, &device.device, job)?;
             lists.push(retrace::stats::top_k(&scores, k));
         }
         let spread = retrace::stats::top_k_spread(&lists, k);

@@ -1,6 +1,6 @@
 //! `retrace gui`: open the desktop viewer on a model and its training data.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use retrace::device::{self, DeviceRequest};
 
@@ -35,19 +35,21 @@ pub fn run(args: GuiArgs, device: Option<DeviceRequest>) -> Result<()> {
     let GuiArgs { target, method, set } = args;
     let mut parameters = retrace::attribution::Parameters::default();
     for pair in &set {
-        parameters.set_pair(pair).map_err(anyhow::Error::msg)?;
+        parameters.set_pair(pair)?;
     }
-    let session = device::choose_shared(device).and_then(|dev| {
-        eprintln!("compute device: {dev}");
-        let session = retrace::session::Session::open(&target.model_root(), target.data_spec(), dev)?;
-        let index = target.index_settings(&session.model).map_err(|e| format!("{e:#}"))?;
-        Ok(session.with_index(index))
-    });
+    let session = device::choose_shared(device)
+        .map_err(anyhow::Error::from)
+        .and_then(|dev| {
+            eprintln!("compute device: {dev}");
+            let session = retrace::session::Session::open(&target.model_root(), target.data_spec(), dev)?;
+            let index = target.index_settings(&session.model)?;
+            Ok(session.with_index(index))
+        });
     let start = retrace::app::Start {
         methods: method,
         parameters,
     };
-    retrace::app::run(session, start).map_err(anyhow::Error::msg)?;
+    retrace::app::run(session, start).context("cannot open the window")?;
     Ok(())
 }
 

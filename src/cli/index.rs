@@ -2,6 +2,7 @@
 //! machine or as shards on several (`--shard i/N`, then `retrace index merge`).
 
 use anyhow::Result;
+use retrace::jobs::Cancellable;
 
 use retrace::device::DeviceRequest;
 use retrace::index::shards::merge_shards;
@@ -61,13 +62,14 @@ pub fn run(args: IndexArgs, device: Option<DeviceRequest>) -> Result<()> {
     let (job, bar) = terminal_job()?;
     let started = std::time::Instant::now();
     if let Some(shard) = args.shard {
-        let manifest = settings
-            .build_shard(&model, &data, shard, &dev.device, &job)
-            .map_err(anyhow::Error::msg)?;
+        let manifest = settings.build_shard(&model, &data, shard, &dev.device, &job);
         bar.finish();
         match manifest {
-            None => println!("stopped; run the same command again to resume from the last complete chunk"),
-            Some(_) => println!(
+            Err(e) if e.is_cancelled() => {
+                println!("stopped; run the same command again to resume from the last complete chunk")
+            }
+            Err(e) => return Err(e.into()),
+            Ok(_) => println!(
                 "shard {shard} of {} done in {:.1} s; once every shard is, run `retrace index merge` with the same options",
                 settings.dir.display(),
                 started.elapsed().as_secs_f64()
@@ -75,13 +77,14 @@ pub fn run(args: IndexArgs, device: Option<DeviceRequest>) -> Result<()> {
         }
         return Ok(());
     }
-    let index = settings
-        .ensure(&model, &data, &dev.device, &job)
-        .map_err(anyhow::Error::msg)?;
-    let Some(index) = index else {
-        bar.finish();
-        println!("stopped; run the same command again to resume from the last complete chunk");
-        return Ok(());
+    let index = match settings.ensure(&model, &data, &dev.device, &job) {
+        Ok(index) => index,
+        Err(e) if e.is_cancelled() => {
+            bar.finish();
+            println!("stopped; run the same command again to resume from the last complete chunk");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
     };
     let ready = started.elapsed().as_secs_f64();
     let verified = args

@@ -27,9 +27,25 @@ pub mod train;
 
 /// The compute device `request` asks for (or the automatic choice), announced on stderr.
 pub(crate) fn compute_device(request: Option<DeviceRequest>) -> Result<ComputeDevice> {
-    let chosen = device::choose(request).map_err(anyhow::Error::msg)?;
+    let chosen = device::choose(request)?;
     eprintln!("compute device: {chosen}");
     Ok(chosen)
+}
+
+/// Whether `error` is a job's cancellation (Ctrl-C), whichever layer's error carries it.
+pub(crate) fn is_cancellation(error: &anyhow::Error) -> bool {
+    use retrace::jobs::Cancellable;
+    fn cancelled<E: Cancellable>(e: &(dyn std::error::Error + 'static)) -> bool {
+        e.downcast_ref::<E>().is_some_and(Cancellable::is_cancelled)
+    }
+    error.chain().any(|e| {
+        cancelled::<retrace::jobs::Cancelled>(e)
+            || cancelled::<retrace::grad::GradError>(e)
+            || cancelled::<retrace::index::IndexError>(e)
+            || cancelled::<retrace::curvature::CurvatureError>(e)
+            || cancelled::<retrace::attribution::AttributionError>(e)
+            || cancelled::<retrace::eval::EvalError>(e)
+    })
 }
 
 /// A job context with a terminal progress bar, cancelled by Ctrl-C.

@@ -26,7 +26,7 @@ pub struct ReportArgs {
 /// Runs `retrace report` (on the host: no compute device is needed).
 pub fn run(args: ReportArgs) -> Result<()> {
     let ReportArgs { scores, out, data, top } = args;
-    retrace::report::ReportFormat::from_path(&out).map_err(anyhow::Error::msg)?;
+    retrace::report::ReportFormat::from_path(&out)?;
     let bytes = std::fs::read(&scores).with_context(|| format!("cannot read {}", scores.display()))?;
     let file = retrace::report::read_scores_file(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", scores.display()))?;
     let spec: DataSpec = data.unwrap_or_else(|| file.data.clone()).parse()?;
@@ -44,7 +44,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
         device: &file.device,
         model: &file.model,
     };
-    retrace::report::write_report(&out, &input).map_err(anyhow::Error::msg)?;
+    retrace::report::write_report(&out, &input)?;
     println!(
         "wrote {} ({} methods, top {top} per side)",
         out.display(),

@@ -52,7 +52,7 @@ pub fn run(args: SampleArgs, device: Option<DeviceRequest>) -> Result<()> {
     let dev = compute_device(device)?;
     let dir = ModelDir::open(&model.unwrap_or_else(bundled_model_dir))?;
     let config = SamplerConfig { kind: sampler, steps };
-    config.validate(dir.info.schedule.steps).map_err(anyhow::Error::msg)?;
+    config.validate(dir.info.schedule.steps)?;
     let seeds = parse_seeds(seed, seeds.as_deref())?;
     let entry = pick_checkpoint(&dir, checkpoint)?;
     let net = dir.load_model(&entry, &dev.device)?;
@@ -68,7 +68,7 @@ pub fn run(args: SampleArgs, device: Option<DeviceRequest>) -> Result<()> {
     let Some(images) = images else {
         bail!("sampling cancelled")
     };
-    let images = tensor_to_images(images).map_err(anyhow::Error::msg)?;
+    let images = tensor_to_images(images)?;
     let cols = (images.len() as f64).sqrt().ceil() as usize;
     let picture = grid(&images, shape, cols);
     save_png(&picture, &out)?;

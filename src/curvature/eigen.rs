@@ -13,7 +13,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::LayerFactors;
+use super::{CurvatureError, LayerFactors};
 use crate::grad::LayerGrads;
 
 /// One layer's eigenbasis and eigenvalues, on the host.
@@ -148,9 +148,9 @@ impl EigenCorrection {
     }
 
     /// Stores the corrected eigenvalues into `layers`.
-    pub fn finish(self, layers: &mut [LayerEigen]) -> Result<(), String> {
+    pub fn finish(self, layers: &mut [LayerEigen]) -> Result<(), CurvatureError> {
         if self.points == 0 {
-            return Err("no point to correct the eigenvalues on".into());
+            return Err(CurvatureError::Invalid("no point to correct the eigenvalues on".into()));
         }
         for (layer, sum) in layers.iter_mut().zip(self.sums) {
             layer.corrected = Some(crate::device::read_back(sum / self.points as f64)?);
@@ -174,16 +174,15 @@ impl Preconditioner {
         eigenvalues: Eigenvalues,
         damping: Damping,
         device: &Device,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CurvatureError> {
         let mut out = Vec::with_capacity(layers.len());
         let mut lambdas = Vec::with_capacity(layers.len());
         for l in layers {
             let values = match eigenvalues {
                 Eigenvalues::Kfac => l.kronecker_eigenvalues(),
-                Eigenvalues::Ekfac => l
-                    .corrected
-                    .clone()
-                    .ok_or("EK-FAC needs corrected eigenvalues, which were not fitted")?,
+                Eigenvalues::Ekfac => l.corrected.clone().ok_or_else(|| {
+                    CurvatureError::Invalid("EK-FAC needs corrected eigenvalues, which were not fitted".into())
+                })?,
             };
             let lambda = match damping {
                 Damping::Absolute(v) => v,
@@ -207,13 +206,13 @@ impl Preconditioner {
     }
 
     /// Applies (curvature + λI)⁻¹ to a batch of per-layer gradients [B, d_out, d_in].
-    pub fn apply(&self, grads: &[Tensor<3>]) -> Result<Vec<Tensor<3>>, String> {
+    pub fn apply(&self, grads: &[Tensor<3>]) -> Result<Vec<Tensor<3>>, CurvatureError> {
         if grads.len() != self.layers.len() {
-            return Err(format!(
+            return Err(CurvatureError::Invalid(format!(
                 "the curvature has {} layers but the gradient {}",
                 self.layers.len(),
                 grads.len()
-            ));
+            )));
         }
         Ok(grads
             .iter()

@@ -17,6 +17,7 @@ use burn::tensor::Tensor;
 use burn::tensor::ops::PadMode;
 use serde::{Deserialize, Serialize};
 
+use super::CurvatureError;
 use crate::grad::{LayerGrads, LayerInput};
 
 /// How a layer's shared positions enter the factors.
@@ -176,9 +177,9 @@ impl FactorAccumulator {
     }
 
     /// The normalised factors, read back to the host.
-    pub fn finish(self) -> Result<Vec<LayerFactors>, String> {
+    pub fn finish(self) -> Result<Vec<LayerFactors>, CurvatureError> {
         if self.points == 0 {
-            return Err("no point to fit the curvature on".into());
+            return Err(CurvatureError::Invalid("no point to fit the curvature on".into()));
         }
         self.sums
             .into_iter()

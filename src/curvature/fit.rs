@@ -11,7 +11,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::{EigenCorrection, FactorAccumulator, LayerEigen, LayerFactors, Sharing};
+use super::{CurvatureError, EigenCorrection, FactorAccumulator, LayerEigen, LayerFactors, Sharing};
 use crate::diffusion::noise::{gaussian, stream};
 use crate::diffusion::{Denoiser, Measurement, Schedule, UNet};
 use crate::grad::{Examples, LayerGrads, PlanWalk, TimestepPlan, capture_layers};
@@ -108,7 +108,7 @@ impl<M: Denoiser> CurvatureFit<'_, M> {
         job: &JobContext,
         stage: &str,
         mut visit: impl FnMut(&[LayerGrads]),
-    ) -> Result<bool, String> {
+    ) -> Result<(), CurvatureError> {
         let (model, ad) = crate::grad::frozen_on_autodiff(self.model, self.device);
         let walk = PlanWalk {
             examples: self.examples,
@@ -131,47 +131,41 @@ impl<M: Denoiser> CurvatureFit<'_, M> {
                 objective(self.config.fisher, self.schedule, &fit, pred, noise)
             });
             visit(&layers);
-            Ok(())
+            Ok::<(), CurvatureError>(())
         })
     }
 
     /// Fits the Kronecker factors and eigendecomposes them; with `correct`, also fits EK-FAC's
-    /// eigenvalues. `Ok(None)` when cancelled.
-    pub fn run(&self, correct: bool, job: &JobContext) -> Result<Option<Vec<LayerEigen>>, String> {
-        let Some(factors) = self.factors(job)? else {
-            return Ok(None);
-        };
+    /// eigenvalues.
+    pub fn run(&self, correct: bool, job: &JobContext) -> Result<Vec<LayerEigen>, CurvatureError> {
+        let factors = self.factors(job)?;
         let mut layers = eigendecompose(&factors, job);
-        if correct && !self.correct(&mut layers, job)? {
-            return Ok(None);
+        if correct {
+            self.correct(&mut layers, job)?;
         }
-        Ok(Some(layers))
+        Ok(layers)
     }
 
-    /// The Kronecker factors (one pass over the examples). `Ok(None)` when cancelled.
-    pub fn factors(&self, job: &JobContext) -> Result<Option<Vec<LayerFactors>>, String> {
+    /// The Kronecker factors (one pass over the examples).
+    pub fn factors(&self, job: &JobContext) -> Result<Vec<LayerFactors>, CurvatureError> {
         let mut factors = FactorAccumulator::new(self.config.sharing);
-        if !self.capture_pass(job, "curvature factors", |layers| factors.add(layers))? {
-            return Ok(None);
-        }
+        self.capture_pass(job, "curvature factors", |layers| factors.add(layers))?;
         let factors = factors.finish()?;
         if let Some(bad) = factors
             .iter()
             .position(|f| f.a.iter().chain(&f.s).any(|v| !v.is_finite()))
         {
-            return Err(format!("non-finite curvature in layer {bad} (is the model diverged?)"));
+            return Err(CurvatureError::NonFinite(format!(
+                "non-finite curvature in layer {bad} (is the model diverged?)"
+            )));
         }
-        Ok(Some(factors))
+        Ok(factors)
     }
 
     /// Fits EK-FAC's corrected eigenvalues into `layers` (a second pass over the examples).
-    /// `Ok(false)` when cancelled.
-    pub fn correct(&self, layers: &mut [LayerEigen], job: &JobContext) -> Result<bool, String> {
+    pub fn correct(&self, layers: &mut [LayerEigen], job: &JobContext) -> Result<(), CurvatureError> {
         let mut correction = EigenCorrection::new(layers, self.device);
-        let finished = self.capture_pass(job, "eigenvalue correction", |l| correction.add(l))?;
-        if finished {
-            correction.finish(layers)?;
-        }
-        Ok(finished)
+        self.capture_pass(job, "eigenvalue correction", |l| correction.add(l))?;
+        correction.finish(layers)
     }
 }

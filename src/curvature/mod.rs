@@ -8,11 +8,13 @@
 //! over a training set, and [`store`] keeps a fit on disk beside the index.
 
 pub mod eigen;
+pub mod error;
 pub mod factors;
 pub mod fit;
 pub mod store;
 
 pub use eigen::{Damping, EigenCorrection, Eigenvalues, LayerEigen, Preconditioner};
+pub use error::CurvatureError;
 pub use factors::{FactorAccumulator, LayerFactors, Sharing};
 pub use fit::{CurvatureFit, Fisher, FitConfig, eigendecompose};
 pub use store::{CurvatureKey, load_curvature, save_curvature};

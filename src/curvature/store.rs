@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
-use super::{FitConfig, LayerEigen};
+use super::{CurvatureError, FitConfig, LayerEigen};
 use crate::files::{sha256, write_atomic};
 
 /// Version of the curvature file layout.
@@ -67,34 +67,39 @@ fn payload_hash<'a>(parts: impl Iterator<Item = &'a [u8]>) -> String {
 }
 
 /// Writes `layers` under `key` into `dir` (atomically); returns the file's path.
-pub fn save_curvature(dir: &Path, key: &CurvatureKey, layers: &[LayerEigen]) -> Result<PathBuf, String> {
+pub fn save_curvature(dir: &Path, key: &CurvatureKey, layers: &[LayerEigen]) -> Result<PathBuf, CurvatureError> {
     let tensors = named_tensors(layers);
     let mut metadata = HashMap::new();
-    metadata.insert("key".to_owned(), serde_json::to_string(key).map_err(|e| e.to_string())?);
+    metadata.insert(
+        "key".to_owned(),
+        serde_json::to_string(key).expect("a curvature key serialises"),
+    );
     metadata.insert(
         "payload_sha256".to_owned(),
         payload_hash(tensors.values().map(|(_, b)| b.as_slice())),
     );
     let views = tensors
         .iter()
-        .map(|(name, (shape, bytes))| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())?;
-    let bytes = crate::files::canonical_safetensors(bytes);
+        .map(|(name, (shape, bytes))| TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (name.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|views| safetensors::serialize(views, Some(metadata)))
+        .map_err(|e| CurvatureError::Invalid(format!("cannot serialise the curvature: {e}")))?;
+    let bytes = crate::files::canonical_safetensors(views);
     let path = key.path(dir);
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    write_atomic(&path, &bytes).map_err(|e| e.to_string())?;
+    crate::files::create_dir_all(dir)?;
+    write_atomic(&path, &bytes)?;
     Ok(path)
 }
 
-fn read_f32(st: &SafeTensors, name: &str, len: usize) -> Result<Vec<f32>, String> {
-    let view = st.tensor(name).map_err(|e| format!("{name}: {e}"))?;
+/// `len` f32 values of the tensor `name` of the curvature file `path`.
+fn read_f32(st: &SafeTensors, path: &Path, name: &str, len: usize) -> Result<Vec<f32>, CurvatureError> {
+    let damaged = |reason: String| CurvatureError::Damaged {
+        path: path.to_owned(),
+        reason: format!("{name}: {reason}"),
+    };
+    let view = st.tensor(name).map_err(|e| damaged(e.to_string()))?;
     if view.dtype() != Dtype::F32 || view.data().len() != 4 * len {
-        return Err(format!("{name}: expected {len} f32 values"));
+        return Err(damaged(format!("expected {len} f32 values")));
     }
     Ok(view
         .data()
@@ -105,13 +110,16 @@ fn read_f32(st: &SafeTensors, name: &str, len: usize) -> Result<Vec<f32>, String
 
 /// Reads the curvature of `key` from `dir`: `Ok(None)` when there is no such file, an error
 /// when the file is damaged or was written for another key.
-pub fn load_curvature(dir: &Path, key: &CurvatureKey) -> Result<Option<Vec<LayerEigen>>, String> {
+pub fn load_curvature(dir: &Path, key: &CurvatureKey) -> Result<Option<Vec<LayerEigen>>, CurvatureError> {
     let path = key.path(dir);
     if !path.is_file() {
         return Ok(None);
     }
-    let damaged = |why: String| format!("{}: {why}; delete the file to refit the curvature", path.display());
-    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let damaged = |reason: String| CurvatureError::Damaged {
+        path: path.clone(),
+        reason,
+    };
+    let bytes = crate::files::read(&path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| damaged(format!("not a readable safetensors file ({e})")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| damaged(e.to_string()))?;
     let meta = header.metadata().clone().unwrap_or_default();
@@ -137,12 +145,12 @@ pub fn load_curvature(dir: &Path, key: &CurvatureKey) -> Result<Option<Vec<Layer
         layers.push(LayerEigen {
             d_in,
             d_out,
-            q_a: read_f32(&st, &format!("{l:03}.q_a"), d_in * d_in).map_err(damaged)?,
-            lambda_a: read_f32(&st, &format!("{l:03}.lambda_a"), d_in).map_err(damaged)?,
-            q_s: read_f32(&st, &format!("{l:03}.q_s"), d_out * d_out).map_err(damaged)?,
-            lambda_s: read_f32(&st, &format!("{l:03}.lambda_s"), d_out).map_err(damaged)?,
+            q_a: read_f32(&st, &path, &format!("{l:03}.q_a"), d_in * d_in)?,
+            lambda_a: read_f32(&st, &path, &format!("{l:03}.lambda_a"), d_in)?,
+            q_s: read_f32(&st, &path, &format!("{l:03}.q_s"), d_out * d_out)?,
+            lambda_s: read_f32(&st, &path, &format!("{l:03}.lambda_s"), d_out)?,
             corrected: if names.contains(&corrected_name) {
-                Some(read_f32(&st, &corrected_name, d_out * d_in).map_err(damaged)?)
+                Some(read_f32(&st, &path, &corrected_name, d_out * d_in)?)
             } else {
                 None
             },

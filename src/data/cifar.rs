@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::error::read_file;
-use super::{DataError, Dataset, Split};
+use super::{DataError, Dataset, FormatError, Split};
 
 /// Bytes of one CIFAR-10 record: label + 3×32×32 pixels.
 const RECORD: usize = 1 + 3 * 32 * 32;
@@ -23,24 +23,24 @@ const CLASSES: [&str; 10] = [
 ];
 
 /// Splits one binary batch into labels and C×H×W pixels. Never panics on malformed bytes.
-pub fn parse_cifar_batch(bytes: &[u8]) -> Result<(Vec<u32>, Vec<u8>), String> {
+pub fn parse_cifar_batch(bytes: &[u8]) -> Result<(Vec<u32>, Vec<u8>), FormatError> {
     if bytes.is_empty() {
-        return Err("empty file".to_owned());
+        return Err(FormatError("empty file".to_owned()));
     }
     if !bytes.len().is_multiple_of(RECORD) {
-        return Err(format!(
+        return Err(FormatError(format!(
             "{} bytes is not a whole number of {RECORD}-byte records (truncated or not a CIFAR-10 batch)",
             bytes.len()
-        ));
+        )));
     }
     let mut labels = Vec::with_capacity(bytes.len() / RECORD);
     let mut pixels = Vec::with_capacity(bytes.len() / RECORD * (RECORD - 1));
     for (i, record) in bytes.chunks_exact(RECORD).enumerate() {
         if record[0] as usize >= CLASSES.len() {
-            return Err(format!(
+            return Err(FormatError(format!(
                 "record {i} has label {}, but CIFAR-10 has 10 classes",
                 record[0]
-            ));
+            )));
         }
         labels.push(record[0] as u32);
         pixels.extend_from_slice(&record[1..]);
@@ -57,7 +57,7 @@ pub(crate) fn load_dir(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     let (mut labels, mut pixels) = (Vec::new(), Vec::new());
     for file in files {
         let path = dir.join(file);
-        let (l, p) = parse_cifar_batch(&read_file(&path)?).map_err(|reason| DataError::corrupt(&path, reason))?;
+        let (l, p) = parse_cifar_batch(&read_file(&path)?).map_err(|reason| DataError::corrupt(&path, reason.0))?;
         labels.extend(l);
         pixels.extend(p);
     }
@@ -84,11 +84,12 @@ mod tests {
         assert!(
             parse_cifar_batch(&bytes[..RECORD + 10])
                 .unwrap_err()
+                .0
                 .contains("truncated")
         );
         bytes[RECORD] = 10;
-        assert!(parse_cifar_batch(&bytes).unwrap_err().contains("label 10"));
-        assert!(parse_cifar_batch(&[]).unwrap_err().contains("empty"));
+        assert!(parse_cifar_batch(&bytes).unwrap_err().0.contains("label 10"));
+        assert!(parse_cifar_batch(&[]).unwrap_err().0.contains("empty"));
     }
 
     proptest! {

@@ -35,6 +35,14 @@ pub enum DataError {
     Invalid(String),
 }
 
+/// Bytes that do not follow a file format (the parsers see bytes, not files: the caller names
+/// the file in a [`DataError::Corrupt`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FormatError(pub String);
+
+impl crate::jobs::Cancellable for DataError {}
+
 impl DataError {
     /// Shorthand for a [`DataError::Corrupt`].
     pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::error::read_file;
-use super::{DataError, Dataset, Split};
+use super::{DataError, Dataset, FormatError, Split};
 
 /// Type code of unsigned bytes, the only element type image datasets use.
 const TYPE_U8: u8 = 0x08;
@@ -23,34 +23,43 @@ pub struct IdxArray {
 }
 
 /// Parses idx bytes (gzip-compressed or not). Never panics: every malformed input is an error.
-pub fn parse_idx(bytes: &[u8]) -> Result<IdxArray, String> {
+pub fn parse_idx(bytes: &[u8]) -> Result<IdxArray, FormatError> {
     if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut raw = Vec::new();
         flate2::read::GzDecoder::new(bytes)
             .take(MAX_ELEMENTS as u64 + 1024)
             .read_to_end(&mut raw)
-            .map_err(|e| format!("corrupt gzip stream: {e}"))?;
+            .map_err(|e| FormatError(format!("corrupt gzip stream: {e}")))?;
         return parse_idx(&raw);
     }
     if bytes.len() < 4 {
-        return Err(format!("{} bytes is too short for an idx header", bytes.len()));
+        return Err(FormatError(format!(
+            "{} bytes is too short for an idx header",
+            bytes.len()
+        )));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
-        return Err(format!("wrong magic number {:02x?}: not an idx file", &bytes[..4]));
+        return Err(FormatError(format!(
+            "wrong magic number {:02x?}: not an idx file",
+            &bytes[..4]
+        )));
     }
     if bytes[2] != TYPE_U8 {
-        return Err(format!("element type 0x{:02x} is not unsigned bytes (0x08)", bytes[2]));
+        return Err(FormatError(format!(
+            "element type 0x{:02x} is not unsigned bytes (0x08)",
+            bytes[2]
+        )));
     }
     let ndim = bytes[3] as usize;
     if ndim == 0 {
-        return Err("idx header declares zero dimensions".to_owned());
+        return Err(FormatError("idx header declares zero dimensions".to_owned()));
     }
     let header = 4 + 4 * ndim;
     if bytes.len() < header {
-        return Err(format!(
+        return Err(FormatError(format!(
             "truncated header: {ndim} dimensions need {header} bytes, file has {}",
             bytes.len()
-        ));
+        )));
     }
     let dims: Vec<usize> = bytes[4..header]
         .chunks_exact(4)
@@ -59,19 +68,19 @@ pub fn parse_idx(bytes: &[u8]) -> Result<IdxArray, String> {
     let count = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d).filter(|&n| n <= MAX_ELEMENTS))
-        .ok_or_else(|| format!("dimensions {dims:?} are too large"))?;
+        .ok_or_else(|| FormatError(format!("dimensions {dims:?} are too large")))?;
     let body = &bytes[header..];
     if body.len() < count {
-        return Err(format!(
+        return Err(FormatError(format!(
             "truncated: dimensions {dims:?} need {count} bytes of data, found {}",
             body.len()
-        ));
+        )));
     }
     if body.len() > count {
-        return Err(format!(
+        return Err(FormatError(format!(
             "{} unexpected bytes after the data of dimensions {dims:?}",
             body.len() - count
-        ));
+        )));
     }
     Ok(IdxArray {
         dims,
@@ -94,7 +103,7 @@ pub const FASHION_CLASSES: [&str; 10] = [
 ];
 
 fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
-    parse_idx(&read_file(path)?).map_err(|reason| DataError::corrupt(path, reason))
+    parse_idx(&read_file(path)?).map_err(|reason| DataError::corrupt(path, reason.0))
 }
 
 /// Finds `stem` or `stem.gz` in `dir`.
@@ -214,7 +223,7 @@ mod tests {
         ];
         for (bytes, needle) in cases {
             let err = parse_idx(&bytes).unwrap_err();
-            assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+            assert!(err.0.contains(needle), "expected {needle:?} in {err:?}");
         }
     }
 

@@ -16,7 +16,7 @@ mod spec;
 
 pub use bundled::{BUNDLED_DIR_ENV, bundled_dir, bundled_model_dir};
 pub use cifar::parse_cifar_batch;
-pub use error::DataError;
+pub use error::{DataError, FormatError};
 pub use idx::{IdxArray, parse_idx};
 pub use spec::{DataFormat, DataSpec, Split};
 

@@ -21,6 +21,7 @@ use burn::tensor::{Bytes, Device, Tensor};
 use sha2::{Digest, Sha256};
 
 use super::UNet;
+use super::error::ModelError;
 use super::model_info::io;
 pub use super::model_info::{
     CheckpointEntry, CheckpointError, CheckpointState, FORMAT_VERSION, LrSchedule, ModelInfo, TrainRecipe,
@@ -141,23 +142,23 @@ impl ModelDir {
 
     /// Checks that `data` fits the model: its images' shape, and its content when the model
     /// records the hash of the data it was trained on.
-    pub fn check_data(&self, data: &crate::data::Dataset) -> Result<(), String> {
+    pub fn check_data(&self, data: &crate::data::Dataset) -> Result<(), ModelError> {
         let cfg = &self.info.unet;
         let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
         if [data.channels, data.height, data.width] != shape {
-            return Err(format!(
+            return Err(ModelError::DataMismatch(format!(
                 "{} holds {}×{}×{} images but the model takes {}×{}×{}",
                 data.name, data.channels, data.height, data.width, shape[0], shape[1], shape[2]
-            ));
+            )));
         }
         if !self.info.data_hash.is_empty() && self.info.data_hash != data.content_hash() {
-            return Err(format!(
+            return Err(ModelError::DataMismatch(format!(
                 "the model was trained on {} (data hash {}…) but the data given, {}, differs (hash {}…)",
                 self.info.data_spec,
                 crate::files::short_hash(&self.info.data_hash),
                 data.name,
                 crate::files::short_hash(&data.content_hash())
-            ));
+            )));
         }
         Ok(())
     }
@@ -304,7 +305,7 @@ impl ModelDir {
             if let Some(optim) = optimizer {
                 let bytes = optim
                     .into_bytes()
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| ModelError::Weights(e.to_string()))
                     .and_then(canonical_record)
                     .map_err(|e| CheckpointError::invalid(&final_dir, format!("cannot serialise optimizer: {e}")))?;
                 state.optimizer_sha256 = Some(sha256(&bytes));
@@ -485,12 +486,13 @@ pub fn with_path_ids<M: Module>(module: M) -> M {
 /// the order of a hash map seeded per process, so the same state would be written as different
 /// bytes by two processes; sorted, a resumed training's optimizer file equals an uninterrupted
 /// one's.
-fn canonical_record(bytes: Bytes) -> Result<Vec<u8>, String> {
-    let reader = burn_pack::Reader::from_bytes(bytes).map_err(|e| e.to_string())?;
+fn canonical_record(bytes: Bytes) -> Result<Vec<u8>, ModelError> {
+    let unreadable = |e: burn_pack::Error| ModelError::Weights(e.to_string());
+    let reader = burn_pack::Reader::from_bytes(bytes).map_err(unreadable)?;
     let (scalars, metadata) = (reader.scalars().clone(), reader.metadata().clone());
     let mut tensors = Vec::new();
-    for tensor in reader.into_tensors().map_err(|e| e.to_string())? {
-        let (name, dtype, shape, param_id, data) = tensor.into_parts().map_err(|e| e.to_string())?;
+    for tensor in reader.into_tensors().map_err(unreadable)? {
+        let (name, dtype, shape, param_id, data) = tensor.into_parts().map_err(unreadable)?;
         tensors.push(burn_pack::Tensor::new(name, dtype, shape, param_id, data));
     }
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
@@ -501,7 +503,7 @@ fn canonical_record(bytes: Bytes) -> Result<Vec<u8>, String> {
     for (key, value) in &metadata {
         writer = writer.with_metadata(key, value);
     }
-    Ok(writer.into_bytes().map_err(|e| e.to_string())?.to_vec())
+    Ok(writer.into_bytes().map_err(unreadable)?.to_vec())
 }
 
 /// Path of the first parameter with a NaN or infinity, if any.

@@ -19,11 +19,8 @@ pub fn batch_tensor(data: &Dataset, indices: &[usize], device: &Device) -> Tenso
 }
 
 /// Reads a [n, C, H, W] tensor back as `n` byte images.
-pub fn tensor_to_images(x: Tensor<4>) -> Result<Vec<Vec<u8>>, String> {
+pub fn tensor_to_images(x: Tensor<4>) -> Result<Vec<Vec<u8>>, crate::device::DeviceError> {
     let [n, c, h, w] = x.dims();
-    let values = x
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| format!("cannot read tensor: {e:?}"))?;
+    let values = crate::device::read_back(x)?;
     Ok(values.chunks(c * h * w).take(n).map(unit_to_bytes).collect())
 }

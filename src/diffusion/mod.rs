@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod diffusers;
+pub mod error;
 pub mod images;
 pub mod measure;
 pub mod model_info;
@@ -14,6 +15,7 @@ pub mod unet;
 pub use checkpoint::{
     CheckpointEntry, CheckpointError, CheckpointState, LrSchedule, ModelDir, ModelFormat, ModelInfo, TrainRecipe,
 };
+pub use error::{ConfigError, ModelError};
 pub use measure::Measurement;
 pub use sampler::{SampleStep, SamplerConfig, SamplerKind, sample};
 pub use schedule::{Schedule, ScheduleConfig};

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::error::ConfigError;
 use super::{ScheduleConfig, UNetConfig};
 use crate::files::FileError;
 
@@ -35,10 +36,10 @@ pub enum CheckpointError {
 }
 
 impl CheckpointError {
-    pub(crate) fn invalid(path: &Path, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(path: &Path, reason: impl ToString) -> Self {
         Self::Invalid {
             path: path.to_owned(),
-            reason: reason.into(),
+            reason: reason.to_string(),
         }
     }
 }
@@ -123,15 +124,15 @@ impl ModelInfo {
     /// Checks every field before use: the architecture, the schedule, and a data hash that is a
     /// SHA-256 digest (or empty: not recorded), so that nothing later slices or compares a
     /// malformed one.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.unet.validate()?;
         self.schedule.validate()?;
         if !self.data_hash.is_empty() && !is_sha256_hex(&self.data_hash) {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "data_hash {:?} is not a SHA-256 digest (64 hex digits); `retrace info DATA` prints the \
                  data's hash",
                 self.data_hash.chars().take(80).collect::<String>()
-            ));
+            )));
         }
         Ok(())
     }
@@ -139,21 +140,28 @@ impl ModelInfo {
 
 impl CheckpointState {
     /// Checks the fields a checkpoint's `state.json` must have sensible values in.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !is_sha256_hex(&self.weights_sha256) {
-            return Err("weights_sha256 is not a SHA-256 digest (64 hex digits)".into());
-        }
-        if self.optimizer_sha256.as_deref().is_some_and(|h| !is_sha256_hex(h)) {
-            return Err("optimizer_sha256 is not a SHA-256 digest (64 hex digits)".into());
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
-            return Err(format!(
-                "learning_rate {} is not a finite non-negative number",
-                self.learning_rate
+            return Err(ConfigError(
+                "weights_sha256 is not a SHA-256 digest (64 hex digits)".into(),
             ));
         }
+        if self.optimizer_sha256.as_deref().is_some_and(|h| !is_sha256_hex(h)) {
+            return Err(ConfigError(
+                "optimizer_sha256 is not a SHA-256 digest (64 hex digits)".into(),
+            ));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+            return Err(ConfigError(format!(
+                "learning_rate {} is not a finite non-negative number",
+                self.learning_rate
+            )));
+        }
         if !(self.epoch.is_finite() && self.epoch >= 0.0) {
-            return Err(format!("epoch {} is not a finite non-negative number", self.epoch));
+            return Err(ConfigError(format!(
+                "epoch {} is not a finite non-negative number",
+                self.epoch
+            )));
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::error::ConfigError;
 use super::noise::{gaussian, stream};
 use super::{Schedule, UNet};
 
@@ -29,12 +30,12 @@ pub struct SamplerConfig {
 
 impl SamplerConfig {
     /// Checks the step count against a schedule of `t_total` steps: 1 to T.
-    pub fn validate(&self, t_total: usize) -> Result<(), String> {
+    pub fn validate(&self, t_total: usize) -> Result<(), ConfigError> {
         if self.steps == 0 || self.steps > t_total {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "{} denoising steps: the model's schedule allows 1 to {t_total}",
                 self.steps
-            ));
+            )));
         }
         Ok(())
     }

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::error::ConfigError;
+
 /// How β grows over the steps (diffusers' `beta_schedule`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,22 +45,24 @@ pub const MAX_STEPS: usize = 100_000;
 impl ScheduleConfig {
     /// Checks that the schedule describes a diffusion: at least one step, and every β in
     /// (0, 1) with the first no larger than the last.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.steps == 0 {
-            return Err("the noise schedule has 0 steps (schedule.steps must be at least 1)".into());
+            return Err(ConfigError(
+                "the noise schedule has 0 steps (schedule.steps must be at least 1)".into(),
+            ));
         }
         if self.steps > MAX_STEPS {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "the noise schedule has {} steps; retrace handles at most {MAX_STEPS}",
                 self.steps
-            ));
+            )));
         }
         let in_range = |b: f64| b.is_finite() && b > 0.0 && b < 1.0;
         if !(in_range(self.beta_start) && in_range(self.beta_end) && self.beta_start <= self.beta_end) {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "the noise schedule's β runs from {} to {}: both must lie in (0, 1), the first no larger",
                 self.beta_start, self.beta_end
-            ));
+            )));
         }
         Ok(())
     }

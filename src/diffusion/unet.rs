@@ -15,6 +15,8 @@ use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::error::ConfigError;
+
 /// `model` with ids derived from its parameters' paths and every parameter made now. burn makes
 /// a parameter's initial value lazily, at its first use; a seeded initialisation must draw all
 /// its numbers while it holds the generator ([`crate::device::drawing`]), or another thread's
@@ -253,14 +255,14 @@ impl UNetConfig {
     }
 
     /// Checks that the levels, groups and image size fit together.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let levels = self.block_out_channels.len();
         if levels == 0 || self.attention.len() != levels {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "{} block widths and {} attention flags: need one of each per level",
                 levels,
                 self.attention.len()
-            ));
+            )));
         }
         // A config.json from outside may hold zeros; each would divide by zero or build an
         // empty layer further on.
@@ -271,10 +273,10 @@ impl UNetConfig {
             ("time embedding width", self.time_embed_dim()),
         ];
         if let Some((what, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{what} 0: it must be at least 1"));
+            return Err(ConfigError(format!("{what} 0: it must be at least 1")));
         }
         if self.block_out_channels.contains(&0) {
-            return Err("a block width of 0: every level needs channels".into());
+            return Err(ConfigError("a block width of 0: every level needs channels".into()));
         }
         // A config from outside may also name a network no machine can hold; refuse it here,
         // before anything allocates it (the caps are far beyond any model retrace attributes).
@@ -285,20 +287,20 @@ impl UNetConfig {
             ("image size", self.sample_size, MAX_SAMPLE_SIZE),
         ];
         if let Some((what, value, cap)) = caps.iter().find(|(_, value, cap)| value > cap) {
-            return Err(format!("{what} {value}: retrace handles at most {cap}"));
+            return Err(ConfigError(format!("{what} {value}: retrace handles at most {cap}")));
         }
         let parameters = self.estimated_parameters();
         if parameters > MAX_PARAMETERS {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "about {parameters:.1e} parameters ({:.0} GB as f32): retrace handles at most {MAX_PARAMETERS:.0e}",
                 parameters * 4e-9
-            ));
+            )));
         }
         if let Some(w) = self.block_out_channels.iter().find(|&&w| w % self.norm_groups != 0) {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "block width {w} is not divisible by {} norm groups",
                 self.norm_groups
-            ));
+            )));
         }
         let last = self.block_out_channels[levels - 1];
         let attended = self
@@ -309,40 +311,44 @@ impl UNetConfig {
             .chain(self.mid_attention.then_some(last));
         if let Some(head_dim) = self.attention_head_dim {
             if head_dim == 0 {
-                return Err("attention head dim 0: heads need at least one channel".into());
+                return Err(ConfigError(
+                    "attention head dim 0: heads need at least one channel".into(),
+                ));
             }
             if let Some(w) = attended.into_iter().find(|w| w % head_dim != 0) {
-                return Err(format!("attention width {w} is not divisible by head dim {head_dim}"));
+                return Err(ConfigError(format!(
+                    "attention width {w} is not divisible by head dim {head_dim}"
+                )));
             }
         }
         if self.downsample_padding > 1 {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "downsample padding {} (diffusers' downsample_padding): only 0 and 1 are supported",
                 self.downsample_padding
-            ));
+            )));
         }
         if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
-            return Err(format!("norm ε {} must be positive", self.norm_eps));
+            return Err(ConfigError(format!("norm ε {} must be positive", self.norm_eps)));
         }
         if !(self.mid_block_scale_factor > 0.0 && self.mid_block_scale_factor.is_finite()) {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "mid-block scale factor {} must be positive",
                 self.mid_block_scale_factor
-            ));
+            )));
         }
         let half = self.block_out_channels[0] / 2;
         if half == 0 || self.freq_shift >= half as f64 {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "frequency shift {} leaves no timestep frequencies for a first level {} wide",
                 self.freq_shift, self.block_out_channels[0]
-            ));
+            )));
         }
         let factor = 1usize << (levels - 1);
         if !self.sample_size.is_multiple_of(factor) {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "image size {} is not divisible by {factor}, which {levels} resolution levels need",
                 self.sample_size
-            ));
+            )));
         }
         Ok(())
     }

@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::error::EvalError;
 use crate::data::Dataset;
 use crate::diffusion::noise::{below, gaussian, permutation, stream};
 use crate::diffusion::{LrSchedule, ScheduleConfig, TrainRecipe, UNetConfig};
@@ -89,12 +90,12 @@ pub const MAX_DRAWS: usize = 1_000_000;
 
 impl BenchmarkSpec {
     /// Checks the numbers fit together before any work starts.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), EvalError> {
         if self.format_version != BENCHMARK_FORMAT_VERSION {
-            return Err(format!(
+            return Err(EvalError::Invalid(format!(
                 "benchmark format version {} but this retrace reads {BENCHMARK_FORMAT_VERSION}",
                 self.format_version
-            ));
+            )));
         }
         let caps = [
             ("training images", self.data_len, MAX_DATA_LEN),
@@ -105,36 +106,45 @@ impl BenchmarkSpec {
             ("sampler steps", self.sampler_steps, self.schedule.steps),
         ];
         if let Some((what, value, cap)) = caps.iter().find(|(_, value, cap)| value > cap) {
-            return Err(format!("{value} {what}: a benchmark takes at most {cap}"));
+            return Err(EvalError::Invalid(format!(
+                "{value} {what}: a benchmark takes at most {cap}"
+            )));
         }
         if !(self.alpha > 0.0 && self.alpha < 1.0) {
-            return Err(format!("α must lie strictly between 0 and 1, not {}", self.alpha));
+            return Err(EvalError::Invalid(format!(
+                "α must lie strictly between 0 and 1, not {}",
+                self.alpha
+            )));
         }
         if self.subset_size() == 0 || self.subset_size() >= self.data_len {
-            return Err(format!(
+            return Err(EvalError::Invalid(format!(
                 "α = {} of {} images gives subsets of {} images",
                 self.alpha,
                 self.data_len,
                 self.subset_size()
-            ));
+            )));
         }
         if self.subsets < 2 || self.seeds.is_empty() {
-            return Err("a benchmark needs at least 2 subsets and one seed".into());
+            return Err(EvalError::Invalid(
+                "a benchmark needs at least 2 subsets and one seed".into(),
+            ));
         }
         let mut seeds = self.seeds.clone();
         seeds.sort_unstable();
         seeds.dedup();
         if seeds.len() != self.seeds.len() {
-            return Err(format!("the seeds {:?} repeat", self.seeds));
+            return Err(EvalError::Invalid(format!("the seeds {:?} repeat", self.seeds)));
         }
         if self.queries_per_kind < 2 || self.draws < 2 {
-            return Err("a benchmark needs at least 2 queries per kind and 2 draws per query".into());
+            return Err(EvalError::Invalid(
+                "a benchmark needs at least 2 queries per kind and 2 draws per query".into(),
+            ));
         }
         if self.training.batch_size == 0 || self.training.full_epochs == 0 || self.training.subset_epochs == 0 {
-            return Err("batch size and epochs must be positive".into());
+            return Err(EvalError::Invalid("batch size and epochs must be positive".into()));
         }
         self.schedule.validate()?;
-        self.unet.validate()
+        Ok(self.unet.validate()?)
     }
 
     /// Images per subset: ⌊αN⌉.
@@ -175,9 +185,9 @@ impl BenchmarkSpec {
     }
 
     /// Checks that `data` is the benchmark's training set.
-    pub fn check_data(&self, data: &Dataset) -> Result<(), String> {
+    pub fn check_data(&self, data: &Dataset) -> Result<(), EvalError> {
         if data.len() != self.data_len || data.content_hash() != self.data_hash {
-            return Err(format!(
+            return Err(EvalError::Invalid(format!(
                 "{} holds {} images (hash {}…) but the benchmark was made for {} images of {} (hash {}…)",
                 data.name,
                 data.len(),
@@ -185,7 +195,7 @@ impl BenchmarkSpec {
                 self.data_len,
                 self.data,
                 crate::files::short_hash(&self.data_hash)
-            ));
+            )));
         }
         Ok(())
     }

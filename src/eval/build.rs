@@ -25,6 +25,7 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::benchmark::{BenchmarkQuery, BenchmarkSpec, ModelKey, QueryKind, half_of};
+use super::error::EvalError;
 use super::ground_truth::{GroundTruth, ModelResult};
 use crate::data::pixels::bytes_to_unit;
 use crate::data::{DataSpec, Dataset};
@@ -44,8 +45,8 @@ const QUERIES_FILE: &str = "queries.json";
 
 pub use crate::shard::Shard;
 
-/// Errors of a build, as text for the CLI and the viewer.
-pub type BuildResult<T> = Result<T, String>;
+/// What a build step returns ([`EvalError::Cancelled`] when cancelled).
+pub type BuildResult<T> = Result<T, EvalError>;
 
 /// A build directory and what works on it.
 pub struct LdsBuild<'a> {
@@ -73,23 +74,28 @@ impl<'a> LdsBuild<'a> {
         let existing = read_json::<BenchmarkSpec>(&path)?;
         let spec = match (existing, spec) {
             (Some(old), Some(new)) if &old != new => {
-                return Err(format!(
+                return Err(EvalError::Invalid(format!(
                     "{} holds another benchmark ({}); choose another --out or repeat its settings",
                     dir.display(),
                     differences(&old, new)
-                ));
+                )));
             }
             (Some(old), _) => old,
             (None, Some(new)) => {
                 new.validate()?;
-                std::fs::create_dir_all(dir.join("results"))
-                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                crate::files::create_dir_all(&dir.join("results"))?;
                 write_json(&path, new)?;
                 new.clone()
             }
-            (None, None) => return Err(format!("{} holds no {BENCHMARK_FILE}", dir.display())),
+            (None, None) => {
+                return Err(EvalError::Invalid(format!(
+                    "{} holds no {BENCHMARK_FILE}",
+                    dir.display()
+                )));
+            }
         };
-        spec.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        spec.validate()
+            .map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))?;
         let build = Self {
             dir: dir.to_owned(),
             device,
@@ -106,8 +112,8 @@ impl<'a> LdsBuild<'a> {
         let dir = self.dir.join(COMMANDS_DIR);
         let path = dir.join(format!("{}.txt", &digest[..16]));
         if !path.is_file() {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            write_atomic(&path, command.as_bytes()).map_err(|e| e.to_string())?;
+            crate::files::create_dir_all(&dir)?;
+            write_atomic(&path, command.as_bytes())?;
         }
         Ok(())
     }
@@ -128,63 +134,51 @@ impl<'a> LdsBuild<'a> {
     pub fn load_held_out(spec: &BenchmarkSpec, data: &Dataset) -> BuildResult<Dataset> {
         let held_out = load_spec(&spec.held_out)?;
         if held_out.len() < spec.queries_per_kind {
-            return Err(format!(
+            return Err(EvalError::Invalid(format!(
                 "{} holds {} images but the benchmark asks for {} held-out queries",
                 spec.held_out,
                 held_out.len(),
                 spec.queries_per_kind
-            ));
+            )));
         }
         if held_out.image_len() != data.image_len() {
-            return Err(format!(
+            return Err(EvalError::Invalid(format!(
                 "the held-out images of {} are not the size of the training images",
                 spec.held_out
-            ));
+            )));
         }
         Ok(held_out)
     }
 
     /// Trains the full-data model, draws the queries and measures the full-data model on them.
-    /// Idempotent: what exists is reused. `Ok(None)` when cancelled.
+    /// Idempotent: what exists is reused.
     pub fn prepare(
         &self,
         spec: &BenchmarkSpec,
         data: &Dataset,
         held_out: &Dataset,
-    ) -> BuildResult<Option<Vec<BenchmarkQuery>>> {
+    ) -> BuildResult<Vec<BenchmarkQuery>> {
         let full_dir = self.dir.join("full");
         let info = model_info(spec, data, spec.training.full_seed, FULL_DATA_MODEL);
-        let Some((net, train_seconds, final_loss)) =
-            self.train_model(&full_dir, info, data, spec.training.full_epochs, "full-data model")?
-        else {
-            return Ok(None);
-        };
+        let (net, train_seconds, final_loss) =
+            self.train_model(&full_dir, info, data, spec.training.full_epochs, "full-data model")?;
         let queries_path = self.dir.join(QUERIES_FILE);
         let queries = match read_json::<Vec<BenchmarkQuery>>(&queries_path)? {
             Some(q) => q,
             None => {
-                let Some(q) = self.draw_queries(spec, &net, held_out)? else {
-                    return Ok(None);
-                };
+                let q = self.draw_queries(spec, &net, held_out)?;
                 write_json(&queries_path, &q)?;
                 q
             }
         };
         if read_json::<ModelResult>(&self.result_path(None))?.is_none() {
-            let Some(result) = self.measure(spec, &net, &queries, None, train_seconds, final_loss)? else {
-                return Ok(None);
-            };
+            let result = self.measure(spec, &net, &queries, None, train_seconds, final_loss)?;
             write_json(&self.result_path(None), &result)?;
         }
-        Ok(Some(queries))
+        Ok(queries)
     }
 
-    fn draw_queries(
-        &self,
-        spec: &BenchmarkSpec,
-        full: &UNet,
-        held_out: &Dataset,
-    ) -> BuildResult<Option<Vec<BenchmarkQuery>>> {
+    fn draw_queries(&self, spec: &BenchmarkSpec, full: &UNet, held_out: &Dataset) -> BuildResult<Vec<BenchmarkQuery>> {
         let n = spec.queries_per_kind;
         let mut queries: Vec<BenchmarkQuery> = (0..n)
             .map(|i| BenchmarkQuery {
@@ -207,7 +201,7 @@ impl<'a> LdsBuild<'a> {
                 .report("sampling queries", step.done as u64, step.total as u64, "");
             !self.job.cancel.is_cancelled()
         });
-        let Some(images) = images else { return Ok(None) };
+        let images = images.ok_or(EvalError::Cancelled)?;
         for (i, pixels) in tensor_to_images(images)?.into_iter().enumerate() {
             queries.push(BenchmarkQuery {
                 kind: QueryKind::Generated,
@@ -216,11 +210,11 @@ impl<'a> LdsBuild<'a> {
                 pixels,
             });
         }
-        Ok(Some(queries))
+        Ok(queries)
     }
 
     /// Trains (or finishes training) the model in `root`. Returns the model, this invocation's
-    /// training seconds and the final training loss; `Ok(None)` when cancelled.
+    /// training seconds and the final training loss.
     pub(crate) fn train_model(
         &self,
         root: &Path,
@@ -228,23 +222,23 @@ impl<'a> LdsBuild<'a> {
         data: &Dataset,
         epochs: usize,
         label: &str,
-    ) -> BuildResult<Option<(UNet, f64, f64)>> {
+    ) -> BuildResult<(UNet, f64, f64)> {
         let dir = if root.join("model.json").is_file() {
-            let dir = ModelDir::open(root).map_err(|e| e.to_string())?;
+            let dir = ModelDir::open(root)?;
             if dir.info.unet != info.unet
                 || dir.info.data_hash != info.data_hash
                 || dir.info.train.seed != info.train.seed
             {
-                return Err(format!(
+                return Err(EvalError::Invalid(format!(
                     "{} holds another model than the benchmark's {label}",
                     root.display()
-                ));
+                )));
             }
             dir
         } else {
-            ModelDir::create(root, info).map_err(|e| e.to_string())?
+            ModelDir::create(root, info)?
         };
-        let latest = dir.latest().map_err(|e| e.to_string())?;
+        let latest = dir.latest()?;
         let total_steps = data.len().div_ceil(dir.info.train.batch_size) * epochs;
         let mut seconds = 0.0;
         // A finished model is only loaded (a bundled one keeps no optimizer state to resume).
@@ -256,19 +250,18 @@ impl<'a> LdsBuild<'a> {
                 latest.is_some(),
                 self.device,
                 self.job,
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             if outcome.cancelled {
-                return Ok(None);
+                return Err(EvalError::Cancelled);
             }
             seconds = outcome.seconds;
         }
-        let (net, entry) = dir.load_latest(self.device).map_err(|e| e.to_string())?;
-        Ok(Some((net, seconds, entry.state.loss)))
+        let (net, entry) = dir.load_latest(self.device)?;
+        Ok((net, seconds, entry.state.loss))
     }
 
     /// Measures `net` on every query: the mean loss over the benchmark's draws (and over the
-    /// even-numbered draws). `Ok(None)` when cancelled.
+    /// even-numbered draws).
     fn measure(
         &self,
         spec: &BenchmarkSpec,
@@ -277,31 +270,28 @@ impl<'a> LdsBuild<'a> {
         key: Option<ModelKey>,
         train_seconds: f64,
         final_train_loss: f64,
-    ) -> BuildResult<Option<ModelResult>> {
+    ) -> BuildResult<ModelResult> {
         let started = Instant::now();
         let all: Vec<usize> = (0..queries.len()).collect();
-        let Some((losses, even_losses)) = measure_losses(spec, net, queries, &all, self.device, self.job)? else {
-            return Ok(None);
-        };
-        Ok(Some(ModelResult {
+        let (losses, even_losses) = measure_losses(spec, net, queries, &all, self.device, self.job)?;
+        Ok(ModelResult {
             key,
             losses,
             even_losses,
             final_train_loss,
             train_seconds,
             measure_seconds: started.elapsed().as_secs_f64(),
-        }))
+        })
     }
 
     /// Trains and measures this shard's (subset, seed) models that have no result yet.
-    /// Returns `Ok(false)` when cancelled.
     pub fn run_shard(
         &self,
         spec: &BenchmarkSpec,
         shard: Shard,
         data: &Dataset,
         queries: &[BenchmarkQuery],
-    ) -> BuildResult<bool> {
+    ) -> BuildResult<()> {
         let mine: Vec<ModelKey> = spec
             .models()
             .into_iter()
@@ -320,9 +310,7 @@ impl<'a> LdsBuild<'a> {
         // model trains.
         self.job.report("ground truth", done * 1000, total * 1000, "");
         for key in todo {
-            if self.job.cancel.is_cancelled() {
-                return Ok(false);
-            }
+            self.job.stop_if_cancelled()?;
             let inner = JobContext {
                 cancel: self.job.cancel.clone(),
                 progress: Arc::new(ModelProgress {
@@ -346,14 +334,9 @@ impl<'a> LdsBuild<'a> {
                 key.seed,
                 &format!("subset {} seed {}", key.subset, key.seed),
             );
-            let Some((net, seconds, loss)) =
-                step.train_model(&root, info, &subset, spec.training.subset_epochs, &key.stem())?
-            else {
-                return Ok(false);
-            };
-            let Some(result) = step.measure(spec, &net, queries, Some(key), seconds, loss)? else {
-                return Ok(false);
-            };
+            let (net, seconds, loss) =
+                step.train_model(&root, info, &subset, spec.training.subset_epochs, &key.stem())?;
+            let result = step.measure(spec, &net, queries, Some(key), seconds, loss)?;
             write_json(&self.result_path(Some(key)), &result)?;
             if !self.keep_models {
                 let _ = std::fs::remove_dir_all(&root);
@@ -366,7 +349,7 @@ impl<'a> LdsBuild<'a> {
                 format!("{} measured", key.stem()),
             );
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Copies the results of another build directory of the same benchmark (a shard that ran
@@ -376,13 +359,18 @@ impl<'a> LdsBuild<'a> {
         match theirs {
             Some(s) if &s == spec => {}
             Some(s) => {
-                return Err(format!(
+                return Err(EvalError::Invalid(format!(
                     "{} builds another benchmark ({})",
                     other.display(),
                     differences(spec, &s)
-                ));
+                )));
             }
-            None => return Err(format!("{} holds no {BENCHMARK_FILE}", other.display())),
+            None => {
+                return Err(EvalError::Invalid(format!(
+                    "{} holds no {BENCHMARK_FILE}",
+                    other.display()
+                )));
+            }
         }
         let mut copied = 0;
         for key in spec.models().into_iter().map(Some).chain([None]) {
@@ -392,17 +380,20 @@ impl<'a> LdsBuild<'a> {
             if dst.is_file() || !src.is_file() {
                 continue;
             }
-            let result: ModelResult = read_json(&src)?.ok_or_else(|| format!("{} vanished", src.display()))?;
+            let result: ModelResult =
+                read_json(&src)?.ok_or_else(|| EvalError::Invalid(format!("{} vanished", src.display())))?;
             if result.key != key {
-                return Err(format!("{} holds the result of another model", src.display()));
+                return Err(EvalError::Invalid(format!(
+                    "{} holds the result of another model",
+                    src.display()
+                )));
             }
             write_json(&dst, &result)?;
             copied += 1;
         }
         let (src, dst) = (other.join(QUERIES_FILE), self.dir.join(QUERIES_FILE));
         if src.is_file() && !dst.is_file() {
-            let bytes = std::fs::read(&src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
-            write_atomic(&dst, &bytes).map_err(|e| e.to_string())?;
+            write_atomic(&dst, &crate::files::read(&src)?)?;
         }
         for command in recorded_commands(other)? {
             self.record_command(&command)?;
@@ -432,23 +423,24 @@ impl<'a> LdsBuild<'a> {
 /// 0..M' whose every seed is measured (M' ≥ 2), as if the benchmark had M' subsets. A preview
 /// while a build runs; its spec says how many subsets it holds.
 pub fn partial_ground_truth(dir: &Path) -> BuildResult<GroundTruth> {
-    let spec: BenchmarkSpec =
-        read_json(&dir.join(BENCHMARK_FILE))?.ok_or_else(|| format!("{} holds no {BENCHMARK_FILE}", dir.display()))?;
+    let spec: BenchmarkSpec = read_json(&dir.join(BENCHMARK_FILE))?
+        .ok_or_else(|| EvalError::Invalid(format!("{} holds no {BENCHMARK_FILE}", dir.display())))?;
     let build = |subset| result_path(dir, Some(subset)).is_file();
     let complete = (0..spec.subsets)
         .take_while(|&m| spec.seeds.iter().all(|&seed| build(ModelKey { subset: m, seed })))
         .count();
     if complete < 2 {
-        return Err(format!(
+        return Err(EvalError::Invalid(format!(
             "{} holds {complete} fully measured subset(s); LDS needs at least 2",
             dir.display()
-        ));
+        )));
     }
     let prefix = BenchmarkSpec {
         subsets: complete,
         ..spec
     };
-    collect(dir, &prefix)?.ok_or_else(|| format!("{}: the full-data model is not measured yet", dir.display()))
+    collect(dir, &prefix)?
+        .ok_or_else(|| EvalError::Invalid(format!("{}: the full-data model is not measured yet", dir.display())))
 }
 
 /// The result file of a model (`None`: the full-data model) in the build directory `dir`.
@@ -459,8 +451,8 @@ fn result_path(dir: &Path, key: Option<ModelKey>) -> PathBuf {
 
 /// Loads the dataset a spec string names.
 pub(crate) fn load_spec(spec: &str) -> BuildResult<Dataset> {
-    let parsed: DataSpec = spec.parse().map_err(|e| format!("{e}"))?;
-    Dataset::load(&parsed).map_err(|e| format!("{e}"))
+    let parsed: DataSpec = spec.parse()?;
+    Ok(Dataset::load(&parsed)?)
 }
 
 /// Every result of `spec`'s models in `dir` as a ground truth; `Ok(None)` while some are missing.
@@ -475,8 +467,8 @@ fn collect(dir: &Path, spec: &BenchmarkSpec) -> BuildResult<Option<GroundTruth>>
     let Some(full) = read_json::<ModelResult>(&result_path(dir, None))? else {
         return Ok(None);
     };
-    let queries: Vec<BenchmarkQuery> =
-        read_json(&dir.join(QUERIES_FILE))?.ok_or("the queries were never drawn (run build-lds first)")?;
+    let queries: Vec<BenchmarkQuery> = read_json(&dir.join(QUERIES_FILE))?
+        .ok_or_else(|| EvalError::Invalid("the queries were never drawn (run build-lds first)".into()))?;
     let commands = recorded_commands(dir)?;
     GroundTruth::assemble(spec.clone(), commands, queries, full, models).map(Some)
 }
@@ -487,13 +479,18 @@ pub fn recorded_commands(dir: &Path) -> BuildResult<Vec<String>> {
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
+        Err(e) => return Err(EvalError::Invalid(format!("cannot read {}: {e}", dir.display()))),
     };
     let mut out = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|e| format!("cannot read {}: {e}", dir.display()))?.path();
+        let path = entry
+            .map_err(|e| EvalError::Invalid(format!("cannot read {}: {e}", dir.display())))?
+            .path();
         if path.extension().is_some_and(|e| e == "txt") {
-            out.push(std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?);
+            out.push(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| EvalError::Invalid(format!("cannot read {}: {e}", path.display())))?,
+            );
         }
     }
     out.sort();
@@ -527,7 +524,6 @@ pub(crate) fn model_info(spec: &BenchmarkSpec, data: &Dataset, seed: u64, what: 
 
 /// The mean loss of queries `which` (indices into `queries`, which key their draws) under the
 /// benchmark's draws, and the mean over the even-numbered draws alone, in the order of `which`.
-/// `Ok(None)` when cancelled.
 pub fn measure_losses(
     spec: &BenchmarkSpec,
     net: &UNet,
@@ -535,7 +531,7 @@ pub fn measure_losses(
     which: &[usize],
     device: &Device,
     job: &JobContext,
-) -> BuildResult<Option<(Vec<f64>, Vec<f64>)>> {
+) -> BuildResult<(Vec<f64>, Vec<f64>)> {
     const BATCH: usize = 64;
     let schedule = Schedule::new(&spec.schedule);
     let cfg = &spec.unet;
@@ -547,17 +543,18 @@ pub fn measure_losses(
         .collect();
     let mut draws_of = (usize::MAX, Vec::new());
     for (b, chunk) in pairs.chunks(BATCH).enumerate() {
-        if job.cancel.is_cancelled() {
-            return Ok(None);
-        }
+        job.stop_if_cancelled()?;
         let (mut x0, mut noise, mut ts) = (Vec::new(), Vec::new(), Vec::new());
         for &(slot, k) in chunk {
-            let q = *which.get(slot).filter(|&&q| q < queries.len()).ok_or("no such query")?;
+            let q = *which
+                .get(slot)
+                .filter(|&&q| q < queries.len())
+                .ok_or_else(|| EvalError::Invalid("no such query".into()))?;
             if queries[q].pixels.len() != pixels {
-                return Err(format!(
+                return Err(EvalError::Invalid(format!(
                     "query {q} has {} values, not {pixels}",
                     queries[q].pixels.len()
-                ));
+                )));
             }
             if draws_of.0 != q {
                 draws_of = (q, spec.measurement_draws(q, pixels));
@@ -571,11 +568,7 @@ pub fn measure_losses(
         let x0 = Tensor::<4>::from_data(TensorData::new(x0, shape), device);
         let batch = noise_images(&schedule, x0, &ts, noise);
         let prediction = net.forward(batch.x_t, batch.t);
-        let losses = Measurement::Loss
-            .evaluate(&schedule, prediction, batch.noise, &ts)
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| format!("cannot read losses back from the device: {e:?}"))?;
+        let losses = crate::device::read_back(Measurement::Loss.evaluate(&schedule, prediction, batch.noise, &ts))?;
         for (&(slot, k), &l) in chunk.iter().zip(&losses) {
             sums[slot] += l as f64;
             if k % 2 == 0 {
@@ -590,10 +583,10 @@ pub fn measure_losses(
         );
     }
     let evens = spec.draws.div_ceil(2) as f64;
-    Ok(Some((
+    Ok((
         sums.iter().map(|s| s / spec.draws as f64).collect(),
         even_sums.iter().map(|s| s / evens).collect(),
-    )))
+    ))
 }
 
 /// Forwards a model's training progress as "model i of n" progress of the build.
@@ -647,21 +640,25 @@ fn differences(a: &BenchmarkSpec, b: &BenchmarkSpec) -> String {
 /// Reads a JSON file; `Ok(None)` when it does not exist.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> BuildResult<Option<T>> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| format!("{} is damaged ({e}); delete it to redo that step", path.display())),
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            EvalError::Invalid(format!(
+                "{} is damaged ({e}); delete it to redo that step",
+                path.display()
+            ))
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) => Err(EvalError::Invalid(format!("cannot read {}: {e}", path.display()))),
     }
 }
 
 /// Writes a JSON file atomically.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> BuildResult<()> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        crate::files::create_dir_all(parent)?;
     }
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| format!("cannot serialise {}: {e}", path.display()))?;
-    write_atomic(path, &bytes).map_err(|e| e.to_string())
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| EvalError::Invalid(format!("cannot serialise {}: {e}", path.display())))?;
+    Ok(write_atomic(path, &bytes)?)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::benchmark::QueryKind;
 use super::build::{BENCHMARK_FILE, GROUND_TRUTH_FILE, partial_ground_truth};
+use super::error::EvalError;
 use super::ground_truth::GroundTruth;
 use super::lds::{query_lds, random_scores};
 use super::rows::{EvalRow, RowMethod};
@@ -44,20 +45,20 @@ impl BuiltBenchmark {
     /// and loads its training data, checking it is the data the ground truth was built on. A
     /// build still in progress (no `ground-truth.json` yet) opens with the subsets measured so
     /// far ([`partial_ground_truth`]); [`Self::is_partial`] says so.
-    pub fn open(root: &Path) -> Result<Self, String> {
+    pub fn open(root: &Path) -> Result<Self, EvalError> {
         let file = root.join(GROUND_TRUTH_FILE);
         let truth = if file.is_file() {
             GroundTruth::load(&file)?
         } else {
             partial_ground_truth(root)?
         };
-        let model = ModelDir::open(&root.join("full")).map_err(|e| e.to_string())?;
+        let model = ModelDir::open(&root.join("full"))?;
         if model.info.data_hash != truth.spec.data_hash {
-            return Err(format!(
+            return Err(EvalError::Invalid(format!(
                 "{} was not trained on the benchmark's data ({})",
                 model.root.display(),
                 truth.spec.data
-            ));
+            )));
         }
         let data = super::build::load_spec(&truth.spec.data)?;
         truth.spec.check_data(&data)?;
@@ -74,7 +75,7 @@ impl BuiltBenchmark {
 
     /// True when the ground truth holds fewer subsets than its benchmark asks for (a build in
     /// progress).
-    pub fn is_partial(&self) -> Result<bool, String> {
+    pub fn is_partial(&self) -> Result<bool, EvalError> {
         let spec: Option<super::BenchmarkSpec> = super::build::read_json(&self.root.join(BENCHMARK_FILE))?;
         Ok(spec.is_some_and(|s| s.subsets > self.truth.spec.subsets))
     }
@@ -91,14 +92,13 @@ impl BuiltBenchmark {
     }
 
     /// Query `q` with its sampling trajectory when it is a generated one (sampled again from its
-    /// seed with the benchmark's sampler; the pixels stay the stored ones). `Ok(None)` when
-    /// cancelled.
+    /// seed with the benchmark's sampler; the pixels stay the stored ones).
     pub fn query_with_trajectory(
         &self,
         q: usize,
         device: &burn::tensor::Device,
         job: &JobContext,
-    ) -> Result<Option<Query>, String> {
+    ) -> Result<Query, EvalError> {
         let mut query = self.query(q);
         let stored = &self.truth.queries[q];
         if stored.kind == QueryKind::Generated {
@@ -106,33 +106,29 @@ impl BuiltBenchmark {
                 kind: crate::diffusion::SamplerKind::Ddim,
                 steps: self.truth.spec.sampler_steps,
             };
-            let Some(sampled) = crate::attribution::query::generate_query(
+            let sampled = crate::attribution::query::generate_query(
                 &self.model,
                 stored.source,
                 &config,
                 device,
                 job,
                 |_, _, _| {},
-            )?
-            else {
-                return Ok(None);
-            };
+            )?;
             query.trajectory = sampled.trajectory;
         }
-        Ok(Some(query))
+        Ok(query)
     }
 
     /// The total score of every training image (dataset order) for query `q` under `row`.
-    /// `Ok(None)` when cancelled.
     pub fn scores(
         &self,
         row: &EvalRow,
         q: usize,
         device: &burn::tensor::Device,
         job: &JobContext,
-    ) -> Result<Option<Vec<f64>>, String> {
+    ) -> Result<Vec<f64>, EvalError> {
         let method = match &row.method {
-            RowMethod::Random => return Ok(Some(random_scores(self.data.len(), q))),
+            RowMethod::Random => return Ok(random_scores(self.data.len(), q)),
             RowMethod::Attribution(m) => m.clone(),
         };
         let request = MethodSettings {
@@ -141,17 +137,16 @@ impl BuiltBenchmark {
         };
         let index = self.index_settings(row.shared_noise)?;
         let query = if registry::lookup(&request.methods[0])?.needs().trajectory {
-            let Some(query) = self.query_with_trajectory(q, device, job)? else {
-                return Ok(None);
-            };
+            let query = self.query_with_trajectory(q, device, job)?;
             query
         } else {
             self.query(q)
         };
-        let Some(mut result) = attribute(&self.model, &self.data, &query, &request, &index, device, job)? else {
-            return Ok(None);
-        };
-        Ok(Some(result.pop().ok_or("a method returned no scores")?.totals()))
+        let mut result = attribute(&self.model, &self.data, &query, &request, &index, device, job)?;
+        Ok(result
+            .pop()
+            .ok_or_else(|| EvalError::Invalid("a method returned no scores".into()))?
+            .totals())
     }
 
     /// LDS of scores (dataset order) for query `q`.
@@ -161,9 +156,9 @@ impl BuiltBenchmark {
 
     /// The index settings the evaluation uses: [`Self::features`], with the query's (t, ε)
     /// draws shared with the training images or not.
-    pub fn index_settings(&self, shared_noise: bool) -> Result<IndexSettings, String> {
+    pub fn index_settings(&self, shared_noise: bool) -> Result<IndexSettings, EvalError> {
         let mut settings = self.features.clone();
         settings.plan.shared_noise = shared_noise;
-        settings.relocated()
+        Ok(settings.relocated()?)
     }
 }

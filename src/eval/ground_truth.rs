@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::benchmark::{BenchmarkQuery, BenchmarkSpec, ModelKey, QueryHalf, QueryKind};
+use super::error::EvalError;
 use crate::files::to_hex;
 use crate::stats::{pearson, spearman};
 
@@ -77,23 +78,24 @@ pub fn mask_hex(indices: &[usize], n: usize) -> String {
 }
 
 /// The indices a hex bitmap over `n` images holds.
-pub fn mask_indices(hex: &str, n: usize) -> Result<Vec<usize>, String> {
+pub fn mask_indices(hex: &str, n: usize) -> Result<Vec<usize>, EvalError> {
     if hex.len() != n.div_ceil(8) * 2 {
-        return Err(format!(
+        return Err(EvalError::Invalid(format!(
             "a mask over {n} images has {} hex digits, not {}",
             n.div_ceil(8) * 2,
             hex.len()
-        ));
+        )));
     }
     let mut out = Vec::new();
     for (byte_index, pair) in hex.as_bytes().chunks(2).enumerate() {
-        let text = std::str::from_utf8(pair).map_err(|_| "a mask is not hex".to_string())?;
-        let byte = u8::from_str_radix(text, 16).map_err(|_| format!("{text:?} in a mask is not hex"))?;
+        let text = std::str::from_utf8(pair).map_err(|_| EvalError::Invalid("a mask is not hex".to_string()))?;
+        let byte =
+            u8::from_str_radix(text, 16).map_err(|_| EvalError::Invalid(format!("{text:?} in a mask is not hex")))?;
         for bit in 0..8 {
             let i = byte_index * 8 + bit;
             if byte & (1 << bit) != 0 {
                 if i >= n {
-                    return Err(format!("a mask names image {i} of {n}"));
+                    return Err(EvalError::Invalid(format!("a mask names image {i} of {n}")));
                 }
                 out.push(i);
             }
@@ -111,27 +113,30 @@ impl GroundTruth {
         queries: Vec<BenchmarkQuery>,
         full: ModelResult,
         mut models: Vec<ModelResult>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, EvalError> {
         models.sort_by_key(|m| m.key);
         let keys: Vec<Option<ModelKey>> = models.iter().map(|m| m.key).collect();
         let expected: Vec<Option<ModelKey>> = spec.models().into_iter().map(Some).collect();
         if keys != expected {
-            return Err(format!(
+            return Err(EvalError::Invalid(format!(
                 "{} of the benchmark's {} models are measured",
                 keys.iter().filter(|k| expected.contains(k)).count(),
                 expected.len()
-            ));
+            )));
         }
         for m in models.iter().chain([&full]) {
             if m.losses.len() != queries.len() || m.even_losses.len() != queries.len() {
-                return Err(format!(
+                return Err(EvalError::Invalid(format!(
                     "a model was measured on {} queries, not {}",
                     m.losses.len(),
                     queries.len()
-                ));
+                )));
             }
             if m.losses.iter().chain(&m.even_losses).any(|v| !v.is_finite()) {
-                return Err(format!("model {:?} has a non-finite query loss", m.key));
+                return Err(EvalError::Invalid(format!(
+                    "model {:?} has a non-finite query loss",
+                    m.key
+                )));
             }
         }
         let masks = (0..spec.subsets)
@@ -162,11 +167,14 @@ impl GroundTruth {
     }
 
     /// Reads and checks a ground-truth file.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Self, EvalError> {
+        let bytes = crate::files::read(path)?;
         let truth: Self = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{} is not an LDS ground truth: {e}", path.display()))?;
-        truth.spec.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| EvalError::Invalid(format!("{} is not an LDS ground truth: {e}", path.display())))?;
+        truth
+            .spec
+            .validate()
+            .map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))?;
         let again = Self::assemble(
             truth.spec.clone(),
             truth.commands.clone(),
@@ -174,15 +182,18 @@ impl GroundTruth {
             truth.full.clone(),
             truth.models.clone(),
         )
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))?;
         if again.masks != truth.masks {
-            return Err(format!("{}: its masks are not the ones its seeds give", path.display()));
+            return Err(EvalError::Invalid(format!(
+                "{}: its masks are not the ones its seeds give",
+                path.display()
+            )));
         }
         Ok(truth)
     }
 
     /// The sorted training-set indices of every subset.
-    pub fn subsets(&self) -> Result<Vec<Vec<usize>>, String> {
+    pub fn subsets(&self) -> Result<Vec<Vec<usize>>, EvalError> {
         self.masks.iter().map(|m| mask_indices(m, self.spec.data_len)).collect()
     }
 

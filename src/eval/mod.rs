@@ -4,6 +4,7 @@
 pub mod benchmark;
 pub mod build;
 pub mod built;
+pub mod error;
 pub mod ground_truth;
 pub mod lds;
 pub mod remove_topk;
@@ -13,4 +14,5 @@ pub mod table;
 pub use benchmark::{BenchmarkSpec, BenchmarkTraining, QueryHalf, QueryKind};
 pub use build::{LdsBuild, Shard};
 pub use built::BuiltBenchmark;
+pub use error::EvalError;
 pub use ground_truth::GroundTruth;

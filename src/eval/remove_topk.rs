@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::QueryKind;
 use super::build::{LdsBuild, Shard, measure_losses, model_info, read_json, write_json};
 use super::built::BuiltBenchmark;
+use super::error::EvalError;
 use super::lds::{Interval, bootstrap};
 use super::rows::{EvalRow, RowMethod, file_safe};
 use crate::diffusion::ModelDir;
@@ -127,8 +128,6 @@ pub struct RemovalReport {
 /// How a run of [`remove_top_k`] ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RemovalOutcome {
-    /// Cancelled; run again to resume.
-    Cancelled,
     /// This shard's models are done; `waiting` models of other shards are not yet.
     ShardDone {
         /// Models still missing.
@@ -176,10 +175,10 @@ pub fn remove_top_k(
     dir: &Path,
     device: &burn::tensor::Device,
     job: &JobContext,
-) -> Result<RemovalOutcome, String> {
+) -> Result<RemovalOutcome, EvalError> {
     let spec = &bench.truth.spec;
     if plan.k == 0 || plan.k >= bench.data.len() {
-        return Err(format!("k must lie in 1..{}", bench.data.len()));
+        return Err(EvalError::Invalid(format!("k must lie in 1..{}", bench.data.len())));
     }
     let builder = LdsBuild {
         dir: dir.to_owned(),
@@ -209,14 +208,9 @@ pub fn remove_top_k(
                 }
                 let root = dir.join("models").join(format!("reference-s{seed}"));
                 let info = model_info(spec, &bench.data, seed, super::build::FULL_DATA_MODEL);
-                let Some((net, _, _)) =
-                    builder.train_model(&root, info, &bench.data, spec.training.full_epochs, "reference")?
-                else {
-                    return Ok(RemovalOutcome::Cancelled);
-                };
-                let Some((losses, _)) = measure_losses(spec, &net, &bench.truth.queries, &all, device, job)? else {
-                    return Ok(RemovalOutcome::Cancelled);
-                };
+                let (net, _, _) =
+                    builder.train_model(&root, info, &bench.data, spec.training.full_epochs, "reference")?;
+                let (losses, _) = measure_losses(spec, &net, &bench.truth.queries, &all, device, job)?;
                 write_json(&path, &losses)?;
                 let _ = std::fs::remove_dir_all(&root);
             }
@@ -228,9 +222,7 @@ pub fn remove_top_k(
                 let removed = match top_lists.get(&(query, r)) {
                     Some(top) => top.clone(),
                     None => {
-                        let Some(removed) = removed_images(bench, plan, row, query, seed, device, job)? else {
-                            return Ok(RemovalOutcome::Cancelled);
-                        };
+                        let removed = removed_images(bench, plan, row, query, seed, device, job)?;
                         if !matches!(row.method, RowMethod::Random) {
                             top_lists.insert((query, r), removed.clone());
                         }
@@ -251,7 +243,10 @@ pub fn remove_top_k(
                 let root = dir.join("models").join(&stem);
                 // A model left in training without other images (stale settings) starts over.
                 if ModelDir::open(&root).is_ok_and(|m| m.info.data_hash != data.content_hash()) {
-                    std::fs::remove_dir_all(&root).map_err(|e| format!("cannot clear {}: {e}", root.display()))?;
+                    std::fs::remove_dir_all(&root).map_err(|source| crate::files::FileError {
+                        path: root.clone(),
+                        source,
+                    })?;
                 }
                 let info = model_info(
                     spec,
@@ -259,13 +254,8 @@ pub fn remove_top_k(
                     seed,
                     &format!("without the top {} of query {query}", plan.k),
                 );
-                let Some((net, _, _)) = builder.train_model(&root, info, &data, spec.training.full_epochs, &stem)?
-                else {
-                    return Ok(RemovalOutcome::Cancelled);
-                };
-                let Some((loss, _)) = measure_losses(spec, &net, &bench.truth.queries, &[query], device, job)? else {
-                    return Ok(RemovalOutcome::Cancelled);
-                };
+                let (net, _, _) = builder.train_model(&root, info, &data, spec.training.full_epochs, &stem)?;
+                let (loss, _) = measure_losses(spec, &net, &bench.truth.queries, &[query], device, job)?;
                 let model = RemovedModel {
                     query,
                     method: row.label(),
@@ -294,7 +284,7 @@ pub fn remove_top_k(
 }
 
 /// The training images `row` removes for `query`: its top k, or k random ones for the random
-/// row. `Ok(None)` when cancelled.
+/// row.
 fn removed_images(
     bench: &BuiltBenchmark,
     plan: &RemovalPlan,
@@ -303,15 +293,13 @@ fn removed_images(
     seed: u64,
     device: &burn::tensor::Device,
     job: &JobContext,
-) -> Result<Option<Vec<usize>>, String> {
+) -> Result<Vec<usize>, EvalError> {
     if matches!(row.method, RowMethod::Random) {
         let mut r = permutation(&mut stream("remove-random", &[query as u64, seed]), bench.data.len());
         r.truncate(plan.k);
-        return Ok(Some(r));
+        return Ok(r);
     }
-    Ok(bench
-        .scores(row, query, device, job)?
-        .map(|scores| top_k(&scores, plan.k)))
+    Ok(top_k(&bench.scores(row, query, device, job)?, plan.k))
 }
 
 fn reference_path(dir: &Path, seed: u64) -> PathBuf {
@@ -324,8 +312,8 @@ fn result_stem(query: usize, row: &EvalRow, seed: u64) -> String {
 }
 
 /// The report from the finished models' files.
-fn assemble(plan: &RemovalPlan, dir: &Path, bench: &BuiltBenchmark) -> Result<RemovalReport, String> {
-    let missing = |path: &Path| format!("{} is missing", path.display());
+fn assemble(plan: &RemovalPlan, dir: &Path, bench: &BuiltBenchmark) -> Result<RemovalReport, EvalError> {
+    let missing = |path: &Path| EvalError::Invalid(format!("{} is missing", path.display()));
     let mut reference = Vec::new();
     for &seed in &plan.seeds {
         let path = reference_path(dir, seed);
@@ -344,7 +332,7 @@ fn assemble(plan: &RemovalPlan, dir: &Path, bench: &BuiltBenchmark) -> Result<Re
                 let model = read_json::<RemovedModel>(&path)?.ok_or_else(|| missing(&path))?;
                 let reference_loss = *reference[s]
                     .get(query)
-                    .ok_or_else(|| format!("the reference losses have no query {query}"))?;
+                    .ok_or_else(|| EvalError::Invalid(format!("the reference losses have no query {query}")))?;
                 results.push(RemovalResult { model, reference_loss });
             }
         }

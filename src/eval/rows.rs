@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::benchmark::QueryKind;
+use super::error::EvalError;
 use crate::attribution::registry::{self, Parameters};
 use crate::attribution::{Method, Parameter};
 use crate::diffusion::Measurement;
@@ -92,7 +93,7 @@ impl EvalRow {
     }
 
     /// Parses a row name as [`Self::label`] writes it, on top of `parameters`.
-    pub fn parse(name: &str, parameters: &Parameters) -> Result<Self, String> {
+    pub fn parse(name: &str, parameters: &Parameters) -> Result<Self, EvalError> {
         let (name, shared_noise) = match name.trim().strip_suffix("+shared") {
             Some(rest) => (rest, true),
             None => (name.trim(), false),
@@ -124,7 +125,9 @@ impl EvalRow {
         let method = registry::lookup(base)?;
         if let Some(m) = measurement {
             if !takes_measurement(method.as_ref()) {
-                return Err(format!("{name}: {base} takes no other measurement than the loss"));
+                return Err(EvalError::Invalid(format!(
+                    "{name}: {base} takes no other measurement than the loss"
+                )));
             }
             parameters.set_choice("measurement", m)?;
         }

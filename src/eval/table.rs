@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::benchmark::{QueryHalf, QueryKind};
 use super::built::BuiltBenchmark;
+use super::error::EvalError;
 use super::lds::{Interval, bootstrap};
 use super::remove_topk::RemovalReport;
 use super::rows::{EvalRow, row_parts_dir};
@@ -63,7 +64,7 @@ pub struct EvalReport {
 
 impl EvalReport {
     /// A report on `bench`'s `half` with no row yet.
-    pub fn new(bench: &BuiltBenchmark, half: QueryHalf) -> Result<Self, String> {
+    pub fn new(bench: &BuiltBenchmark, half: QueryHalf) -> Result<Self, EvalError> {
         Ok(Self {
             benchmark: bench.root.display().to_string(),
             half,
@@ -78,10 +79,14 @@ impl EvalReport {
     }
 
     /// Reads the results file `path`, saying why it cannot.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{} is not a results file of retrace eval lds: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, EvalError> {
+        let bytes = crate::files::read(path)?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            EvalError::Invalid(format!(
+                "{} is not a results file of retrace eval lds: {e}",
+                path.display()
+            ))
+        })
     }
 
     /// The report in `path`, if there is a readable one.
@@ -102,7 +107,7 @@ struct QueryPart {
     seconds: Option<f64>,
 }
 
-/// Scores `row` on the queries of `half`. `Ok(None)` when cancelled. With `parts`, every
+/// Scores `row` on the queries of `half`.  With `parts`, every
 /// query's result is kept in a file under it as soon as it is known, and a run that was stopped
 /// resumes from them.
 pub fn evaluate_row(
@@ -112,14 +117,14 @@ pub fn evaluate_row(
     parts: Option<&Path>,
     device: &burn::tensor::Device,
     job: &JobContext,
-) -> Result<Option<RowResult>, String> {
+) -> Result<RowResult, EvalError> {
     let queries: Vec<usize> = QueryKind::ALL
         .iter()
         .filter(|&&kind| row.takes(kind))
         .flat_map(|&kind| bench.truth.query_indices(kind, half))
         .collect();
     if queries.is_empty() {
-        return Err("the benchmark has no query in this half".into());
+        return Err(EvalError::Invalid("the benchmark has no query in this half".into()));
     }
     let label = row.label();
     let part_path = |q: usize| parts.map(|dir| row_parts_dir(dir, &label).join(format!("q{q:03}.json")));
@@ -141,9 +146,7 @@ pub fn evaluate_row(
             continue;
         }
         let started = Instant::now();
-        let Some(scores) = bench.scores(row, q, device, job)? else {
-            return Ok(None);
-        };
+        let scores = bench.scores(row, q, device, job)?;
         let part = QueryPart {
             lds: bench.lds(&scores, q),
             top: top_k(&scores, SPREAD_K),
@@ -175,12 +178,12 @@ pub fn evaluate_row(
         .filter(|(q, _)| bench.truth.queries[**q].kind == QueryKind::Generated)
         .map(|(_, r)| r.top.clone())
         .collect();
-    Ok(Some(RowResult {
+    Ok(RowResult {
         method: label,
         held_out: bootstrap(&of_kind(QueryKind::HeldOut), 1),
         generated: bootstrap(&of_kind(QueryKind::Generated), 2),
         seconds_per_query,
         per_query: results.iter().map(|r| r.lds).collect(),
         generally_influential: top_k_spread(&generated_top, SPREAD_K),
-    }))
+    })
 }

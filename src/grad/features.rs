@@ -5,11 +5,12 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::GradError;
 use super::{PlanPoint, Projector, TimestepPlan, capture_layers};
 use crate::diffusion::train::NoisyBatch;
 use crate::diffusion::train::noise_images;
 use crate::diffusion::{Measurement, Schedule, UNet};
-use crate::jobs::JobContext;
+use crate::jobs::{Cancelled, JobContext};
 
 /// Examples to featurise: ids (which key their plan) and pixels in [−1, 1].
 #[derive(Clone, Debug)]
@@ -40,14 +41,14 @@ impl Examples {
     }
 
     /// The region as a [H, W] tensor on `device`, checked against the image size.
-    pub fn region_tensor(&self, device: &Device) -> Result<Option<Tensor<2>>, String> {
+    pub fn region_tensor(&self, device: &Device) -> Result<Option<Tensor<2>>, GradError> {
         let Some(weights) = &self.region else { return Ok(None) };
         let [_, h, w] = self.shape;
         if weights.len() != h * w {
-            return Err(format!(
+            return Err(GradError::Invalid(format!(
                 "the region has {} weights but the images {h}×{w} pixels",
                 weights.len()
-            ));
+            )));
         }
         Ok(Some(Tensor::from_data(
             TensorData::new(weights.clone(), [h, w]),
@@ -134,13 +135,14 @@ pub struct PlanWalk<'a> {
 
 impl PlanWalk<'_> {
     /// Noises every batch on the walk's device and hands it to `visit`, reporting progress to
-    /// `job` under `stage`; returns `Ok(false)` when cancelled.
-    pub fn run(
+    /// `job` under `stage`; stops with the visitor's error, or its cancellation when `job` is
+    /// cancelled.
+    pub fn run<E: From<Cancelled>>(
         &self,
         job: &JobContext,
         stage: &str,
-        mut visit: impl FnMut(PlanBatch<'_>) -> Result<(), String>,
-    ) -> Result<bool, String> {
+        mut visit: impl FnMut(PlanBatch<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let (examples, plan, schedule, device) = (self.examples, self.plan, self.schedule, self.device);
         let pixels = examples.shape.iter().product::<usize>();
         let pairs: Vec<(usize, PlanPoint)> = (0..examples.len())
@@ -149,9 +151,7 @@ impl PlanWalk<'_> {
         let total = pairs.len() as u64;
         let batch_size = self.batch_size.max(1);
         for (done, chunk) in pairs.chunks(batch_size).enumerate() {
-            if job.cancel.is_cancelled() {
-                return Ok(false);
-            }
+            job.stop_if_cancelled()?;
             let mut x0 = Vec::with_capacity(chunk.len() * pixels);
             let mut noise = Vec::with_capacity(chunk.len() * pixels);
             for (e, p) in chunk {
@@ -170,7 +170,7 @@ impl PlanWalk<'_> {
             let finished = ((done + 1) * batch_size).min(pairs.len()) as u64;
             job.report(stage, finished, total, "");
         }
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -190,32 +190,27 @@ impl FeatureRun<'_> {
         super::frozen_on_autodiff(self.model, self.device)
     }
 
-    /// Featurises `examples`, reporting progress to `job`; `Ok(None)` when cancelled.
-    pub fn run(&self, examples: &Examples, job: &JobContext) -> Result<Option<Features>, String> {
+    /// Featurises `examples`, reporting progress to `job`.
+    pub fn run(&self, examples: &Examples, job: &JobContext) -> Result<Features, GradError> {
         let (model, ad) = self.frozen_model();
         let dim = self.projector.dim();
         let buckets = self.plan.buckets;
         let mut values = vec![0.0f32; examples.len() * buckets * dim];
         let scale = 1.0 / self.plan.draws as f32;
         let region = examples.region_tensor(&ad)?;
-        let finished = self.walk(examples, &ad).run(job, "gradients", |batch| {
+        self.walk(examples, &ad).run(job, "gradients", |batch| {
             let noise = batch.noisy.noise;
             let (layers, _) = capture_layers(&model, batch.noisy.x_t, batch.noisy.t, |pred| {
                 self.measurement
                     .evaluate_in(self.schedule, pred, noise, &batch.ts, region.as_ref())
             });
-            let projected = self
-                .projector
-                .project(&layers)
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| format!("cannot read gradient features back from the device: {e:?}"))?;
+            let projected = crate::device::read_back(self.projector.project(&layers))?;
             if let Some(bad) = projected.iter().position(|v| !v.is_finite()) {
                 let (e, p) = &batch.pairs[bad / dim];
-                return Err(format!(
+                return Err(GradError::NonFinite(format!(
                     "non-finite gradient for example {} at t = {} (is the model diverged?)",
                     examples.ids[*e], p.t
-                ));
+                )));
             }
             for (k, (e, p)) in batch.pairs.iter().enumerate() {
                 let dst = &mut values[(e * buckets + p.bucket) * dim..][..dim];
@@ -225,26 +220,29 @@ impl FeatureRun<'_> {
             }
             Ok(())
         })?;
-        Ok(finished.then_some(Features {
+        Ok(Features {
             values,
             examples: examples.len(),
             buckets,
             dim,
-        }))
+        })
     }
 
     /// Exact (unprojected) gradients of the measurement for ONE example, per bucket: for every
-    /// captured layer, [B, d_out, d_in(+1)], the mean over the bucket's draws. `Ok(None)` when
-    /// cancelled. Used for queries that are preconditioned before projection (K-FAC).
-    pub fn bucket_gradients(&self, example: &Examples, job: &JobContext) -> Result<Option<Vec<Tensor<3>>>, String> {
+    /// captured layer, [B, d_out, d_in(+1)], the mean over the bucket's draws. Used for queries
+    /// that are preconditioned before projection (K-FAC).
+    pub fn bucket_gradients(&self, example: &Examples, job: &JobContext) -> Result<Vec<Tensor<3>>, GradError> {
         if example.len() != 1 {
-            return Err(format!("bucket gradients take one example, not {}", example.len()));
+            return Err(GradError::Invalid(format!(
+                "bucket gradients take one example, not {}",
+                example.len()
+            )));
         }
         let (model, ad) = self.frozen_model();
         let buckets = self.plan.buckets;
         let region = example.region_tensor(&ad)?;
         let mut sums: Vec<Tensor<3>> = Vec::new();
-        let finished = self.walk(example, &ad).run(job, "query gradients", |batch| {
+        self.walk(example, &ad).run(job, "query gradients", |batch| {
             let noise = batch.noisy.noise;
             let (layers, _) = capture_layers(&model, batch.noisy.x_t, batch.noisy.t, |pred| {
                 self.measurement
@@ -268,17 +266,16 @@ impl FeatureRun<'_> {
                     sums[l] = sums[l].clone() + per_bucket;
                 }
             }
-            Ok(())
+            Ok::<(), GradError>(())
         })?;
-        if !finished {
-            return Ok(None);
-        }
         for g in &sums {
             let size = crate::device::read_back(g.clone().abs().sum())?;
             if !size.iter().all(|v| v.is_finite()) {
-                return Err("non-finite query gradient (is the model diverged?)".into());
+                return Err(GradError::NonFinite(
+                    "non-finite query gradient (is the model diverged?)".into(),
+                ));
             }
         }
-        Ok(Some(sums))
+        Ok(sums)
     }
 }

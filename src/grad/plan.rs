@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::GradError;
 use crate::diffusion::noise::{below, gaussian, stream};
 
 /// Buckets × draws over the diffusion steps, with the seed of its randomness.
@@ -47,11 +48,11 @@ pub struct PlanPoint {
 
 impl TimestepPlan {
     /// A plan with `buckets` buckets of `draws` draws over `steps` steps.
-    pub fn new(steps: usize, buckets: usize, draws: usize, seed: u64) -> Result<Self, String> {
+    pub fn new(steps: usize, buckets: usize, draws: usize, seed: u64) -> Result<Self, GradError> {
         if buckets == 0 || draws == 0 || buckets > steps {
-            return Err(format!(
+            return Err(GradError::Invalid(format!(
                 "a plan needs 1..={steps} buckets and at least one draw (got {buckets} × {draws})"
-            ));
+            )));
         }
         Ok(Self {
             steps,
@@ -64,9 +65,9 @@ impl TimestepPlan {
     }
 
     /// One bucket of `draws` draws, all at step `t` of `steps`.
-    pub fn pinned(steps: usize, t: usize, draws: usize, seed: u64) -> Result<Self, String> {
+    pub fn pinned(steps: usize, t: usize, draws: usize, seed: u64) -> Result<Self, GradError> {
         if t >= steps {
-            return Err(format!("step {t} is outside 0..{steps}"));
+            return Err(GradError::Invalid(format!("step {t} is outside 0..{steps}")));
         }
         Ok(Self {
             pinned_step: Some(t),

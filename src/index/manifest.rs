@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::IndexError;
 use crate::grad::{ProjectionConfig, TimestepPlan};
 
 /// Version of the on-disk index layout.
@@ -158,37 +159,41 @@ impl Manifest {
     /// least 1, one key hash and one chunk list (of the right length) per checkpoint, SHA-256
     /// digests where digests belong, a plan whose buckets fit its steps, and a shard inside its
     /// count.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), IndexError> {
         use crate::diffusion::checkpoint::is_sha256_hex;
         let key = &self.key;
         if self.examples == 0 || self.chunk_size == 0 || self.dim == 0 {
-            return Err(format!(
+            return Err(IndexError::Invalid(format!(
                 "examples {}, chunk_size {} and dim {} must all be at least 1",
                 self.examples, self.chunk_size, self.dim
-            ));
+            )));
         }
         if self.checkpoints.is_empty() || key.checkpoint_hashes.len() != self.checkpoints.len() {
-            return Err(format!(
+            return Err(IndexError::Invalid(format!(
                 "{} checkpoints but {} checkpoint hashes in the key",
                 self.checkpoints.len(),
                 key.checkpoint_hashes.len()
-            ));
+            )));
         }
         if !key.checkpoint_hashes.iter().all(|h| is_sha256_hex(h)) || !is_sha256_hex(&key.data_hash) {
-            return Err("a checkpoint or data hash in the key is not a SHA-256 digest".into());
+            return Err(IndexError::Invalid(
+                "a checkpoint or data hash in the key is not a SHA-256 digest".into(),
+            ));
         }
         let plan = &key.plan;
         if plan.buckets == 0 || plan.draws == 0 || plan.buckets > plan.steps {
-            return Err(format!(
+            return Err(IndexError::Invalid(format!(
                 "a plan of {} buckets × {} draws over {} steps",
                 plan.buckets, plan.draws, plan.steps
-            ));
+            )));
         }
         if key.layer_shapes.is_empty() || key.layer_shapes.iter().any(|&(i, o)| i == 0 || o == 0) {
-            return Err("the key's layer shapes are empty or hold a zero width".into());
+            return Err(IndexError::Invalid(
+                "the key's layer shapes are empty or hold a zero width".into(),
+            ));
         }
         if key.projection.k_in == 0 || key.projection.k_out == 0 {
-            return Err("the projection's k is 0".into());
+            return Err(IndexError::Invalid("the projection's k is 0".into()));
         }
         let bytes_per_checkpoint = plan
             .buckets
@@ -196,46 +201,46 @@ impl Manifest {
             .and_then(|row| row.checked_mul(key.storage.bytes()))
             .and_then(|row| row.checked_mul(self.examples));
         if bytes_per_checkpoint.is_none_or(|b| b > MAX_BYTES_PER_CHECKPOINT) {
-            return Err(format!(
+            return Err(IndexError::Invalid(format!(
                 "{} images × {} buckets × {} features do not fit an index",
                 self.examples, plan.buckets, self.dim
-            ));
+            )));
         }
         let mut steps: Vec<usize> = self.checkpoints.iter().map(|c| c.step).collect();
         steps.sort_unstable();
         if steps.windows(2).any(|w| w[0] == w[1]) {
-            return Err("two checkpoints share a step".into());
+            return Err(IndexError::Invalid("two checkpoints share a step".into()));
         }
         let chunks = self.chunks_per_checkpoint();
         for c in &self.checkpoints {
             if c.chunks.len() != chunks || !(c.summaries.is_empty() || c.summaries.len() == chunks) {
-                return Err(format!(
+                return Err(IndexError::Invalid(format!(
                     "checkpoint step {} lists {} chunks and {} summaries, not {chunks} ({} images in chunks of {})",
                     c.step,
                     c.chunks.len(),
                     c.summaries.len(),
                     self.examples,
                     self.chunk_size
-                ));
+                )));
             }
             let digests = c.chunks.iter().chain(&c.summaries).flatten();
             if !digests.clone().all(|h| is_sha256_hex(h)) {
-                return Err(format!(
+                return Err(IndexError::Invalid(format!(
                     "checkpoint step {} lists a chunk checksum that is not a SHA-256 digest",
                     c.step
-                ));
+                )));
             }
             if !(c.learning_rate.is_finite() && c.learning_rate >= 0.0) {
-                return Err(format!(
+                return Err(IndexError::Invalid(format!(
                     "checkpoint step {} has learning rate {}",
                     c.step, c.learning_rate
-                ));
+                )));
             }
         }
         if let Some(shard) = self.shard
             && (shard.count == 0 || shard.index >= shard.count)
         {
-            return Err(format!("shard {} of {}", shard.index, shard.count));
+            return Err(IndexError::Invalid(format!("shard {} of {}", shard.index, shard.count)));
         }
         Ok(())
     }

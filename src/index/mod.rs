@@ -30,10 +30,12 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const VERIFIED_STAMP: &str = VERIFIED_FILE;
 
 use crate::data::Dataset;
-use crate::diffusion::{CheckpointEntry, Measurement, ModelDir, Schedule};
+use crate::diffusion::{CheckpointEntry, CheckpointError, Measurement, ModelDir, ModelError, Schedule};
 use crate::files::{sha256, write_atomic};
-use crate::grad::{Examples, FeatureRun, Features, ProjectionConfig, Projector, TimestepPlan, model_layer_shapes};
-use crate::jobs::JobContext;
+use crate::grad::{
+    Examples, FeatureRun, Features, GradError, ProjectionConfig, Projector, TimestepPlan, model_layer_shapes,
+};
+use crate::jobs::{Cancellable, Cancelled, JobContext};
 use crate::shard::Shard;
 
 /// Why an index could not be built or opened.
@@ -64,9 +66,39 @@ pub enum IndexError {
         "{0}: no such file: the index (or shard) is incomplete or was removed while in use; building it again restores it (`retrace index`, which resumes; in the viewer, the next ranking)"
     )]
     Missing(PathBuf),
-    /// The job was cancelled while checking the index (nothing was changed).
-    #[error("cancelled while checking the index")]
+    /// The job was cancelled (what was written stays, and a later build resumes from it).
+    #[error("cancelled")]
     Cancelled,
+    /// The model or its data cannot be used (a mismatch, unreadable weights).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The model directory cannot be read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The gradient features could not be computed.
+    #[error(transparent)]
+    Grad(GradError),
+}
+
+impl From<GradError> for IndexError {
+    fn from(e: GradError) -> Self {
+        match e {
+            GradError::Cancelled => Self::Cancelled,
+            e => Self::Grad(e),
+        }
+    }
+}
+
+impl From<Cancelled> for IndexError {
+    fn from(_: Cancelled) -> Self {
+        Self::Cancelled
+    }
+}
+
+impl Cancellable for IndexError {
+    fn is_cancelled(&self) -> bool {
+        matches!(self, Self::Cancelled)
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
@@ -216,26 +248,21 @@ impl IndexSpec<'_> {
         }
     }
 
-    /// Builds the index, or finishes a partial one. `Ok(None)` when cancelled (what is done
-    /// stays on disk and a later call resumes from it).
-    pub fn build(&self, job: &JobContext) -> Result<Option<Index>, IndexError> {
+    /// Builds the index, or finishes a partial one. When cancelled, what is done stays on disk
+    /// and a later call resumes from it.
+    pub fn build(&self, job: &JobContext) -> Result<Index, IndexError> {
         if self.checkpoints.is_empty() {
             return Err(IndexError::Invalid("no checkpoint to index".into()));
         }
-        self.model.check_data(self.data).map_err(IndexError::Invalid)?;
+        self.model.check_data(self.data)?;
         let cfg = &self.model.info.unet;
         let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
-        let first = self
-            .model
-            .load_model(&self.checkpoints[0], self.device)
-            .map_err(|e| IndexError::Invalid(e.to_string()))?;
+        let first = self.model.load_model(&self.checkpoints[0], self.device)?;
         let shapes = model_layer_shapes(&first, shape, self.device);
         let key = self.key(shapes.clone());
         let projector = Projector::new(self.projection, &shapes, self.device);
         std::fs::create_dir_all(self.dir).map_err(io(self.dir))?;
-        let Some(_builder) = build_lock(self.dir, job)? else {
-            return Ok(None);
-        };
+        let _builder = build_lock(self.dir, job)?;
         let manifest_path = self.dir.join(MANIFEST_FILE);
         let shard = (self.shard != Shard::ALL).then_some(self.shard);
         let mut manifest = if manifest_path.is_file() {
@@ -296,10 +323,7 @@ impl IndexSpec<'_> {
             if missing.is_empty() {
                 continue;
             }
-            let model = self
-                .model
-                .load_model(entry, self.device)
-                .map_err(|e| IndexError::Invalid(e.to_string()))?;
+            let model = self.model.load_model(entry, self.device)?;
             let run = FeatureRun {
                 model: &model,
                 schedule: &schedule,
@@ -324,9 +348,7 @@ impl IndexSpec<'_> {
                         step: entry.state.step,
                     }),
                 };
-                let Some(features) = run.run(&examples, &sub).map_err(IndexError::Invalid)? else {
-                    return Ok(None);
-                };
+                let features = run.run(&examples, &sub)?;
                 write_chunk(self.dir, &mut manifest, ci, k, &features.values)?;
                 done += points(k) as u64;
             }
@@ -334,13 +356,13 @@ impl IndexSpec<'_> {
         write_manifest(self.dir, &manifest)?;
         // Chunks written before summaries existed get theirs now.
         summarise_missing(self.dir, &mut manifest)?;
-        Ok(Some(Index {
+        Ok(Index {
             dir: self.dir.to_owned(),
             manifest,
             projector,
             device_cache: Default::default(),
             maps: Default::default(),
-        }))
+        })
     }
 }
 
@@ -434,8 +456,8 @@ pub const BUILD_LOCK: &str = "build.lock";
 /// system releases when its process ends, so a killed build never leaves it stuck. A second
 /// build of the same directory (another `retrace index`, or the viewer's) waits for the first,
 /// saying so, and then resumes from what the first wrote instead of computing it again.
-/// `Ok(None)` when cancelled while waiting.
-fn build_lock(dir: &Path, job: &JobContext) -> Result<Option<std::fs::File>, IndexError> {
+/// [`IndexError::Cancelled`] when cancelled while waiting.
+fn build_lock(dir: &Path, job: &JobContext) -> Result<std::fs::File, IndexError> {
     let path = dir.join(BUILD_LOCK);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -446,11 +468,9 @@ fn build_lock(dir: &Path, job: &JobContext) -> Result<Option<std::fs::File>, Ind
     let mut said = false;
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(Some(file)),
+            Ok(()) => return Ok(file),
             Err(std::fs::TryLockError::WouldBlock) => {
-                if job.cancel.is_cancelled() {
-                    return Ok(None);
-                }
+                job.stop_if_cancelled()?;
                 if !said {
                     job.report(
                         "waiting",

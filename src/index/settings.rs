@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 
-use super::{Index, IndexSpec, Storage};
+use super::{Index, IndexError, IndexSpec, Storage};
 use crate::data::Dataset;
 use crate::diffusion::{CheckpointEntry, Measurement, ModelDir};
 use crate::grad::{ProjectionConfig, TimestepPlan};
@@ -67,7 +67,7 @@ impl IndexSettings {
     /// These settings, checked, with their directory renamed after [`Self::slug`] beside the
     /// current one: what the viewer applies when the user changes buckets, draws, k,
     /// checkpoints or storage, so indexes of different settings live side by side.
-    pub fn relocated(mut self) -> Result<Self, String> {
+    pub fn relocated(mut self) -> Result<Self, IndexError> {
         let plan = &self.plan;
         let checked = TimestepPlan::new(plan.steps, plan.buckets, plan.draws, plan.seed)?;
         self.plan = TimestepPlan {
@@ -75,7 +75,7 @@ impl IndexSettings {
             ..checked
         };
         if self.projection.k_in == 0 || self.projection.k_out == 0 {
-            return Err("the projection needs k of at least 1".into());
+            return Err(IndexError::Invalid("the projection needs k of at least 1".into()));
         }
         let parent = self.dir.parent().map(PathBuf::from).unwrap_or_default();
         self.dir = parent.join(self.slug());
@@ -113,7 +113,7 @@ impl IndexSettings {
     }
 
     /// These settings for gradients of `measurement`, in their own directory beside these.
-    pub fn for_measurement(&self, measurement: Measurement) -> Result<Self, String> {
+    pub fn for_measurement(&self, measurement: Measurement) -> Result<Self, IndexError> {
         Self {
             measurement,
             ..self.clone()
@@ -130,10 +130,10 @@ impl IndexSettings {
         dir: &'a std::path::Path,
         shard: Shard,
         device: &'a Device,
-    ) -> Result<IndexSpec<'a>, String> {
-        let mut checkpoints: Vec<CheckpointEntry> = model.checkpoints().map_err(|e| e.to_string())?;
+    ) -> Result<IndexSpec<'a>, IndexError> {
+        let mut checkpoints: Vec<CheckpointEntry> = model.checkpoints()?;
         if checkpoints.is_empty() {
-            return Err(model.no_checkpoint().to_string());
+            return Err(model.no_checkpoint().into());
         }
         if self.checkpoints == CheckpointChoice::Last {
             checkpoints = checkpoints.split_off(checkpoints.len().saturating_sub(1));
@@ -154,36 +154,28 @@ impl IndexSettings {
         })
     }
 
-    /// Builds the index if needed (resuming a partial one) and opens it, verified. `Ok(None)`
-    /// when cancelled.
+    /// Builds the index if needed (resuming a partial one) and opens it, verified.
     pub fn ensure(
         &self,
         model: &ModelDir,
         data: &Dataset,
         device: &Device,
         job: &JobContext,
-    ) -> Result<Option<Index>, String> {
+    ) -> Result<Index, IndexError> {
         let spec = self.spec(model, data, &self.dir, Shard::ALL, device)?;
-        let Some(index) = spec.build(job).map_err(|e| e.to_string())? else {
-            return Ok(None);
-        };
-        let opened = Index::open_with(
+        let index = spec.build(job)?;
+        Index::open_with(
             &index.dir,
             &index.manifest.key,
             super::Verification::OnChange,
             device,
             job,
-        );
-        match opened {
-            Ok(index) => Ok(Some(index)),
-            Err(super::IndexError::Cancelled) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
+        )
     }
 
     /// Builds (or resumes) shard `shard` of the index, in its own directory under this one
     /// ([`super::shards::shard_dir`]), for `retrace index merge` to join. Returns the
-    /// shard's manifest; `Ok(None)` when cancelled.
+    /// shard's manifest.
     pub fn build_shard(
         &self,
         model: &ModelDir,
@@ -191,9 +183,9 @@ impl IndexSettings {
         shard: Shard,
         device: &Device,
         job: &JobContext,
-    ) -> Result<Option<super::Manifest>, String> {
+    ) -> Result<super::Manifest, IndexError> {
         let dir = super::shards::shard_dir(&self.dir, shard);
         let spec = self.spec(model, data, &dir, shard, device)?;
-        Ok(spec.build(job).map_err(|e| e.to_string())?.map(|index| index.manifest))
+        Ok(spec.build(job)?.manifest)
     }
 }

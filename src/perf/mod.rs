@@ -3,7 +3,10 @@
 //! batched forward+backward passes of the diffusion loss, in example·timesteps per second —
 //! and the arithmetic rate that implies.
 
+pub mod error;
 pub mod query;
+
+pub use error::PerfError;
 
 use std::time::Instant;
 
@@ -138,10 +141,7 @@ pub fn feature_throughput(
             batch_size: batch,
             device,
         };
-        features
-            .run(&examples, &job)
-            .expect("features compute")
-            .expect("not cancelled");
+        features.run(&examples, &job).expect("features compute");
     };
     run(1);
     let start = Instant::now();
@@ -174,7 +174,7 @@ pub fn curvature_fit(
     batch: usize,
     whole: bool,
     device: &Device,
-) -> Result<CurvatureTimings, String> {
+) -> Result<CurvatureTimings, PerfError> {
     use crate::curvature::{CurvatureFit, Fisher, FitConfig, Sharing, eigendecompose};
     use crate::diffusion::noise::{gaussian, stream};
     use crate::grad::{Examples, TimestepPlan};
@@ -208,7 +208,7 @@ pub fn curvature_fit(
     };
     let job = crate::jobs::JobContext::silent();
     let start = Instant::now();
-    let factors = fit.factors(&job)?.ok_or("cancelled")?;
+    let factors = fit.factors(&job)?;
     let factor_seconds = start.elapsed().as_secs_f64();
     let largest_factor = factors.iter().map(|f| f.d_in.max(f.d_out)).max().unwrap_or(0);
     let (mut eigen_seconds, mut correction_seconds) = (None, None);

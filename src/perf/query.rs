@@ -8,11 +8,14 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::PerfError;
+use crate::attribution::AttributionError;
 use crate::attribution::kfac::preconditioned_scores;
 use crate::attribution::products::trak_kernel::TrakKernel;
 use crate::attribution::retrac::retrac_scores;
 use crate::attribution::{CheckpointFeatures, GradientInputs, TrainFeatures, bucket_dot_products};
 use crate::diffusion::noise::{gaussian, stream};
+use crate::files::FileError;
 use crate::grad::{Features, ProjectionConfig, Projector, TimestepPlan};
 use crate::index::{INDEX_FORMAT_VERSION, Index, IndexKey, IndexedCheckpoint, Manifest, Storage, write_index};
 
@@ -67,7 +70,7 @@ pub fn synthetic_query_latency(
     layer_shapes: &[(usize, usize)],
     storage: Storage,
     device: &Device,
-) -> Result<QueryLatency, String> {
+) -> Result<QueryLatency, PerfError> {
     let dir = std::env::temp_dir().join(format!("retrace-bench-index-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let result = measure(&dir, images, buckets, layer_shapes, storage, device);
@@ -87,7 +90,7 @@ pub fn synthetic_manifest(
     images: usize,
     chunk_size: usize,
     device: &Device,
-) -> Result<Manifest, String> {
+) -> Result<Manifest, PerfError> {
     let key = IndexKey {
         checkpoint_hashes: vec![crate::files::sha256(b"synthetic checkpoint")],
         data_hash: crate::files::sha256(b"synthetic data"),
@@ -120,7 +123,7 @@ fn measure(
     layer_shapes: &[(usize, usize)],
     storage: Storage,
     device: &Device,
-) -> Result<QueryLatency, String> {
+) -> Result<QueryLatency, PerfError> {
     let manifest = synthetic_manifest(
         ProjectionConfig::default(),
         layer_shapes,
@@ -138,14 +141,13 @@ fn measure(
         (start * row..end * row)
             .map(|i| pool[(i * 7919) % pool.len()])
             .collect()
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let index_bytes = files(dir)?.iter().map(|(_, len)| len).sum();
     let start = Instant::now();
-    let index = Index::open(dir, &key, device).map_err(|e| e.to_string());
+    let index = Index::open(dir, &key, device);
     let open_seconds = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    let index = index.and_then(|_| Index::open(dir, &key, device).map_err(|e| e.to_string()));
+    let index = index.and_then(|_| Index::open(dir, &key, device));
     let reopen_seconds = start.elapsed().as_secs_f64();
     let index = index?;
     let query = Features {
@@ -178,7 +180,7 @@ fn measure(
         dim,
         lambda: 1.0,
     };
-    type Scorer<'s> = Box<dyn Fn(&GradientInputs) -> Result<Vec<f32>, String> + 's>;
+    type Scorer<'s> = Box<dyn Fn(&GradientInputs) -> Result<Vec<f32>, AttributionError> + 's>;
     let methods: [(&str, Scorer); 5] = [
         ("retrac", Box::new(retrac_scores)),
         (
@@ -194,7 +196,7 @@ fn measure(
         // A freshly opened index for every method: pages an earlier method mapped stay in its
         // page tables, and the kernel does not evict mapped pages.
         let evicted = evict(dir)?;
-        let inputs = inputs_with(Index::open(dir, &key, device).map_err(|e| e.to_string())?);
+        let inputs = inputs_with(Index::open(dir, &key, device)?);
         let cold_seconds = if evicted {
             let start = Instant::now();
             score(&inputs)?;
@@ -230,33 +232,44 @@ fn measure(
 }
 
 /// (path, length) of every file in `dir`.
-fn files(dir: &Path) -> Result<Vec<(std::path::PathBuf, u64)>, String> {
+fn files(dir: &Path) -> Result<Vec<(std::path::PathBuf, u64)>, FileError> {
+    let at = |path: &Path| {
+        let path = path.to_owned();
+        move |source| FileError { path, source }
+    };
     std::fs::read_dir(dir)
-        .map_err(|e| e.to_string())?
+        .map_err(at(dir))?
         .map(|e| {
-            let path = e.map_err(|e| e.to_string())?.path();
-            let len = path.metadata().map_err(|e| e.to_string())?.len();
+            let path = e.map_err(at(dir))?.path();
+            let len = path.metadata().map_err(at(&path))?.len();
             Ok((path, len))
         })
         .collect()
 }
 
+/// Maps `path` for reading.
+fn map_file(path: &Path) -> Result<memmap2::Mmap, FileError> {
+    let at = |source| FileError {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(at)?;
+    // SAFETY: the synthetic index is written once and not modified while it is read.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(at)
+}
+
 /// Seconds to read the mean unit-normalised part of the compact block once with the page
 /// cache warm and the files mapped (read once before timing), summing its bytes in parallel:
 /// the memory-bandwidth floor of a method that ranks from the compact block.
-fn read_floor(dir: &Path, index: &Index) -> Result<f64, String> {
+fn read_floor(dir: &Path, index: &Index) -> Result<f64, PerfError> {
     use rayon::prelude::*;
     let m = &index.manifest;
     let part = m.dim * m.key.storage.bytes();
     let maps = files(dir)?
         .into_iter()
         .filter(|(p, _)| p.to_string_lossy().ends_with(".summary.bin"))
-        .map(|(path, _)| {
-            let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-            // SAFETY: the synthetic index is written once and not modified while it is read.
-            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+        .map(|(path, _)| map_file(&path))
+        .collect::<Result<Vec<_>, FileError>>()?;
     let sum = || {
         maps.iter().fold(0u64, |total, map| {
             let rows = map.len() / (2 * part + m.key.plan.buckets * 4);
@@ -280,10 +293,13 @@ fn read_floor(dir: &Path, index: &Index) -> Result<f64, String> {
 /// Asks the kernel to drop `dir`'s files from the page cache, so the next read comes from the
 /// disk; false where that is not possible here.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn evict(dir: &Path) -> Result<bool, String> {
+fn evict(dir: &Path) -> Result<bool, PerfError> {
     use std::os::fd::AsRawFd;
     for (path, _) in files(dir)? {
-        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        let file = std::fs::File::open(&path).map_err(|source| FileError {
+            path: path.clone(),
+            source,
+        })?;
         // SAFETY: a valid open descriptor; the call only advises the kernel about its pages.
         let status = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         if status != 0 {
@@ -295,7 +311,7 @@ fn evict(dir: &Path) -> Result<bool, String> {
 
 /// Page-cache eviction is not available on this platform.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn evict(_dir: &Path) -> Result<bool, String> {
+fn evict(_dir: &Path) -> Result<bool, PerfError> {
     Ok(false)
 }
 
@@ -321,9 +337,11 @@ pub struct ResidentQueryLatency {
 /// block costs once the index is on the GPU (the device cache keeps it there after the first
 /// query), with no index files at all, so that a million images fit where their whole index
 /// would not. The scores of the first rows are checked against the host's.
-pub fn resident_compact_query(images: usize, dim: usize, device: &Device) -> Result<ResidentQueryLatency, String> {
+pub fn resident_compact_query(images: usize, dim: usize, device: &Device) -> Result<ResidentQueryLatency, PerfError> {
     use crate::index::gpu::{f32_bytes, gpu_client, launch_bytes, launch_summary_dots, read_f32, upload};
-    let client = gpu_client(device).ok_or("a resident compact-block query needs a GPU runtime (wgpu, vulkan, cuda)")?;
+    let client = gpu_client(device).ok_or_else(|| {
+        PerfError::Invalid("a resident compact-block query needs a GPU runtime (wgpu, vulkan, cuda)".into())
+    })?;
     let pool = gaussian(&mut stream("bench-resident", &[0]), 1 << 16);
     let rows_per_block = (launch_bytes(&client) / (2 * dim)).clamp(1, images.max(1));
     // One block of f16 rows, uploaded as often as the index needs: the values do not change
@@ -344,21 +362,26 @@ pub fn resident_compact_query(images: usize, dim: usize, device: &Device) -> Res
     let query_handle = upload(&client, &f32_bytes(&query));
     let _ = client.read(vec![query_handle.clone()]);
     let upload_seconds = start.elapsed().as_secs_f64();
-    let score = || -> Result<Vec<f32>, String> {
+    let score = || -> Result<Vec<f32>, PerfError> {
         let outputs = blocks
             .iter()
             .map(|(n, block)| launch_summary_dots(&client, block, *n, dim, &query_handle, 1, true))
             .collect();
-        Ok(read_f32(&client, outputs).map_err(|e| e.to_string())?.concat())
+        Ok(read_f32(&client, outputs)?.concat())
     };
     let scores = score()?;
     if scores.len() != images {
-        return Err(format!("{} scores for {images} images", scores.len()));
+        return Err(PerfError::Invalid(format!(
+            "{} scores for {images} images",
+            scores.len()
+        )));
     }
     for (r, &on_device) in scores.iter().take(8).enumerate() {
         let on_host: f32 = (0..dim).map(|d| values[r * dim + d].to_f32() * query[d]).sum();
         if (on_device - on_host).abs() > 1e-3 * on_host.abs().max(1.0) {
-            return Err(format!("row {r}: the device scored {on_device}, the host {on_host}"));
+            return Err(PerfError::Invalid(format!(
+                "row {r}: the device scored {on_device}, the host {on_host}"
+            )));
         }
     }
     let mut runs: Vec<f64> = (0..5)

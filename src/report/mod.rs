@@ -6,6 +6,7 @@
 //! [`content`] gathers what a report shows; [`html`] and [`pdf`] render it.
 
 pub mod content;
+pub mod error;
 pub mod html;
 #[cfg(feature = "pdf")]
 pub mod pdf;
@@ -15,6 +16,7 @@ pub mod scores_file;
 use std::path::Path;
 
 pub use content::{ReportContent, ReportInput};
+pub use error::ReportError;
 pub use html::html_report;
 #[cfg(feature = "pdf")]
 pub use pdf::pdf_report;
@@ -33,7 +35,7 @@ pub enum ReportFormat {
 
 impl ReportFormat {
     /// The format a path's extension names (`.html`/`.htm` or `.pdf`, any case).
-    pub fn from_path(path: &Path) -> Result<Self, String> {
+    pub fn from_path(path: &Path) -> Result<Self, ReportError> {
         match path
             .extension()
             .and_then(|e| e.to_str())
@@ -42,32 +44,32 @@ impl ReportFormat {
         {
             Some("html" | "htm") => Ok(Self::Html),
             Some("pdf") => Ok(Self::Pdf),
-            _ => Err(format!(
+            _ => Err(ReportError::Unsupported(format!(
                 "{}: reports are written as .html or .pdf; the extension picks the format",
                 path.display()
-            )),
+            ))),
         }
     }
 }
 
 /// Renders the report in `format`.
-pub fn render(input: &ReportInput<'_>, format: ReportFormat) -> Result<Vec<u8>, String> {
+pub fn render(input: &ReportInput<'_>, format: ReportFormat) -> Result<Vec<u8>, ReportError> {
     let content = ReportContent::new(input);
     match format {
         ReportFormat::Html => Ok(html_report(&content).into_bytes()),
         #[cfg(feature = "pdf")]
         ReportFormat::Pdf => pdf_report(&content),
         #[cfg(not(feature = "pdf"))]
-        ReportFormat::Pdf => {
-            Err("this retrace was built without PDF reports (the `pdf` feature); write the report as .html".into())
-        }
+        ReportFormat::Pdf => Err(ReportError::Unsupported(
+            "this retrace was built without PDF reports (the `pdf` feature); write the report as .html".into(),
+        )),
     }
 }
 
 /// Writes the report to `path` (atomically) in the format its extension names.
-pub fn write_report(path: &Path, input: &ReportInput<'_>) -> Result<(), String> {
+pub fn write_report(path: &Path, input: &ReportInput<'_>) -> Result<(), ReportError> {
     let bytes = render(input, ReportFormat::from_path(path)?)?;
-    crate::files::write_atomic(path, &bytes).map_err(|e| e.to_string())
+    Ok(crate::files::write_atomic(path, &bytes)?)
 }
 
 /// C×H×W bytes (grey or RGB) as a PNG data URI, scaled up `scale`× (nearest neighbour).
@@ -92,14 +94,15 @@ pub fn rgb_png_data_uri(img: &image::RgbImage) -> String {
 
 /// Decodes a PNG data URI (as [`png_data_uri`] writes) into C×H×W bytes with `channels`
 /// channels (1: grey, 3: RGB).
-pub fn decode_png_data_uri(uri: &str, channels: usize) -> Result<(Vec<u8>, [usize; 3]), String> {
+pub fn decode_png_data_uri(uri: &str, channels: usize) -> Result<(Vec<u8>, [usize; 3]), ReportError> {
     let b64 = uri
         .strip_prefix("data:image/png;base64,")
-        .ok_or("the image is not a PNG data URI")?;
+        .ok_or_else(|| ReportError::Invalid("the image is not a PNG data URI".into()))?;
     let png = base64::engine::general_purpose::STANDARD
         .decode(b64)
-        .map_err(|e| format!("the image's base64 is damaged: {e}"))?;
-    let img = image::load_from_memory(&png).map_err(|e| format!("the image is not a readable PNG: {e}"))?;
+        .map_err(|e| ReportError::Invalid(format!("the image's base64 is damaged: {e}")))?;
+    let img = image::load_from_memory(&png)
+        .map_err(|e| ReportError::Invalid(format!("the image is not a readable PNG: {e}")))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let bytes = if channels == 1 {
         img.to_luma8().into_raw()

@@ -15,6 +15,7 @@ use krilla::page::PageSettings;
 use krilla::paint::{Fill, Stroke};
 use krilla::text::{Font, TextDirection};
 
+use super::ReportError;
 use super::content::{ReportContent, Tile};
 use super::plot::{AXIS_COLOUR, Anchor, LABEL_SIZE, PlotGeometry};
 
@@ -95,10 +96,10 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn new() -> Result<Self, String> {
+    fn new() -> Result<Self, ReportError> {
         let parse = |face: Typeface| {
             ttf_parser::Face::parse(face.bytes(), 0)
-                .map_err(|e| format!("the embedded {face:?} font is unreadable: {e}"))
+                .map_err(|e| ReportError::Pdf(format!("the embedded {face:?} font is unreadable: {e}")))
         };
         Ok(Self {
             sans: parse(Typeface::Sans)?,
@@ -335,7 +336,7 @@ fn fit(image: &image::RgbImage, size: f32) -> (f32, f32) {
 }
 
 /// Lays the report out on A4 pages, each a list of drawing commands, with page numbers.
-pub fn layout(content: &ReportContent) -> Result<Vec<Vec<Draw<'_>>>, String> {
+pub fn layout(content: &ReportContent) -> Result<Vec<Vec<Draw<'_>>>, ReportError> {
     let mut flow = Flow {
         metrics: Metrics::new()?,
         pages: vec![Vec::new()],
@@ -416,10 +417,11 @@ fn paint([r, g, b]: [u8; 3]) -> krilla::paint::Paint {
 }
 
 /// Renders the report as a PDF file's bytes.
-pub fn pdf_report(content: &ReportContent) -> Result<Vec<u8>, String> {
+pub fn pdf_report(content: &ReportContent) -> Result<Vec<u8>, ReportError> {
     let pages = layout(content)?;
     let font = |face: Typeface| {
-        Font::new(face.bytes().into(), 0).ok_or_else(|| format!("the embedded {face:?} font is unreadable"))
+        Font::new(face.bytes().into(), 0)
+            .ok_or_else(|| ReportError::Pdf(format!("the embedded {face:?} font is unreadable")))
     };
     let (sans, mono) = (font(Typeface::Sans)?, font(Typeface::Mono)?);
     let mut document = Document::new();
@@ -428,7 +430,8 @@ pub fn pdf_report(content: &ReportContent) -> Result<Vec<u8>, String> {
             .title("retrace report".to_owned())
             .creator(format!("retrace {}", crate::VERSION)),
     );
-    let settings = PageSettings::from_wh(PAGE_SIZE[0], PAGE_SIZE[1]).ok_or("invalid page size")?;
+    let settings = PageSettings::from_wh(PAGE_SIZE[0], PAGE_SIZE[1])
+        .ok_or_else(|| ReportError::Pdf("invalid page size".into()))?;
     for commands in pages {
         let mut page = document.start_page_with(settings.clone());
         let mut surface = page.surface();
@@ -466,7 +469,8 @@ pub fn pdf_report(content: &ReportContent) -> Result<Vec<u8>, String> {
                 } => {
                     let rgba = image::DynamicImage::ImageRgb8(image.clone()).into_rgba8();
                     let (w, h) = rgba.dimensions();
-                    let size = Size::from_wh(width, height).ok_or("an image has no area")?;
+                    let size =
+                        Size::from_wh(width, height).ok_or_else(|| ReportError::Pdf("an image has no area".into()))?;
                     surface.push_transform(&Transform::from_translate(x, y));
                     surface.draw_image(Image::from_rgba8(rgba.into_raw(), w, h), size);
                     surface.pop();
@@ -496,7 +500,9 @@ pub fn pdf_report(content: &ReportContent) -> Result<Vec<u8>, String> {
         surface.finish();
         page.finish();
     }
-    document.finish().map_err(|e| format!("cannot write the PDF: {e:?}"))
+    document
+        .finish()
+        .map_err(|e| ReportError::Pdf(format!("cannot write the PDF: {e:?}")))
 }
 
 #[cfg(test)]

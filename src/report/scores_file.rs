@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use super::ReportError;
 use crate::attribution::scores::{AttributionFile, MethodResult};
 use crate::attribution::{Query, Scores};
 use crate::data::Dataset;
@@ -39,13 +40,13 @@ pub fn scores_file(
 
 /// Writes `file` to `path`, atomically: CSV when the path ends in `.csv`, else JSON (what
 /// `retrace report` reads).
-pub fn write_scores_file(path: &Path, file: &AttributionFile) -> Result<(), String> {
+pub fn write_scores_file(path: &Path, file: &AttributionFile) -> Result<(), ReportError> {
     let bytes = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
         file.to_csv().into_bytes()
     } else {
-        serde_json::to_vec_pretty(file).map_err(|e| e.to_string())?
+        serde_json::to_vec_pretty(file).expect("a scores file serialises")
     };
-    crate::files::write_atomic(path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    Ok(crate::files::write_atomic(path, &bytes)?)
 }
 
 /// What a report needs of a scores file, checked against the training data.
@@ -62,34 +63,36 @@ pub struct ScoresForReport {
 }
 
 /// Reads the JSON file `retrace attribute` writes.
-pub fn read_scores_file(bytes: &[u8]) -> Result<AttributionFile, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("not a scores file of retrace attribute: {e}"))
+pub fn read_scores_file(bytes: &[u8]) -> Result<AttributionFile, ReportError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ReportError::Invalid(format!("not a scores file of retrace attribute: {e}")))
 }
 
 impl ScoresForReport {
     /// The parts of `file` a report shows, checked against `data`: every method must score
     /// exactly its images, and the query must have its shape.
-    pub fn of(file: &AttributionFile, data: &Dataset) -> Result<Self, String> {
+    pub fn of(file: &AttributionFile, data: &Dataset) -> Result<Self, ReportError> {
         let methods = file
             .methods
             .iter()
             .map(|m| m.to_scores(data))
             .collect::<Result<Vec<_>, _>>()?;
-        let uri = file.query["image"]
-            .as_str()
-            .ok_or("the scores file holds no query image (written by an older retrace?)")?;
+        let uri = file.query["image"].as_str().ok_or_else(|| {
+            ReportError::Invalid("the scores file holds no query image (written by an older retrace?)".into())
+        })?;
         let (query, shape) = super::decode_png_data_uri(uri, data.channels)?;
         if shape != [data.channels, data.height, data.width] {
-            return Err(format!(
+            return Err(ReportError::Invalid(format!(
                 "the query image is {}×{}×{} but the training images are {}×{}×{}",
                 shape[0], shape[1], shape[2], data.channels, data.height, data.width
-            ));
+            )));
         }
         let region = match file.query.get("region") {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => {
-                let region: Vec<f32> = serde_json::from_value(v.clone())
-                    .map_err(|e| format!("the scores file's query region is not a list of weights: {e}"))?;
+                let region: Vec<f32> = serde_json::from_value(v.clone()).map_err(|e| {
+                    ReportError::Invalid(format!("the scores file's query region is not a list of weights: {e}"))
+                })?;
                 crate::attribution::run::check_region(&region, data.height, data.width)?;
                 Some(region)
             }

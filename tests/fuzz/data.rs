@@ -201,9 +201,9 @@ fn query_images() {
     campaign(parser, |input, as_jpeg| {
         let path: &Path = if as_jpeg { &jpg } else { &png };
         std::fs::write(path, input).unwrap();
-        let query = retrace::attribution::query::load_query_image(path, 1, 28)?;
+        let query = retrace::attribution::query::load_query_image(path, 1, 28).map_err(|e| e.to_string())?;
         assert_eq!(query.pixels.len(), 28 * 28);
-        let region = retrace::attribution::query::load_region(path, 28)?;
+        let region = retrace::attribution::query::load_region(path, 28).map_err(|e| e.to_string())?;
         assert_eq!(region.len(), 28 * 28);
         Ok(())
     });

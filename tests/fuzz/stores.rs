@@ -214,7 +214,9 @@ fn curvature_files() {
             input.to_vec()
         };
         std::fs::write(&path, bytes).unwrap();
-        let loaded = load_curvature(tmp.path(), &key)?.expect("the file exists");
+        let loaded = load_curvature(tmp.path(), &key)
+            .map_err(|e| e.to_string())?
+            .expect("the file exists");
         assert_eq!(loaded.len(), layers.len());
         Ok(())
     });
@@ -253,8 +255,8 @@ fn scores_files() {
         shape: Shape::Json,
     };
     campaign(parser, |input, _| {
-        let file = retrace::report::read_scores_file(input)?;
-        let parts = retrace::report::ScoresForReport::of(&file, &data)?;
+        let file = retrace::report::read_scores_file(input).map_err(|e| e.to_string())?;
+        let parts = retrace::report::ScoresForReport::of(&file, &data).map_err(|e| e.to_string())?;
         assert_eq!(parts.query.len(), 28 * 28);
         Ok(())
     });
@@ -298,6 +300,6 @@ fn lds_ground_truths() {
     };
     campaign(parser, |input, _| {
         std::fs::write(&path, input).unwrap();
-        GroundTruth::load(&path).map(|_| ())
+        GroundTruth::load(&path).map(|_| ()).map_err(|e| e.to_string())
     });
 }

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::attribution::context::Context;
+use crate::attribution::error::AttributionError;
 use crate::attribution::method::{Method, Needs, scores_of};
 use crate::attribution::parameter::Parameter;
 use crate::attribution::query::Query;
@@ -33,7 +34,7 @@ impl Combine {
 
     /// Splits `ensemble:A+B` or `ensemble-z:A+B` into the combination and the members' names;
     /// `Ok(None)` for a name that is not an ensemble.
-    pub fn parse(name: &str) -> Result<Option<(Self, Vec<String>)>, String> {
+    pub fn parse(name: &str) -> Result<Option<(Self, Vec<String>)>, AttributionError> {
         let Some((combine, rest)) = [Combine::Rank, Combine::ZScore]
             .into_iter()
             .find_map(|c| name.strip_prefix(c.prefix()).map(|rest| (c, rest)))
@@ -42,12 +43,14 @@ impl Combine {
         };
         let members: Vec<String> = rest.split('+').map(|m| m.trim().to_owned()).collect();
         if members.len() < 2 {
-            return Err(format!(
+            return Err(AttributionError::Request(format!(
                 "{name}: an ensemble needs at least two methods, as in ensemble:retrac+kfac"
-            ));
+            )));
         }
         if members.iter().any(|m| m.starts_with("ensemble")) {
-            return Err(format!("{name}: an ensemble cannot hold another ensemble"));
+            return Err(AttributionError::Request(format!(
+                "{name}: an ensemble cannot hold another ensemble"
+            )));
         }
         Ok(Some((combine, members)))
     }
@@ -63,9 +66,11 @@ pub struct Ensemble {
 
 impl Ensemble {
     /// The ensemble of `members` combined by `combine`.
-    pub fn new(combine: Combine, members: Vec<Arc<dyn Method>>) -> Result<Self, String> {
+    pub fn new(combine: Combine, members: Vec<Arc<dyn Method>>) -> Result<Self, AttributionError> {
         if members.len() < 2 {
-            return Err("an ensemble needs at least two methods, as in ensemble:retrac+kfac".into());
+            return Err(AttributionError::Request(
+                "an ensemble needs at least two methods, as in ensemble:retrac+kfac".into(),
+            ));
         }
         Ok(Self { combine, members })
     }
@@ -118,17 +123,15 @@ impl Method for Ensemble {
             .fold(Needs::default(), |needs, m| needs.union(m.needs()))
     }
 
-    fn applies_to(&self, query: &Query) -> Result<(), String> {
+    fn applies_to(&self, query: &Query) -> Result<(), AttributionError> {
         self.members.iter().try_for_each(|m| m.applies_to(query))
     }
 
-    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
+    fn score(&self, context: &mut Context<'_>) -> Result<Scores, AttributionError> {
         let mut combined: Vec<f64> = Vec::new();
         let mut first: Option<Scores> = None;
         for member in &self.members {
-            let Some(scores) = scores_of(member.as_ref(), context)? else {
-                return Ok(None);
-            };
+            let scores = scores_of(member.as_ref(), context)?;
             let values = standardise(&scores.totals(), self.combine);
             if combined.is_empty() {
                 combined = vec![0.0; values.len()];
@@ -138,8 +141,8 @@ impl Method for Ensemble {
             }
             first.get_or_insert(scores);
         }
-        let first = first.ok_or("an ensemble needs members")?;
-        Ok(Some(Scores {
+        let first = first.ok_or_else(|| AttributionError::Invalid("an ensemble needs members".into()))?;
+        Ok(Scores {
             method: self.name(),
             parameters: serde_json::json!({
                 "members": self.member_names(),
@@ -149,7 +152,7 @@ impl Method for Ensemble {
             ids: first.ids,
             labels: first.labels,
             per_bucket: combined.iter().map(|&v| v as f32).collect(),
-        }))
+        })
     }
 }
 

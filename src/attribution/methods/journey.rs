@@ -18,6 +18,7 @@
 //! `methods/trak.rs`).
 
 use crate::attribution::context::Context;
+use crate::attribution::error::AttributionError;
 use crate::attribution::method::{Method, Needs};
 use crate::attribution::parameter::{Parameter, Range};
 use crate::attribution::products::trak_kernel::{TRAK_DAMPING, record};
@@ -81,19 +82,19 @@ impl Method for Journey {
         }
     }
 
-    fn applies_to(&self, query: &Query) -> Result<(), String> {
+    fn applies_to(&self, query: &Query) -> Result<(), AttributionError> {
         match &query.trajectory {
             Some(t) if !t.steps.is_empty() => Ok(()),
-            _ => {
-                Err("journey attributes a generated sample's denoising steps; this query was not generated here".into())
-            }
+            _ => Err(AttributionError::Request(
+                "journey attributes a generated sample's denoising steps; this query was not generated here".into(),
+            )),
         }
     }
 
-    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
+    fn score(&self, context: &mut Context<'_>) -> Result<Scores, AttributionError> {
         self.applies_to(context.query)?;
         let Some(trajectory) = context.query.trajectory.clone() else {
-            return Ok(None);
+            return Err(AttributionError::Request("journey needs a generated query".into()));
         };
         let p = context.parameters;
         let (damping, steps, draws) = (
@@ -101,16 +102,10 @@ impl Method for Journey {
             p.integer("journey-steps")?,
             p.integer("journey-draws")?,
         );
-        let Some(index) = context.index()? else { return Ok(None) };
-        let Some(model) = context.last_model()? else {
-            return Ok(None);
-        };
-        let Some(inputs) = context.last_checkpoint_inputs()? else {
-            return Ok(None);
-        };
-        let Some(kernel) = context.trak_kernel(Measurement::Loss, damping)? else {
-            return Ok(None);
-        };
+        let index = context.index()?;
+        let model = context.last_model()?;
+        let inputs = context.last_checkpoint_inputs()?;
+        let kernel = context.trak_kernel(Measurement::Loss, damping)?;
         let schedule = context.schedule();
         let mut chosen = spread(trajectory.steps.len(), steps);
         // Buckets in order of t, like every method's.
@@ -136,9 +131,7 @@ impl Method for Journey {
                 pixels: trajectory.predicted_clean(s).to_vec(),
                 region: context.query.mask.clone(),
             };
-            let Some(features) = run.run(&example, context.job)? else {
-                return Ok(None);
-            };
+            let features = run.run(&example, context.job)?;
             steps_features.extend(features.values);
         }
         let per_bucket = kernel.scores(&steps_features, chosen.len(), context.device)?;
@@ -153,7 +146,7 @@ impl Method for Journey {
             map.insert("draws_per_step".into(), serde_json::json!(draws));
             map.remove("query_gradient_norms");
         }
-        Ok(Some(scores))
+        Ok(scores)
     }
 }
 

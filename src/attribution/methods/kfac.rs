@@ -14,6 +14,7 @@
 use burn::tensor::Tensor;
 
 use crate::attribution::context::Context;
+use crate::attribution::error::AttributionError;
 use crate::attribution::inputs::GradientInputs;
 use crate::attribution::method::{Method, Needs};
 use crate::attribution::parameter::{Parameter, Range, choices};
@@ -127,7 +128,7 @@ impl Method for KfacInfluence {
         }
     }
 
-    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
+    fn score(&self, context: &mut Context<'_>) -> Result<Scores, AttributionError> {
         let p = context.parameters;
         let measurement: Measurement = p.choice("measurement")?;
         let damping = match p.choice::<DampingScale>("damping-scale")? {
@@ -140,16 +141,10 @@ impl Method for KfacInfluence {
             fit_images: p.integer("fit-images")?,
             corrected: self.eigenvalues == Eigenvalues::Ekfac,
         };
-        let Some(curvature) = context.curvature(settings)? else {
-            return Ok(None);
-        };
-        let Some(gradients) = context.query_gradients(measurement)? else {
-            return Ok(None);
-        };
-        let Some(index) = context.index()? else { return Ok(None) };
-        let Some(inputs) = context.last_checkpoint_inputs()? else {
-            return Ok(None);
-        };
+        let curvature = context.curvature(settings)?;
+        let gradients = context.query_gradients(measurement)?;
+        let index = context.index()?;
+        let inputs = context.last_checkpoint_inputs()?;
         let device = context.device;
         let preconditioner = Preconditioner::new(&curvature.layers, self.eigenvalues, damping, device)?;
         // [B, D]: the preconditioned query, projected, one row per bucket.
@@ -171,24 +166,24 @@ impl Method for KfacInfluence {
                 ),
             ]);
         }
-        Ok(Some(result))
+        Ok(result)
     }
 }
 
 /// S[i, b] = 1/B · q̃_bᵀ φ̄_i at the inputs' last checkpoint, for the preconditioned, projected
 /// query `query` [B, D]: the flat [N × B] scores, read from the index's compact block (the
 /// bucket-mean features φ̄).
-pub fn preconditioned_scores(inputs: &GradientInputs, query: Tensor<2>) -> Result<Vec<f32>, String> {
+pub fn preconditioned_scores(inputs: &GradientInputs, query: Tensor<2>) -> Result<Vec<f32>, AttributionError> {
     let last = inputs
         .checkpoints
         .last()
-        .ok_or("influence functions need an indexed checkpoint")?;
+        .ok_or_else(|| AttributionError::Invalid("influence functions need an indexed checkpoint".into()))?;
     let [b, d] = query.dims();
     let (_, train_b, train_d) = last.train.shape();
     if (train_b, train_d) != (b, d) {
-        return Err(format!(
+        return Err(AttributionError::Invalid(format!(
             "the preconditioned query has {b}×{d} features but the index {train_b}×{train_d}"
-        ));
+        )));
     }
     let queries = read_back(query / b as f64)?;
     last.train

@@ -50,6 +50,7 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::attribution::context::Context;
+use crate::attribution::error::AttributionError;
 use crate::attribution::method::{Method, Needs};
 use crate::attribution::parameter::{Parameter, ParameterValues, Range};
 use crate::attribution::products::losses::{ScoringDraws, loss_matrix};
@@ -149,7 +150,7 @@ pub struct MucsSettings {
 
 impl MucsSettings {
     /// The settings in `parameters` (defaults where not set).
-    pub fn from_parameters(p: &ParameterValues) -> Result<Self, String> {
+    pub fn from_parameters(p: &ParameterValues) -> Result<Self, AttributionError> {
         Ok(Self {
             forget_weight: p.number("mucs-forget-weight")?,
             tolerance: p.number("mucs-tolerance")?,
@@ -218,7 +219,7 @@ pub fn null_loss(
     images: usize,
     device: &Device,
     job: &JobContext,
-) -> Result<Option<f64>, String> {
+) -> Result<f64, AttributionError> {
     // A fixed initialisation, so L_null reproduces (every other draw of a request comes from
     // keyed streams).
     let fresh = config.init_seeded(device, 0x6d75_6373);
@@ -227,9 +228,7 @@ pub fn null_loss(
     let mut rng = stream("mucs-null-draws", &[]);
     let mut sum = 0.0f64;
     for part in chosen.chunks(128) {
-        if job.cancel.is_cancelled() {
-            return Ok(None);
-        }
+        job.stop_if_cancelled()?;
         let ts: Vec<usize> = part.iter().map(|_| below(&mut rng, schedule.len())).collect();
         let noise = gaussian(&mut rng, part.len() * data.image_len());
         let batch = noise_images(schedule, batch_tensor(data, part, device), &ts, noise);
@@ -237,7 +236,7 @@ pub fn null_loss(
         let losses = Measurement::Loss.evaluate(schedule, prediction, batch.noise, &ts);
         sum += crate::device::read_back(losses)?.iter().map(|&v| v as f64).sum::<f64>();
     }
-    Ok(Some(sum / chosen.len().max(1) as f64))
+    Ok(sum / chosen.len().max(1) as f64)
 }
 
 /// Everything an unlearning run reads.
@@ -266,8 +265,8 @@ pub struct UnlearnRequest<'a> {
 
 impl UnlearnRequest<'_> {
     /// Unlearns the query; returns the unlearned model (on `device`, without autodiff) and what
-    /// happened. `Ok(None)` when cancelled.
-    pub fn run(&self, job: &JobContext) -> Result<Option<(UNet, Unlearning)>, String> {
+    /// happened.
+    pub fn run(&self, job: &JobContext) -> Result<(UNet, Unlearning), AttributionError> {
         let s = self.settings;
         let ad = self.device.clone().autodiff();
         let mut net = self.net.clone().to_device(&ad).train();
@@ -293,9 +292,7 @@ impl UnlearnRequest<'_> {
         };
         let mut rng = stream("mucs-unlearn", &[]);
         for step in 0.. {
-            if job.cancel.is_cancelled() {
-                return Ok(None);
-            }
+            job.stop_if_cancelled()?;
             // A shuffled pass over the training set, whole batches only (drop_last).
             let (epoch, within) = (step / per_epoch, step % per_epoch);
             let order = permutation(&mut stream("mucs-retain-order", &[epoch as u64]), data.len());
@@ -326,7 +323,9 @@ impl UnlearnRequest<'_> {
             let values = crate::device::read_back(Tensor::cat(vec![retain.clone(), forget.clone()], 0))?;
             let (retain_value, forget_value) = (values[0] as f64, values[1] as f64);
             if !(retain_value.is_finite() && forget_value.is_finite()) {
-                return Err(format!("unlearning diverged at step {step} (non-finite loss)"));
+                return Err(AttributionError::NonFinite(format!(
+                    "unlearning diverged at step {step} (non-finite loss)"
+                )));
             }
             if step == 0 {
                 report.retain_loss[0] = retain_value;
@@ -351,12 +350,14 @@ impl UnlearnRequest<'_> {
             let mut grads = objective.backward();
             let grads = GradientsParams::from_params(&mut grads, &net, &trainable);
             if grads.is_empty() {
-                return Err("MUCS found no trainable parameter to unlearn with".into());
+                return Err(AttributionError::Invalid(
+                    "MUCS found no trainable parameter to unlearn with".into(),
+                ));
             }
             net = optim.step(lr, net, grads);
             report.steps = step + 1;
         }
-        Ok(Some((net.valid(), report)))
+        Ok((net.valid(), report))
     }
 }
 
@@ -380,22 +381,16 @@ impl Method for Mucs {
         }
     }
 
-    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
+    fn score(&self, context: &mut Context<'_>) -> Result<Scores, AttributionError> {
         let settings = MucsSettings::from_parameters(context.parameters)?;
-        let Some(model) = context.final_model()? else {
-            return Ok(None);
-        };
+        let model = context.final_model()?;
         let (entry, net) = (&model.0, &model.1);
         let schedule = context.schedule();
         let (data, device, job) = (context.data, context.device, context.job);
         let info = &context.model.info;
         let draws = ScoringDraws::new(settings.draws, schedule.len(), data.image_len());
-        let Some(original) = context.original_losses(&draws)? else {
-            return Ok(None);
-        };
-        let Some(null) = null_loss(&info.unet, &schedule, data, settings.null_images, device, job)? else {
-            return Ok(None);
-        };
+        let original = context.original_losses(&draws)?;
+        let null = null_loss(&info.unet, &schedule, data, settings.null_images, device, job)?;
         let request = UnlearnRequest {
             net,
             schedule: &schedule,
@@ -408,10 +403,8 @@ impl Method for Mucs {
             null_loss: null,
             device,
         };
-        let Some((unlearned, report)) = request.run(job)? else {
-            return Ok(None);
-        };
-        let Some(after) = loss_matrix(
+        let (unlearned, report) = request.run(job)?;
+        let after = loss_matrix(
             &unlearned,
             &schedule,
             data,
@@ -419,10 +412,7 @@ impl Method for Mucs {
             device,
             job,
             "scoring the unlearned model",
-        )?
-        else {
-            return Ok(None);
-        };
+        )?;
         let plan = &context.index_settings.plan;
         let buckets: Vec<[usize; 2]> = (0..plan.buckets)
             .map(|b| {
@@ -431,7 +421,7 @@ impl Method for Mucs {
             })
             .collect();
         let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
-        Ok(Some(Scores {
+        Ok(Scores {
             method: self.name(),
             parameters: serde_json::json!({
                 "checkpoint": entry.state.step,
@@ -444,7 +434,7 @@ impl Method for Mucs {
             buckets,
             ids: data.ids.clone(),
             labels: data.labels.clone(),
-        }))
+        })
     }
 }
 

@@ -5,6 +5,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::attribution::context::Context;
+use crate::attribution::error::AttributionError;
 use crate::attribution::method::{Method, Needs};
 use crate::attribution::scores::Scores;
 use crate::data::Dataset;
@@ -26,14 +27,14 @@ impl Method for Pixel {
         Needs::default()
     }
 
-    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
+    fn score(&self, context: &mut Context<'_>) -> Result<Scores, AttributionError> {
         let steps = context.model.info.schedule.steps;
         let query = match &context.query.mask {
             Some(region) => weighted(&context.query.pixels, region),
             None => context.query.pixels.clone(),
         };
         let region = context.query.mask.as_deref();
-        pixel_cosine(context.data, &query, region, steps, context.device).map(Some)
+        pixel_cosine(context.data, &query, region, steps, context.device)
     }
 }
 
@@ -50,17 +51,17 @@ pub fn pixel_cosine(
     region: Option<&[f32]>,
     steps: usize,
     device: &Device,
-) -> Result<Scores, String> {
+) -> Result<Scores, AttributionError> {
     let n = data.len();
     let d = data.image_len();
     if query.len() != d {
-        return Err(format!(
+        return Err(AttributionError::Invalid(format!(
             "the query has {} values but the training images have {d} ({}×{}×{})",
             query.len(),
             data.channels,
             data.height,
             data.width
-        ));
+        )));
     }
     let mut train = Tensor::<2>::from_data(TensorData::new(bytes_to_unit(&data.pixels), [n, d]), device);
     if let Some(region) = region {

@@ -21,6 +21,7 @@
 //! and matched bucket by bucket, S[i, b] = Σ_c η_c ⟨q̂_{c,b}, φ̂_{c,i,b}⟩.
 
 use crate::attribution::context::Context;
+use crate::attribution::error::AttributionError;
 use crate::attribution::inputs::{GradientInputs, bucket_dot_products};
 use crate::attribution::method::{Method, Needs};
 use crate::attribution::scores::Scores;
@@ -50,18 +51,16 @@ impl Method for ReTrac {
         NEEDS
     }
 
-    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
-        let Some(inputs) = context.gradient_inputs()? else {
-            return Ok(None);
-        };
-        Ok(Some(inputs.scores("retrac", retrac_scores(&inputs)?)))
+    fn score(&self, context: &mut Context<'_>) -> Result<Scores, AttributionError> {
+        let inputs = context.gradient_inputs()?;
+        Ok(inputs.scores("retrac", retrac_scores(&inputs)?))
     }
 }
 
 /// ReTrac's flat [N × B] scores for `inputs`, read from the index's compact block: per
 /// checkpoint, every training image's mean unit-normalised feature ū_i against the query's
 /// unit-normalised bucket features divided by B.
-pub fn retrac_scores(inputs: &GradientInputs) -> Result<Vec<f32>, String> {
+pub fn retrac_scores(inputs: &GradientInputs) -> Result<Vec<f32>, AttributionError> {
     let (n, b) = (inputs.ids.len(), inputs.plan.buckets);
     let mut total = vec![0f32; n * b];
     for c in &inputs.checkpoints {
@@ -101,12 +100,8 @@ impl Method for ReTracBucket {
         NEEDS
     }
 
-    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
-        let Some(inputs) = context.gradient_inputs()? else {
-            return Ok(None);
-        };
-        Ok(Some(
-            inputs.scores("retrac-bucket", bucket_dot_products(&inputs, true)?),
-        ))
+    fn score(&self, context: &mut Context<'_>) -> Result<Scores, AttributionError> {
+        let inputs = context.gradient_inputs()?;
+        Ok(inputs.scores("retrac-bucket", bucket_dot_products(&inputs, true)?))
     }
 }

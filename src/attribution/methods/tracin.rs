@@ -6,6 +6,7 @@
 //! constant); the weights are [`crate::attribution::products::checkpoint_weights`].
 
 use crate::attribution::context::Context;
+use crate::attribution::error::AttributionError;
 use crate::attribution::inputs::bucket_dot_products;
 use crate::attribution::method::{Method, Needs};
 use crate::attribution::scores::Scores;
@@ -29,10 +30,8 @@ impl Method for TracIn {
         }
     }
 
-    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
-        let Some(inputs) = context.gradient_inputs()? else {
-            return Ok(None);
-        };
-        Ok(Some(inputs.scores("tracin", bucket_dot_products(&inputs, false)?)))
+    fn score(&self, context: &mut Context<'_>) -> Result<Scores, AttributionError> {
+        let inputs = context.gradient_inputs()?;
+        Ok(inputs.scores("tracin", bucket_dot_products(&inputs, false)?))
     }
 }

@@ -25,6 +25,7 @@
 //!   the index, so each query costs one product.
 
 use crate::attribution::context::Context;
+use crate::attribution::error::AttributionError;
 use crate::attribution::method::{Method, Needs};
 use crate::attribution::parameter::{Parameter, Range, choices};
 use crate::attribution::products::trak_kernel::{DTRAK_DAMPING, TRAK_DAMPING, record};
@@ -57,7 +58,7 @@ impl Trak {
     };
 
     /// The output function the features differentiate.
-    pub fn output(&self, context: &Context<'_>) -> Result<Measurement, String> {
+    pub fn output(&self, context: &Context<'_>) -> Result<Measurement, AttributionError> {
         match self.output_key {
             Some(key) => context.parameters.choice(key),
             None => Ok(Measurement::Loss),
@@ -97,21 +98,15 @@ impl Method for Trak {
         }
     }
 
-    fn score(&self, context: &mut Context<'_>) -> Result<Option<Scores>, String> {
+    fn score(&self, context: &mut Context<'_>) -> Result<Scores, AttributionError> {
         let output = self.output(context)?;
         let damping = context.parameters.number(self.damping.key)?;
-        let Some(query) = context.projected_query(output)? else {
-            return Ok(None);
-        };
-        let Some(kernel) = context.trak_kernel(output, damping)? else {
-            return Ok(None);
-        };
-        let Some(inputs) = context.last_checkpoint_inputs()? else {
-            return Ok(None);
-        };
+        let query = context.projected_query(output)?;
+        let kernel = context.trak_kernel(output, damping)?;
+        let inputs = context.last_checkpoint_inputs()?;
         let per_bucket = kernel.scores(&query.values, query.buckets, context.device)?;
         let mut scores = inputs.scores(self.name, per_bucket);
         record(&mut scores, output, damping, &kernel);
-        Ok(Some(scores))
+        Ok(scores)
     }
 }

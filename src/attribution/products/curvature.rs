@@ -4,6 +4,7 @@
 
 use burn::tensor::Device;
 
+use crate::attribution::error::AttributionError;
 use crate::curvature::store::CURVATURE_FORMAT_VERSION;
 use crate::curvature::{
     CurvatureFit, CurvatureKey, Fisher, FitConfig, LayerEigen, Sharing, load_curvature, save_curvature,
@@ -38,8 +39,7 @@ pub struct CurvatureSettings {
 
 impl Curvature {
     /// The curvature of `settings` for `index` at its last checkpoint `model`: loaded from
-    /// beside the index, or fitted on a seeded choice of `data` and stored there. `Ok(None)`
-    /// when cancelled.
+    /// beside the index, or fitted on a seeded choice of `data` and stored there.
     #[allow(clippy::too_many_arguments)]
     pub fn fit_or_load(
         settings: &CurvatureSettings,
@@ -50,7 +50,7 @@ impl Curvature {
         batch_size: usize,
         device: &Device,
         job: &JobContext,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Self, AttributionError> {
         let (entry, net) = model;
         let index_plan = &index.manifest.key.plan;
         let fit = FitConfig {
@@ -96,21 +96,17 @@ impl Curvature {
         let layers = match stored {
             Some(mut layers) => {
                 if settings.corrected && layers.iter().any(|l| l.corrected.is_none()) {
-                    if !fitter.correct(&mut layers, job)? {
-                        return Ok(None);
-                    }
+                    fitter.correct(&mut layers, job)?;
                     save_curvature(&index.dir, &key, &layers)?;
                 }
                 layers
             }
             None => {
-                let Some(layers) = fitter.run(settings.corrected, job)? else {
-                    return Ok(None);
-                };
+                let layers = fitter.run(settings.corrected, job)?;
                 save_curvature(&index.dir, &key, &layers)?;
                 layers
             }
         };
-        Ok(Some(Self { key, layers }))
+        Ok(Self { key, layers })
     }
 }

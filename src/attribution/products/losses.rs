@@ -7,6 +7,7 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::attribution::error::AttributionError;
 use crate::data::Dataset;
 use crate::data::pixels::bytes_to_unit;
 use crate::diffusion::noise::{gaussian, stream};
@@ -49,8 +50,7 @@ impl ScoringDraws {
     }
 }
 
-/// The loss of every image (dataset order) under every draw: [N × J], row-major. `Ok(None)`
-/// when cancelled.
+/// The loss of every image (dataset order) under every draw: [N × J], row-major.
 pub fn loss_matrix(
     net: &UNet,
     schedule: &Schedule,
@@ -59,15 +59,13 @@ pub fn loss_matrix(
     device: &Device,
     job: &JobContext,
     stage: &str,
-) -> Result<Option<Vec<f32>>, String> {
+) -> Result<Vec<f32>, AttributionError> {
     let (n, j, pixels) = (data.len(), draws.len(), data.image_len());
     // Whole images per batch, about 128 (image, draw) pairs.
     let images_per_batch = (128 / j.max(1)).max(1);
     let mut out = Vec::with_capacity(n * j);
     for start in (0..n).step_by(images_per_batch) {
-        if job.cancel.is_cancelled() {
-            return Ok(None);
-        }
+        job.stop_if_cancelled()?;
         let end = (start + images_per_batch).min(n);
         let mut x0 = Vec::with_capacity((end - start) * j * pixels);
         for i in start..end {
@@ -88,15 +86,17 @@ pub fn loss_matrix(
         job.report(stage, end as u64, n as u64, "");
     }
     if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
-        return Err(format!("training image {} has a non-finite loss", bad / j.max(1)));
+        return Err(AttributionError::NonFinite(format!(
+            "training image {} has a non-finite loss",
+            bad / j.max(1)
+        )));
     }
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// The loss of every training image under every draw of `draws` with the checkpoint `model`
 /// ([N × J], MUCS's L_o): the same for every query, so it is kept in a file in `cache_dir`
-/// (beside the model's indexes) and computed once per model, data and draws. `Ok(None)` when
-/// cancelled.
+/// (beside the model's indexes) and computed once per model, data and draws.
 pub fn original_losses(
     model: &(CheckpointEntry, UNet),
     schedule: &Schedule,
@@ -105,7 +105,7 @@ pub fn original_losses(
     cache_dir: &Path,
     device: &Device,
     job: &JobContext,
-) -> Result<Option<Vec<f32>>, String> {
+) -> Result<Vec<f32>, AttributionError> {
     let key = format!(
         "v1 {} {} {} {}",
         model.0.state.weights_sha256,
@@ -123,10 +123,10 @@ pub fn original_losses(
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         if values.iter().all(|v| v.is_finite()) {
-            return Ok(Some(values));
+            return Ok(values);
         }
     }
-    let Some(values) = loss_matrix(
+    let values = loss_matrix(
         &model.1,
         schedule,
         data,
@@ -134,13 +134,10 @@ pub fn original_losses(
         device,
         job,
         "scoring the original model",
-    )?
-    else {
-        return Ok(None);
-    };
+    )?;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    write_atomic(&path, &bytes).map_err(|e| e.to_string())?;
-    Ok(Some(values))
+    write_atomic(&path, &bytes)?;
+    Ok(values)
 }
 
 #[cfg(test)]

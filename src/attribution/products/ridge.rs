@@ -6,6 +6,8 @@
 //! features, the dual N×N one otherwise. The factorisation (a Cholesky, in f64 on the host)
 //! is done once per index and λ; each query is then two triangular solves and a product.
 
+use crate::attribution::error::AttributionError;
+
 use nalgebra::{Cholesky, DMatrix, DVector, Dyn};
 
 /// Which side of the push-through identity the kernel is factored on.
@@ -27,18 +29,23 @@ pub struct RidgeKernel {
 
 impl RidgeKernel {
     /// Factors the kernel of `features` (`rows` × `dim`, row-major) with damping `lambda` > 0.
-    pub fn fit(features: &[f32], rows: usize, dim: usize, lambda: f64) -> Result<Self, String> {
+    pub fn fit(features: &[f32], rows: usize, dim: usize, lambda: f64) -> Result<Self, AttributionError> {
         if features.len() != rows * dim || rows == 0 || dim == 0 {
-            return Err(format!(
+            return Err(AttributionError::Invalid(format!(
                 "the kernel needs {rows} × {dim} features, got {} values",
                 features.len()
-            ));
+            )));
         }
         if !(lambda.is_finite() && lambda > 0.0) {
-            return Err(format!("the kernel's damping must be positive, not {lambda}"));
+            return Err(AttributionError::Invalid(format!(
+                "the kernel's damping must be positive, not {lambda}"
+            )));
         }
         if let Some(bad) = features.iter().position(|v| !v.is_finite()) {
-            return Err(format!("training image {} has a non-finite feature", bad / dim));
+            return Err(AttributionError::NonFinite(format!(
+                "training image {} has a non-finite feature",
+                bad / dim
+            )));
         }
         let phi = DMatrix::<f64>::from_row_iterator(rows, dim, features.iter().map(|&v| v as f64));
         let (form, gram) = if dim <= rows {
@@ -48,7 +55,8 @@ impl RidgeKernel {
         };
         let size = gram.nrows();
         let damped = gram + DMatrix::<f64>::identity(size, size) * lambda;
-        let factor = Cholesky::new(damped).ok_or("the damped kernel is not positive definite")?;
+        let factor = Cholesky::new(damped)
+            .ok_or_else(|| AttributionError::Invalid("the damped kernel is not positive definite".into()))?;
         Ok(Self {
             rows,
             dim,
@@ -64,15 +72,15 @@ impl RidgeKernel {
 
     /// The scores Φ (ΦᵀΦ + λI)⁻¹ φ_q of every training image (the features the kernel was fitted
     /// on, row-major) for the query's features `query` (length d).
-    pub fn scores(&self, features: &[f32], query: &[f32]) -> Result<Vec<f64>, String> {
+    pub fn scores(&self, features: &[f32], query: &[f32]) -> Result<Vec<f64>, AttributionError> {
         if features.len() != self.rows * self.dim || query.len() != self.dim {
-            return Err(format!(
+            return Err(AttributionError::Invalid(format!(
                 "the kernel was fitted on {} × {} features; got {} training values and a query of {}",
                 self.rows,
                 self.dim,
                 features.len(),
                 query.len()
-            ));
+            )));
         }
         let phi = DMatrix::<f64>::from_row_iterator(self.rows, self.dim, features.iter().map(|&v| v as f64));
         let q = DVector::<f64>::from_iterator(self.dim, query.iter().map(|&v| v as f64));
@@ -85,14 +93,14 @@ impl RidgeKernel {
 
     /// The weighted features Ψ = Φ (ΦᵀΦ + λI)⁻¹ = (ΦΦᵀ + λI)⁻¹ Φ (N × d, row-major) of the
     /// features the kernel was fitted on: every query's scores are then Ψ φ_q, one product.
-    pub fn weighted_features(&self, features: &[f32]) -> Result<Vec<f32>, String> {
+    pub fn weighted_features(&self, features: &[f32]) -> Result<Vec<f32>, AttributionError> {
         if features.len() != self.rows * self.dim {
-            return Err(format!(
+            return Err(AttributionError::Invalid(format!(
                 "the kernel was fitted on {} × {} features; got {} values",
                 self.rows,
                 self.dim,
                 features.len()
-            ));
+            )));
         }
         let phi = DMatrix::<f64>::from_row_iterator(self.rows, self.dim, features.iter().map(|&v| v as f64));
         let psi = match self.form {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use burn::tensor::{Tensor, TensorData};
 
 use super::ridge::RidgeKernel;
+use crate::attribution::error::AttributionError;
 use crate::attribution::parameter::{Parameter, Range};
 use crate::attribution::scores::Scores;
 use crate::device::read_back;
@@ -76,18 +77,15 @@ impl TrakKernel {
     }
 
     /// What the file must match: the index's key and the damping.
-    fn key(index: &Index, damping: f64) -> Result<String, String> {
-        let key = serde_json::to_vec(&index.manifest.key).map_err(|e| e.to_string())?;
-        Ok(format!(
-            "v{KERNEL_FORMAT_VERSION} damping {damping:e} index {}",
-            sha256(&key)
-        ))
+    fn key(index: &Index, damping: f64) -> String {
+        let key = serde_json::to_vec(&index.manifest.key).expect("an index key serialises");
+        format!("v{KERNEL_FORMAT_VERSION} damping {damping:e} index {}", sha256(&key))
     }
 
     /// Loads the kernel stored beside `index` for `damping`, or fits and stores it.
-    pub fn load_or_fit(index: &Index, damping: f64) -> Result<Self, String> {
+    pub fn load_or_fit(index: &Index, damping: f64) -> Result<Self, AttributionError> {
         let path = Self::path(index, damping);
-        let key = Self::key(index, damping)?;
+        let key = Self::key(index, damping);
         if let Ok(bytes) = std::fs::read(&path)
             && let Some(kernel) = Self::decode(&bytes, &key)
         {
@@ -99,22 +97,20 @@ impl TrakKernel {
     }
 
     /// Fits the kernel on the mean (over buckets) features of the index's last checkpoint.
-    pub fn fit(index: &Index, damping: f64) -> Result<Self, String> {
+    pub fn fit(index: &Index, damping: f64) -> Result<Self, AttributionError> {
         let m = &index.manifest;
         let last = m
             .checkpoints
             .len()
             .checked_sub(1)
-            .ok_or("the index holds no checkpoint")?;
+            .ok_or_else(|| AttributionError::Invalid("the index holds no checkpoint".into()))?;
         let (rows, dim) = (m.examples, m.dim);
-        let mean = index
-            .summary_rows(last, SummaryPart::Mean, 0, rows)
-            .map_err(|e| e.to_string())?;
+        let mean = index.summary_rows(last, SummaryPart::Mean, 0, rows)?;
         Self::from_features(&mean, rows, dim, damping)
     }
 
     /// Fits the kernel of `features` (rows × dim) with λ = damping × the mean squared row norm.
-    pub fn from_features(features: &[f32], rows: usize, dim: usize, damping: f64) -> Result<Self, String> {
+    pub fn from_features(features: &[f32], rows: usize, dim: usize, damping: f64) -> Result<Self, AttributionError> {
         let mean_square = features.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / rows.max(1) as f64;
         let lambda = damping * mean_square.max(f64::MIN_POSITIVE);
         let weighted = RidgeKernel::fit(features, rows, dim, lambda)?.weighted_features(features)?;
@@ -126,17 +122,17 @@ impl TrakKernel {
         })
     }
 
-    fn save(&self, path: &std::path::Path, key: &str) -> Result<(), String> {
+    fn save(&self, path: &std::path::Path, key: &str) -> Result<(), AttributionError> {
         let bytes: Vec<u8> = self.weighted.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![self.rows, self.dim], &bytes)
-            .map_err(|e| e.to_string())?;
         let metadata = std::collections::HashMap::from([
             ("key".to_owned(), key.to_owned()),
             ("lambda".to_owned(), self.lambda.to_string()),
         ]);
-        let encoded = safetensors::serialize([("weighted", view)], Some(metadata)).map_err(|e| e.to_string())?;
-        let encoded = crate::files::canonical_safetensors(encoded);
-        write_atomic(path, &encoded).map_err(|e| e.to_string())
+        let encoded = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![self.rows, self.dim], &bytes)
+            .and_then(|view| safetensors::serialize([("weighted", view)], Some(metadata)))
+            .map_err(|e| AttributionError::Invalid(format!("cannot serialise TRAK's kernel: {e}")))?;
+        write_atomic(path, &crate::files::canonical_safetensors(encoded))?;
+        Ok(())
     }
 
     /// The kernel in `bytes` if it is an intact file for `key`.
@@ -165,13 +161,18 @@ impl TrakKernel {
 
     /// S[i, b] = Ψ_i · φ_{q,b} / B for the query's bucket features `query` (B × d, row-major):
     /// the flat [N × B] scores, whose sum over buckets is Ψ_i · φ̄_q.
-    pub fn scores(&self, query: &[f32], buckets: usize, device: &burn::tensor::Device) -> Result<Vec<f32>, String> {
+    pub fn scores(
+        &self,
+        query: &[f32],
+        buckets: usize,
+        device: &burn::tensor::Device,
+    ) -> Result<Vec<f32>, AttributionError> {
         if query.len() != buckets * self.dim {
-            return Err(format!(
+            return Err(AttributionError::Invalid(format!(
                 "the query has {} feature values, the kernel {buckets} × {}",
                 query.len(),
                 self.dim
-            ));
+            )));
         }
         if *device == burn::tensor::Device::flex() {
             let queries: Vec<f32> = query.iter().map(|v| v / buckets as f32).collect();
@@ -184,6 +185,6 @@ impl TrakKernel {
         }
         let psi = Tensor::<2>::from_data(TensorData::new(self.weighted.clone(), [self.rows, self.dim]), device);
         let q = Tensor::<2>::from_data(TensorData::new(query.to_vec(), [buckets, self.dim]), device);
-        read_back(psi.matmul(q.transpose()) / buckets as f64)
+        Ok(read_back(psi.matmul(q.transpose()) / buckets as f64)?)
     }
 }

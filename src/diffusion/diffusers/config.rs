@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::diffusion::error::ConfigError;
 use crate::diffusion::schedule::BetaSchedule;
 use crate::diffusion::unet::Activation;
 use crate::diffusion::{ScheduleConfig, UNetConfig};
@@ -177,17 +178,19 @@ fn default_widths() -> Vec<usize> {
 }
 
 /// Refuses `value` of option `name` unless `ok`.
-fn require(ok: bool, name: &str, value: impl std::fmt::Debug, supported: &str) -> Result<(), String> {
+fn require(ok: bool, name: &str, value: impl std::fmt::Debug, supported: &str) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
-        Err(format!("unsupported {name} {value:?}: retrace supports {supported}"))
+        Err(ConfigError(format!(
+            "unsupported {name} {value:?}: retrace supports {supported}"
+        )))
     }
 }
 
 impl UNet2DModelConfig {
     /// retrace's architecture for this config, or the first option retrace does not implement.
-    pub fn to_unet(&self) -> Result<UNetConfig, String> {
+    pub fn to_unet(&self) -> Result<UNetConfig, ConfigError> {
         if let Some(class) = &self.class_name {
             require(class == "UNet2DModel", "model class", class, "UNet2DModel")?;
         }
@@ -195,9 +198,15 @@ impl UNet2DModelConfig {
             Some(SampleSize::Square(s)) => *s,
             Some(SampleSize::Pair(p)) if p.len() == 2 && p[0] == p[1] => p[0],
             Some(SampleSize::Pair(p)) => {
-                return Err(format!("unsupported sample_size {p:?}: retrace supports square images"));
+                return Err(ConfigError(format!(
+                    "unsupported sample_size {p:?}: retrace supports square images"
+                )));
             }
-            None => return Err("config.json gives no sample_size: retrace needs the image size".into()),
+            None => {
+                return Err(ConfigError(
+                    "config.json gives no sample_size: retrace needs the image size".into(),
+                ));
+            }
         };
         require(
             self.out_channels == self.in_channels,
@@ -252,14 +261,14 @@ impl UNet2DModelConfig {
             "mish" => Activation::Mish,
             "gelu" => Activation::Gelu,
             other => {
-                return Err(format!(
+                return Err(ConfigError(format!(
                     "unsupported act_fn {other:?}: retrace supports \"silu\", \"swish\", \"mish\" and \"gelu\""
-                ));
+                )));
             }
         };
-        let groups = self
-            .norm_num_groups
-            .ok_or("norm_num_groups null: retrace needs an explicit GroupNorm group count")?;
+        let groups = self.norm_num_groups.ok_or_else(|| {
+            ConfigError("norm_num_groups null: retrace needs an explicit GroupNorm group count".into())
+        })?;
         if let Some(g) = self.attn_norm_num_groups {
             require(
                 g == groups,
@@ -270,12 +279,12 @@ impl UNet2DModelConfig {
         }
         let levels = self.block_out_channels.len();
         if self.down_block_types.len() != levels || self.up_block_types.len() != levels {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "{} block_out_channels, {} down_block_types and {} up_block_types: need one of each per level",
                 levels,
                 self.down_block_types.len(),
                 self.up_block_types.len()
-            ));
+            )));
         }
         let mut attention = Vec::with_capacity(levels);
         for (level, down) in self.down_block_types.iter().enumerate() {
@@ -284,24 +293,24 @@ impl UNet2DModelConfig {
                 DOWN_PLAIN => false,
                 DOWN_ATTENTION => true,
                 other => {
-                    return Err(format!(
+                    return Err(ConfigError(format!(
                         "unsupported down block type {other:?}: retrace supports {DOWN_PLAIN} and {DOWN_ATTENTION}"
-                    ));
+                    )));
                 }
             };
             let up_attn = match up.as_str() {
                 UP_PLAIN => false,
                 UP_ATTENTION => true,
                 other => {
-                    return Err(format!(
+                    return Err(ConfigError(format!(
                         "unsupported up block type {other:?}: retrace supports {UP_PLAIN} and {UP_ATTENTION}"
-                    ));
+                    )));
                 }
             };
             if down_attn != up_attn {
-                return Err(format!(
+                return Err(ConfigError(format!(
                     "down block {level} is {down} but its mirror up block is {up}: retrace supports attention on both or neither"
-                ));
+                )));
             }
             attention.push(down_attn);
         }
@@ -440,15 +449,15 @@ fn epsilon() -> String {
 
 impl SchedulerConfig {
     /// retrace's schedule for this config, or the first option retrace does not implement.
-    pub fn to_schedule(&self) -> Result<ScheduleConfig, String> {
+    pub fn to_schedule(&self) -> Result<ScheduleConfig, ConfigError> {
         let beta_schedule = match self.beta_schedule.as_str() {
             "linear" => BetaSchedule::Linear,
             "scaled_linear" => BetaSchedule::ScaledLinear,
             "squaredcos_cap_v2" => BetaSchedule::SquaredcosCapV2,
             other => {
-                return Err(format!(
+                return Err(ConfigError(format!(
                     "unsupported beta_schedule {other:?}: retrace supports \"linear\", \"scaled_linear\" and \"squaredcos_cap_v2\""
-                ));
+                )));
             }
         };
         require(
@@ -485,7 +494,9 @@ impl SchedulerConfig {
             )?;
         }
         if self.num_train_timesteps == 0 {
-            return Err("num_train_timesteps 0: a schedule needs at least one step".into());
+            return Err(ConfigError(
+                "num_train_timesteps 0: a schedule needs at least one step".into(),
+            ));
         }
         Ok(ScheduleConfig {
             steps: self.num_train_timesteps,
@@ -550,7 +561,7 @@ mod tests {
             let mut json = base.clone();
             json[key] = value;
             let config: UNet2DModelConfig = serde_json::from_value(json).unwrap();
-            config.to_unet().unwrap_err()
+            config.to_unet().unwrap_err().0
         };
         assert!(
             serde_json::from_value::<UNet2DModelConfig>(base.clone())
@@ -593,8 +604,8 @@ mod tests {
             |json: serde_json::Value| serde_json::from_value::<SchedulerConfig>(json).unwrap().to_schedule();
         assert_eq!(scheduler(serde_json::json!({})).unwrap(), ScheduleConfig::default());
         let v = scheduler(serde_json::json!({"prediction_type": "v_prediction"})).unwrap_err();
-        assert!(v.contains("prediction_type"), "{v}");
+        assert!(v.0.contains("prediction_type"), "{v}");
         let s = scheduler(serde_json::json!({"beta_schedule": "sigmoid"})).unwrap_err();
-        assert!(s.contains("beta_schedule"), "{s}");
+        assert!(s.0.contains("beta_schedule"), "{s}");
     }
 }

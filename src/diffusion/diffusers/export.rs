@@ -11,13 +11,6 @@ use super::{CONFIG_FILE, Provenance, RETRACE_FILE, SCHEDULER_FILE, WEIGHTS_FILE}
 use crate::diffusion::checkpoint::{CheckpointEntry, CheckpointError, ModelDir};
 use crate::files::write_atomic;
 
-fn invalid(path: &Path, reason: impl Into<String>) -> CheckpointError {
-    CheckpointError::Invalid {
-        path: path.to_owned(),
-        reason: reason.into(),
-    }
-}
-
 fn pretty(value: &impl serde::Serialize) -> Vec<u8> {
     serde_json::to_vec_pretty(value).expect("configs serialise")
 }
@@ -36,7 +29,7 @@ pub fn export_pipeline(
     if out.exists() && !out.join(RETRACE_FILE).is_file() {
         let empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
         if !empty {
-            return Err(invalid(
+            return Err(CheckpointError::invalid(
                 out,
                 "exists and is not an earlier retrace export: choose a new directory",
             ));
@@ -44,7 +37,8 @@ pub fn export_pipeline(
     }
     let net = model.load_model(checkpoint, device)?;
     // Sorted header: two exports of one checkpoint are the same bytes.
-    let weights = crate::files::canonical_safetensors(save_unet(&net).map_err(|e| invalid(&checkpoint.dir, e))?);
+    let weights =
+        crate::files::canonical_safetensors(save_unet(&net).map_err(|e| CheckpointError::invalid(&checkpoint.dir, e))?);
     let info = &model.info;
     let provenance = Provenance {
         data_spec: info.data_spec.clone(),

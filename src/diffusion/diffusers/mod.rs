@@ -72,19 +72,12 @@ pub fn is_diffusers_dir(root: &Path) -> bool {
     root.join(CONFIG_FILE).is_file() || root.join("unet").join(CONFIG_FILE).is_file()
 }
 
-fn invalid(path: &Path, reason: impl Into<String>) -> CheckpointError {
-    CheckpointError::Invalid {
-        path: path.to_owned(),
-        reason: reason.into(),
-    }
-}
-
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T, CheckpointError> {
     let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
         path: path.to_owned(),
         source,
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| invalid(path, format!("unreadable {what}: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| CheckpointError::invalid(path, format!("unreadable {what}: {e}")))
 }
 
 /// The weights file of the U-Net in `dir`, refusing formats retrace does not read.
@@ -95,7 +88,7 @@ fn weights_file(dir: &Path) -> Result<PathBuf, CheckpointError> {
         }
     }
     if dir.join(PICKLE_WEIGHTS_FILE).is_file() {
-        return Err(invalid(
+        return Err(CheckpointError::invalid(
             dir,
             format!(
                 "holds {PICKLE_WEIGHTS_FILE}, PyTorch's pickle format, which retrace does not read: save the model \
@@ -103,7 +96,7 @@ fn weights_file(dir: &Path) -> Result<PathBuf, CheckpointError> {
             ),
         ));
     }
-    Err(invalid(dir, format!("holds no {WEIGHTS_FILE}")))
+    Err(CheckpointError::invalid(dir, format!("holds no {WEIGHTS_FILE}")))
 }
 
 /// Locates the files of the diffusers model in `root` (a `UNet2DModel` directory, or a
@@ -120,7 +113,7 @@ pub fn locate(root: &Path) -> Result<DiffusersLayout, CheckpointError> {
     };
     let scheduler_config = candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
         let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-        invalid(
+        CheckpointError::invalid(
             root,
             format!(
                 "a diffusers model without a scheduler config: retrace needs the noise schedule the model was \
@@ -167,11 +160,13 @@ pub fn open(root: &Path) -> Result<(ModelInfo, DiffusersLayout), CheckpointError
     let mut layout = locate(root)?;
     let config_path = layout.unet_dir.join(CONFIG_FILE);
     let unet_config: UNet2DModelConfig = read_json(&config_path, "UNet2DModel config")?;
-    let unet = unet_config.to_unet().map_err(|e| invalid(&config_path, e))?;
+    let unet = unet_config
+        .to_unet()
+        .map_err(|e| CheckpointError::invalid(&config_path, e))?;
     let scheduler: SchedulerConfig = read_json(&layout.scheduler_config, "scheduler config")?;
     let schedule = scheduler
         .to_schedule()
-        .map_err(|e| invalid(&layout.scheduler_config, e))?;
+        .map_err(|e| CheckpointError::invalid(&layout.scheduler_config, e))?;
     let provenance_path = root.join(RETRACE_FILE);
     let provenance: Option<Provenance> = if provenance_path.is_file() {
         Some(read_json(&provenance_path, "retrace provenance")?)

@@ -11,6 +11,7 @@ use burn::store::{
 };
 use burn::tensor::{DType, Device};
 
+use crate::diffusion::error::ModelError;
 use crate::diffusion::{UNet, UNetConfig};
 
 /// diffusers' module paths → retrace's, applied to the file's keys when loading.
@@ -45,7 +46,7 @@ fn listed(names: &[String]) -> String {
 /// Builds `config`'s network on `device` with the weights of a diffusers safetensors file's
 /// bytes. Every tensor must be present with its shape, and the file must hold nothing else:
 /// otherwise the error names the tensors that disagree.
-pub fn load_unet(bytes: Vec<u8>, config: &UNetConfig, device: &Device) -> Result<UNet, String> {
+pub fn load_unet(bytes: Vec<u8>, config: &UNetConfig, device: &Device) -> Result<UNet, ModelError> {
     let mut store = FROM_DIFFUSERS
         .iter()
         .fold(SafetensorsStore::from_bytes(Some(bytes)), |s, (from, to)| {
@@ -57,34 +58,34 @@ pub fn load_unet(bytes: Vec<u8>, config: &UNetConfig, device: &Device) -> Result
     let mut model = config.init(device);
     let result = model
         .load_from(&mut store)
-        .map_err(|e| format!("unreadable safetensors weights: {e}"))?;
+        .map_err(|e| ModelError::Weights(format!("unreadable safetensors weights: {e}")))?;
     if !result.errors.is_empty() {
         let errors: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
-        return Err(format!(
+        return Err(ModelError::Weights(format!(
             "the weights do not fit the architecture config.json describes: {}",
             listed(&errors)
-        ));
+        )));
     }
     if !result.missing.is_empty() {
         let missing: Vec<String> = result.missing.iter().map(|(path, _)| path.clone()).collect();
-        return Err(format!(
+        return Err(ModelError::Weights(format!(
             "config.json describes {} tensors the weights lack: {}",
             missing.len(),
             listed(&missing)
-        ));
+        )));
     }
     if !result.unused.is_empty() {
-        return Err(format!(
+        return Err(ModelError::Weights(format!(
             "the weights hold {} tensors config.json does not describe: {}",
             result.unused.len(),
             listed(&result.unused)
-        ));
+        )));
     }
     Ok(model)
 }
 
 /// The bytes of a diffusers `diffusion_pytorch_model.safetensors` holding `model`'s weights.
-pub fn save_unet(model: &UNet) -> Result<Vec<u8>, String> {
+pub fn save_unet(model: &UNet) -> Result<Vec<u8>, ModelError> {
     let mut store = TO_DIFFUSERS
         .iter()
         .fold(SafetensorsStore::from_bytes(None), |s, (from, to)| {
@@ -96,8 +97,8 @@ pub fn save_unet(model: &UNet) -> Result<Vec<u8>, String> {
         .clone()
         .no_grad()
         .save_into(&mut store)
-        .map_err(|e| format!("cannot serialise the weights: {e}"))?;
+        .map_err(|e| ModelError::Weights(format!("cannot serialise the weights: {e}")))?;
     store
         .get_bytes()
-        .map_err(|e| format!("cannot serialise the weights: {e}"))
+        .map_err(|e| ModelError::Weights(format!("cannot serialise the weights: {e}")))
 }

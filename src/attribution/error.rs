@@ -1,0 +1,98 @@
+//! Why an attribution request produced no scores: the one error type of the attribution layer,
+//! with the errors of the layers below it and cancellation as a value.
+
+use crate::curvature::CurvatureError;
+use crate::data::DataError;
+use crate::device::DeviceError;
+use crate::diffusion::{CheckpointError, ConfigError, ModelError};
+use crate::files::{FileError, ImageFileError};
+use crate::grad::GradError;
+use crate::index::IndexError;
+use crate::jobs::{Cancellable, Cancelled};
+
+/// Why an attribution request (or one of its products) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttributionError {
+    /// The job was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// The request cannot be served as asked: an unknown method or parameter, a value out of
+    /// range, a query or region that does not fit the model, a method that does not apply.
+    #[error("{0}")]
+    Request(String),
+    /// The inputs do not fit together (an index and a model that disagree, …).
+    #[error("{0}")]
+    Invalid(String),
+    /// A score, gradient or loss is NaN or infinite: the model has diverged.
+    #[error("{0}")]
+    NonFinite(String),
+    /// The index could not be built or opened.
+    #[error(transparent)]
+    Index(IndexError),
+    /// The curvature could not be fitted, loaded or applied.
+    #[error(transparent)]
+    Curvature(CurvatureError),
+    /// Gradients could not be taken.
+    #[error(transparent)]
+    Grad(GradError),
+    /// The model cannot be used.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A setting of the model, schedule or sampler cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The model directory cannot be read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The data cannot be read.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A file cannot be read or written.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// An image file (a query, a region mask) cannot be read.
+    #[error(transparent)]
+    Image(#[from] ImageFileError),
+    /// A tensor could not be read back from the device.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+impl From<Cancelled> for AttributionError {
+    fn from(_: Cancelled) -> Self {
+        Self::Cancelled
+    }
+}
+
+impl From<IndexError> for AttributionError {
+    fn from(e: IndexError) -> Self {
+        match e {
+            IndexError::Cancelled => Self::Cancelled,
+            e => Self::Index(e),
+        }
+    }
+}
+
+impl From<CurvatureError> for AttributionError {
+    fn from(e: CurvatureError) -> Self {
+        match e {
+            CurvatureError::Cancelled => Self::Cancelled,
+            e => Self::Curvature(e),
+        }
+    }
+}
+
+impl From<GradError> for AttributionError {
+    fn from(e: GradError) -> Self {
+        match e {
+            GradError::Cancelled => Self::Cancelled,
+            e => Self::Grad(e),
+        }
+    }
+}
+
+impl Cancellable for AttributionError {
+    fn is_cancelled(&self) -> bool {
+        matches!(self, Self::Cancelled)
+    }
+}
