@@ -137,8 +137,7 @@ impl BuiltBenchmark {
         };
         let index = self.index_settings(row.shared_noise)?;
         let query = if registry::lookup(&request.methods[0])?.needs().trajectory {
-            let query = self.query_with_trajectory(q, device, job)?;
-            query
+            self.query_with_trajectory(q, device, job)?
         } else {
             self.query(q)
         };
