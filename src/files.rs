@@ -17,7 +17,8 @@ pub struct FileError {
     pub source: std::io::Error,
 }
 
-fn at(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+/// Names `path` in an I/O error: `.map_err(at(path))`.
+pub fn at(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
     move |source| FileError {
         path: path.to_owned(),
         source,

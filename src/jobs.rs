@@ -48,6 +48,39 @@ impl Cancellable for Cancelled {
     }
 }
 
+/// What every layer's error with a `Cancelled` variant needs, written once: `From<Cancelled>`,
+/// [`Cancellable`], and a `From` for each wrapped lower layer's error that keeps a cancellation
+/// a cancellation (`Index(IndexError)`: `IndexError::Cancelled` becomes `Self::Cancelled`,
+/// any other `IndexError` `Self::Index`).
+macro_rules! cancellable_error {
+    ($error:ty { $($variant:ident($lower:ty)),* $(,)? }) => {
+        impl From<$crate::jobs::Cancelled> for $error {
+            fn from(_: $crate::jobs::Cancelled) -> Self {
+                Self::Cancelled
+            }
+        }
+
+        impl $crate::jobs::Cancellable for $error {
+            fn is_cancelled(&self) -> bool {
+                matches!(self, Self::Cancelled)
+            }
+        }
+
+        $(
+            impl From<$lower> for $error {
+                fn from(e: $lower) -> Self {
+                    if $crate::jobs::Cancellable::is_cancelled(&e) {
+                        Self::Cancelled
+                    } else {
+                        Self::$variant(e)
+                    }
+                }
+            }
+        )*
+    };
+}
+pub(crate) use cancellable_error;
+
 /// A snapshot of a job's progress.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Progress {

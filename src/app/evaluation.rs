@@ -18,22 +18,11 @@ const HELD_OUT: egui::Color32 = egui::Color32::from_rgb(214, 96, 77);
 /// Colour of the generated queries' bars and ceiling.
 const GENERATED: egui::Color32 = egui::Color32::from_rgb(67, 147, 195);
 
-/// The results file the tab reads unless another is loaded: the bundled benchmark's table.
-pub fn bundled_results_path() -> std::path::PathBuf {
-    crate::session::bundled_evaluation()
-}
-
 /// Draws the Evaluation tab.
 pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
-    if app.evaluation.is_none() {
-        app.evaluation = Some(
-            crate::session::load_evaluation(&bundled_results_path())
-                .map_err(|e| std::sync::Arc::new(crate::jobs::JobError::from_job(e))),
-        );
-    }
-    let report = match app.evaluation.clone() {
-        Some(Ok(report)) => report,
-        Some(Err(e)) => {
+    let report = match app.evaluation_table().clone() {
+        Ok(report) => report,
+        Err(e) => {
             ui.label(format!("No evaluation to show: {e}"));
             ui.label("`retrace eval lds --out results.json` writes one; drop it on the window to show it.");
             if ui.button("Look again").clicked() {
@@ -41,7 +30,6 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
             }
             return;
         }
-        None => return,
     };
     ui.label(format!(
         "Linear Datamodeling Score on the {} queries of {} (ceiling: seed-to-seed Spearman {:.3}; \

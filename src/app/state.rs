@@ -312,17 +312,20 @@ impl RetraceApp {
     /// The method's LDS on the benchmark (held-out and generated queries), for the viewer's
     /// index setting (query draws shared with the training images or not), if evaluated.
     pub fn method_lds(&mut self, method: &str) -> Option<(f64, f64)> {
-        if self.evaluation.is_none() {
-            self.evaluation = Some(
-                crate::session::load_evaluation(&crate::session::bundled_evaluation())
-                    .map_err(|e| Arc::new(JobError::from_job(e))),
-            );
-        }
         let shared = self.session.as_ref().ok()?.index.plan.shared_noise;
         let label = crate::session::evaluation_label(method, &self.parameters, shared);
-        let report = self.evaluation.as_ref()?.as_ref().ok()?;
+        let report = self.evaluation_table().as_ref().ok()?;
         let row = report.methods.iter().find(|r| r.method == label)?;
         Some((row.held_out.lds, row.generated.lds))
+    }
+
+    /// The evaluation table the Evaluation tab and the methods' LDS read: the one loaded, else
+    /// the bundled benchmark's, read once (or why it could not be read).
+    pub fn evaluation_table(&mut self) -> &Result<crate::eval::table::EvalReport, Arc<JobError>> {
+        self.evaluation.get_or_insert_with(|| {
+            crate::session::load_evaluation(&crate::session::bundled_evaluation())
+                .map_err(|e| Arc::new(JobError::from_job(e)))
+        })
     }
 
     /// Scores of `method` for the current query, if computed.

@@ -8,7 +8,6 @@ use crate::diffusion::{CheckpointError, ConfigError, ModelError};
 use crate::files::{FileError, ImageFileError};
 use crate::grad::GradError;
 use crate::index::IndexError;
-use crate::jobs::{Cancellable, Cancelled};
 
 /// Why an attribution request (or one of its products) failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,41 +57,8 @@ pub enum AttributionError {
     Device(#[from] DeviceError),
 }
 
-impl From<Cancelled> for AttributionError {
-    fn from(_: Cancelled) -> Self {
-        Self::Cancelled
-    }
-}
-
-impl From<IndexError> for AttributionError {
-    fn from(e: IndexError) -> Self {
-        match e {
-            IndexError::Cancelled => Self::Cancelled,
-            e => Self::Index(e),
-        }
-    }
-}
-
-impl From<CurvatureError> for AttributionError {
-    fn from(e: CurvatureError) -> Self {
-        match e {
-            CurvatureError::Cancelled => Self::Cancelled,
-            e => Self::Curvature(e),
-        }
-    }
-}
-
-impl From<GradError> for AttributionError {
-    fn from(e: GradError) -> Self {
-        match e {
-            GradError::Cancelled => Self::Cancelled,
-            e => Self::Grad(e),
-        }
-    }
-}
-
-impl Cancellable for AttributionError {
-    fn is_cancelled(&self) -> bool {
-        matches!(self, Self::Cancelled)
-    }
-}
+crate::jobs::cancellable_error!(AttributionError {
+    Index(IndexError),
+    Curvature(CurvatureError),
+    Grad(GradError),
+});

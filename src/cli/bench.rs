@@ -250,7 +250,7 @@ fn passes(
     let batch = best.batch;
     let mut index_ratio = None;
     if !args.no_index_pass {
-        let features = retrace::perf::feature_throughput(cfg, net, Default::default(), batch, args.iterations, device);
+        let features = retrace::perf::feature_throughput(cfg, net, Default::default(), batch, args.iterations, device)?;
         index_ratio = Some(features / best.examples_per_second);
         println!(
             "gradient features (capture + projection, k = {}): {features:.1} example·timesteps/s at batch {batch}, {:.2}× forward+backward",

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use crate::device::DeviceError;
 use crate::files::FileError;
 use crate::grad::GradError;
-use crate::jobs::{Cancellable, Cancelled};
 
 /// Why a curvature could not be fitted, stored, read back or applied.
 #[derive(Debug, thiserror::Error)]
@@ -39,23 +38,4 @@ pub enum CurvatureError {
     Device(#[from] DeviceError),
 }
 
-impl From<GradError> for CurvatureError {
-    fn from(e: GradError) -> Self {
-        match e {
-            GradError::Cancelled => Self::Cancelled,
-            e => Self::Grad(e),
-        }
-    }
-}
-
-impl From<Cancelled> for CurvatureError {
-    fn from(_: Cancelled) -> Self {
-        Self::Cancelled
-    }
-}
-
-impl Cancellable for CurvatureError {
-    fn is_cancelled(&self) -> bool {
-        matches!(self, Self::Cancelled)
-    }
-}
+crate::jobs::cancellable_error!(CurvatureError { Grad(GradError) });

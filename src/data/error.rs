@@ -55,8 +55,8 @@ impl DataError {
 
 /// Reads a whole file, naming it in the error.
 pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>, DataError> {
-    std::fs::read(path).map_err(|source| DataError::Io {
-        path: path.to_owned(),
-        source,
+    crate::files::read(path).map_err(|e| DataError::Io {
+        path: e.path,
+        source: e.source,
     })
 }

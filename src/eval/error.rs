@@ -11,7 +11,6 @@ use crate::diffusion::train::TrainError;
 use crate::diffusion::{CheckpointError, ConfigError, ModelError};
 use crate::files::FileError;
 use crate::index::IndexError;
-use crate::jobs::{Cancellable, Cancelled};
 
 /// Why an evaluation stopped.
 #[derive(Debug, thiserror::Error)]
@@ -60,32 +59,7 @@ pub enum EvalError {
     Device(#[from] DeviceError),
 }
 
-impl From<Cancelled> for EvalError {
-    fn from(_: Cancelled) -> Self {
-        Self::Cancelled
-    }
-}
-
-impl From<AttributionError> for EvalError {
-    fn from(e: AttributionError) -> Self {
-        match e {
-            AttributionError::Cancelled => Self::Cancelled,
-            e => Self::Attribution(e),
-        }
-    }
-}
-
-impl From<IndexError> for EvalError {
-    fn from(e: IndexError) -> Self {
-        match e {
-            IndexError::Cancelled => Self::Cancelled,
-            e => Self::Index(e),
-        }
-    }
-}
-
-impl Cancellable for EvalError {
-    fn is_cancelled(&self) -> bool {
-        matches!(self, Self::Cancelled)
-    }
-}
+crate::jobs::cancellable_error!(EvalError {
+    Attribution(AttributionError),
+    Index(IndexError),
+});

@@ -243,10 +243,7 @@ pub fn remove_top_k(
                 let root = dir.join("models").join(&stem);
                 // A model left in training without other images (stale settings) starts over.
                 if ModelDir::open(&root).is_ok_and(|m| m.info.data_hash != data.content_hash()) {
-                    std::fs::remove_dir_all(&root).map_err(|source| crate::files::FileError {
-                        path: root.clone(),
-                        source,
-                    })?;
+                    std::fs::remove_dir_all(&root).map_err(crate::files::at(&root))?;
                 }
                 let info = model_info(
                     spec,

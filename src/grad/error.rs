@@ -2,7 +2,6 @@
 //! model, a device that cannot read back.
 
 use crate::device::DeviceError;
-use crate::jobs::{Cancellable, Cancelled};
 
 /// Why gradient features (or a timestep plan) could not be computed.
 #[derive(Debug, thiserror::Error)]
@@ -21,14 +20,4 @@ pub enum GradError {
     Device(#[from] DeviceError),
 }
 
-impl From<Cancelled> for GradError {
-    fn from(_: Cancelled) -> Self {
-        Self::Cancelled
-    }
-}
-
-impl Cancellable for GradError {
-    fn is_cancelled(&self) -> bool {
-        matches!(self, Self::Cancelled)
-    }
-}
+crate::jobs::cancellable_error!(GradError {});

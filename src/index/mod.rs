@@ -35,7 +35,7 @@ use crate::files::{sha256, write_atomic};
 use crate::grad::{
     Examples, FeatureRun, Features, GradError, ProjectionConfig, Projector, TimestepPlan, model_layer_shapes,
 };
-use crate::jobs::{Cancellable, Cancelled, JobContext};
+use crate::jobs::JobContext;
 use crate::shard::Shard;
 
 /// Why an index could not be built or opened.
@@ -80,26 +80,7 @@ pub enum IndexError {
     Grad(GradError),
 }
 
-impl From<GradError> for IndexError {
-    fn from(e: GradError) -> Self {
-        match e {
-            GradError::Cancelled => Self::Cancelled,
-            e => Self::Grad(e),
-        }
-    }
-}
-
-impl From<Cancelled> for IndexError {
-    fn from(_: Cancelled) -> Self {
-        Self::Cancelled
-    }
-}
-
-impl Cancellable for IndexError {
-    fn is_cancelled(&self) -> bool {
-        matches!(self, Self::Cancelled)
-    }
-}
+crate::jobs::cancellable_error!(IndexError { Grad(GradError) });
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
     move |source| match source.kind() {

@@ -117,7 +117,7 @@ pub fn feature_throughput(
     batch: usize,
     iterations: usize,
     device: &Device,
-) -> f64 {
+) -> Result<f64, PerfError> {
     use crate::grad::{Examples, FeatureRun, Projector, TimestepPlan, model_layer_shapes};
     let s = config.sample_size;
     let shape = [config.image_channels, s, s];
@@ -125,7 +125,7 @@ pub fn feature_throughput(
     let schedule = Schedule::new(&Default::default());
     let job = crate::jobs::JobContext::silent();
     let run = |buckets: usize| {
-        let plan = TimestepPlan::new(schedule.len(), buckets, 1, 0).expect("valid plan");
+        let plan = TimestepPlan::new(schedule.len(), buckets, 1, 0)?;
         let examples = Examples {
             ids: (0..batch as u64).collect(),
             shape,
@@ -141,12 +141,12 @@ pub fn feature_throughput(
             batch_size: batch,
             device,
         };
-        features.run(&examples, &job).expect("features compute");
+        features.run(&examples, &job).map(|_| ())
     };
-    run(1);
+    run(1)?;
     let start = Instant::now();
-    run(iterations);
-    (batch * iterations) as f64 / start.elapsed().as_secs_f64()
+    run(iterations)?;
+    Ok((batch * iterations) as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Timings of a curvature fit.

@@ -15,7 +15,7 @@ use crate::attribution::products::trak_kernel::TrakKernel;
 use crate::attribution::retrac::retrac_scores;
 use crate::attribution::{CheckpointFeatures, GradientInputs, TrainFeatures, bucket_dot_products};
 use crate::diffusion::noise::{gaussian, stream};
-use crate::files::FileError;
+use crate::files::{FileError, at};
 use crate::grad::{Features, ProjectionConfig, Projector, TimestepPlan};
 use crate::index::{INDEX_FORMAT_VERSION, Index, IndexKey, IndexedCheckpoint, Manifest, Storage, write_index};
 
@@ -233,10 +233,6 @@ fn measure(
 
 /// (path, length) of every file in `dir`.
 fn files(dir: &Path) -> Result<Vec<(std::path::PathBuf, u64)>, FileError> {
-    let at = |path: &Path| {
-        let path = path.to_owned();
-        move |source| FileError { path, source }
-    };
     std::fs::read_dir(dir)
         .map_err(at(dir))?
         .map(|e| {
@@ -249,13 +245,9 @@ fn files(dir: &Path) -> Result<Vec<(std::path::PathBuf, u64)>, FileError> {
 
 /// Maps `path` for reading.
 fn map_file(path: &Path) -> Result<memmap2::Mmap, FileError> {
-    let at = |source| FileError {
-        path: path.to_owned(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(at)?;
+    let file = std::fs::File::open(path).map_err(at(path))?;
     // SAFETY: the synthetic index is written once and not modified while it is read.
-    unsafe { memmap2::Mmap::map(&file) }.map_err(at)
+    unsafe { memmap2::Mmap::map(&file) }.map_err(at(path))
 }
 
 /// Seconds to read the mean unit-normalised part of the compact block once with the page
@@ -296,10 +288,7 @@ fn read_floor(dir: &Path, index: &Index) -> Result<f64, PerfError> {
 fn evict(dir: &Path) -> Result<bool, PerfError> {
     use std::os::fd::AsRawFd;
     for (path, _) in files(dir)? {
-        let file = std::fs::File::open(&path).map_err(|source| FileError {
-            path: path.clone(),
-            source,
-        })?;
+        let file = std::fs::File::open(&path).map_err(at(&path))?;
         // SAFETY: a valid open descriptor; the call only advises the kernel about its pages.
         let status = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         if status != 0 {
