@@ -15,7 +15,7 @@ use crate::attribution::{AttributionError, MethodSettings, Needs, Parameter, Par
 use crate::data::pixels::unit_to_bytes;
 use crate::data::{DataSpec, Dataset, Split};
 use crate::device::ComputeDevice;
-use crate::diffusion::{ModelDir, SamplerConfig};
+use crate::diffusion::{Condition, ModelDir, SamplerConfig};
 use crate::index::{IndexSettings, MANIFEST_FILE, Manifest};
 use crate::jobs::{BackgroundJob, JobContext};
 
@@ -168,6 +168,30 @@ impl Session {
         [cfg.image_channels, cfg.sample_size, cfg.sample_size]
     }
 
+    /// The classes a class-conditional model generates and attributes under, as (label,
+    /// description from the training data's class names), the null class left out; `None` for
+    /// an unconditional model.
+    pub fn classes(&self) -> Option<Vec<(u32, String)>> {
+        let info = &self.model.info;
+        info.unet.condition_encoding().is_conditional().then(|| {
+            let null = info.unet.null_class;
+            let count = match info.unet.num_class_embeds {
+                Some(rows) => rows,
+                None => info.class_names.len(),
+            };
+            (0..count as u32)
+                .filter(|&c| Some(c) != null)
+                .map(|c| (c, Condition::Class(c).describe(&info.class_names)))
+                .collect()
+        })
+    }
+
+    /// Whether the model can be sampled with classifier-free guidance (class-conditional, with
+    /// a null class).
+    pub fn can_guide(&self) -> bool {
+        self.model.info.unet.null_class.is_some()
+    }
+
     /// How far the index is, read from its manifest when it has changed since the last call.
     pub fn index_state(&self) -> IndexState {
         let path = self.index.dir.join(MANIFEST_FILE);
@@ -209,11 +233,12 @@ impl Session {
         }
     }
 
-    /// Generates a sample as a background job; `frame` receives the image (as bytes) after
-    /// every denoising step, for a live preview.
+    /// Generates a sample under `condition` as a background job; `frame` receives the image (as
+    /// bytes) after every denoising step, for a live preview.
     pub fn generate(
         self: &Arc<Self>,
         seed: u64,
+        condition: Condition,
         config: SamplerConfig,
         wake: impl Fn() + Send + Sync + Clone + 'static,
         frame: impl Fn(Vec<u8>) + Send + 'static,
@@ -223,6 +248,7 @@ impl Session {
             generate_query(
                 &session.model,
                 seed,
+                condition,
                 &config,
                 &session.device.device,
                 job,

@@ -23,6 +23,10 @@ fn examples(data: &Dataset, idx: &[usize], ids: &[u64]) -> Examples {
         shape: [data.channels, data.height, data.width],
         pixels,
         region: None,
+        conditions: idx
+            .iter()
+            .map(|&i| retrace::diffusion::Condition::Class(data.labels[i]))
+            .collect(),
     }
 }
 
@@ -113,6 +117,7 @@ fn a_perturbed_copy_of_a_training_image_finds_its_source() {
             shape: [1, 28, 28],
             pixels: copy.clone(),
             region: None,
+            conditions: vec![retrace::diffusion::Condition::Unconditional],
         };
         let query = featurise(&model, &projector, &plan, &query_examples, 32);
         let inputs = GradientInputs {

@@ -34,6 +34,7 @@ pub fn test_model_info(unet: UNetConfig, data: &Dataset, batch_size: usize, chec
         data_len: data.len(),
         class_names: data.class_names.clone(),
         train: TrainRecipe {
+            label_dropout: 0.0,
             learning_rate: 2e-3,
             warmup_steps: 5,
             lr_schedule: Default::default(),

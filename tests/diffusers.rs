@@ -42,7 +42,7 @@ fn predict(model: &ModelDir, sample: &[f32], shape: &[usize], timesteps: &[f32])
     let dims: [usize; 4] = shape.try_into().unwrap();
     let x = Tensor::<4>::from_data(TensorData::new(sample.to_vec(), dims), &cpu());
     let t = Tensor::<1>::from_floats(timesteps, &cpu());
-    net.forward(x, t).into_data().try_to_vec::<f32>().unwrap()
+    net.forward(x, t, None).into_data().try_to_vec::<f32>().unwrap()
 }
 
 #[test]

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use common::{cpu, fashion_subset, tiny_config, tiny_model_dir};
 use retrace::diffusion::images::batch_tensor;
 use retrace::diffusion::train::{TrainLength, batch_plan, diffusion_loss, noise_images, train};
-use retrace::diffusion::{SamplerConfig, SamplerKind, Schedule, UNet, sample};
+use retrace::diffusion::{Condition, SamplerConfig, SamplerKind, Schedule, UNet, sample};
 use retrace::jobs::JobContext;
 
 fn flat(model: &UNet) -> Vec<f32> {
@@ -152,13 +152,23 @@ fn samplers_are_deterministic_for_a_seed() {
     let model = tiny_config().init_seeded(&device, 1);
     let schedule = Schedule::new(&Default::default());
     for kind in [SamplerKind::Ddpm, SamplerKind::Ddim] {
-        let config = SamplerConfig { kind, steps: 8 };
+        let config = SamplerConfig::new(kind, 8);
         let run = |seeds: &[u64]| {
-            sample(&model, &schedule, &config, [1, 28, 28], seeds, &device, |_| true)
-                .unwrap()
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap()
+            sample(
+                &model,
+                &schedule,
+                &config,
+                [1, 28, 28],
+                seeds,
+                &vec![Condition::Unconditional; seeds.len()],
+                &device,
+                |_| true,
+            )
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
         };
         let a = run(&[3, 4]);
         assert_eq!(a, run(&[3, 4]), "{kind:?} repeats");
@@ -173,12 +183,10 @@ fn samplers_are_deterministic_for_a_seed() {
     let stopped = sample(
         &model,
         &schedule,
-        &SamplerConfig {
-            kind: SamplerKind::Ddim,
-            steps: 8,
-        },
+        &SamplerConfig::new(SamplerKind::Ddim, 8),
         [1, 28, 28],
         &[0],
+        &[Condition::Unconditional],
         &device,
         |step| {
             calls += 1;
@@ -187,7 +195,10 @@ fn samplers_are_deterministic_for_a_seed() {
             step.done < 3
         },
     );
-    assert!(stopped.is_none() && calls == 3, "the observer can stop sampling");
+    assert!(
+        stopped.unwrap().is_none() && calls == 3,
+        "the observer can stop sampling"
+    );
 }
 
 #[test]
@@ -203,10 +214,14 @@ fn flex_and_wgpu_compute_the_same_forward_pass() {
     let idx = [0, 1, 2, 3];
     let t = [0.0f32, 10.0, 500.0, 999.0];
     let out = |m: &UNet, d: &Device| {
-        m.forward(batch_tensor(&data, &idx, d), Tensor::<1>::from_floats(t.as_slice(), d))
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap()
+        m.forward(
+            batch_tensor(&data, &idx, d),
+            Tensor::<1>::from_floats(t.as_slice(), d),
+            None,
+        )
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
     };
     let (a, b) = (out(&model, &flex), out(&on_gpu, &gpu));
     let scale = a.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
@@ -221,13 +236,22 @@ fn flex_and_wgpu_compute_the_same_forward_pass() {
 fn bundled_model_samples_the_same_on_flex_and_wgpu() {
     let dir = retrace::diffusion::ModelDir::open(&retrace::data::bundled_model_dir()).unwrap();
     let schedule = Schedule::new(&dir.info.schedule);
-    let config = SamplerConfig {
-        kind: SamplerKind::Ddim,
-        steps: 20,
-    };
+    let config = SamplerConfig::new(SamplerKind::Ddim, 20);
     let run = |device: &Device| {
         let (model, _) = dir.load_latest(device).unwrap();
-        let x = sample(&model, &schedule, &config, [1, 28, 28], &[0, 1, 2], device, |_| true).unwrap();
+        let unconditional = [Condition::Unconditional; 3];
+        let x = sample(
+            &model,
+            &schedule,
+            &config,
+            [1, 28, 28],
+            &[0, 1, 2],
+            &unconditional,
+            device,
+            |_| true,
+        )
+        .unwrap()
+        .unwrap();
         x.into_data().try_to_vec::<f32>().unwrap()
     };
     let (a, b) = (run(&cpu()), run(&common::wgpu()));

@@ -7,9 +7,11 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Gradients, Tensor};
 use common::{cpu, fashion_subset, tiny_config};
-use retrace::diffusion::Schedule;
 use retrace::diffusion::images::batch_tensor;
+use retrace::diffusion::train::label_conditions;
 use retrace::diffusion::train::{NoisyBatch, batch_plan, noise_images};
+use retrace::diffusion::unet::ClassEmbedType;
+use retrace::diffusion::{Schedule, UNetConfig};
 use retrace::grad::{LayerKind, capture_layers, layer_names};
 
 /// Per-example loss: mean over pixels of the squared noise-prediction error.
@@ -37,18 +39,40 @@ fn param_grads<M: Module>(module: &M, grads: &Gradients) -> HashMap<ParamId, Vec
     c.1
 }
 
-fn slice(batch: &NoisyBatch, i: usize) -> (Tensor<4>, Tensor<1>, Tensor<4>) {
+fn slice(batch: &NoisyBatch, i: usize) -> (Tensor<4>, Tensor<1>, Tensor<4>, Option<Tensor<2>>) {
     (
         batch.x_t.clone().narrow(0, i, 1),
         batch.t.clone().narrow(0, i, 1),
         batch.noise.clone().narrow(0, i, 1),
+        batch.condition.clone().map(|rows| rows.narrow(0, i, 1)),
     )
 }
 
 #[test]
 fn captured_per_example_gradients_match_batch_of_one_autodiff() {
+    check_capture(tiny_config(), 0);
+}
+
+/// The class embedding of a class-conditional U-Net is captured like every other layer: a
+/// table (one-hot rows through a bias-free Linear) and diffusers' "timestep" label MLP.
+#[test]
+fn captured_gradients_of_class_conditional_unets_match_autodiff() {
+    let table = tiny_config().with_classes(10);
+    assert_eq!(check_capture(table, 1), 1, "the class table");
+    let timestep = UNetConfig {
+        class_embed_type: Some(ClassEmbedType::Timestep),
+        null_class: Some(10),
+        ..tiny_config()
+    };
+    assert_eq!(check_capture(timestep, 2), 2, "the label MLP's two Linears");
+}
+
+/// Checks every captured layer's per-example gradient of `config`'s network against
+/// batch-of-one autodiff, with each example under its own label; returns how many more layers
+/// than the unconditional network it captured.
+fn check_capture(config: UNetConfig, extra_layers: usize) -> usize {
     let device = cpu().autodiff();
-    let model = tiny_config().init_seeded(&device, 3);
+    let model = config.init_seeded(&device, 3);
     let data = fashion_subset(3);
     let schedule = Schedule::new(&Default::default());
     let (_, _, noise) = batch_plan(5, 0, 3, 3, schedule.len(), data.image_len());
@@ -57,9 +81,20 @@ fn captured_per_example_gradients_match_batch_of_one_autodiff() {
         batch_tensor(&data, &[0, 1, 2], &device),
         &[10, 400, 900],
         noise,
-    );
+    )
+    .conditioned(&config.condition_encoding(), &label_conditions(&data, &[0, 1, 2]))
+    .unwrap();
+    assert_eq!(batch.condition.is_some(), extra_layers > 0);
 
-    let (layers, losses) = capture_layers(&model, batch.x_t.clone(), batch.t.clone(), |p| {
+    let (layers, losses) = capture_layers(
+        &model,
+        batch.x_t.clone(),
+        batch.t.clone(),
+        batch.condition.clone(),
+        |p| per_example_loss(p, batch.noise.clone()),
+    );
+    let unconditional = tiny_config().init_seeded(&device, 3);
+    let (plain, _) = capture_layers(&unconditional, batch.x_t.clone(), batch.t.clone(), None, |p| {
         per_example_loss(p, batch.noise.clone())
     });
     assert_eq!(losses.dims(), [3]);
@@ -73,8 +108,8 @@ fn captured_per_example_gradients_match_batch_of_one_autodiff() {
 
     let mut worst = (0.0f32, String::new());
     for i in 0..3 {
-        let (x, t, n) = slice(&batch, i);
-        let loss = per_example_loss(model.forward(x, t), n).sum();
+        let (x, t, n, c) = slice(&batch, i);
+        let loss = per_example_loss(model.forward(x, t, c), n).sum();
         let exact = param_grads(&model, &loss.backward());
         for layer in &layers {
             let captured = layer.per_example().narrow(0, i, 1);
@@ -110,4 +145,5 @@ fn captured_per_example_gradients_match_batch_of_one_autodiff() {
     }
     assert!(worst.0 <= 1e-4, "worst relative error {:e} at {}", worst.0, worst.1);
     println!("worst relative error {:e} at {}", worst.0, worst.1);
+    layers.len() - plain.len()
 }

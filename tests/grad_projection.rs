@@ -20,7 +20,7 @@ fn projected_inner_products_track_exact_ones_at_the_default_k() {
     let (_, ts, noise) = batch_plan(2, 0, n, n, schedule.len(), data.image_len());
     let idx: Vec<usize> = (0..n).collect();
     let batch = noise_images(&schedule, batch_tensor(&data, &idx, &device), &ts, noise);
-    let (layers, _) = capture_layers(&model, batch.x_t, batch.t, |p| {
+    let (layers, _) = capture_layers(&model, batch.x_t, batch.t, None, |p| {
         let [b, c, h, w] = p.dims();
         (p - batch.noise)
             .powi_scalar(2)

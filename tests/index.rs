@@ -321,12 +321,18 @@ fn journey_attributes_the_denoising_steps_of_a_generated_query_and_refuses_an_im
     let tmp = tempfile::tempdir().unwrap();
     let model = common::bundled_model_for(&data, &tmp.path().join("model"));
     let s = settings(&tmp.path().join("index"), 4);
-    let sampler = retrace::diffusion::SamplerConfig {
-        kind: retrace::diffusion::SamplerKind::Ddim,
-        steps: 10,
-    };
+    let sampler = retrace::diffusion::SamplerConfig::new(retrace::diffusion::SamplerKind::Ddim, 10);
     let job = JobContext::silent();
-    let query = retrace::attribution::query::generate_query(&model, 1, &sampler, &cpu(), &job, |_, _, _| {}).unwrap();
+    let query = retrace::attribution::query::generate_query(
+        &model,
+        1,
+        Default::default(),
+        &sampler,
+        &cpu(),
+        &job,
+        |_, _, _| {},
+    )
+    .unwrap();
     let trajectory = query.trajectory.clone().unwrap();
     assert_eq!(trajectory.steps.len(), 10);
     assert_eq!(trajectory.predicted_clean.len(), 10 * 28 * 28);

@@ -296,7 +296,13 @@ struct LinearDenoiser {
 }
 
 impl Denoiser for LinearDenoiser {
-    fn predict_with(&self, x: Tensor<4>, _t: Tensor<1>, tape: &mut impl Tape) -> Tensor<4> {
+    fn predict_with(
+        &self,
+        x: Tensor<4>,
+        _t: Tensor<1>,
+        _condition: Option<Tensor<2>>,
+        tape: &mut impl Tape,
+    ) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let flat = x.reshape([b, 1, c * h * w]);
         let y = self.map.forward(flat.clone());
@@ -308,7 +314,7 @@ impl Net for LinearDenoiser {
     fn forward(&self, x: Tensor<4>, tape: &mut CaptureTape) -> Tensor<2> {
         let [b, c, h, w] = x.dims();
         let t = Tensor::zeros([b], &x.device());
-        self.predict_with(x, t, tape).reshape([b, c * h * w])
+        self.predict_with(x, t, None, tape).reshape([b, c * h * w])
     }
 }
 
@@ -340,6 +346,7 @@ fn curvature_fit_with_monte_carlo_ggn_converges_to_the_exact_ggn_influence_where
             .map(|v| (v * 0.5).clamp(-1.0, 1.0))
             .collect(),
         region: None,
+        conditions: vec![Default::default(); images],
     };
     let schedule = Schedule::new(&ScheduleConfig::default());
     let job = JobContext::silent();
@@ -372,6 +379,7 @@ fn curvature_fit_with_monte_carlo_ggn_converges_to_the_exact_ggn_influence_where
             schedule: &schedule,
             batch_size: 48,
             device: &ad,
+            encoding: Default::default(),
         };
         let walked = walk.run(&job, "exact GGN", |batch| {
             inputs.push(batch.noisy.x_t);

@@ -51,6 +51,7 @@ fn unlearning_stops_at_its_bound_keeps_the_retain_loss_and_the_original_model_sc
         schedule: &schedule,
         data: &data,
         query: &query,
+        query_condition: Default::default(),
         region: None,
         settings: &settings,
         learning_rate: model.info.train.learning_rate,

@@ -115,12 +115,17 @@ fn cifar2_trains_samples_attributes_and_reports_in_colour() {
     train(&model, &data, &TrainLength { epochs: 100 }, false, &cpu(), &job).unwrap();
 
     // Sampling gives colour images.
-    let sampler = retrace::diffusion::SamplerConfig {
-        kind: retrace::diffusion::SamplerKind::Ddim,
-        steps: 10,
-    };
-    let generated =
-        retrace::attribution::query::generate_query(&model, 2, &sampler, &cpu(), &job, |_, _, _| {}).unwrap();
+    let sampler = retrace::diffusion::SamplerConfig::new(retrace::diffusion::SamplerKind::Ddim, 10);
+    let generated = retrace::attribution::query::generate_query(
+        &model,
+        2,
+        Default::default(),
+        &sampler,
+        &cpu(),
+        &job,
+        |_, _, _| {},
+    )
+    .unwrap();
     assert_eq!(generated.shape, [3, 32, 32]);
     let plane = 32 * 32;
     let (red, green) = (&generated.pixels[..plane], &generated.pixels[plane..2 * plane]);

@@ -9,7 +9,7 @@ use super::textures::image;
 use super::{RetraceApp, grid_row};
 use crate::attribution::Query;
 use crate::data::pixels::bytes_to_unit;
-use crate::diffusion::SamplerKind;
+use crate::diffusion::{Condition, SamplerKind};
 
 /// Starts reading an image file as a query, off the UI thread; it becomes the current query
 /// once read ([`RetraceApp::poll_work`]), and the notice says how it was converted, or why it
@@ -33,6 +33,27 @@ pub fn handle_dropped_files(app: &mut RetraceApp, ctx: &egui::Context) {
         }
         load_file(app, &path);
     }
+}
+
+/// The class a sample is generated for and a loaded image is attributed under.
+fn class_picker(ui: &mut Ui, class: &mut u32, classes: &[(u32, String)]) {
+    let label = ui.label("class").on_hover_text(
+        "the class a sample is generated for, and a loaded image is attributed under (a picked image keeps its own)",
+    );
+    let shown = classes
+        .iter()
+        .find(|(c, _)| c == class)
+        .map_or_else(|| format!("class {class}"), |(_, name)| name.clone());
+    egui::ComboBox::from_id_salt("class")
+        .selected_text(shown)
+        .show_ui(ui, |ui| {
+            for (c, name) in classes {
+                ui.selectable_value(class, *c, name);
+            }
+        })
+        .response
+        .labelled_by(label.id);
+    ui.end_row();
 }
 
 /// Draws the query panel.
@@ -78,6 +99,15 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
             .response
             .labelled_by(label.id);
         ui.end_row();
+        if let Some(classes) = session.classes() {
+            class_picker(ui, &mut app.class, &classes);
+            let guidance = egui::Slider::new(&mut app.sampler.guidance_scale, 0.0..=10.0).step_by(0.1);
+            ui.label("guidance").on_hover_text(
+                "classifier-free guidance scale: 1 samples the model as it is, higher follows the class more",
+            );
+            ui.add_enabled(session.can_guide(), guidance);
+            ui.end_row();
+        }
     });
     ui.horizontal(|ui| {
         if ui.add_enabled(!busy, egui::Button::new("Generate")).clicked() {
@@ -112,11 +142,14 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
                 (&session.data, "training")
             };
             let i = app.pick_index.min(data.len() - 1);
-            let query = Query::image(
-                bytes_to_unit(data.image(i)),
-                shape,
-                format!("{split} image #{} ({})", data.ids[i], data.class_name(i)),
-            );
+            let query = Query {
+                condition: Condition::Class(data.labels[i]),
+                ..Query::image(
+                    bytes_to_unit(data.image(i)),
+                    shape,
+                    format!("{split} image #{} ({})", data.ids[i], data.class_name(i)),
+                )
+            };
             let label = format!("{split} #{}", data.ids[i]);
             app.push_query(query, label);
         }

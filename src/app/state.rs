@@ -93,6 +93,9 @@ pub struct RetraceApp {
     pub sampler: crate::diffusion::SamplerConfig,
     /// Seed of the next generated query.
     pub seed: u64,
+    /// The class label the next sample is generated for, and a loaded image is attributed
+    /// under (a class-conditional model; unconditional models ignore it).
+    pub class: u32,
     /// Which training/held-out image to pick as a query.
     pub pick_index: usize,
     /// Pick from the held-out split rather than the training set.
@@ -167,11 +170,9 @@ impl RetraceApp {
             session: session.map(Arc::new).map_err(Arc::new),
             history: Vec::new(),
             current: None,
-            sampler: crate::diffusion::SamplerConfig {
-                kind: crate::diffusion::SamplerKind::Ddim,
-                steps: 50,
-            },
+            sampler: crate::diffusion::SamplerConfig::new(crate::diffusion::SamplerKind::Ddim, 50),
             seed: 0,
+            class: 0,
             pick_index: 0,
             pick_held_out: true,
             selected_methods: crate::session::method_names()
@@ -408,7 +409,8 @@ impl RetraceApp {
             }
             match job.poll() {
                 None => self.loads.push((job, name)),
-                Some(Ok(query)) => {
+                Some(Ok(mut query)) => {
+                    query.condition = self.condition();
                     self.notice = Some(query.description.clone());
                     self.push_query(query, name);
                 }
@@ -561,7 +563,15 @@ impl RetraceApp {
         }));
     }
 
-    /// Starts sampling a new query with the current seed and sampler.
+    /// The condition the class picker stands for: its class for a class-conditional model.
+    pub fn condition(&self) -> crate::diffusion::Condition {
+        match &self.session {
+            Ok(session) if session.classes().is_some() => crate::diffusion::Condition::Class(self.class),
+            _ => crate::diffusion::Condition::Unconditional,
+        }
+    }
+
+    /// Starts sampling a new query with the current seed, class and sampler.
     pub fn generate(&mut self, ctx: &egui::Context) {
         let Ok(session) = &self.session else { return };
         if self.work.is_some() {
@@ -570,7 +580,7 @@ impl RetraceApp {
         let frame = Arc::new(Mutex::new(None));
         let sink = frame.clone();
         let wake = Self::waker(ctx);
-        let job = session.generate(self.seed, self.sampler.clone(), wake, move |bytes| {
+        let job = session.generate(self.seed, self.condition(), self.sampler.clone(), wake, move |bytes| {
             if let Ok(mut f) = sink.lock() {
                 *f = Some(bytes);
             }

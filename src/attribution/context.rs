@@ -130,6 +130,7 @@ impl<'a> Context<'a> {
             shape: self.query.shape,
             pixels: self.query.pixels.clone(),
             region: self.query.mask.clone(),
+            conditions: vec![self.query.condition],
         }
     }
 

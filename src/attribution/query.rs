@@ -1,6 +1,7 @@
 //! Queries: a generated sample or a loaded image, converted to what the model takes.
 
 use super::error::AttributionError;
+use crate::diffusion::Condition;
 
 use std::path::Path;
 
@@ -19,6 +20,9 @@ pub struct Query {
     pub trajectory: Option<Trajectory>,
     /// Per-pixel weights in [0, 1] (H×W) of the region to attribute; `None` for the whole image.
     pub mask: Option<Vec<f32>>,
+    /// The condition it is attributed under: the class a sample was generated for, or the one
+    /// given with a loaded image (an unconditional model ignores it).
+    pub condition: Condition,
 }
 
 /// A generated query's denoising trajectory: after every sampling step, the step t the model
@@ -48,6 +52,7 @@ impl Query {
             description: description.into(),
             trajectory: None,
             mask: None,
+            condition: Condition::Unconditional,
         }
     }
 }
@@ -122,12 +127,13 @@ pub fn load_region(path: &Path, size: usize) -> Result<Vec<f32>, AttributionErro
     Ok(region)
 }
 
-/// Generates a query from the newest checkpoint of `model` with `seed`. `frame(step, steps,
-/// pixels)` sees the model's current estimate of the clean image (C×H×W in [−1, 1]) after every
+/// Generates a query from the newest checkpoint of `model` with `seed` under `condition` (with
+/// the guidance `config` asks for); the query keeps the condition. `frame(step, steps, pixels)` sees the model's current estimate of the clean image (C×H×W in [−1, 1]) after every
 /// denoising step, for live previews.
 pub fn generate_query(
     model: &crate::diffusion::ModelDir,
     seed: u64,
+    condition: Condition,
     config: &crate::diffusion::SamplerConfig,
     device: &burn::tensor::Device,
     job: &crate::jobs::JobContext,
@@ -143,7 +149,7 @@ pub fn generate_query(
         predicted_clean: Vec::new(),
     };
     let mut failure = None;
-    let x = crate::diffusion::sample(&net, &schedule, config, shape, &[seed], device, |step| {
+    let sampled = crate::diffusion::sample(&net, &schedule, config, shape, &[seed], &[condition], device, |step| {
         job.report("sampling", step.done as u64, step.total as u64, "");
         match crate::device::read_back(step.predicted_clean.clone()) {
             Ok(pixels) => {
@@ -158,17 +164,27 @@ pub fn generate_query(
     if let Some(e) = failure {
         return Err(e.into());
     }
-    let Some(x) = x else {
+    let Some(x) = sampled? else {
         return Err(AttributionError::Cancelled);
     };
     let pixels = crate::device::read_back(x)?;
+    let guidance = if config.is_guided() {
+        format!(", guidance {}", config.guidance_scale)
+    } else {
+        String::new()
+    };
+    let class = match condition {
+        Condition::Unconditional => String::new(),
+        c => format!(", {}", c.describe(&model.info.class_names)),
+    };
     Ok(Query {
         trajectory: Some(trajectory),
+        condition,
         ..Query::image(
             pixels,
             shape,
             format!(
-                "sample seed {seed}, {:?} {} steps, checkpoint step {}",
+                "sample seed {seed}{class}, {:?} {} steps{guidance}, checkpoint step {}",
                 config.kind, config.steps, entry.state.step
             ),
         )

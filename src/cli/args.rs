@@ -192,3 +192,71 @@ impl IndexTarget {
         Ok(settings)
     }
 }
+
+/// What a sample is generated for, and a loaded image attributed under: a class of a
+/// class-conditional model, and the classifier-free guidance scale.
+#[derive(clap::Args)]
+pub(crate) struct ConditionArgs {
+    /// Class (its name, e.g. Sneaker, or its label number) of a class-conditional model.
+    #[arg(long = "class")]
+    class: Option<String>,
+    /// Classifier-free guidance scale (1: none; default 2 for a model with a null class, as
+    /// Serrà et al. sample, else 1).
+    #[arg(long)]
+    guidance: Option<f64>,
+}
+
+/// Guidance of a model with a null class when `--guidance` is not given.
+pub(crate) const DEFAULT_GUIDANCE: f64 = 2.0;
+
+impl ConditionArgs {
+    /// The condition `--class` names for the model `info` describes: required by a
+    /// class-conditional model, refused by an unconditional one.
+    pub(crate) fn condition(&self, info: &retrace::diffusion::ModelInfo) -> Result<retrace::diffusion::Condition> {
+        use retrace::diffusion::Condition;
+        let conditional = info.unet.condition_encoding().is_conditional();
+        let listed = || {
+            info.class_names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!("{i} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let condition = match (&self.class, conditional) {
+            (None, false) => return Ok(Condition::Unconditional),
+            (Some(class), false) => bail!("--class {class}: the model is unconditional; it takes no class"),
+            (None, true) => bail!("the model is class-conditional: pass --class (one of: {})", listed()),
+            (Some(class), true) => {
+                let by_name = info.class_names.iter().position(|n| n.eq_ignore_ascii_case(class));
+                match (by_name, class.parse::<u32>()) {
+                    (Some(i), _) => Condition::Class(i as u32),
+                    (None, Ok(label)) => Condition::Class(label),
+                    (None, Err(_)) => bail!("--class {class}: no class of that name (one of: {})", listed()),
+                }
+            }
+        };
+        info.unet.condition_encoding().check(&condition)?;
+        Ok(condition)
+    }
+
+    /// The sampler `kind` with `steps` steps and the guidance asked for (or the default).
+    pub(crate) fn sampler(
+        &self,
+        info: &retrace::diffusion::ModelInfo,
+        kind: retrace::diffusion::SamplerKind,
+        steps: usize,
+    ) -> Result<retrace::diffusion::SamplerConfig> {
+        let default = if info.unet.null_class.is_some() {
+            DEFAULT_GUIDANCE
+        } else {
+            1.0
+        };
+        let config = retrace::diffusion::SamplerConfig {
+            guidance_scale: self.guidance.unwrap_or(default),
+            ..retrace::diffusion::SamplerConfig::new(kind, steps)
+        };
+        config.validate(info.schedule.steps)?;
+        Ok(config)
+    }
+}

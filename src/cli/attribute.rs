@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use retrace::device::DeviceRequest;
-use retrace::diffusion::{SamplerConfig, SamplerKind};
+use retrace::diffusion::SamplerKind;
 
-use super::args::{IndexTarget, MethodArgs};
+use super::args::{ConditionArgs, IndexTarget, MethodArgs};
 use super::{compute_device, terminal_job};
 
 /// Rank the training images by their influence on a query image or a generated sample.
@@ -21,6 +21,10 @@ pub struct AttributeArgs {
     /// Generate the query from the model with this seed (DDIM, 100 steps).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The class a class-conditional model generates the query for, or attributes a loaded
+    /// image under; and the guidance of a generated query.
+    #[command(flatten)]
+    pub condition: ConditionArgs,
     /// Attribute only a region of the query: a grey image (PNG/JPEG) whose white pixels mark it
     /// (grey levels weight pixels; resized to the model's size).
     #[arg(long)]
@@ -44,6 +48,7 @@ pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
         target,
         query,
         seed,
+        condition,
         mask,
         method,
         parameters,
@@ -54,16 +59,18 @@ pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
     let (model, data, settings) = target.open()?;
     let cfg = &model.info.unet;
     let (job, bar) = terminal_job()?;
+    let class = condition.condition(&model.info)?;
     let q = match (query, seed) {
-        (Some(path), _) => retrace::attribution::load_query_image(&path, cfg.image_channels, cfg.sample_size)?,
+        (Some(path), _) => retrace::attribution::Query {
+            condition: class,
+            ..retrace::attribution::load_query_image(&path, cfg.image_channels, cfg.sample_size)?
+        },
         (None, seed) => {
-            let config = SamplerConfig {
-                kind: SamplerKind::Ddim,
-                steps: 100,
-            };
+            let config = condition.sampler(&model.info, SamplerKind::Ddim, 100)?;
             retrace::attribution::query::generate_query(
                 &model,
                 seed.unwrap_or(0),
+                class,
                 &config,
                 &dev.device,
                 &job,

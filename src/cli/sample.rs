@@ -8,8 +8,9 @@ use retrace::data::bundled_model_dir;
 use retrace::data::pixels::grid;
 use retrace::device::DeviceRequest;
 use retrace::diffusion::images::tensor_to_images;
-use retrace::diffusion::{ModelDir, SamplerConfig, SamplerKind, Schedule, sample};
+use retrace::diffusion::{ModelDir, SamplerKind, Schedule, sample};
 
+use super::args::ConditionArgs;
 use super::{compute_device, terminal_job};
 
 /// Generate images from a trained model (one PNG, a grid when several seeds are given).
@@ -30,6 +31,8 @@ pub struct SampleArgs {
     /// ddpm (ancestral) or ddim (deterministic).
     #[arg(long, default_value = "ddim")]
     pub sampler: SamplerKind,
+    #[command(flatten)]
+    pub condition: ConditionArgs,
     /// Use the checkpoint of this training step (default: the newest).
     #[arg(long)]
     pub checkpoint: Option<usize>,
@@ -46,13 +49,14 @@ pub fn run(args: SampleArgs, device: Option<DeviceRequest>) -> Result<()> {
         seeds,
         steps,
         sampler,
+        condition,
         checkpoint,
         out,
     } = args;
     let dev = compute_device(device)?;
     let dir = ModelDir::open(&model.unwrap_or_else(bundled_model_dir))?;
-    let config = SamplerConfig { kind: sampler, steps };
-    config.validate(dir.info.schedule.steps)?;
+    let config = condition.sampler(&dir.info, sampler, steps)?;
+    let condition = condition.condition(&dir.info)?;
     let seeds = parse_seeds(seed, seeds.as_deref())?;
     let entry = pick_checkpoint(&dir, checkpoint)?;
     let net = dir.load_model(&entry, &dev.device)?;
@@ -60,20 +64,38 @@ pub fn run(args: SampleArgs, device: Option<DeviceRequest>) -> Result<()> {
     let cfg = &dir.info.unet;
     let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
     let (job, bar) = terminal_job()?;
-    let images = sample(&net, &schedule, &config, shape, &seeds, &dev.device, |step| {
-        job.report("sampling", step.done as u64, step.total as u64, "");
-        !job.cancel.is_cancelled()
-    });
+    let conditions = vec![condition; seeds.len()];
+    let images = sample(
+        &net,
+        &schedule,
+        &config,
+        shape,
+        &seeds,
+        &conditions,
+        &dev.device,
+        |step| {
+            job.report("sampling", step.done as u64, step.total as u64, "");
+            !job.cancel.is_cancelled()
+        },
+    );
     bar.finish();
-    let Some(images) = images else {
+    let Some(images) = images? else {
         bail!("sampling cancelled")
     };
     let images = tensor_to_images(images)?;
     let cols = (images.len() as f64).sqrt().ceil() as usize;
     let picture = grid(&images, shape, cols);
     save_png(&picture, &out)?;
+    let under = match condition {
+        retrace::diffusion::Condition::Unconditional => String::new(),
+        c => format!(
+            ", {}, guidance {}",
+            c.describe(&dir.info.class_names),
+            config.guidance_scale
+        ),
+    };
     println!(
-        "wrote {} image(s) (seeds {:?}…, checkpoint step {}) to {}",
+        "wrote {} image(s) (seeds {:?}…{under}, checkpoint step {}) to {}",
         images.len(),
         &seeds[..seeds.len().min(4)],
         entry.state.step,

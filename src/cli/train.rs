@@ -51,6 +51,14 @@ pub struct TrainArgs {
     /// Seed of initialisation, batch order and noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Class-conditional: a class-embedding table over the data's classes plus a null class,
+    /// trained with label dropout so that samples can be guided (classifier-free guidance).
+    #[arg(long)]
+    pub conditional: bool,
+    /// Probability that a training image's class is dropped for the null class (with
+    /// --conditional; Ho & Salimans use 0.1–0.2).
+    #[arg(long, default_value_t = 0.1, requires = "conditional")]
+    pub label_dropout: f64,
 }
 
 /// Runs `retrace train` on the requested compute device.
@@ -68,9 +76,20 @@ pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
         weight_decay,
         checkpoint_every,
         seed,
+        conditional,
+        label_dropout,
     } = args;
+    if !(0.0..1.0).contains(&label_dropout) {
+        bail!("--label-dropout {label_dropout}: use a probability in [0, 1)");
+    }
     let spec: DataSpec = data.parse()?;
     let dataset = Dataset::load(&spec)?;
+    if conditional && dataset.class_names.len() < 2 {
+        bail!(
+            "--conditional: {spec} names {} classes; a class-conditional model needs at least two",
+            dataset.class_names.len()
+        );
+    }
     if dataset.height != dataset.width {
         bail!(
             "{} holds {}×{} images; retrace's U-Net needs square images",
@@ -99,9 +118,15 @@ pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
             );
         }
         let command = std::env::args().collect::<Vec<_>>().join(" ");
+        let unet = named_config(config.as_deref().unwrap_or("base"), &dataset)?;
+        let unet = match (conditional, unet.condition_encoding().is_conditional()) {
+            (true, false) => unet.with_classes(dataset.class_names.len()),
+            _ => unet,
+        };
+        let is_conditional = unet.condition_encoding().is_conditional();
         let info = ModelInfo {
             format_version: retrace::diffusion::checkpoint::FORMAT_VERSION,
-            unet: named_config(config.as_deref().unwrap_or("base"), &dataset)?,
+            unet,
             schedule: ScheduleConfig::default(),
             data_spec: spec.to_string(),
             data_hash: dataset.content_hash(),
@@ -115,6 +140,11 @@ pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
                 weight_decay,
                 seed,
                 checkpoint_every: checkpoint_every.max(1),
+                label_dropout: if is_conditional && conditional {
+                    label_dropout
+                } else {
+                    0.0
+                },
                 command,
             },
         };

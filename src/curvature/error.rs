@@ -33,6 +33,9 @@ pub enum CurvatureError {
     /// The gradients could not be taken.
     #[error(transparent)]
     Grad(GradError),
+    /// A condition the model cannot read.
+    #[error(transparent)]
+    Config(#[from] crate::diffusion::ConfigError),
     /// A tensor could not be read back from the device.
     #[error(transparent)]
     Device(#[from] DeviceError),

@@ -116,6 +116,7 @@ impl<M: Denoiser> CurvatureFit<'_, M> {
             schedule: self.schedule,
             batch_size: self.batch_size,
             device: &ad,
+            encoding: model.condition_encoding(),
         };
         walk.run(job, stage, |batch| {
             let fit = FitBatch {
@@ -127,7 +128,7 @@ impl<M: Denoiser> CurvatureFit<'_, M> {
                     .collect(),
             };
             let noise = batch.noisy.noise;
-            let (layers, _) = capture_layers(&model, batch.noisy.x_t, batch.noisy.t, |pred| {
+            let (layers, _) = capture_layers(&model, batch.noisy.x_t, batch.noisy.t, batch.noisy.condition, |pred| {
                 objective(self.config.fisher, self.schedule, &fit, pred, noise)
             });
             visit(&layers);

@@ -1,6 +1,7 @@
 //! Denoising diffusion: the noise schedule, the U-Net, training, checkpoints and samplers.
 
 pub mod checkpoint;
+pub mod condition;
 pub mod diffusers;
 pub mod error;
 pub mod images;
@@ -15,6 +16,7 @@ pub mod unet;
 pub use checkpoint::{
     CheckpointEntry, CheckpointError, CheckpointState, LrSchedule, ModelDir, ModelFormat, ModelInfo, TrainRecipe,
 };
+pub use condition::{Condition, ConditionEncoding};
 pub use error::{ConfigError, ModelError};
 pub use measure::Measurement;
 pub use sampler::{SampleStep, SamplerConfig, SamplerKind, sample};

@@ -90,8 +90,16 @@ pub struct TrainRecipe {
     pub seed: u64,
     /// Save a checkpoint every this many steps.
     pub checkpoint_every: usize,
+    /// Probability that a training image's class is replaced by the null class (label dropout
+    /// for classifier-free guidance); 0 for unconditional models.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_dropout: f64,
     /// The command line that trained the model.
     pub command: String,
+}
+
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
 }
 
 /// Everything about a model except its weights: `model.json`.

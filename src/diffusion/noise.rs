@@ -28,6 +28,11 @@ pub fn below(rng: &mut ChaCha8Rng, n: usize) -> usize {
     rng.random_range(0..n)
 }
 
+/// True with probability `p` (one uniform draw).
+pub fn chance(rng: &mut ChaCha8Rng, p: f64) -> bool {
+    rng.random::<f64>() < p
+}
+
 /// A seeded permutation of `0..n` (Fisher–Yates).
 pub fn permutation(rng: &mut ChaCha8Rng, n: usize) -> Vec<usize> {
     let mut p: Vec<usize> = (0..n).collect();

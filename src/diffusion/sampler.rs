@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::error::ConfigError;
 use super::noise::{gaussian, stream};
-use super::{Schedule, UNet};
+use super::{Condition, ConditionEncoding, Schedule, UNet};
 
 /// Which sampler to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -26,16 +26,71 @@ pub struct SamplerConfig {
     pub kind: SamplerKind,
     /// Number of denoising steps (at most T).
     pub steps: usize,
+    /// Classifier-free guidance scale w (Ho & Salimans 2022): ε = ε(∅) + w·(ε(c) − ε(∅)).
+    /// 1 samples the conditional model as it is (one pass per step), 0 the unconditional one;
+    /// above 1 needs a class-conditional model with a null class.
+    #[serde(default = "no_guidance")]
+    pub guidance_scale: f64,
 }
 
+fn no_guidance() -> f64 {
+    1.0
+}
+
+/// Largest guidance scale accepted (far beyond the 1–10 used in practice).
+pub const MAX_GUIDANCE_SCALE: f64 = 100.0;
+
 impl SamplerConfig {
-    /// Checks the step count against a schedule of `t_total` steps: 1 to T.
+    /// `kind` with `steps` denoising steps and no guidance.
+    pub fn new(kind: SamplerKind, steps: usize) -> Self {
+        Self {
+            kind,
+            steps,
+            guidance_scale: no_guidance(),
+        }
+    }
+
+    /// Checks the step count against a schedule of `t_total` steps (1 to T) and the guidance
+    /// scale (0 to [`MAX_GUIDANCE_SCALE`]).
     pub fn validate(&self, t_total: usize) -> Result<(), ConfigError> {
         if self.steps == 0 || self.steps > t_total {
             return Err(ConfigError(format!(
                 "{} denoising steps: the model's schedule allows 1 to {t_total}",
                 self.steps
             )));
+        }
+        if !(0.0..=MAX_GUIDANCE_SCALE).contains(&self.guidance_scale) {
+            return Err(ConfigError(format!(
+                "guidance scale {}: use 0 to {MAX_GUIDANCE_SCALE} (1 is no guidance)",
+                self.guidance_scale
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether sampling mixes a conditional and an unconditional prediction.
+    pub fn is_guided(&self) -> bool {
+        self.guidance_scale != 1.0
+    }
+
+    /// Checks that a model reading `encoding` can be sampled with these settings under
+    /// `condition`: guidance needs a class-conditional model with a null class.
+    pub fn check_model(&self, encoding: &ConditionEncoding, condition: &Condition) -> Result<(), ConfigError> {
+        encoding.check(condition)?;
+        if self.is_guided() {
+            if !encoding.is_conditional() {
+                return Err(ConfigError(format!(
+                    "guidance scale {}: classifier-free guidance needs a class-conditional model, and \
+                     this one is unconditional (use 1)",
+                    self.guidance_scale
+                )));
+            }
+            encoding.check(&Condition::Unconditional).map_err(|_| {
+                ConfigError(format!(
+                    "guidance scale {}: the model has no null class to guide against (use 1)",
+                    self.guidance_scale
+                ))
+            })?;
         }
         Ok(())
     }
@@ -60,18 +115,36 @@ pub struct SampleStep<'a> {
     pub predicted_clean: &'a Tensor<4>,
 }
 
-/// Generates one image per seed ([seeds, C, H, W] in [−1, 1]). `observe` is called after every
-/// denoising step ([`SampleStep`]); returning false stops early (`None`).
+/// Generates one image per seed under the condition of the same position ([seeds, C, H, W] in
+/// [−1, 1]), with classifier-free guidance when `config` asks for it. `observe` is called after
+/// every denoising step ([`SampleStep`]); returning false stops early (`Ok(None)`). Refused
+/// when the model cannot read a condition or be guided ([`SamplerConfig::check_model`]).
+#[allow(clippy::too_many_arguments)]
 pub fn sample(
     model: &UNet,
     schedule: &Schedule,
     config: &SamplerConfig,
     [c, h, w]: [usize; 3],
     seeds: &[u64],
+    conditions: &[Condition],
     device: &Device,
     mut observe: impl FnMut(SampleStep<'_>) -> bool,
-) -> Option<Tensor<4>> {
+) -> Result<Option<Tensor<4>>, ConfigError> {
     let n = seeds.len();
+    let encoding = model.condition_encoding();
+    if conditions.len() != n {
+        return Err(ConfigError(format!("{} conditions for {n} seeds", conditions.len())));
+    }
+    for condition in conditions {
+        config.check_model(&encoding, condition)?;
+    }
+    let rows = if config.is_guided() {
+        let mut both = conditions.to_vec();
+        both.extend(std::iter::repeat_n(Condition::Unconditional, n));
+        encoding.rows(&both, device)?
+    } else {
+        encoding.rows(conditions, device)?
+    };
     let pixels = c * h * w;
     let mut rngs: Vec<_> = seeds.iter().map(|&s| stream("sample", &[s])).collect();
     let draw = |rngs: &mut Vec<_>| {
@@ -87,8 +160,20 @@ pub fn sample(
     for (i, &t) in ts.iter().enumerate() {
         let ab_t = schedule.alpha_bars[t];
         let ab_s = ts.get(i + 1).map_or(1.0, |&s| schedule.alpha_bars[s]);
-        let t_in = Tensor::<1>::from_floats(vec![t as f32; n].as_slice(), device);
-        let eps = model.forward(x.clone(), t_in);
+        // Guided: the conditional and the unconditional prediction in one batch.
+        let x_in = if config.is_guided() {
+            Tensor::cat(vec![x.clone(), x.clone()], 0)
+        } else {
+            x.clone()
+        };
+        let t_in = Tensor::<1>::from_floats(vec![t as f32; x_in.dims()[0]].as_slice(), device);
+        let eps = model.forward(x_in, t_in, rows.clone());
+        let eps = if config.is_guided() {
+            let (conditional, unconditional) = (eps.clone().slice(0..n), eps.slice(n..2 * n));
+            unconditional.clone() + (conditional - unconditional) * config.guidance_scale
+        } else {
+            eps
+        };
         let estimate = (x.clone() - eps.clone() * (1.0 - ab_t).sqrt()) / ab_t.sqrt();
         let x0 = estimate.clone().clamp(-1.0, 1.0);
         let (eps, x0_used) = if schedule.clip_sample {
@@ -107,7 +192,7 @@ pub fn sample(
         // long chains of lazily fused steps (tracel-ai/burn#5563); flex is unaffected.
         if let Err(e) = device.sync() {
             log_sync_failure(&e);
-            return None;
+            return Ok(None);
         }
         let step = SampleStep {
             done: i + 1,
@@ -116,10 +201,10 @@ pub fn sample(
             predicted_clean: &x0,
         };
         if !observe(step) {
-            return None;
+            return Ok(None);
         }
     }
-    Some(x)
+    Ok(Some(x))
 }
 
 fn log_sync_failure(e: &impl std::fmt::Debug) {

@@ -13,8 +13,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::checkpoint::{CheckpointError, CheckpointState, LrSchedule, ModelDir, TrainRecipe};
 use super::images::batch_tensor;
-use super::noise::{below, gaussian, permutation, stream};
-use super::{Schedule, UNet};
+use super::noise::{below, chance, gaussian, permutation, stream};
+use super::{Condition, ConditionEncoding, ConfigError, Schedule, UNet};
 use crate::data::Dataset;
 use crate::jobs::JobContext;
 
@@ -52,6 +52,9 @@ pub enum TrainError {
     /// The data does not fit the model.
     #[error("{0}")]
     Mismatch(String),
+    /// A condition the model cannot read.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The loss diverged.
     #[error("training diverged at step {step}: loss is {loss}")]
     Diverged {
@@ -79,7 +82,7 @@ pub fn learning_rate(recipe: &TrainRecipe, step: usize, total: usize) -> f64 {
     }
 }
 
-/// One noisy training batch: x_t, the noise ε, and the steps t.
+/// One noisy training batch: x_t, the noise ε, the steps t and the images' conditions.
 pub struct NoisyBatch {
     /// Noised images.
     pub x_t: Tensor<4>,
@@ -87,6 +90,22 @@ pub struct NoisyBatch {
     pub noise: Tensor<4>,
     /// Integer steps as floats.
     pub t: Tensor<1>,
+    /// The condition rows the model reads for every image ([`ConditionEncoding::rows`]);
+    /// `None` for an unconditional model.
+    pub condition: Option<Tensor<2>>,
+}
+
+impl NoisyBatch {
+    /// The batch with the rows of `conditions` (one per image) for a model reading `encoding`.
+    pub fn conditioned(self, encoding: &ConditionEncoding, conditions: &[Condition]) -> Result<Self, ConfigError> {
+        let condition = encoding.rows(conditions, &self.x_t.device())?;
+        Ok(Self { condition, ..self })
+    }
+
+    /// `model`'s noise prediction for the batch.
+    pub fn predict(&self, model: &UNet) -> Tensor<4> {
+        model.forward(self.x_t.clone(), self.t.clone(), self.condition.clone())
+    }
 }
 
 /// Noises the images `x0` ([n, C, H, W]) at steps `ts` with the given noise values.
@@ -104,7 +123,44 @@ pub fn noise_images(schedule: &Schedule, x0: Tensor<4>, ts: &[usize], noise: Vec
     let noise = Tensor::<4>::from_data(TensorData::new(noise, dims), &device);
     let x_t = x0 * col(a) + noise.clone() * col(b);
     let t = Tensor::<1>::from_floats(ts.iter().map(|&t| t as f32).collect::<Vec<_>>().as_slice(), &device);
-    NoisyBatch { x_t, noise, t }
+    NoisyBatch {
+        x_t,
+        noise,
+        t,
+        condition: None,
+    }
+}
+
+/// The conditions of training images `indices` at training step `step`: their labels for a
+/// class-conditional model, each replaced by the null class with probability `dropout` (label
+/// dropout, what classifier-free guidance needs; Ho & Salimans 2022), drawn from a stream
+/// keyed by (seed, step) like the rest of the batch.
+pub fn training_conditions(
+    data: &Dataset,
+    indices: &[usize],
+    encoding: &ConditionEncoding,
+    dropout: f64,
+    seed: u64,
+    step: usize,
+) -> Vec<Condition> {
+    let mut rng = stream("train-label-dropout", &[seed, step as u64]);
+    let dropout = if encoding.is_conditional() { dropout } else { 0.0 };
+    label_conditions(data, indices)
+        .into_iter()
+        .map(|condition| {
+            if dropout > 0.0 && chance(&mut rng, dropout) {
+                Condition::Unconditional
+            } else {
+                condition
+            }
+        })
+        .collect()
+}
+
+/// The conditions of training images `indices`: their labels (the conditional training loss
+/// every attribution method differentiates; an unconditional model ignores them).
+pub fn label_conditions(data: &Dataset, indices: &[usize]) -> Vec<Condition> {
+    indices.iter().map(|&i| Condition::Class(data.labels[i])).collect()
 }
 
 /// Indices, steps and noise of training step `step` (deterministic in `seed` and `step`).
@@ -128,7 +184,7 @@ pub fn batch_plan(
 
 /// Mean squared error between the predicted and the true noise.
 pub fn diffusion_loss(model: &UNet, batch: &NoisyBatch) -> Tensor<1> {
-    let pred = model.forward(batch.x_t.clone(), batch.t.clone());
+    let pred = batch.predict(model);
     (pred - batch.noise.clone()).powi_scalar(2).mean()
 }
 
@@ -154,6 +210,18 @@ pub fn train(
     }
     let recipe = &info.train;
     let schedule = Schedule::new(&info.schedule);
+    let encoding = info.unet.condition_encoding();
+    if encoding.is_conditional()
+        && let Some(&label) = data
+            .labels
+            .iter()
+            .find(|&&l| encoding.check(&Condition::Class(l)).is_err())
+    {
+        return Err(TrainError::Mismatch(format!(
+            "{} has class {label}, which the model's class embedding has no row for",
+            data.name
+        )));
+    }
     let ad = device.clone().autodiff();
     let adamw = AdamWConfig::new()
         .with_weight_decay(recipe.weight_decay as f32)
@@ -186,7 +254,9 @@ pub fn train(
             break;
         }
         let (indices, ts, noise) = batch_plan(recipe.seed, step, recipe.batch_size, data.len(), schedule.len(), pixels);
-        let batch = noise_images(&schedule, batch_tensor(data, &indices, &ad), &ts, noise);
+        let conditions = training_conditions(data, &indices, &encoding, recipe.label_dropout, recipe.seed, step);
+        let batch = noise_images(&schedule, batch_tensor(data, &indices, &ad), &ts, noise)
+            .conditioned(&encoding, &conditions)?;
         let loss = diffusion_loss(&model, &batch);
         let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
         if !loss_value.is_finite() {
@@ -262,6 +332,7 @@ mod tests {
             weight_decay: 0.0,
             seed: 0,
             checkpoint_every: 1,
+            label_dropout: 0.0,
             command: String::new(),
         };
         assert!((learning_rate(&recipe, 0, 100) - 1e-4).abs() < 1e-15);

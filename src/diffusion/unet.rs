@@ -15,6 +15,7 @@ use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::condition::ConditionEncoding;
 use super::error::ConfigError;
 
 /// `model` with ids derived from its parameters' paths and every parameter made now. burn makes
@@ -53,14 +54,31 @@ pub trait Tape {
 /// gradient capture and curvature fits run on. [`UNet`] is the one retrace trains; tests plug in
 /// networks small enough for exact curvature.
 pub trait Denoiser: Module + Clone {
-    /// Predicts the noise in `x` ([batch, C, H, W]) at the integer steps `t` ([batch]),
-    /// reporting every Linear and Conv2d to `tape`.
-    fn predict_with(&self, x: Tensor<4>, t: Tensor<1>, tape: &mut impl Tape) -> Tensor<4>;
+    /// Predicts the noise in `x` ([batch, C, H, W]) at the integer steps `t` ([batch]) under
+    /// the condition rows `condition` ([`ConditionEncoding::rows`]), reporting every Linear and
+    /// Conv2d to `tape`.
+    fn predict_with(&self, x: Tensor<4>, t: Tensor<1>, condition: Option<Tensor<2>>, tape: &mut impl Tape)
+    -> Tensor<4>;
+
+    /// How the network reads conditions (unconditional unless it says otherwise).
+    fn condition_encoding(&self) -> ConditionEncoding {
+        ConditionEncoding::Unconditional
+    }
 }
 
 impl Denoiser for UNet {
-    fn predict_with(&self, x: Tensor<4>, t: Tensor<1>, tape: &mut impl Tape) -> Tensor<4> {
-        self.forward_with(x, t, tape)
+    fn predict_with(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1>,
+        condition: Option<Tensor<2>>,
+        tape: &mut impl Tape,
+    ) -> Tensor<4> {
+        self.forward_with(x, t, condition, tape)
+    }
+
+    fn condition_encoding(&self) -> ConditionEncoding {
+        self.options.condition_encoding
     }
 }
 
@@ -156,7 +174,31 @@ pub struct UNetConfig {
     /// `time_embedding_dim`).
     #[serde(default)]
     pub time_embedding_dim: Option<usize>,
+    /// Rows of the class-embedding table of a class-conditional model (diffusers'
+    /// `num_class_embeds`); `None` for an unconditional one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_class_embeds: Option<usize>,
+    /// How class labels are embedded: a table (`None`, with `num_class_embeds`) or sinusoidal
+    /// features and an MLP (diffusers' `class_embed_type: "timestep"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_embed_type: Option<ClassEmbedType>,
+    /// The label that means "no class" (classifier-free guidance, label dropout): retrace's
+    /// `train --conditional` adds one row for it after the data's classes; a model from outside
+    /// may have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null_class: Option<u32>,
 }
+
+/// diffusers' `class_embed_type` values retrace builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassEmbedType {
+    /// The label's sinusoidal features (as the timestep's) through a `TimestepEmbedding` MLP.
+    Timestep,
+}
+
+/// Most rows of a class-embedding table.
+pub const MAX_CLASS_EMBEDS: usize = 1 << 20;
 
 /// Defaults of the options older `model.json` files lack.
 mod defaults {
@@ -215,6 +257,34 @@ impl UNetConfig {
             center_input_sample: false,
             mid_attention: true,
             time_embedding_dim: None,
+            num_class_embeds: None,
+            class_embed_type: None,
+            null_class: None,
+        }
+    }
+
+    /// This architecture made class-conditional over `classes` labels plus a null class
+    /// (label `classes`), with a table embedding: what `retrace train --conditional` builds.
+    pub fn with_classes(self, classes: usize) -> Self {
+        Self {
+            num_class_embeds: Some(classes + 1),
+            class_embed_type: None,
+            null_class: Some(classes as u32),
+            ..self
+        }
+    }
+
+    /// How the network reads conditions.
+    pub fn condition_encoding(&self) -> ConditionEncoding {
+        match (self.class_embed_type, self.num_class_embeds) {
+            (Some(ClassEmbedType::Timestep), _) => ConditionEncoding::Label {
+                null_class: self.null_class,
+            },
+            (None, Some(classes)) => ConditionEncoding::OneHot {
+                classes,
+                null_class: self.null_class,
+            },
+            (None, None) => ConditionEncoding::Unconditional,
         }
     }
 
@@ -321,6 +391,24 @@ impl UNetConfig {
                 )));
             }
         }
+        if let Some(classes) = self.num_class_embeds
+            && !(1..=MAX_CLASS_EMBEDS).contains(&classes)
+        {
+            return Err(ConfigError(format!(
+                "{classes} class embeddings (diffusers' num_class_embeds): retrace handles 1 to {MAX_CLASS_EMBEDS}"
+            )));
+        }
+        match (self.null_class, self.condition_encoding()) {
+            (Some(_), ConditionEncoding::Unconditional) => {
+                return Err(ConfigError("a null class on an unconditional model".into()));
+            }
+            (Some(null), ConditionEncoding::OneHot { classes, .. }) if null as usize >= classes => {
+                return Err(ConfigError(format!(
+                    "null class {null} is outside the {classes} class embeddings"
+                )));
+            }
+            _ => {}
+        }
         if self.downsample_padding > 1 {
             return Err(ConfigError(format!(
                 "downsample padding {} (diffusers' downsample_padding): only 0 and 1 are supported",
@@ -373,7 +461,12 @@ impl UNetConfig {
                 blocks * (2.0 * 9.0 * 4.0 * w * w + time * w)
             })
             .sum();
-        levels + 2.0 * time * time
+        let classes = match self.condition_encoding() {
+            ConditionEncoding::OneHot { classes, .. } => classes as f64 * time,
+            ConditionEncoding::Label { .. } => 2.0 * time * time,
+            ConditionEncoding::Unconditional => 0.0,
+        };
+        levels + 2.0 * time * time + classes
     }
 
     /// Builds the network with freshly initialised weights. Call [`Self::validate`] first.
@@ -469,10 +562,15 @@ impl UNetConfig {
         };
         UNet {
             conv_in: conv3(self.image_channels, widths[0]),
-            time_embedding: TimestepEmbedding {
-                linear_1: LinearConfig::new(widths[0], temb).init(device),
-                linear_2: LinearConfig::new(temb, temb).init(device),
+            time_embedding: TimestepEmbedding::new(widths[0], temb, device),
+            class_embedding: match self.condition_encoding() {
+                ConditionEncoding::OneHot { classes, .. } => {
+                    Some(LinearConfig::new(classes, temb).with_bias(false).init(device))
+                }
+                _ => None,
             },
+            class_timestep_embedding: matches!(self.condition_encoding(), ConditionEncoding::Label { .. })
+                .then(|| TimestepEmbedding::new(widths[0], temb, device)),
             down_blocks,
             mid_block,
             up_blocks,
@@ -485,6 +583,7 @@ impl UNetConfig {
                 freq_shift: self.freq_shift,
                 mid_block_scale_factor: self.mid_block_scale_factor,
                 center_input_sample: self.center_input_sample,
+                condition_encoding: self.condition_encoding(),
             },
         }
     }
@@ -497,6 +596,12 @@ pub struct UNet {
     pub conv_in: Conv2d,
     /// MLP on the sinusoidal timestep features.
     pub time_embedding: TimestepEmbedding,
+    /// Class-embedding table of a class-conditional model: a bias-free Linear on one-hot rows
+    /// (diffusers' `class_embedding`, an `nn.Embedding` of the same [classes, dim] weights).
+    pub class_embedding: Option<Linear>,
+    /// MLP on the labels' sinusoidal features (diffusers' `class_embedding` when
+    /// `class_embed_type` is `"timestep"`).
+    pub class_timestep_embedding: Option<TimestepEmbedding>,
     /// Encoder levels, finest first.
     pub down_blocks: Vec<UNetBlock>,
     /// Bottleneck: resnet, attention, resnet.
@@ -527,21 +632,44 @@ pub struct ForwardOptions {
     pub mid_block_scale_factor: f64,
     /// Whether inputs are mapped x ↦ 2x − 1 first.
     pub center_input_sample: bool,
+    /// How conditions are read.
+    pub condition_encoding: ConditionEncoding,
 }
 
 impl UNet {
-    /// Predicts the noise in `x` ([batch, C, H, W]) at the integer steps `t` ([batch]).
-    pub fn forward(&self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
-        self.forward_with(x, t, &mut NoTape)
+    /// Predicts the noise in `x` ([batch, C, H, W]) at the integer steps `t` ([batch]) under
+    /// the condition rows `condition` ([`ConditionEncoding::rows`]; `None` for an
+    /// unconditional model).
+    pub fn forward(&self, x: Tensor<4>, t: Tensor<1>, condition: Option<Tensor<2>>) -> Tensor<4> {
+        self.forward_with(x, t, condition, &mut NoTape)
+    }
+
+    /// How the network reads conditions.
+    pub fn condition_encoding(&self) -> ConditionEncoding {
+        self.options.condition_encoding
     }
 
     /// [`Self::forward`], reporting every Linear and Conv2d to `tape`.
-    pub fn forward_with(&self, x: Tensor<4>, t: Tensor<1>, tape: &mut impl Tape) -> Tensor<4> {
+    ///
+    /// # Panics
+    /// When a class-conditional network gets no condition rows: [`ConditionEncoding::rows`]
+    /// makes them for every condition it accepts.
+    pub fn forward_with(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1>,
+        condition: Option<Tensor<2>>,
+        tape: &mut impl Tape,
+    ) -> Tensor<4> {
         let o = self.options;
         let act = o.activation;
         let x = if o.center_input_sample { x * 2.0 - 1.0 } else { x };
         let features = timestep_features(t, self.time_proj_dim, o.flip_sin_to_cos, o.freq_shift);
-        let temb = self.time_embedding.forward(features, tape);
+        let mut temb = self.time_embedding.forward(features, tape);
+        if o.condition_encoding.is_conditional() {
+            let rows = condition.expect("a class-conditional U-Net needs condition rows");
+            temb = temb + self.class_embed(rows, tape);
+        }
         let mut h = conv(&self.conv_in, x, tape);
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
@@ -577,6 +705,27 @@ impl UNet {
         }
         let h = silu(self.conv_norm_out.forward(h));
         conv(&self.conv_out, h, tape)
+    }
+
+    /// The class embedding of condition rows ([batch, time embedding width]), added to the
+    /// time embedding as diffusers' `UNet2DModel` does.
+    fn class_embed(&self, rows: Tensor<2>, tape: &mut impl Tape) -> Tensor<2> {
+        if let Some(table) = &self.class_embedding {
+            return dense(table, rows.unsqueeze_dim(1), tape).squeeze_dim(1);
+        }
+        let o = self.options;
+        let mlp = self
+            .class_timestep_embedding
+            .as_ref()
+            .expect("a conditional U-Net has a class embedding");
+        let [batch, _] = rows.dims();
+        let features = timestep_features(
+            rows.reshape([batch]),
+            self.time_proj_dim,
+            o.flip_sin_to_cos,
+            o.freq_shift,
+        );
+        mlp.forward(features, tape)
     }
 }
 
@@ -622,6 +771,13 @@ pub struct TimestepEmbedding {
 }
 
 impl TimestepEmbedding {
+    fn new(features: usize, width: usize, device: &Device) -> Self {
+        Self {
+            linear_1: LinearConfig::new(features, width).init(device),
+            linear_2: LinearConfig::new(width, width).init(device),
+        }
+    }
+
     fn forward(&self, features: Tensor<2>, tape: &mut impl Tape) -> Tensor<2> {
         let h = dense(&self.linear_1, features.unsqueeze_dim(1), tape);
         dense(&self.linear_2, silu(h), tape).squeeze_dim(1)

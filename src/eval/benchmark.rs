@@ -97,6 +97,13 @@ impl BenchmarkSpec {
                 self.format_version
             )));
         }
+        if self.unet.condition_encoding().is_conditional() {
+            return Err(EvalError::Invalid(
+                "a class-conditional U-Net: LDS benchmarks hold unconditional models so far (their \
+                 queries carry no class)"
+                    .into(),
+            ));
+        }
         let caps = [
             ("training images", self.data_len, MAX_DATA_LEN),
             ("subsets", self.subsets, MAX_SUBSETS),
@@ -179,6 +186,7 @@ impl BenchmarkSpec {
             weight_decay: t.weight_decay,
             seed,
             // About four checkpoints per subset model: the unit of resumption.
+            label_dropout: 0.0,
             checkpoint_every: (steps_per_epoch * t.subset_epochs).div_ceil(4).max(1),
             command,
         }

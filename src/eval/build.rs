@@ -32,7 +32,9 @@ use crate::data::{DataSpec, Dataset};
 use crate::diffusion::checkpoint::FORMAT_VERSION;
 use crate::diffusion::images::tensor_to_images;
 use crate::diffusion::train::{TrainLength, noise_images, train};
-use crate::diffusion::{Measurement, ModelDir, ModelInfo, SamplerConfig, SamplerKind, Schedule, UNet, sample};
+use crate::diffusion::{
+    Condition, Measurement, ModelDir, ModelInfo, SamplerConfig, SamplerKind, Schedule, UNet, sample,
+};
 use crate::files::write_atomic;
 use crate::jobs::{JobContext, Progress, ProgressSink};
 
@@ -190,18 +192,25 @@ impl<'a> LdsBuild<'a> {
             .collect();
         let cfg = &spec.unet;
         let seeds: Vec<u64> = (0..n as u64).collect();
-        let config = SamplerConfig {
-            kind: SamplerKind::Ddim,
-            steps: spec.sampler_steps,
-        };
+        let config = SamplerConfig::new(SamplerKind::Ddim, spec.sampler_steps);
         let schedule = Schedule::new(&spec.schedule);
         let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
-        let images = sample(full, &schedule, &config, shape, &seeds, self.device, |step| {
-            self.job
-                .report("sampling queries", step.done as u64, step.total as u64, "");
-            !self.job.cancel.is_cancelled()
-        });
-        let images = images.ok_or(EvalError::Cancelled)?;
+        let unconditional = vec![Condition::Unconditional; seeds.len()];
+        let images = sample(
+            full,
+            &schedule,
+            &config,
+            shape,
+            &seeds,
+            &unconditional,
+            self.device,
+            |step| {
+                self.job
+                    .report("sampling queries", step.done as u64, step.total as u64, "");
+                !self.job.cancel.is_cancelled()
+            },
+        );
+        let images = images?.ok_or(EvalError::Cancelled)?;
         for (i, pixels) in tensor_to_images(images)?.into_iter().enumerate() {
             queries.push(BenchmarkQuery {
                 kind: QueryKind::Generated,
@@ -566,8 +575,9 @@ pub fn measure_losses(
         }
         let shape = [chunk.len(), cfg.image_channels, cfg.sample_size, cfg.sample_size];
         let x0 = Tensor::<4>::from_data(TensorData::new(x0, shape), device);
+        // Benchmarks are unconditional (BenchmarkSpec::validate): no condition rows.
         let batch = noise_images(&schedule, x0, &ts, noise);
-        let prediction = net.forward(batch.x_t, batch.t);
+        let prediction = batch.predict(net);
         let losses = crate::device::read_back(Measurement::Loss.evaluate(&schedule, prediction, batch.noise, &ts))?;
         for (&(slot, k), &l) in chunk.iter().zip(&losses) {
             sums[slot] += l as f64;

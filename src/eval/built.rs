@@ -102,13 +102,14 @@ impl BuiltBenchmark {
         let mut query = self.query(q);
         let stored = &self.truth.queries[q];
         if stored.kind == QueryKind::Generated {
-            let config = crate::diffusion::SamplerConfig {
-                kind: crate::diffusion::SamplerKind::Ddim,
-                steps: self.truth.spec.sampler_steps,
-            };
+            let config = crate::diffusion::SamplerConfig::new(
+                crate::diffusion::SamplerKind::Ddim,
+                self.truth.spec.sampler_steps,
+            );
             let sampled = crate::attribution::query::generate_query(
                 &self.model,
                 stored.source,
+                crate::diffusion::Condition::Unconditional,
                 &config,
                 device,
                 job,

@@ -230,17 +230,18 @@ impl CaptureTape {
 }
 
 /// Runs `model` (on an autodiff device, parameters need not require gradients) on `x_t` at
-/// steps `t`, backpropagates `objective(prediction)` — a per-example objective summed over the
+/// steps `t` under the condition rows `condition`, backpropagates `objective(prediction)` — a per-example objective summed over the
 /// batch — and returns every layer's activations and output gradients, plus the objective's
 /// per-example values.
 pub fn capture_layers<M: Denoiser>(
     model: &M,
     x_t: Tensor<4>,
     t: Tensor<1>,
+    condition: Option<Tensor<2>>,
     objective: impl FnOnce(Tensor<4>) -> Tensor<1>,
 ) -> (Vec<LayerGrads>, Tensor<1>) {
     let mut tape = CaptureTape::default();
-    let prediction = model.predict_with(x_t, t, &mut tape);
+    let prediction = model.predict_with(x_t, t, condition, &mut tape);
     let per_example = objective(prediction);
     let grads = per_example.clone().sum().backward();
     (tape.finish(&grads), per_example.inner())

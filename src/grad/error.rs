@@ -2,6 +2,7 @@
 //! model, a device that cannot read back.
 
 use crate::device::DeviceError;
+use crate::diffusion::ConfigError;
 
 /// Why gradient features (or a timestep plan) could not be computed.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +16,10 @@ pub enum GradError {
     /// A gradient holds NaN or infinity: the model has diverged.
     #[error("{0}")]
     NonFinite(String),
+    /// A condition the model cannot read (a class outside its table, no class for a model
+    /// without a null class).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A tensor could not be read back from the device.
     #[error(transparent)]
     Device(#[from] DeviceError),

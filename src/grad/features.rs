@@ -9,7 +9,7 @@ use super::GradError;
 use super::{PlanPoint, Projector, TimestepPlan, capture_layers};
 use crate::diffusion::train::NoisyBatch;
 use crate::diffusion::train::noise_images;
-use crate::diffusion::{Measurement, Schedule, UNet};
+use crate::diffusion::{Condition, ConditionEncoding, ConfigError, Measurement, Schedule, UNet};
 use crate::jobs::{Cancelled, JobContext};
 
 /// Examples to featurise: ids (which key their plan) and pixels in [−1, 1].
@@ -24,6 +24,9 @@ pub struct Examples {
     /// H×W pixel weights of the region every example's measurement is restricted to (a region
     /// query); `None` for the whole image.
     pub region: Option<Vec<f32>>,
+    /// The condition of every example (a training image's label, the class a query was
+    /// generated for); an unconditional model ignores them.
+    pub conditions: Vec<Condition>,
 }
 
 impl Examples {
@@ -37,6 +40,7 @@ impl Examples {
                 .flat_map(|&i| crate::data::pixels::bytes_to_unit(data.image(i)))
                 .collect(),
             region: None,
+            conditions: crate::diffusion::train::label_conditions(data, indices),
         }
     }
 
@@ -131,13 +135,15 @@ pub struct PlanWalk<'a> {
     pub batch_size: usize,
     /// Where batches are noised (an autodiff device for gradient work).
     pub device: &'a Device,
+    /// How the model reads the examples' conditions.
+    pub encoding: ConditionEncoding,
 }
 
 impl PlanWalk<'_> {
-    /// Noises every batch on the walk's device and hands it to `visit`, reporting progress to
-    /// `job` under `stage`; stops with the visitor's error, or its cancellation when `job` is
-    /// cancelled.
-    pub fn run<E: From<Cancelled>>(
+    /// Noises every batch on the walk's device (with its examples' condition rows) and hands it
+    /// to `visit`, reporting progress to `job` under `stage`; stops with the visitor's error,
+    /// its cancellation when `job` is cancelled, or a condition the model cannot read.
+    pub fn run<E: From<Cancelled> + From<ConfigError>>(
         &self,
         job: &JobContext,
         stage: &str,
@@ -148,6 +154,17 @@ impl PlanWalk<'_> {
         let pairs: Vec<(usize, PlanPoint)> = (0..examples.len())
             .flat_map(|e| plan.points(examples.ids[e]).into_iter().map(move |p| (e, p)))
             .collect();
+        if examples.conditions.len() != examples.len() {
+            return Err(ConfigError(format!(
+                "{} conditions for {} examples",
+                examples.conditions.len(),
+                examples.len()
+            ))
+            .into());
+        }
+        for condition in &examples.conditions {
+            self.encoding.check(condition)?;
+        }
         let total = pairs.len() as u64;
         let batch_size = self.batch_size.max(1);
         for (done, chunk) in pairs.chunks(batch_size).enumerate() {
@@ -161,7 +178,8 @@ impl PlanWalk<'_> {
             let [c, h, w] = examples.shape;
             let ts: Vec<usize> = chunk.iter().map(|(_, p)| p.t).collect();
             let x0 = Tensor::<4>::from_data(TensorData::new(x0, [chunk.len(), c, h, w]), device);
-            let noisy = noise_images(schedule, x0, &ts, noise);
+            let conditions: Vec<Condition> = chunk.iter().map(|(e, _)| examples.conditions[*e]).collect();
+            let noisy = noise_images(schedule, x0, &ts, noise).conditioned(&self.encoding, &conditions)?;
             visit(PlanBatch {
                 pairs: chunk,
                 ts,
@@ -182,6 +200,7 @@ impl FeatureRun<'_> {
             schedule: self.schedule,
             batch_size: self.batch_size,
             device,
+            encoding: self.model.condition_encoding(),
         }
     }
 
@@ -200,7 +219,7 @@ impl FeatureRun<'_> {
         let region = examples.region_tensor(&ad)?;
         self.walk(examples, &ad).run(job, "gradients", |batch| {
             let noise = batch.noisy.noise;
-            let (layers, _) = capture_layers(&model, batch.noisy.x_t, batch.noisy.t, |pred| {
+            let (layers, _) = capture_layers(&model, batch.noisy.x_t, batch.noisy.t, batch.noisy.condition, |pred| {
                 self.measurement
                     .evaluate_in(self.schedule, pred, noise, &batch.ts, region.as_ref())
             });
@@ -244,7 +263,7 @@ impl FeatureRun<'_> {
         let mut sums: Vec<Tensor<3>> = Vec::new();
         self.walk(example, &ad).run(job, "query gradients", |batch| {
             let noise = batch.noisy.noise;
-            let (layers, _) = capture_layers(&model, batch.noisy.x_t, batch.noisy.t, |pred| {
+            let (layers, _) = capture_layers(&model, batch.noisy.x_t, batch.noisy.t, batch.noisy.condition, |pred| {
                 self.measurement
                     .evaluate_in(self.schedule, pred, noise, &batch.ts, region.as_ref())
             });

@@ -16,7 +16,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Tensor};
 
 use crate::diffusion::train::{batch_plan, diffusion_loss, noise_images};
-use crate::diffusion::{Schedule, Tape, UNet, UNetConfig};
+use crate::diffusion::{Condition, Schedule, Tape, UNet, UNetConfig};
 
 /// Counts the multiply-adds of every Conv2d and Linear in a forward pass.
 #[derive(Default)]
@@ -47,7 +47,12 @@ pub fn forward_flops(model: &UNet, config: &UNetConfig, device: &Device) -> f64 
     let x = Tensor::<4>::zeros([1, config.image_channels, s, s], device);
     let t = Tensor::<1>::zeros([1], device);
     let mut counter = FlopCounter::default();
-    let _ = model.forward_with(x, t, &mut counter);
+    let _ = model.forward_with(
+        x,
+        t,
+        config.condition_encoding().placeholder_rows(1, device),
+        &mut counter,
+    );
     counter.flops
 }
 
@@ -85,7 +90,9 @@ pub fn forward_backward(
     let run = |step: usize| {
         let (_, ts, noise) = batch_plan(0, step, batch, batch, schedule.len(), pixels);
         let x0 = Tensor::<4>::zeros([batch, config.image_channels, s, s], &ad);
-        let loss = diffusion_loss(&model, &noise_images(&schedule, x0, &ts, noise));
+        let mut noisy = noise_images(&schedule, x0, &ts, noise);
+        noisy.condition = config.condition_encoding().placeholder_rows(batch, &ad);
+        let loss = diffusion_loss(&model, &noisy);
         let grads = loss.backward();
         drop(grads);
     };
@@ -131,6 +138,7 @@ pub fn feature_throughput(
             shape,
             pixels: vec![0.0; batch * shape.iter().product::<usize>()],
             region: None,
+            conditions: vec![Condition::Class(0); batch],
         };
         let features = FeatureRun {
             model,
@@ -189,6 +197,7 @@ pub fn curvature_fit(
             .map(|v| v.clamp(-1.0, 1.0))
             .collect(),
         region: None,
+        conditions: vec![Condition::Class(0); images],
     };
     let mut plan = TimestepPlan::new(1000, buckets, 1, 0)?;
     plan.shared_noise = false;

@@ -130,6 +130,7 @@ impl Method for Journey {
                 shape: context.query.shape,
                 pixels: trajectory.predicted_clean(s).to_vec(),
                 region: context.query.mask.clone(),
+                conditions: vec![context.query.condition],
             };
             let features = run.run(&example, context.job)?;
             steps_features.extend(features.values);

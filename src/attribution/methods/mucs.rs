@@ -42,6 +42,9 @@
 //! - **Region queries.** With a region, the forget loss is the loss inside it
 //!   ([`crate::diffusion::Measurement::evaluate_in`]): only that part of the query is unlearned;
 //!   the retain loss and the scoring stay whole-image.
+//! - **Conditioning.** A class-conditional model unlearns the query under the class it was
+//!   generated for (or the one given with a loaded image) and keeps every training image's own
+//!   label in the retain batches, L_null and the scoring, as their class-conditional DiTs do.
 //! - **Timestep buckets.** Each draw's skew is credited to the timestep bucket of its t, so the
 //!   per-timestep views show where the skew comes from; the buckets sum to S_i.
 
@@ -58,8 +61,8 @@ use crate::attribution::scores::Scores;
 use crate::data::Dataset;
 use crate::diffusion::images::batch_tensor;
 use crate::diffusion::noise::{below, gaussian, permutation, stream};
-use crate::diffusion::train::noise_images;
-use crate::diffusion::{Measurement, Schedule, UNet};
+use crate::diffusion::train::{label_conditions, noise_images};
+use crate::diffusion::{Condition, Measurement, Schedule, UNet};
 use crate::jobs::JobContext;
 
 /// δ of the normalised skew (`mucs.py:64`).
@@ -199,7 +202,9 @@ pub fn skew_scores(unlearned: &[f32], original: &[f32], draws: &ScoringDraws, bu
     out
 }
 
-/// The parameters MUCS unlearns with: the weights of every residual block's two convolutions.
+/// The parameters MUCS unlearns with: the weights of every residual block's two convolutions,
+/// and a class-conditional model's class-embedding table (their list keeps the class embedder
+/// trainable).
 pub fn trainable_parameters(net: &UNet) -> Vec<ParamId> {
     let blocks = net
         .down_blocks
@@ -207,7 +212,10 @@ pub fn trainable_parameters(net: &UNet) -> Vec<ParamId> {
         .chain(&net.up_blocks)
         .flat_map(|b| &b.resnets)
         .chain(&net.mid_block.resnets);
-    blocks.flat_map(|r| [r.conv1.weight.id, r.conv2.weight.id]).collect()
+    blocks
+        .flat_map(|r| [r.conv1.weight.id, r.conv2.weight.id])
+        .chain(net.class_embedding.iter().map(|table| table.weight.id))
+        .collect()
 }
 
 /// L_null: the mean training loss of a freshly initialised model of `net`'s configuration over
@@ -231,8 +239,10 @@ pub fn null_loss(
         job.stop_if_cancelled()?;
         let ts: Vec<usize> = part.iter().map(|_| below(&mut rng, schedule.len())).collect();
         let noise = gaussian(&mut rng, part.len() * data.image_len());
-        let batch = noise_images(schedule, batch_tensor(data, part, device), &ts, noise);
-        let prediction = fresh.forward(batch.x_t, batch.t);
+        let conditions = label_conditions(data, part);
+        let batch = noise_images(schedule, batch_tensor(data, part, device), &ts, noise)
+            .conditioned(&config.condition_encoding(), &conditions)?;
+        let prediction = batch.predict(&fresh);
         let losses = Measurement::Loss.evaluate(schedule, prediction, batch.noise, &ts);
         sum += crate::device::read_back(losses)?.iter().map(|&v| v as f64).sum::<f64>();
     }
@@ -249,6 +259,8 @@ pub struct UnlearnRequest<'a> {
     pub data: &'a Dataset,
     /// The query, C×H×W in [−1, 1].
     pub query: &'a [f32],
+    /// The condition the query is unlearned under (the class it was generated for).
+    pub query_condition: Condition,
     /// The query's region (H×W weights): the forget loss is measured there only.
     pub region: Option<&'a [f32]>,
     /// The settings.
@@ -291,6 +303,7 @@ impl UnlearnRequest<'_> {
             retain_loss: [f64::NAN; 2],
         };
         let mut rng = stream("mucs-unlearn", &[]);
+        let encoding = self.net.condition_encoding();
         for step in 0.. {
             job.stop_if_cancelled()?;
             // A shuffled pass over the training set, whole batches only (drop_last).
@@ -300,8 +313,10 @@ impl UnlearnRequest<'_> {
             let ts: Vec<usize> = (0..2 * batch).map(|_| below(&mut rng, self.schedule.len())).collect();
             let noise = gaussian(&mut rng, 2 * batch * pixels);
             let x0 = Tensor::cat(vec![batch_tensor(data, retain_ids, &ad), query.clone()], 0);
-            let noisy = noise_images(self.schedule, x0, &ts, noise);
-            let prediction = net.forward(noisy.x_t, noisy.t);
+            let mut conditions = label_conditions(data, retain_ids);
+            conditions.resize(2 * batch, self.query_condition);
+            let noisy = noise_images(self.schedule, x0, &ts, noise).conditioned(&encoding, &conditions)?;
+            let prediction = noisy.predict(&net);
             let retain = Measurement::Loss
                 .evaluate(
                     self.schedule,
@@ -396,6 +411,7 @@ impl Method for Mucs {
             schedule: &schedule,
             data,
             query: &context.query.pixels,
+            query_condition: context.query.condition,
             region: context.query.mask.as_deref(),
             settings: &settings,
             learning_rate: info.train.learning_rate,

@@ -12,7 +12,7 @@ use crate::data::Dataset;
 use crate::data::pixels::bytes_to_unit;
 use crate::diffusion::noise::{gaussian, stream};
 use crate::diffusion::train::noise_images;
-use crate::diffusion::{CheckpointEntry, Measurement, Schedule, UNet};
+use crate::diffusion::{CheckpointEntry, Condition, Measurement, Schedule, UNet};
 use crate::files::{sha256, write_atomic};
 use crate::jobs::JobContext;
 
@@ -79,8 +79,12 @@ pub fn loss_matrix(
         let x0 = Tensor::<4>::from_data(TensorData::new(x0, shape), device);
         let ts: Vec<usize> = (start..end).flat_map(|_| draws.steps.iter().copied()).collect();
         let noise: Vec<f32> = (start..end).flat_map(|_| draws.noise.iter().copied()).collect();
-        let batch = noise_images(schedule, x0, &ts, noise);
-        let prediction = net.forward(batch.x_t, batch.t);
+        let encoding = net.condition_encoding();
+        let conditions: Vec<Condition> = (start..end)
+            .flat_map(|i| std::iter::repeat_n(Condition::Class(data.labels[i]), j))
+            .collect();
+        let batch = noise_images(schedule, x0, &ts, noise).conditioned(&encoding, &conditions)?;
+        let prediction = batch.predict(net);
         let losses = Measurement::Loss.evaluate(schedule, prediction, batch.noise, &ts);
         out.extend(crate::device::read_back(losses)?);
         job.report(stage, end as u64, n as u64, "");

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diffusion::error::ConfigError;
 use crate::diffusion::schedule::BetaSchedule;
-use crate::diffusion::unet::Activation;
+use crate::diffusion::unet::{Activation, ClassEmbedType};
 use crate::diffusion::{ScheduleConfig, UNetConfig};
 
 /// The diffusers version retrace's exported configs claim to be written by.
@@ -119,6 +119,10 @@ pub struct UNet2DModelConfig {
     /// Number of class embeddings.
     #[serde(default)]
     pub num_class_embeds: Option<usize>,
+    /// retrace's note of the label that stands for "no class" (classifier-free guidance);
+    /// diffusers drops keys that start with an underscore, so the file still loads there.
+    #[serde(rename = "_retrace_null_class", default, skip_serializing_if = "Option::is_none")]
+    pub null_class: Option<u32>,
     /// Steps of a learned time embedding.
     #[serde(default)]
     pub num_train_timesteps: Option<usize>,
@@ -244,18 +248,21 @@ impl UNet2DModelConfig {
             &self.resnet_time_scale_shift,
             "\"default\"",
         )?;
-        require(
-            self.class_embed_type.is_none(),
-            "class_embed_type",
-            &self.class_embed_type,
-            "unconditional models (null)",
-        )?;
-        require(
-            self.num_class_embeds.is_none(),
-            "num_class_embeds",
-            self.num_class_embeds,
-            "unconditional models (null)",
-        )?;
+        let class_embed_type = match self.class_embed_type.as_deref() {
+            None => None,
+            Some("timestep") => Some(ClassEmbedType::Timestep),
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "unsupported class_embed_type {other:?}: retrace supports null (a table of \
+                     num_class_embeds class embeddings) and \"timestep\"{}",
+                    if other == "identity" {
+                        "; \"identity\" takes embedding vectors, not class labels, and is not supported yet"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        };
         let activation = match self.act_fn.as_str() {
             "silu" | "swish" => Activation::Silu,
             "mish" => Activation::Mish,
@@ -327,6 +334,9 @@ impl UNet2DModelConfig {
             center_input_sample: self.center_input_sample,
             mid_attention: self.add_attention,
             time_embedding_dim: self.time_embedding_dim,
+            num_class_embeds: self.num_class_embeds,
+            class_embed_type,
+            null_class: self.null_class,
             ..UNetConfig::new(self.in_channels, size, self.block_out_channels.clone(), attention)
         };
         config.validate()?;
@@ -377,8 +387,9 @@ impl UNet2DModelConfig {
             norm_eps: unet.norm_eps,
             resnet_time_scale_shift: default_word(),
             add_attention: unet.mid_attention,
-            class_embed_type: None,
-            num_class_embeds: None,
+            class_embed_type: unet.class_embed_type.map(|ClassEmbedType::Timestep| "timestep".into()),
+            num_class_embeds: unet.num_class_embeds,
+            null_class: unet.null_class,
             num_train_timesteps: None,
         }
     }
@@ -592,7 +603,9 @@ mod tests {
                 serde_json::json!(["UpBlock2D", "UpBlock2D"]),
                 "mirror",
             ),
-            ("num_class_embeds", serde_json::json!(10), "num_class_embeds"),
+            ("class_embed_type", serde_json::json!("identity"), "identity"),
+            ("class_embed_type", serde_json::json!("projection"), "class_embed_type"),
+            ("num_class_embeds", serde_json::json!(0), "class embeddings"),
             ("sample_size", serde_json::json!([8, 16]), "square"),
             ("norm_num_groups", serde_json::json!(0), "norm groups 0"),
             ("block_out_channels", serde_json::json!([8, 0]), "block width of 0"),

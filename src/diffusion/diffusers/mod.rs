@@ -196,6 +196,7 @@ pub fn open(root: &Path) -> Result<(ModelInfo, DiffusersLayout), CheckpointError
             data_len: 0,
             class_names: Vec::new(),
             train: TrainRecipe {
+                label_dropout: 0.0,
                 learning_rate: 1e-4,
                 warmup_steps: 500,
                 lr_schedule: LrSchedule::Cosine,

@@ -6,8 +6,10 @@
 //! `proj_attn`) are read too, as diffusers itself converts them.
 
 use burn::module::Module;
+use burn::store::burn_pack::Tensor as PackTensor;
 use burn::store::{
-    BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
+    BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleContext, ModuleSnapshot, PyTorchToBurnAdapter,
+    SafetensorsStore,
 };
 use burn::tensor::{DType, Device};
 
@@ -15,7 +17,8 @@ use crate::diffusion::error::ModelError;
 use crate::diffusion::{UNet, UNetConfig};
 
 /// diffusers' module paths → retrace's, applied to the file's keys when loading.
-const FROM_DIFFUSERS: [(&str, &str); 7] = [
+const FROM_DIFFUSERS: [(&str, &str); 8] = [
+    (r"^class_embedding\.linear_", "class_timestep_embedding.linear_"),
     (r"^(down_blocks\.\d+)\.downsamplers\.", "${1}.resamplers."),
     (r"^(up_blocks\.\d+)\.upsamplers\.", "${1}.resamplers."),
     (r"\.to_out\.0\.", ".to_out."),
@@ -26,11 +29,39 @@ const FROM_DIFFUSERS: [(&str, &str); 7] = [
 ];
 
 /// retrace's module paths → diffusers', applied when saving.
-const TO_DIFFUSERS: [(&str, &str); 3] = [
+const TO_DIFFUSERS: [(&str, &str); 4] = [
+    (r"^class_timestep_embedding\.", "class_embedding."),
     (r"^(down_blocks\.\d+)\.resamplers\.", "${1}.downsamplers."),
     (r"^(up_blocks\.\d+)\.resamplers\.", "${1}.upsamplers."),
     (r"\.to_out\.", ".to_out.0."),
 ];
+
+/// The class-embedding table's module path: a bias-free Linear in retrace ([classes, dim], burn's
+/// [in, out]) that diffusers holds as an `nn.Embedding` of the same [classes, dim] layout, so it
+/// is the one Linear weight that is not transposed between the two.
+const CLASS_TABLE: &str = "class_embedding.weight";
+
+/// burn's PyTorch layout conversion (`inner`) for every tensor but the class-embedding table.
+#[derive(Clone)]
+struct EmbeddingTableAsIs<A>(A);
+
+impl<A: ModuleAdapter + Clone + 'static> ModuleAdapter for EmbeddingTableAsIs<A> {
+    fn adapt(&self, tensor: PackTensor, ctx: ModuleContext<'_>) -> PackTensor {
+        if tensor.name == CLASS_TABLE {
+            tensor
+        } else {
+            self.0.adapt(tensor, ctx)
+        }
+    }
+
+    fn get_alternative_param_name(&self, param_name: &str, module_type: &str) -> Option<String> {
+        self.0.get_alternative_param_name(param_name, module_type)
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
+}
 
 /// How many names an error lists before "…".
 const LISTED: usize = 6;
@@ -52,7 +83,7 @@ pub fn load_unet(bytes: Vec<u8>, config: &UNetConfig, device: &Device) -> Result
         .fold(SafetensorsStore::from_bytes(Some(bytes)), |s, (from, to)| {
             s.with_key_remapping(*from, *to)
         })
-        .with_from_adapter(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32)))
+        .with_from_adapter(EmbeddingTableAsIs(PyTorchToBurnAdapter).chain(FloatCastAdapter::to(DType::F32)))
         .allow_partial(true)
         .validate(false);
     let mut model = config.init(device);
@@ -91,7 +122,7 @@ pub fn save_unet(model: &UNet) -> Result<Vec<u8>, ModelError> {
         .fold(SafetensorsStore::from_bytes(None), |s, (from, to)| {
             s.with_key_remapping(*from, *to)
         })
-        .with_to_adapter(BurnToPyTorchAdapter)
+        .with_to_adapter(EmbeddingTableAsIs(BurnToPyTorchAdapter))
         .metadata("format", "pt");
     model
         .clone()
