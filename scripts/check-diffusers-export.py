@@ -7,9 +7,11 @@ saw, for tests/diffusers.rs to check retrace against.
 
 It loads the pipeline with DDPMPipeline.from_pretrained and its parts with
 UNet2DModel.from_pretrained / DDPMScheduler.from_pretrained, fails if any weight is missing or
-unexpected, runs the pipeline for a few steps, and writes to the output directory:
+unexpected, runs the pipeline for a few steps (an unconditional model: DDPMPipeline passes no
+class labels), and writes to the output directory:
 - keys.json: every parameter name and shape PyTorch loaded;
-- io.safetensors: sample, timesteps and PyTorch's output for them (float32, CPU).
+- io.safetensors: sample, timesteps and PyTorch's output for them (float32, CPU), plus the
+  class_labels of a class-conditional model.
 """
 import json
 import pathlib
@@ -29,9 +31,12 @@ def main(export_dir, out_dir):
     if problems:
         sys.exit(f"PyTorch did not load the export cleanly: {problems}")
     scheduler = DDPMScheduler.from_pretrained(str(export_dir), subfolder="scheduler")
-    pipeline = DDPMPipeline.from_pretrained(str(export_dir))
-    images = pipeline(batch_size=1, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np").images
-    assert images.shape[0] == 1 and images.min() >= 0 and images.max() <= 1
+    conditional = unet.config.num_class_embeds is not None or unet.config.class_embed_type is not None
+    if not conditional:
+        pipeline = DDPMPipeline.from_pretrained(str(export_dir))
+        generator = torch.Generator().manual_seed(0)
+        images = pipeline(batch_size=1, num_inference_steps=5, generator=generator, output_type="np").images
+        assert images.shape[0] == 1 and images.min() >= 0 and images.max() <= 1
     unet.eval()
     keys = {name: list(p.shape) for name, p in unet.state_dict().items()}
     (out_dir / "keys.json").write_text(json.dumps(keys, indent=1, sort_keys=True) + "\n")
@@ -39,10 +44,14 @@ def main(export_dir, out_dir):
     gen = torch.Generator().manual_seed(5)
     sample = torch.randn(2, channels, size, size, generator=gen)
     timesteps = torch.tensor([25, scheduler.config.num_train_timesteps - 1], dtype=torch.int64)
+    class_labels = torch.tensor([1, 0], dtype=torch.int64) if conditional else None
     with torch.no_grad():
-        output = unet(sample, timesteps).sample
+        output = unet(sample, timesteps, class_labels=class_labels).sample
+    tensors = {"sample": sample.contiguous(), "timesteps": timesteps.float(), "output": output.contiguous()}
+    if conditional:
+        tensors["class_labels"] = class_labels.float()
     save_file(
-        {"sample": sample.contiguous(), "timesteps": timesteps.float(), "output": output.contiguous()},
+        tensors,
         str(out_dir / "io.safetensors"),
         metadata={"torch": torch.__version__, "diffusers": diffusers.__version__},
     )

@@ -16,8 +16,15 @@ Fixtures:
   exercising the other supported options: mish, head dim 4, centred input, no bottleneck
   attention, a bottleneck scale factor, a custom embedding width, a cosine schedule, and
   weights saved in float16.
+- class-unet/: a class-conditional UNet2DModel (num_class_embeds 5: an nn.Embedding table
+  added to the time embedding), as a bare directory with scheduler_config.json.
+- class-timestep-unet/: class_embed_type "timestep" (the label's sinusoidal features through a
+  second TimestepEmbedding), with a custom embedding width.
 - each fixture's io.safetensors: sample [2, C, H, W], timesteps [2], output [2, C, H, W]
-  (PyTorch's prediction, float32 on the CPU).
+  (PyTorch's prediction, float32 on the CPU), and class_labels [2] for the conditional ones.
+
+Run with fixture names (e.g. `class-unet class-timestep-unet`) to write only those: the
+others stay byte for byte as committed.
 """
 import json
 import pathlib
@@ -39,14 +46,17 @@ def randomise(model, seed):
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
 
 
-def write_io(model, channels, size, directory, seed):
+def write_io(model, channels, size, directory, seed, class_labels=None):
     gen = torch.Generator().manual_seed(seed)
     sample = torch.randn(2, channels, size, size, generator=gen)
     timesteps = torch.tensor([3, 777], dtype=torch.int64)
     with torch.no_grad():
-        output = model(sample, timesteps).sample
+        output = model(sample, timesteps, class_labels=class_labels).sample
+    tensors = {"sample": sample.contiguous(), "timesteps": timesteps.float(), "output": output.contiguous()}
+    if class_labels is not None:
+        tensors["class_labels"] = class_labels.float()
     save_file(
-        {"sample": sample.contiguous(), "timesteps": timesteps.float(), "output": output.contiguous()},
+        tensors,
         str(directory / "io.safetensors"),
         metadata={"torch": torch.__version__, "diffusers": diffusers.__version__},
     )
@@ -113,6 +123,37 @@ def options_unet():
     write_io(reloaded, 1, 8, out, 4)
 
 
+def class_unet(name, seed, **options):
+    out = ROOT / name
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=8,
+        norm_num_groups=4,
+        **options,
+    ).eval()
+    randomise(unet, seed)
+    unet.save_pretrained(str(out))
+    DDPMScheduler(num_train_timesteps=1000).save_config(str(out))
+    reloaded = UNet2DModel.from_pretrained(str(out)).eval()
+    write_io(reloaded, 1, 8, out, seed + 1, class_labels=torch.tensor([3, 1], dtype=torch.int64))
+
+
+FIXTURES = {
+    "ddpm-pipeline": ddpm_pipeline,
+    "options-unet": options_unet,
+    "class-unet": lambda: class_unet("class-unet", 5, num_class_embeds=5),
+    "class-timestep-unet": lambda: class_unet(
+        "class-timestep-unet", 7, class_embed_type="timestep", time_embedding_dim=24
+    ),
+}
+
+
 def ddpm_cifar10_parameters():
     """The parameter count of the DDPM CIFAR-10 architecture, which the Rust preset test checks."""
     config = {
@@ -131,10 +172,16 @@ def ddpm_cifar10_parameters():
 
 
 if __name__ == "__main__":
+    import sys
+
     torch.manual_seed(0)
     ROOT.mkdir(parents=True, exist_ok=True)
-    ddpm_pipeline()
-    options_unet()
+    chosen = sys.argv[1:] or list(FIXTURES)
+    for name in chosen:
+        FIXTURES[name]()
+    if sys.argv[1:]:
+        print(f"wrote {', '.join(chosen)} under {ROOT}")
+        sys.exit(0)
     count = ddpm_cifar10_parameters()
     (ROOT / "ddpm-cifar10-parameters.json").write_text(json.dumps({"parameters": count}) + "\n")
     print(f"wrote {ROOT}; DDPM CIFAR-10 architecture: {count} parameters")

@@ -10,7 +10,7 @@ use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
 use common::cpu;
 use retrace::diffusion::diffusers::export_pipeline;
-use retrace::diffusion::{ModelDir, ModelFormat, UNetConfig};
+use retrace::diffusion::{Condition, ModelDir, ModelFormat, UNetConfig};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -36,18 +36,31 @@ fn max_abs_difference(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// The model's prediction for `sample` ([B, C, H, W] values) at `timesteps`.
-fn predict(model: &ModelDir, sample: &[f32], shape: &[usize], timesteps: &[f32]) -> Vec<f32> {
+/// The model's prediction for `sample` ([B, C, H, W] values) at `timesteps`, under the class
+/// `labels` of a class-conditional model (none for an unconditional one).
+fn predict_under(model: &ModelDir, sample: &[f32], shape: &[usize], timesteps: &[f32], labels: &[f32]) -> Vec<f32> {
     let (net, _) = model.load_latest(&cpu()).unwrap();
     let dims: [usize; 4] = shape.try_into().unwrap();
     let x = Tensor::<4>::from_data(TensorData::new(sample.to_vec(), dims), &cpu());
     let t = Tensor::<1>::from_floats(timesteps, &cpu());
-    net.forward(x, t, None).into_data().try_to_vec::<f32>().unwrap()
+    let conditions: Vec<Condition> = labels.iter().map(|&l| Condition::Class(l as u32)).collect();
+    let rows = net.condition_encoding().rows(&conditions, &cpu()).unwrap();
+    assert_eq!(
+        rows.is_some(),
+        !labels.is_empty(),
+        "a conditional model reads its labels"
+    );
+    net.forward(x, t, rows).into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// [`predict_under`] for an unconditional model.
+fn predict(model: &ModelDir, sample: &[f32], shape: &[usize], timesteps: &[f32]) -> Vec<f32> {
+    predict_under(model, sample, shape, timesteps, &[])
 }
 
 #[test]
 fn models_written_by_pytorch_predict_what_pytorch_predicted() {
-    for name in ["ddpm-pipeline", "options-unet"] {
+    for name in ["ddpm-pipeline", "options-unet", "class-unet", "class-timestep-unet"] {
         let dir = fixture(name);
         let model = ModelDir::open(&dir).unwrap();
         assert!(matches!(model.format, ModelFormat::Diffusers(_)), "{name}");
@@ -58,7 +71,12 @@ fn models_written_by_pytorch_predict_what_pytorch_predicted() {
         let (sample, shape) = io_tensor(&dir, "sample");
         let (timesteps, _) = io_tensor(&dir, "timesteps");
         let (expected, _) = io_tensor(&dir, "output");
-        let error = max_abs_difference(&predict(&model, &sample, &shape, &timesteps), &expected);
+        let labels = if name.starts_with("class") {
+            io_tensor(&dir, "class_labels").0
+        } else {
+            Vec::new()
+        };
+        let error = max_abs_difference(&predict_under(&model, &sample, &shape, &timesteps, &labels), &expected);
         eprintln!("{name}: max |retrace − PyTorch| = {error:e}");
         assert!(error <= 1e-4, "{name}: max abs error {error}");
     }
@@ -131,12 +149,20 @@ fn export_then_import_gives_identical_weights_outputs_and_provenance() {
 fn pytorch_loads_an_export_and_predicts_what_retrace_predicts() {
     // tests/fixtures/diffusers/bundled-export holds what PyTorch loaded from `retrace export` of
     // the bundled model (scripts/check-diffusers-export.py): every tensor name and shape, and
-    // its prediction for a fixed input. Today's export must match both.
-    let seen = fixture("bundled-export");
+    // its prediction for a fixed input; class-export the same for the class-conditional
+    // class-unet fixture exported by retrace (its class table is the one weight not transposed).
+    // Today's export must match both.
     let bundled = ModelDir::open(&retrace::data::bundled_model_dir()).unwrap();
+    check_export(&bundled, "bundled-export");
+    check_export(&ModelDir::open(&fixture("class-unet")).unwrap(), "class-export");
+}
+
+/// Exports `model` and checks it against what PyTorch loaded from an earlier export (`seen`).
+fn check_export(model: &ModelDir, seen: &str) {
+    let seen = fixture(seen);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("pipeline");
-    export_pipeline(&bundled, &bundled.latest().unwrap().unwrap(), &out, &cpu()).unwrap();
+    export_pipeline(model, &model.latest().unwrap().unwrap(), &out, &cpu()).unwrap();
     let bytes = std::fs::read(out.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
     let exported = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let shapes: std::collections::BTreeMap<String, Vec<usize>> = exported
@@ -150,9 +176,18 @@ fn pytorch_loads_an_export_and_predicts_what_retrace_predicts() {
     let (sample, shape) = io_tensor(&seen, "sample");
     let (timesteps, _) = io_tensor(&seen, "timesteps");
     let (expected, _) = io_tensor(&seen, "output");
+    let labels = if model.info.unet.condition_encoding().is_conditional() {
+        io_tensor(&seen, "class_labels").0
+    } else {
+        Vec::new()
+    };
     let imported = ModelDir::open(&out).unwrap();
-    let error = max_abs_difference(&predict(&imported, &sample, &shape, &timesteps), &expected);
-    eprintln!("bundled export: max |retrace − PyTorch| = {error:e}");
+    assert_eq!(imported.info.unet, model.info.unet);
+    let error = max_abs_difference(
+        &predict_under(&imported, &sample, &shape, &timesteps, &labels),
+        &expected,
+    );
+    eprintln!("{}: max |retrace − PyTorch| = {error:e}", seen.display());
     assert!(error <= 1e-4, "max abs error {error}");
 }
 
