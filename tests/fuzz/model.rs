@@ -113,7 +113,12 @@ fn optimizer_states() {
 
 /// A copy of the `options-unet` diffusers fixture (a bare UNet2DModel with non-default options).
 fn diffusers_copy(root: &Path) -> PathBuf {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers/options-unet");
+    fixture_copy("options-unet", root)
+}
+
+/// A copy of the bare diffusers fixture `name` in `root`.
+fn fixture_copy(name: &str, root: &Path) -> PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers").join(name);
     for file in [
         "config.json",
         "scheduler_config.json",
@@ -151,4 +156,16 @@ fn diffusers_weights() {
     let root = diffusers_copy(tmp.path());
     let weights = root.join("diffusion_pytorch_model.safetensors");
     model_file_campaign("diffusers-weights", &root, &weights, Shape::Safetensors);
+}
+
+/// The class-conditional fixture: `num_class_embeds`, `class_embed_type` and the class table's
+/// weights (the one Linear weight read untransposed) under mutation.
+#[test]
+fn class_conditional_diffusers_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fixture_copy("class-unet", tmp.path());
+    model_file_campaign("diffusers-class-config", &root, &root.join("config.json"), Shape::Json);
+    let root = fixture_copy("class-unet", tmp.path());
+    let weights = root.join("diffusion_pytorch_model.safetensors");
+    model_file_campaign("diffusers-class-weights", &root, &weights, Shape::Safetensors);
 }
