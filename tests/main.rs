@@ -6,6 +6,7 @@
 mod common;
 
 mod attribution;
+mod classifier;
 mod conditional;
 mod data_loading;
 mod diffusers;

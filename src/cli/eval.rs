@@ -30,6 +30,12 @@ pub enum EvalCommand {
     /// Build (or resume, or run one shard of) an LDS ground truth: retrain on random subsets
     /// with several seeds and measure every query's loss under fixed (t, ε) draws.
     BuildLds(BuildLdsArgs),
+    /// Train the image classifier that judges samples (on a real training split, measured on
+    /// its test split).
+    TrainClassifier(super::classes::TrainClassifierArgs),
+    /// Sample every class of a class-conditional model and report the share the classifier
+    /// assigns to the class asked for, beside its accuracy on real test images.
+    Classes(super::classes::ClassesArgs),
     /// Join the results of shards built in other directories into --out and assemble the
     /// ground truth once every model is measured.
     Merge {
@@ -255,6 +261,8 @@ impl BuildLdsArgs {
 pub fn run(command: EvalCommand, device: &ComputeDevice, job: &JobContext) -> Result<()> {
     match command {
         EvalCommand::BuildLds(args) => build_lds(args, device, job),
+        EvalCommand::TrainClassifier(args) => super::classes::train(args, device, job),
+        EvalCommand::Classes(args) => super::classes::judge(args, device, job),
         EvalCommand::Merge { out, from } => merge(out, from, device, job),
         EvalCommand::Lds {
             methods,

@@ -13,6 +13,7 @@ use retrace::jobs::{CancelToken, JobContext, TerminalProgress};
 pub mod args;
 pub mod attribute;
 pub mod bench;
+pub mod classes;
 pub mod devices;
 pub mod eval;
 pub mod export;

@@ -22,6 +22,11 @@ pub fn bundled_model_dir() -> PathBuf {
     bundled_dir().join("model")
 }
 
+/// The bundled Fashion-MNIST classifier that judges samples (`retrace eval classes`).
+pub fn bundled_classifier_dir() -> PathBuf {
+    bundled_dir().join("classifier")
+}
+
 /// Loads a split of the bundled subset.
 pub(crate) fn load(split: Split) -> Result<Dataset, DataError> {
     let dir = bundled_dir().join("data").join("fashion-mnist-subset");

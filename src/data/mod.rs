@@ -14,7 +14,7 @@ mod idx;
 pub mod pixels;
 mod spec;
 
-pub use bundled::{BUNDLED_DIR_ENV, bundled_dir, bundled_model_dir};
+pub use bundled::{BUNDLED_DIR_ENV, bundled_classifier_dir, bundled_dir, bundled_model_dir};
 pub use cifar::parse_cifar_batch;
 pub use error::{DataError, FormatError};
 pub use idx::{IdxArray, parse_idx};

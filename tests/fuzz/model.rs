@@ -118,7 +118,9 @@ fn diffusers_copy(root: &Path) -> PathBuf {
 
 /// A copy of the bare diffusers fixture `name` in `root`.
 fn fixture_copy(name: &str, root: &Path) -> PathBuf {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers").join(name);
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/diffusers")
+        .join(name);
     for file in [
         "config.json",
         "scheduler_config.json",

@@ -303,3 +303,22 @@ fn lds_ground_truths() {
         GroundTruth::load(&path).map(|_| ()).map_err(|e| e.to_string())
     });
 }
+
+/// A classifier directory's `classifier.json` (the weights' hash, the architecture).
+#[test]
+fn classifier_descriptions() {
+    let tmp = tempfile::tempdir().unwrap();
+    crate::classifier::trained(tmp.path());
+    let path = tmp.path().join(retrace::eval::classifier::CLASSIFIER_FILE);
+    let parser = Parser {
+        name: "classifier-json",
+        seeds: vec![std::fs::read(&path).unwrap()],
+        shape: Shape::Json,
+    };
+    campaign(parser, |input, _| {
+        std::fs::write(&path, input).unwrap();
+        retrace::eval::classifier::load_classifier(tmp.path(), &crate::common::cpu())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+}

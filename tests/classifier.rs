@@ -1,0 +1,56 @@
+//! The classifier that judges samples: trained on real images it classifies real test images
+//! far above chance, it survives a save and load unchanged, and a damaged directory is refused
+//! (`classifier.json` is fuzzed in `fuzz::stores`).
+
+use crate::common;
+
+use common::cpu;
+use retrace::data::{DataSpec, Dataset, Split};
+use retrace::eval::classifier::{
+    ClassifierConfig, ClassifierInfo, ClassifierRecipe, load_classifier, save_classifier, train_classifier,
+};
+use retrace::jobs::JobContext;
+
+/// A classifier trained briefly on the bundled 1,000 images, saved in `dir`.
+pub(crate) fn trained(dir: &std::path::Path) -> (Dataset, f64) {
+    let train: Dataset = Dataset::load(&DataSpec::bundled(Split::Train)).unwrap();
+    let test: Dataset = Dataset::load(&DataSpec::bundled(Split::Test)).unwrap();
+    let recipe = ClassifierRecipe {
+        epochs: 4,
+        batch_size: 64,
+        learning_rate: 2e-3,
+        seed: 1,
+    };
+    let (net, accuracy) = train_classifier(&train, &test, &recipe, &cpu(), &JobContext::silent()).unwrap();
+    let info = ClassifierInfo {
+        config: ClassifierConfig::new(1, 28, 10),
+        class_names: train.class_names.clone(),
+        data_spec: "bundled".into(),
+        data_hash: train.content_hash(),
+        recipe,
+        test_spec: "bundled?split=test".into(),
+        test_accuracy: accuracy.clone(),
+        weights_sha256: String::new(),
+        command: "test".into(),
+    };
+    save_classifier(dir, &net, info).unwrap();
+    (test, accuracy.overall)
+}
+
+#[test]
+fn a_classifier_trained_on_real_images_classifies_real_test_images_and_reloads_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (test, accuracy) = trained(tmp.path());
+    assert!(accuracy > 0.6, "test accuracy {accuracy} (chance 0.1)");
+    let (net, info) = load_classifier(tmp.path(), &cpu()).unwrap();
+    let reloaded = net.accuracy(&test, &cpu()).unwrap();
+    assert_eq!(reloaded, info.test_accuracy, "the saved weights are the trained ones");
+    // A damaged weights file is refused by its hash.
+    let weights = tmp.path().join("weights.bpk");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&weights, bytes).unwrap();
+    let refusal = load_classifier(tmp.path(), &cpu()).unwrap_err().to_string();
+    assert!(refusal.contains("checksum"), "{refusal}");
+}
