@@ -26,6 +26,8 @@ from safetensors.torch import save_file
 def main(export_dir, out_dir):
     export_dir, out_dir = pathlib.Path(export_dir), pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if (export_dir / "transformer").is_dir():
+        return check_transformer(export_dir, out_dir)
     unet, info = UNet2DModel.from_pretrained(str(export_dir), subfolder="unet", output_loading_info=True)
     problems = {k: v for k, v in info.items() if v}
     if problems:
@@ -52,6 +54,40 @@ def main(export_dir, out_dir):
         tensors["class_labels"] = class_labels.float()
     save_file(
         tensors,
+        str(out_dir / "io.safetensors"),
+        metadata={"torch": torch.__version__, "diffusers": diffusers.__version__},
+    )
+    print(f"PyTorch loaded {len(keys)} tensors from {export_dir}; wrote {out_dir}")
+
+
+def check_transformer(export_dir, out_dir):
+    """A DiT export (`transformer/`, `scheduler/`): loaded with DiTTransformer2DModel."""
+    from diffusers import DiTTransformer2DModel
+
+    model, info = DiTTransformer2DModel.from_pretrained(
+        str(export_dir), subfolder="transformer", output_loading_info=True
+    )
+    problems = {k: v for k, v in info.items() if v}
+    if problems:
+        sys.exit(f"PyTorch did not load the export cleanly: {problems}")
+    DDPMScheduler.from_pretrained(str(export_dir), subfolder="scheduler")
+    model.eval()
+    keys = {name: list(p.shape) for name, p in model.state_dict().items()}
+    (out_dir / "keys.json").write_text(json.dumps(keys, indent=1, sort_keys=True) + "\n")
+    size, channels = model.config.sample_size, model.config.in_channels
+    gen = torch.Generator().manual_seed(5)
+    sample = torch.randn(2, channels, size, size, generator=gen)
+    timesteps = torch.tensor([25, 999], dtype=torch.int64)
+    class_labels = torch.tensor([1, 0], dtype=torch.int64)
+    with torch.no_grad():
+        output = model(sample, timestep=timesteps, class_labels=class_labels).sample
+    save_file(
+        {
+            "sample": sample.contiguous(),
+            "timesteps": timesteps.float(),
+            "class_labels": class_labels.float(),
+            "output": output.contiguous(),
+        },
         str(out_dir / "io.safetensors"),
         metadata={"torch": torch.__version__, "diffusers": diffusers.__version__},
     )

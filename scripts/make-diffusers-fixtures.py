@@ -20,6 +20,8 @@ Fixtures:
   added to the time embedding), as a bare directory with scheduler_config.json.
 - class-timestep-unet/: class_embed_type "timestep" (the label's sinusoidal features through a
   second TimestepEmbedding), with a custom embedding width.
+- dit/: a DiTTransformer2DModel (2 blocks, 2 heads of 8, patch 2 on 4×8×8 inputs, 5 classes,
+  learned variance: 8 output channels), bare, with scheduler_config.json.
 - each fixture's io.safetensors: sample [2, C, H, W], timesteps [2], output [2, C, H, W]
   (PyTorch's prediction, float32 on the CPU), and class_labels [2] for the conditional ones.
 
@@ -51,7 +53,7 @@ def write_io(model, channels, size, directory, seed, class_labels=None):
     sample = torch.randn(2, channels, size, size, generator=gen)
     timesteps = torch.tensor([3, 777], dtype=torch.int64)
     with torch.no_grad():
-        output = model(sample, timesteps, class_labels=class_labels).sample
+        output = model(sample, timestep=timesteps, class_labels=class_labels).sample
     tensors = {"sample": sample.contiguous(), "timesteps": timesteps.float(), "output": output.contiguous()}
     if class_labels is not None:
         tensors["class_labels"] = class_labels.float()
@@ -144,10 +146,33 @@ def class_unet(name, seed, **options):
     write_io(reloaded, 1, 8, out, seed + 1, class_labels=torch.tensor([3, 1], dtype=torch.int64))
 
 
+def dit():
+    from diffusers import DiTTransformer2DModel
+
+    out = ROOT / "dit"
+    model = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=5,
+    ).eval()
+    randomise(model, 9)
+    model.save_pretrained(str(out))
+    DDPMScheduler(num_train_timesteps=1000).save_config(str(out))
+    reloaded = DiTTransformer2DModel.from_pretrained(str(out)).eval()
+    # The null class (5) is a label like the others.
+    write_io(reloaded, 4, 8, out, 10, class_labels=torch.tensor([2, 5], dtype=torch.int64))
+
+
 FIXTURES = {
     "ddpm-pipeline": ddpm_pipeline,
     "options-unet": options_unet,
     "class-unet": lambda: class_unet("class-unet", 5, num_class_embeds=5),
+    "dit": dit,
     "class-timestep-unet": lambda: class_unet(
         "class-timestep-unet", 7, class_embed_type="timestep", time_embedding_dim=24
     ),

@@ -15,7 +15,7 @@ use crate::attribution::{AttributionError, MethodSettings, Needs, Parameter, Par
 use crate::data::pixels::unit_to_bytes;
 use crate::data::{DataSpec, Dataset, Split};
 use crate::device::ComputeDevice;
-use crate::diffusion::{Condition, ModelDir, SamplerConfig};
+use crate::diffusion::{Condition, ConditionEncoding, ModelDir, SamplerConfig};
 use crate::index::{IndexSettings, MANIFEST_FILE, Manifest};
 use crate::jobs::{BackgroundJob, JobContext};
 
@@ -164,8 +164,7 @@ impl Session {
 
     /// C×H×W of the model's images.
     pub fn shape(&self) -> [usize; 3] {
-        let cfg = &self.model.info.unet;
-        [cfg.image_channels, cfg.sample_size, cfg.sample_size]
+        self.model.info.architecture.shape()
     }
 
     /// The classes a class-conditional model generates and attributes under, as (label,
@@ -173,11 +172,12 @@ impl Session {
     /// an unconditional model.
     pub fn classes(&self) -> Option<Vec<(u32, String)>> {
         let info = &self.model.info;
-        info.unet.condition_encoding().is_conditional().then(|| {
-            let null = info.unet.null_class;
-            let count = match info.unet.num_class_embeds {
-                Some(rows) => rows,
-                None => info.class_names.len(),
+        let encoding = info.architecture.condition_encoding();
+        encoding.is_conditional().then(|| {
+            let null = encoding.null_class();
+            let count = match encoding {
+                ConditionEncoding::OneHot { classes, .. } => classes,
+                _ => info.class_names.len(),
             };
             (0..count as u32)
                 .filter(|&c| Some(c) != null)
@@ -189,7 +189,7 @@ impl Session {
     /// Whether the model can be sampled with classifier-free guidance (class-conditional, with
     /// a null class).
     pub fn can_guide(&self) -> bool {
-        self.model.info.unet.null_class.is_some()
+        self.model.info.architecture.condition_encoding().null_class().is_some()
     }
 
     /// How far the index is, read from its manifest when it has changed since the last call.

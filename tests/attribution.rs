@@ -9,7 +9,7 @@ use retrace::attribution::retrac::retrac_scores;
 use retrace::attribution::{CheckpointFeatures, GradientInputs, TrainFeatures, bucket_dot_products};
 use retrace::data::pixels::bytes_to_unit;
 use retrace::data::{DataSpec, Dataset, Split, bundled_model_dir};
-use retrace::diffusion::{Measurement, ModelDir, Schedule, UNet};
+use retrace::diffusion::{Measurement, ModelDir, Network, Schedule};
 use retrace::grad::{Examples, FeatureRun, Features, ProjectionConfig, Projector, TimestepPlan, model_layer_shapes};
 use retrace::jobs::JobContext;
 
@@ -30,7 +30,7 @@ fn examples(data: &Dataset, idx: &[usize], ids: &[u64]) -> Examples {
     }
 }
 
-fn projector_for(model: &UNet, shape: [usize; 3], device: &Device) -> Projector {
+fn projector_for(model: &Network, shape: [usize; 3], device: &Device) -> Projector {
     Projector::new(
         ProjectionConfig::default(),
         &model_layer_shapes(model, shape, device),
@@ -38,7 +38,7 @@ fn projector_for(model: &UNet, shape: [usize; 3], device: &Device) -> Projector 
     )
 }
 
-fn featurise(model: &UNet, projector: &Projector, plan: &TimestepPlan, ex: &Examples, batch: usize) -> Features {
+fn featurise(model: &Network, projector: &Projector, plan: &TimestepPlan, ex: &Examples, batch: usize) -> Features {
     let schedule = Schedule::new(&Default::default());
     let run = FeatureRun {
         model,

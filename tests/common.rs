@@ -6,7 +6,7 @@ use std::path::Path;
 use burn::tensor::Device;
 use retrace::data::{DataSpec, Dataset};
 use retrace::diffusion::checkpoint::FORMAT_VERSION;
-use retrace::diffusion::{ModelDir, ModelInfo, ScheduleConfig, TrainRecipe, UNetConfig};
+use retrace::diffusion::{Architecture, ModelDir, ModelInfo, ScheduleConfig, TrainRecipe, UNetConfig};
 
 /// Where Debian's dataset-fashion-mnist package installs the data.
 pub const FASHION_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -18,16 +18,26 @@ pub fn fashion_subset(n: usize) -> Dataset {
 }
 
 /// The `tiny` U-Net for 1×28×28 images.
-pub fn tiny_config() -> UNetConfig {
+pub fn tiny_unet_config() -> UNetConfig {
     UNetConfig::named("tiny", 1, 28).unwrap()
+}
+
+/// [`tiny_unet_config`] as the architecture the engine builds.
+pub fn tiny_config() -> Architecture {
+    tiny_unet_config().into()
 }
 
 /// The description of a model of architecture `unet` to be trained on `data` with the tests'
 /// recipe (learning rate 2e-3, 5 warm-up steps, seed 7).
-pub fn test_model_info(unet: UNetConfig, data: &Dataset, batch_size: usize, checkpoint_every: usize) -> ModelInfo {
+pub fn test_model_info(
+    architecture: impl Into<Architecture>,
+    data: &Dataset,
+    batch_size: usize,
+    checkpoint_every: usize,
+) -> ModelInfo {
     ModelInfo {
         format_version: FORMAT_VERSION,
-        unet,
+        architecture: architecture.into(),
         schedule: ScheduleConfig::default(),
         data_spec: data.name.clone(),
         data_hash: data.content_hash(),

@@ -8,15 +8,15 @@ use burn::tensor::{Device, Tensor, TensorData};
 use common::{cpu, fashion_subset, tiny_config, tiny_model_dir};
 use retrace::diffusion::images::batch_tensor;
 use retrace::diffusion::train::{TrainLength, batch_plan, diffusion_loss, noise_images, train};
-use retrace::diffusion::{Condition, SamplerConfig, SamplerKind, Schedule, UNet, sample};
+use retrace::diffusion::{Condition, Network, SamplerConfig, SamplerKind, Schedule, sample};
 use retrace::jobs::JobContext;
 
-fn flat(model: &UNet) -> Vec<f32> {
+fn flat(model: &Network) -> Vec<f32> {
     common::param_values(model)
 }
 
 /// Loss on a fixed batch of 64 images with fixed timesteps and noise.
-fn eval_loss(model: &UNet, data: &retrace::data::Dataset, device: &Device) -> f32 {
+fn eval_loss(model: &Network, data: &retrace::data::Dataset, device: &Device) -> f32 {
     let schedule = Schedule::new(&Default::default());
     let (_, ts, noise) = batch_plan(999, 0, 64, 64, schedule.len(), data.image_len());
     let idx: Vec<usize> = (0..64).collect();
@@ -114,7 +114,9 @@ fn checkpoints_round_trip_exactly_and_reject_damage() {
     assert_eq!(flat(&model), flat(&loaded));
 
     // A NaN in the weights is refused with the parameter's name.
-    let poisoned = model.clone();
+    let Network::UNet(poisoned) = model.clone() else {
+        unreachable!("the tiny config is a U-Net")
+    };
     let mut bad = poisoned.conv_in.clone();
     let w = bad.weight.val();
     let nan = Tensor::<4>::from_data(
@@ -122,10 +124,10 @@ fn checkpoints_round_trip_exactly_and_reject_damage() {
         &device,
     );
     bad.weight = bad.weight.map(|_| nan);
-    let poisoned = UNet {
+    let poisoned = Network::UNet(retrace::diffusion::UNet {
         conv_in: bad,
         ..poisoned
-    };
+    });
     let state = retrace::diffusion::CheckpointState {
         step: 4,
         epoch: 4.0,
@@ -213,7 +215,7 @@ fn flex_and_wgpu_compute_the_same_forward_pass() {
     let data = fashion_subset(4);
     let idx = [0, 1, 2, 3];
     let t = [0.0f32, 10.0, 500.0, 999.0];
-    let out = |m: &UNet, d: &Device| {
+    let out = |m: &Network, d: &Device| {
         m.forward(
             batch_tensor(&data, &idx, d),
             Tensor::<1>::from_floats(t.as_slice(), d),

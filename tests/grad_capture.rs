@@ -6,12 +6,12 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Gradients, Tensor};
-use common::{cpu, fashion_subset, tiny_config};
+use common::{cpu, fashion_subset, tiny_config, tiny_unet_config};
 use retrace::diffusion::images::batch_tensor;
 use retrace::diffusion::train::label_conditions;
 use retrace::diffusion::train::{NoisyBatch, batch_plan, noise_images};
 use retrace::diffusion::unet::ClassEmbedType;
-use retrace::diffusion::{Schedule, UNetConfig};
+use retrace::diffusion::{Architecture, Schedule, UNetConfig};
 use retrace::grad::{LayerKind, capture_layers, layer_names};
 
 /// Per-example loss: mean over pixels of the squared noise-prediction error.
@@ -50,19 +50,19 @@ fn slice(batch: &NoisyBatch, i: usize) -> (Tensor<4>, Tensor<1>, Tensor<4>, Opti
 
 #[test]
 fn captured_per_example_gradients_match_batch_of_one_autodiff() {
-    check_capture(tiny_config(), 0);
+    check_capture(tiny_unet_config(), 0);
 }
 
 /// The class embedding of a class-conditional U-Net is captured like every other layer: a
 /// table (one-hot rows through a bias-free Linear) and diffusers' "timestep" label MLP.
 #[test]
 fn captured_gradients_of_class_conditional_unets_match_autodiff() {
-    let table = tiny_config().with_classes(10);
+    let table = tiny_unet_config().with_classes(10);
     assert_eq!(check_capture(table, 1), 1, "the class table");
     let timestep = UNetConfig {
         class_embed_type: Some(ClassEmbedType::Timestep),
         null_class: Some(10),
-        ..tiny_config()
+        ..tiny_unet_config()
     };
     assert_eq!(check_capture(timestep, 2), 2, "the label MLP's two Linears");
 }
@@ -72,7 +72,7 @@ fn captured_gradients_of_class_conditional_unets_match_autodiff() {
 /// than the unconditional network it captured.
 fn check_capture(config: UNetConfig, extra_layers: usize) -> usize {
     let device = cpu().autodiff();
-    let model = config.init_seeded(&device, 3);
+    let model = Architecture::from(config.clone()).init_seeded(&device, 3);
     let data = fashion_subset(3);
     let schedule = Schedule::new(&Default::default());
     let (_, _, noise) = batch_plan(5, 0, 3, 3, schedule.len(), data.image_len());

@@ -7,11 +7,11 @@ mod common;
 
 mod attribution;
 mod classifier;
-mod conditional;
 mod data_loading;
 mod diffusers;
 mod diffusion;
 mod evaluation;
+mod families;
 mod fuzz;
 mod grad_capture;
 mod grad_projection;

@@ -43,7 +43,15 @@ fn unlearning_stops_at_its_bound_keeps_the_retain_loss_and_the_original_model_sc
         draws: 10,
         null_images: 40,
     };
-    let null = null_loss(&model.info.unet, &schedule, &data, settings.null_images, &cpu(), &job).unwrap();
+    let null = null_loss(
+        &model.info.architecture,
+        &schedule,
+        &data,
+        settings.null_images,
+        &cpu(),
+        &job,
+    )
+    .unwrap();
     assert!(null > 0.5, "an untrained model's loss is near E[ε²] = 1, not {null}");
     let query = common::perturbed_copy(data.image(5), [1, 28, 28], 0);
     let request = UnlearnRequest {

@@ -20,7 +20,7 @@ use super::products::trak_kernel::TrakKernel;
 use super::query::Query;
 use super::scores::Scores;
 use crate::data::Dataset;
-use crate::diffusion::{CheckpointEntry, Measurement, ModelDir, Schedule, UNet};
+use crate::diffusion::{CheckpointEntry, Measurement, ModelDir, Network, Schedule};
 use crate::grad::{Examples, FeatureRun, Features, GradError};
 use crate::index::{Index, IndexSettings};
 use crate::jobs::JobContext;
@@ -44,8 +44,8 @@ pub struct Context<'a> {
     indexes: HashMap<Measurement, Arc<Index>>,
     projected_queries: HashMap<Measurement, Features>,
     inputs: Option<GradientInputs>,
-    last_model: Option<Arc<(CheckpointEntry, UNet)>>,
-    final_model: Option<Arc<(CheckpointEntry, UNet)>>,
+    last_model: Option<Arc<(CheckpointEntry, Network)>>,
+    final_model: Option<Arc<(CheckpointEntry, Network)>>,
     curvature: Option<(CurvatureSettings, Arc<Curvature>)>,
     query_gradients: HashMap<Measurement, Vec<Tensor<3>>>,
     kernels: HashMap<(Measurement, u64), Arc<TrakKernel>>,
@@ -154,7 +154,7 @@ impl<'a> Context<'a> {
     }
 
     /// The model at its newest checkpoint, with its entry (no index needed).
-    pub fn final_model(&mut self) -> Result<Arc<(CheckpointEntry, UNet)>, AttributionError> {
+    pub fn final_model(&mut self) -> Result<Arc<(CheckpointEntry, Network)>, AttributionError> {
         if let Some(model) = &self.final_model {
             return Ok(model.clone());
         }
@@ -183,7 +183,7 @@ impl<'a> Context<'a> {
     }
 
     /// The model at the index's last checkpoint, with its entry.
-    pub fn last_model(&mut self) -> Result<Arc<(CheckpointEntry, UNet)>, AttributionError> {
+    pub fn last_model(&mut self) -> Result<Arc<(CheckpointEntry, Network)>, AttributionError> {
         if let Some(model) = &self.last_model {
             return Ok(model.clone());
         }

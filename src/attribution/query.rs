@@ -141,8 +141,7 @@ pub fn generate_query(
 ) -> Result<Query, AttributionError> {
     config.validate(model.info.schedule.steps)?;
     let (net, entry) = model.load_latest(device)?;
-    let cfg = &model.info.unet;
-    let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
+    let shape = model.info.architecture.shape();
     let schedule = crate::diffusion::Schedule::new(&model.info.schedule);
     let mut trajectory = Trajectory {
         steps: Vec::new(),

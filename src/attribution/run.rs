@@ -63,8 +63,7 @@ pub fn attribute_in(
     device: &Device,
     job: &JobContext,
 ) -> Result<Vec<Scores>, AttributionError> {
-    let cfg = &model.info.unet;
-    let model_shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
+    let model_shape = model.info.architecture.shape();
     if query.shape != model_shape {
         return Err(AttributionError::Request(format!(
             "the query is {:?} but the model takes {:?}",
@@ -72,7 +71,7 @@ pub fn attribute_in(
         )));
     }
     if let Some(region) = &query.mask {
-        check_region(region, cfg.sample_size, cfg.sample_size)?;
+        check_region(region, model_shape[1], model_shape[2])?;
     }
     // Refuse an unknown name, or a query a method cannot take, before any work starts.
     let methods = request

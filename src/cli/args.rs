@@ -214,7 +214,7 @@ impl ConditionArgs {
     /// class-conditional model, refused by an unconditional one.
     pub(crate) fn condition(&self, info: &retrace::diffusion::ModelInfo) -> Result<retrace::diffusion::Condition> {
         use retrace::diffusion::Condition;
-        let conditional = info.unet.condition_encoding().is_conditional();
+        let conditional = info.architecture.condition_encoding().is_conditional();
         let listed = || {
             info.class_names
                 .iter()
@@ -236,7 +236,7 @@ impl ConditionArgs {
                 }
             }
         };
-        info.unet.condition_encoding().check(&condition)?;
+        info.architecture.condition_encoding().check(&condition)?;
         Ok(condition)
     }
 
@@ -247,7 +247,7 @@ impl ConditionArgs {
         kind: retrace::diffusion::SamplerKind,
         steps: usize,
     ) -> Result<retrace::diffusion::SamplerConfig> {
-        let default = if info.unet.null_class.is_some() {
+        let default = if info.architecture.condition_encoding().null_class().is_some() {
             DEFAULT_GUIDANCE
         } else {
             1.0

@@ -57,13 +57,13 @@ pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
     } = args;
     let dev = compute_device(device)?;
     let (model, data, settings) = target.open()?;
-    let cfg = &model.info.unet;
+    let [channels, size, _] = model.info.architecture.shape();
     let (job, bar) = terminal_job()?;
     let class = condition.condition(&model.info)?;
     let q = match (query, seed) {
         (Some(path), _) => retrace::attribution::Query {
             condition: class,
-            ..retrace::attribution::load_query_image(&path, cfg.image_channels, cfg.sample_size)?
+            ..retrace::attribution::load_query_image(&path, channels, size)?
         },
         (None, seed) => {
             let config = condition.sampler(&model.info, SamplerKind::Ddim, 100)?;
@@ -80,7 +80,7 @@ pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
     };
     let mut q = q;
     if let Some(path) = mask {
-        q.mask = Some(retrace::attribution::query::load_region(&path, cfg.sample_size)?);
+        q.mask = Some(retrace::attribution::query::load_region(&path, size)?);
     }
     eprintln!("query: {}", q.description);
     let request = retrace::attribution::MethodSettings {

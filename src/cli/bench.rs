@@ -10,7 +10,7 @@ use burn::module::Module;
 
 use retrace::data::{DataSpec, bundled_model_dir};
 use retrace::device::DeviceRequest;
-use retrace::diffusion::{ModelDir, UNetConfig};
+use retrace::diffusion::{Architecture, ModelDir};
 
 use super::{compute_device, named_config};
 
@@ -82,10 +82,10 @@ fn architecture(
     config: Option<String>,
     image: Option<(usize, usize)>,
     device: &burn::tensor::Device,
-) -> Result<(UNetConfig, Option<retrace::diffusion::UNet>, String)> {
+) -> Result<(Architecture, Option<retrace::diffusion::Network>, String)> {
     Ok(match (config, image) {
         (Some(name), Some((channels, size))) => {
-            let cfg = UNetConfig::named(&name, channels, size).ok_or_else(|| {
+            let cfg = Architecture::named(&name, channels, size, 10).ok_or_else(|| {
                 anyhow::anyhow!(
                     "--image takes a preset ({:?}); {name:?} is not one",
                     retrace::diffusion::unet::CONFIG_NAMES
@@ -106,7 +106,7 @@ fn architecture(
         (None, _) => {
             let dir = ModelDir::open(&model.unwrap_or_else(bundled_model_dir))?;
             let (net, _) = dir.load_latest(device)?;
-            (dir.info.unet.clone(), Some(net), dir.root.display().to_string())
+            (dir.info.architecture.clone(), Some(net), dir.root.display().to_string())
         }
     })
 }
@@ -122,7 +122,7 @@ pub fn run(args: BenchArgs, device: Option<DeviceRequest>) -> Result<()> {
     } else {
         passes(&args, &cfg, &net, &what, &dev.device)?
     };
-    let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
+    let shape = cfg.shape();
     // The layer shapes come from one forward pass, on the CPU: they do not depend on the device.
     let cpu = burn::tensor::Device::flex();
     let shapes = retrace::grad::model_layer_shapes(&net.clone().to_device(&cpu), shape, &cpu);
@@ -218,8 +218,8 @@ pub fn run(args: BenchArgs, device: Option<DeviceRequest>) -> Result<()> {
 /// the fastest one: printed, and returned as JSON (throughputs and ratios).
 fn passes(
     args: &BenchArgs,
-    cfg: &UNetConfig,
-    net: &retrace::diffusion::UNet,
+    cfg: &Architecture,
+    net: &retrace::diffusion::Network,
     what: &str,
     device: &burn::tensor::Device,
 ) -> Result<serde_json::Value> {

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 
 use retrace::data::{DataSpec, Dataset};
 use retrace::device::ComputeDevice;
-use retrace::diffusion::ScheduleConfig;
+use retrace::diffusion::{Architecture, ScheduleConfig};
 use retrace::eval::BuiltBenchmark;
 use retrace::eval::benchmark::BENCHMARK_FORMAT_VERSION;
 use retrace::eval::build::BENCHMARK_FILE;
@@ -224,7 +224,9 @@ pub struct BuildLdsArgs {
 
 impl BuildLdsArgs {
     fn spec(&self, data: &Dataset) -> Result<BenchmarkSpec> {
-        let unet = super::named_config(&self.config, data)?;
+        let Architecture::UNet(unet) = super::named_config(&self.config, data)? else {
+            anyhow::bail!("--config {}: LDS benchmarks train U-Nets so far", self.config);
+        };
         let spec = BenchmarkSpec {
             format_version: BENCHMARK_FORMAT_VERSION,
             data: self.data.clone(),

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use retrace::data::{DataSpec, Dataset};
 use retrace::diffusion::diffusers::is_diffusers_dir;
 use retrace::diffusion::schedule::BetaSchedule;
-use retrace::diffusion::{ModelDir, ModelFormat};
+use retrace::diffusion::{Architecture, ModelDir, ModelFormat};
 
 /// Describe a model directory or a dataset spec.
 #[derive(clap::Args)]
@@ -49,23 +49,33 @@ fn info(path: &str) -> Result<()> {
 
 fn describe_model(dir: &ModelDir) -> Result<()> {
     let i = &dir.info;
-    let net = i.unet.init(&burn::tensor::Device::flex());
+    let net = i.architecture.init(&burn::tensor::Device::flex());
     let kind = match dir.format {
         ModelFormat::Retrace => "model directory",
         ModelFormat::Diffusers(_) => "diffusers model (read-only)",
     };
     println!("{kind} {}", dir.root.display());
-    println!(
-        "  architecture: U-Net, widths {:?}, attention {:?}, {} resnet(s) per level, {} parameters",
-        i.unet.block_out_channels,
-        i.unet.attention,
-        i.unet.layers_per_block,
-        burn::module::Module::num_params(&net)
-    );
-    println!(
-        "  images: {}×{}×{}",
-        i.unet.image_channels, i.unet.sample_size, i.unet.sample_size
-    );
+    let parameters = burn::module::Module::num_params(&net);
+    match &i.architecture {
+        Architecture::UNet(u) => println!(
+            "  architecture: U-Net, widths {:?}, attention {:?}, {} resnet(s) per level, {parameters} parameters",
+            u.block_out_channels, u.attention, u.layers_per_block,
+        ),
+        Architecture::DiT(d) => println!(
+            "  architecture: DiT, {} blocks of {} heads × {}, patch {}, {parameters} parameters",
+            d.num_layers, d.num_attention_heads, d.attention_head_dim, d.patch_size,
+        ),
+    }
+    let encoding = i.architecture.condition_encoding();
+    if encoding.is_conditional() {
+        let null = encoding.null_class().map_or_else(
+            || "no null class (no guidance)".to_owned(),
+            |n| format!("null class {n}"),
+        );
+        println!("  conditioning: class labels, {null}");
+    }
+    let [c, h, w] = i.architecture.shape();
+    println!("  images: {c}×{h}×{w}");
     let shape = match i.schedule.beta_schedule {
         BetaSchedule::Linear => "linear",
         BetaSchedule::ScaledLinear => "scaled-linear",

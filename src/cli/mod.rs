@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 
 use retrace::data::Dataset;
 use retrace::device::{self, ComputeDevice, DeviceRequest};
-use retrace::diffusion::UNetConfig;
+use retrace::diffusion::Architecture;
+use retrace::diffusion::dit::DIT_CONFIG_NAMES;
 use retrace::diffusion::unet::CONFIG_NAMES;
 use retrace::jobs::{CancelToken, JobContext, TerminalProgress};
 
@@ -69,32 +70,28 @@ pub(crate) fn terminal_job() -> Result<(JobContext, Arc<TerminalProgress>)> {
 }
 
 /// The architecture `name` names for `data`'s images, checked against them: a preset
-/// (`tiny`, `base`, `ddpm-cifar10`), a model directory (retrace's or diffusers'), or a
-/// diffusers `UNet2DModel` `config.json`.
-pub(crate) fn named_config(name: &str, data: &Dataset) -> Result<UNetConfig> {
+/// (`tiny`, `base`, `ddpm-cifar10`, `dit-tiny`, `dit-small`), a model directory (retrace's or
+/// diffusers'), or a diffusers `UNet2DModel` or `DiTTransformer2DModel` `config.json`.
+pub(crate) fn named_config(name: &str, data: &Dataset) -> Result<Architecture> {
     let path = std::path::Path::new(name);
-    let cfg = if let Some(preset) = UNetConfig::named(name, data.channels, data.height) {
+    let cfg = if let Some(preset) = Architecture::named(name, data.channels, data.height, data.class_names.len()) {
         preset
     } else if path.is_dir() {
-        retrace::diffusion::ModelDir::open(path)?.info.unet
+        retrace::diffusion::ModelDir::open(path)?.info.architecture
     } else if path.is_file() {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {name}"))?;
-        let config: retrace::diffusion::diffusers::UNet2DModelConfig =
-            serde_json::from_slice(&bytes).with_context(|| format!("{name} is not a diffusers UNet2DModel config"))?;
-        config.to_unet().map_err(|e| anyhow::anyhow!("{name}: {e}"))?
+        retrace::diffusion::diffusers::read_architecture(path)?
     } else {
         anyhow::bail!(
-            "unknown config {name:?}: expected one of {CONFIG_NAMES:?}, a model directory or a diffusers config.json"
+            "unknown config {name:?}: expected one of {CONFIG_NAMES:?} or {DIT_CONFIG_NAMES:?}, a model directory or a \
+             diffusers config.json"
         );
     };
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("config {name} does not fit {}: {e}", data.name))?;
-    if [cfg.image_channels, cfg.sample_size, cfg.sample_size] != [data.channels, data.height, data.width] {
+    let [c, h, w] = cfg.shape();
+    if [c, h, w] != [data.channels, data.height, data.width] {
         anyhow::bail!(
-            "config {name} takes {}×{}×{} images but {} holds {}×{}×{}",
-            cfg.image_channels,
-            cfg.sample_size,
-            cfg.sample_size,
+            "config {name} takes {c}×{h}×{w} images but {} holds {}×{}×{}",
             data.name,
             data.channels,
             data.height,

@@ -61,8 +61,7 @@ pub fn run(args: SampleArgs, device: Option<DeviceRequest>) -> Result<()> {
     let entry = pick_checkpoint(&dir, checkpoint)?;
     let net = dir.load_model(&entry, &dev.device)?;
     let schedule = Schedule::new(&dir.info.schedule);
-    let cfg = &dir.info.unet;
-    let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
+    let shape = dir.info.architecture.shape();
     let (job, bar) = terminal_job()?;
     let conditions = vec![condition; seeds.len()];
     let images = sample(

@@ -55,9 +55,9 @@ pub struct TrainArgs {
     /// trained with label dropout so that samples can be guided (classifier-free guidance).
     #[arg(long)]
     pub conditional: bool,
-    /// Probability that a training image's class is dropped for the null class (with
-    /// --conditional; Ho & Salimans use 0.1–0.2).
-    #[arg(long, default_value_t = 0.1, requires = "conditional")]
+    /// Probability that a training image's class is dropped for the null class, in a
+    /// class-conditional model (--conditional, or a DiT; Ho & Salimans use 0.1–0.2).
+    #[arg(long, default_value_t = 0.1)]
     pub label_dropout: f64,
 }
 
@@ -102,7 +102,7 @@ pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
     let dir = if resume {
         let dir = ModelDir::open(&out)?;
         if let Some(name) = &config
-            && dir.info.unet != named_config(name, &dataset)?
+            && dir.info.architecture != named_config(name, &dataset)?
         {
             bail!(
                 "{} was trained with another architecture than --config {name}",
@@ -118,15 +118,16 @@ pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
             );
         }
         let command = std::env::args().collect::<Vec<_>>().join(" ");
-        let unet = named_config(config.as_deref().unwrap_or("base"), &dataset)?;
-        let unet = match (conditional, unet.condition_encoding().is_conditional()) {
-            (true, false) => unet.with_classes(dataset.class_names.len()),
-            _ => unet,
+        let architecture = named_config(config.as_deref().unwrap_or("base"), &dataset)?;
+        let architecture = if conditional {
+            architecture.with_classes(dataset.class_names.len())
+        } else {
+            architecture
         };
-        let is_conditional = unet.condition_encoding().is_conditional();
+        let can_drop = architecture.condition_encoding().null_class().is_some();
         let info = ModelInfo {
             format_version: retrace::diffusion::checkpoint::FORMAT_VERSION,
-            unet,
+            architecture,
             schedule: ScheduleConfig::default(),
             data_spec: spec.to_string(),
             data_hash: dataset.content_hash(),
@@ -140,11 +141,9 @@ pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
                 weight_decay,
                 seed,
                 checkpoint_every: checkpoint_every.max(1),
-                label_dropout: if is_conditional && conditional {
-                    label_dropout
-                } else {
-                    0.0
-                },
+                // Label dropout needs a null class to drop to (retrace's conditional U-Nets and
+                // DiTs have one; a class-conditional diffusers config may not).
+                label_dropout: if can_drop { label_dropout } else { 0.0 },
                 command,
             },
         };

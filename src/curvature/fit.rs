@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CurvatureError, EigenCorrection, FactorAccumulator, LayerEigen, LayerFactors, Sharing};
 use crate::diffusion::noise::{gaussian, stream};
-use crate::diffusion::{Denoiser, Measurement, Schedule, UNet};
+use crate::diffusion::{Denoiser, Measurement, Network, Schedule};
 use crate::grad::{Examples, LayerGrads, PlanWalk, TimestepPlan, capture_layers};
 use crate::jobs::JobContext;
 
@@ -86,7 +86,7 @@ pub fn eigendecompose(factors: &[LayerFactors], job: &JobContext) -> Vec<LayerEi
 }
 
 /// A curvature fit: the model, its training examples and the fit's settings.
-pub struct CurvatureFit<'a, M: Denoiser = UNet> {
+pub struct CurvatureFit<'a, M: Denoiser = Network> {
     /// The model (any device).
     pub model: &'a M,
     /// Its noise schedule.

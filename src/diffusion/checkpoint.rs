@@ -20,7 +20,7 @@ use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device, Tensor};
 use sha2::{Digest, Sha256};
 
-use super::UNet;
+use super::Network;
 use super::error::ModelError;
 use super::model_info::io;
 pub use super::model_info::{
@@ -143,8 +143,7 @@ impl ModelDir {
     /// Checks that `data` fits the model: its images' shape, and its content when the model
     /// records the hash of the data it was trained on.
     pub fn check_data(&self, data: &crate::data::Dataset) -> Result<(), ModelError> {
-        let cfg = &self.info.unet;
-        let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
+        let shape = self.info.architecture.shape();
         if [data.channels, data.height, data.width] != shape {
             return Err(ModelError::DataMismatch(format!(
                 "{} holds {}×{}×{} images but the model takes {}×{}×{}",
@@ -279,7 +278,7 @@ impl ModelDir {
     /// checkpoint: older ones lose theirs once this one is in place.
     pub fn save(
         &self,
-        model: &UNet,
+        model: &Network,
         optimizer: Option<&ModuleOptimizer>,
         mut state: CheckpointState,
     ) -> Result<CheckpointEntry, CheckpointError> {
@@ -296,9 +295,7 @@ impl ModelDir {
         let mut write_files = || -> Result<(), CheckpointError> {
             std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
             let weights = model
-                .clone()
-                .into_record()
-                .into_bytes()
+                .record_bytes()
                 .map_err(|e| CheckpointError::invalid(&final_dir, format!("cannot serialise weights: {e}")))?;
             state.weights_sha256 = sha256(&weights);
             write_atomic(&tmp_dir.join(WEIGHTS_FILE), &weights)?;
@@ -335,7 +332,7 @@ impl ModelDir {
     }
 
     /// Loads a checkpoint's weights onto `device`, verifying checksum, shapes and finiteness.
-    pub fn load_model(&self, checkpoint: &CheckpointEntry, device: &Device) -> Result<UNet, CheckpointError> {
+    pub fn load_model(&self, checkpoint: &CheckpointEntry, device: &Device) -> Result<Network, CheckpointError> {
         let path = match &self.format {
             ModelFormat::Retrace => checkpoint.dir.join(WEIGHTS_FILE),
             ModelFormat::Diffusers(layout) => layout
@@ -357,18 +354,20 @@ impl ModelDir {
                 ),
             ));
         }
-        let model =
-            match &self.format {
-                ModelFormat::Retrace => {
-                    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
-                        .map_err(|e| CheckpointError::invalid(&path, format!("unreadable weights: {e}")))?;
-                    self.info.unet.init(device).try_load_record(record).map_err(|e| {
-                        CheckpointError::invalid(&path, format!("weights do not fit the architecture: {e}"))
-                    })?
-                }
-                ModelFormat::Diffusers(_) => super::diffusers::weights::load_unet(bytes, &self.info.unet, device)
-                    .map_err(|e| CheckpointError::invalid(&path, e))?,
-            };
+        let model = match &self.format {
+            ModelFormat::Retrace => {
+                let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+                    .map_err(|e| CheckpointError::invalid(&path, format!("unreadable weights: {e}")))?;
+                self.info
+                    .architecture
+                    .load_record(record, device)
+                    .map_err(|e| CheckpointError::invalid(&path, format!("weights do not fit the architecture: {e}")))?
+            }
+            ModelFormat::Diffusers(_) => {
+                super::diffusers::weights::load_network(bytes, &self.info.architecture, device)
+                    .map_err(|e| CheckpointError::invalid(&path, e))?
+            }
+        };
         if let Some(name) = first_non_finite(&model) {
             return Err(CheckpointError::invalid(
                 &path,
@@ -426,7 +425,7 @@ impl ModelDir {
     }
 
     /// Loads the newest checkpoint's weights.
-    pub fn load_latest(&self, device: &Device) -> Result<(UNet, CheckpointEntry), CheckpointError> {
+    pub fn load_latest(&self, device: &Device) -> Result<(Network, CheckpointEntry), CheckpointError> {
         let latest = self.latest_required()?;
         Ok((self.load_model(&latest, device)?, latest))
     }

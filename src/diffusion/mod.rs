@@ -3,10 +3,12 @@
 pub mod checkpoint;
 pub mod condition;
 pub mod diffusers;
+pub mod dit;
 pub mod error;
 pub mod images;
 pub mod measure;
 pub mod model_info;
+pub mod network;
 pub mod noise;
 pub mod sampler;
 pub mod schedule;
@@ -19,6 +21,7 @@ pub use checkpoint::{
 pub use condition::{Condition, ConditionEncoding};
 pub use error::{ConfigError, ModelError};
 pub use measure::Measurement;
+pub use network::{Architecture, Network};
 pub use sampler::{SampleStep, SamplerConfig, SamplerKind, sample};
 pub use schedule::{Schedule, ScheduleConfig};
 pub use unet::{Denoiser, NoTape, Tape, UNet, UNetConfig};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::ConfigError;
-use super::{ScheduleConfig, UNetConfig};
+use super::{Architecture, ScheduleConfig};
 use crate::files::FileError;
 
 /// Version of the model directory layout; bumped on incompatible changes.
@@ -107,8 +107,9 @@ fn is_zero(value: &f64) -> bool {
 pub struct ModelInfo {
     /// Layout version ([`FORMAT_VERSION`]).
     pub format_version: u32,
-    /// Network architecture.
-    pub unet: UNetConfig,
+    /// Network architecture: in the file, a `unet` or a `dit` key holding the family's config.
+    #[serde(flatten)]
+    pub architecture: Architecture,
     /// Noise schedule.
     pub schedule: ScheduleConfig,
     /// Spec of the training data.
@@ -133,7 +134,7 @@ impl ModelInfo {
     /// SHA-256 digest (or empty: not recorded), so that nothing later slices or compares a
     /// malformed one.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.unet.validate()?;
+        self.architecture.validate()?;
         self.schedule.validate()?;
         if !self.data_hash.is_empty() && !is_sha256_hex(&self.data_hash) {
             return Err(ConfigError(format!(

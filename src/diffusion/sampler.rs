@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::error::ConfigError;
 use super::noise::{gaussian, stream};
-use super::{Condition, ConditionEncoding, Schedule, UNet};
+use super::{Condition, ConditionEncoding, Network, Schedule};
 
 /// Which sampler to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -121,7 +121,7 @@ pub struct SampleStep<'a> {
 /// when the model cannot read a condition or be guided ([`SamplerConfig::check_model`]).
 #[allow(clippy::too_many_arguments)]
 pub fn sample(
-    model: &UNet,
+    model: &Network,
     schedule: &Schedule,
     config: &SamplerConfig,
     [c, h, w]: [usize; 3],

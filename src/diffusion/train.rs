@@ -14,7 +14,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::checkpoint::{CheckpointError, CheckpointState, LrSchedule, ModelDir, TrainRecipe};
 use super::images::batch_tensor;
 use super::noise::{below, chance, gaussian, permutation, stream};
-use super::{Condition, ConditionEncoding, ConfigError, Schedule, UNet};
+use super::{Condition, ConditionEncoding, ConfigError, Network, Schedule};
 use crate::data::Dataset;
 use crate::jobs::JobContext;
 
@@ -103,7 +103,7 @@ impl NoisyBatch {
     }
 
     /// `model`'s noise prediction for the batch.
-    pub fn predict(&self, model: &UNet) -> Tensor<4> {
+    pub fn predict(&self, model: &Network) -> Tensor<4> {
         model.forward(self.x_t.clone(), self.t.clone(), self.condition.clone())
     }
 }
@@ -183,7 +183,7 @@ pub fn batch_plan(
 }
 
 /// Mean squared error between the predicted and the true noise.
-pub fn diffusion_loss(model: &UNet, batch: &NoisyBatch) -> Tensor<1> {
+pub fn diffusion_loss(model: &Network, batch: &NoisyBatch) -> Tensor<1> {
     let pred = batch.predict(model);
     (pred - batch.noise.clone()).powi_scalar(2).mean()
 }
@@ -210,7 +210,7 @@ pub fn train(
     }
     let recipe = &info.train;
     let schedule = Schedule::new(&info.schedule);
-    let encoding = info.unet.condition_encoding();
+    let encoding = info.architecture.condition_encoding();
     if encoding.is_conditional()
         && let Some(&label) = data
             .labels
@@ -240,7 +240,7 @@ pub fn train(
                 latest.state.step
             )));
         }
-        None => (info.unet.init_seeded(&ad, recipe.seed), 0),
+        None => (info.architecture.init_seeded(&ad, recipe.seed), 0),
     };
     let per_epoch = data.len().div_ceil(recipe.batch_size);
     let total = per_epoch * length.epochs;

@@ -23,7 +23,7 @@ use super::error::ConfigError;
 /// its numbers while it holds the generator ([`crate::device::drawing`]), or another thread's
 /// draws interleave with them and the same seed gives other weights (two trainings in one
 /// process, a viewer job beside another).
-fn materialised(model: UNet) -> UNet {
+pub(crate) fn materialised<M: Module>(model: M) -> M {
     struct MakeNow;
     impl burn::module::ModuleVisitor for MakeNow {
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
@@ -86,12 +86,14 @@ impl Denoiser for UNet {
 pub struct NoTape;
 impl Tape for NoTape {}
 
-fn conv(layer: &Conv2d, x: Tensor<4>, tape: &mut impl Tape) -> Tensor<4> {
+/// `layer` on `x`, reported to `tape`.
+pub(crate) fn conv(layer: &Conv2d, x: Tensor<4>, tape: &mut impl Tape) -> Tensor<4> {
     let y = layer.forward(x.clone());
     tape.conv(layer, &x, y)
 }
 
-fn dense(layer: &Linear, x: Tensor<3>, tape: &mut impl Tape) -> Tensor<3> {
+/// `layer` on `x`, reported to `tape`.
+pub(crate) fn dense(layer: &Linear, x: Tensor<3>, tape: &mut impl Tape) -> Tensor<3> {
     let y = layer.forward(x.clone());
     tape.dense(layer, &x, y)
 }
@@ -771,14 +773,14 @@ pub struct TimestepEmbedding {
 }
 
 impl TimestepEmbedding {
-    fn new(features: usize, width: usize, device: &Device) -> Self {
+    pub(crate) fn new(features: usize, width: usize, device: &Device) -> Self {
         Self {
             linear_1: LinearConfig::new(features, width).init(device),
             linear_2: LinearConfig::new(width, width).init(device),
         }
     }
 
-    fn forward(&self, features: Tensor<2>, tape: &mut impl Tape) -> Tensor<2> {
+    pub(crate) fn forward(&self, features: Tensor<2>, tape: &mut impl Tape) -> Tensor<2> {
         let h = dense(&self.linear_1, features.unsqueeze_dim(1), tape);
         dense(&self.linear_2, silu(h), tape).squeeze_dim(1)
     }

@@ -33,7 +33,7 @@ use crate::diffusion::checkpoint::FORMAT_VERSION;
 use crate::diffusion::images::tensor_to_images;
 use crate::diffusion::train::{TrainLength, noise_images, train};
 use crate::diffusion::{
-    Condition, Measurement, ModelDir, ModelInfo, SamplerConfig, SamplerKind, Schedule, UNet, sample,
+    Condition, Measurement, ModelDir, ModelInfo, Network, SamplerConfig, SamplerKind, Schedule, sample,
 };
 use crate::files::write_atomic;
 use crate::jobs::{JobContext, Progress, ProgressSink};
@@ -180,7 +180,12 @@ impl<'a> LdsBuild<'a> {
         Ok(queries)
     }
 
-    fn draw_queries(&self, spec: &BenchmarkSpec, full: &UNet, held_out: &Dataset) -> BuildResult<Vec<BenchmarkQuery>> {
+    fn draw_queries(
+        &self,
+        spec: &BenchmarkSpec,
+        full: &Network,
+        held_out: &Dataset,
+    ) -> BuildResult<Vec<BenchmarkQuery>> {
         let n = spec.queries_per_kind;
         let mut queries: Vec<BenchmarkQuery> = (0..n)
             .map(|i| BenchmarkQuery {
@@ -231,10 +236,10 @@ impl<'a> LdsBuild<'a> {
         data: &Dataset,
         epochs: usize,
         label: &str,
-    ) -> BuildResult<(UNet, f64, f64)> {
+    ) -> BuildResult<(Network, f64, f64)> {
         let dir = if root.join("model.json").is_file() {
             let dir = ModelDir::open(root)?;
-            if dir.info.unet != info.unet
+            if dir.info.architecture != info.architecture
                 || dir.info.data_hash != info.data_hash
                 || dir.info.train.seed != info.train.seed
             {
@@ -274,7 +279,7 @@ impl<'a> LdsBuild<'a> {
     fn measure(
         &self,
         spec: &BenchmarkSpec,
-        net: &UNet,
+        net: &Network,
         queries: &[BenchmarkQuery],
         key: Option<ModelKey>,
         train_seconds: f64,
@@ -521,7 +526,7 @@ pub(crate) fn model_info(spec: &BenchmarkSpec, data: &Dataset, seed: u64, what: 
     };
     ModelInfo {
         format_version: FORMAT_VERSION,
-        unet: spec.unet.clone(),
+        architecture: spec.unet.clone().into(),
         schedule: spec.schedule.clone(),
         data_spec,
         data_hash: data.content_hash(),
@@ -535,7 +540,7 @@ pub(crate) fn model_info(spec: &BenchmarkSpec, data: &Dataset, seed: u64, what: 
 /// benchmark's draws, and the mean over the even-numbered draws alone, in the order of `which`.
 pub fn measure_losses(
     spec: &BenchmarkSpec,
-    net: &UNet,
+    net: &Network,
     queries: &[BenchmarkQuery],
     which: &[usize],
     device: &Device,

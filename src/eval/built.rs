@@ -82,11 +82,10 @@ impl BuiltBenchmark {
 
     /// Query `q` in the model's format.
     pub fn query(&self, q: usize) -> Query {
-        let cfg = &self.model.info.unet;
         let query = &self.truth.queries[q];
         Query::image(
             bytes_to_unit(&query.pixels),
-            [cfg.image_channels, cfg.sample_size, cfg.sample_size],
+            self.model.info.architecture.shape(),
             query.describe(),
         )
     }

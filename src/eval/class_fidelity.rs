@@ -52,17 +52,13 @@ pub fn judge_samples(
     job: &JobContext,
 ) -> Result<ClassFidelity, EvalError> {
     let (net_info, (classifier, about)) = (&model.info, classifier);
-    let encoding = net_info.unet.condition_encoding();
+    let encoding = net_info.architecture.condition_encoding();
     if !encoding.is_conditional() {
         return Err(EvalError::Invalid(
             "the model is unconditional: there is no class to judge its samples against".into(),
         ));
     }
-    let shape = [
-        net_info.unet.image_channels,
-        net_info.unet.sample_size,
-        net_info.unet.sample_size,
-    ];
+    let shape = net_info.architecture.shape();
     let judged = [about.config.channels, about.config.size, about.config.size];
     if shape != judged {
         return Err(EvalError::Invalid(format!(

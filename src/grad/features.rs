@@ -9,7 +9,7 @@ use super::GradError;
 use super::{PlanPoint, Projector, TimestepPlan, capture_layers};
 use crate::diffusion::train::NoisyBatch;
 use crate::diffusion::train::noise_images;
-use crate::diffusion::{Condition, ConditionEncoding, ConfigError, Measurement, Schedule, UNet};
+use crate::diffusion::{Condition, ConditionEncoding, ConfigError, Measurement, Network, Schedule};
 use crate::jobs::{Cancelled, JobContext};
 
 /// Examples to featurise: ids (which key their plan) and pixels in [−1, 1].
@@ -98,7 +98,7 @@ impl Features {
 /// Settings of a featurisation run.
 pub struct FeatureRun<'a> {
     /// The model (any device; it is moved to `device`'s autodiff twin without parameter grads).
-    pub model: &'a UNet,
+    pub model: &'a Network,
     /// The model's noise schedule.
     pub schedule: &'a Schedule,
     /// Which (t, ε) pairs to use.
@@ -205,7 +205,7 @@ impl FeatureRun<'_> {
     }
 
     /// The model on the autodiff twin of the run's device, parameters frozen.
-    fn frozen_model(&self) -> (UNet, Device) {
+    fn frozen_model(&self) -> (Network, Device) {
         super::frozen_on_autodiff(self.model, self.device)
     }
 

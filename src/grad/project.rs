@@ -129,7 +129,11 @@ impl Projector {
 }
 
 /// (d_in, d_out) of every Linear/Conv2d of `model` for images of `shape`, from one capture.
-pub fn model_layer_shapes(model: &crate::diffusion::UNet, shape: [usize; 3], device: &Device) -> Vec<(usize, usize)> {
+pub fn model_layer_shapes(
+    model: &crate::diffusion::Network,
+    shape: [usize; 3],
+    device: &Device,
+) -> Vec<(usize, usize)> {
     let (model, ad) = super::frozen_on_autodiff(model, device);
     let x = Tensor::<4>::zeros([1, shape[0], shape[1], shape[2]], &ad);
     let t = Tensor::<1>::zeros([1], &ad);

@@ -236,8 +236,7 @@ impl IndexSpec<'_> {
             return Err(IndexError::Invalid("no checkpoint to index".into()));
         }
         self.model.check_data(self.data)?;
-        let cfg = &self.model.info.unet;
-        let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
+        let shape = self.model.info.architecture.shape();
         let first = self.model.load_model(&self.checkpoints[0], self.device)?;
         let shapes = model_layer_shapes(&first, shape, self.device);
         let key = self.key(shapes.clone());

@@ -16,7 +16,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Tensor};
 
 use crate::diffusion::train::{batch_plan, diffusion_loss, noise_images};
-use crate::diffusion::{Condition, Schedule, Tape, UNet, UNetConfig};
+use crate::diffusion::{Architecture, Condition, Denoiser, Network, Schedule, Tape};
 
 /// Counts the multiply-adds of every Conv2d and Linear in a forward pass.
 #[derive(Default)]
@@ -42,12 +42,12 @@ impl Tape for FlopCounter {
 }
 
 /// FLOPs of one example's forward pass through the Conv2d and Linear layers.
-pub fn forward_flops(model: &UNet, config: &UNetConfig, device: &Device) -> f64 {
-    let s = config.sample_size;
-    let x = Tensor::<4>::zeros([1, config.image_channels, s, s], device);
+pub fn forward_flops(model: &Network, config: &Architecture, device: &Device) -> f64 {
+    let s = config.sample_size();
+    let x = Tensor::<4>::zeros([1, config.image_channels(), s, s], device);
     let t = Tensor::<1>::zeros([1], device);
     let mut counter = FlopCounter::default();
-    let _ = model.forward_with(
+    let _ = model.predict_with(
         x,
         t,
         config.condition_encoding().placeholder_rows(1, device),
@@ -73,8 +73,8 @@ pub struct TrainStepBench {
 
 /// Times `iterations` batched forward+backward passes of the diffusion loss (after one warm-up).
 pub fn forward_backward(
-    config: &UNetConfig,
-    model: Option<UNet>,
+    config: &Architecture,
+    model: Option<Network>,
     batch: usize,
     iterations: usize,
     device: &Device,
@@ -85,11 +85,11 @@ pub fn forward_backward(
         None => config.init(&ad),
     };
     let schedule = Schedule::new(&Default::default());
-    let s = config.sample_size;
-    let pixels = config.image_channels * s * s;
+    let s = config.sample_size();
+    let pixels = config.image_channels() * s * s;
     let run = |step: usize| {
         let (_, ts, noise) = batch_plan(0, step, batch, batch, schedule.len(), pixels);
-        let x0 = Tensor::<4>::zeros([batch, config.image_channels, s, s], &ad);
+        let x0 = Tensor::<4>::zeros([batch, config.image_channels(), s, s], &ad);
         let mut noisy = noise_images(&schedule, x0, &ts, noise);
         noisy.condition = config.condition_encoding().placeholder_rows(batch, &ad);
         let loss = diffusion_loss(&model, &noisy);
@@ -118,16 +118,16 @@ pub fn forward_backward(
 /// Example·timesteps per second of gradient capture + projection (what index building does),
 /// measured on `batch × iterations` (image, timestep) pairs after one warm-up batch.
 pub fn feature_throughput(
-    config: &UNetConfig,
-    model: &UNet,
+    config: &Architecture,
+    model: &Network,
     projection: crate::grad::ProjectionConfig,
     batch: usize,
     iterations: usize,
     device: &Device,
 ) -> Result<f64, PerfError> {
     use crate::grad::{Examples, FeatureRun, Projector, TimestepPlan, model_layer_shapes};
-    let s = config.sample_size;
-    let shape = [config.image_channels, s, s];
+    let s = config.sample_size();
+    let shape = [config.image_channels(), s, s];
     let projector = Projector::new(projection, &model_layer_shapes(model, shape, device), device);
     let schedule = Schedule::new(&Default::default());
     let job = crate::jobs::JobContext::silent();
@@ -176,8 +176,8 @@ pub struct CurvatureTimings {
 /// the Kronecker-factor pass, and with `whole` the host eigendecomposition and EK-FAC's
 /// correction pass too.
 pub fn curvature_fit(
-    config: &UNetConfig,
-    model: &UNet,
+    config: &Architecture,
+    model: &Network,
     (images, buckets): (usize, usize),
     batch: usize,
     whole: bool,
@@ -186,8 +186,8 @@ pub fn curvature_fit(
     use crate::curvature::{CurvatureFit, Fisher, FitConfig, Sharing, eigendecompose};
     use crate::diffusion::noise::{gaussian, stream};
     use crate::grad::{Examples, TimestepPlan};
-    let s = config.sample_size;
-    let shape = [config.image_channels, s, s];
+    let s = config.sample_size();
+    let shape = [config.image_channels(), s, s];
     let pixels = shape.iter().product::<usize>();
     let examples = Examples {
         ids: (0..images as u64).collect(),

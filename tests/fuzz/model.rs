@@ -13,7 +13,7 @@ use crate::common::{self, cpu};
 /// checkpoints, and every checkpoint's weights.
 fn open_and_load(root: &Path) -> Result<ModelDir, String> {
     let dir = ModelDir::open(root).map_err(|e| e.to_string())?;
-    assert!(dir.info.unet.estimated_parameters() <= retrace::diffusion::unet::MAX_PARAMETERS);
+    assert!(dir.info.architecture.estimated_parameters() <= retrace::diffusion::unet::MAX_PARAMETERS);
     for checkpoint in dir.checkpoints().map_err(|e| e.to_string())? {
         dir.load_model(&checkpoint, &cpu()).map_err(|e| e.to_string())?;
     }

@@ -62,7 +62,7 @@ use crate::data::Dataset;
 use crate::diffusion::images::batch_tensor;
 use crate::diffusion::noise::{below, gaussian, permutation, stream};
 use crate::diffusion::train::{label_conditions, noise_images};
-use crate::diffusion::{Condition, Measurement, Schedule, UNet};
+use crate::diffusion::{Condition, Measurement, Network, Schedule};
 use crate::jobs::JobContext;
 
 /// δ of the normalised skew (`mucs.py:64`).
@@ -202,26 +202,41 @@ pub fn skew_scores(unlearned: &[f32], original: &[f32], draws: &ScoringDraws, bu
     out
 }
 
-/// The parameters MUCS unlearns with: the weights of every residual block's two convolutions,
-/// and a class-conditional model's class-embedding table (their list keeps the class embedder
-/// trainable).
-pub fn trainable_parameters(net: &UNet) -> Vec<ParamId> {
-    let blocks = net
-        .down_blocks
-        .iter()
-        .chain(&net.up_blocks)
-        .flat_map(|b| &b.resnets)
-        .chain(&net.mid_block.resnets);
-    blocks
-        .flat_map(|r| [r.conv1.weight.id, r.conv2.weight.id])
-        .chain(net.class_embedding.iter().map(|table| table.weight.id))
-        .collect()
+/// The parameters MUCS unlearns with. A DiT: every block's MLP weights and class tables, as
+/// their pattern list has it. A U-Net: the weights of every residual block's two convolutions
+/// (the closest to a DiT's block MLPs) and a class-conditional model's class table.
+pub fn trainable_parameters(net: &Network) -> Vec<ParamId> {
+    match net {
+        Network::UNet(net) => {
+            let blocks = net
+                .down_blocks
+                .iter()
+                .chain(&net.up_blocks)
+                .flat_map(|b| &b.resnets)
+                .chain(&net.mid_block.resnets);
+            blocks
+                .flat_map(|r| [r.conv1.weight.id, r.conv2.weight.id])
+                .chain(net.class_embedding.iter().map(|table| table.weight.id))
+                .collect()
+        }
+        Network::DiT(net) => net
+            .transformer_blocks
+            .iter()
+            .flat_map(|b| {
+                [
+                    b.ff.proj_in.weight.id,
+                    b.ff.proj_out.weight.id,
+                    b.norm1.emb.class_embedder.weight.id,
+                ]
+            })
+            .collect(),
+    }
 }
 
 /// L_null: the mean training loss of a freshly initialised model of `net`'s configuration over
 /// the first `images` of a seeded permutation of the training set, one training draw each.
 pub fn null_loss(
-    config: &crate::diffusion::UNetConfig,
+    config: &crate::diffusion::Architecture,
     schedule: &Schedule,
     data: &Dataset,
     images: usize,
@@ -252,7 +267,7 @@ pub fn null_loss(
 /// Everything an unlearning run reads.
 pub struct UnlearnRequest<'a> {
     /// The model to unlearn from (it is copied; the original is untouched).
-    pub net: &'a UNet,
+    pub net: &'a Network,
     /// Its noise schedule.
     pub schedule: &'a Schedule,
     /// The training data (retain batches).
@@ -278,7 +293,7 @@ pub struct UnlearnRequest<'a> {
 impl UnlearnRequest<'_> {
     /// Unlearns the query; returns the unlearned model (on `device`, without autodiff) and what
     /// happened.
-    pub fn run(&self, job: &JobContext) -> Result<(UNet, Unlearning), AttributionError> {
+    pub fn run(&self, job: &JobContext) -> Result<(Network, Unlearning), AttributionError> {
         let s = self.settings;
         let ad = self.device.clone().autodiff();
         let mut net = self.net.clone().to_device(&ad).train();
@@ -405,7 +420,7 @@ impl Method for Mucs {
         let info = &context.model.info;
         let draws = ScoringDraws::new(settings.draws, schedule.len(), data.image_len());
         let original = context.original_losses(&draws)?;
-        let null = null_loss(&info.unet, &schedule, data, settings.null_images, device, job)?;
+        let null = null_loss(&info.architecture, &schedule, data, settings.null_images, device, job)?;
         let request = UnlearnRequest {
             net,
             schedule: &schedule,

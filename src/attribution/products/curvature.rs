@@ -11,7 +11,7 @@ use crate::curvature::{
 };
 use crate::data::Dataset;
 use crate::diffusion::noise::{permutation, stream};
-use crate::diffusion::{CheckpointEntry, Schedule, UNet};
+use crate::diffusion::{CheckpointEntry, Network, Schedule};
 use crate::grad::{Examples, TimestepPlan};
 use crate::index::Index;
 use crate::jobs::JobContext;
@@ -44,7 +44,7 @@ impl Curvature {
     pub fn fit_or_load(
         settings: &CurvatureSettings,
         index: &Index,
-        model: &(CheckpointEntry, UNet),
+        model: &(CheckpointEntry, Network),
         schedule: &Schedule,
         data: &Dataset,
         batch_size: usize,

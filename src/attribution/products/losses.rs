@@ -12,7 +12,7 @@ use crate::data::Dataset;
 use crate::data::pixels::bytes_to_unit;
 use crate::diffusion::noise::{gaussian, stream};
 use crate::diffusion::train::noise_images;
-use crate::diffusion::{CheckpointEntry, Condition, Measurement, Schedule, UNet};
+use crate::diffusion::{CheckpointEntry, Condition, Measurement, Network, Schedule};
 use crate::files::{sha256, write_atomic};
 use crate::jobs::JobContext;
 
@@ -52,7 +52,7 @@ impl ScoringDraws {
 
 /// The loss of every image (dataset order) under every draw: [N × J], row-major.
 pub fn loss_matrix(
-    net: &UNet,
+    net: &Network,
     schedule: &Schedule,
     data: &Dataset,
     draws: &ScoringDraws,
@@ -102,7 +102,7 @@ pub fn loss_matrix(
 /// ([N × J], MUCS's L_o): the same for every query, so it is kept in a file in `cache_dir`
 /// (beside the model's indexes) and computed once per model, data and draws.
 pub fn original_losses(
-    model: &(CheckpointEntry, UNet),
+    model: &(CheckpointEntry, Network),
     schedule: &Schedule,
     data: &Dataset,
     draws: &ScoringDraws,

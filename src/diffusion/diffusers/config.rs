@@ -182,7 +182,7 @@ fn default_widths() -> Vec<usize> {
 }
 
 /// Refuses `value` of option `name` unless `ok`.
-fn require(ok: bool, name: &str, value: impl std::fmt::Debug, supported: &str) -> Result<(), ConfigError> {
+pub(super) fn require(ok: bool, name: &str, value: impl std::fmt::Debug, supported: &str) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {

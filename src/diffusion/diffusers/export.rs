@@ -6,8 +6,10 @@ use burn::tensor::Device;
 use serde_json::json;
 
 use super::config::{DIFFUSERS_VERSION, SchedulerConfig, UNet2DModelConfig};
-use super::weights::save_unet;
+use super::dit_config::DiTTransformer2DModelConfig;
+use super::weights::save_network;
 use super::{CONFIG_FILE, Provenance, RETRACE_FILE, SCHEDULER_FILE, WEIGHTS_FILE};
+use crate::diffusion::Architecture;
 use crate::diffusion::checkpoint::{CheckpointEntry, CheckpointError, ModelDir};
 use crate::files::write_atomic;
 
@@ -37,8 +39,9 @@ pub fn export_pipeline(
     }
     let net = model.load_model(checkpoint, device)?;
     // Sorted header: two exports of one checkpoint are the same bytes.
-    let weights =
-        crate::files::canonical_safetensors(save_unet(&net).map_err(|e| CheckpointError::invalid(&checkpoint.dir, e))?);
+    let weights = crate::files::canonical_safetensors(
+        save_network(&net).map_err(|e| CheckpointError::invalid(&checkpoint.dir, e))?,
+    );
     let info = &model.info;
     let provenance = Provenance {
         data_spec: info.data_spec.clone(),
@@ -48,29 +51,35 @@ pub fn export_pipeline(
         train: info.train.clone(),
         final_step: checkpoint.state.step,
     };
-    let index = json!({
-        "_class_name": "DDPMPipeline",
-        "_diffusers_version": DIFFUSERS_VERSION,
-        "scheduler": ["diffusers", "DDPMScheduler"],
-        "unet": ["diffusers", "UNet2DModel"],
-    });
+    // A U-Net is a DDPMPipeline's `unet/`; a DiT has no pixel-space pipeline in diffusers, so
+    // its export is `transformer/` beside `scheduler/` (DiTTransformer2DModel.from_pretrained
+    // with subfolder="transformer").
+    let (network, config) = match &info.architecture {
+        Architecture::UNet(unet) => ("unet", pretty(&UNet2DModelConfig::from_unet(unet))),
+        Architecture::DiT(dit) => ("transformer", pretty(&DiTTransformer2DModelConfig::from_dit(dit))),
+    };
     if let Some(parent) = out.parent() {
         crate::files::remove_stale_temporaries(parent);
     }
     let tmp = crate::files::temporary_sibling(out);
-    let files = [
-        ("model_index.json".to_owned(), pretty(&index)),
+    let mut files = vec![
         (RETRACE_FILE.to_owned(), pretty(&provenance)),
-        (
-            format!("unet/{CONFIG_FILE}"),
-            pretty(&UNet2DModelConfig::from_unet(&info.unet)),
-        ),
-        (format!("unet/{WEIGHTS_FILE}"), weights),
+        (format!("{network}/{CONFIG_FILE}"), config),
+        (format!("{network}/{WEIGHTS_FILE}"), weights),
         (
             format!("scheduler/{SCHEDULER_FILE}"),
             pretty(&SchedulerConfig::from_schedule(&info.schedule)),
         ),
     ];
+    if network == "unet" {
+        let index = json!({
+            "_class_name": "DDPMPipeline",
+            "_diffusers_version": DIFFUSERS_VERSION,
+            "scheduler": ["diffusers", "DDPMScheduler"],
+            "unet": ["diffusers", "UNet2DModel"],
+        });
+        files.push(("model_index.json".to_owned(), pretty(&index)));
+    }
     let write_files = || -> Result<(), CheckpointError> {
         for (file, bytes) in &files {
             let path = tmp.join(file);

@@ -12,10 +12,12 @@
 //! rate 1e-4, batch 16, AdamW weight decay 1e-6), which only MUCS and retraining read.
 
 pub mod config;
+pub mod dit_config;
 mod export;
 pub mod weights;
 
 pub use config::{SchedulerConfig, UNet2DModelConfig};
+pub use dit_config::DiTTransformer2DModelConfig;
 pub use export::export_pipeline;
 
 use std::collections::HashMap;
@@ -27,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::model_info::{
     CheckpointEntry, CheckpointError, CheckpointState, FORMAT_VERSION, LrSchedule, ModelInfo, TrainRecipe,
 };
+use crate::diffusion::Architecture;
 use crate::files::sha256;
 
 const CONFIG_FILE: &str = "config.json";
@@ -67,9 +70,12 @@ pub struct Provenance {
     pub final_step: usize,
 }
 
+/// The sub-directories a pipeline keeps its denoising network in: a U-Net's, a transformer's.
+const NETWORK_DIRS: [&str; 2] = ["unet", "transformer"];
+
 /// True when `root` looks like a diffusers model or pipeline directory.
 pub fn is_diffusers_dir(root: &Path) -> bool {
-    root.join(CONFIG_FILE).is_file() || root.join("unet").join(CONFIG_FILE).is_file()
+    root.join(CONFIG_FILE).is_file() || NETWORK_DIRS.iter().any(|d| root.join(d).join(CONFIG_FILE).is_file())
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T, CheckpointError> {
@@ -99,11 +105,16 @@ fn weights_file(dir: &Path) -> Result<PathBuf, CheckpointError> {
     Err(CheckpointError::invalid(dir, format!("holds no {WEIGHTS_FILE}")))
 }
 
-/// Locates the files of the diffusers model in `root` (a `UNet2DModel` directory, or a
-/// pipeline directory with `unet/` and `scheduler/`).
+/// Locates the files of the diffusers model in `root` (a `UNet2DModel` or
+/// `DiTTransformer2DModel` directory, or a pipeline directory with `unet/` or `transformer/`,
+/// and `scheduler/`).
 pub fn locate(root: &Path) -> Result<DiffusersLayout, CheckpointError> {
-    let (unet_dir, candidates) = if root.join("unet").join(CONFIG_FILE).is_file() {
-        (root.join("unet"), vec![root.join("scheduler").join(SCHEDULER_FILE)])
+    let network_dir = NETWORK_DIRS
+        .iter()
+        .map(|d| root.join(d))
+        .find(|d| d.join(CONFIG_FILE).is_file());
+    let (unet_dir, candidates) = if let Some(dir) = network_dir {
+        (dir, vec![root.join("scheduler").join(SCHEDULER_FILE)])
     } else {
         let sibling = root.parent().map(|p| p.join("scheduler").join(SCHEDULER_FILE));
         (
@@ -129,7 +140,10 @@ pub fn locate(root: &Path) -> Result<DiffusersLayout, CheckpointError> {
             let Some(step) = name.strip_prefix("checkpoint-").and_then(|n| n.parse::<usize>().ok()) else {
                 continue;
             };
-            if let Ok(file) = weights_file(&entry.path().join("unet")) {
+            let saved = NETWORK_DIRS
+                .iter()
+                .find_map(|d| weights_file(&entry.path().join(d)).ok());
+            if let Some(file) = saved {
                 weights.push((step, file));
             }
         }
@@ -159,10 +173,7 @@ fn final_step_guess(checkpoints: &[(usize, PathBuf)]) -> usize {
 pub fn open(root: &Path) -> Result<(ModelInfo, DiffusersLayout), CheckpointError> {
     let mut layout = locate(root)?;
     let config_path = layout.unet_dir.join(CONFIG_FILE);
-    let unet_config: UNet2DModelConfig = read_json(&config_path, "UNet2DModel config")?;
-    let unet = unet_config
-        .to_unet()
-        .map_err(|e| CheckpointError::invalid(&config_path, e))?;
+    let architecture = read_architecture(&config_path)?;
     let scheduler: SchedulerConfig = read_json(&layout.scheduler_config, "scheduler config")?;
     let schedule = scheduler
         .to_schedule()
@@ -179,7 +190,7 @@ pub fn open(root: &Path) -> Result<(ModelInfo, DiffusersLayout), CheckpointError
     let info = match provenance {
         Some(p) => ModelInfo {
             format_version: FORMAT_VERSION,
-            unet,
+            architecture: architecture.clone(),
             schedule,
             data_spec: p.data_spec,
             data_hash: p.data_hash,
@@ -189,7 +200,7 @@ pub fn open(root: &Path) -> Result<(ModelInfo, DiffusersLayout), CheckpointError
         },
         None => ModelInfo {
             format_version: FORMAT_VERSION,
-            unet,
+            architecture: architecture.clone(),
             schedule,
             data_spec: String::new(),
             data_hash: String::new(),
@@ -214,6 +225,23 @@ pub fn open(root: &Path) -> Result<(ModelInfo, DiffusersLayout), CheckpointError
     info.validate()
         .map_err(|e| CheckpointError::invalid(root, format!("diffusers model: {e}")))?;
     Ok((info, layout))
+}
+
+/// The network a diffusers `config.json` describes: a `DiTTransformer2DModel` when its
+/// `_class_name` says so, a `UNet2DModel` otherwise.
+pub fn read_architecture(path: &Path) -> Result<Architecture, CheckpointError> {
+    let value: serde_json::Value = read_json(path, "model config")?;
+    let is_dit = value.get("_class_name").and_then(|c| c.as_str()) == Some(dit_config::DIT_CLASS);
+    let architecture = if is_dit {
+        let config: DiTTransformer2DModelConfig = serde_json::from_value(value)
+            .map_err(|e| CheckpointError::invalid(path, format!("unreadable {} config: {e}", dit_config::DIT_CLASS)))?;
+        config.to_dit().map(Architecture::from)
+    } else {
+        let config: UNet2DModelConfig = serde_json::from_value(value)
+            .map_err(|e| CheckpointError::invalid(path, format!("unreadable UNet2DModel config: {e}")))?;
+        config.to_unet().map(Architecture::from)
+    };
+    architecture.map_err(|e| CheckpointError::invalid(path, e))
 }
 
 /// SHA-256 of a weights file, remembered per (path, size, modification time) for the process:

@@ -14,7 +14,7 @@ use burn::store::{
 use burn::tensor::{DType, Device};
 
 use crate::diffusion::error::ModelError;
-use crate::diffusion::{UNet, UNetConfig};
+use crate::diffusion::{Architecture, Network};
 
 /// diffusers' module paths → retrace's, applied to the file's keys when loading.
 const FROM_DIFFUSERS: [(&str, &str); 8] = [
@@ -36,10 +36,31 @@ const TO_DIFFUSERS: [(&str, &str); 4] = [
     (r"\.to_out\.", ".to_out.0."),
 ];
 
-/// The class-embedding table's module path: a bias-free Linear in retrace ([classes, dim], burn's
-/// [in, out]) that diffusers holds as an `nn.Embedding` of the same [classes, dim] layout, so it
-/// is the one Linear weight that is not transposed between the two.
-const CLASS_TABLE: &str = "class_embedding.weight";
+/// diffusers' `DiTTransformer2DModel` paths → retrace's [`DiT`]'s.
+const DIT_FROM_DIFFUSERS: [(&str, &str); 5] = [
+    (r"^pos_embed\.proj\.", "patch_embed."),
+    (r"\.class_embedder\.embedding_table\.", ".class_embedder."),
+    (r"\.to_out\.0\.", ".to_out."),
+    (r"\.ff\.net\.0\.proj\.", ".ff.proj_in."),
+    (r"\.ff\.net\.2\.", ".ff.proj_out."),
+];
+
+/// retrace's [`DiT`] paths → diffusers'.
+const DIT_TO_DIFFUSERS: [(&str, &str); 5] = [
+    (r"^patch_embed\.", "pos_embed.proj."),
+    (r"\.class_embedder\.", ".class_embedder.embedding_table."),
+    (r"\.to_out\.", ".to_out.0."),
+    (r"\.ff\.proj_in\.", ".ff.net.0.proj."),
+    (r"\.ff\.proj_out\.", ".ff.net.2."),
+];
+
+/// Whether the tensor at module path `name` is a class-embedding table: a bias-free Linear in
+/// retrace ([classes, dim], burn's [in, out]) that diffusers holds as an `nn.Embedding` of the
+/// same [classes, dim] layout, so the one kind of Linear weight not transposed between the two
+/// (the U-Net's `class_embedding`, a DiT block's `class_embedder`).
+fn is_class_table(name: &str) -> bool {
+    name == "class_embedding.weight" || name.ends_with(".class_embedder.weight")
+}
 
 /// burn's PyTorch layout conversion (`inner`) for every tensor but the class-embedding table.
 #[derive(Clone)]
@@ -47,7 +68,7 @@ struct EmbeddingTableAsIs<A>(A);
 
 impl<A: ModuleAdapter + Clone + 'static> ModuleAdapter for EmbeddingTableAsIs<A> {
     fn adapt(&self, tensor: PackTensor, ctx: ModuleContext<'_>) -> PackTensor {
-        if tensor.name == CLASS_TABLE {
+        if is_class_table(&tensor.name) {
             tensor
         } else {
             self.0.adapt(tensor, ctx)
@@ -74,11 +95,21 @@ fn listed(names: &[String]) -> String {
     shown.join(", ")
 }
 
-/// Builds `config`'s network on `device` with the weights of a diffusers safetensors file's
-/// bytes. Every tensor must be present with its shape, and the file must hold nothing else:
-/// otherwise the error names the tensors that disagree.
-pub fn load_unet(bytes: Vec<u8>, config: &UNetConfig, device: &Device) -> Result<UNet, ModelError> {
-    let mut store = FROM_DIFFUSERS
+/// Builds `architecture`'s network on `device` with the weights of a diffusers safetensors
+/// file's bytes (a `UNet2DModel`'s or a `DiTTransformer2DModel`'s). Every tensor must be
+/// present with its shape, and the file must hold nothing else: otherwise the error names the
+/// tensors that disagree.
+pub fn load_network(bytes: Vec<u8>, architecture: &Architecture, device: &Device) -> Result<Network, ModelError> {
+    Ok(match (architecture, architecture.init(device)) {
+        (Architecture::UNet(_), Network::UNet(model)) => Network::UNet(load_into(bytes, &FROM_DIFFUSERS, model)?),
+        (Architecture::DiT(_), Network::DiT(model)) => Network::DiT(load_into(bytes, &DIT_FROM_DIFFUSERS, model)?),
+        _ => unreachable!("an architecture builds its own family"),
+    })
+}
+
+/// `model` with the weights of a diffusers safetensors file, its keys renamed by `remaps`.
+fn load_into<M: Module>(bytes: Vec<u8>, remaps: &[(&str, &str)], mut model: M) -> Result<M, ModelError> {
+    let mut store = remaps
         .iter()
         .fold(SafetensorsStore::from_bytes(Some(bytes)), |s, (from, to)| {
             s.with_key_remapping(*from, *to)
@@ -86,7 +117,6 @@ pub fn load_unet(bytes: Vec<u8>, config: &UNetConfig, device: &Device) -> Result
         .with_from_adapter(EmbeddingTableAsIs(PyTorchToBurnAdapter).chain(FloatCastAdapter::to(DType::F32)))
         .allow_partial(true)
         .validate(false);
-    let mut model = config.init(device);
     let result = model
         .load_from(&mut store)
         .map_err(|e| ModelError::Weights(format!("unreadable safetensors weights: {e}")))?;
@@ -116,8 +146,16 @@ pub fn load_unet(bytes: Vec<u8>, config: &UNetConfig, device: &Device) -> Result
 }
 
 /// The bytes of a diffusers `diffusion_pytorch_model.safetensors` holding `model`'s weights.
-pub fn save_unet(model: &UNet) -> Result<Vec<u8>, ModelError> {
-    let mut store = TO_DIFFUSERS
+pub fn save_network(model: &Network) -> Result<Vec<u8>, ModelError> {
+    match model {
+        Network::UNet(model) => save_from(model, &TO_DIFFUSERS),
+        Network::DiT(model) => save_from(model, &DIT_TO_DIFFUSERS),
+    }
+}
+
+/// [`save_network`] for any module, its keys renamed by `remaps`.
+fn save_from<M: Module>(model: &M, remaps: &[(&str, &str)]) -> Result<Vec<u8>, ModelError> {
+    let mut store = remaps
         .iter()
         .fold(SafetensorsStore::from_bytes(None), |s, (from, to)| {
             s.with_key_remapping(*from, *to)

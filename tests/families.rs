@@ -1,4 +1,4 @@
-//! Class-conditional models end to end: a tiny class-conditional U-Net trained with label
+//! Class-conditional models end to end, a U-Net and a DiT: a tiny class-conditional U-Net trained with label
 //! dropout on real Fashion-MNIST images samples the class it is asked for, with and without
 //! classifier-free guidance; every method ranks a perturbed copy of a training image (under its
 //! label, with independent draws) and finds its source near the top; a generated sample is
@@ -64,6 +64,48 @@ fn methods() -> MethodSettings {
     methods
 }
 
+/// Every method (Journey-TRAK aside: it needs a sampling trajectory) ranks a perturbed copy of
+/// training image `source` of `data`, queried under its label with independent draws, and must
+/// find the source within `limits`; returns the index settings it used.
+pub(crate) fn every_method_finds_the_source(
+    model: &ModelDir,
+    data: &retrace::data::Dataset,
+    source: usize,
+    limits: &[(&str, usize)],
+    index_dir: &std::path::Path,
+) -> IndexSettings {
+    let shape = model.info.architecture.shape();
+    let query = Query {
+        condition: Condition::Class(data.labels[source]),
+        ..Query::image(
+            common::perturbed_copy(data.image(source), shape, 1),
+            shape,
+            format!("training image {source}, shifted one pixel and noised"),
+        )
+    };
+    let settings = index_settings(index_dir);
+    let job = JobContext::silent();
+    let scores = attribute(model, data, &query, &methods(), &settings, &cpu(), &job).unwrap();
+    let mut failures = Vec::new();
+    for s in &scores {
+        assert_eq!(s.len(), data.len());
+        assert!(s.per_bucket.iter().all(|v| v.is_finite()), "{}", s.method);
+        let rank = common::rank_of(s, source);
+        eprintln!(
+            "{} {}: source at rank {rank}",
+            model.info.architecture.family(),
+            s.method
+        );
+        if let Some((_, limit)) = limits.iter().find(|(m, _)| *m == s.method)
+            && rank >= *limit
+        {
+            failures.push(format!("{} ranks the source {rank} (limit {limit})", s.method));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    settings
+}
+
 #[test]
 fn a_class_conditional_unet_trains_samples_with_guidance_and_is_attributed_under_its_classes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -75,7 +117,7 @@ fn a_class_conditional_unet_trains_samples_with_guidance_and_is_attributed_under
     train(&model, &data, &TrainLength { epochs: 100 }, false, &cpu(), &job).unwrap();
     let reopened = ModelDir::open(&model.root).unwrap();
     assert_eq!(
-        reopened.info.unet.num_class_embeds,
+        reopened.info.architecture.as_unet().unwrap().num_class_embeds,
         Some(11),
         "model.json keeps the class table"
     );
@@ -129,31 +171,7 @@ fn a_class_conditional_unet_trains_samples_with_guidance_and_is_attributed_under
     .to_string();
     assert!(refusal.contains("class 11"), "{refusal}");
 
-    // Every method ranks a perturbed copy of training image 5 under its label.
-    let source = 5;
-    let query = Query {
-        condition: Condition::Class(data.labels[source]),
-        ..Query::image(
-            common::perturbed_copy(data.image(source), [1, 28, 28], 1),
-            [1, 28, 28],
-            "training image 5, shifted one pixel and noised",
-        )
-    };
-    let settings = index_settings(&tmp.path().join("index"));
-    let scores = attribute(&model, &data, &query, &methods(), &settings, &cpu(), &job).unwrap();
-    let mut failures = Vec::new();
-    for s in &scores {
-        assert_eq!(s.len(), 24);
-        assert!(s.per_bucket.iter().all(|v| v.is_finite()), "{}", s.method);
-        let rank = common::rank_of(s, source);
-        eprintln!("{}: source at rank {rank}", s.method);
-        if let Some((_, limit)) = SOURCE_RANK_LIMIT.iter().find(|(m, _)| *m == s.method)
-            && rank >= *limit
-        {
-            failures.push(format!("{} ranks the source {rank} (limit {limit})", s.method));
-        }
-    }
-    assert!(failures.is_empty(), "{failures:?}");
+    let settings = every_method_finds_the_source(&model, &data, 5, &SOURCE_RANK_LIMIT, &tmp.path().join("index"));
 
     // A generated sneaker is attributed under its class; the class is read: another class
     // gives other scores.
@@ -197,4 +215,50 @@ fn a_class_conditional_unet_trains_samples_with_guidance_and_is_attributed_under
             a.method
         );
     }
+}
+
+/// How far down the 24 training images each method may rank the source on the tiny DiT
+/// (see [`SOURCE_RANK_LIMIT`]).
+const DIT_SOURCE_RANK_LIMIT: [(&str, usize); 7] = [
+    ("pixel", 1),
+    ("tracin", 5),
+    ("kfac", 5),
+    ("ekfac", 5),
+    ("trak", 5),
+    ("dtrak", 5),
+    ("mucs", 5),
+];
+
+#[test]
+fn a_dit_trains_samples_with_guidance_and_every_method_finds_a_training_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fashion_subset(24);
+    let architecture = retrace::diffusion::Architecture::named("dit-tiny", 1, 28, 10).unwrap();
+    let mut info = common::test_model_info(architecture, &data, 8, 1000);
+    info.train.label_dropout = 0.2;
+    let model = ModelDir::create(&tmp.path().join("model"), info).unwrap();
+    let job = JobContext::silent();
+    train(&model, &data, &TrainLength { epochs: 100 }, false, &cpu(), &job).unwrap();
+    let reopened = ModelDir::open(&model.root).unwrap();
+    assert_eq!(
+        reopened.info.architecture, model.info.architecture,
+        "model.json keeps the DiT"
+    );
+    let guided = SamplerConfig {
+        guidance_scale: 2.0,
+        ..SamplerConfig::new(SamplerKind::Ddim, 10)
+    };
+    let generated = retrace::attribution::query::generate_query(
+        &model,
+        4,
+        Condition::Class(7),
+        &guided,
+        &cpu(),
+        &job,
+        |_, _, _| {},
+    )
+    .unwrap();
+    assert_eq!(generated.shape, [1, 28, 28]);
+    assert!(generated.pixels.iter().all(|v| v.is_finite()));
+    every_method_finds_the_source(&model, &data, 5, &DIT_SOURCE_RANK_LIMIT, &tmp.path().join("index"));
 }
