@@ -169,11 +169,13 @@ fn pytorch_loads_an_export_and_predicts_what_retrace_predicts() {
     // tests/fixtures/diffusers/bundled-export holds what PyTorch loaded from `retrace export` of
     // the bundled model (scripts/check-diffusers-export.py): every tensor name and shape, and
     // its prediction for a fixed input; class-export the same for the class-conditional
-    // class-unet fixture exported by retrace (its class table is the one weight not transposed).
+    // class-unet fixture exported by retrace (its class table is the one weight not transposed),
+    // and dit-export for the DiT fixture (`transformer/`, every block's class table).
     // Today's export must match both.
     let bundled = ModelDir::open(&retrace::data::bundled_model_dir()).unwrap();
     check_export(&bundled, "bundled-export");
     check_export(&ModelDir::open(&fixture("class-unet")).unwrap(), "class-export");
+    check_export(&ModelDir::open(&fixture("dit")).unwrap(), "dit-export");
 }
 
 /// Exports `model` and checks it against what PyTorch loaded from an earlier export (`seen`).
@@ -182,7 +184,12 @@ fn check_export(model: &ModelDir, seen: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("pipeline");
     export_pipeline(model, &model.latest().unwrap().unwrap(), &out, &cpu()).unwrap();
-    let bytes = std::fs::read(out.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    let network = if out.join("transformer").is_dir() {
+        "transformer"
+    } else {
+        "unet"
+    };
+    let bytes = std::fs::read(out.join(network).join("diffusion_pytorch_model.safetensors")).unwrap();
     let exported = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let shapes: std::collections::BTreeMap<String, Vec<usize>> = exported
         .tensors()
@@ -194,7 +201,8 @@ fn check_export(model: &ModelDir, seen: &str) {
     assert_eq!(shapes, loaded);
     let (sample, shape) = io_tensor(&seen, "sample");
     let (timesteps, _) = io_tensor(&seen, "timesteps");
-    let (expected, _) = io_tensor(&seen, "output");
+    let (expected, output_shape) = io_tensor(&seen, "output");
+    let expected = noise_half(&expected, &output_shape, shape[1]);
     let labels = if model.info.architecture.condition_encoding().is_conditional() {
         io_tensor(&seen, "class_labels").0
     } else {

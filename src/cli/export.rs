@@ -16,7 +16,8 @@ use super::sample::pick_checkpoint;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
     /// A diffusers `DDPMPipeline` directory: `unet/` (`UNet2DModel`) and `scheduler/`
-    /// (`DDPMScheduler`), loadable with `from_pretrained`.
+    /// (`DDPMScheduler`), loadable with `from_pretrained`; a DiT as `transformer/`
+    /// (`DiTTransformer2DModel`) beside `scheduler/`.
     Diffusers,
 }
 
@@ -45,9 +46,17 @@ pub fn run(args: ExportArgs, device: Option<DeviceRequest>) -> Result<()> {
     match args.format {
         ExportFormat::Diffusers => export_pipeline(&dir, &entry, &args.out, &dev.device)?,
     }
+    let how = match dir.info.architecture {
+        retrace::diffusion::Architecture::UNet(_) => {
+            "a diffusers DDPMPipeline (DDPMPipeline.from_pretrained, or UNet2DModel.from_pretrained(…, subfolder=\"unet\"))"
+        }
+        retrace::diffusion::Architecture::DiT(_) => {
+            "diffusers directories (DiTTransformer2DModel.from_pretrained(…, subfolder=\"transformer\"), \
+             DDPMScheduler.from_pretrained(…, subfolder=\"scheduler\"))"
+        }
+    };
     println!(
-        "wrote checkpoint step {} of {} to {} as a diffusers DDPMPipeline \
-         (DDPMPipeline.from_pretrained, or UNet2DModel.from_pretrained(…, subfolder=\"unet\"))",
+        "wrote checkpoint step {} of {} to {} as {how}",
         entry.state.step,
         dir.root.display(),
         args.out.display()

@@ -171,3 +171,14 @@ fn class_conditional_diffusers_models() {
     let weights = root.join("diffusion_pytorch_model.safetensors");
     model_file_campaign("diffusers-class-weights", &root, &weights, Shape::Safetensors);
 }
+
+/// The DiT fixture: `DiTTransformer2DModel` configs and weights under mutation.
+#[test]
+fn dit_diffusers_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fixture_copy("dit", tmp.path());
+    model_file_campaign("diffusers-dit-config", &root, &root.join("config.json"), Shape::Json);
+    let root = fixture_copy("dit", tmp.path());
+    let weights = root.join("diffusion_pytorch_model.safetensors");
+    model_file_campaign("diffusers-dit-weights", &root, &weights, Shape::Safetensors);
+}

@@ -100,6 +100,17 @@ fn listed(names: &[String]) -> String {
 /// present with its shape, and the file must hold nothing else: otherwise the error names the
 /// tensors that disagree.
 pub fn load_network(bytes: Vec<u8>, architecture: &Architecture, device: &Device) -> Result<Network, ModelError> {
+    // A DiT's parameter count is exact: a file too small to hold it in half precision is refused
+    // before the network (possibly large, from a damaged config) is built.
+    if let Architecture::DiT(config) = architecture {
+        let parameters = config.estimated_parameters();
+        if (bytes.len() as f64) < 2.0 * parameters {
+            return Err(ModelError::Weights(format!(
+                "config.json describes {parameters:.0} parameters, more than the {} bytes of weights can hold",
+                bytes.len()
+            )));
+        }
+    }
     Ok(match (architecture, architecture.init(device)) {
         (Architecture::UNet(_), Network::UNet(model)) => Network::UNet(load_into(bytes, &FROM_DIFFUSERS, model)?),
         (Architecture::DiT(_), Network::DiT(model)) => Network::DiT(load_into(bytes, &DIT_FROM_DIFFUSERS, model)?),
