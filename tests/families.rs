@@ -65,19 +65,35 @@ fn methods(mucs_tolerance: f64, extra: &[&str]) -> MethodSettings {
     methods
 }
 
+/// How a family's source search runs: the rank each method must beat, MUCS's stopping
+/// tolerance, draws per timestep bucket, and extra method parameters.
+pub(crate) struct SourceSearch<'a> {
+    /// (method, rank limit).
+    pub limits: &'a [(&'a str, usize)],
+    /// MUCS stops at (1 − this)·L_null.
+    pub mucs_tolerance: f64,
+    /// (t, ε) draws per bucket.
+    pub draws: usize,
+    /// More `key=value` method parameters.
+    pub extra: &'a [&'a str],
+}
+
 /// Every method (Journey-TRAK aside: it needs a sampling trajectory) ranks a perturbed copy of
 /// training image `source` of `data`, queried under its label with independent draws, and must
-/// find the source within `limits`; returns the index settings it used.
+/// find the source within the search's limits; returns the index settings it used.
 pub(crate) fn every_method_finds_the_source(
     model: &ModelDir,
     data: &retrace::data::Dataset,
     source: usize,
-    limits: &[(&str, usize)],
-    mucs_tolerance: f64,
-    draws: usize,
-    extra: &[&str],
+    search: &SourceSearch<'_>,
     index_dir: &std::path::Path,
 ) -> IndexSettings {
+    let SourceSearch {
+        limits,
+        mucs_tolerance,
+        draws,
+        extra,
+    } = *search;
     let shape = model.info.architecture.shape();
     let query = Query {
         condition: Condition::Class(data.labels[source]),
@@ -188,10 +204,12 @@ fn a_class_conditional_unet_trains_samples_with_guidance_and_is_attributed_under
         &model,
         &data,
         5,
-        &SOURCE_RANK_LIMIT,
-        0.8,
-        4,
-        &[],
+        &SourceSearch {
+            limits: &SOURCE_RANK_LIMIT,
+            mucs_tolerance: 0.8,
+            draws: 4,
+            extra: &[],
+        },
         &tmp.path().join("index"),
     );
 
@@ -293,10 +311,12 @@ fn a_dit_trains_samples_with_guidance_and_every_method_finds_a_training_image() 
         &model,
         &data,
         5,
-        &DIT_SOURCE_RANK_LIMIT,
-        0.5,
-        12,
-        &["sharing=reduce"],
+        &SourceSearch {
+            limits: &DIT_SOURCE_RANK_LIMIT,
+            mucs_tolerance: 0.5,
+            draws: 12,
+            extra: &["sharing=reduce"],
+        },
         &tmp.path().join("index"),
     );
 }
