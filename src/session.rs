@@ -15,7 +15,7 @@ use crate::attribution::{AttributionError, MethodSettings, Needs, Parameter, Par
 use crate::data::pixels::unit_to_bytes;
 use crate::data::{DataSpec, Dataset, Split};
 use crate::device::ComputeDevice;
-use crate::diffusion::{Condition, ConditionEncoding, ModelDir, SamplerConfig};
+use crate::diffusion::{Condition, ConditionEncoding, ModelDir, SamplerConfig, SamplerKind};
 use crate::index::{IndexSettings, MANIFEST_FILE, Manifest};
 use crate::jobs::{BackgroundJob, JobContext};
 
@@ -184,6 +184,15 @@ impl Session {
                 .map(|c| (c, Condition::Class(c).describe(&info.class_names)))
                 .collect()
         })
+    }
+
+    /// The viewer's first sampler settings: DDIM, 50 steps, and the model's default guidance.
+    pub fn default_sampler(&self) -> SamplerConfig {
+        SamplerConfig::for_model(
+            SamplerKind::Ddim,
+            50,
+            &self.model.info.architecture.condition_encoding(),
+        )
     }
 
     /// Whether the model can be sampled with classifier-free guidance (class-conditional, with

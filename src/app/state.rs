@@ -166,11 +166,15 @@ impl RetraceApp {
             (Ok(s), Some(render)) => s.device.wgpu_setup.as_ref().is_some_and(|w| w.device == render.device),
             _ => false,
         };
+        let sampler = session.as_ref().map_or_else(
+            |_| crate::diffusion::SamplerConfig::new(crate::diffusion::SamplerKind::Ddim, 50),
+            Session::default_sampler,
+        );
         let mut app = Self {
             session: session.map(Arc::new).map_err(Arc::new),
             history: Vec::new(),
             current: None,
-            sampler: crate::diffusion::SamplerConfig::new(crate::diffusion::SamplerKind::Ddim, 50),
+            sampler,
             seed: 0,
             class: 0,
             pick_index: 0,

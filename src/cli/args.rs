@@ -206,9 +206,6 @@ pub(crate) struct ConditionArgs {
     guidance: Option<f64>,
 }
 
-/// Guidance of a model with a null class when `--guidance` is not given.
-pub(crate) const DEFAULT_GUIDANCE: f64 = 2.0;
-
 impl ConditionArgs {
     /// The condition `--class` names for the model `info` describes: required by a
     /// class-conditional model, refused by an unconditional one.
@@ -247,15 +244,11 @@ impl ConditionArgs {
         kind: retrace::diffusion::SamplerKind,
         steps: usize,
     ) -> Result<retrace::diffusion::SamplerConfig> {
-        let default = if info.architecture.condition_encoding().null_class().is_some() {
-            DEFAULT_GUIDANCE
-        } else {
-            1.0
-        };
-        let config = retrace::diffusion::SamplerConfig {
-            guidance_scale: self.guidance.unwrap_or(default),
-            ..retrace::diffusion::SamplerConfig::new(kind, steps)
-        };
+        let mut config =
+            retrace::diffusion::SamplerConfig::for_model(kind, steps, &info.architecture.condition_encoding());
+        if let Some(guidance) = self.guidance {
+            config.guidance_scale = guidance;
+        }
         config.validate(info.schedule.steps)?;
         Ok(config)
     }

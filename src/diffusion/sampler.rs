@@ -37,6 +37,10 @@ fn no_guidance() -> f64 {
     1.0
 }
 
+/// The guidance scale a model with a null class is sampled with unless the user says otherwise
+/// (Serrà et al. sample their class-conditional DiTs at 2).
+pub const DEFAULT_GUIDANCE_SCALE: f64 = 2.0;
+
 /// Largest guidance scale accepted (far beyond the 1–10 used in practice).
 pub const MAX_GUIDANCE_SCALE: f64 = 100.0;
 
@@ -47,6 +51,19 @@ impl SamplerConfig {
             kind,
             steps,
             guidance_scale: no_guidance(),
+        }
+    }
+
+    /// `kind` with `steps` steps and the default guidance for a model reading `encoding`:
+    /// [`DEFAULT_GUIDANCE_SCALE`] when it has a null class to guide against, none otherwise.
+    pub fn for_model(kind: SamplerKind, steps: usize, encoding: &ConditionEncoding) -> Self {
+        Self {
+            guidance_scale: if encoding.null_class().is_some() {
+                DEFAULT_GUIDANCE_SCALE
+            } else {
+                no_guidance()
+            },
+            ..Self::new(kind, steps)
         }
     }
 
