@@ -22,6 +22,9 @@ Fixtures:
   second TimestepEmbedding), with a custom embedding width.
 - dit/: a DiTTransformer2DModel (2 blocks, 2 heads of 8, patch 2 on 4×8×8 inputs, 5 classes,
   learned variance: 8 output channels), bare, with scheduler_config.json.
+- vae/: an AutoencoderKL (widths 8/16, 1 image channel, 4 latent channels, scaling factor
+  0.3), with vae-io.safetensors: image [2, 1, 16, 16], PyTorch's latent mean and log-variance
+  for it, a latent [2, 4, 8, 8] and its decoding (the decoder input is latent / scaling_factor).
 - each fixture's io.safetensors: sample [2, C, H, W], timesteps [2], output [2, C, H, W]
   (PyTorch's prediction, float32 on the CPU), and class_labels [2] for the conditional ones.
 
@@ -168,7 +171,46 @@ def dit():
     write_io(reloaded, 4, 8, out, 10, class_labels=torch.tensor([2, 5], dtype=torch.int64))
 
 
+def vae():
+    from diffusers import AutoencoderKL
+
+    out = ROOT / "vae"
+    model = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+        scaling_factor=0.3,
+    ).eval()
+    randomise(model, 11)
+    model.save_pretrained(str(out))
+    reloaded = AutoencoderKL.from_pretrained(str(out)).eval()
+    gen = torch.Generator().manual_seed(12)
+    image = torch.rand(2, 1, 16, 16, generator=gen) * 2 - 1
+    latent = torch.randn(2, 4, 8, 8, generator=gen)
+    with torch.no_grad():
+        dist = reloaded.encode(image).latent_dist
+        decoded = reloaded.decode(latent / reloaded.config.scaling_factor).sample
+    save_file(
+        {
+            "image": image.contiguous(),
+            "mean": dist.mean.contiguous(),
+            "log_variance": dist.logvar.contiguous(),
+            "latent": latent.contiguous(),
+            "decoded": decoded.contiguous(),
+        },
+        str(out / "vae-io.safetensors"),
+        metadata={"torch": torch.__version__, "diffusers": diffusers.__version__},
+    )
+
+
 FIXTURES = {
+    "vae": vae,
     "ddpm-pipeline": ddpm_pipeline,
     "options-unet": options_unet,
     "class-unet": lambda: class_unet("class-unet", 5, num_class_embeds=5),

@@ -20,7 +20,12 @@ fn fixture(name: &str) -> PathBuf {
 
 /// A tensor of `io.safetensors` as f32 values and its shape.
 fn io_tensor(dir: &Path, name: &str) -> (Vec<f32>, Vec<usize>) {
-    let bytes = std::fs::read(dir.join("io.safetensors")).unwrap();
+    tensor_of(&dir.join("io.safetensors"), name)
+}
+
+/// A tensor of the safetensors file `path` as f32 values and its shape.
+fn tensor_of(path: &Path, name: &str) -> (Vec<f32>, Vec<usize>) {
+    let bytes = std::fs::read(path).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let view = file.tensor(name).unwrap();
     let values = view
@@ -344,4 +349,28 @@ fn directories_that_do_not_fit_are_refused_by_name() {
         refused.to_string().contains("1×28×28") && refused.to_string().contains("1×8×8"),
         "{refused}"
     );
+}
+
+/// diffusers' `AutoencoderKL`, written by PyTorch with every weight randomised: retrace's
+/// encoder gives PyTorch's latent mean and log-variance, its decoder PyTorch's image.
+#[test]
+fn an_autoencoder_written_by_pytorch_encodes_and_decodes_as_pytorch_does() {
+    let dir = fixture("vae");
+    let (config, vae) = retrace::diffusion::diffusers::vae::load_vae(&dir, &cpu()).unwrap();
+    assert_eq!(config.latent_size(16), 8);
+    let io = dir.join("vae-io.safetensors");
+    let tensor = |name: &str| {
+        let (values, shape) = tensor_of(&io, name);
+        let dims: [usize; 4] = shape.as_slice().try_into().unwrap();
+        Tensor::<4>::from_data(TensorData::new(values, dims), &cpu())
+    };
+    let moments = vae.encode(tensor("image"));
+    let values = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
+    let mean_error = max_abs_difference(&values(moments.mean), &tensor_of(&io, "mean").0);
+    let variance_error = max_abs_difference(&values(moments.log_variance), &tensor_of(&io, "log_variance").0);
+    let decode_error = max_abs_difference(&values(vae.decode(tensor("latent"))), &tensor_of(&io, "decoded").0);
+    eprintln!(
+        "vae: max |retrace − PyTorch| = {mean_error:e} (μ), {variance_error:e} (log σ²), {decode_error:e} (decoded)"
+    );
+    assert!(mean_error.max(variance_error).max(decode_error) <= 1e-4);
 }

@@ -14,6 +14,7 @@ pub mod sampler;
 pub mod schedule;
 pub mod train;
 pub mod unet;
+pub mod vae;
 
 pub use checkpoint::{
     CheckpointEntry, CheckpointError, CheckpointState, LrSchedule, ModelDir, ModelFormat, ModelInfo, TrainRecipe,

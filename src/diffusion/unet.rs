@@ -756,7 +756,7 @@ pub fn timestep_features(t: Tensor<1>, dim: usize, flip_sin_to_cos: bool, shift:
 }
 
 /// Nearest-neighbour ×2 upsampling of [batch, C, H, W].
-fn upsample_nearest2x(x: Tensor<4>) -> Tensor<4> {
+pub(crate) fn upsample_nearest2x(x: Tensor<4>) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
     x.reshape([b, c, h, 1, w, 1])
         .expand([b, c, h, 2, w, 2])
@@ -818,7 +818,7 @@ pub struct Resample {
 
 impl Resample {
     /// The stride-2 downsampler with diffusers' `downsample_padding` (0 or 1).
-    fn down(channels: usize, padding: usize, device: &Device) -> Self {
+    pub(crate) fn down(channels: usize, padding: usize, device: &Device) -> Self {
         let conv = Conv2dConfig::new([channels, channels], [3, 3])
             .with_stride([2, 2])
             .with_padding(if padding == 0 {
@@ -834,7 +834,7 @@ impl Resample {
     }
 
     /// The convolution after nearest-neighbour upsampling.
-    fn up(channels: usize, device: &Device) -> Self {
+    pub(crate) fn up(channels: usize, device: &Device) -> Self {
         let conv = Conv2dConfig::new([channels, channels], [3, 3])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
             .init(device);
@@ -844,7 +844,7 @@ impl Resample {
         }
     }
 
-    fn forward(&self, x: Tensor<4>, tape: &mut impl Tape) -> Tensor<4> {
+    pub(crate) fn forward(&self, x: Tensor<4>, tape: &mut impl Tape) -> Tensor<4> {
         let x = if self.pad_bottom_right {
             x.pad([(0, 1), (0, 1)], PadMode::Constant(0.0))
         } else {
@@ -892,12 +892,53 @@ impl ResnetBlock {
     /// The block on `x` with time embedding `temb`; the sum with the shortcut is divided by
     /// `scale` (diffusers' `output_scale_factor`).
     fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, act: Activation, scale: f64, tape: &mut impl Tape) -> Tensor<4> {
-        let h = conv(&self.conv1, act.apply(self.norm1.forward(x.clone())), tape);
         let shift = dense(&self.time_emb_proj, act.apply(temb.clone()).unsqueeze_dim(1), tape);
-        let [b, c] = [shift.dims()[0], shift.dims()[2]];
-        let h = h + shift.reshape([b, c, 1, 1]);
-        let h = conv(&self.conv2, act.apply(self.norm2.forward(h)), tape);
-        let shortcut = match &self.conv_shortcut {
+        let parts = ResidualPath {
+            norm1: &self.norm1,
+            conv1: &self.conv1,
+            norm2: &self.norm2,
+            conv2: &self.conv2,
+            shortcut: self.conv_shortcut.as_ref(),
+        };
+        parts.forward(x, Some(shift.squeeze_dim(1)), act, scale, tape)
+    }
+}
+
+/// The layers of diffusers' `ResnetBlock2D` that every variant has: GroupNorm, activation,
+/// conv, (a per-channel shift from the time embedding, when there is one), GroupNorm,
+/// activation, conv, plus the (1×1-projected) shortcut. The U-Net's blocks add the time
+/// embedding; the autoencoder's (`temb_channels=None`) do not.
+pub(crate) struct ResidualPath<'a> {
+    /// Norm before the first convolution.
+    pub norm1: &'a GroupNorm,
+    /// First convolution.
+    pub conv1: &'a Conv2d,
+    /// Norm before the second convolution.
+    pub norm2: &'a GroupNorm,
+    /// Second convolution.
+    pub conv2: &'a Conv2d,
+    /// Shortcut projection, when the width changes.
+    pub shortcut: Option<&'a Conv2d>,
+}
+
+impl ResidualPath<'_> {
+    /// The block on `x`, with `shift` ([batch, channels]) added after the first convolution;
+    /// the sum with the shortcut is divided by `scale` (diffusers' `output_scale_factor`).
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<4>,
+        shift: Option<Tensor<2>>,
+        act: Activation,
+        scale: f64,
+        tape: &mut impl Tape,
+    ) -> Tensor<4> {
+        let mut h = conv(self.conv1, act.apply(self.norm1.forward(x.clone())), tape);
+        if let Some(shift) = shift {
+            let [b, c] = shift.dims();
+            h = h + shift.reshape([b, c, 1, 1]);
+        }
+        let h = conv(self.conv2, act.apply(self.norm2.forward(h)), tape);
+        let shortcut = match self.shortcut {
             Some(s) => conv(s, x, tape),
             None => x,
         };
@@ -924,7 +965,7 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn new(channels: usize, group_norm: GroupNorm, heads: usize, device: &Device) -> Self {
+    pub(crate) fn new(channels: usize, group_norm: GroupNorm, heads: usize, device: &Device) -> Self {
         let lin = || LinearConfig::new(channels, channels).init(device);
         Self {
             group_norm,
@@ -937,7 +978,7 @@ impl Attention {
     }
 
     /// Attention with its residual, divided by `scale` (diffusers' `rescale_output_factor`).
-    fn forward(&self, x: Tensor<4>, scale: f64, tape: &mut impl Tape) -> Tensor<4> {
+    pub(crate) fn forward(&self, x: Tensor<4>, scale: f64, tape: &mut impl Tape) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let (p, heads) = (h * w, self.heads);
         let hd = c / heads;

@@ -182,3 +182,33 @@ fn dit_diffusers_models() {
     let weights = root.join("diffusion_pytorch_model.safetensors");
     model_file_campaign("diffusers-dit-weights", &root, &weights, Shape::Safetensors);
 }
+
+/// A diffusers `AutoencoderKL` directory (a latent pipeline's `vae/`): config and weights under
+/// mutation, read by the autoencoder's loader.
+#[test]
+fn autoencoders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers/vae");
+    for file in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(fixture.join(file), tmp.path().join(file)).unwrap();
+    }
+    for (name, file, shape) in [
+        ("vae-config", "config.json", Shape::Json),
+        ("vae-weights", "diffusion_pytorch_model.safetensors", Shape::Safetensors),
+    ] {
+        let path = tmp.path().join(file);
+        let original = std::fs::read(&path).unwrap();
+        let parser = Parser {
+            name,
+            seeds: vec![original.clone()],
+            shape,
+        };
+        campaign(parser, |input, _| {
+            std::fs::write(&path, input).unwrap();
+            retrace::diffusion::diffusers::vae::load_vae(tmp.path(), &cpu())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        std::fs::write(&path, original).unwrap();
+    }
+}

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::defaults;
 use crate::diffusion::error::ConfigError;
 use crate::diffusion::schedule::BetaSchedule;
 use crate::diffusion::unet::{Activation, ClassEmbedType};
@@ -42,10 +43,10 @@ pub struct UNet2DModelConfig {
     #[serde(default)]
     pub sample_size: Option<SampleSize>,
     /// Input channels.
-    #[serde(default = "three")]
+    #[serde(default = "defaults::three")]
     pub in_channels: usize,
     /// Output channels.
-    #[serde(default = "three")]
+    #[serde(default = "defaults::three")]
     pub out_channels: usize,
     /// Map inputs x ↦ 2x − 1 first.
     #[serde(default)]
@@ -60,7 +61,7 @@ pub struct UNet2DModelConfig {
     #[serde(default)]
     pub freq_shift: f64,
     /// Cosines before sines in the timestep features.
-    #[serde(default = "yes")]
+    #[serde(default = "defaults::yes")]
     pub flip_sin_to_cos: bool,
     /// Encoder block types, finest first.
     #[serde(default = "default_down_blocks")]
@@ -75,13 +76,13 @@ pub struct UNet2DModelConfig {
     #[serde(default = "default_widths")]
     pub block_out_channels: Vec<usize>,
     /// Residual blocks per encoder level.
-    #[serde(default = "two")]
+    #[serde(default = "defaults::two")]
     pub layers_per_block: usize,
     /// Divisor of the bottleneck's outputs.
     #[serde(default = "one_f")]
     pub mid_block_scale_factor: f64,
     /// Padding of the downsampling convolutions.
-    #[serde(default = "one")]
+    #[serde(default = "defaults::one")]
     pub downsample_padding: usize,
     /// `conv` or `resnet`.
     #[serde(default = "conv")]
@@ -93,25 +94,25 @@ pub struct UNet2DModelConfig {
     #[serde(default)]
     pub dropout: f64,
     /// Nonlinearity of the residual blocks.
-    #[serde(default = "silu")]
+    #[serde(default = "defaults::silu")]
     pub act_fn: String,
     /// Channels per attention head; null gives one head per layer.
     #[serde(default = "eight")]
     pub attention_head_dim: Option<usize>,
     /// GroupNorm groups.
-    #[serde(default = "thirty_two")]
+    #[serde(default = "thirty_two_groups")]
     pub norm_num_groups: Option<usize>,
     /// GroupNorm groups of the attention layers (the same as the others when absent).
     #[serde(default)]
     pub attn_norm_num_groups: Option<usize>,
     /// GroupNorm ε.
-    #[serde(default = "norm_eps")]
+    #[serde(default = "defaults::norm_eps")]
     pub norm_eps: f64,
     /// `default` (the embedding is added) or `scale_shift`.
     #[serde(default = "default_word")]
     pub resnet_time_scale_shift: String,
     /// Whether the bottleneck has attention.
-    #[serde(default = "yes")]
+    #[serde(default = "defaults::yes")]
     pub add_attention: bool,
     /// Class conditioning type.
     #[serde(default)]
@@ -128,38 +129,20 @@ pub struct UNet2DModelConfig {
     pub num_train_timesteps: Option<usize>,
 }
 
-fn three() -> usize {
-    3
-}
-fn two() -> usize {
-    2
-}
-fn one() -> usize {
-    1
-}
 fn one_f() -> f64 {
     1.0
 }
 fn eight() -> Option<usize> {
     Some(8)
 }
-fn thirty_two() -> Option<usize> {
+fn thirty_two_groups() -> Option<usize> {
     Some(32)
-}
-fn norm_eps() -> f64 {
-    1e-5
-}
-fn yes() -> bool {
-    true
 }
 fn positional() -> String {
     "positional".into()
 }
 fn conv() -> String {
     "conv".into()
-}
-fn silu() -> String {
-    "silu".into()
 }
 fn default_word() -> String {
     "default".into()
@@ -423,7 +406,7 @@ pub struct SchedulerConfig {
     #[serde(default = "fixed_small")]
     pub variance_type: String,
     /// Clip x̂₀ while sampling.
-    #[serde(default = "yes")]
+    #[serde(default = "defaults::yes")]
     pub clip_sample: bool,
     /// What the network predicts.
     #[serde(default = "epsilon")]

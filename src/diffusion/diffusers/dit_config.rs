@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::{DIFFUSERS_VERSION, require};
+use super::defaults;
 use crate::diffusion::dit::{DiTConfig, FeedForwardActivation};
 use crate::diffusion::error::ConfigError;
 
@@ -28,7 +29,7 @@ pub struct DiTTransformer2DModelConfig {
     #[serde(default = "seventy_two")]
     pub attention_head_dim: usize,
     /// Input channels.
-    #[serde(default = "four")]
+    #[serde(default = "defaults::four")]
     pub in_channels: usize,
     /// Output channels (`in_channels` when null).
     #[serde(default)]
@@ -43,13 +44,13 @@ pub struct DiTTransformer2DModelConfig {
     #[serde(default)]
     pub norm_num_groups: Option<usize>,
     /// Whether the attention projections have biases.
-    #[serde(default = "yes")]
+    #[serde(default = "defaults::yes")]
     pub attention_bias: bool,
     /// Input side.
-    #[serde(default = "thirty_two")]
+    #[serde(default = "defaults::thirty_two")]
     pub sample_size: usize,
     /// Patch side.
-    #[serde(default = "two")]
+    #[serde(default = "defaults::two")]
     pub patch_size: usize,
     /// Feed-forward nonlinearity.
     #[serde(default = "gelu_approximate")]
@@ -67,7 +68,7 @@ pub struct DiTTransformer2DModelConfig {
     #[serde(default)]
     pub norm_elementwise_affine: bool,
     /// ε of the feed-forward LayerNorm.
-    #[serde(default = "norm_eps")]
+    #[serde(default = "defaults::norm_eps")]
     pub norm_eps: f64,
 }
 
@@ -77,20 +78,8 @@ fn sixteen() -> usize {
 fn seventy_two() -> usize {
     72
 }
-fn four() -> usize {
-    4
-}
 fn twenty_eight() -> usize {
     28
-}
-fn thirty_two() -> usize {
-    32
-}
-fn two() -> usize {
-    2
-}
-fn yes() -> bool {
-    true
 }
 fn gelu_approximate() -> String {
     "gelu-approximate".into()
@@ -100,9 +89,6 @@ fn thousand() -> Option<usize> {
 }
 fn ada_norm_zero() -> String {
     "ada_norm_zero".into()
-}
-fn norm_eps() -> f64 {
-    1e-5
 }
 
 impl DiTTransformer2DModelConfig {

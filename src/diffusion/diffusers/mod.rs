@@ -12,8 +12,10 @@
 //! rate 1e-4, batch 16, AdamW weight decay 1e-6), which only MUCS and retraining read.
 
 pub mod config;
+mod defaults;
 pub mod dit_config;
 mod export;
+pub mod vae;
 pub mod weights;
 
 pub use config::{SchedulerConfig, UNet2DModelConfig};
@@ -32,7 +34,7 @@ use super::model_info::{
 use crate::diffusion::Architecture;
 use crate::files::sha256;
 
-const CONFIG_FILE: &str = "config.json";
+pub(crate) const CONFIG_FILE: &str = "config.json";
 const SCHEDULER_FILE: &str = "scheduler_config.json";
 /// The weights file diffusers writes with `safe_serialization` (its default).
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
@@ -87,7 +89,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<
 }
 
 /// The weights file of the U-Net in `dir`, refusing formats retrace does not read.
-fn weights_file(dir: &Path) -> Result<PathBuf, CheckpointError> {
+pub(crate) fn weights_file(dir: &Path) -> Result<PathBuf, CheckpointError> {
     for name in [WEIGHTS_FILE, HALF_WEIGHTS_FILE] {
         if dir.join(name).is_file() {
             return Ok(dir.join(name));

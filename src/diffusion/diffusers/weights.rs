@@ -14,6 +14,7 @@ use burn::store::{
 use burn::tensor::{DType, Device};
 
 use crate::diffusion::error::ModelError;
+use crate::diffusion::vae::{AutoencoderKL, VaeConfig};
 use crate::diffusion::{Architecture, Network};
 
 /// diffusers' module paths → retrace's, applied to the file's keys when loading.
@@ -52,6 +53,17 @@ const DIT_TO_DIFFUSERS: [(&str, &str); 5] = [
     (r"\.to_out\.", ".to_out.0."),
     (r"\.ff\.proj_in\.", ".ff.net.0.proj."),
     (r"\.ff\.proj_out\.", ".ff.net.2."),
+];
+
+/// diffusers' `AutoencoderKL` paths → retrace's (old attention names as diffusers reads them).
+const VAE_FROM_DIFFUSERS: [(&str, &str); 7] = [
+    (r"^(encoder\.down_blocks\.\d+)\.downsamplers\.", "${1}.resamplers."),
+    (r"^(decoder\.up_blocks\.\d+)\.upsamplers\.", "${1}.resamplers."),
+    (r"\.to_out\.0\.", ".to_out."),
+    (r"(attentions\.\d+)\.query\.", "${1}.to_q."),
+    (r"(attentions\.\d+)\.key\.", "${1}.to_k."),
+    (r"(attentions\.\d+)\.value\.", "${1}.to_v."),
+    (r"(attentions\.\d+)\.proj_attn\.", "${1}.to_out."),
 ];
 
 /// Whether the tensor at module path `name` is a class-embedding table: a bias-free Linear in
@@ -116,6 +128,12 @@ pub fn load_network(bytes: Vec<u8>, architecture: &Architecture, device: &Device
         (Architecture::DiT(_), Network::DiT(model)) => Network::DiT(load_into(bytes, &DIT_FROM_DIFFUSERS, model)?),
         _ => unreachable!("an architecture builds its own family"),
     })
+}
+
+/// `config`'s autoencoder on `device` with the weights of a diffusers `AutoencoderKL`
+/// safetensors file.
+pub fn load_vae_weights(bytes: Vec<u8>, config: &VaeConfig, device: &Device) -> Result<AutoencoderKL, ModelError> {
+    load_into(bytes, &VAE_FROM_DIFFUSERS, config.init(device))
 }
 
 /// `model` with the weights of a diffusers safetensors file, its keys renamed by `remaps`.
