@@ -37,6 +37,7 @@ python3 -m pip install --no-index --no-deps --target DIR diffusers-*.whl; PYTHON
 import argparse
 import contextlib
 import json
+import pathlib
 import time
 
 import torch
@@ -119,10 +120,25 @@ def load(args):
         unet = UNet2DModel(**CONFIGS[args.config])
         # DDPMScheduler's defaults are google/ddpm-cifar10-32's: 1000 steps, β linear 1e-4..0.02.
         scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    elif (pathlib.Path(args.pipeline) / "transformer").is_dir():
+        # A DiT export (`retrace export` of a DiT writes transformer/ and scheduler/).
+        from diffusers import DiTTransformer2DModel
+
+        unet = DiTTransformer2DModel.from_pretrained(args.pipeline, subfolder="transformer")
+        scheduler = DDPMScheduler.from_pretrained(args.pipeline, subfolder="scheduler")
     else:
         unet = UNet2DModel.from_pretrained(args.pipeline, subfolder="unet")
         scheduler = DDPMScheduler.from_pretrained(args.pipeline, subfolder="scheduler")
     return unet.to(args.device).train(), scheduler.alphas_cumprod.to(args.device)
+
+
+def class_rows(model):
+    """The number of class labels a class-conditional model reads (its table's rows: a U-Net's
+    num_class_embeds, a DiT's classes plus the null class), or None for an unconditional one."""
+    config = model.config
+    if getattr(config, "num_embeds_ada_norm", None) is not None:
+        return config.num_embeds_ada_norm + 1
+    return getattr(config, "num_class_embeds", None)
 
 
 def set_mode(mode, device):
@@ -138,6 +154,7 @@ def set_mode(mode, device):
 def make_step(unet, alpha_bars, batch, device, precision):
     """One forward+backward of the diffusion loss, with no host-device synchronisation."""
     params = [p for p in unet.parameters() if p.requires_grad]
+    classes = class_rows(unet)
     size = unet.config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
     shape = (batch, unet.config.in_channels, height, width)
@@ -149,7 +166,13 @@ def make_step(unet, alpha_bars, batch, device, precision):
         ab = alpha_bars[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
         with precision():
-            prediction = unet(xt, t).sample
+            if classes is None:
+                prediction = unet(xt, t).sample
+            else:
+                labels = torch.randint(0, classes, (batch,), device=device)
+                prediction = unet(xt, timestep=t, class_labels=labels).sample
+            # A learned-variance output's ε half, as retrace trains it.
+            prediction = prediction[:, : shape[1]]
             loss = ((eps - prediction.float()) ** 2).mean()
         return torch.autograd.grad(loss, params)
 
@@ -184,7 +207,7 @@ def main():
     unet, alpha_bars = load(args)
     parameters = sum(p.numel() for p in unet.parameters())
     model = args.config or args.pipeline
-    print(f"{model}: UNet2DModel with {parameters:,} parameters ({parameters / 1e6:.1f}M)")
+    print(f"{model}: {type(unet).__name__} with {parameters:,} parameters ({parameters / 1e6:.1f}M)")
     if args.config == "ddpm-cifar10" and parameters != DDPM_CIFAR10_PARAMETERS:
         print(f"warning: google/ddpm-cifar10-32 has {DDPM_CIFAR10_PARAMETERS:,} parameters; this build differs")
 
