@@ -276,6 +276,18 @@ fn directories_that_do_not_fit_are_refused_by_name() {
             assert!(message.contains(part), "{label}: {message:?} lacks {part:?}");
         }
     };
+    // A latent pipeline (vae/ beside unet/) is refused, not opened as a pixel model.
+    case(
+        "latent",
+        Box::new(|d| {
+            let vae = fixture("vae");
+            std::fs::create_dir_all(d.join("vae")).unwrap();
+            for file in ["config.json", "diffusion_pytorch_model.safetensors"] {
+                std::fs::copy(vae.join(file), d.join("vae").join(file)).unwrap();
+            }
+        }),
+        &["latent diffusion pipeline", "vae/"],
+    );
     case(
         "widths",
         Box::new(|d| {

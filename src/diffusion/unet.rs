@@ -892,27 +892,29 @@ impl ResnetBlock {
     /// The block on `x` with time embedding `temb`; the sum with the shortcut is divided by
     /// `scale` (diffusers' `output_scale_factor`).
     fn forward(&self, x: Tensor<4>, temb: &Tensor<2>, act: Activation, scale: f64, tape: &mut impl Tape) -> Tensor<4> {
-        let shift = dense(&self.time_emb_proj, act.apply(temb.clone()).unsqueeze_dim(1), tape);
         let parts = ResidualPath {
             norm1: &self.norm1,
             conv1: &self.conv1,
+            time_emb_proj: Some(&self.time_emb_proj),
             norm2: &self.norm2,
             conv2: &self.conv2,
             shortcut: self.conv_shortcut.as_ref(),
         };
-        parts.forward(x, Some(shift.squeeze_dim(1)), act, scale, tape)
+        parts.forward(x, Some(temb), act, scale, tape)
     }
 }
 
-/// The layers of diffusers' `ResnetBlock2D` that every variant has: GroupNorm, activation,
-/// conv, (a per-channel shift from the time embedding, when there is one), GroupNorm,
-/// activation, conv, plus the (1×1-projected) shortcut. The U-Net's blocks add the time
-/// embedding; the autoencoder's (`temb_channels=None`) do not.
+/// The layers of diffusers' `ResnetBlock2D`: GroupNorm, activation, conv, a per-channel shift
+/// projected from the time embedding (when the block has one), GroupNorm, activation, conv,
+/// plus the (1×1-projected) shortcut. The U-Net's blocks add the time embedding; the
+/// autoencoder's (`temb_channels=None`) do not. Layers reach the tape in this order.
 pub(crate) struct ResidualPath<'a> {
     /// Norm before the first convolution.
     pub norm1: &'a GroupNorm,
     /// First convolution.
     pub conv1: &'a Conv2d,
+    /// Projection of the time embedding to the shift.
+    pub time_emb_proj: Option<&'a Linear>,
     /// Norm before the second convolution.
     pub norm2: &'a GroupNorm,
     /// Second convolution.
@@ -922,19 +924,21 @@ pub(crate) struct ResidualPath<'a> {
 }
 
 impl ResidualPath<'_> {
-    /// The block on `x`, with `shift` ([batch, channels]) added after the first convolution;
-    /// the sum with the shortcut is divided by `scale` (diffusers' `output_scale_factor`).
+    /// The block on `x` with the time embedding `temb` ([batch, width]; read only by a block
+    /// with a time projection); the sum with the shortcut is divided by `scale` (diffusers'
+    /// `output_scale_factor`).
     pub(crate) fn forward(
         &self,
         x: Tensor<4>,
-        shift: Option<Tensor<2>>,
+        temb: Option<&Tensor<2>>,
         act: Activation,
         scale: f64,
         tape: &mut impl Tape,
     ) -> Tensor<4> {
         let mut h = conv(self.conv1, act.apply(self.norm1.forward(x.clone())), tape);
-        if let Some(shift) = shift {
-            let [b, c] = shift.dims();
+        if let (Some(projection), Some(temb)) = (self.time_emb_proj, temb) {
+            let shift = dense(projection, act.apply(temb.clone()).unsqueeze_dim(1), tape);
+            let [b, _, c] = shift.dims();
             h = h + shift.reshape([b, c, 1, 1]);
         }
         let h = conv(self.conv2, act.apply(self.norm2.forward(h)), tape);

@@ -279,6 +279,7 @@ impl VaeResnetBlock {
         let path = ResidualPath {
             norm1: &self.norm1,
             conv1: &self.conv1,
+            time_emb_proj: None,
             norm2: &self.norm2,
             conv2: &self.conv2,
             shortcut: self.conv_shortcut.as_ref(),

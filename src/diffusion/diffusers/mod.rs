@@ -173,6 +173,16 @@ fn final_step_guess(checkpoints: &[(usize, PathBuf)]) -> usize {
 
 /// Opens the diffusers model in `root`: its description in retrace's terms, and its files.
 pub fn open(root: &Path) -> Result<(ModelInfo, DiffusersLayout), CheckpointError> {
+    // A latent pipeline's network denoises the autoencoder's latents: opened as a pixel model
+    // it would attribute and sample latents as if they were images. Refused until latent
+    // diffusion runs end to end (the autoencoder itself loads: `vae::load_vae`).
+    if root.join("vae").join(CONFIG_FILE).is_file() {
+        return Err(CheckpointError::invalid(
+            root,
+            "is a latent diffusion pipeline (it has vae/): retrace reads its AutoencoderKL but does not yet \
+             train, sample or attribute in latent space, so it does not open the pipeline as a pixel model",
+        ));
+    }
     let mut layout = locate(root)?;
     let config_path = layout.unet_dir.join(CONFIG_FILE);
     let architecture = read_architecture(&config_path)?;
