@@ -62,6 +62,28 @@ pub fn tiny_model_dir(root: &Path, data: &Dataset, batch_size: usize, checkpoint
     ModelDir::create(root, test_model_info(tiny_config(), data, batch_size, checkpoint_every)).unwrap()
 }
 
+/// Index settings for tests that query with a perturbed copy of a training image: 4 timestep
+/// buckets of `draws` draws each, the query's (t, ε) its own (nothing shared with its source's
+/// training features), k = 8, the last checkpoint, f32, in `dir`.
+pub fn independent_draw_settings(dir: &Path, draws: usize, chunk_size: usize) -> retrace::index::IndexSettings {
+    let mut plan = retrace::grad::TimestepPlan::new(1000, 4, draws, 0).unwrap();
+    plan.shared_noise = false;
+    retrace::index::IndexSettings {
+        dir: dir.to_owned(),
+        plan,
+        projection: retrace::grad::ProjectionConfig {
+            k_in: 8,
+            k_out: 8,
+            seed: 0,
+        },
+        checkpoints: retrace::index::CheckpointChoice::Last,
+        storage: retrace::index::Storage::F32,
+        measurement: retrace::diffusion::Measurement::Loss,
+        batch_size: 16,
+        chunk_size,
+    }
+}
+
 /// burn's wgpu runtime, brought up once for the whole test binary by
 /// [`retrace::device::choose_shared`] (lavapipe in CI), with the setup a renderer can share: every
 /// test that computes on wgpu uses this one, so the test that shares it with the viewer's

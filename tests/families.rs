@@ -8,10 +8,10 @@ use crate::common;
 
 use common::{cpu, fashion_subset, tiny_config};
 use retrace::attribution::{MethodSettings, Query, attribute, registry};
+use retrace::data::Dataset;
 use retrace::diffusion::train::{TrainLength, train};
-use retrace::diffusion::{Condition, ModelDir, SamplerConfig, SamplerKind, Schedule, sample};
-use retrace::grad::{ProjectionConfig, TimestepPlan};
-use retrace::index::{CheckpointChoice, IndexSettings, Storage};
+use retrace::diffusion::{Architecture, Condition, ModelDir, SamplerConfig, SamplerKind, Schedule, sample};
+use retrace::index::IndexSettings;
 use retrace::jobs::JobContext;
 
 /// How far down the 24 training images each method may rank the source of a perturbed copy,
@@ -28,25 +28,6 @@ const SOURCE_RANK_LIMIT: [(&str, usize); 7] = [
     ("dtrak", 5),
     ("mucs", 5),
 ];
-
-fn index_settings(dir: &std::path::Path, draws: usize) -> IndexSettings {
-    let mut plan = TimestepPlan::new(1000, 4, draws, 0).unwrap();
-    plan.shared_noise = false;
-    IndexSettings {
-        dir: dir.to_owned(),
-        plan,
-        projection: ProjectionConfig {
-            k_in: 8,
-            k_out: 8,
-            seed: 0,
-        },
-        checkpoints: CheckpointChoice::Last,
-        storage: Storage::F32,
-        measurement: retrace::diffusion::Measurement::Loss,
-        batch_size: 16,
-        chunk_size: 12,
-    }
-}
 
 /// Every method but Journey-TRAK, MUCS made small for 24 images and stopped at
 /// `(1 − tolerance)·L_null`, plus `extra` parameters.
@@ -103,7 +84,7 @@ pub(crate) fn every_method_finds_the_source(
             format!("training image {source}, shifted one pixel and noised"),
         )
     };
-    let settings = index_settings(index_dir, draws);
+    let settings = common::independent_draw_settings(index_dir, draws, 12);
     let job = JobContext::silent();
     let scores = attribute(
         model,
@@ -135,15 +116,55 @@ pub(crate) fn every_method_finds_the_source(
     settings
 }
 
+/// A class-conditional model of `architecture` in `root`, trained for 100 epochs with label
+/// dropout 0.2 on `data`; model.json must describe the same architecture when reopened.
+fn trained_conditional(root: &std::path::Path, architecture: Architecture, data: &Dataset) -> ModelDir {
+    let mut info = common::test_model_info(architecture, data, 8, 1000);
+    info.train.label_dropout = 0.2;
+    let model = ModelDir::create(root, info).unwrap();
+    train(
+        &model,
+        data,
+        &TrainLength { epochs: 100 },
+        false,
+        &cpu(),
+        &JobContext::silent(),
+    )
+    .unwrap();
+    let reopened = ModelDir::open(&model.root).unwrap();
+    assert_eq!(
+        reopened.info.architecture, model.info.architecture,
+        "model.json keeps the architecture"
+    );
+    reopened
+}
+
+/// Seed 4 of `model` generated as a sneaker (class 7) with guidance 2.
+fn generated_sneaker(model: &ModelDir) -> Query {
+    let guided = SamplerConfig {
+        guidance_scale: 2.0,
+        ..SamplerConfig::new(SamplerKind::Ddim, 10)
+    };
+    let generated = retrace::attribution::query::generate_query(
+        model,
+        4,
+        Condition::Class(7),
+        &guided,
+        &cpu(),
+        &JobContext::silent(),
+        |_, _, _| {},
+    )
+    .unwrap();
+    assert_eq!(generated.condition, Condition::Class(7));
+    generated
+}
+
 #[test]
 fn a_class_conditional_unet_trains_samples_with_guidance_and_is_attributed_under_its_classes() {
     let tmp = tempfile::tempdir().unwrap();
     let data = fashion_subset(24);
-    let mut info = common::test_model_info(tiny_config().with_classes(10), &data, 8, 1000);
-    info.train.label_dropout = 0.2;
-    let model = ModelDir::create(&tmp.path().join("model"), info).unwrap();
+    let model = trained_conditional(&tmp.path().join("model"), tiny_config().with_classes(10), &data);
     let job = JobContext::silent();
-    train(&model, &data, &TrainLength { epochs: 100 }, false, &cpu(), &job).unwrap();
     let reopened = ModelDir::open(&model.root).unwrap();
     assert_eq!(
         reopened.info.architecture.as_unet().unwrap().num_class_embeds,
@@ -215,21 +236,7 @@ fn a_class_conditional_unet_trains_samples_with_guidance_and_is_attributed_under
 
     // A generated sneaker is attributed under its class; the class is read: another class
     // gives other scores.
-    let guided = SamplerConfig {
-        guidance_scale: 2.0,
-        ..SamplerConfig::new(SamplerKind::Ddim, 10)
-    };
-    let generated = retrace::attribution::query::generate_query(
-        &model,
-        4,
-        Condition::Class(7),
-        &guided,
-        &cpu(),
-        &job,
-        |_, _, _| {},
-    )
-    .unwrap();
-    assert_eq!(generated.condition, Condition::Class(7));
+    let generated = generated_sneaker(&model);
     assert!(
         generated.description.contains("class 7 (Sneaker)") && generated.description.contains("guidance 2"),
         "{}",
@@ -274,31 +281,9 @@ const DIT_SOURCE_RANK_LIMIT: [(&str, usize); 7] = [
 fn a_dit_trains_samples_with_guidance_and_every_method_finds_a_training_image() {
     let tmp = tempfile::tempdir().unwrap();
     let data = fashion_subset(24);
-    let architecture = retrace::diffusion::Architecture::named("dit-tiny", 1, 28, 10).unwrap();
-    let mut info = common::test_model_info(architecture, &data, 8, 1000);
-    info.train.label_dropout = 0.2;
-    let model = ModelDir::create(&tmp.path().join("model"), info).unwrap();
-    let job = JobContext::silent();
-    train(&model, &data, &TrainLength { epochs: 100 }, false, &cpu(), &job).unwrap();
-    let reopened = ModelDir::open(&model.root).unwrap();
-    assert_eq!(
-        reopened.info.architecture, model.info.architecture,
-        "model.json keeps the DiT"
-    );
-    let guided = SamplerConfig {
-        guidance_scale: 2.0,
-        ..SamplerConfig::new(SamplerKind::Ddim, 10)
-    };
-    let generated = retrace::attribution::query::generate_query(
-        &model,
-        4,
-        Condition::Class(7),
-        &guided,
-        &cpu(),
-        &job,
-        |_, _, _| {},
-    )
-    .unwrap();
+    let architecture = Architecture::named("dit-tiny", 1, 28, 10).unwrap();
+    let model = trained_conditional(&tmp.path().join("model"), architecture, &data);
+    let generated = generated_sneaker(&model);
     assert_eq!(generated.shape, [1, 28, 28]);
     assert!(generated.pixels.iter().all(|v| v.is_finite()));
     // The DiT fits its 24 images less closely than the U-Net: the query's loss starts above

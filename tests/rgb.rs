@@ -11,9 +11,7 @@ use retrace::attribution::{MethodSettings, Query, attribute, registry};
 use retrace::data::{DataSpec, Dataset};
 use retrace::diffusion::train::{TrainLength, train};
 use retrace::diffusion::{ModelDir, UNetConfig};
-use retrace::grad::{ProjectionConfig, TimestepPlan};
-use retrace::index::Storage;
-use retrace::index::{CheckpointChoice, IndexSettings};
+use retrace::index::IndexSettings;
 use retrace::jobs::JobContext;
 
 /// A synthetic 3×`size`×`size` picture: a coloured square on a coloured gradient, both
@@ -60,23 +58,7 @@ fn write_cifar_batches(dir: &Path, per_batch: usize) {
 }
 
 fn index_settings(dir: &Path) -> IndexSettings {
-    let mut plan = TimestepPlan::new(1000, 4, 2, 0).unwrap();
-    // The query draws its own (t, ε): nothing is shared with its source's training features.
-    plan.shared_noise = false;
-    IndexSettings {
-        dir: dir.to_owned(),
-        plan,
-        projection: ProjectionConfig {
-            k_in: 8,
-            k_out: 8,
-            seed: 0,
-        },
-        checkpoints: CheckpointChoice::Last,
-        storage: Storage::F32,
-        measurement: retrace::diffusion::Measurement::Loss,
-        batch_size: 16,
-        chunk_size: 10,
-    }
+    common::independent_draw_settings(dir, 2, 10)
 }
 
 /// How far down the 24 training images a method may rank the source of a perturbed copy on the

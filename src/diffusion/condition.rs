@@ -131,7 +131,7 @@ impl ConditionEncoding {
     /// The rows of `n` images of class 0: a condition every conditional model reads (a table
     /// has at least one row), for passes whose condition does not matter (shapes, FLOPs,
     /// timing); `None` for an unconditional model.
-    pub fn placeholder_rows(&self, n: usize, device: &Device) -> Option<Tensor<2>> {
+    pub fn class_zero_rows(&self, n: usize, device: &Device) -> Option<Tensor<2>> {
         self.rows(&vec![Condition::Class(0); n], device).ok().flatten()
     }
 }

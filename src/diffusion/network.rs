@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::condition::ConditionEncoding;
 use super::dit::{DiT, DiTConfig};
-use super::error::ConfigError;
+use super::error::{ConfigError, ModelError};
 use super::unet::{Denoiser, NoTape, Tape, UNet, UNetConfig};
 
 /// The architecture of a model's network. In `model.json` it is one key, `unet` (as every
@@ -130,12 +130,12 @@ impl Architecture {
 
     /// The network with the weights of a burn record written by [`Network::record_bytes`] (the
     /// family's own module record, so checkpoints written before DiTs existed still load).
-    pub fn load_record(&self, record: ModuleRecord, device: &Device) -> Result<Network, String> {
+    pub fn load_record(&self, record: ModuleRecord, device: &Device) -> Result<Network, ModelError> {
         match self.init(device) {
             Network::UNet(net) => net.try_load_record(record).map(Network::UNet),
             Network::DiT(net) => net.try_load_record(record).map(Network::DiT),
         }
-        .map_err(|e| e.to_string())
+        .map_err(|e| ModelError::Weights(e.to_string()))
     }
 
     fn init_drawn(&self, device: &Device, seed: Option<u64>) -> Network {
@@ -177,13 +177,13 @@ impl Network {
 
     /// The weights as the bytes of the family's burn module record (what a checkpoint's
     /// `weights.bpk` holds).
-    pub fn record_bytes(&self) -> Result<Vec<u8>, String> {
+    pub fn record_bytes(&self) -> Result<Vec<u8>, ModelError> {
         match self {
             Self::UNet(net) => net.clone().into_record().into_bytes(),
             Self::DiT(net) => net.clone().into_record().into_bytes(),
         }
         .map(|bytes| bytes.to_vec())
-        .map_err(|e| e.to_string())
+        .map_err(|e| ModelError::Weights(e.to_string()))
     }
 
     /// The U-Net, for a U-Net.

@@ -137,7 +137,7 @@ pub fn model_layer_shapes(
     let (model, ad) = super::frozen_on_autodiff(model, device);
     let x = Tensor::<4>::zeros([1, shape[0], shape[1], shape[2]], &ad);
     let t = Tensor::<1>::zeros([1], &ad);
-    let condition = model.condition_encoding().placeholder_rows(1, &ad);
+    let condition = model.condition_encoding().class_zero_rows(1, &ad);
     let (layers, _) = super::capture_layers(&model, x, t, condition, |p| p.powi_scalar(2).sum().reshape([1]));
     layer_shapes(&layers)
 }

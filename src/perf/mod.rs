@@ -50,7 +50,7 @@ pub fn forward_flops(model: &Network, config: &Architecture, device: &Device) ->
     let _ = model.predict_with(
         x,
         t,
-        config.condition_encoding().placeholder_rows(1, device),
+        config.condition_encoding().class_zero_rows(1, device),
         &mut counter,
     );
     counter.flops
@@ -91,7 +91,7 @@ pub fn forward_backward(
         let (_, ts, noise) = batch_plan(0, step, batch, batch, schedule.len(), pixels);
         let x0 = Tensor::<4>::zeros([batch, config.image_channels(), s, s], &ad);
         let mut noisy = noise_images(&schedule, x0, &ts, noise);
-        noisy.condition = config.condition_encoding().placeholder_rows(batch, &ad);
+        noisy.condition = config.condition_encoding().class_zero_rows(batch, &ad);
         let loss = diffusion_loss(&model, &noisy);
         let grads = loss.backward();
         drop(grads);
