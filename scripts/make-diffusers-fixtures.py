@@ -25,6 +25,15 @@ Fixtures:
 - vae/: an AutoencoderKL (widths 8/16, 1 image channel, 4 latent channels, scaling factor
   0.3), with vae-io.safetensors: image [2, 1, 16, 16], PyTorch's latent mean and log-variance
   for it, a latent [2, 4, 8, 8] and its decoding (the decoder input is latent / scaling_factor).
+- ldm-pipeline/: a latent diffusion pipeline directory as the K-FAC paper's ArtBench model is
+  laid out (unet/, vae/, scheduler/; no model_index.json, as diffusers has no pipeline class
+  for an unconditional UNet2DModel on AutoencoderKL latents): a tiny UNet2DModel on 4×14×14
+  latents, an AutoencoderKL for 1×28×28 images (scaling factor 1.5: unit-scale latents, as
+  Stable Diffusion chose 0.18215 for its autoencoder) and a scaled_linear
+  0.00085–0.012 scheduler. Like a trained autoencoder's, its posterior is narrow: after
+  randomising, the log-variance half of quant_conv gets weights ×0.05 and bias −9 (σ ≈ 0.01),
+  its mean half weights ×4. ldm-io.safetensors holds image [2, 1, 28, 28] with PyTorch's
+  latent mean and log-variance, and a latent [2, 4, 14, 14] with its decoding.
 - each fixture's io.safetensors: sample [2, C, H, W], timesteps [2], output [2, C, H, W]
   (PyTorch's prediction, float32 on the CPU), and class_labels [2] for the conditional ones.
 
@@ -171,10 +180,10 @@ def dit():
     write_io(reloaded, 4, 8, out, 10, class_labels=torch.tensor([2, 5], dtype=torch.int64))
 
 
-def vae():
+def tiny_vae(sample_size, scaling_factor, seed):
+    """A randomised AutoencoderKL for 1-channel images: widths 8/16, 4 latent channels."""
     from diffusers import AutoencoderKL
 
-    out = ROOT / "vae"
     model = AutoencoderKL(
         in_channels=1,
         out_channels=1,
@@ -184,18 +193,22 @@ def vae():
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=4,
-        sample_size=16,
-        scaling_factor=0.3,
+        sample_size=sample_size,
+        scaling_factor=scaling_factor,
     ).eval()
-    randomise(model, 11)
-    model.save_pretrained(str(out))
-    reloaded = AutoencoderKL.from_pretrained(str(out)).eval()
-    gen = torch.Generator().manual_seed(12)
-    image = torch.rand(2, 1, 16, 16, generator=gen) * 2 - 1
-    latent = torch.randn(2, 4, 8, 8, generator=gen)
+    randomise(model, seed)
+    return model
+
+
+def write_vae_io(vae, path, seed, size):
+    """An image [2, 1, size, size] with PyTorch's latent mean and log-variance, and a latent
+    [2, 4, size/2, size/2] with its decoding."""
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.rand(2, 1, size, size, generator=gen) * 2 - 1
+    latent = torch.randn(2, 4, size // 2, size // 2, generator=gen)
     with torch.no_grad():
-        dist = reloaded.encode(image).latent_dist
-        decoded = reloaded.decode(latent / reloaded.config.scaling_factor).sample
+        dist = vae.encode(image).latent_dist
+        decoded = vae.decode(latent / vae.config.scaling_factor).sample
     save_file(
         {
             "image": image.contiguous(),
@@ -204,13 +217,57 @@ def vae():
             "latent": latent.contiguous(),
             "decoded": decoded.contiguous(),
         },
-        str(out / "vae-io.safetensors"),
+        str(path),
         metadata={"torch": torch.__version__, "diffusers": diffusers.__version__},
     )
 
 
+def vae():
+    from diffusers import AutoencoderKL
+
+    out = ROOT / "vae"
+    tiny_vae(16, 0.3, 11).save_pretrained(str(out))
+    reloaded = AutoencoderKL.from_pretrained(str(out)).eval()
+    write_vae_io(reloaded, out / "vae-io.safetensors", 12, 16)
+
+
+def ldm_pipeline():
+    from diffusers import AutoencoderKL
+
+    out = ROOT / "ldm-pipeline"
+    unet = UNet2DModel(
+        sample_size=14,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=8,
+        norm_num_groups=4,
+    ).eval()
+    randomise(unet, 13)
+    vae = tiny_vae(28, 1.5, 14)
+    with torch.no_grad():
+        quant = vae.quant_conv
+        quant.weight[:4] *= 4.0
+        quant.weight[4:] *= 0.05
+        quant.bias[4:] = -9.0
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+    )
+    unet.save_pretrained(str(out / "unet"))
+    vae.save_pretrained(str(out / "vae"))
+    scheduler.save_pretrained(str(out / "scheduler"))
+    unet = UNet2DModel.from_pretrained(str(out / "unet")).eval()
+    vae = AutoencoderKL.from_pretrained(str(out / "vae")).eval()
+    write_io(unet, 4, 14, out, 15)
+    write_vae_io(vae, out / "ldm-io.safetensors", 16, 28)
+
+
 FIXTURES = {
     "vae": vae,
+    "ldm-pipeline": ldm_pipeline,
     "ddpm-pipeline": ddpm_pipeline,
     "options-unet": options_unet,
     "class-unet": lambda: class_unet("class-unet", 5, num_class_embeds=5),

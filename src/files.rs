@@ -112,6 +112,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     written
 }
 
+/// retrace's cache directory: `$XDG_CACHE_HOME/retrace`, else `~/.cache/retrace`, else one in
+/// the temporary directory. Indexes and latent caches live under it.
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("retrace")
+}
+
 /// SHA-256 of bytes as lowercase hex.
 pub fn sha256(bytes: &[u8]) -> String {
     to_hex(&Sha256::digest(bytes))

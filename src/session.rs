@@ -162,9 +162,9 @@ impl Session {
         )
     }
 
-    /// C×H×W of the model's images.
+    /// C×H×W of the model's images (pixels, also for a latent model).
     pub fn shape(&self) -> [usize; 3] {
-        self.model.info.architecture.shape()
+        self.model.info.image_shape()
     }
 
     /// The classes a class-conditional model generates and attributes under, as (label,

@@ -21,7 +21,8 @@ fn examples(data: &Dataset, idx: &[usize], ids: &[u64]) -> Examples {
     Examples {
         ids: ids.to_vec(),
         shape: [data.channels, data.height, data.width],
-        pixels,
+        values: pixels,
+        log_variance: None,
         region: None,
         conditions: idx
             .iter()
@@ -115,7 +116,8 @@ fn a_perturbed_copy_of_a_training_image_finds_its_source() {
         let query_examples = Examples {
             ids: vec![1_000_000],
             shape: [1, 28, 28],
-            pixels: copy.clone(),
+            values: copy.clone(),
+            log_variance: None,
             region: None,
             conditions: vec![retrace::diffusion::Condition::Unconditional],
         };

@@ -17,6 +17,14 @@ pub fn fashion_subset(n: usize) -> Dataset {
     Dataset::load(&spec).expect("Fashion-MNIST is installed (apt-get install dataset-fashion-mnist)")
 }
 
+/// The diffusers fixture `name` (tests/fixtures/diffusers/NAME, written by
+/// scripts/make-diffusers-fixtures.py).
+pub fn diffusers_fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/diffusers")
+        .join(name)
+}
+
 /// The `tiny` U-Net for 1×28×28 images.
 pub fn tiny_unet_config() -> UNetConfig {
     UNetConfig::named("tiny", 1, 28).unwrap()
@@ -54,6 +62,7 @@ pub fn test_model_info(
             checkpoint_every,
             command: "test".into(),
         },
+        vae: None,
     }
 }
 
@@ -251,16 +260,32 @@ impl retrace::jobs::ProgressSink for Recorder {
 pub fn tiny_trained_model(root: &Path) -> ModelDir {
     let data = retrace::data::Dataset::load(&"bundled?subset=8".parse().unwrap()).unwrap();
     let dir = tiny_model_dir(root, &data, 4, 1);
-    let outcome = retrace::diffusion::train::train(
-        &dir,
-        &data,
+    assert_eq!(train_one_epoch(&dir, &data).step, 2);
+    dir
+}
+
+/// Trains the model in `dir` for one epoch of `data` on the CPU.
+fn train_one_epoch(dir: &ModelDir, data: &Dataset) -> retrace::diffusion::train::TrainOutcome {
+    retrace::diffusion::train::train(
+        dir,
+        data,
         &retrace::diffusion::train::TrainLength { epochs: 1 },
         false,
         &cpu(),
         &retrace::jobs::JobContext::silent(),
     )
-    .unwrap();
-    assert_eq!(outcome.step, 2);
+    .unwrap()
+}
+
+/// A tiny latent diffusion model in `root` (the `tiny` U-Net on 4×14×14 latents of the
+/// ldm-pipeline fixture's autoencoder), trained for one epoch on 8 bundled images.
+pub fn tiny_latent_model(root: &Path) -> ModelDir {
+    let data = retrace::data::Dataset::load(&"bundled?subset=8".parse().unwrap()).unwrap();
+    let vae = retrace::diffusion::latent::install_vae(&diffusers_fixture("ldm-pipeline").join("vae"), root).unwrap();
+    let mut info = test_model_info(UNetConfig::named("tiny", 4, 14).unwrap(), &data, 4, 1);
+    info.vae = Some(vae);
+    let dir = ModelDir::create(root, info).unwrap();
+    train_one_epoch(&dir, &data);
     dir
 }
 

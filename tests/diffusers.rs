@@ -13,9 +13,7 @@ use retrace::diffusion::diffusers::export_pipeline;
 use retrace::diffusion::{Condition, ModelDir, ModelFormat, UNetConfig};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/diffusers")
-        .join(name)
+    common::diffusers_fixture(name)
 }
 
 /// A tensor of `io.safetensors` as f32 values and its shape.
@@ -83,6 +81,7 @@ fn models_written_by_pytorch_predict_what_pytorch_predicted() {
         "class-unet",
         "class-timestep-unet",
         "dit",
+        "ldm-pipeline",
     ] {
         let dir = fixture(name);
         let model = ModelDir::open(&dir).unwrap();
@@ -276,7 +275,7 @@ fn directories_that_do_not_fit_are_refused_by_name() {
             assert!(message.contains(part), "{label}: {message:?} lacks {part:?}");
         }
     };
-    // A latent pipeline (vae/ beside unet/) is refused, not opened as a pixel model.
+    // An autoencoder beside a network that does not take its latents is refused by name.
     case(
         "latent",
         Box::new(|d| {
@@ -286,7 +285,7 @@ fn directories_that_do_not_fit_are_refused_by_name() {
                 std::fs::copy(vae.join(file), d.join("vae").join(file)).unwrap();
             }
         }),
-        &["latent diffusion pipeline", "vae/"],
+        &["takes 3 channels", "autoencoder's latents have 4"],
     );
     case(
         "widths",
@@ -385,4 +384,72 @@ fn an_autoencoder_written_by_pytorch_encodes_and_decodes_as_pytorch_does() {
         "vae: max |retrace − PyTorch| = {mean_error:e} (μ), {variance_error:e} (log σ²), {decode_error:e} (decoded)"
     );
     assert!(mean_error.max(variance_error).max(decode_error) <= 1e-4);
+}
+
+/// A latent diffusion pipeline laid out as the K-FAC paper's ArtBench model (unet/, vae/,
+/// scheduler/ with scaled_linear betas): it opens as a latent model of 1×28×28 images whose
+/// latent space gives PyTorch's `latent_dist` in model units (μ·s, log σ² + 2 log s) and
+/// decodes as PyTorch does; its U-Net matches in `models_written_by_pytorch_…` above.
+#[test]
+fn a_latent_pipeline_written_by_pytorch_opens_and_its_latent_space_matches_pytorch() {
+    let dir = fixture("ldm-pipeline");
+    let model = ModelDir::open(&dir).unwrap();
+    assert!(model.info.is_latent());
+    assert_eq!(model.info.architecture.shape(), [4, 14, 14]);
+    assert_eq!(model.info.image_shape(), [1, 28, 28]);
+    assert_eq!(
+        model.info.schedule.beta_schedule,
+        retrace::diffusion::schedule::BetaSchedule::ScaledLinear
+    );
+    let space = model
+        .latent_space(&cpu())
+        .unwrap()
+        .expect("a latent model has an autoencoder");
+    let io = dir.join("ldm-io.safetensors");
+    let scale = space.config.scaling_factor as f32;
+    let encoded = space.encode(&tensor_of(&io, "image").0, [1, 28, 28], &cpu()).unwrap();
+    let scaled_mean: Vec<f32> = tensor_of(&io, "mean").0.iter().map(|m| m * scale).collect();
+    let scaled_log_variance: Vec<f32> = tensor_of(&io, "log_variance")
+        .0
+        .iter()
+        .map(|v| v + 2.0 * scale.ln())
+        .collect();
+    let (latent, _) = tensor_of(&io, "latent");
+    let decoded = space.decode_host(&latent, [4, 14, 14], &cpu()).unwrap();
+    let expected_decoded: Vec<f32> = tensor_of(&io, "decoded").0.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+    let errors = [
+        max_abs_difference(&encoded.mean, &scaled_mean),
+        max_abs_difference(&encoded.log_variance, &scaled_log_variance),
+        max_abs_difference(&decoded, &expected_decoded),
+    ];
+    eprintln!("ldm-pipeline: max |retrace − PyTorch| = {errors:?} (μ·s, log σ² + 2 log s, decoded)");
+    assert!(errors.iter().all(|&e| e <= 1e-4), "{errors:?}");
+}
+
+/// The K-FAC paper's ArtBench latent U-Net (BrunoKM/diffusion-influence,
+/// scripts/model_configs/unet_artbench.json) opens as it is.
+#[test]
+fn the_kfac_papers_artbench_latent_unet_config_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("config.json");
+    let config = serde_json::json!({
+        "_class_name": "UNet2DModel", "_diffusers_version": "0.27.2", "act_fn": "silu",
+        "add_attention": true, "attention_head_dim": 8, "attn_norm_num_groups": null,
+        "block_out_channels": [128, 256, 256, 256], "center_input_sample": false,
+        "class_embed_type": null,
+        "down_block_types": ["AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
+        "downsample_padding": 1, "downsample_type": "conv", "dropout": 0.0, "flip_sin_to_cos": true,
+        "freq_shift": 0, "in_channels": 4, "layers_per_block": 2, "mid_block_scale_factor": 1,
+        "norm_eps": 1e-05, "norm_num_groups": 32, "num_class_embeds": null, "num_train_timesteps": null,
+        "out_channels": 4, "resnet_time_scale_shift": "default", "sample_size": 32,
+        "time_embedding_type": "positional",
+        "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D"],
+        "upsample_type": "conv"
+    });
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let architecture = retrace::diffusion::diffusers::read_architecture(&path).unwrap();
+    assert_eq!(architecture.shape(), [4, 32, 32]);
+    let unet = architecture.as_unet().unwrap();
+    assert_eq!(unet.attention, vec![true, true, true, false]);
+    assert_eq!(unet.layers_per_block, 2);
 }

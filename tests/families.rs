@@ -1,8 +1,10 @@
-//! Class-conditional models end to end, a U-Net and a DiT: a tiny class-conditional U-Net trained with label
-//! dropout on real Fashion-MNIST images samples the class it is asked for, with and without
-//! classifier-free guidance; every method ranks a perturbed copy of a training image (under its
-//! label, with independent draws) and finds its source near the top; a generated sample is
-//! attributed under the class it was generated for, and that class changes the scores.
+//! The model families end to end: a class-conditional U-Net, a DiT and a latent diffusion
+//! model. A tiny class-conditional U-Net trained with label dropout on real Fashion-MNIST images
+//! samples the class it is asked for, with and without classifier-free guidance; every method
+//! ranks a perturbed copy of a training image (under its label, with independent draws) and
+//! finds its source near the top; a generated sample is attributed under the class it was
+//! generated for, and that class changes the scores. The DiT and the latent model (a U-Net on
+//! the latents of the fixture autoencoder) pass the same source search.
 
 use crate::common;
 
@@ -15,8 +17,8 @@ use retrace::index::IndexSettings;
 use retrace::jobs::JobContext;
 
 /// How far down the 24 training images each method may rank the source of a perturbed copy,
-/// queried under the source's label with independent draws (4 buckets × 4 draws) on the
-/// briefly trained tiny class-conditional model: the top 5. Measured: pixel, EK-FAC, D-TRAK,
+/// queried under the source's label with independent draws, on every family's briefly trained
+/// tiny model: the top 5. On the class-conditional U-Net (4 buckets × 4 draws): Measured: pixel, EK-FAC, D-TRAK,
 /// MUCS 0, TracIn and TRAK 1, K-FAC 4 (ReTrac 1, its bucket variant 0; printed only, as in
 /// tests/rgb.rs). With 2 draws per bucket TracIn, K-FAC and TRAK rank it 7–9.
 const SOURCE_RANK_LIMIT: [(&str, usize); 7] = [
@@ -75,7 +77,7 @@ pub(crate) fn every_method_finds_the_source(
         draws,
         extra,
     } = *search;
-    let shape = model.info.architecture.shape();
+    let shape = model.info.image_shape();
     let query = Query {
         condition: Condition::Class(data.labels[source]),
         ..Query::image(
@@ -264,19 +266,6 @@ fn a_class_conditional_unet_trains_samples_with_guidance_and_is_attributed_under
     }
 }
 
-/// How far down the 24 training images each method may rank the source on the tiny DiT
-/// (see [`SOURCE_RANK_LIMIT`]): the top 5. Measured (12 draws per bucket, K-FAC-reduce):
-/// pixel, MUCS, K-FAC, EK-FAC 0, TracIn, TRAK and D-TRAK 0–1 (ReTrac 0).
-const DIT_SOURCE_RANK_LIMIT: [(&str, usize); 7] = [
-    ("pixel", 1),
-    ("tracin", 5),
-    ("kfac", 5),
-    ("ekfac", 5),
-    ("trak", 5),
-    ("dtrak", 5),
-    ("mucs", 5),
-];
-
 #[test]
 fn a_dit_trains_samples_with_guidance_and_every_method_finds_a_training_image() {
     let tmp = tempfile::tempdir().unwrap();
@@ -286,7 +275,8 @@ fn a_dit_trains_samples_with_guidance_and_every_method_finds_a_training_image() 
     let generated = generated_sneaker(&model);
     assert_eq!(generated.shape, [1, 28, 28]);
     assert!(generated.pixels.iter().all(|v| v.is_finite()));
-    // The DiT fits its 24 images less closely than the U-Net: the query's loss starts above
+    // Measured (12 draws per bucket, K-FAC-reduce): pixel, MUCS, K-FAC, EK-FAC 0, TracIn, TRAK
+    // and D-TRAK 0–1 (ReTrac 0). The DiT fits its 24 images less closely than the U-Net: the query's loss starts above
     // 0.2·L_null, so MUCS stops at 0.5·L_null (the paper's 0.05 takes hundreds of steps). Its
     // gradient methods need more draws (12 per bucket; with 4, TracIn ranks the source 8). K-FAC
     // and EK-FAC share their factors over tokens by K-FAC-reduce here: with the default
@@ -297,11 +287,110 @@ fn a_dit_trains_samples_with_guidance_and_every_method_finds_a_training_image() 
         &data,
         5,
         &SourceSearch {
-            limits: &DIT_SOURCE_RANK_LIMIT,
+            limits: &SOURCE_RANK_LIMIT,
             mucs_tolerance: 0.5,
             draws: 12,
             extra: &["sharing=reduce"],
         },
         &tmp.path().join("index"),
     );
+}
+
+#[test]
+fn a_latent_diffusion_model_trains_on_cached_latents_samples_images_and_every_method_finds_a_training_image() {
+    use retrace::diffusion::latent::{LatentDistributions, cache, install_vae, training_latents};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fashion_subset(24);
+    let root = tmp.path().join("model");
+    let vae = install_vae(&common::diffusers_fixture("ldm-pipeline").join("vae"), &root).unwrap();
+    assert_eq!((vae.latent_channels, vae.downsampling()), (4, 2));
+    let architecture: Architecture = retrace::diffusion::UNetConfig::named("tiny", 4, 14).unwrap().into();
+    let mut info = common::test_model_info(architecture, &data, 8, 1000);
+    info.vae = Some(vae);
+    let model = ModelDir::create(&root, info).unwrap();
+    train(
+        &model,
+        &data,
+        &TrainLength { epochs: 100 },
+        false,
+        &cpu(),
+        &JobContext::silent(),
+    )
+    .unwrap();
+    let model = ModelDir::open(&root).unwrap();
+    assert!(model.info.is_latent(), "model.json keeps the autoencoder");
+    assert_eq!(model.info.image_shape(), [1, 28, 28]);
+
+    // The training latents come from the cache; a damaged chunk is encoded again, to the same
+    // values (up to the CPU backend's threaded summation order).
+    let job = JobContext::silent();
+    let latents: LatentDistributions = training_latents(&model, &data, &cpu(), &job).unwrap().unwrap();
+    assert_eq!((latents.len(), latents.shape), (24, [4, 14, 14]));
+    let chunk = cache::cache_dir(&data.content_hash(), &latents.vae_sha256).join("chunk-00000.safetensors");
+    std::fs::write(&chunk, b"damaged").unwrap();
+    let again = training_latents(&model, &data, &cpu(), &job).unwrap().unwrap();
+    let difference = again
+        .mean
+        .iter()
+        .chain(&again.log_variance)
+        .zip(latents.mean.iter().chain(&latents.log_variance))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(difference < 1e-5, "re-encoded latents differ by {difference}");
+
+    // A generated query: pixels decoded, its latent kept, every x̂0 decoded for the viewer.
+    let generated = retrace::attribution::query::generate_query(
+        &model,
+        4,
+        Condition::Unconditional,
+        &SamplerConfig::new(SamplerKind::Ddim, 10),
+        &cpu(),
+        &job,
+        |_, _, _| {},
+    )
+    .unwrap();
+    assert_eq!(generated.shape, [1, 28, 28]);
+    assert_eq!(generated.pixels.len(), 28 * 28);
+    assert_eq!(generated.latent.as_ref().map(Vec::len), Some(4 * 14 * 14));
+    let trajectory = generated.trajectory.as_ref().unwrap();
+    assert_eq!(trajectory.image(0).len(), 28 * 28);
+    assert_eq!(trajectory.predicted_clean(0).len(), 4 * 14 * 14);
+
+    // Measured with 8 draws per bucket: pixel, TRAK 0, K-FAC, EK-FAC, D-TRAK 1, TracIn 2, MUCS 3
+    // (ReTrac 0); with 4 draws EK-FAC ranks the source 7.
+    let settings = every_method_finds_the_source(
+        &model,
+        &data,
+        5,
+        &SourceSearch {
+            limits: &SOURCE_RANK_LIMIT,
+            mucs_tolerance: 0.5,
+            draws: 8,
+            extra: &[],
+        },
+        &tmp.path().join("index"),
+    );
+    // Journey-TRAK follows the generated latent's trajectory; a painted region (in pixels)
+    // is averaged onto the latent grid.
+    let mut mask = vec![0f32; 28 * 28];
+    mask[..14 * 28].fill(1.0);
+    let region_query = Query {
+        mask: Some(mask),
+        ..generated
+    };
+    let journey = MethodSettings {
+        methods: vec!["journey".into(), "kfac".into()],
+        ..Default::default()
+    };
+    for scores in attribute(&model, &data, &region_query, &journey, &settings, &cpu(), &job).unwrap() {
+        assert!(scores.totals().iter().all(|v| v.is_finite()), "{}", scores.method);
+    }
+
+    // The export carries the autoencoder: it reopens as the same latent model.
+    let export = tmp.path().join("export");
+    let last = model.latest().unwrap().unwrap();
+    retrace::diffusion::diffusers::export_pipeline(&model, &last, &export, &cpu()).unwrap();
+    let reopened = ModelDir::open(&export).unwrap();
+    assert_eq!(reopened.info.vae, model.info.vae);
+    assert_eq!(reopened.info.image_shape(), [1, 28, 28]);
 }

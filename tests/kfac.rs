@@ -341,7 +341,8 @@ fn curvature_fit_with_monte_carlo_ggn_converges_to_the_exact_ggn_influence_where
     let examples = Examples {
         ids: (0..images as u64).collect(),
         shape: [1, 2, 3],
-        pixels: standard_normal(&mut stream("kfac-test-images", &[]), images * 6)
+        log_variance: None,
+        values: standard_normal(&mut stream("kfac-test-images", &[]), images * 6)
             .into_iter()
             .map(|v| (v * 0.5).clamp(-1.0, 1.0))
             .collect(),

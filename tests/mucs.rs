@@ -7,6 +7,7 @@ use common::cpu;
 use retrace::attribution::mucs::{MucsSettings, UnlearnRequest, null_loss, skew_scores, trainable_parameters};
 use retrace::attribution::products::losses::{ScoringDraws, loss_matrix};
 use retrace::diffusion::Schedule;
+use retrace::diffusion::images::TrainingInputs;
 use retrace::jobs::JobContext;
 
 /// The largest relative rise of the mean training loss (over the fixed scoring draws) that
@@ -46,7 +47,7 @@ fn unlearning_stops_at_its_bound_keeps_the_retain_loss_and_the_original_model_sc
     let null = null_loss(
         &model.info.architecture,
         &schedule,
-        &data,
+        TrainingInputs::pixels(&data),
         settings.null_images,
         &cpu(),
         &job,
@@ -57,7 +58,7 @@ fn unlearning_stops_at_its_bound_keeps_the_retain_loss_and_the_original_model_sc
     let request = UnlearnRequest {
         net: &net,
         schedule: &schedule,
-        data: &data,
+        inputs: TrainingInputs::pixels(&data),
         query: &query,
         query_condition: Default::default(),
         region: None,
@@ -77,8 +78,20 @@ fn unlearning_stops_at_its_bound_keeps_the_retain_loss_and_the_original_model_sc
     assert!(report.forget_loss[1] >= 0.2 * null && report.forget_loss[1] <= null + 1e-9);
 
     let draws = ScoringDraws::new(settings.draws, schedule.len(), data.image_len());
-    let original = loss_matrix(&net, &schedule, &data, &draws, &cpu(), &job, "original").unwrap();
-    let after = loss_matrix(&unlearned, &schedule, &data, &draws, &cpu(), &job, "unlearned").unwrap();
+    let losses = |net: &retrace::diffusion::Network, stage: &str| {
+        loss_matrix(
+            net,
+            &schedule,
+            TrainingInputs::pixels(&data),
+            &draws,
+            &cpu(),
+            &job,
+            stage,
+        )
+        .unwrap()
+    };
+    let original = losses(&net, "original");
+    let after = losses(&unlearned, "unlearned");
     let rise = mean(&after) / mean(&original) - 1.0;
     eprintln!(
         "training loss over the draws: {:.4} → {:.4} ({:+.1}%)",
@@ -94,7 +107,7 @@ fn unlearning_stops_at_its_bound_keeps_the_retain_loss_and_the_original_model_sc
         moved.iter().any(|&v| v != 0.0),
         "unlearning changed the training losses"
     );
-    let again = loss_matrix(&net, &schedule, &data, &draws, &cpu(), &job, "original again").unwrap();
+    let again = losses(&net, "original again");
     let zero = skew_scores(&again, &original, &draws, &buckets);
     assert!(
         zero.iter().all(|&v| v == 0.0),

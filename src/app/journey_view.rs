@@ -51,7 +51,7 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui, scores: &Scores) {
         .map(|i| scores.bucket_scores(i)[bucket] as f64)
         .collect();
     ui.horizontal(|ui| {
-        let bytes = unit_to_bytes(trajectory.predicted_clean(s));
+        let bytes = unit_to_bytes(trajectory.image(s));
         let tex = app.thumbnails.named(&ctx, "journey-x0", &bytes, shape);
         ui.vertical(|ui| {
             ui.add(image(&tex, 96.0).alt_text("predicted clean image at this step"));

@@ -20,6 +20,8 @@ use super::products::trak_kernel::TrakKernel;
 use super::query::Query;
 use super::scores::Scores;
 use crate::data::Dataset;
+use crate::diffusion::images::TrainingInputs;
+use crate::diffusion::latent::{LatentDistributions, LatentSpace, training_latents};
 use crate::diffusion::{CheckpointEntry, Measurement, ModelDir, Network, Schedule};
 use crate::grad::{Examples, FeatureRun, Features, GradError};
 use crate::index::{Index, IndexSettings};
@@ -50,6 +52,9 @@ pub struct Context<'a> {
     query_gradients: HashMap<Measurement, Vec<Tensor<3>>>,
     kernels: HashMap<(Measurement, u64), Arc<TrakKernel>>,
     scores: HashMap<String, Scores>,
+    latent_space: Option<Option<Arc<LatentSpace>>>,
+    training_latents: Option<Option<Arc<LatentDistributions>>>,
+    query_example: Option<Examples>,
 }
 
 impl<'a> Context<'a> {
@@ -80,7 +85,31 @@ impl<'a> Context<'a> {
             query_gradients: HashMap::new(),
             kernels: HashMap::new(),
             scores: HashMap::new(),
+            latent_space: None,
+            training_latents: None,
+            query_example: None,
         }
+    }
+
+    /// A latent model's autoencoder, loaded once per request; `None` for a pixel-space model.
+    pub fn latent_space(&mut self) -> Result<Option<Arc<LatentSpace>>, AttributionError> {
+        if let Some(space) = &self.latent_space {
+            return Ok(space.clone());
+        }
+        let space = self.model.latent_space(self.device)?.map(Arc::new);
+        self.latent_space = Some(space.clone());
+        Ok(space)
+    }
+
+    /// A latent model's training latents (from the cache, encoding what it lacks); `None` for a
+    /// pixel-space model.
+    pub fn training_latents(&mut self) -> Result<Option<Arc<LatentDistributions>>, AttributionError> {
+        if let Some(latents) = &self.training_latents {
+            return Ok(latents.clone());
+        }
+        let latents = training_latents(self.model, self.data, self.device, self.job)?.map(Arc::new);
+        self.training_latents = Some(latents.clone());
+        Ok(latents)
     }
 
     /// The index, built (or resumed) if needed and opened.
@@ -123,15 +152,47 @@ impl<'a> Context<'a> {
         Schedule::new(&self.model.info.schedule)
     }
 
-    /// The query as a one-example set; its id keys nothing under shared noise.
-    pub fn query_example(&self) -> Examples {
-        Examples {
-            ids: vec![u64::MAX],
-            shape: self.query.shape,
-            pixels: self.query.pixels.clone(),
-            region: self.query.mask.clone(),
-            conditions: vec![self.query.condition],
+    /// The query as a one-example set in the network's space; its id keys nothing under shared
+    /// noise. For a latent model: a generated query's latent as it is, a loaded image encoded
+    /// to its latent distribution, a painted region averaged onto the latent grid.
+    pub fn query_example(&mut self) -> Result<Examples, AttributionError> {
+        if let Some(example) = &self.query_example {
+            return Ok(example.clone());
         }
+        let query = self.query;
+        let example = match self.latent_space()? {
+            None => Examples {
+                ids: vec![u64::MAX],
+                shape: query.shape,
+                values: query.pixels.clone(),
+                log_variance: None,
+                region: query.mask.clone(),
+                conditions: vec![query.condition],
+            },
+            Some(space) => {
+                let shape = self.model.info.architecture.shape();
+                let (values, log_variance) = match &query.latent {
+                    Some(latent) => (latent.clone(), None),
+                    None => {
+                        let encoded = space.encode(&query.pixels, query.shape, self.device)?;
+                        (encoded.mean, Some(encoded.log_variance))
+                    }
+                };
+                Examples {
+                    ids: vec![u64::MAX],
+                    shape,
+                    values,
+                    log_variance,
+                    region: query
+                        .mask
+                        .as_ref()
+                        .map(|mask| space.region_to_latent(mask, query.shape[1], query.shape[2])),
+                    conditions: vec![query.condition],
+                }
+            }
+        };
+        self.query_example = Some(example.clone());
+        Ok(example)
     }
 
     /// The index's checkpoint entries in the model directory, oldest first, found by their
@@ -170,11 +231,15 @@ impl<'a> Context<'a> {
     /// ([`original_losses`]).
     pub fn original_losses(&mut self, draws: &ScoringDraws) -> Result<Vec<f32>, AttributionError> {
         let model = self.final_model()?;
+        let latents = self.training_latents()?;
         let cache_dir = self.index_settings.dir.parent().unwrap_or(std::path::Path::new("."));
         original_losses(
             &model,
             &self.schedule(),
-            self.data,
+            TrainingInputs {
+                data: self.data,
+                latents: latents.as_deref(),
+            },
             draws,
             cache_dir,
             self.device,
@@ -230,7 +295,7 @@ impl<'a> Context<'a> {
                 .map(|c| (c.state.step, c.state.learning_rate))
                 .collect::<Vec<_>>(),
         );
-        let query = self.query_example();
+        let query = self.query_example()?;
         let mut checkpoints = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
             let net = self.model.load_model(entry, self.device)?;
@@ -303,12 +368,16 @@ impl<'a> Context<'a> {
         let index = self.index()?;
         let model = self.last_model()?;
         let schedule = self.schedule();
+        let latents = self.training_latents()?;
         let curvature = Curvature::fit_or_load(
             &settings,
             &index,
             &model,
             &schedule,
-            self.data,
+            TrainingInputs {
+                data: self.data,
+                latents: latents.as_deref(),
+            },
             self.index_settings.batch_size,
             self.device,
             self.job,
@@ -337,7 +406,8 @@ impl<'a> Context<'a> {
             batch_size: self.index_settings.batch_size,
             device: self.device,
         };
-        Ok(visit(&run, &self.query_example())?)
+        let query = self.query_example()?;
+        Ok(visit(&run, &query)?)
     }
 
     /// The query's exact (unprojected) per-bucket gradients of `measurement` at the index's

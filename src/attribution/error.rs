@@ -4,6 +4,7 @@
 use crate::curvature::CurvatureError;
 use crate::data::DataError;
 use crate::device::DeviceError;
+use crate::diffusion::latent::LatentError;
 use crate::diffusion::{CheckpointError, ConfigError, ModelError};
 use crate::files::{FileError, ImageFileError};
 use crate::grad::GradError;
@@ -55,10 +56,14 @@ pub enum AttributionError {
     /// A tensor could not be read back from the device.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// A latent model's training latents could not be encoded or read.
+    #[error(transparent)]
+    Latent(LatentError),
 }
 
 crate::jobs::cancellable_error!(AttributionError {
     Index(IndexError),
     Curvature(CurvatureError),
     Grad(GradError),
+    Latent(LatentError),
 });

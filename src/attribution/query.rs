@@ -23,24 +23,45 @@ pub struct Query {
     /// The condition it is attributed under: the class a sample was generated for, or the one
     /// given with a loaded image (an unconditional model ignores it).
     pub condition: Condition,
+    /// For a sample of a latent model, the latent it was generated as (model units): what the
+    /// methods attribute, instead of encoding the decoded `pixels` again. `None` for a loaded
+    /// image (encoded when attributed) and for a pixel-space model.
+    pub latent: Option<Vec<f32>>,
 }
 
 /// A generated query's denoising trajectory: after every sampling step, the step t the model
-/// was evaluated at and its estimate of the clean image x̂₀ (what Journey-TRAK attributes).
+/// was evaluated at and its estimate of the clean input x̂₀ (what Journey-TRAK attributes).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Trajectory {
     /// t of every sampling step, noisiest first.
     pub steps: Vec<usize>,
-    /// x̂₀ after every step (C×H×W in [−1, 1] each, concatenated).
+    /// x̂₀ after every step in the network's space (pixels in [−1, 1], or a latent model's
+    /// latents), concatenated.
     pub predicted_clean: Vec<f32>,
+    /// For a latent model, every x̂₀ decoded to pixels (concatenated); `None` when
+    /// `predicted_clean` is pixels already.
+    pub decoded: Option<Vec<f32>>,
 }
 
 impl Trajectory {
-    /// x̂₀ of sampling step `s`.
+    /// x̂₀ of sampling step `s`, in the network's space.
     pub fn predicted_clean(&self, s: usize) -> &[f32] {
-        let pixels = self.predicted_clean.len() / self.steps.len().max(1);
-        &self.predicted_clean[s * pixels..(s + 1) * pixels]
+        step_slice(&self.predicted_clean, self.steps.len(), s)
     }
+
+    /// x̂₀ of sampling step `s` as an image (C×H×W pixels in [−1, 1]).
+    pub fn image(&self, s: usize) -> &[f32] {
+        match &self.decoded {
+            Some(decoded) => step_slice(decoded, self.steps.len(), s),
+            None => self.predicted_clean(s),
+        }
+    }
+}
+
+/// Step `s`'s part of `values`, which holds `steps` equal parts.
+fn step_slice(values: &[f32], steps: usize, s: usize) -> &[f32] {
+    let len = values.len() / steps.max(1);
+    &values[s * len..(s + 1) * len]
 }
 
 impl Query {
@@ -53,6 +74,7 @@ impl Query {
             trajectory: None,
             mask: None,
             condition: Condition::Unconditional,
+            latent: None,
         }
     }
 }
@@ -141,20 +163,32 @@ pub fn generate_query(
 ) -> Result<Query, AttributionError> {
     config.validate(model.info.schedule.steps)?;
     let (net, entry) = model.load_latest(device)?;
+    let latent_space = model.latent_space(device)?;
     let shape = model.info.architecture.shape();
     let schedule = crate::diffusion::Schedule::new(&model.info.schedule);
     let mut trajectory = Trajectory {
         steps: Vec::new(),
         predicted_clean: Vec::new(),
+        decoded: latent_space.as_ref().map(|_| Vec::new()),
     };
     let mut failure = None;
     let sampled = crate::diffusion::sample(&net, &schedule, config, shape, &[seed], &[condition], device, |step| {
         job.report("sampling", step.done as u64, step.total as u64, "");
-        match crate::device::read_back(step.predicted_clean.clone()) {
-            Ok(pixels) => {
-                frame(step.done, step.total, &pixels);
+        let read = crate::device::read_back(step.predicted_clean.clone()).and_then(|clean| {
+            let image = match &latent_space {
+                Some(space) => crate::device::read_back(space.decode(step.predicted_clean.clone()))?,
+                None => clean.clone(),
+            };
+            Ok((clean, image))
+        });
+        match read {
+            Ok((clean, image)) => {
+                frame(step.done, step.total, &image);
                 trajectory.steps.push(step.t);
-                trajectory.predicted_clean.extend(pixels);
+                trajectory.predicted_clean.extend(clean);
+                if let Some(decoded) = &mut trajectory.decoded {
+                    decoded.extend(image);
+                }
             }
             Err(e) => failure = Some(e),
         }
@@ -166,7 +200,13 @@ pub fn generate_query(
     let Some(x) = sampled? else {
         return Err(AttributionError::Cancelled);
     };
-    let pixels = crate::device::read_back(x)?;
+    let (pixels, latent) = match &latent_space {
+        Some(space) => (
+            crate::device::read_back(space.decode(x.clone()))?,
+            Some(crate::device::read_back(x)?),
+        ),
+        None => (crate::device::read_back(x)?, None),
+    };
     let guidance = if config.is_guided() {
         format!(", guidance {}", config.guidance_scale)
     } else {
@@ -179,9 +219,10 @@ pub fn generate_query(
     Ok(Query {
         trajectory: Some(trajectory),
         condition,
+        latent,
         ..Query::image(
             pixels,
-            shape,
+            model.info.image_shape(),
             format!(
                 "sample seed {seed}{class}, {:?} {} steps{guidance}, checkpoint step {}",
                 config.kind, config.steps, entry.state.step

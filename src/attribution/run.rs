@@ -63,7 +63,7 @@ pub fn attribute_in(
     device: &Device,
     job: &JobContext,
 ) -> Result<Vec<Scores>, AttributionError> {
-    let model_shape = model.info.architecture.shape();
+    let model_shape = model.info.image_shape();
     if query.shape != model_shape {
         return Err(AttributionError::Request(format!(
             "the query is {:?} but the model takes {:?}",

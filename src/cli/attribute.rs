@@ -57,7 +57,7 @@ pub fn run(args: AttributeArgs, device: Option<DeviceRequest>) -> Result<()> {
     } = args;
     let dev = compute_device(device)?;
     let (model, data, settings) = target.open()?;
-    let [channels, size, _] = model.info.architecture.shape();
+    let [channels, size, _] = model.info.image_shape();
     let (job, bar) = terminal_job()?;
     let class = condition.condition(&model.info)?;
     let q = match (query, seed) {

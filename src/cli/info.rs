@@ -74,8 +74,15 @@ fn describe_model(dir: &ModelDir) -> Result<()> {
         );
         println!("  conditioning: class labels, {null}");
     }
-    let [c, h, w] = i.architecture.shape();
+    let [c, h, w] = i.image_shape();
     println!("  images: {c}×{h}×{w}");
+    if let Some(vae) = &i.vae {
+        let [lc, lh, lw] = i.architecture.shape();
+        println!(
+            "  latent diffusion: {lc}×{lh}×{lw} latents of an AutoencoderKL (widths {:?}, scaling factor {})",
+            vae.block_out_channels, vae.scaling_factor
+        );
+    }
     let shape = match i.schedule.beta_schedule {
         BetaSchedule::Linear => "linear",
         BetaSchedule::ScaledLinear => "scaled-linear",

@@ -9,6 +9,7 @@ use retrace::device::{self, ComputeDevice, DeviceRequest};
 use retrace::diffusion::Architecture;
 use retrace::diffusion::dit::DIT_CONFIG_NAMES;
 use retrace::diffusion::unet::CONFIG_NAMES;
+use retrace::diffusion::vae::VaeConfig;
 use retrace::jobs::{CancelToken, JobContext, TerminalProgress};
 
 pub mod args;
@@ -73,8 +74,18 @@ pub(crate) fn terminal_job() -> Result<(JobContext, Arc<TerminalProgress>)> {
 /// (`tiny`, `base`, `ddpm-cifar10`, `dit-tiny`, `dit-small`), a model directory (retrace's or
 /// diffusers'), or a diffusers `UNet2DModel` or `DiTTransformer2DModel` `config.json`.
 pub(crate) fn named_config(name: &str, data: &Dataset) -> Result<Architecture> {
+    named_config_for(name, data, None)
+}
+
+/// [`named_config`] for a network that denoises the latents of the autoencoder `vae`
+/// (`None`: pixels): presets are built for the latents' channels and side.
+pub(crate) fn named_config_for(name: &str, data: &Dataset, vae: Option<&VaeConfig>) -> Result<Architecture> {
+    let (channels, side, what) = match vae {
+        None => (data.channels, data.height, "images"),
+        Some(vae) => (vae.latent_channels, data.height / vae.downsampling(), "latents"),
+    };
     let path = std::path::Path::new(name);
-    let cfg = if let Some(preset) = Architecture::named(name, data.channels, data.height, data.class_names.len()) {
+    let cfg = if let Some(preset) = Architecture::named(name, channels, side, data.class_names.len()) {
         preset
     } else if path.is_dir() {
         retrace::diffusion::ModelDir::open(path)?.info.architecture
@@ -88,14 +99,14 @@ pub(crate) fn named_config(name: &str, data: &Dataset) -> Result<Architecture> {
     };
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("config {name} does not fit {}: {e}", data.name))?;
-    let [c, h, w] = cfg.shape();
-    if [c, h, w] != [data.channels, data.height, data.width] {
+    let shape = cfg.shape();
+    if shape != [channels, side, side] {
         anyhow::bail!(
-            "config {name} takes {c}×{h}×{w} images but {} holds {}×{}×{}",
+            "config {name} takes {}×{}×{} {what} but {} gives {channels}×{side}×{side}",
+            shape[0],
+            shape[1],
+            shape[2],
             data.name,
-            data.channels,
-            data.height,
-            data.width
         );
     }
     Ok(cfg)

@@ -8,6 +8,7 @@ use retrace::data::bundled_model_dir;
 use retrace::data::pixels::grid;
 use retrace::device::DeviceRequest;
 use retrace::diffusion::images::tensor_to_images;
+use retrace::diffusion::latent::to_images;
 use retrace::diffusion::{ModelDir, SamplerKind, Schedule, sample};
 
 use super::args::ConditionArgs;
@@ -62,6 +63,7 @@ pub fn run(args: SampleArgs, device: Option<DeviceRequest>) -> Result<()> {
     let net = dir.load_model(&entry, &dev.device)?;
     let schedule = Schedule::new(&dir.info.schedule);
     let shape = dir.info.architecture.shape();
+    let latent_space = dir.latent_space(&dev.device)?;
     let (job, bar) = terminal_job()?;
     let conditions = vec![condition; seeds.len()];
     let images = sample(
@@ -81,9 +83,9 @@ pub fn run(args: SampleArgs, device: Option<DeviceRequest>) -> Result<()> {
     let Some(images) = images? else {
         bail!("sampling cancelled")
     };
-    let images = tensor_to_images(images)?;
+    let images = tensor_to_images(to_images(latent_space.as_ref(), images))?;
     let cols = (images.len() as f64).sqrt().ceil() as usize;
-    let picture = grid(&images, shape, cols);
+    let picture = grid(&images, dir.info.image_shape(), cols);
     save_png(&picture, &out)?;
     let under = match condition {
         retrace::diffusion::Condition::Unconditional => String::new(),

@@ -9,7 +9,9 @@ use retrace::device::DeviceRequest;
 use retrace::diffusion::train::{TrainLength, train};
 use retrace::diffusion::{ModelDir, ModelInfo, ScheduleConfig, TrainRecipe};
 
-use super::{compute_device, named_config, terminal_job};
+use retrace::diffusion::latent::{VAE_DIR, install_vae, read_vae_config, vae_sha256};
+
+use super::{compute_device, named_config_for, terminal_job};
 
 /// Train a DDPM on a dataset, saving checkpoints (Ctrl-C saves one and stops).
 #[derive(clap::Args)]
@@ -59,6 +61,12 @@ pub struct TrainArgs {
     /// class-conditional model (--conditional, or a DiT; Ho & Salimans use 0.1–0.2).
     #[arg(long, default_value_t = 0.1)]
     pub label_dropout: f64,
+    /// Latent diffusion: a diffusers `AutoencoderKL` directory (config.json and
+    /// diffusion_pytorch_model.safetensors, e.g. a pipeline's vae/) whose latents the network
+    /// learns to denoise; it is copied into the model directory. --config presets are then
+    /// built for the latents' channels and side.
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
 }
 
 /// Runs `retrace train` on the requested compute device.
@@ -78,6 +86,7 @@ pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
         seed,
         conditional,
         label_dropout,
+        vae,
     } = args;
     if !(0.0..1.0).contains(&label_dropout) {
         bail!("--label-dropout {label_dropout}: use a probability in [0, 1)");
@@ -102,10 +111,19 @@ pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
     let dir = if resume {
         let dir = ModelDir::open(&out)?;
         if let Some(name) = &config
-            && dir.info.architecture != named_config(name, &dataset)?
+            && dir.info.architecture != named_config_for(name, &dataset, dir.info.vae.as_ref())?
         {
             bail!(
                 "{} was trained with another architecture than --config {name}",
+                out.display()
+            );
+        }
+        if let Some(from) = &vae
+            && (dir.info.vae.is_none() || vae_sha256(from)? != vae_sha256(&out.join(VAE_DIR))?)
+        {
+            bail!(
+                "--vae {}: {} keeps the autoencoder it was created with (its {VAE_DIR}/); leave --vae out to resume",
+                from.display(),
                 out.display()
             );
         }
@@ -118,7 +136,8 @@ pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
             );
         }
         let command = std::env::args().collect::<Vec<_>>().join(" ");
-        let architecture = named_config(config.as_deref().unwrap_or("base"), &dataset)?;
+        let vae_config = vae.as_deref().map(read_vae_config).transpose()?;
+        let architecture = named_config_for(config.as_deref().unwrap_or("base"), &dataset, vae_config.as_ref())?;
         let architecture = if conditional {
             architecture.with_classes(dataset.class_names.len())
         } else {
@@ -146,7 +165,11 @@ pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
                 label_dropout: if can_drop { label_dropout } else { 0.0 },
                 command,
             },
+            vae: vae_config,
         };
+        if let Some(from) = &vae {
+            install_vae(from, &out)?;
+        }
         ModelDir::create(&out, info)?
     };
     eprintln!("training on {} images of {}", dataset.len(), spec);

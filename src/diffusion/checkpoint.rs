@@ -119,6 +119,16 @@ impl ModelDir {
             ));
         }
         info.validate().map_err(|e| CheckpointError::invalid(&path, e))?;
+        let vae_config = root.join(super::latent::VAE_DIR).join(super::diffusers::CONFIG_FILE);
+        if info.vae.is_some() && !vae_config.is_file() {
+            return Err(CheckpointError::invalid(
+                root,
+                format!(
+                    "a latent diffusion model without its autoencoder: {} is missing",
+                    vae_config.display()
+                ),
+            ));
+        }
         Ok(Self {
             root: root.to_owned(),
             info,
@@ -143,7 +153,7 @@ impl ModelDir {
     /// Checks that `data` fits the model: its images' shape, and its content when the model
     /// records the hash of the data it was trained on.
     pub fn check_data(&self, data: &crate::data::Dataset) -> Result<(), ModelError> {
-        let shape = self.info.architecture.shape();
+        let shape = self.info.image_shape();
         if [data.channels, data.height, data.width] != shape {
             return Err(ModelError::DataMismatch(format!(
                 "{} holds {}×{}×{} images but the model takes {}×{}×{}",
@@ -174,6 +184,23 @@ impl ModelDir {
                 data.name
             )
         })
+    }
+
+    /// The autoencoder of a latent diffusion model (its `vae/`) on `device`; `None` for a
+    /// pixel-space model.
+    pub fn latent_space(&self, device: &Device) -> Result<Option<super::latent::LatentSpace>, ModelError> {
+        if self.info.vae.is_none() {
+            return Ok(None);
+        }
+        let space = super::latent::LatentSpace::open(&self.root.join(super::latent::VAE_DIR), device)?;
+        if Some(&space.config) != self.info.vae.as_ref() {
+            return Err(ModelError::Weights(format!(
+                "the autoencoder in {} is not the one {} records",
+                space.dir.display(),
+                self.root.display()
+            )));
+        }
+        Ok(Some(space))
     }
 
     /// All complete checkpoints, oldest first. Unfinished temporary directories are ignored; a

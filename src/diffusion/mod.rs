@@ -6,6 +6,7 @@ pub mod diffusers;
 pub mod dit;
 pub mod error;
 pub mod images;
+pub mod latent;
 pub mod measure;
 pub mod model_info;
 pub mod network;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::ConfigError;
+use super::vae::VaeConfig;
 use super::{Architecture, ScheduleConfig};
 use crate::files::FileError;
 
@@ -122,6 +123,10 @@ pub struct ModelInfo {
     pub class_names: Vec<String>,
     /// Training recipe.
     pub train: TrainRecipe,
+    /// For latent diffusion, the autoencoder whose latents the network denoises (its weights
+    /// in the model's `vae/`); absent for a pixel-space model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<VaeConfig>,
 }
 
 /// Whether `hash` is a SHA-256 digest as retrace writes them: 64 lowercase hex digits.
@@ -130,12 +135,43 @@ pub fn is_sha256_hex(hash: &str) -> bool {
 }
 
 impl ModelInfo {
+    /// C×H×W of the images the model makes and is trained on, in pixels: the network's input
+    /// for a pixel-space model, the autoencoder's images of the network's latents for a latent
+    /// one.
+    pub fn image_shape(&self) -> [usize; 3] {
+        let [c, h, w] = self.architecture.shape();
+        match &self.vae {
+            None => [c, h, w],
+            Some(vae) => [vae.in_channels, h * vae.downsampling(), w * vae.downsampling()],
+        }
+    }
+
+    /// Whether the network denoises an autoencoder's latents.
+    pub fn is_latent(&self) -> bool {
+        self.vae.is_some()
+    }
+
     /// Checks every field before use: the architecture, the schedule, and a data hash that is a
     /// SHA-256 digest (or empty: not recorded), so that nothing later slices or compares a
     /// malformed one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.architecture.validate()?;
         self.schedule.validate()?;
+        if let Some(vae) = &self.vae {
+            vae.validate()?;
+            let [c, h, w] = self.architecture.shape();
+            if c != vae.latent_channels {
+                return Err(ConfigError(format!(
+                    "the network takes {c} channels but the autoencoder's latents have {}",
+                    vae.latent_channels
+                )));
+            }
+            if h.saturating_mul(vae.downsampling()) > 1 << 16 || w.saturating_mul(vae.downsampling()) > 1 << 16 {
+                return Err(ConfigError(format!(
+                    "{h}×{w} latents decode to images too large to handle"
+                )));
+            }
+        }
         if !self.data_hash.is_empty() && !is_sha256_hex(&self.data_hash) {
             return Err(ConfigError(format!(
                 "data_hash {:?} is not a SHA-256 digest (64 hex digits); `retrace info DATA` prints the \

@@ -12,11 +12,12 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::checkpoint::{CheckpointError, CheckpointState, LrSchedule, ModelDir, TrainRecipe};
-use super::images::batch_tensor;
+use super::images::TrainingInputs;
+use super::latent::{LatentError, training_latents};
 use super::noise::{below, chance, gaussian, permutation, stream};
 use super::{Condition, ConditionEncoding, ConfigError, Network, Schedule};
 use crate::data::Dataset;
-use crate::jobs::JobContext;
+use crate::jobs::{Cancellable, JobContext};
 
 /// Gradients are clipped to this norm, per parameter tensor (as diffusers' examples clip at 1).
 pub const GRAD_CLIP_NORM: f32 = 1.0;
@@ -55,6 +56,9 @@ pub enum TrainError {
     /// A condition the model cannot read.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A latent model's training latents could not be encoded or read.
+    #[error(transparent)]
+    Latent(#[from] LatentError),
     /// The loss diverged.
     #[error("training diverged at step {step}: loss is {loss}")]
     Diverged {
@@ -244,8 +248,25 @@ pub fn train(
     };
     let per_epoch = data.len().div_ceil(recipe.batch_size);
     let total = per_epoch * length.epochs;
-    let pixels = data.image_len();
     let started = Instant::now();
+    let latents = match training_latents(dir, data, device, job) {
+        Ok(latents) => latents,
+        Err(e) if e.is_cancelled() => {
+            return Ok(TrainOutcome {
+                step,
+                total_steps: total,
+                last_loss: f64::NAN,
+                cancelled: true,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let inputs = TrainingInputs {
+        data,
+        latents: latents.as_ref(),
+    };
+    let input_len = inputs.input_len();
     let (mut window_loss, mut window_n, mut last_loss) = (0.0, 0usize, f64::NAN);
     let mut last_saved = step;
     job.report("training", step as u64, total as u64, "");
@@ -253,10 +274,17 @@ pub fn train(
         if job.cancel.is_cancelled() {
             break;
         }
-        let (indices, ts, noise) = batch_plan(recipe.seed, step, recipe.batch_size, data.len(), schedule.len(), pixels);
+        let (indices, ts, noise) = batch_plan(
+            recipe.seed,
+            step,
+            recipe.batch_size,
+            data.len(),
+            schedule.len(),
+            input_len,
+        );
         let conditions = training_conditions(data, &indices, &encoding, recipe.label_dropout, recipe.seed, step);
-        let batch = noise_images(&schedule, batch_tensor(data, &indices, &ad), &ts, noise)
-            .conditioned(&encoding, &conditions)?;
+        let x0 = inputs.batch(&indices, "train-latent", &[recipe.seed, step as u64], &ad);
+        let batch = noise_images(&schedule, x0, &ts, noise).conditioned(&encoding, &conditions)?;
         let loss = diffusion_loss(&model, &batch);
         let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
         if !loss_value.is_finite() {

@@ -65,6 +65,11 @@ impl VaeConfig {
         size >> self.block_out_channels.len().saturating_sub(1)
     }
 
+    /// Factor between the image side and the latent side (2 per level but the last).
+    pub fn downsampling(&self) -> usize {
+        1 << self.block_out_channels.len().saturating_sub(1)
+    }
+
     /// Checks the sizes.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let levels = self.block_out_channels.len();

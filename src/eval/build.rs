@@ -533,6 +533,7 @@ pub(crate) fn model_info(spec: &BenchmarkSpec, data: &Dataset, seed: u64, what: 
         data_len: data.len(),
         class_names: data.class_names.clone(),
         train: spec.recipe(seed, format!("retrace eval build-lds ({what})")),
+        vae: None,
     }
 }
 

@@ -85,7 +85,7 @@ impl BuiltBenchmark {
         let query = &self.truth.queries[q];
         Query::image(
             bytes_to_unit(&query.pixels),
-            self.model.info.architecture.shape(),
+            self.model.info.image_shape(),
             query.describe(),
         )
     }

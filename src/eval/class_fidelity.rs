@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::EvalError;
 use super::classifier::{Classifier, ClassifierInfo};
+use crate::diffusion::latent::to_images;
 use crate::diffusion::{Condition, ModelDir, SamplerConfig, Schedule, sample};
 use crate::jobs::JobContext;
 
@@ -58,7 +59,7 @@ pub fn judge_samples(
             "the model is unconditional: there is no class to judge its samples against".into(),
         ));
     }
-    let shape = net_info.architecture.shape();
+    let shape = net_info.image_shape();
     let judged = [about.config.channels, about.config.size, about.config.size];
     if shape != judged {
         return Err(EvalError::Invalid(format!(
@@ -67,6 +68,7 @@ pub fn judge_samples(
     }
     sampler.validate(net_info.schedule.steps)?;
     let (net, _) = model.load_latest(device)?;
+    let latent_space = model.latent_space(device)?;
     let schedule = Schedule::new(&net_info.schedule);
     let classes = about.class_names.len();
     let seeds: Vec<u64> = (0..per_class.max(1) as u64).collect();
@@ -75,17 +77,26 @@ pub fn judge_samples(
     for class in 0..classes as u32 {
         job.stop_if_cancelled()?;
         let conditions = vec![Condition::Class(class); seeds.len()];
-        let images = sample(&net, &schedule, sampler, shape, &seeds, &conditions, device, |step| {
-            job.report(
-                &format!("sampling class {class}"),
-                step.done as u64,
-                step.total as u64,
-                "",
-            );
-            !job.cancel.is_cancelled()
-        })?
+        let sampled = sample(
+            &net,
+            &schedule,
+            sampler,
+            net_info.architecture.shape(),
+            &seeds,
+            &conditions,
+            device,
+            |step| {
+                job.report(
+                    &format!("sampling class {class}"),
+                    step.done as u64,
+                    step.total as u64,
+                    "",
+                );
+                !job.cancel.is_cancelled()
+            },
+        )?
         .ok_or(EvalError::Cancelled)?;
-        let pixels = crate::device::read_back(images)?;
+        let pixels = crate::device::read_back(to_images(latent_space.as_ref(), sampled))?;
         let predicted = classifier.predict(&pixels, shape, device)?;
         let mut assigned = vec![0usize; classes];
         for &p in &predicted {

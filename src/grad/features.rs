@@ -7,22 +7,29 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::GradError;
 use super::{PlanPoint, Projector, TimestepPlan, capture_layers};
+use crate::diffusion::latent::{LatentDistributions, draw_latent};
 use crate::diffusion::train::NoisyBatch;
 use crate::diffusion::train::noise_images;
 use crate::diffusion::{Condition, ConditionEncoding, ConfigError, Measurement, Network, Schedule};
 use crate::jobs::{Cancelled, JobContext};
 
-/// Examples to featurise: ids (which key their plan) and pixels in [−1, 1].
+/// Examples to featurise: ids (which key their plan) and the clean inputs x₀ the network is
+/// trained to denoise — pixels in [−1, 1], or a latent model's latents.
 #[derive(Clone, Debug)]
 pub struct Examples {
     /// Stable id of every example.
     pub ids: Vec<u64>,
-    /// C×H×W of every image.
+    /// C×H×W of every input (for a latent model, of its latent).
     pub shape: [usize; 3],
-    /// Pixels, example-major.
-    pub pixels: Vec<f32>,
-    /// H×W pixel weights of the region every example's measurement is restricted to (a region
-    /// query); `None` for the whole image.
+    /// Inputs, example-major: pixels, a latent, or (with `log_variance`) a latent
+    /// distribution's mean.
+    pub values: Vec<f32>,
+    /// For examples given as latent distributions (training images of a latent model, a loaded
+    /// query image): log σ² of every value. Every plan point then draws its own
+    /// x₀ = values + σ·ε_z, ε_z keyed like the point's noise ([`TimestepPlan::latent_noise`]).
+    pub log_variance: Option<Vec<f32>>,
+    /// H×W weights (on the inputs' grid) of the region every example's measurement is
+    /// restricted to (a region query); `None` for the whole image.
     pub region: Option<Vec<f32>>,
     /// The condition of every example (a training image's label, the class a query was
     /// generated for); an unconditional model ignores them.
@@ -30,15 +37,28 @@ pub struct Examples {
 }
 
 impl Examples {
-    /// Images `indices` of `data`, in [−1, 1], keyed by their dataset ids.
-    pub fn from_dataset(data: &crate::data::Dataset, indices: &[usize]) -> Self {
+    /// Images `indices` of `data`, keyed by their dataset ids: their pixels in [−1, 1], or for
+    /// a latent model their latent distributions (`latents`, every image of `data`).
+    pub fn from_dataset(data: &crate::data::Dataset, latents: Option<&LatentDistributions>, indices: &[usize]) -> Self {
+        let (shape, values, log_variance) = match latents {
+            None => (
+                [data.channels, data.height, data.width],
+                indices
+                    .iter()
+                    .flat_map(|&i| crate::data::pixels::bytes_to_unit(data.image(i)))
+                    .collect(),
+                None,
+            ),
+            Some(latents) => {
+                let chosen = latents.select(indices);
+                (chosen.shape, chosen.mean, Some(chosen.log_variance))
+            }
+        };
         Self {
             ids: indices.iter().map(|&i| data.ids[i]).collect(),
-            shape: [data.channels, data.height, data.width],
-            pixels: indices
-                .iter()
-                .flat_map(|&i| crate::data::pixels::bytes_to_unit(data.image(i)))
-                .collect(),
+            shape,
+            values,
+            log_variance,
             region: None,
             conditions: crate::diffusion::train::label_conditions(data, indices),
         }
@@ -50,7 +70,7 @@ impl Examples {
         let [_, h, w] = self.shape;
         if weights.len() != h * w {
             return Err(GradError::Invalid(format!(
-                "the region has {} weights but the images {h}×{w} pixels",
+                "the region has {} weights but the inputs {h}×{w} values",
                 weights.len()
             )));
         }
@@ -68,9 +88,19 @@ impl Examples {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
-    fn image(&self, i: usize) -> &[f32] {
+    /// Example `i`'s clean input at plan point `p`: its values, or a draw from its latent
+    /// distribution keyed by the point.
+    fn clean(&self, plan: &TimestepPlan, i: usize, p: &PlanPoint) -> Vec<f32> {
         let n = self.shape.iter().product::<usize>();
-        &self.pixels[i * n..(i + 1) * n]
+        let values = &self.values[i * n..(i + 1) * n];
+        match &self.log_variance {
+            None => values.to_vec(),
+            Some(log_variance) => draw_latent(
+                values,
+                &log_variance[i * n..(i + 1) * n],
+                &plan.latent_noise(self.ids[i], p, n),
+            ),
+        }
     }
 }
 
@@ -172,7 +202,7 @@ impl PlanWalk<'_> {
             let mut x0 = Vec::with_capacity(chunk.len() * pixels);
             let mut noise = Vec::with_capacity(chunk.len() * pixels);
             for (e, p) in chunk {
-                x0.extend_from_slice(examples.image(*e));
+                x0.extend(examples.clean(plan, *e, p));
                 noise.extend(plan.noise(examples.ids[*e], p, pixels));
             }
             let [c, h, w] = examples.shape;

@@ -116,6 +116,16 @@ impl TimestepPlan {
             pixels,
         )
     }
+
+    /// The standard-normal draw ε_z that turns example `id`'s latent distribution into its clean
+    /// latent at point `p` (`values` values): keyed like [`Self::noise`], from its own stream.
+    pub fn latent_noise(&self, id: u64, p: &PlanPoint, values: usize) -> Vec<f32> {
+        let id = self.key(id);
+        gaussian(
+            &mut stream("plan-latent", &[self.seed, id, p.t as u64, p.draw as u64]),
+            values,
+        )
+    }
 }
 
 #[cfg(test)]

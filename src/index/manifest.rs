@@ -47,6 +47,9 @@ pub struct IndexKey {
     /// function (D-TRAK's square norm); older indexes hold the loss.
     #[serde(default)]
     pub measurement: crate::diffusion::Measurement,
+    /// For a latent model, SHA-256 of the autoencoder whose latents were indexed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae_sha256: Option<String>,
 }
 
 impl IndexKey {
@@ -84,6 +87,9 @@ impl IndexKey {
                 "measurement ({:?} vs {:?})",
                 self.measurement, other.measurement
             ));
+        }
+        if self.vae_sha256 != other.vae_sha256 {
+            out.push("autoencoder (other latents)".to_owned());
         }
         out
     }

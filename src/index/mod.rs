@@ -30,6 +30,7 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const VERIFIED_STAMP: &str = VERIFIED_FILE;
 
 use crate::data::Dataset;
+use crate::diffusion::latent::{LatentError, VAE_DIR, training_latents, vae_sha256};
 use crate::diffusion::{CheckpointEntry, CheckpointError, Measurement, ModelDir, ModelError, Schedule};
 use crate::files::{sha256, write_atomic};
 use crate::grad::{
@@ -78,9 +79,12 @@ pub enum IndexError {
     /// The gradient features could not be computed.
     #[error(transparent)]
     Grad(GradError),
+    /// A latent model's training latents could not be encoded or read.
+    #[error(transparent)]
+    Latent(LatentError),
 }
 
-crate::jobs::cancellable_error!(IndexError { Grad(GradError) });
+crate::jobs::cancellable_error!(IndexError { Grad(GradError), Latent(LatentError) });
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
     move |source| match source.kind() {
@@ -213,7 +217,7 @@ fn decode(bytes: &[u8], storage: Storage, out: &mut Vec<f32>) {
 }
 
 impl IndexSpec<'_> {
-    fn key(&self, layer_shapes: Vec<(usize, usize)>) -> IndexKey {
+    fn key(&self, layer_shapes: Vec<(usize, usize)>, vae_sha256: Option<String>) -> IndexKey {
         IndexKey {
             checkpoint_hashes: self
                 .checkpoints
@@ -226,6 +230,7 @@ impl IndexSpec<'_> {
             layer_shapes,
             storage: self.storage,
             measurement: self.measurement,
+            vae_sha256,
         }
     }
 
@@ -239,7 +244,12 @@ impl IndexSpec<'_> {
         let shape = self.model.info.architecture.shape();
         let first = self.model.load_model(&self.checkpoints[0], self.device)?;
         let shapes = model_layer_shapes(&first, shape, self.device);
-        let key = self.key(shapes.clone());
+        let latents = training_latents(self.model, self.data, self.device, job)?;
+        let vae_sha256 = match latents {
+            Some(_) => Some(vae_sha256(&self.model.root.join(VAE_DIR))?),
+            None => None,
+        };
+        let key = self.key(shapes.clone(), vae_sha256);
         let projector = Projector::new(self.projection, &shapes, self.device);
         std::fs::create_dir_all(self.dir).map_err(io(self.dir))?;
         let _builder = build_lock(self.dir, job)?;
@@ -317,7 +327,7 @@ impl IndexSpec<'_> {
                 let start = k * manifest.chunk_size;
                 let end = (start + manifest.chunk_size).min(self.data.len());
                 let indices: Vec<usize> = (start..end).collect();
-                let examples = Examples::from_dataset(self.data, &indices);
+                let examples = Examples::from_dataset(self.data, latents.as_ref(), &indices);
                 let base = done;
                 let sub = JobContext {
                     cancel: job.cancel.clone(),
@@ -496,17 +506,13 @@ pub fn write_index(
 /// The default index directory of a model: in the user's cache, named after the model
 /// directory and a hash of its absolute path, so the source tree (and `assets/`) stays clean.
 pub fn default_index_dir(model: &Path) -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
     let absolute = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_owned());
     let hash = sha256(absolute.display().to_string().as_bytes());
     let name = absolute
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    cache.join("retrace").join(format!("index-{name}-{}", &hash[..12]))
+    crate::files::cache_root().join(format!("index-{name}-{}", &hash[..12]))
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest, IndexError> {
@@ -843,6 +849,7 @@ mod tests {
                 layer_shapes: vec![(3, 5)],
                 storage: Storage::F16,
                 measurement: Measurement::Loss,
+                vae_sha256: None,
             },
             examples,
             chunk_size,

@@ -136,7 +136,8 @@ pub fn feature_throughput(
         let examples = Examples {
             ids: (0..batch as u64).collect(),
             shape,
-            pixels: vec![0.0; batch * shape.iter().product::<usize>()],
+            values: vec![0.0; batch * shape.iter().product::<usize>()],
+            log_variance: None,
             region: None,
             conditions: vec![Condition::Class(0); batch],
         };
@@ -192,7 +193,8 @@ pub fn curvature_fit(
     let examples = Examples {
         ids: (0..images as u64).collect(),
         shape,
-        pixels: gaussian(&mut stream("bench-images", &[0]), images * pixels)
+        log_variance: None,
+        values: gaussian(&mut stream("bench-images", &[0]), images * pixels)
             .into_iter()
             .map(|v| v.clamp(-1.0, 1.0))
             .collect(),

@@ -99,6 +99,7 @@ pub fn synthetic_manifest(
         layer_shapes: layer_shapes.to_vec(),
         storage,
         measurement: crate::diffusion::Measurement::Loss,
+        vae_sha256: None,
     };
     Ok(Manifest {
         format_version: INDEX_FORMAT_VERSION,

@@ -42,14 +42,21 @@ fn model_descriptions() {
     let tmp = tempfile::tempdir().unwrap();
     common::tiny_trained_model(tmp.path());
     let path = tmp.path().join("model.json");
+    // A latent model's description too (an autoencoder in it, vae/ beside it): every input is
+    // tried on both directories, and opens when either takes it.
+    let latent_root = tmp.path().join("latent");
+    common::tiny_latent_model(&latent_root);
+    let latent_path = latent_root.join("model.json");
     let parser = Parser {
         name: "model-json",
-        seeds: vec![std::fs::read(&path).unwrap()],
+        seeds: vec![std::fs::read(&path).unwrap(), std::fs::read(&latent_path).unwrap()],
         shape: Shape::Json,
     };
     campaign(parser, |input, _| {
         std::fs::write(&path, input).unwrap();
-        let dir = open_and_load(tmp.path())?;
+        std::fs::write(&latent_path, input).unwrap();
+        let dir = open_and_load(tmp.path())
+            .or_else(|pixel| open_and_load(&latent_root).map_err(|latent| format!("{pixel}; {latent}")))?;
         dir.data_spec(None).map_err(|e| e.to_string())?;
         Ok(())
     });

@@ -322,3 +322,32 @@ fn classifier_descriptions() {
             .map_err(|e| e.to_string())
     });
 }
+
+/// A latent cache chunk (a latent model's training images' μ and log σ² with their keys).
+#[test]
+fn latent_cache_chunks() {
+    use retrace::diffusion::latent::LatentDistributions;
+    use retrace::diffusion::latent::cache::{ChunkKey, chunk_bytes, read_chunk};
+    let key = ChunkKey {
+        data_hash: retrace::files::sha256(b"data"),
+        vae_sha256: retrace::files::sha256(b"vae"),
+        first: 256,
+        count: 3,
+        shape: [2, 2, 2],
+    };
+    let values = |seed: u64| {
+        retrace::diffusion::noise::gaussian(&mut retrace::diffusion::noise::stream("fuzz-latents", &[seed]), 24)
+    };
+    let latents = LatentDistributions {
+        vae_sha256: key.vae_sha256.clone(),
+        shape: key.shape,
+        mean: values(0),
+        log_variance: values(1),
+    };
+    let parser = Parser {
+        name: "latent-cache",
+        seeds: vec![chunk_bytes(&key, &latents)],
+        shape: Shape::Safetensors,
+    };
+    campaign(parser, |input, _| read_chunk(input, &key).map(|_| ()));
+}

@@ -107,6 +107,12 @@ impl Method for Journey {
         let inputs = context.last_checkpoint_inputs()?;
         let kernel = context.trak_kernel(Measurement::Loss, damping)?;
         let schedule = context.schedule();
+        // The query's shape, region (on the network's grid) and condition; each step's x̂₀
+        // replaces its values.
+        let query = Examples {
+            log_variance: None,
+            ..context.query_example()?
+        };
         let mut chosen = spread(trajectory.steps.len(), steps);
         // Buckets in order of t, like every method's.
         chosen.sort_by_key(|&s| trajectory.steps[s]);
@@ -127,10 +133,8 @@ impl Method for Journey {
             };
             let example = Examples {
                 ids: vec![s as u64],
-                shape: context.query.shape,
-                pixels: trajectory.predicted_clean(s).to_vec(),
-                region: context.query.mask.clone(),
-                conditions: vec![context.query.condition],
+                values: trajectory.predicted_clean(s).to_vec(),
+                ..query.clone()
             };
             let features = run.run(&example, context.job)?;
             steps_features.extend(features.values);

@@ -47,6 +47,12 @@
 //!   label in the retain batches, L_null and the scoring, as their class-conditional DiTs do.
 //! - **Timestep buckets.** Each draw's skew is credited to the timestep bucket of its t, so the
 //!   per-timestep views show where the skew comes from; the buckets sum to S_i.
+//! - **Latent models.** Training images enter as latents drawn from their cached latent
+//!   distributions ([`crate::diffusion::latent`]): a fresh draw per retain batch, per L_null
+//!   image and per scoring draw (keyed, so the original and unlearned models' losses see the
+//!   same latents). A generated query is its exact latent; a loaded image is unlearned at its
+//!   posterior mean μ·s (the forget loss is a bound on a fixed input, as for pixels), and a
+//!   region is averaged onto the latent grid.
 
 use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
@@ -58,8 +64,7 @@ use crate::attribution::method::{Method, Needs};
 use crate::attribution::parameter::{Parameter, ParameterValues, Range};
 use crate::attribution::products::losses::{ScoringDraws, loss_matrix};
 use crate::attribution::scores::Scores;
-use crate::data::Dataset;
-use crate::diffusion::images::batch_tensor;
+use crate::diffusion::images::TrainingInputs;
 use crate::diffusion::noise::{below, gaussian, permutation, stream};
 use crate::diffusion::train::{label_conditions, noise_images};
 use crate::diffusion::{Condition, Measurement, Network, Schedule};
@@ -238,11 +243,12 @@ pub fn trainable_parameters(net: &Network) -> Vec<ParamId> {
 pub fn null_loss(
     config: &crate::diffusion::Architecture,
     schedule: &Schedule,
-    data: &Dataset,
+    inputs: TrainingInputs<'_>,
     images: usize,
     device: &Device,
     job: &JobContext,
 ) -> Result<f64, AttributionError> {
+    let data = inputs.data;
     // A fixed initialisation, so L_null reproduces (every other draw of a request comes from
     // keyed streams).
     let fresh = config.init_seeded(device, 0x6d75_6373);
@@ -253,10 +259,10 @@ pub fn null_loss(
     for part in chosen.chunks(128) {
         job.stop_if_cancelled()?;
         let ts: Vec<usize> = part.iter().map(|_| below(&mut rng, schedule.len())).collect();
-        let noise = gaussian(&mut rng, part.len() * data.image_len());
+        let noise = gaussian(&mut rng, part.len() * inputs.input_len());
         let conditions = label_conditions(data, part);
-        let batch = noise_images(schedule, batch_tensor(data, part, device), &ts, noise)
-            .conditioned(&config.condition_encoding(), &conditions)?;
+        let x0 = inputs.batch(part, "mucs-null-latent", &[], device);
+        let batch = noise_images(schedule, x0, &ts, noise).conditioned(&config.condition_encoding(), &conditions)?;
         let prediction = batch.predict(&fresh);
         let losses = Measurement::Loss.evaluate(schedule, prediction, batch.noise, &ts);
         sum += crate::device::read_back(losses)?.iter().map(|&v| v as f64).sum::<f64>();
@@ -270,13 +276,14 @@ pub struct UnlearnRequest<'a> {
     pub net: &'a Network,
     /// Its noise schedule.
     pub schedule: &'a Schedule,
-    /// The training data (retain batches).
-    pub data: &'a Dataset,
-    /// The query, C×H×W in [−1, 1].
+    /// The training images (retain batches).
+    pub inputs: TrainingInputs<'a>,
+    /// The query in the network's space (C×H×W pixels in [−1, 1], or a latent).
     pub query: &'a [f32],
     /// The condition the query is unlearned under (the class it was generated for).
     pub query_condition: Condition,
-    /// The query's region (H×W weights): the forget loss is measured there only.
+    /// The query's region (H×W weights on the network's grid): the forget loss is measured
+    /// there only.
     pub region: Option<&'a [f32]>,
     /// The settings.
     pub settings: &'a MucsSettings,
@@ -300,16 +307,16 @@ impl UnlearnRequest<'_> {
         let trainable = trainable_parameters(&net);
         let mut optim: ModuleOptimizer = AdamWConfig::new().with_weight_decay(self.weight_decay as f32).init();
         let lr = self.learning_rate / s.lr_divisor;
-        let data = self.data;
+        let data = self.inputs.data;
         let batch = s.batch.min(data.len()).max(1);
         let per_epoch = (data.len() / batch).max(1);
-        let pixels = data.image_len();
-        let shape = [batch, data.channels, data.height, data.width];
-        let query = Tensor::<4>::from_data(TensorData::new(self.query.repeat(batch), shape), &ad);
+        let input_len = self.inputs.input_len();
+        let [c, h, w] = self.inputs.shape();
+        let query = Tensor::<4>::from_data(TensorData::new(self.query.repeat(batch), [batch, c, h, w]), &ad);
         let threshold = (1.0 - s.tolerance) * self.null_loss;
         let region = self
             .region
-            .map(|w| Tensor::<2>::from_data(TensorData::new(w.to_vec(), [data.height, data.width]), &ad));
+            .map(|weights| Tensor::<2>::from_data(TensorData::new(weights.to_vec(), [h, w]), &ad));
         let mut report = Unlearning {
             steps: 0,
             capped: false,
@@ -326,8 +333,9 @@ impl UnlearnRequest<'_> {
             let order = permutation(&mut stream("mucs-retain-order", &[epoch as u64]), data.len());
             let retain_ids = &order[within * batch..(within + 1) * batch];
             let ts: Vec<usize> = (0..2 * batch).map(|_| below(&mut rng, self.schedule.len())).collect();
-            let noise = gaussian(&mut rng, 2 * batch * pixels);
-            let x0 = Tensor::cat(vec![batch_tensor(data, retain_ids, &ad), query.clone()], 0);
+            let noise = gaussian(&mut rng, 2 * batch * input_len);
+            let retain_x0 = self.inputs.batch(retain_ids, "mucs-retain-latent", &[step as u64], &ad);
+            let x0 = Tensor::cat(vec![retain_x0, query.clone()], 0);
             let mut conditions = label_conditions(data, retain_ids);
             conditions.resize(2 * batch, self.query_condition);
             let noisy = noise_images(self.schedule, x0, &ts, noise).conditioned(&encoding, &conditions)?;
@@ -416,18 +424,24 @@ impl Method for Mucs {
         let model = context.final_model()?;
         let (entry, net) = (&model.0, &model.1);
         let schedule = context.schedule();
+        let latents = context.training_latents()?;
+        let query = context.query_example()?;
         let (data, device, job) = (context.data, context.device, context.job);
+        let inputs = TrainingInputs {
+            data,
+            latents: latents.as_deref(),
+        };
         let info = &context.model.info;
-        let draws = ScoringDraws::new(settings.draws, schedule.len(), data.image_len());
+        let draws = ScoringDraws::new(settings.draws, schedule.len(), inputs.input_len());
         let original = context.original_losses(&draws)?;
-        let null = null_loss(&info.architecture, &schedule, data, settings.null_images, device, job)?;
+        let null = null_loss(&info.architecture, &schedule, inputs, settings.null_images, device, job)?;
         let request = UnlearnRequest {
             net,
             schedule: &schedule,
-            data,
-            query: &context.query.pixels,
+            inputs,
+            query: &query.values,
             query_condition: context.query.condition,
-            region: context.query.mask.as_deref(),
+            region: query.region.as_deref(),
             settings: &settings,
             learning_rate: info.train.learning_rate,
             weight_decay: info.train.weight_decay,
@@ -438,7 +452,7 @@ impl Method for Mucs {
         let after = loss_matrix(
             &unlearned,
             &schedule,
-            data,
+            inputs,
             &draws,
             device,
             job,

@@ -9,7 +9,7 @@ use crate::curvature::store::CURVATURE_FORMAT_VERSION;
 use crate::curvature::{
     CurvatureFit, CurvatureKey, Fisher, FitConfig, LayerEigen, Sharing, load_curvature, save_curvature,
 };
-use crate::data::Dataset;
+use crate::diffusion::images::TrainingInputs;
 use crate::diffusion::noise::{permutation, stream};
 use crate::diffusion::{CheckpointEntry, Network, Schedule};
 use crate::grad::{Examples, TimestepPlan};
@@ -39,19 +39,20 @@ pub struct CurvatureSettings {
 
 impl Curvature {
     /// The curvature of `settings` for `index` at its last checkpoint `model`: loaded from
-    /// beside the index, or fitted on a seeded choice of `data` and stored there.
+    /// beside the index, or fitted on a seeded choice of the training `inputs` and stored there.
     #[allow(clippy::too_many_arguments)]
     pub fn fit_or_load(
         settings: &CurvatureSettings,
         index: &Index,
         model: &(CheckpointEntry, Network),
         schedule: &Schedule,
-        data: &Dataset,
+        inputs: TrainingInputs<'_>,
         batch_size: usize,
         device: &Device,
         job: &JobContext,
     ) -> Result<Self, AttributionError> {
         let (entry, net) = model;
+        let data = inputs.data;
         let index_plan = &index.manifest.key.plan;
         let fit = FitConfig {
             fisher: settings.fisher,
@@ -74,7 +75,7 @@ impl Curvature {
             fit_images: chosen.len(),
             layer_shapes: index.manifest.key.layer_shapes.clone(),
         };
-        let fit_examples = Examples::from_dataset(data, &chosen);
+        let fit_examples = Examples::from_dataset(data, inputs.latents, &chosen);
         let fitter = CurvatureFit {
             model: net,
             schedule,

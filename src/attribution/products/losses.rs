@@ -8,8 +8,7 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::attribution::error::AttributionError;
-use crate::data::Dataset;
-use crate::data::pixels::bytes_to_unit;
+use crate::diffusion::images::TrainingInputs;
 use crate::diffusion::noise::{gaussian, stream};
 use crate::diffusion::train::noise_images;
 use crate::diffusion::{CheckpointEntry, Condition, Measurement, Network, Schedule};
@@ -21,7 +20,7 @@ use crate::jobs::JobContext;
 pub struct ScoringDraws {
     /// t_j.
     pub steps: Vec<usize>,
-    /// ε_j, each C×H×W, concatenated.
+    /// ε_j, each the network's C×H×W, concatenated.
     pub noise: Vec<f32>,
 }
 
@@ -54,28 +53,30 @@ impl ScoringDraws {
 pub fn loss_matrix(
     net: &Network,
     schedule: &Schedule,
-    data: &Dataset,
+    inputs: TrainingInputs<'_>,
     draws: &ScoringDraws,
     device: &Device,
     job: &JobContext,
     stage: &str,
 ) -> Result<Vec<f32>, AttributionError> {
-    let (n, j, pixels) = (data.len(), draws.len(), data.image_len());
+    let data = inputs.data;
+    let (n, j, input_len) = (data.len(), draws.len(), inputs.input_len());
     // Whole images per batch, about 128 (image, draw) pairs.
     let images_per_batch = (128 / j.max(1)).max(1);
     let mut out = Vec::with_capacity(n * j);
     for start in (0..n).step_by(images_per_batch) {
         job.stop_if_cancelled()?;
         let end = (start + images_per_batch).min(n);
-        let mut x0 = Vec::with_capacity((end - start) * j * pixels);
+        let mut x0 = Vec::with_capacity((end - start) * j * input_len);
         for i in start..end {
-            let image = bytes_to_unit(data.image(i));
-            for _ in 0..j {
-                x0.extend_from_slice(&image);
+            for draw in 0..j {
+                // A latent model's image takes its own latent draw under every scoring draw.
+                x0.extend(inputs.clean(i, "mucs-scoring-latent", &[j as u64, draw as u64]));
             }
         }
         let rows = (end - start) * j;
-        let shape = [rows, data.channels, data.height, data.width];
+        let [c, h, w] = inputs.shape();
+        let shape = [rows, c, h, w];
         let x0 = Tensor::<4>::from_data(TensorData::new(x0, shape), device);
         let ts: Vec<usize> = (start..end).flat_map(|_| draws.steps.iter().copied()).collect();
         let noise: Vec<f32> = (start..end).flat_map(|_| draws.noise.iter().copied()).collect();
@@ -104,7 +105,7 @@ pub fn loss_matrix(
 pub fn original_losses(
     model: &(CheckpointEntry, Network),
     schedule: &Schedule,
-    data: &Dataset,
+    inputs: TrainingInputs<'_>,
     draws: &ScoringDraws,
     cache_dir: &Path,
     device: &Device,
@@ -113,12 +114,12 @@ pub fn original_losses(
     let key = format!(
         "v1 {} {} {} {}",
         model.0.state.weights_sha256,
-        data.content_hash(),
+        inputs.fingerprint(),
         draws.len(),
         schedule.len()
     );
     let path = cache_dir.join(format!("mucs-original-losses-{}.f32", &sha256(key.as_bytes())[..16]));
-    let expected = data.len() * draws.len();
+    let expected = inputs.data.len() * draws.len();
     if let Ok(bytes) = std::fs::read(&path)
         && bytes.len() == expected * 4
     {
@@ -133,7 +134,7 @@ pub fn original_losses(
     let values = loss_matrix(
         &model.1,
         schedule,
-        data,
+        inputs,
         draws,
         device,
         job,

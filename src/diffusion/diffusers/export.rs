@@ -18,8 +18,9 @@ fn pretty(value: &impl serde::Serialize) -> Vec<u8> {
 }
 
 /// Writes `checkpoint` of `model` to `out` as a diffusers pipeline: `model_index.json`,
-/// `unet/` (`config.json`, `diffusion_pytorch_model.safetensors`), `scheduler/`
-/// (`scheduler_config.json`), and `retrace.json` with the data and recipe. The directory is
+/// `unet/` (`config.json`, `diffusion_pytorch_model.safetensors`; a DiT's `transformer/`),
+/// `scheduler/` (`scheduler_config.json`), a latent model's `vae/`, and `retrace.json` with
+/// the data and recipe. The directory is
 /// assembled under a temporary name and renamed into place; an earlier export at `out` is
 /// replaced, anything else there is refused.
 pub fn export_pipeline(
@@ -71,7 +72,18 @@ pub fn export_pipeline(
             pretty(&SchedulerConfig::from_schedule(&info.schedule)),
         ),
     ];
-    if network == "unet" {
+    // A latent model's autoencoder goes along as `vae/`, byte for byte. diffusers has no
+    // pipeline class for an unconditional UNet2DModel on AutoencoderKL latents (the K-FAC
+    // paper's code loads the parts one by one), so such an export has no model_index.json.
+    if info.is_latent() {
+        let vae_dir = model.root.join(crate::diffusion::latent::VAE_DIR);
+        for name in [CONFIG_FILE, WEIGHTS_FILE] {
+            let path = vae_dir.join(name);
+            let bytes = std::fs::read(&path).map_err(|source| CheckpointError::Io { path, source })?;
+            files.push((format!("{}/{name}", crate::diffusion::latent::VAE_DIR), bytes));
+        }
+    }
+    if network == "unet" && !info.is_latent() {
         let index = json!({
             "_class_name": "DDPMPipeline",
             "_diffusers_version": DIFFUSERS_VERSION,

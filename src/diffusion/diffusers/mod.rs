@@ -34,7 +34,8 @@ use super::model_info::{
 use crate::diffusion::Architecture;
 use crate::files::sha256;
 
-pub(crate) const CONFIG_FILE: &str = "config.json";
+/// The config file of every diffusers model directory.
+pub const CONFIG_FILE: &str = "config.json";
 const SCHEDULER_FILE: &str = "scheduler_config.json";
 /// The weights file diffusers writes with `safe_serialization` (its default).
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
@@ -173,16 +174,6 @@ fn final_step_guess(checkpoints: &[(usize, PathBuf)]) -> usize {
 
 /// Opens the diffusers model in `root`: its description in retrace's terms, and its files.
 pub fn open(root: &Path) -> Result<(ModelInfo, DiffusersLayout), CheckpointError> {
-    // A latent pipeline's network denoises the autoencoder's latents: opened as a pixel model
-    // it would attribute and sample latents as if they were images. Refused until latent
-    // diffusion runs end to end (the autoencoder itself loads: `vae::load_vae`).
-    if root.join("vae").join(CONFIG_FILE).is_file() {
-        return Err(CheckpointError::invalid(
-            root,
-            "is a latent diffusion pipeline (it has vae/): retrace reads its AutoencoderKL but does not yet \
-             train, sample or attribute in latent space, so it does not open the pipeline as a pixel model",
-        ));
-    }
     let mut layout = locate(root)?;
     let config_path = layout.unet_dir.join(CONFIG_FILE);
     let architecture = read_architecture(&config_path)?;
@@ -199,6 +190,13 @@ pub fn open(root: &Path) -> Result<(ModelInfo, DiffusersLayout), CheckpointError
     if let (Some(p), Some(last)) = (&provenance, layout.weights.last_mut()) {
         last.0 = p.final_step;
     }
+    let vae_config = root.join(super::latent::VAE_DIR).join(CONFIG_FILE);
+    let vae = if vae_config.is_file() {
+        let config: vae::AutoencoderKLConfig = read_json(&vae_config, "autoencoder config")?;
+        Some(config.to_vae().map_err(|e| CheckpointError::invalid(&vae_config, e))?)
+    } else {
+        None
+    };
     let info = match provenance {
         Some(p) => ModelInfo {
             format_version: FORMAT_VERSION,
@@ -209,6 +207,7 @@ pub fn open(root: &Path) -> Result<(ModelInfo, DiffusersLayout), CheckpointError
             data_len: p.data_len,
             class_names: p.class_names,
             train: p.train,
+            vae,
         },
         None => ModelInfo {
             format_version: FORMAT_VERSION,
@@ -232,6 +231,7 @@ pub fn open(root: &Path) -> Result<(ModelInfo, DiffusersLayout), CheckpointError
                     root.display()
                 ),
             },
+            vae,
         },
     };
     info.validate()
