@@ -85,10 +85,11 @@ fn features_do_not_depend_on_the_batch_size() {
     assert!(d <= 1e-4 * scale, "alone vs in a set: {d}");
 }
 
-/// ReTrac ranks the source of a perturbed copy within this many of the 60 training images
-/// (measured: ranks 8 and 4 with 4 buckets × 1 independent draw; chance puts it below 12 one
-/// time in five).
-const RETRAC_RANK_LIMIT: usize = 12;
+/// ReTrac and TracIn rank the source of a perturbed copy within this many of the 60 training
+/// images (bundled class-conditional model, 4 buckets × 4 independent draws: ReTrac ranks 2 and
+/// 0, TracIn 0 and 0; chance puts it this high one time in ten). With one draw per bucket the
+/// ranks are the draws' luck (ReTrac 21 and TracIn 37 for image 7).
+const RETRAC_RANK_LIMIT: usize = 6;
 
 #[test]
 fn a_perturbed_copy_of_a_training_image_finds_its_source() {
@@ -101,7 +102,7 @@ fn a_perturbed_copy_of_a_training_image_finds_its_source() {
     // Independent draws: every example, the query included, gets its own (t, ε) keyed by its id.
     let plan = TimestepPlan {
         shared_noise: false,
-        ..TimestepPlan::new(1000, 4, 1, 0).unwrap()
+        ..TimestepPlan::new(1000, 4, 4, 0).unwrap()
     };
     let train = featurise(
         &model,
@@ -119,7 +120,8 @@ fn a_perturbed_copy_of_a_training_image_finds_its_source() {
             values: copy.clone(),
             log_variance: None,
             region: None,
-            conditions: vec![retrace::diffusion::Condition::Unconditional],
+            // Attributed under its source's class, as a user loading it would give it.
+            conditions: vec![retrace::diffusion::Condition::Class(train_data.labels[target])],
         };
         let query = featurise(&model, &projector, &plan, &query_examples, 32);
         let inputs = GradientInputs {
@@ -143,6 +145,7 @@ fn a_perturbed_copy_of_a_training_image_finds_its_source() {
         let ranks = [&retrac, &tracin, &pixel].map(|s| common::rank_of(s, target));
         eprintln!("image {target}: source at rank {ranks:?} under ReTrac, TracIn, pixel");
         assert!(ranks[0] < RETRAC_RANK_LIMIT, "ReTrac: {ranks:?}");
+        assert!(ranks[1] < RETRAC_RANK_LIMIT, "TracIn: {ranks:?}");
         assert_eq!(ranks[2], 0, "pixel similarity finds the source of a one-pixel shift");
         assert!(pixel.totals()[target] < 0.999, "the copy is not the source");
     }

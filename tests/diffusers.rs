@@ -68,11 +68,6 @@ fn noise_half(output: &[f32], shape: &[usize], channels: usize) -> Vec<f32> {
         .collect()
 }
 
-/// [`predict_under`] for an unconditional model.
-fn predict(model: &ModelDir, sample: &[f32], shape: &[usize], timesteps: &[f32]) -> Vec<f32> {
-    predict_under(model, sample, shape, timesteps, &[])
-}
-
 #[test]
 fn models_written_by_pytorch_predict_what_pytorch_predicted() {
     for name in [
@@ -150,9 +145,11 @@ fn export_then_import_gives_identical_weights_outputs_and_provenance() {
     let shape = [2, 1, 28, 28];
     let sample: Vec<f32> = (0..2 * 28 * 28).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
     let timesteps = [10.0, 900.0];
+    // The bundled model is class-conditional: a sneaker and the null class.
+    let labels = [7.0, 10.0];
     assert_eq!(
-        predict(&bundled, &sample, &shape, &timesteps),
-        predict(&imported, &sample, &shape, &timesteps)
+        predict_under(&bundled, &sample, &shape, &timesteps, &labels),
+        predict_under(&imported, &sample, &shape, &timesteps, &labels)
     );
     // The export recorded the training data, so the bundled data still fits it.
     let data = retrace::data::Dataset::load(&imported.data_spec(None).unwrap().parse().unwrap()).unwrap();

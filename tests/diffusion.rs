@@ -236,19 +236,27 @@ fn flex_and_wgpu_compute_the_same_forward_pass() {
 
 #[test]
 fn bundled_model_samples_the_same_on_flex_and_wgpu() {
+    // The bundled model is class-conditional: three classes under guidance 2 (two passes per
+    // step, the null class's and the class's) and one with no class (the null class alone).
     let dir = retrace::diffusion::ModelDir::open(&retrace::data::bundled_model_dir()).unwrap();
     let schedule = Schedule::new(&dir.info.schedule);
-    let config = SamplerConfig::new(SamplerKind::Ddim, 20);
+    let config = SamplerConfig::for_model(SamplerKind::Ddim, 20, &dir.info.architecture.condition_encoding());
+    assert_eq!(config.guidance_scale, 2.0);
     let run = |device: &Device| {
         let (model, _) = dir.load_latest(device).unwrap();
-        let unconditional = [Condition::Unconditional; 3];
+        let conditions = [
+            Condition::Class(7),
+            Condition::Class(0),
+            Condition::Class(9),
+            Condition::Unconditional,
+        ];
         let x = sample(
             &model,
             &schedule,
             &config,
             [1, 28, 28],
-            &[0, 1, 2],
-            &unconditional,
+            &[0, 1, 2, 3],
+            &conditions,
             device,
             |_| true,
         )

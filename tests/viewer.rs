@@ -100,8 +100,10 @@ fn until_idle(harness: &mut Harness<'_, RetraceApp>, limit: Duration) {
 fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
     let tmp = tempfile::tempdir().unwrap();
     let session = session(tmp.path());
+    // Tall enough for the left panel of a class-conditional model (class picker and guidance
+    // slider) to show the index settings' Apply button without scrolling.
     let mut harness = Harness::builder()
-        .with_size(egui::vec2(1280.0, 820.0))
+        .with_size(egui::vec2(1280.0, 960.0))
         .with_max_steps(8)
         .wgpu()
         .build_eframe(|cc| RetraceApp::new(cc, Ok(session)));

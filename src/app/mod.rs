@@ -38,6 +38,10 @@ pub struct Start {
     pub methods: Vec<String>,
     /// Parameter values.
     pub parameters: crate::attribution::Parameters,
+    /// The class picked at start (a class-conditional model's label; default: the first).
+    pub class: Option<u32>,
+    /// The guidance scale at start (default: the model's).
+    pub guidance: Option<f64>,
 }
 
 /// Opens the viewer window on `session` (or on the error that kept it from opening) and runs

@@ -102,10 +102,10 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         if let Some(classes) = session.classes() {
             class_picker(ui, &mut app.class, &classes);
             let guidance = egui::Slider::new(&mut app.sampler.guidance_scale, 0.0..=10.0).step_by(0.1);
-            ui.label("guidance").on_hover_text(
+            let label = ui.label("guidance").on_hover_text(
                 "classifier-free guidance scale: 1 samples the model as it is, higher follows the class more",
             );
-            ui.add_enabled(session.can_guide(), guidance);
+            ui.add_enabled(session.can_guide(), guidance).labelled_by(label.id);
             ui.end_row();
         }
     });

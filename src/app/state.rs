@@ -219,7 +219,7 @@ impl RetraceApp {
     }
 
     /// Applies the start settings: ticks `start.methods` (adding ensembles among them to the
-    /// list) and takes its parameters.
+    /// list) and takes its parameters, class and guidance scale.
     pub fn with_start(mut self, start: super::Start) -> Self {
         if !start.methods.is_empty() {
             for (m, on) in &mut self.selected_methods {
@@ -233,6 +233,12 @@ impl RetraceApp {
             self.compared = start.methods.clone();
         }
         self.parameters = start.parameters;
+        if let Some(class) = start.class {
+            self.class = class;
+        }
+        if let Some(guidance) = start.guidance {
+            self.sampler.guidance_scale = guidance;
+        }
         self
     }
 

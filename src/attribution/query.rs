@@ -77,6 +77,11 @@ impl Query {
             latent: None,
         }
     }
+
+    /// This query, attributed under `condition` (a loaded image given a class).
+    pub fn under(self, condition: Condition) -> Self {
+        Self { condition, ..self }
+    }
 }
 
 /// Loads an image file and converts it to `channels`×`size`×`size` (grey or RGB, resized with a

@@ -197,7 +197,8 @@ impl IndexTarget {
 /// class-conditional model, and the classifier-free guidance scale.
 #[derive(clap::Args)]
 pub(crate) struct ConditionArgs {
-    /// Class (its name, e.g. Sneaker, or its label number) of a class-conditional model.
+    /// Class (its name, e.g. Sneaker, or its label number) of a class-conditional model
+    /// (`retrace sample` without it draws every class, one row each).
     #[arg(long = "class")]
     class: Option<String>,
     /// Classifier-free guidance scale (1: none; default 2 for a model with a null class, as
@@ -212,29 +213,55 @@ impl ConditionArgs {
     pub(crate) fn condition(&self, info: &retrace::diffusion::ModelInfo) -> Result<retrace::diffusion::Condition> {
         use retrace::diffusion::Condition;
         let conditional = info.architecture.condition_encoding().is_conditional();
-        let listed = || {
-            info.class_names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| format!("{i} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        if self.class.is_none() && conditional {
+            bail!(
+                "the model is class-conditional: pass --class (one of: {})",
+                class_list(info)
+            );
+        }
+        Ok(self.named(info)?.unwrap_or(Condition::Unconditional))
+    }
+
+    /// The class `--class` names, checked against the model `info` describes (`None` when
+    /// no class is given); refused for an unconditional model.
+    pub(crate) fn named(&self, info: &retrace::diffusion::ModelInfo) -> Result<Option<retrace::diffusion::Condition>> {
+        use retrace::diffusion::Condition;
+        let conditional = info.architecture.condition_encoding().is_conditional();
         let condition = match (&self.class, conditional) {
-            (None, false) => return Ok(Condition::Unconditional),
+            (None, _) => return Ok(None),
             (Some(class), false) => bail!("--class {class}: the model is unconditional; it takes no class"),
-            (None, true) => bail!("the model is class-conditional: pass --class (one of: {})", listed()),
             (Some(class), true) => {
                 let by_name = info.class_names.iter().position(|n| n.eq_ignore_ascii_case(class));
                 match (by_name, class.parse::<u32>()) {
                     (Some(i), _) => Condition::Class(i as u32),
                     (None, Ok(label)) => Condition::Class(label),
-                    (None, Err(_)) => bail!("--class {class}: no class of that name (one of: {})", listed()),
+                    (None, Err(_)) => bail!("--class {class}: no class of that name (one of: {})", class_list(info)),
                 }
             }
         };
         info.architecture.condition_encoding().check(&condition)?;
-        Ok(condition)
+        Ok(Some(condition))
+    }
+
+    /// The guidance scale `--guidance` gives, if any.
+    pub(crate) fn guidance(&self) -> Option<f64> {
+        self.guidance
+    }
+
+    /// The conditions `retrace sample` generates for: the class `--class` names; every class
+    /// named by the model's data when a class-conditional model is given none (a grid with one
+    /// row per class); no condition for an unconditional model.
+    pub(crate) fn sample_conditions(
+        &self,
+        info: &retrace::diffusion::ModelInfo,
+    ) -> Result<Vec<retrace::diffusion::Condition>> {
+        let conditional = info.architecture.condition_encoding().is_conditional();
+        if self.class.is_some() || !conditional || info.class_names.is_empty() {
+            return Ok(vec![self.condition(info)?]);
+        }
+        Ok((0..info.class_names.len() as u32)
+            .map(retrace::diffusion::Condition::Class)
+            .collect())
     }
 
     /// The sampler `kind` with `steps` steps and the guidance asked for (or the default).
@@ -252,4 +279,14 @@ impl ConditionArgs {
         config.validate(info.schedule.steps)?;
         Ok(config)
     }
+}
+
+/// The model's classes as `0 T-shirt/top, 1 Trouser, …`, for messages.
+fn class_list(info: &retrace::diffusion::ModelInfo) -> String {
+    info.class_names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{i} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -47,6 +47,11 @@ pub fn run(args: ExportArgs, device: Option<DeviceRequest>) -> Result<()> {
         ExportFormat::Diffusers => export_pipeline(&dir, &entry, &args.out, &dev.device)?,
     }
     let how = match dir.info.architecture {
+        retrace::diffusion::Architecture::UNet(_) if dir.info.architecture.condition_encoding().is_conditional() => {
+            "a diffusers DDPMPipeline directory of a class-conditional U-Net: load it with \
+             UNet2DModel.from_pretrained(…, subfolder=\"unet\") and pass class_labels (DDPMPipeline's \
+             __call__ passes none, which a class-conditional UNet2DModel refuses)"
+        }
         retrace::diffusion::Architecture::UNet(_) => {
             "a diffusers DDPMPipeline (DDPMPipeline.from_pretrained, or UNet2DModel.from_pretrained(…, subfolder=\"unet\"))"
         }

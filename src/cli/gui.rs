@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 
 use retrace::device::{self, DeviceRequest};
 
-use super::args::IndexTarget;
+use super::args::{ConditionArgs, IndexTarget};
 
 /// Open the desktop viewer on a model and its training data.
 #[derive(clap::Args)]
@@ -19,6 +19,9 @@ pub struct GuiArgs {
     /// Method parameters at start, as KEY=VALUE (repeatable; `retrace methods` lists them).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// The class and guidance scale Generate starts with (a class-conditional model).
+    #[command(flatten)]
+    condition: ConditionArgs,
 }
 
 impl GuiArgs {
@@ -32,7 +35,12 @@ impl GuiArgs {
 
 /// Runs `retrace gui` on the requested compute device.
 pub fn run(args: GuiArgs, device: Option<DeviceRequest>) -> Result<()> {
-    let GuiArgs { target, method, set } = args;
+    let GuiArgs {
+        target,
+        method,
+        set,
+        condition,
+    } = args;
     let mut parameters = retrace::attribution::Parameters::default();
     for pair in &set {
         parameters.set_pair(pair)?;
@@ -45,9 +53,18 @@ pub fn run(args: GuiArgs, device: Option<DeviceRequest>) -> Result<()> {
             let index = target.index_settings(&session.model)?;
             Ok(session.with_index(index))
         });
+    let class = match &session {
+        Ok(session) => condition.named(&session.model.info)?,
+        Err(_) => None,
+    };
     let start = retrace::app::Start {
         methods: method,
         parameters,
+        class: class.and_then(|c| match c {
+            retrace::diffusion::Condition::Class(label) => Some(label),
+            retrace::diffusion::Condition::Unconditional => None,
+        }),
+        guidance: condition.guidance(),
     };
     retrace::app::run(session, start).context("cannot open the window")?;
     Ok(())

@@ -57,7 +57,7 @@ pub fn run(args: SampleArgs, device: Option<DeviceRequest>) -> Result<()> {
     let dev = compute_device(device)?;
     let dir = ModelDir::open(&model.unwrap_or_else(bundled_model_dir))?;
     let config = condition.sampler(&dir.info, sampler, steps)?;
-    let condition = condition.condition(&dir.info)?;
+    let classes = condition.sample_conditions(&dir.info)?;
     let seeds = parse_seeds(seed, seeds.as_deref())?;
     let entry = pick_checkpoint(&dir, checkpoint)?;
     let net = dir.load_model(&entry, &dev.device)?;
@@ -65,13 +65,18 @@ pub fn run(args: SampleArgs, device: Option<DeviceRequest>) -> Result<()> {
     let shape = dir.info.architecture.shape();
     let latent_space = dir.latent_space(&dev.device)?;
     let (job, bar) = terminal_job()?;
-    let conditions = vec![condition; seeds.len()];
+    // One row per class (class-major), one column per seed.
+    let conditions: Vec<_> = classes
+        .iter()
+        .flat_map(|c| std::iter::repeat_n(*c, seeds.len()))
+        .collect();
+    let all_seeds: Vec<u64> = classes.iter().flat_map(|_| seeds.iter().copied()).collect();
     let images = sample(
         &net,
         &schedule,
         &config,
         shape,
-        &seeds,
+        &all_seeds,
         &conditions,
         &dev.device,
         |step| {
@@ -84,14 +89,23 @@ pub fn run(args: SampleArgs, device: Option<DeviceRequest>) -> Result<()> {
         bail!("sampling cancelled")
     };
     let images = tensor_to_images(to_images(latent_space.as_ref(), images))?;
-    let cols = (images.len() as f64).sqrt().ceil() as usize;
+    let cols = if classes.len() > 1 {
+        seeds.len()
+    } else {
+        (images.len() as f64).sqrt().ceil() as usize
+    };
     let picture = grid(&images, dir.info.image_shape(), cols);
     save_png(&picture, &out)?;
-    let under = match condition {
-        retrace::diffusion::Condition::Unconditional => String::new(),
-        c => format!(
+    let under = match classes.as_slice() {
+        [retrace::diffusion::Condition::Unconditional] => String::new(),
+        [c] => format!(
             ", {}, guidance {}",
             c.describe(&dir.info.class_names),
+            config.guidance_scale
+        ),
+        all => format!(
+            ", one row per class ({} classes), guidance {}",
+            all.len(),
             config.guidance_scale
         ),
     };

@@ -176,11 +176,18 @@ pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
     let (job, bar) = terminal_job()?;
     let outcome = train(&dir, &dataset, &TrainLength { epochs }, resume, &dev.device, &job)?;
     bar.finish();
-    let rate = outcome.step as f64 / outcome.seconds.max(1e-9);
+    let rate = (outcome.step - outcome.first_step) as f64 / outcome.seconds.max(1e-9);
     if outcome.cancelled {
         println!(
             "stopped at step {}/{}; resume with the same command plus --resume",
             outcome.step, outcome.total_steps
+        );
+    } else if outcome.step == outcome.first_step {
+        println!(
+            "already trained to step {} of {}: nothing to do (raise --epochs to train further); checkpoints in {}",
+            outcome.step,
+            outcome.total_steps,
+            dir.root.join("checkpoints").display()
         );
     } else {
         println!(

@@ -32,6 +32,8 @@ pub struct TrainLength {
 /// What a training run did.
 #[derive(Clone, Debug)]
 pub struct TrainOutcome {
+    /// Step this invocation started from (the resumed checkpoint's, or 0).
+    pub first_step: usize,
     /// Step reached.
     pub step: usize,
     /// Total steps planned.
@@ -253,6 +255,7 @@ pub fn train(
         Ok(latents) => latents,
         Err(e) if e.is_cancelled() => {
             return Ok(TrainOutcome {
+                first_step: step,
                 step,
                 total_steps: total,
                 last_loss: f64::NAN,
@@ -269,6 +272,7 @@ pub fn train(
     let input_len = inputs.input_len();
     let (mut window_loss, mut window_n, mut last_loss) = (0.0, 0usize, f64::NAN);
     let mut last_saved = step;
+    let first_step = step;
     job.report("training", step as u64, total as u64, "");
     while step < total {
         if job.cancel.is_cancelled() {
@@ -327,6 +331,7 @@ pub fn train(
         dir.save(&model.valid(), Some(&optim), state)?;
     }
     Ok(TrainOutcome {
+        first_step,
         step,
         total_steps: total,
         last_loss,
