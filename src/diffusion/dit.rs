@@ -102,9 +102,10 @@ impl DiTConfig {
         })
     }
 
-    /// Width of the tokens.
+    /// Width of the tokens (saturating, so that absurd sizes from a file fail validation instead
+    /// of wrapping around).
     pub fn width(&self) -> usize {
-        self.num_attention_heads * self.attention_head_dim
+        self.num_attention_heads.saturating_mul(self.attention_head_dim)
     }
 
     /// Checks the sizes against each other and retrace's caps.
@@ -127,6 +128,8 @@ impl DiTConfig {
             ("sample_size", self.sample_size, super::unet::MAX_SAMPLE_SIZE),
             ("num_layers", self.num_layers, MAX_LAYERS),
             ("num_embeds_ada_norm", self.num_classes, super::unet::MAX_CLASS_EMBEDS),
+            ("num_attention_heads", self.num_attention_heads, 65_536),
+            ("attention_head_dim", self.attention_head_dim, 65_536),
             ("width", self.width(), 65_536),
         ];
         if let Some((what, value, cap)) = caps.iter().find(|(_, value, cap)| value > cap) {
