@@ -39,6 +39,47 @@ pub enum LatentError {
 
 crate::jobs::cancellable_error!(LatentError {});
 
+/// Why a cache chunk's bytes are not the latents its key asks for (the cache then encodes the
+/// chunk again: it is derived data).
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    /// The bytes are not a safetensors file.
+    #[error("not a readable safetensors file ({0})")]
+    Unreadable(#[from] safetensors::SafeTensorError),
+    /// A metadata field names other data, another autoencoder or other images.
+    #[error("its {field} is not {expected}")]
+    Metadata {
+        /// The metadata field.
+        field: &'static str,
+        /// What the key asks for.
+        expected: String,
+    },
+    /// A tensor is absent.
+    #[error("{name}: {source}")]
+    Tensor {
+        /// The tensor's name.
+        name: &'static str,
+        /// Why it cannot be read.
+        source: safetensors::SafeTensorError,
+    },
+    /// A tensor has another dtype or shape.
+    #[error("{name} is not f32 of shape {expected:?}")]
+    Shape {
+        /// The tensor's name.
+        name: &'static str,
+        /// The shape the key asks for.
+        expected: [usize; 4],
+    },
+    /// A tensor holds NaN or ±∞.
+    #[error("{name} holds a non-finite value at {at}")]
+    NonFinite {
+        /// The tensor's name.
+        name: &'static str,
+        /// The first non-finite element.
+        at: usize,
+    },
+}
+
 /// What a cache chunk must hold: which data and autoencoder, which images, what shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChunkKey {
@@ -89,25 +130,25 @@ pub fn chunk_bytes(key: &ChunkKey, latents: &LatentDistributions) -> Vec<u8> {
 
 /// Reads a cache chunk, checking it against `key`: the metadata, both tensors' dtype and shape,
 /// and finite values. The error says what is wrong.
-pub fn read_chunk(bytes: &[u8], key: &ChunkKey) -> Result<LatentDistributions, String> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| format!("not a readable safetensors file ({e})"))?;
-    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+pub fn read_chunk(bytes: &[u8], key: &ChunkKey) -> Result<LatentDistributions, ChunkError> {
+    let st = SafeTensors::deserialize(bytes)?;
+    let (_, header) = SafeTensors::read_metadata(bytes)?;
     let meta = header.metadata().clone().unwrap_or_default();
-    for (field, want) in [
+    for (field, expected) in [
         ("data_hash", key.data_hash.clone()),
         ("vae_sha256", key.vae_sha256.clone()),
         ("first", key.first.to_string()),
         ("count", key.count.to_string()),
     ] {
-        if meta.get(field) != Some(&want) {
-            return Err(format!("its {field} is not {want}"));
+        if meta.get(field) != Some(&expected) {
+            return Err(ChunkError::Metadata { field, expected });
         }
     }
     let shape = [key.count, key.shape[0], key.shape[1], key.shape[2]];
-    let read = |name: &str| -> Result<Vec<f32>, String> {
-        let view = st.tensor(name).map_err(|e| format!("{name}: {e}"))?;
+    let read = |name: &'static str| -> Result<Vec<f32>, ChunkError> {
+        let view = st.tensor(name).map_err(|source| ChunkError::Tensor { name, source })?;
         if view.dtype() != Dtype::F32 || view.shape() != shape {
-            return Err(format!("{name} is not f32 of shape {shape:?}"));
+            return Err(ChunkError::Shape { name, expected: shape });
         }
         let values: Vec<f32> = view
             .data()
@@ -115,7 +156,7 @@ pub fn read_chunk(bytes: &[u8], key: &ChunkKey) -> Result<LatentDistributions, S
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         match values.iter().position(|v| !v.is_finite()) {
-            Some(bad) => Err(format!("{name} holds a non-finite value at {bad}")),
+            Some(at) => Err(ChunkError::NonFinite { name, at }),
             None => Ok(values),
         }
     };
@@ -212,13 +253,13 @@ mod tests {
         assert_eq!(read_chunk(&bytes, &key()).unwrap(), latents);
         let mut other = key();
         other.first = 0;
-        assert!(read_chunk(&bytes, &other).unwrap_err().contains("first"));
+        assert!(read_chunk(&bytes, &other).unwrap_err().to_string().contains("first"));
         let mut other = key();
         other.vae_sha256 = "w".repeat(64);
-        assert!(read_chunk(&bytes, &other).unwrap_err().contains("vae_sha256"));
+        assert!(read_chunk(&bytes, &other).unwrap_err().to_string().contains("vae_sha256"));
         let mut other = key();
         other.shape = [2, 1, 1];
-        assert!(read_chunk(&bytes, &other).unwrap_err().contains("shape"));
+        assert!(read_chunk(&bytes, &other).unwrap_err().to_string().contains("shape"));
         assert!(read_chunk(&bytes[..bytes.len() - 3], &key()).is_err());
     }
 
@@ -230,7 +271,7 @@ mod tests {
             mean: vec![0.5, f32::NAN, 2.0, 3.0],
             log_variance: vec![0.0; 4],
         };
-        let err = read_chunk(&chunk_bytes(&key(), &latents), &key()).unwrap_err();
+        let err = read_chunk(&chunk_bytes(&key(), &latents), &key()).unwrap_err().to_string();
         assert!(err.contains("non-finite"), "{err}");
     }
 }
