@@ -34,6 +34,8 @@ fn miniature() -> BenchmarkSpec {
             full_epochs: 10,
             subset_epochs: 20,
             full_seed: 0,
+            label_dropout: 0.0,
+            init: None,
         },
         subsets: 3,
         alpha: 0.5,
@@ -43,6 +45,7 @@ fn miniature() -> BenchmarkSpec {
         sampler_steps: 4,
         draws: 6,
         draw_seed: 1,
+        guidance: None,
     }
 }
 
@@ -127,11 +130,24 @@ fn a_cancelled_and_resumed_or_sharded_build_equals_an_uninterrupted_one() {
     let err = GroundTruth::load(&path).unwrap_err();
     assert!(err.to_string().contains("masks"), "{err}");
     let other = BenchmarkSpec {
-        subsets: 4,
+        mask_seed: 6,
         ..spec.clone()
     };
     let err = LdsBuild::open(&a, Some(&other), &device, &silent).err().unwrap();
-    assert!(err.to_string().contains("subsets"), "{err}");
+    assert!(err.to_string().contains("mask_seed"), "{err}");
+    // The same benchmark with more subsets grows out of the measured one: subset m depends only
+    // on m, so its models are already the larger benchmark's.
+    let grown = BenchmarkSpec {
+        subsets: 4,
+        ..spec.clone()
+    };
+    let (larger, larger_spec) = LdsBuild::open(&a, Some(&grown), &device, &silent).unwrap();
+    assert_eq!(larger_spec, grown);
+    assert_eq!(larger.measured(&larger_spec), 6);
+    assert!(
+        larger.assemble(&larger_spec).unwrap().is_none(),
+        "subset 3 is not measured yet"
+    );
 
     remove_top_k_on(&tmp.path().join("whole"), &whole);
 }
@@ -269,3 +285,115 @@ const RANDOM_MARGIN: f64 = 0.3;
 /// Measured: +.092 (paired bootstrap 95% interval [.032, .160]) and +.127 ([.089, .167]).
 /// TracIn, ReTrac and K-FAC do not beat pixel similarity here (README).
 const PIXEL_MARGIN: f64 = 0.04;
+
+/// A class-conditional benchmark that attributes a fine-tune: every model starts from one
+/// pretrained class-conditional model (trained on other images: `offset=` keeps them
+/// disjoint), the queries take the classes in turn, held-out queries are images of their
+/// class, and every loss is measured under the query's class.
+#[test]
+fn a_class_conditional_fine_tune_benchmark_measures_queries_under_their_class() {
+    use retrace::diffusion::{Condition, InitFrom, ModelDir};
+    use retrace::eval::build::measure_losses;
+    common::before_restoring_optimizer_state();
+    let tmp = tempfile::tempdir().unwrap();
+    let (device, silent) = (cpu(), JobContext::silent());
+    // The pretrained model: the tiny U-Net with a class table, on the first 24 bundled images.
+    let pretraining = Dataset::load(&"bundled?subset=24".parse().unwrap()).unwrap();
+    let mut info = common::test_model_info(common::tiny_unet_config().with_classes(10), &pretraining, 8, 3);
+    info.train.label_dropout = 0.1;
+    let pretrained = ModelDir::create(&tmp.path().join("pretrained"), info).unwrap();
+    retrace::diffusion::train::train(
+        &pretrained,
+        &pretraining,
+        &retrace::diffusion::train::TrainLength { epochs: 1 },
+        false,
+        &device,
+        &silent,
+    )
+    .unwrap();
+    let init = InitFrom::resolve(pretrained.root.to_str().unwrap(), None).unwrap();
+    assert_eq!(init.step, 3);
+
+    let data = Dataset::load(&"bundled?offset=24&subset=24".parse().unwrap()).unwrap();
+    assert!(
+        data.ids.iter().all(|id| !pretraining.ids.contains(id)),
+        "disjoint from the pretraining images"
+    );
+    let base = miniature();
+    let spec = BenchmarkSpec {
+        data: "bundled?offset=24&subset=24".into(),
+        data_hash: data.content_hash(),
+        held_out: "bundled?split=test&subset=60".into(),
+        unet: common::tiny_unet_config().with_classes(10),
+        training: BenchmarkTraining {
+            learning_rate: 1e-3,
+            full_epochs: 2,
+            subset_epochs: 4,
+            label_dropout: 0.1,
+            init: Some(init.clone()),
+            ..base.training.clone()
+        },
+        subsets: 2,
+        seeds: vec![0],
+        queries_per_kind: 4,
+        guidance: Some(2.0),
+        ..base
+    };
+    let root = tmp.path().join("bench");
+    let truth = build(&root, &spec, Shard::ALL, &silent).unwrap();
+
+    // The classes take turns over the data's classes, in both kinds; a held-out query is an
+    // image of its class.
+    let mut classes = data.labels.clone();
+    classes.sort_unstable();
+    classes.dedup();
+    let held_out = Dataset::load(&spec.held_out.parse().unwrap()).unwrap();
+    for (i, q) in truth.queries.iter().enumerate() {
+        let turn = i % spec.queries_per_kind;
+        assert_eq!(q.class, Some(classes[turn % classes.len()]), "query {i}");
+        if q.kind == retrace::eval::QueryKind::HeldOut {
+            let at = held_out.ids.iter().position(|&id| id == q.source).unwrap();
+            assert_eq!(Some(held_out.labels[at]), q.class);
+            assert_eq!(held_out.image(at), q.pixels.as_slice());
+        }
+    }
+
+    // Every model starts from the pinned pretrained weights: the fine-tune stays near them,
+    // far nearer than a random initialisation lies.
+    let full = ModelDir::open(&root.join("full")).unwrap();
+    assert_eq!(full.info.train.init.as_ref(), Some(&init));
+    let (tuned, _) = full.load_latest(&device).unwrap();
+    let start = init.load(&full.info.architecture, &device).unwrap();
+    let random = full.info.architecture.init_seeded(&device, 0);
+    let distance = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f32>().sqrt();
+    let (tuned, start, random) = (
+        common::param_values(&tuned),
+        common::param_values(&start),
+        common::param_values(&random),
+    );
+    assert!(distance(&tuned, &start) < 0.1 * distance(&random, &start));
+
+    // The ground truth's losses are the conditional losses under each query's class: measured
+    // again they agree, and under another class they do not.
+    let (net, _) = full.load_latest(&device).unwrap();
+    let all: Vec<usize> = (0..truth.queries.len()).collect();
+    let (losses, _) = measure_losses(&spec, &net, &truth.queries, &all, &device, &silent).unwrap();
+    for (a, b) in losses.iter().zip(&truth.full.losses) {
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "{a} vs {b}");
+    }
+    let mut other_class = truth.queries.clone();
+    for q in &mut other_class {
+        q.class = q.class.map(|c| (c + 1) % 10);
+    }
+    let (shifted, _) = measure_losses(&spec, &net, &other_class, &all, &device, &silent).unwrap();
+    assert!(shifted.iter().zip(&losses).any(|(a, b)| (a - b).abs() > 1e-4 * b.abs()));
+    assert_eq!(truth.queries[0].condition(), Condition::Class(classes[0]));
+
+    // Pretrained weights that changed since are refused by name, not silently replaced.
+    let moved = InitFrom {
+        weights_sha256: "0".repeat(64),
+        ..init
+    };
+    let err = moved.load(&full.info.architecture, &device).err().unwrap();
+    assert!(err.to_string().contains("changed or are gone"), "{err}");
+}

@@ -8,6 +8,18 @@ use anyhow::{Result, anyhow, bail};
 use retrace::data::{DataSpec, Dataset, bundled_model_dir};
 use retrace::diffusion::ModelDir;
 
+/// `MODEL[@STEP]` of `--init-from`, resolved to a pinned checkpoint (default: the newest).
+pub(crate) fn init_from_arg(text: &str) -> Result<retrace::diffusion::InitFrom> {
+    let (model, step) = match text.rsplit_once('@') {
+        Some((model, step)) if !model.is_empty() => match step.parse::<usize>() {
+            Ok(step) => (model, Some(step)),
+            Err(_) => bail!("--init-from {text}: the part after @ must be a checkpoint step"),
+        },
+        _ => (text, None),
+    };
+    Ok(retrace::diffusion::InitFrom::resolve(model, step)?)
+}
+
 /// Method parameters: the influence-function settings as flags of their own, and any
 /// method's parameter as `--set key=value` (`retrace methods` lists them).
 #[derive(clap::Args)]

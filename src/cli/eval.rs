@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 
 use retrace::data::{DataSpec, Dataset};
 use retrace::device::ComputeDevice;
-use retrace::diffusion::{Architecture, ScheduleConfig};
+use retrace::diffusion::{Architecture, InitFrom, ScheduleConfig};
 use retrace::eval::BuiltBenchmark;
 use retrace::eval::benchmark::BENCHMARK_FORMAT_VERSION;
 use retrace::eval::build::BENCHMARK_FILE;
@@ -220,13 +220,44 @@ pub struct BuildLdsArgs {
     /// Keep every subset model's weights under models/ (deleted once measured by default).
     #[arg(long)]
     keep_models: bool,
+    /// Fine-tune every model from these weights (a model directory, or `bundled`;
+    /// `MODEL@STEP` picks a checkpoint) instead of training from scratch; the architecture is
+    /// that model's, class-conditional ones included.
+    #[arg(long, value_name = "MODEL[@STEP]")]
+    init_from: Option<String>,
+    /// Class-conditional: the U-Net gets a class table (plus a null class), the queries take
+    /// the classes in turn and are sampled with --guidance (implied by --init-from of a
+    /// class-conditional model).
+    #[arg(long)]
+    conditional: bool,
+    /// Guidance scale of a class-conditional benchmark's generated queries.
+    #[arg(long, default_value_t = retrace::diffusion::sampler::DEFAULT_GUIDANCE_SCALE)]
+    guidance: f64,
+    /// Label dropout of a class-conditional benchmark's models (keeps the null class trained).
+    #[arg(long, default_value_t = 0.1)]
+    label_dropout: f64,
+    /// A class-conditional benchmark stops after its queries are drawn unless the bundled
+    /// classifier assigns at least this share of the generated ones to their class (0: no
+    /// check).
+    #[arg(long, default_value_t = 0.8)]
+    min_class_share: f64,
 }
 
 impl BuildLdsArgs {
     fn spec(&self, data: &Dataset) -> Result<BenchmarkSpec> {
-        let Architecture::UNet(unet) = super::named_config(&self.config, data)? else {
-            anyhow::bail!("--config {}: LDS benchmarks train U-Nets so far", self.config);
+        let init = self.init_from.as_deref().map(super::args::init_from_arg).transpose()?;
+        let architecture = match &init {
+            Some(init) => retrace::diffusion::ModelDir::open(&InitFrom::path_of(&init.model))?
+                .info
+                .architecture
+                .clone(),
+            None if self.conditional => super::named_config(&self.config, data)?.with_classes(data.class_names.len()),
+            None => super::named_config(&self.config, data)?,
         };
+        let Architecture::UNet(unet) = architecture else {
+            anyhow::bail!("LDS benchmarks train U-Nets so far");
+        };
+        let conditional = unet.condition_encoding().is_conditional();
         let spec = BenchmarkSpec {
             format_version: BENCHMARK_FORMAT_VERSION,
             data: self.data.clone(),
@@ -244,6 +275,8 @@ impl BuildLdsArgs {
                 full_epochs: self.epochs,
                 subset_epochs: (self.epochs as f64 / self.alpha).round() as usize,
                 full_seed: 0,
+                label_dropout: if conditional { self.label_dropout } else { 0.0 },
+                init,
             },
             subsets: self.subsets,
             alpha: self.alpha,
@@ -253,6 +286,7 @@ impl BuildLdsArgs {
             sampler_steps: self.sampler_steps,
             draws: self.draws,
             draw_seed: self.seed,
+            guidance: conditional.then_some(self.guidance),
         };
         spec.validate()?;
         Ok(spec)
@@ -297,6 +331,7 @@ fn build_lds(args: BuildLdsArgs, device: &ComputeDevice, job: &JobContext) -> Re
         spec.draws
     );
     let queries = build.prepare(&spec, &data, &held_out)?;
+    check_class_share(&spec, &queries, args.min_class_share, device)?;
     if args.prepare_only {
         println!(
             "prepared {}: full-data model trained, {} queries measured",
@@ -308,6 +343,41 @@ fn build_lds(args: BuildLdsArgs, device: &ComputeDevice, job: &JobContext) -> Re
     let shard = args.shard.unwrap_or(Shard::ALL);
     build.run_shard(&spec, shard, &data, &queries)?;
     finish(&build, &spec)
+}
+
+/// Stops a class-conditional build whose generated queries do not look like their class (the
+/// bundled classifier's judgement), before the subset models cost hours.
+fn check_class_share(
+    spec: &BenchmarkSpec,
+    queries: &[retrace::eval::BenchmarkQuery],
+    min_share: f64,
+    device: &ComputeDevice,
+) -> Result<()> {
+    if spec.guidance.is_none() || min_share <= 0.0 {
+        return Ok(());
+    }
+    let classifier =
+        retrace::eval::classifier::load_classifier(&retrace::data::bundled_classifier_dir(), &device.device)?;
+    let shape = [spec.unet.image_channels, spec.unet.sample_size, spec.unet.sample_size];
+    let Some(share) =
+        retrace::eval::class_fidelity::generated_query_share(queries, &classifier, shape, &device.device)?
+    else {
+        return Ok(());
+    };
+    let per_class: Vec<String> = share.per_class.iter().map(|s| format!("{:.0}", 100.0 * s)).collect();
+    eprintln!(
+        "generated queries classified as their class: {:.1}% (per class, %: {})",
+        100.0 * share.overall,
+        per_class.join(" ")
+    );
+    if share.overall < min_share {
+        anyhow::bail!(
+            "only {:.1}% of the generated queries look like their class (--min-class-share {min_share}): \
+             the full-data model's samples are not good enough to attribute; train it longer or change the recipe",
+            100.0 * share.overall
+        );
+    }
+    Ok(())
 }
 
 fn merge(out: PathBuf, from: Vec<PathBuf>, device: &ComputeDevice, job: &JobContext) -> Result<()> {

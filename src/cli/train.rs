@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use retrace::data::{DataSpec, Dataset};
 use retrace::device::DeviceRequest;
 use retrace::diffusion::train::{TrainLength, train};
-use retrace::diffusion::{ModelDir, ModelInfo, ScheduleConfig, TrainRecipe};
+use retrace::diffusion::{InitFrom, ModelDir, ModelInfo, ScheduleConfig, TrainRecipe};
 
 use retrace::diffusion::latent::{VAE_DIR, install_vae, read_vae_config, vae_sha256};
 
@@ -67,6 +67,12 @@ pub struct TrainArgs {
     /// built for the latents' channels and side.
     #[arg(long)]
     pub vae: Option<PathBuf>,
+    /// Fine-tune: start from another model's weights instead of a random initialisation (a
+    /// model directory, or `bundled`; `MODEL@STEP` picks a checkpoint, default the newest). The
+    /// architecture, and a latent model's autoencoder, are that model's; the optimizer starts
+    /// fresh. The weights are pinned by checksum in model.json.
+    #[arg(long, value_name = "MODEL[@STEP]")]
+    pub init_from: Option<String>,
 }
 
 /// Runs `retrace train` on the requested compute device.
@@ -87,6 +93,7 @@ pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
         conditional,
         label_dropout,
         vae,
+        init_from,
     } = args;
     if !(0.0..1.0).contains(&label_dropout) {
         bail!("--label-dropout {label_dropout}: use a probability in [0, 1)");
@@ -136,12 +143,30 @@ pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
             );
         }
         let command = std::env::args().collect::<Vec<_>>().join(" ");
-        let vae_config = vae.as_deref().map(read_vae_config).transpose()?;
-        let architecture = named_config_for(config.as_deref().unwrap_or("base"), &dataset, vae_config.as_ref())?;
-        let architecture = if conditional {
-            architecture.with_classes(dataset.class_names.len())
-        } else {
-            architecture
+        let init = init_from.as_deref().map(super::args::init_from_arg).transpose()?;
+        let (architecture, vae_config, vae_source) = match &init {
+            Some(init) => {
+                if config.is_some() || conditional || vae.is_some() {
+                    bail!(
+                        "--init-from {}: a fine-tune keeps the architecture and autoencoder of the model it starts from; leave out --config, --conditional and --vae",
+                        init.model
+                    );
+                }
+                let from = ModelDir::open(&InitFrom::path_of(&init.model))?;
+                let vae_source = from.info.vae.is_some().then(|| from.root.join(VAE_DIR));
+                (from.info.architecture.clone(), from.info.vae.clone(), vae_source)
+            }
+            None => {
+                let vae_config = vae.as_deref().map(read_vae_config).transpose()?;
+                let architecture =
+                    named_config_for(config.as_deref().unwrap_or("base"), &dataset, vae_config.as_ref())?;
+                let architecture = if conditional {
+                    architecture.with_classes(dataset.class_names.len())
+                } else {
+                    architecture
+                };
+                (architecture, vae_config, vae.clone())
+            }
         };
         let can_drop = architecture.condition_encoding().null_class().is_some();
         let info = ModelInfo {
@@ -163,11 +188,12 @@ pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
                 // Label dropout needs a null class to drop to (retrace's conditional U-Nets and
                 // DiTs have one; a class-conditional diffusers config may not).
                 label_dropout: if can_drop { label_dropout } else { 0.0 },
+                init,
                 command,
             },
             vae: vae_config,
         };
-        if let Some(from) = &vae {
+        if let Some(from) = &vae_source {
             install_vae(from, &out)?;
         }
         ModelDir::create(&out, info)?

@@ -155,7 +155,7 @@ impl Dataset {
         counts
     }
 
-    /// Loads the dataset a spec names, applying its class filter and subset size.
+    /// Loads the dataset a spec names, applying its class filter, offset and subset size.
     pub fn load(spec: &DataSpec) -> Result<Self, DataError> {
         let full = match spec.format {
             DataFormat::Idx { fashion } => idx::load_dir(&spec.path, spec.split, fashion)?,
@@ -166,6 +166,7 @@ impl Dataset {
         let mut keep: Vec<usize> = (0..full.len())
             .filter(|&i| spec.classes.as_ref().is_none_or(|c| c.contains(&full.labels[i])))
             .collect();
+        keep.drain(..spec.offset.unwrap_or(0).min(keep.len()));
         if let Some(n) = spec.subset {
             keep.truncate(n);
         }

@@ -51,8 +51,10 @@ impl DataFormat {
 /// al. 2024): CIFAR-10's automobiles and horses, 5,000 images (short for
 /// `cifar10:DIR?classes=1,7&subset=5000`, which is how it prints; the first 5,000 in file
 /// order, where the papers draw 5,000 at random; CIFAR-10's files are in random order).
-/// Options: `split=train|test`, `classes=0,3,7` (keep these labels), `subset=N` (first N images
-/// after the class filter, in file order).
+/// Options: `split=train|test`, `classes=0,3,7` (keep these labels), `offset=N` (skip the first N
+/// images after the class filter), `subset=N` (then keep the first N, in file order). An image's
+/// id stays its position in the file, so `offset=1000&subset=1000` names images 1,000–1,999,
+/// disjoint from `subset=1000`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataSpec {
     /// File format.
@@ -63,6 +65,8 @@ pub struct DataSpec {
     pub split: Split,
     /// Labels to keep; all when `None`.
     pub classes: Option<Vec<u32>>,
+    /// Skip this many images (after the class filter) before `subset` counts.
+    pub offset: Option<usize>,
     /// Keep at most this many images.
     pub subset: Option<usize>,
 }
@@ -75,6 +79,7 @@ impl DataSpec {
             path: PathBuf::new(),
             split,
             classes: None,
+            offset: None,
             subset: None,
         }
     }
@@ -122,6 +127,7 @@ impl FromStr for DataSpec {
             path: PathBuf::from(path),
             split: Split::Train,
             classes: cifar2.then(|| vec![1, 7]),
+            offset: None,
             subset: cifar2.then_some(5000),
         };
         for option in query.split('&').filter(|o| !o.is_empty()) {
@@ -149,9 +155,15 @@ impl FromStr for DataSpec {
                     spec.subset =
                         Some(n.ok_or_else(|| bad(format!("subset must be a positive number, not {value:?}")))?);
                 }
+                "offset" => {
+                    let n = value
+                        .parse::<usize>()
+                        .map_err(|_| bad(format!("offset must be a number of images, not {value:?}")))?;
+                    spec.offset = (n > 0).then_some(n);
+                }
                 _ => {
                     return Err(bad(format!(
-                        "unknown option {key:?}; expected split, classes or subset"
+                        "unknown option {key:?}; expected split, classes, offset or subset"
                     )));
                 }
             }
@@ -174,6 +186,9 @@ impl fmt::Display for DataSpec {
             let list: Vec<String> = classes.iter().map(u32::to_string).collect();
             options.push(format!("classes={}", list.join(",")));
         }
+        if let Some(n) = self.offset {
+            options.push(format!("offset={n}"));
+        }
         if let Some(n) = self.subset {
             options.push(format!("subset={n}"));
         }
@@ -194,6 +209,7 @@ mod tests {
             "bundled",
             "bundled?split=test",
             "fashion-mnist:/usr/share/datasets/fashion-mnist?split=test&classes=0,9&subset=500",
+            "fashion-mnist:/usr/share/datasets/fashion-mnist?offset=1000&subset=1000",
             "cifar10:/data/cifar?classes=3,5",
             "folder:/tmp/images",
         ] {
@@ -221,6 +237,7 @@ mod tests {
             ("mnist:/x?split=val", "split must be"),
             ("mnist:/x?classes=a", "classes must be"),
             ("mnist:/x?subset=0", "subset must be"),
+            ("mnist:/x?offset=-1", "offset must be"),
             ("mnist:/x?colour=1", "unknown option"),
         ] {
             let err = s.parse::<DataSpec>().unwrap_err().to_string();

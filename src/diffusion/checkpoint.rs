@@ -24,7 +24,7 @@ use super::Network;
 use super::error::ModelError;
 use super::model_info::io;
 pub use super::model_info::{
-    CheckpointEntry, CheckpointError, CheckpointState, FORMAT_VERSION, LrSchedule, ModelInfo, TrainRecipe,
+    CheckpointEntry, CheckpointError, CheckpointState, FORMAT_VERSION, InitFrom, LrSchedule, ModelInfo, TrainRecipe,
     is_sha256_hex,
 };
 use crate::files::{sha256, write_atomic};
@@ -546,4 +546,64 @@ pub fn first_non_finite<M: Module>(module: &M) -> Option<String> {
     module.visit(&mut finder);
     let id = finder.0?;
     Some(param_paths(module).remove(&id).unwrap_or_else(|| format!("{id:?}")))
+}
+
+impl InitFrom {
+    /// The weights of `model` (a model directory, or `bundled`) at checkpoint `step` (default:
+    /// its newest), pinned by their checksum.
+    pub fn resolve(model: &str, step: Option<usize>) -> Result<Self, CheckpointError> {
+        let dir = ModelDir::open(&Self::path_of(model))?;
+        let checkpoints = dir.checkpoints()?;
+        let entry = match step {
+            Some(step) => checkpoints.iter().find(|c| c.state.step == step).ok_or_else(|| {
+                let steps: Vec<String> = checkpoints.iter().map(|c| c.state.step.to_string()).collect();
+                CheckpointError::invalid(
+                    &dir.root,
+                    format!("has no checkpoint at step {step} (it has {})", steps.join(", ")),
+                )
+            })?,
+            None => checkpoints.last().ok_or_else(|| dir.no_checkpoint())?,
+        };
+        Ok(Self {
+            model: model.to_owned(),
+            step: entry.state.step,
+            weights_sha256: entry.state.weights_sha256.clone(),
+        })
+    }
+
+    /// The directory a model name stands for: `bundled` is the bundled default model.
+    pub fn path_of(model: &str) -> PathBuf {
+        if model == "bundled" {
+            crate::data::bundled_model_dir()
+        } else {
+            PathBuf::from(model)
+        }
+    }
+
+    /// Loads the weights onto `device` for a model of `architecture`: an error says when the
+    /// directory, its checkpoint or its architecture is not the one recorded.
+    pub fn load(&self, architecture: &super::Architecture, device: &Device) -> Result<Network, CheckpointError> {
+        let dir = ModelDir::open(&Self::path_of(&self.model))?;
+        if &dir.info.architecture != architecture {
+            return Err(CheckpointError::invalid(
+                &dir.root,
+                "its architecture is not the fine-tune's (a fine-tune keeps the architecture it starts from)",
+            ));
+        }
+        let entry = dir
+            .checkpoints()?
+            .into_iter()
+            .find(|c| c.state.step == self.step && c.state.weights_sha256 == self.weights_sha256)
+            .ok_or_else(|| {
+                CheckpointError::invalid(
+                    &dir.root,
+                    format!(
+                        "has no checkpoint at step {} with weights {}…: the weights this model was fine-tuned from changed or are gone",
+                        self.step,
+                        crate::files::short_hash(&self.weights_sha256)
+                    ),
+                )
+            })?;
+        dir.load_model(&entry, device)
+    }
 }

@@ -18,7 +18,8 @@ pub mod unet;
 pub mod vae;
 
 pub use checkpoint::{
-    CheckpointEntry, CheckpointError, CheckpointState, LrSchedule, ModelDir, ModelFormat, ModelInfo, TrainRecipe,
+    CheckpointEntry, CheckpointError, CheckpointState, InitFrom, LrSchedule, ModelDir, ModelFormat, ModelInfo,
+    TrainRecipe,
 };
 pub use condition::{Condition, ConditionEncoding};
 pub use error::{ConfigError, ModelError};

@@ -95,8 +95,23 @@ pub struct TrainRecipe {
     /// for classifier-free guidance); 0 for unconditional models.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub label_dropout: f64,
+    /// The pretrained weights a fine-tune started from (absent: a seeded random initialisation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitFrom>,
     /// The command line that trained the model.
     pub command: String,
+}
+
+/// The checkpoint a fine-tune starts from: another model directory's weights at one step,
+/// pinned by their SHA-256 so that a resumed or repeated fine-tune starts from the same bits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InitFrom {
+    /// The model directory: a path, or `bundled` for the bundled default model.
+    pub model: String,
+    /// The checkpoint's step.
+    pub step: usize,
+    /// SHA-256 of the checkpoint's weights file.
+    pub weights_sha256: String,
 }
 
 fn is_zero(value: &f64) -> bool {

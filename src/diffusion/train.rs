@@ -246,7 +246,12 @@ pub fn train(
                 latest.state.step
             )));
         }
-        None => (info.architecture.init_seeded(&ad, recipe.seed), 0),
+        // A fine-tune starts from its pinned pretrained weights, anything else from a seeded
+        // random initialisation; the optimizer starts fresh either way.
+        None => match &recipe.init {
+            Some(init) => (init.load(&info.architecture, &ad)?, 0),
+            None => (info.architecture.init_seeded(&ad, recipe.seed), 0),
+        },
     };
     let per_epoch = data.len().div_ceil(recipe.batch_size);
     let total = per_epoch * length.epochs;
@@ -366,6 +371,7 @@ mod tests {
             seed: 0,
             checkpoint_every: 1,
             label_dropout: 0.0,
+            init: None,
             command: String::new(),
         };
         assert!((learning_rate(&recipe, 0, 100) - 1e-4).abs() < 1e-15);

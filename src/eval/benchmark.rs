@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use super::error::EvalError;
 use crate::data::Dataset;
 use crate::diffusion::noise::{below, gaussian, permutation, stream};
-use crate::diffusion::{LrSchedule, ScheduleConfig, TrainRecipe, UNetConfig};
+use crate::diffusion::{
+    Condition, InitFrom, LrSchedule, SamplerConfig, SamplerKind, ScheduleConfig, TrainRecipe, UNetConfig,
+};
 
 /// Version of the benchmark and ground-truth files; bumped on incompatible changes.
 pub const BENCHMARK_FORMAT_VERSION: u32 = 1;
@@ -37,6 +39,18 @@ pub struct BenchmarkTraining {
     pub subset_epochs: usize,
     /// Seed of the full-data model.
     pub full_seed: u64,
+    /// Label dropout of a class-conditional benchmark's models (what guidance needs).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_dropout: f64,
+    /// The pretrained weights every model is fine-tuned from (absent: every model trains from
+    /// a seeded random initialisation). A fine-tune benchmark attributes a fine-tune, as
+    /// D-TRAK's ArtBench benchmarks and most users do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitFrom>,
+}
+
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
 }
 
 /// The specification of an LDS benchmark: `benchmark.json`.
@@ -75,6 +89,11 @@ pub struct BenchmarkSpec {
     pub draws: usize,
     /// Seed of the measurement draws.
     pub draw_seed: u64,
+    /// A class-conditional benchmark: the guidance scale its generated queries are sampled
+    /// with. Every query then carries a class (the classes take turns, so each half holds every
+    /// class), and its loss is measured under that class. Absent: an unconditional benchmark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f64>,
 }
 
 /// Most training images a benchmark draws subsets from.
@@ -97,12 +116,29 @@ impl BenchmarkSpec {
                 self.format_version
             )));
         }
-        if self.unet.condition_encoding().is_conditional() {
-            return Err(EvalError::Invalid(
-                "a class-conditional U-Net: LDS benchmarks hold unconditional models so far (their \
-                 queries carry no class)"
-                    .into(),
-            ));
+        match (self.unet.condition_encoding().is_conditional(), self.guidance) {
+            (true, None) => {
+                return Err(EvalError::Invalid(
+                    "a class-conditional U-Net needs a guidance scale for its generated queries".into(),
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(EvalError::Invalid(
+                    "a guidance scale, but the U-Net is unconditional (use a class-conditional one)".into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(w) = self.guidance
+            && !(0.0..=crate::diffusion::sampler::MAX_GUIDANCE_SCALE).contains(&w)
+        {
+            return Err(EvalError::Invalid(format!("guidance scale {w} out of range")));
+        }
+        if !(0.0..1.0).contains(&self.training.label_dropout) {
+            return Err(EvalError::Invalid(format!(
+                "label dropout {} is not a probability below 1",
+                self.training.label_dropout
+            )));
         }
         let caps = [
             ("training images", self.data_len, MAX_DATA_LEN),
@@ -154,6 +190,23 @@ impl BenchmarkSpec {
         Ok(self.unet.validate()?)
     }
 
+    /// The sampler of the generated queries: DDIM with the benchmark's steps, guided at the
+    /// benchmark's scale in a class-conditional benchmark.
+    pub fn query_sampler(&self) -> SamplerConfig {
+        SamplerConfig {
+            guidance_scale: self.guidance.unwrap_or(1.0),
+            ..SamplerConfig::new(SamplerKind::Ddim, self.sampler_steps)
+        }
+    }
+
+    /// The class of query `i` of its kind in a class-conditional benchmark over `classes`: the
+    /// classes take turns, so that every class has queries in both halves ([`half_of`] splits
+    /// by position). `None` in an unconditional benchmark.
+    pub fn query_class(&self, i: usize, classes: &[u32]) -> Option<u32> {
+        self.guidance
+            .and_then(|_| (!classes.is_empty()).then(|| classes[i % classes.len()]))
+    }
+
     /// Images per subset: ⌊αN⌉.
     pub fn subset_size(&self) -> usize {
         (self.alpha * self.data_len as f64).round() as usize
@@ -185,8 +238,9 @@ impl BenchmarkSpec {
             batch_size: t.batch_size,
             weight_decay: t.weight_decay,
             seed,
+            label_dropout: t.label_dropout,
+            init: t.init.clone(),
             // About four checkpoints per subset model: the unit of resumption.
-            label_dropout: 0.0,
             checkpoint_every: (steps_per_epoch * t.subset_epochs).div_ceil(4).max(1),
             command,
         }
@@ -285,18 +339,38 @@ pub struct BenchmarkQuery {
     pub half: QueryHalf,
     /// Its origin: the test image's id, or the sampler seed.
     pub source: u64,
+    /// Its class in a class-conditional benchmark: the class a generated query was sampled
+    /// for, a held-out image's label. Its loss is measured, and it is attributed, under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<u32>,
     /// C×H×W bytes.
     #[serde(with = "base64_bytes")]
     pub pixels: Vec<u8>,
 }
 
 impl BenchmarkQuery {
-    /// A short description (`held-out test image 17`, `sample seed 3`).
-    pub fn describe(&self) -> String {
-        match self.kind {
+    /// A short description (`held-out test image 17`, `sample of the full-data model, seed 3,
+    /// Sneaker`), naming its class from `class_names` where it has one.
+    pub fn describe(&self, class_names: &[String]) -> String {
+        let what = match self.kind {
             QueryKind::HeldOut => format!("held-out test image {}", self.source),
             QueryKind::Generated => format!("sample of the full-data model, seed {}", self.source),
+        };
+        match self.class {
+            Some(c) => {
+                let name = class_names
+                    .get(c as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class {c}"));
+                format!("{what}, {name}")
+            }
+            None => what,
         }
+    }
+
+    /// The condition the query is measured and attributed under.
+    pub fn condition(&self) -> Condition {
+        self.class.map_or(Condition::Unconditional, Condition::Class)
     }
 }
 
@@ -348,6 +422,8 @@ mod tests {
                 full_epochs: 1,
                 subset_epochs: 2,
                 full_seed: 0,
+                label_dropout: 0.0,
+                init: None,
             },
             subsets: 4,
             alpha: 0.5,
@@ -357,6 +433,7 @@ mod tests {
             sampler_steps: 10,
             draws: 8,
             draw_seed: 0,
+            guidance: None,
         }
     }
 
@@ -385,6 +462,36 @@ mod tests {
             .validate()
             .is_err()
         );
+        // A class-conditional U-Net needs a guidance scale (its queries carry classes), and only
+        // it takes one.
+        let conditional = BenchmarkSpec {
+            unet: s.unet.clone().with_classes(10),
+            ..spec()
+        };
+        assert!(conditional.validate().unwrap_err().to_string().contains("guidance"));
+        assert!(
+            BenchmarkSpec {
+                guidance: Some(2.0),
+                ..conditional.clone()
+            }
+            .validate()
+            .is_ok()
+        );
+        assert!(
+            BenchmarkSpec {
+                guidance: Some(2.0),
+                ..spec()
+            }
+            .validate()
+            .is_err()
+        );
+        let guided = BenchmarkSpec {
+            guidance: Some(2.0),
+            ..conditional
+        };
+        assert_eq!(guided.query_sampler().guidance_scale, 2.0);
+        assert_eq!(guided.query_class(13, &[0, 4, 9]), Some(4));
+        assert_eq!(s.query_class(13, &[0, 4, 9]), None);
         assert_eq!(half_of(0, 4), QueryHalf::Dev);
         assert_eq!(half_of(2, 4), QueryHalf::Report);
     }

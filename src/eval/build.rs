@@ -32,9 +32,7 @@ use crate::data::{DataSpec, Dataset};
 use crate::diffusion::checkpoint::FORMAT_VERSION;
 use crate::diffusion::images::tensor_to_images;
 use crate::diffusion::train::{TrainLength, noise_images, train};
-use crate::diffusion::{
-    Condition, Measurement, ModelDir, ModelInfo, Network, SamplerConfig, SamplerKind, Schedule, sample,
-};
+use crate::diffusion::{Condition, Measurement, ModelDir, ModelInfo, Network, Schedule, sample};
 use crate::files::write_atomic;
 use crate::jobs::{JobContext, Progress, ProgressSink};
 
@@ -65,7 +63,8 @@ pub struct LdsBuild<'a> {
 
 impl<'a> LdsBuild<'a> {
     /// Opens (or starts) a build in `dir` for `spec`: writes `benchmark.json`, or checks that
-    /// the one there is the same benchmark. `spec = None` opens an existing build.
+    /// the one there is the same benchmark (or the same with more subsets, which it grows
+    /// into). `spec = None` opens an existing build.
     pub fn open(
         dir: &Path,
         spec: Option<&BenchmarkSpec>,
@@ -75,6 +74,19 @@ impl<'a> LdsBuild<'a> {
         let path = dir.join(BENCHMARK_FILE);
         let existing = read_json::<BenchmarkSpec>(&path)?;
         let spec = match (existing, spec) {
+            // More subsets of the same benchmark: subset m depends only on the mask seed and m,
+            // so every model measured so far belongs to the larger benchmark as it is.
+            (Some(old), Some(new))
+                if new.subsets > old.subsets
+                    && &BenchmarkSpec {
+                        subsets: new.subsets,
+                        ..old.clone()
+                    } == new =>
+            {
+                new.validate()?;
+                write_json(&path, new)?;
+                new.clone()
+            }
             (Some(old), Some(new)) if &old != new => {
                 return Err(EvalError::Invalid(format!(
                     "{} holds another benchmark ({}); choose another --out or repeat its settings",
@@ -168,7 +180,7 @@ impl<'a> LdsBuild<'a> {
         let queries = match read_json::<Vec<BenchmarkQuery>>(&queries_path)? {
             Some(q) => q,
             None => {
-                let q = self.draw_queries(spec, &net, held_out)?;
+                let q = self.draw_queries(spec, &net, data, held_out)?;
                 write_json(&queries_path, &q)?;
                 q
             }
@@ -184,30 +196,40 @@ impl<'a> LdsBuild<'a> {
         &self,
         spec: &BenchmarkSpec,
         full: &Network,
+        data: &Dataset,
         held_out: &Dataset,
     ) -> BuildResult<Vec<BenchmarkQuery>> {
         let n = spec.queries_per_kind;
-        let mut queries: Vec<BenchmarkQuery> = (0..n)
-            .map(|i| BenchmarkQuery {
+        let classes = data_classes(data);
+        let mut queries = Vec::with_capacity(2 * n);
+        for i in 0..n {
+            let class = spec.query_class(i, &classes);
+            let image = held_out_image(held_out, class, i / classes.len().max(1), i)?;
+            queries.push(BenchmarkQuery {
                 kind: QueryKind::HeldOut,
                 half: half_of(i, n),
-                source: held_out.ids[i],
-                pixels: held_out.image(i).to_vec(),
-            })
-            .collect();
+                source: held_out.ids[image],
+                class,
+                pixels: held_out.image(image).to_vec(),
+            });
+        }
         let cfg = &spec.unet;
         let seeds: Vec<u64> = (0..n as u64).collect();
-        let config = SamplerConfig::new(SamplerKind::Ddim, spec.sampler_steps);
         let schedule = Schedule::new(&spec.schedule);
         let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
-        let unconditional = vec![Condition::Unconditional; seeds.len()];
+        let conditions: Vec<Condition> = (0..n)
+            .map(|i| {
+                spec.query_class(i, &classes)
+                    .map_or(Condition::Unconditional, Condition::Class)
+            })
+            .collect();
         let images = sample(
             full,
             &schedule,
-            &config,
+            &spec.query_sampler(),
             shape,
             &seeds,
-            &unconditional,
+            &conditions,
             self.device,
             |step| {
                 self.job
@@ -221,6 +243,7 @@ impl<'a> LdsBuild<'a> {
                 kind: QueryKind::Generated,
                 half: half_of(i, n),
                 source: seeds[i],
+                class: spec.query_class(i, &classes),
                 pixels,
             });
         }
@@ -550,6 +573,7 @@ pub fn measure_losses(
     const BATCH: usize = 64;
     let schedule = Schedule::new(&spec.schedule);
     let cfg = &spec.unet;
+    let encoding = net.condition_encoding();
     let pixels = cfg.image_channels * cfg.sample_size * cfg.sample_size;
     let (mut sums, mut even_sums) = (vec![0.0f64; which.len()], vec![0.0f64; which.len()]);
     // (slot in `which`, draw) pairs.
@@ -581,8 +605,13 @@ pub fn measure_losses(
         }
         let shape = [chunk.len(), cfg.image_channels, cfg.sample_size, cfg.sample_size];
         let x0 = Tensor::<4>::from_data(TensorData::new(x0, shape), device);
-        // Benchmarks are unconditional (BenchmarkSpec::validate): no condition rows.
-        let batch = noise_images(&schedule, x0, &ts, noise);
+        // Each query's loss under its own class (none in an unconditional benchmark, whose
+        // model reads no condition rows).
+        let conditions: Vec<Condition> = chunk
+            .iter()
+            .map(|&(slot, _)| queries[which[slot]].condition())
+            .collect();
+        let batch = noise_images(&schedule, x0, &ts, noise).conditioned(&encoding, &conditions)?;
         let prediction = batch.predict(net);
         let losses = crate::device::read_back(Measurement::Loss.evaluate(&schedule, prediction, batch.noise, &ts))?;
         for (&(slot, k), &l) in chunk.iter().zip(&losses) {
@@ -603,6 +632,36 @@ pub fn measure_losses(
         sums.iter().map(|s| s / spec.draws as f64).collect(),
         even_sums.iter().map(|s| s / evens).collect(),
     ))
+}
+
+/// The distinct labels of `data`, ascending: the classes a class-conditional benchmark's
+/// queries take in turn.
+fn data_classes(data: &Dataset) -> Vec<u32> {
+    let mut classes = data.labels.clone();
+    classes.sort_unstable();
+    classes.dedup();
+    classes
+}
+
+/// The held-out image of query `i`: the `rank`-th image of `class` (class-conditional), or the
+/// `i`-th image (unconditional).
+fn held_out_image(held_out: &Dataset, class: Option<u32>, rank: usize, i: usize) -> BuildResult<usize> {
+    match class {
+        None => Ok(i),
+        Some(c) => held_out
+            .labels
+            .iter()
+            .enumerate()
+            .filter(|&(_, &l)| l == c)
+            .nth(rank)
+            .map(|(j, _)| j)
+            .ok_or_else(|| {
+                EvalError::Invalid(format!(
+                    "the held-out images hold fewer than {} of class {c}; use more held-out images or fewer queries",
+                    rank + 1
+                ))
+            }),
+    }
 }
 
 /// Forwards a model's training progress as "model i of n" progress of the build.

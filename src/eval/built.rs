@@ -80,18 +80,24 @@ impl BuiltBenchmark {
         Ok(spec.is_some_and(|s| s.subsets > self.truth.spec.subsets))
     }
 
-    /// Query `q` in the model's format.
+    /// Query `q` in the model's format, under its class in a class-conditional benchmark.
     pub fn query(&self, q: usize) -> Query {
         let query = &self.truth.queries[q];
         Query::image(
             bytes_to_unit(&query.pixels),
             self.model.info.image_shape(),
-            query.describe(),
+            self.describe(q),
         )
+        .under(query.condition())
+    }
+
+    /// What query `q` is, with its class's name.
+    pub fn describe(&self, q: usize) -> String {
+        self.truth.queries[q].describe(&self.model.info.class_names)
     }
 
     /// Query `q` with its sampling trajectory when it is a generated one (sampled again from its
-    /// seed with the benchmark's sampler; the pixels stay the stored ones).
+    /// seed, class and guidance with the benchmark's sampler; the pixels stay the stored ones).
     pub fn query_with_trajectory(
         &self,
         q: usize,
@@ -101,15 +107,11 @@ impl BuiltBenchmark {
         let mut query = self.query(q);
         let stored = &self.truth.queries[q];
         if stored.kind == QueryKind::Generated {
-            let config = crate::diffusion::SamplerConfig::new(
-                crate::diffusion::SamplerKind::Ddim,
-                self.truth.spec.sampler_steps,
-            );
             let sampled = crate::attribution::query::generate_query(
                 &self.model,
                 stored.source,
-                crate::diffusion::Condition::Unconditional,
-                &config,
+                stored.condition(),
+                &self.truth.spec.query_sampler(),
                 device,
                 job,
                 |_, _, _| {},

@@ -7,7 +7,8 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::EvalError;
-use super::classifier::{Classifier, ClassifierInfo};
+use super::benchmark::{BenchmarkQuery, QueryKind};
+use super::classifier::{Accuracy, Classifier, ClassifierInfo};
 use crate::diffusion::latent::to_images;
 use crate::diffusion::{Condition, ModelDir, SamplerConfig, Schedule, sample};
 use crate::jobs::JobContext;
@@ -127,6 +128,38 @@ pub fn judge_samples(
         overall: right as f64 / total.max(1) as f64,
         real_accuracy: about.test_accuracy.overall,
     })
+}
+
+/// How many of a class-conditional benchmark's generated queries `classifier` assigns to the
+/// class they were generated for (the check that a benchmark's samples look like their class);
+/// `Ok(None)` when no generated query carries a class.
+pub fn generated_query_share(
+    queries: &[BenchmarkQuery],
+    classifier: &(Classifier, ClassifierInfo),
+    shape: [usize; 3],
+    device: &Device,
+) -> Result<Option<Accuracy>, EvalError> {
+    let (classifier, about) = classifier;
+    let judged = [about.config.channels, about.config.size, about.config.size];
+    if shape != judged {
+        return Err(EvalError::Invalid(format!(
+            "the benchmark's images are {shape:?} but the classifier reads {judged:?}"
+        )));
+    }
+    let generated: Vec<&BenchmarkQuery> = queries
+        .iter()
+        .filter(|q| q.kind == QueryKind::Generated && q.class.is_some())
+        .collect();
+    if generated.is_empty() {
+        return Ok(None);
+    }
+    let pixels: Vec<f32> = generated
+        .iter()
+        .flat_map(|q| crate::data::pixels::bytes_to_unit(&q.pixels))
+        .collect();
+    let predicted = classifier.predict(&pixels, shape, device)?;
+    let asked: Vec<u32> = generated.iter().filter_map(|q| q.class).collect();
+    Ok(Some(Accuracy::of(&predicted, &asked, about.class_names.len())))
 }
 
 impl ClassFidelity {

@@ -13,7 +13,7 @@ pub mod remove_topk;
 pub mod rows;
 pub mod table;
 
-pub use benchmark::{BenchmarkSpec, BenchmarkTraining, QueryHalf, QueryKind};
+pub use benchmark::{BenchmarkQuery, BenchmarkSpec, BenchmarkTraining, QueryHalf, QueryKind};
 pub use build::{LdsBuild, Shard};
 pub use built::BuiltBenchmark;
 pub use error::EvalError;

@@ -131,12 +131,7 @@ pub fn evaluate_row(
     let mut results: Vec<QueryPart> = Vec::with_capacity(queries.len());
     let mut first_in_run = true;
     for (done, &q) in queries.iter().enumerate() {
-        job.report(
-            &label,
-            done as u64,
-            queries.len() as u64,
-            bench.truth.queries[q].describe(),
-        );
+        job.report(&label, done as u64, queries.len() as u64, bench.describe(q));
         let path = part_path(q);
         if let Some(part) = match &path {
             Some(p) => super::build::read_json::<QueryPart>(p)?,

@@ -161,6 +161,7 @@ fn data_specs() {
         "bundled",
         "bundled?split=test&subset=50",
         "fashion-mnist:/usr/share/datasets/fashion-mnist?classes=0,3,7&subset=1000",
+        "fashion-mnist:/usr/share/datasets/fashion-mnist?offset=1000&subset=1000",
         "mnist:/data/mnist?split=test",
         "cifar10:/data/cifar-10-batches-bin?classes=1,7&subset=5000&split=train",
         "cifar2:/data/cifar",

@@ -349,5 +349,7 @@ fn latent_cache_chunks() {
         seeds: vec![chunk_bytes(&key, &latents)],
         shape: Shape::Safetensors,
     };
-    campaign(parser, |input, _| read_chunk(input, &key).map(|_| ()).map_err(|e| e.to_string()));
+    campaign(parser, |input, _| {
+        read_chunk(input, &key).map(|_| ()).map_err(|e| e.to_string())
+    });
 }

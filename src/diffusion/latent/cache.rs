@@ -256,7 +256,12 @@ mod tests {
         assert!(read_chunk(&bytes, &other).unwrap_err().to_string().contains("first"));
         let mut other = key();
         other.vae_sha256 = "w".repeat(64);
-        assert!(read_chunk(&bytes, &other).unwrap_err().to_string().contains("vae_sha256"));
+        assert!(
+            read_chunk(&bytes, &other)
+                .unwrap_err()
+                .to_string()
+                .contains("vae_sha256")
+        );
         let mut other = key();
         other.shape = [2, 1, 1];
         assert!(read_chunk(&bytes, &other).unwrap_err().to_string().contains("shape"));
@@ -271,7 +276,9 @@ mod tests {
             mean: vec![0.5, f32::NAN, 2.0, 3.0],
             log_variance: vec![0.0; 4],
         };
-        let err = read_chunk(&chunk_bytes(&key(), &latents), &key()).unwrap_err().to_string();
+        let err = read_chunk(&chunk_bytes(&key(), &latents), &key())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("non-finite"), "{err}");
     }
 }
