@@ -7,6 +7,7 @@
 #[cfg(feature = "viewer")]
 pub mod app;
 pub mod attribution;
+pub mod classifier;
 pub mod contained;
 pub mod curvature;
 pub mod data;

@@ -5,10 +5,10 @@
 use crate::common;
 
 use common::cpu;
-use retrace::data::{DataSpec, Dataset, Split};
-use retrace::eval::classifier::{
+use retrace::classifier::{
     ClassifierConfig, ClassifierInfo, ClassifierRecipe, load_classifier, save_classifier, train_classifier,
 };
+use retrace::data::{DataSpec, Dataset, Split};
 use retrace::jobs::JobContext;
 
 /// A classifier trained briefly on the bundled 1,000 images, saved in `dir`.

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 
+use retrace::classifier::{ClassifierInfo, ClassifierRecipe, load_classifier, save_classifier, train_classifier};
 use retrace::data::{DataSpec, Dataset, Split};
 use retrace::device::ComputeDevice;
 use retrace::diffusion::{ModelDir, SamplerKind};
 use retrace::eval::class_fidelity::judge_samples;
-use retrace::eval::classifier::{ClassifierInfo, ClassifierRecipe, load_classifier, save_classifier, train_classifier};
 use retrace::jobs::JobContext;
 
 use super::args::ConditionArgs;
@@ -83,7 +83,7 @@ pub fn train(args: TrainClassifierArgs, device: &ComputeDevice, job: &JobContext
     let started = std::time::Instant::now();
     let (net, accuracy) = train_classifier(&train_data, &test_data, &recipe, &device.device, job)?;
     let info = ClassifierInfo {
-        config: retrace::eval::classifier::ClassifierConfig::new(
+        config: retrace::classifier::ClassifierConfig::new(
             train_data.channels,
             train_data.height,
             train_data.class_names.len(),

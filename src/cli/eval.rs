@@ -37,13 +37,14 @@ pub enum EvalCommand {
     /// assigns to the class asked for, beside its accuracy on real test images.
     Classes(super::classes::ClassesArgs),
     /// Join the results of shards built in other directories into --out and assemble the
-    /// ground truth once every model is measured.
+    /// ground truth once every model is measured (with no --from: say how far --out is, with
+    /// the quality of the subsets measured so far).
     Merge {
         /// The build directory to complete.
         #[arg(long)]
         out: PathBuf,
         /// Build directories of shards of the same benchmark.
-        #[arg(long = "from", required = true)]
+        #[arg(long = "from")]
         from: Vec<PathBuf>,
     },
     /// Retrain without each query's top-k training images per method (and without k random
@@ -356,8 +357,7 @@ fn check_class_share(
     if spec.guidance.is_none() || min_share <= 0.0 {
         return Ok(());
     }
-    let classifier =
-        retrace::eval::classifier::load_classifier(&retrace::data::bundled_classifier_dir(), &device.device)?;
+    let classifier = retrace::classifier::load_classifier(&retrace::data::bundled_classifier_dir(), &device.device)?;
     let shape = [spec.unet.image_channels, spec.unet.sample_size, spec.unet.sample_size];
     let Some(share) =
         retrace::eval::class_fidelity::generated_query_share(queries, &classifier, shape, &device.device)?
@@ -382,7 +382,13 @@ fn check_class_share(
 
 fn merge(out: PathBuf, from: Vec<PathBuf>, device: &ComputeDevice, job: &JobContext) -> Result<()> {
     if !out.join(BENCHMARK_FILE).is_file() {
-        let first = from[0].join(BENCHMARK_FILE);
+        let Some(first) = from.first() else {
+            anyhow::bail!(
+                "{} holds no {BENCHMARK_FILE}: name the shards to merge with --from",
+                out.display()
+            );
+        };
+        let first = first.join(BENCHMARK_FILE);
         let bytes = std::fs::read(&first).with_context(|| format!("cannot read {}", first.display()))?;
         std::fs::create_dir_all(out.join("results"))?;
         retrace::files::write_atomic(&out.join(BENCHMARK_FILE), &bytes)?;
@@ -405,15 +411,26 @@ fn finish(build: &LdsBuild<'_>, spec: &BenchmarkSpec) -> Result<()> {
                 spec.models().len(),
                 build.dir.display()
             );
+            // What the subsets measured so far already say (a build's progress report).
+            if let Ok(partial) = retrace::eval::build::partial_ground_truth(&build.dir) {
+                print_quality(&partial, "the subsets measured so far");
+            }
         }
-        Some(truth) => print_quality(&truth, &build.dir.join(retrace::eval::build::GROUND_TRUTH_FILE)),
+        Some(truth) => print_quality(
+            &truth,
+            &build
+                .dir
+                .join(retrace::eval::build::GROUND_TRUTH_FILE)
+                .display()
+                .to_string(),
+        ),
     }
     Ok(())
 }
 
-fn print_quality(truth: &GroundTruth, path: &std::path::Path) {
+fn print_quality(truth: &GroundTruth, title: &str) {
     let q = &truth.quality;
-    println!("ground truth: {}", path.display());
+    println!("ground truth: {title}");
     println!(
         "  {} models ({} subsets × {} seeds) + the full-data model, {} queries, {:.0} s of compute",
         truth.models.len(),

@@ -91,6 +91,22 @@ impl BuiltBenchmark {
         .under(query.condition())
     }
 
+    /// The class of query `q`: its own in a class-conditional benchmark, else the one the
+    /// bundled classifier assigns it.
+    pub fn query_class(&self, q: usize, device: &burn::tensor::Device) -> Result<u32, EvalError> {
+        let query = &self.truth.queries[q];
+        if let Some(class) = query.class {
+            return Ok(class);
+        }
+        let (classifier, _) = crate::classifier::load_classifier(&crate::data::bundled_classifier_dir(), device)?;
+        let shape = self.model.info.image_shape();
+        let predicted = classifier.predict(&bytes_to_unit(&query.pixels), shape, device)?;
+        predicted
+            .first()
+            .copied()
+            .ok_or_else(|| EvalError::Invalid(format!("the classifier gave no class for query {q}")))
+    }
+
     /// What query `q` is, with its class's name.
     pub fn describe(&self, q: usize) -> String {
         self.truth.queries[q].describe(&self.model.info.class_names)
@@ -131,6 +147,15 @@ impl BuiltBenchmark {
     ) -> Result<Vec<f64>, EvalError> {
         let method = match &row.method {
             RowMethod::Random => return Ok(random_scores(self.data.len(), q)),
+            RowMethod::ClassIndicator => {
+                let class = self.query_class(q, device)?;
+                return Ok(self
+                    .data
+                    .labels
+                    .iter()
+                    .map(|&l| f64::from(u8::from(l == class)))
+                    .collect());
+            }
             RowMethod::Attribution(m) => m.clone(),
         };
         let request = MethodSettings {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::EvalError;
 use super::benchmark::{BenchmarkQuery, QueryKind};
-use super::classifier::{Accuracy, Classifier, ClassifierInfo};
+use crate::classifier::{Accuracy, Classifier, ClassifierInfo};
 use crate::diffusion::latent::to_images;
 use crate::diffusion::{Condition, ModelDir, SamplerConfig, Schedule, sample};
 use crate::jobs::JobContext;

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use crate::attribution::AttributionError;
+use crate::classifier::ClassifierError;
 use crate::data::DataError;
 use crate::device::DeviceError;
 use crate::diffusion::train::TrainError;
@@ -39,6 +40,9 @@ pub enum EvalError {
     /// Training failed.
     #[error(transparent)]
     Train(#[from] TrainError),
+    /// The classifier that judges samples cannot be trained or used.
+    #[error(transparent)]
+    Classifier(ClassifierError),
     /// A model directory cannot be read or written.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
@@ -61,5 +65,6 @@ pub enum EvalError {
 
 crate::jobs::cancellable_error!(EvalError {
     Attribution(AttributionError),
+    Classifier(ClassifierError),
     Index(IndexError),
 });

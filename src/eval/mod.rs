@@ -5,7 +5,6 @@ pub mod benchmark;
 pub mod build;
 pub mod built;
 pub mod class_fidelity;
-pub mod classifier;
 pub mod error;
 pub mod ground_truth;
 pub mod lds;

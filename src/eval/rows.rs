@@ -17,7 +17,15 @@ pub enum RowMethod {
     Attribution(String),
     /// Independent random scores: the chance level.
     Random,
+    /// 1 for the training images of the query's class, 0 for the others: the floor a method
+    /// must clear on a benchmark with several classes (recognising the query's class is not
+    /// attributing it). The query's class is its own in a class-conditional benchmark, else the
+    /// bundled classifier's prediction.
+    ClassIndicator,
 }
+
+/// The row name of [`RowMethod::ClassIndicator`].
+pub const CLASS_INDICATOR: &str = "class";
 
 /// One row of the table: a method with its settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +55,7 @@ impl EvalRow {
     pub fn label(&self) -> String {
         let name = match &self.method {
             RowMethod::Random => return "random".into(),
+            RowMethod::ClassIndicator => return CLASS_INDICATOR.into(),
             RowMethod::Attribution(m) => m,
         };
         let Ok(method) = registry::lookup(name) else {
@@ -88,7 +97,7 @@ impl EvalRow {
             RowMethod::Attribution(m) => {
                 kind == QueryKind::Generated || registry::lookup(m).is_ok_and(|m| !m.needs().trajectory)
             }
-            RowMethod::Random => true,
+            RowMethod::Random | RowMethod::ClassIndicator => true,
         }
     }
 
@@ -108,9 +117,14 @@ impl EvalRow {
             }
             None => name,
         };
-        if name == "random" {
+        let baseline = match name {
+            "random" => Some(RowMethod::Random),
+            CLASS_INDICATOR => Some(RowMethod::ClassIndicator),
+            _ => None,
+        };
+        if let Some(method) = baseline {
             return Ok(Self {
-                method: RowMethod::Random,
+                method,
                 parameters,
                 shared_noise,
             });
@@ -172,6 +186,7 @@ mod tests {
             "ekfac-sqnorm+shared",
             "pixel",
             "random",
+            "class",
             "kfac",
             "ensemble:retrac+kfac+shared",
             "mucs[mucs-batch=16;mucs-max-steps=100]",

@@ -309,7 +309,7 @@ fn lds_ground_truths() {
 fn classifier_descriptions() {
     let tmp = tempfile::tempdir().unwrap();
     crate::classifier::trained(tmp.path());
-    let path = tmp.path().join(retrace::eval::classifier::CLASSIFIER_FILE);
+    let path = tmp.path().join(retrace::classifier::CLASSIFIER_FILE);
     let parser = Parser {
         name: "classifier-json",
         seeds: vec![std::fs::read(&path).unwrap()],
@@ -317,7 +317,7 @@ fn classifier_descriptions() {
     };
     campaign(parser, |input, _| {
         std::fs::write(&path, input).unwrap();
-        retrace::eval::classifier::load_classifier(tmp.path(), &crate::common::cpu())
+        retrace::classifier::load_classifier(tmp.path(), &crate::common::cpu())
             .map(|_| ())
             .map_err(|e| e.to_string())
     });

@@ -19,12 +19,41 @@ use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::{Bytes, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::EvalError;
 use crate::data::Dataset;
+use crate::device::DeviceError;
 use crate::diffusion::images::batch_tensor;
 use crate::diffusion::noise::{permutation, stream};
+use crate::files::FileError;
 use crate::files::{sha256, write_atomic};
 use crate::jobs::JobContext;
+
+/// Why a classifier could not be trained, saved or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifierError {
+    /// The request, the data or the classifier's files do not fit together.
+    #[error("{0}")]
+    Invalid(String),
+    /// `classifier.json` is not the JSON it should be.
+    #[error("{path}: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A file cannot be read or written.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A tensor could not be read back from the device.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The job was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+crate::jobs::cancellable_error!(ClassifierError {});
 
 /// The description file of a classifier directory.
 pub const CLASSIFIER_FILE: &str = "classifier.json";
@@ -58,7 +87,7 @@ impl ClassifierConfig {
     }
 
     /// Checks that the sizes fit together.
-    pub fn validate(&self) -> Result<(), EvalError> {
+    pub fn validate(&self) -> Result<(), ClassifierError> {
         let all = [
             self.channels,
             self.size,
@@ -68,12 +97,12 @@ impl ClassifierConfig {
             self.hidden,
         ];
         if all.contains(&0) || all.iter().any(|&v| v > 4096) {
-            return Err(EvalError::Invalid(format!(
+            return Err(ClassifierError::Invalid(format!(
                 "classifier sizes {all:?}: each must be 1 to 4096"
             )));
         }
         if !self.size.is_multiple_of(4) || self.classes < 2 {
-            return Err(EvalError::Invalid(format!(
+            return Err(ClassifierError::Invalid(format!(
                 "a classifier of {}×{} images and {} classes: the side must be divisible by 4, and there \
                  must be two classes or more",
                 self.size, self.size, self.classes
@@ -117,15 +146,20 @@ pub struct Classifier {
 impl Classifier {
     /// Class logits of images in [−1, 1] ([batch, C, H, W] → [batch, classes]).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.output.forward(self.features(x))
+    }
+
+    /// The hidden layer's activations (after its ReLU) of images in [−1, 1]: the features the
+    /// read-out separates the classes with ([batch, C, H, W] → [batch, hidden]).
+    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let h = self.pool.forward(relu(self.conv1.forward(x)));
         let h = self.pool.forward(relu(self.conv2.forward(h)));
         let [b, c, hh, ww] = h.dims();
-        let h = relu(self.hidden.forward(h.reshape([b, c * hh * ww])));
-        self.output.forward(h)
+        relu(self.hidden.forward(h.reshape([b, c * hh * ww])))
     }
 
     /// The most likely class of every image (values in [−1, 1], image-major).
-    pub fn predict(&self, pixels: &[f32], shape: [usize; 3], device: &Device) -> Result<Vec<u32>, EvalError> {
+    pub fn predict(&self, pixels: &[f32], shape: [usize; 3], device: &Device) -> Result<Vec<u32>, ClassifierError> {
         let per_image = shape.iter().product::<usize>();
         let mut out = Vec::with_capacity(pixels.len() / per_image.max(1));
         for chunk in pixels.chunks(per_image * 256) {
@@ -147,7 +181,7 @@ impl Classifier {
     }
 
     /// The share of `data`'s images classified as their label, in all and per class.
-    pub fn accuracy(&self, data: &Dataset, device: &Device) -> Result<Accuracy, EvalError> {
+    pub fn accuracy(&self, data: &Dataset, device: &Device) -> Result<Accuracy, ClassifierError> {
         let pixels: Vec<f32> = (0..data.len())
             .flat_map(|i| crate::data::pixels::bytes_to_unit(data.image(i)))
             .collect();
@@ -233,11 +267,11 @@ pub fn train_classifier(
     recipe: &ClassifierRecipe,
     device: &Device,
     job: &JobContext,
-) -> Result<(Classifier, Accuracy), EvalError> {
+) -> Result<(Classifier, Accuracy), ClassifierError> {
     let config = ClassifierConfig::new(train.channels, train.height, train.class_names.len());
     config.validate()?;
     if train.height != train.width || recipe.epochs == 0 || recipe.batch_size == 0 {
-        return Err(EvalError::Invalid(
+        return Err(ClassifierError::Invalid(
             "a classifier needs square images, one epoch or more and a batch of one or more".into(),
         ));
     }
@@ -268,7 +302,7 @@ pub fn train_classifier(
         let loss = -(log_softmax(net.forward(x), 1) * targets).sum_dim(1).mean();
         let value = loss.clone().into_scalar::<f32>();
         if !value.is_finite() {
-            return Err(EvalError::Invalid(format!(
+            return Err(ClassifierError::Invalid(format!(
                 "classifier training diverged at step {step}"
             )));
         }
@@ -287,13 +321,13 @@ pub fn train_classifier(
 }
 
 /// Writes a classifier directory: the weights, then `classifier.json` with their hash.
-pub fn save_classifier(dir: &Path, net: &Classifier, mut info: ClassifierInfo) -> Result<(), EvalError> {
+pub fn save_classifier(dir: &Path, net: &Classifier, mut info: ClassifierInfo) -> Result<(), ClassifierError> {
     crate::files::create_dir_all(dir)?;
     let weights = net
         .clone()
         .into_record()
         .into_bytes()
-        .map_err(|e| EvalError::Invalid(format!("cannot serialise the classifier: {e}")))?;
+        .map_err(|e| ClassifierError::Invalid(format!("cannot serialise the classifier: {e}")))?;
     info.weights_sha256 = sha256(&weights);
     write_atomic(&dir.join(WEIGHTS_FILE), &weights)?;
     write_atomic(
@@ -304,10 +338,10 @@ pub fn save_classifier(dir: &Path, net: &Classifier, mut info: ClassifierInfo) -
 }
 
 /// Opens a classifier directory: its description, and the weights checked against their hash.
-pub fn load_classifier(dir: &Path, device: &Device) -> Result<(Classifier, ClassifierInfo), EvalError> {
+pub fn load_classifier(dir: &Path, device: &Device) -> Result<(Classifier, ClassifierInfo), ClassifierError> {
     let path = dir.join(CLASSIFIER_FILE);
     let bytes = crate::files::read(&path)?;
-    let info: ClassifierInfo = serde_json::from_slice(&bytes).map_err(|source| EvalError::Json {
+    let info: ClassifierInfo = serde_json::from_slice(&bytes).map_err(|source| ClassifierError::Json {
         path: path.clone(),
         source,
     })?;
@@ -315,15 +349,15 @@ pub fn load_classifier(dir: &Path, device: &Device) -> Result<(Classifier, Class
     let weights_path: PathBuf = dir.join(WEIGHTS_FILE);
     let weights = crate::files::read(&weights_path)?;
     if sha256(&weights) != info.weights_sha256 {
-        return Err(EvalError::Invalid(format!(
+        return Err(ClassifierError::Invalid(format!(
             "{}: checksum mismatch with {CLASSIFIER_FILE}: the file is corrupt or truncated",
             weights_path.display()
         )));
     }
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(weights))
-        .map_err(|e| EvalError::Invalid(format!("{}: unreadable weights: {e}", weights_path.display())))?;
+        .map_err(|e| ClassifierError::Invalid(format!("{}: unreadable weights: {e}", weights_path.display())))?;
     let net = info.config.build(device).try_load_record(record).map_err(|e| {
-        EvalError::Invalid(format!(
+        ClassifierError::Invalid(format!(
             "{}: weights do not fit the architecture: {e}",
             weights_path.display()
         ))
