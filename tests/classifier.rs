@@ -54,3 +54,54 @@ fn a_classifier_trained_on_real_images_classifies_real_test_images_and_reloads_u
     let refusal = load_classifier(tmp.path(), &cpu()).unwrap_err().to_string();
     assert!(refusal.contains("checksum"), "{refusal}");
 }
+
+/// The feature-space baseline scores every training image by the cosine between the bundled
+/// classifier's hidden features of it and of the query (checked here against those features
+/// taken directly, in f64), and a perturbed copy of a training image finds its source.
+#[test]
+fn feature_neighbours_are_cosines_of_the_bundled_classifiers_features() {
+    use burn::tensor::{Tensor, TensorData};
+    use retrace::attribution::{MethodSettings, Query, attribute};
+    use retrace::data::pixels::bytes_to_unit;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::small_data();
+    let model = common::bundled_model_for(&data, &tmp.path().join("model"));
+    let source = 5;
+    let query = Query::image(
+        common::perturbed_copy(data.image(source), [1, 28, 28], 3),
+        [1, 28, 28],
+        "a shifted, noised copy",
+    );
+    let settings = common::independent_draw_settings(&tmp.path().join("index"), 1, 64);
+    let scores = attribute(
+        &model,
+        &data,
+        &query,
+        &MethodSettings::new(&["feature-nn"]),
+        &settings,
+        &cpu(),
+        &JobContext::silent(),
+    )
+    .unwrap()
+    .remove(0);
+    assert_eq!(common::rank_of(&scores, source), 0, "{:?}", &scores.ranking()[..5]);
+
+    let (classifier, _) = load_classifier(&retrace::data::bundled_classifier_dir(), &cpu()).unwrap();
+    let features = |pixels: Vec<f32>| -> Vec<f64> {
+        let x = Tensor::<4>::from_data(TensorData::new(pixels, [1, 1, 28, 28]), &cpu());
+        let values: Vec<f32> = classifier.features(x).into_data().to_vec().unwrap();
+        values.into_iter().map(f64::from).collect()
+    };
+    let q = features(query.pixels.clone());
+    for i in 0..data.len() {
+        let t = features(bytes_to_unit(data.image(i)));
+        let dot: f64 = q.iter().zip(&t).map(|(a, b)| a * b).sum();
+        let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        let cosine = dot / (norm(&q) * norm(&t));
+        assert!(
+            (scores.per_bucket[i] as f64 - cosine).abs() < 1e-5,
+            "image {i}: {} vs {cosine}",
+            scores.per_bucket[i]
+        );
+    }
+}

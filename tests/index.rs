@@ -177,6 +177,7 @@ fn attribute_finds_the_source_of_a_perturbed_copy_and_refuses_a_wrong_size() {
             "dtrak",
             "mucs",
             "pixel",
+            "feature-nn",
             "ensemble:kfac+pixel",
             "ensemble-z:tracin+trak"
         ]

@@ -1,6 +1,7 @@
 //! Why an attribution request produced no scores: the one error type of the attribution layer,
 //! with the errors of the layers below it and cancellation as a value.
 
+use crate::classifier::ClassifierError;
 use crate::curvature::CurvatureError;
 use crate::data::DataError;
 use crate::device::DeviceError;
@@ -59,6 +60,9 @@ pub enum AttributionError {
     /// A latent model's training latents could not be encoded or read.
     #[error(transparent)]
     Latent(LatentError),
+    /// The image classifier a feature-space method reads cannot be used.
+    #[error(transparent)]
+    Classifier(ClassifierError),
 }
 
 crate::jobs::cancellable_error!(AttributionError {
@@ -66,4 +70,5 @@ crate::jobs::cancellable_error!(AttributionError {
     Curvature(CurvatureError),
     Grad(GradError),
     Latent(LatentError),
+    Classifier(ClassifierError),
 });

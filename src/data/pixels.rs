@@ -44,6 +44,12 @@ pub fn grid(images: &[Vec<u8>], [c, h, w]: [usize; 3], cols: usize) -> image::Rg
     out
 }
 
+/// `pixels` (C×H×W) times the H×W `region` weights, channel by channel: an image seen through
+/// a painted region.
+pub fn weighted_by_region(pixels: &[f32], region: &[f32]) -> Vec<f32> {
+    pixels.iter().zip(region.iter().cycle()).map(|(p, w)| p * w).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

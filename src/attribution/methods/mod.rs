@@ -2,6 +2,7 @@
 //! the method trait, the context and the shared products, never another method's file.
 
 pub mod ensemble;
+pub mod feature_nn;
 pub mod journey;
 pub mod kfac;
 pub mod mucs;

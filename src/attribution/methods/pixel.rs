@@ -9,7 +9,7 @@ use crate::attribution::error::AttributionError;
 use crate::attribution::method::{Method, Needs};
 use crate::attribution::scores::Scores;
 use crate::data::Dataset;
-use crate::data::pixels::bytes_to_unit;
+use crate::data::pixels::{bytes_to_unit, weighted_by_region};
 
 /// Pixel-space cosine similarity.
 pub struct Pixel;
@@ -30,17 +30,12 @@ impl Method for Pixel {
     fn score(&self, context: &mut Context<'_>) -> Result<Scores, AttributionError> {
         let steps = context.model.info.schedule.steps;
         let query = match &context.query.mask {
-            Some(region) => weighted(&context.query.pixels, region),
+            Some(region) => weighted_by_region(&context.query.pixels, region),
             None => context.query.pixels.clone(),
         };
         let region = context.query.mask.as_deref();
         pixel_cosine(context.data, &query, region, steps, context.device)
     }
-}
-
-/// `pixels` (C×H×W) times the H×W `region` weights, channel by channel.
-fn weighted(pixels: &[f32], region: &[f32]) -> Vec<f32> {
-    pixels.iter().zip(region.iter().cycle()).map(|(p, w)| p * w).collect()
 }
 
 /// Cosine similarity of `query` (C×H×W in [−1, 1], already weighted by `region` if any) with
@@ -65,7 +60,7 @@ pub fn pixel_cosine(
     }
     let mut train = Tensor::<2>::from_data(TensorData::new(bytes_to_unit(&data.pixels), [n, d]), device);
     if let Some(region) = region {
-        let weights = weighted(&vec![1.0; d], region);
+        let weights = weighted_by_region(&vec![1.0; d], region);
         train = train * Tensor::<2>::from_data(TensorData::new(weights, [1, d]), device);
     }
     let q = Tensor::<2>::from_data(TensorData::new(query.to_vec(), [1, d]), device);
