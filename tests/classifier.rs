@@ -89,7 +89,7 @@ fn feature_neighbours_are_cosines_of_the_bundled_classifiers_features() {
     let (classifier, _) = load_classifier(&retrace::data::bundled_classifier_dir(), &cpu()).unwrap();
     let features = |pixels: Vec<f32>| -> Vec<f64> {
         let x = Tensor::<4>::from_data(TensorData::new(pixels, [1, 1, 28, 28]), &cpu());
-        let values: Vec<f32> = classifier.features(x).into_data().to_vec().unwrap();
+        let values: Vec<f32> = retrace::device::read_back(classifier.features(x)).unwrap();
         values.into_iter().map(f64::from).collect()
     };
     let q = features(query.pixels.clone());
