@@ -176,6 +176,7 @@ fn attribute_finds_the_source_of_a_perturbed_copy_and_refuses_a_wrong_size() {
             "trak",
             "dtrak",
             "mucs",
+            "nda",
             "pixel",
             "feature-nn",
             "ensemble:kfac+pixel",

@@ -6,6 +6,7 @@ pub mod feature_nn;
 pub mod journey;
 pub mod kfac;
 pub mod mucs;
+pub mod nda;
 pub mod pixel;
 pub mod retrac;
 pub mod tracin;
