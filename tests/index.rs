@@ -160,6 +160,7 @@ fn attribute_finds_the_source_of_a_perturbed_copy_and_refuses_a_wrong_size() {
         "mucs-draws=10",
         "mucs-tolerance=0.8",
         "mucs-null-images=40",
+        "das-residual-steps=10",
     ] {
         methods.parameters.set_pair(pair).unwrap();
     }
@@ -175,6 +176,7 @@ fn attribute_finds_the_source_of_a_perturbed_copy_and_refuses_a_wrong_size() {
             "ekfac",
             "trak",
             "dtrak",
+            "das",
             "mucs",
             "nda",
             "pixel",

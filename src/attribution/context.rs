@@ -24,7 +24,7 @@ use crate::diffusion::images::TrainingInputs;
 use crate::diffusion::latent::{LatentDistributions, LatentSpace, training_latents};
 use crate::diffusion::{CheckpointEntry, Measurement, ModelDir, Network, Schedule};
 use crate::grad::{Examples, FeatureRun, Features, GradError};
-use crate::index::{Index, IndexSettings};
+use crate::index::{Index, IndexSettings, SummaryPart};
 use crate::jobs::JobContext;
 
 /// One attribution request's shared inputs and lazily made products.
@@ -50,7 +50,7 @@ pub struct Context<'a> {
     final_model: Option<Arc<(CheckpointEntry, Network)>>,
     curvature: Option<(CurvatureSettings, Arc<Curvature>)>,
     query_gradients: HashMap<Measurement, Vec<Tensor<3>>>,
-    kernels: HashMap<(Measurement, u64), Arc<TrakKernel>>,
+    kernels: HashMap<(Measurement, u64, SummaryPart), Arc<TrakKernel>>,
     scores: HashMap<String, Scores>,
     latent_space: Option<Option<Arc<LatentSpace>>>,
     training_latents: Option<Option<Arc<LatentDistributions>>>,
@@ -227,9 +227,9 @@ impl<'a> Context<'a> {
     }
 
     /// The loss of every training image under every draw of `draws` with the newest
-    /// checkpoint ([N × J], MUCS's L_o), kept beside the model's indexes
-    /// ([`original_losses`]).
-    pub fn original_losses(&mut self, draws: &ScoringDraws) -> Result<Vec<f32>, AttributionError> {
+    /// checkpoint ([N × J]: MUCS's L_o, DAS's residuals), kept beside the model's indexes under
+    /// `name` ([`original_losses`]).
+    pub fn original_losses(&mut self, draws: &ScoringDraws, name: &str) -> Result<Vec<f32>, AttributionError> {
         let model = self.final_model()?;
         let latents = self.training_latents()?;
         let cache_dir = self.index_settings.dir.parent().unwrap_or(std::path::Path::new("."));
@@ -241,6 +241,7 @@ impl<'a> Context<'a> {
                 latents: latents.as_deref(),
             },
             draws,
+            name,
             cache_dir,
             self.device,
             self.job,
@@ -423,15 +424,21 @@ impl<'a> Context<'a> {
         Ok(gradients)
     }
 
-    /// TRAK's kernel of the index of `measurement` with relative `damping`, loaded from beside
-    /// the index or fitted there, once per request (TRAK and Journey-TRAK share it).
-    pub fn trak_kernel(&mut self, measurement: Measurement, damping: f64) -> Result<Arc<TrakKernel>, AttributionError> {
-        let key = (measurement, damping.to_bits());
+    /// TRAK's kernel of the index of `measurement` on the compact block's `part` with relative
+    /// `damping`, loaded from beside the index or fitted there, once per request (TRAK and
+    /// Journey-TRAK share it; DAS's is on the unit-normalised features).
+    pub fn trak_kernel(
+        &mut self,
+        measurement: Measurement,
+        damping: f64,
+        part: SummaryPart,
+    ) -> Result<Arc<TrakKernel>, AttributionError> {
+        let key = (measurement, damping.to_bits(), part);
         if let Some(kernel) = self.kernels.get(&key) {
             return Ok(kernel.clone());
         }
         let index = self.index_for(measurement)?;
-        let kernel = Arc::new(TrakKernel::load_or_fit(&index, damping)?);
+        let kernel = Arc::new(TrakKernel::load_or_fit(&index, damping, part)?);
         self.kernels.insert(key, kernel.clone());
         Ok(kernel)
     }

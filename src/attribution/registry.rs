@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::error::AttributionError;
 use super::method::Method;
 use super::methods::ensemble::{Combine, Ensemble};
-use super::methods::{feature_nn, journey, kfac, mucs, nda, pixel, retrac, tracin, trak};
+use super::methods::{das, feature_nn, journey, kfac, mucs, nda, pixel, retrac, tracin, trak};
 use super::parameter::{Parameter, ParameterValues};
 
 /// Every built-in method, in the order the command line and the viewer list them; one line
@@ -28,6 +28,7 @@ fn builtin_methods() -> Vec<Arc<dyn Method>> {
         Arc::new(kfac::KfacInfluence::EKFAC),
         Arc::new(trak::Trak::TRAK),
         Arc::new(trak::Trak::DTRAK),
+        Arc::new(das::Das),
         Arc::new(journey::Journey),
         Arc::new(mucs::Mucs),
         Arc::new(nda::Nda),

@@ -21,6 +21,9 @@ pub enum Measurement {
     /// Mean over pixels of ‖ε_θ(x_t, t)‖² (D-TRAK's output function).
     #[value(alias = "sqnorm")]
     SquareNorm,
+    /// Mean over pixels of ε_θ(x_t, t) itself (DAS's output function, Lin et al. 2025: the
+    /// change of the noise predictor, not of the loss).
+    MeanOutput,
 }
 
 impl Measurement {
@@ -45,6 +48,7 @@ impl Measurement {
         let per_pixel = match self {
             Measurement::Loss | Measurement::ElboLoss => (prediction - noise).powi_scalar(2),
             Measurement::SquareNorm => prediction.powi_scalar(2),
+            Measurement::MeanOutput => prediction,
         };
         let per_example = match region {
             None => per_pixel.reshape([b, c * h * w]).mean_dim(1).reshape([b]),

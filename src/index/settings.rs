@@ -109,6 +109,7 @@ impl IndexSettings {
             Measurement::Loss => "",
             Measurement::ElboLoss => "-elbo",
             Measurement::SquareNorm => "-sqnorm",
+            Measurement::MeanOutput => "-mean",
         }
     }
 

@@ -26,6 +26,7 @@ use crate::attribution::query::Query;
 use crate::attribution::scores::Scores;
 use crate::diffusion::Measurement;
 use crate::grad::{Examples, FeatureRun, TimestepPlan};
+use crate::index::SummaryPart;
 
 /// Journey-TRAK.
 pub struct Journey;
@@ -105,7 +106,7 @@ impl Method for Journey {
         let index = context.index()?;
         let model = context.last_model()?;
         let inputs = context.last_checkpoint_inputs()?;
-        let kernel = context.trak_kernel(Measurement::Loss, damping)?;
+        let kernel = context.trak_kernel(Measurement::Loss, damping, SummaryPart::Mean)?;
         let schedule = context.schedule();
         // The query's shape, region (on the network's grid) and condition; each step's x̂₀
         // replaces its values.

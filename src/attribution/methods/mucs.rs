@@ -433,7 +433,7 @@ impl Method for Mucs {
         };
         let info = &context.model.info;
         let draws = ScoringDraws::new(settings.draws, schedule.len(), inputs.input_len());
-        let original = context.original_losses(&draws)?;
+        let original = context.original_losses(&draws, "mucs-original-losses")?;
         let null = null_loss(&info.architecture, &schedule, inputs, settings.null_images, device, job)?;
         let request = UnlearnRequest {
             net,

@@ -31,6 +31,7 @@ use crate::attribution::parameter::{Parameter, Range, choices};
 use crate::attribution::products::trak_kernel::{DTRAK_DAMPING, TRAK_DAMPING, record};
 use crate::attribution::scores::Scores;
 use crate::diffusion::Measurement;
+use crate::index::SummaryPart;
 
 /// A TRAK-style method: its name, output function and damping parameter.
 pub struct Trak {
@@ -102,7 +103,7 @@ impl Method for Trak {
         let output = self.output(context)?;
         let damping = context.parameters.number(self.damping.key)?;
         let query = context.projected_query(output)?;
-        let kernel = context.trak_kernel(output, damping)?;
+        let kernel = context.trak_kernel(output, damping, SummaryPart::Mean)?;
         let inputs = context.last_checkpoint_inputs()?;
         let per_bucket = kernel.scores(&query.values, query.buckets, context.device)?;
         let mut scores = inputs.scores(self.name, per_bucket);

@@ -38,6 +38,24 @@ impl ScoringDraws {
         Self { steps, noise }
     }
 
+    /// `count` draws at the evenly spaced steps 0, T/count, 2·T/count, … (DAS's grid of
+    /// timesteps), each with a Gaussian ε seeded under `domain`.
+    pub fn evenly_spaced(count: usize, steps_t: usize, pixels: usize, domain: &str) -> Self {
+        let stride = (steps_t / count.max(1)).max(1);
+        let steps = (0..count)
+            .map(|j| (j * stride).min(steps_t.saturating_sub(1)))
+            .collect();
+        let noise = gaussian(&mut stream(domain, &[count as u64]), count * pixels);
+        Self { steps, noise }
+    }
+
+    /// A digest of the draws (their steps and noise), for cache keys.
+    pub fn digest(&self) -> String {
+        let mut bytes: Vec<u8> = self.steps.iter().flat_map(|t| (*t as u64).to_le_bytes()).collect();
+        bytes.extend(self.noise.iter().flat_map(|v| v.to_le_bytes()));
+        sha256(&bytes)
+    }
+
     /// Number of draws.
     pub fn len(&self) -> usize {
         self.steps.len()
@@ -100,25 +118,28 @@ pub fn loss_matrix(
 }
 
 /// The loss of every training image under every draw of `draws` with the checkpoint `model`
-/// ([N × J], MUCS's L_o): the same for every query, so it is kept in a file in `cache_dir`
-/// (beside the model's indexes) and computed once per model, data and draws.
+/// ([N × J]; MUCS's L_o, DAS's training residuals): the same for every query, so it is kept in
+/// a file `name-KEY.f32` in `cache_dir` (beside the model's indexes) and computed once per
+/// model, data and draws.
+#[allow(clippy::too_many_arguments)]
 pub fn original_losses(
     model: &(CheckpointEntry, Network),
     schedule: &Schedule,
     inputs: TrainingInputs<'_>,
     draws: &ScoringDraws,
+    name: &str,
     cache_dir: &Path,
     device: &Device,
     job: &JobContext,
 ) -> Result<Vec<f32>, AttributionError> {
     let key = format!(
-        "v1 {} {} {} {}",
+        "v2 {} {} {} {}",
         model.0.state.weights_sha256,
         inputs.fingerprint(),
-        draws.len(),
+        draws.digest(),
         schedule.len()
     );
-    let path = cache_dir.join(format!("mucs-original-losses-{}.f32", &sha256(key.as_bytes())[..16]));
+    let path = cache_dir.join(format!("{name}-{}.f32", &sha256(key.as_bytes())[..16]));
     let expected = inputs.data.len() * draws.len();
     if let Ok(bytes) = std::fs::read(&path)
         && bytes.len() == expected * 4
@@ -138,7 +159,7 @@ pub fn original_losses(
         draws,
         device,
         job,
-        "scoring the original model",
+        &format!("losses of the training images ({name})"),
     )?;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     write_atomic(&path, &bytes)?;
@@ -157,5 +178,11 @@ mod tests {
         assert!((290..=310).contains(&d.steps[99]), "{}", d.steps[99]);
         assert_eq!(d.noise.len(), 400);
         assert_eq!(d, ScoringDraws::new(100, 1000, 4), "fixed draws");
+        let grid = ScoringDraws::evenly_spaced(10, 1000, 4, "test");
+        assert_eq!(grid.steps, (0..10).map(|j| 100 * j).collect::<Vec<_>>());
+        assert_ne!(
+            grid.digest(),
+            ScoringDraws::evenly_spaced(10, 1000, 4, "other").digest()
+        );
     }
 }

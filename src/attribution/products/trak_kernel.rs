@@ -71,33 +71,48 @@ pub struct TrakKernel {
 const KERNEL_FORMAT_VERSION: u32 = 1;
 
 impl TrakKernel {
-    /// The kernel's file beside the index.
-    fn path(index: &Index, damping: f64) -> PathBuf {
-        index.dir.join(format!("trak-kernel-damping{damping:e}.safetensors"))
+    /// The kernel's file beside the index (`trak-kernel-…` on the bucket means, as files made
+    /// before DAS were named; `trak-kernel-unit-…` on the unit-normalised features).
+    fn path(index: &Index, damping: f64, part: SummaryPart) -> PathBuf {
+        let on = match part {
+            SummaryPart::Mean => "",
+            SummaryPart::UnitMean => "unit-",
+        };
+        index
+            .dir
+            .join(format!("trak-kernel-{on}damping{damping:e}.safetensors"))
     }
 
-    /// What the file must match: the index's key and the damping.
-    fn key(index: &Index, damping: f64) -> String {
+    /// What the file must match: the index's key, the damping and the features' part.
+    fn key(index: &Index, damping: f64, part: SummaryPart) -> String {
         let key = serde_json::to_vec(&index.manifest.key).expect("an index key serialises");
-        format!("v{KERNEL_FORMAT_VERSION} damping {damping:e} index {}", sha256(&key))
+        let on = match part {
+            SummaryPart::Mean => String::new(),
+            SummaryPart::UnitMean => " unit".to_owned(),
+        };
+        format!(
+            "v{KERNEL_FORMAT_VERSION} damping {damping:e}{on} index {}",
+            sha256(&key)
+        )
     }
 
-    /// Loads the kernel stored beside `index` for `damping`, or fits and stores it.
-    pub fn load_or_fit(index: &Index, damping: f64) -> Result<Self, AttributionError> {
-        let path = Self::path(index, damping);
-        let key = Self::key(index, damping);
+    /// Loads the kernel stored beside `index` for `damping` on `part`, or fits and stores it.
+    pub fn load_or_fit(index: &Index, damping: f64, part: SummaryPart) -> Result<Self, AttributionError> {
+        let path = Self::path(index, damping, part);
+        let key = Self::key(index, damping, part);
         if let Ok(bytes) = std::fs::read(&path)
             && let Some(kernel) = Self::decode(&bytes, &key)
         {
             return Ok(kernel);
         }
-        let kernel = Self::fit(index, damping)?;
+        let kernel = Self::fit(index, damping, part)?;
         kernel.save(&path, &key)?;
         Ok(kernel)
     }
 
-    /// Fits the kernel on the mean (over buckets) features of the index's last checkpoint.
-    pub fn fit(index: &Index, damping: f64) -> Result<Self, AttributionError> {
+    /// Fits the kernel on the compact block's `part` (the bucket means for TRAK, the means of
+    /// the unit-normalised bucket features for DAS) at the index's last checkpoint.
+    pub fn fit(index: &Index, damping: f64, part: SummaryPart) -> Result<Self, AttributionError> {
         let m = &index.manifest;
         let last = m
             .checkpoints
@@ -105,8 +120,8 @@ impl TrakKernel {
             .checked_sub(1)
             .ok_or_else(|| AttributionError::Invalid("the index holds no checkpoint".into()))?;
         let (rows, dim) = (m.examples, m.dim);
-        let mean = index.summary_rows(last, SummaryPart::Mean, 0, rows)?;
-        Self::from_features(&mean, rows, dim, damping)
+        let features = index.summary_rows(last, part, 0, rows)?;
+        Self::from_features(&features, rows, dim, damping)
     }
 
     /// Fits the kernel of `features` (rows × dim) with λ = damping × the mean squared row norm.
