@@ -248,3 +248,67 @@ fn a_model_written_by_pytorch_attributes_an_rgb_image_folder() {
         "{refused}"
     );
 }
+
+/// D-TRAK's CIFAR-2 protocol as a preset, in miniature: `--preset dtrak-cifar2` on synthetic
+/// CIFAR-10 batches with the sizes cut down on the command line builds a complete ground truth
+/// whose recipe is D-TRAK's where not overridden (CIFAR-2 of the given directory, 1,000
+/// held-out images at most, weight decay 1e-6, learning rate 1e-4, subsets trained for as many
+/// epochs as the full model).
+#[test]
+fn the_dtrak_cifar2_preset_builds_a_miniature_ground_truth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cifar = tmp.path().join("cifar");
+    write_cifar_batches(&cifar, 12);
+    let out = tmp.path().join("lds");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_retrace"))
+        .args([
+            "--device",
+            "cpu",
+            "eval",
+            "build-lds",
+            "--preset",
+            "dtrak-cifar2",
+            "--data-dir",
+        ])
+        .arg(&cifar)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--config",
+            "tiny",
+            "--epochs",
+            "1",
+            "--subset-epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--warmup",
+            "1",
+            "--subsets",
+            "2",
+            "--seeds",
+            "1",
+            "--queries",
+            "2",
+            "--sampler-steps",
+            "4",
+            "--draws",
+            "4",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let truth = retrace::eval::GroundTruth::load(&out.join("ground-truth.json")).unwrap();
+    let spec = &truth.spec;
+    assert_eq!(spec.data, format!("cifar2:{}", cifar.display()));
+    assert_eq!(
+        spec.held_out,
+        format!("cifar2:{}?split=test&subset=1000", cifar.display())
+    );
+    assert_eq!(spec.data_len, 40, "the automobiles and horses of 60 images");
+    assert_eq!((spec.training.learning_rate, spec.training.weight_decay), (1e-4, 1e-6));
+    assert_eq!((spec.training.full_epochs, spec.training.subset_epochs), (1, 2));
+    assert_eq!((spec.subsets, spec.seeds.clone(), spec.draws), (2, vec![0], 4));
+    assert_eq!(truth.models.len(), 2);
+    assert!(truth.full.losses.iter().all(|l| l.is_finite() && *l > 0.0));
+}

@@ -18,12 +18,6 @@ use retrace::eval::table::{EvalReport, evaluate_row};
 use retrace::eval::{BenchmarkSpec, BenchmarkTraining, GroundTruth, LdsBuild, QueryHalf, Shard};
 use retrace::jobs::JobContext;
 
-/// The training data of the bundled benchmark: the first 256 T-shirts/tops and ankle boots of
-/// Fashion-MNIST (Debian's `dataset-fashion-mnist`).
-pub const DEFAULT_DATA: &str = "fashion-mnist:/usr/share/datasets/fashion-mnist?classes=0,9&subset=256";
-/// Its held-out queries: the first test images of the same classes.
-pub const DEFAULT_HELD_OUT: &str = "fashion-mnist:/usr/share/datasets/fashion-mnist?split=test&classes=0,9&subset=32";
-
 /// The evaluation subcommands.
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -155,59 +149,73 @@ impl ScoringArgs {
 /// The rows `retrace eval lds` scores by default.
 pub const DEFAULT_ROWS: &str = "tracin,tracin+shared,retrac,retrac+shared,retrac-bucket,kfac,kfac+shared,ekfac,kfac-elbo,kfac-sqnorm,ekfac-sqnorm,pixel,random";
 
-/// Settings of `retrace eval build-lds`. Run the same command again to resume.
+/// Settings of `retrace eval build-lds`. Run the same command again to resume. Every recipe
+/// setting left out takes the value of the `--preset` (default `bundled`).
 #[derive(Args)]
 pub struct BuildLdsArgs {
     /// Build directory (created; a build there is resumed).
     #[arg(long)]
     out: PathBuf,
+    /// The benchmark the unset settings come from: bundled (the two-class `tiny` benchmark in
+    /// assets/lds), garments (a fine-tune of the bundled class-conditional model on ten
+    /// Fashion-MNIST classes) or dtrak-cifar2 (D-TRAK's CIFAR-2 protocol, for a cluster).
+    #[arg(long, value_enum, default_value = "bundled")]
+    preset: super::lds_presets::Preset,
+    /// The dataset directory a preset reads (Fashion-MNIST idx files for bundled and garments,
+    /// default /usr/share/datasets/fashion-mnist; CIFAR-10 binary batches for dtrak-cifar2).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Training data spec.
-    #[arg(long, default_value = DEFAULT_DATA)]
-    data: String,
+    #[arg(long)]
+    data: Option<String>,
     /// Data spec of the held-out query images.
-    #[arg(long, default_value = DEFAULT_HELD_OUT)]
-    held_out: String,
+    #[arg(long)]
+    held_out: Option<String>,
     /// Architecture: a preset (tiny, base, ddpm-cifar10), a model directory (retrace's or
     /// diffusers') or a diffusers config.json.
-    #[arg(long, default_value = "tiny")]
-    config: String,
-    /// Epochs of the full-data model; subset models train for epochs / α (as many steps).
-    #[arg(long, default_value_t = 28)]
-    epochs: usize,
+    #[arg(long)]
+    config: Option<String>,
+    /// Epochs of the full-data model.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Epochs of every subset model (default: epochs / α, as many steps as the full model;
+    /// dtrak-cifar2: as many epochs, as D-TRAK trains them).
+    #[arg(long)]
+    subset_epochs: Option<usize>,
     /// Examples per step.
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 2e-3)]
-    lr: f64,
+    #[arg(long)]
+    lr: Option<f64>,
     /// Linear warm-up steps.
-    #[arg(long, default_value_t = 50)]
-    warmup: usize,
+    #[arg(long)]
+    warmup: Option<usize>,
     /// Learning rate after the warm-up: cosine (decays to 0, so the final weights depend less
     /// on the last batches and seeds agree more) or constant.
-    #[arg(long, value_enum, default_value = "cosine")]
-    lr_schedule: retrace::diffusion::LrSchedule,
+    #[arg(long, value_enum)]
+    lr_schedule: Option<retrace::diffusion::LrSchedule>,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = 1e-4)]
-    weight_decay: f64,
+    #[arg(long)]
+    weight_decay: Option<f64>,
     /// Random subsets M.
-    #[arg(long, default_value_t = 64)]
-    subsets: usize,
+    #[arg(long)]
+    subsets: Option<usize>,
     /// Training seeds per subset.
-    #[arg(long, default_value_t = 2)]
-    seeds: u64,
+    #[arg(long)]
+    seeds: Option<u64>,
     /// Fraction of the training set in every subset.
-    #[arg(long, default_value_t = 0.5)]
-    alpha: f64,
+    #[arg(long)]
+    alpha: Option<f64>,
     /// Queries of each kind (held-out, generated); the first half of each develops defaults.
-    #[arg(long, default_value_t = 32)]
-    queries: usize,
+    #[arg(long)]
+    queries: Option<usize>,
     /// DDIM steps of the generated queries.
-    #[arg(long, default_value_t = 100)]
-    sampler_steps: usize,
+    #[arg(long)]
+    sampler_steps: Option<usize>,
     /// (t, ε) draws per query of the loss measurement.
-    #[arg(long, default_value_t = 100)]
-    draws: usize,
+    #[arg(long)]
+    draws: Option<usize>,
     /// Seed of the subsets and of the measurement draws.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -245,15 +253,49 @@ pub struct BuildLdsArgs {
 }
 
 impl BuildLdsArgs {
-    fn spec(&self, data: &Dataset) -> Result<BenchmarkSpec> {
-        let init = self.init_from.as_deref().map(super::args::init_from_arg).transpose()?;
+    /// The preset's recipe with every setting given on the command line put over it.
+    fn recipe(&self) -> Result<super::lds_presets::Recipe> {
+        let mut r = self.preset.recipe(self.data_dir.as_deref())?;
+        let put = |slot: &mut String, given: &Option<String>| {
+            if let Some(v) = given {
+                slot.clone_from(v);
+            }
+        };
+        put(&mut r.data, &self.data);
+        put(&mut r.held_out, &self.held_out);
+        put(&mut r.config, &self.config);
+        r.epochs = self.epochs.unwrap_or(r.epochs);
+        r.subset_epochs = self.subset_epochs.or(r.subset_epochs);
+        r.batch_size = self.batch_size.unwrap_or(r.batch_size);
+        r.lr = self.lr.unwrap_or(r.lr);
+        r.warmup = self.warmup.unwrap_or(r.warmup);
+        r.lr_schedule = self.lr_schedule.unwrap_or(r.lr_schedule);
+        r.weight_decay = self.weight_decay.unwrap_or(r.weight_decay);
+        r.subsets = self.subsets.unwrap_or(r.subsets);
+        r.seeds = self.seeds.unwrap_or(r.seeds);
+        r.alpha = self.alpha.unwrap_or(r.alpha);
+        r.queries = self.queries.unwrap_or(r.queries);
+        r.sampler_steps = self.sampler_steps.unwrap_or(r.sampler_steps);
+        r.draws = self.draws.unwrap_or(r.draws);
+        if self.init_from.is_some() {
+            r.init_from.clone_from(&self.init_from);
+        }
+        Ok(r)
+    }
+
+    fn spec(&self, recipe: &super::lds_presets::Recipe, data: &Dataset) -> Result<BenchmarkSpec> {
+        let init = recipe
+            .init_from
+            .as_deref()
+            .map(super::args::init_from_arg)
+            .transpose()?;
         let architecture = match &init {
             Some(init) => retrace::diffusion::ModelDir::open(&InitFrom::path_of(&init.model))?
                 .info
                 .architecture
                 .clone(),
-            None if self.conditional => super::named_config(&self.config, data)?.with_classes(data.class_names.len()),
-            None => super::named_config(&self.config, data)?,
+            None if self.conditional => super::named_config(&recipe.config, data)?.with_classes(data.class_names.len()),
+            None => super::named_config(&recipe.config, data)?,
         };
         let Architecture::UNet(unet) = architecture else {
             anyhow::bail!("LDS benchmarks train U-Nets so far");
@@ -261,31 +303,33 @@ impl BuildLdsArgs {
         let conditional = unet.condition_encoding().is_conditional();
         let spec = BenchmarkSpec {
             format_version: BENCHMARK_FORMAT_VERSION,
-            data: self.data.clone(),
+            data: recipe.data.clone(),
             data_hash: data.content_hash(),
             data_len: data.len(),
-            held_out: self.held_out.clone(),
+            held_out: recipe.held_out.clone(),
             unet,
             schedule: ScheduleConfig::default(),
             training: BenchmarkTraining {
-                learning_rate: self.lr,
-                warmup_steps: self.warmup,
-                lr_schedule: self.lr_schedule,
-                batch_size: self.batch_size,
-                weight_decay: self.weight_decay,
-                full_epochs: self.epochs,
-                subset_epochs: (self.epochs as f64 / self.alpha).round() as usize,
+                learning_rate: recipe.lr,
+                warmup_steps: recipe.warmup,
+                lr_schedule: recipe.lr_schedule,
+                batch_size: recipe.batch_size,
+                weight_decay: recipe.weight_decay,
+                full_epochs: recipe.epochs,
+                subset_epochs: recipe
+                    .subset_epochs
+                    .unwrap_or_else(|| (recipe.epochs as f64 / recipe.alpha).round() as usize),
                 full_seed: 0,
                 label_dropout: if conditional { self.label_dropout } else { 0.0 },
                 init,
             },
-            subsets: self.subsets,
-            alpha: self.alpha,
-            seeds: (0..self.seeds).collect(),
+            subsets: recipe.subsets,
+            alpha: recipe.alpha,
+            seeds: (0..recipe.seeds).collect(),
             mask_seed: self.seed,
-            queries_per_kind: self.queries,
-            sampler_steps: self.sampler_steps,
-            draws: self.draws,
+            queries_per_kind: recipe.queries,
+            sampler_steps: recipe.sampler_steps,
+            draws: recipe.draws,
             draw_seed: self.seed,
             guidance: conditional.then_some(self.guidance),
         };
@@ -313,9 +357,10 @@ pub fn run(command: EvalCommand, device: &ComputeDevice, job: &JobContext) -> Re
 }
 
 fn build_lds(args: BuildLdsArgs, device: &ComputeDevice, job: &JobContext) -> Result<()> {
-    let spec_of_data: DataSpec = args.data.parse()?;
+    let recipe = args.recipe()?;
+    let spec_of_data: DataSpec = recipe.data.parse()?;
     let data = Dataset::load(&spec_of_data)?;
-    let spec = args.spec(&data)?;
+    let spec = args.spec(&recipe, &data)?;
     let (mut build, spec) = LdsBuild::open(&args.out, Some(&spec), &device.device, job)?;
     build.keep_models = args.keep_models;
     build.record_command(&std::env::args().collect::<Vec<_>>().join(" "))?;

@@ -23,6 +23,7 @@ pub mod export;
 pub mod gui;
 pub mod index;
 pub mod info;
+pub mod lds_presets;
 pub mod methods;
 pub mod report;
 pub mod sample;
