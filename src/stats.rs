@@ -138,6 +138,43 @@ pub fn top_k_spread(lists: &[Vec<usize>], k: usize) -> TopKSpread {
     }
 }
 
+/// The consistency intraclass correlation ICC(3,1) of a table of `rows` (each row one subject,
+/// each of its k ≥ 2 columns one rater; Shrout & Fleiss 1979): (MSR − MSE) / (MSR + (k − 1)·MSE),
+/// with MSE the residual after removing both the row and the column means. A column's constant
+/// shift (one seed's models all a little worse) does not count against it, as it does not
+/// against a correlation between columns. 0 with fewer than two rows or columns, ragged rows,
+/// or no variance at all.
+pub fn icc_consistency(rows: &[Vec<f64>]) -> f64 {
+    let m = rows.len();
+    let k = rows.first().map_or(0, Vec::len);
+    if m < 2 || k < 2 || rows.iter().any(|r| r.len() != k) {
+        return 0.0;
+    }
+    let row_means: Vec<f64> = rows.iter().map(|r| r.iter().sum::<f64>() / k as f64).collect();
+    let column_means: Vec<f64> = (0..k)
+        .map(|c| rows.iter().map(|r| r[c]).sum::<f64>() / m as f64)
+        .collect();
+    let grand = row_means.iter().sum::<f64>() / m as f64;
+    let between_rows = k as f64 * row_means.iter().map(|x| (x - grand).powi(2)).sum::<f64>() / (m - 1) as f64;
+    let residual = rows
+        .iter()
+        .zip(&row_means)
+        .map(|(r, rm)| {
+            r.iter()
+                .zip(&column_means)
+                .map(|(v, cm)| (v - rm - cm + grand).powi(2))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / ((m - 1) * (k - 1)) as f64;
+    let denominator = between_rows + (k - 1) as f64 * residual;
+    if denominator > 0.0 {
+        (between_rows - residual) / denominator
+    } else {
+        0.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -186,5 +223,24 @@ mod tests {
         let r = super::ranks(&x);
         assert_eq!(&r[..1], &[2.0]);
         assert!(r[1] >= 5.0 && r[2] >= 5.0, "NaN ranks after every number: {r:?}");
+    }
+
+    #[test]
+    fn consistency_icc_is_the_share_of_variance_between_rows_beyond_column_shifts() {
+        // Rows apart, columns equal: all of it lies between rows.
+        assert_eq!(icc_consistency(&[vec![1.0, 1.0], vec![3.0, 3.0], vec![2.0, 2.0]]), 1.0);
+        // A column shifted by a constant changes nothing.
+        assert_eq!(
+            icc_consistency(&[vec![1.0, 11.0], vec![3.0, 13.0], vec![2.0, 12.0]]),
+            1.0
+        );
+        // Columns in opposite order: below 0.
+        assert!(icc_consistency(&[vec![1.0, 3.0], vec![3.0, 1.0], vec![2.0, 2.0]]) < 0.0);
+        // By hand: rows (1, 2), (4, 4), (4, 6); row means 1.5, 4, 5, grand 3.5, column means 3 and
+        // 4; MSR = 2·(4 + 0.25 + 2.25)/2 = 6.5; residuals 0, 0, ±0.5, ∓0.5: SSE = 1, MSE = 0.5;
+        // ICC = 6 / 7.
+        let icc = icc_consistency(&[vec![1.0, 2.0], vec![4.0, 4.0], vec![4.0, 6.0]]);
+        assert!((icc - 6.0 / 7.0).abs() < 1e-12, "{icc}");
+        assert_eq!(icc_consistency(&[vec![1.0]]), 0.0);
     }
 }

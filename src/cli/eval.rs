@@ -491,6 +491,11 @@ fn print_quality(truth: &GroundTruth, title: &str) {
         q.seed_spearman_by_kind.get(1).copied().unwrap_or(0.0)
     );
     println!(
+        "  seed ICC (share of the across-model loss variance the subset explains): held-out {:.3}, generated {:.3}",
+        q.seed_icc_by_kind.first().copied().unwrap_or(0.0),
+        q.seed_icc_by_kind.get(1).copied().unwrap_or(0.0)
+    );
+    println!(
         "  measurement: split-draw Spearman {:.3}, noise share of the across-model variance {:.4}",
         q.split_draw_spearman, q.noise_share
     );

@@ -45,6 +45,14 @@ pub struct GroundTruthQuality {
     /// Mean over queries of the share of the across-model loss variance that is measurement
     /// noise: Var((L_even − L_odd)/2) / Var(L), over models.
     pub noise_share: f64,
+    /// Mean over the queries of each kind ([`QueryKind::ALL`] order) of the consistency
+    /// intraclass correlation ICC(3,1) of a query's losses, subsets by seeds: the share of the
+    /// loss variance between models that the subset explains beyond each seed's constant shift.
+    /// For normal losses the expected seed-to-seed Pearson correlation is this share, and its
+    /// estimate pools over queries, so a build's first few subsets already give it (0 with one
+    /// seed; absent from files written before it existed).
+    #[serde(default)]
+    pub seed_icc_by_kind: Vec<f64>,
 }
 
 /// A complete ground truth: `ground-truth.json`.
@@ -159,6 +167,7 @@ impl GroundTruth {
                 seed_spearman_by_kind: Vec::new(),
                 split_draw_spearman: 0.0,
                 noise_share: 0.0,
+                seed_icc_by_kind: Vec::new(),
             },
             compute_seconds,
         };
@@ -188,6 +197,10 @@ impl GroundTruth {
                 "{}: its masks are not the ones its seeds give",
                 path.display()
             )));
+        }
+        let mut truth = truth;
+        if truth.quality.seed_icc_by_kind.is_empty() {
+            truth.quality.seed_icc_by_kind = again.quality.seed_icc_by_kind;
         }
         Ok(truth)
     }
@@ -232,6 +245,19 @@ impl GroundTruth {
         mean(&values)
     }
 
+    /// The consistency ICC of query `q`'s losses, subsets by seeds
+    /// ([`crate::stats::icc_consistency`]; 0 with fewer than 2 seeds or subsets).
+    pub fn seed_icc(&self, q: usize) -> f64 {
+        let (m, k) = (self.spec.subsets, self.spec.seeds.len());
+        if m < 2 || k < 2 {
+            return 0.0;
+        }
+        let groups: Vec<Vec<f64>> = (0..m)
+            .map(|subset| (0..k).map(|s| self.models[subset * k + s].losses[q]).collect())
+            .collect();
+        crate::stats::icc_consistency(&groups)
+    }
+
     fn measure_quality(&self) -> GroundTruthQuality {
         let queries: Vec<usize> = (0..self.queries.len()).collect();
         let seed_spearman = mean(&queries.iter().map(|&q| self.seed_spearman(q)).collect::<Vec<_>>());
@@ -260,11 +286,23 @@ impl GroundTruth {
                 1.0
             });
         }
+        let seed_icc_by_kind = QueryKind::ALL
+            .iter()
+            .map(|&kind| {
+                let of_kind: Vec<f64> = queries
+                    .iter()
+                    .filter(|&&q| self.queries[q].kind == kind)
+                    .map(|&q| self.seed_icc(q))
+                    .collect();
+                mean(&of_kind)
+            })
+            .collect();
         GroundTruthQuality {
             seed_spearman,
             seed_spearman_by_kind,
             split_draw_spearman: mean(&split),
             noise_share: mean(&noise),
+            seed_icc_by_kind,
         }
     }
 
