@@ -167,13 +167,21 @@ fn diffusers_weights() {
     model_file_campaign("diffusers-weights", &root, &weights, Shape::Safetensors);
 }
 
-/// The class-conditional fixture: `num_class_embeds`, `class_embed_type` and the class table's
-/// weights (the one Linear weight read untransposed) under mutation.
+/// The class-conditional fixture's config (`num_class_embeds`, `class_embed_type`) under
+/// mutation.
 #[test]
-fn class_conditional_diffusers_models() {
+fn class_conditional_diffusers_configs() {
     let tmp = tempfile::tempdir().unwrap();
     let root = fixture_copy("class-unet", tmp.path());
     model_file_campaign("diffusers-class-config", &root, &root.join("config.json"), Shape::Json);
+}
+
+/// The class-conditional fixture's weights under mutation, the class table among them (the one
+/// Linear weight read untransposed); a test of its own, so that a long run can take the
+/// configs and the weights on separate cores.
+#[test]
+fn class_conditional_diffusers_weights() {
+    let tmp = tempfile::tempdir().unwrap();
     let root = fixture_copy("class-unet", tmp.path());
     let weights = root.join("diffusion_pytorch_model.safetensors");
     model_file_campaign("diffusers-class-weights", &root, &weights, Shape::Safetensors);
