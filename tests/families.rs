@@ -39,9 +39,15 @@ fn methods(mucs_tolerance: f64, extra: &[&str]) -> MethodSettings {
         ..Default::default()
     };
     let tolerance = format!("mucs-tolerance={mucs_tolerance}");
-    for pair in ["mucs-batch=8", "mucs-draws=10", &tolerance, "mucs-null-images=24"]
-        .into_iter()
-        .chain(extra.iter().copied())
+    for pair in [
+        "mucs-batch=8",
+        "mucs-draws=10",
+        &tolerance,
+        "mucs-null-images=24",
+        "das-residual-steps=10",
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
     {
         methods.parameters.set_pair(pair).unwrap();
     }

@@ -122,8 +122,28 @@ fn cifar2_trains_samples_attributes_and_reports_in_colour() {
         [3, 32, 32],
         "training image 5, shifted one pixel and noised",
     );
+    // The feature-space baseline reads images with the bundled Fashion-MNIST classifier, which
+    // takes 1×28×28 images: on RGB data it says so instead of guessing.
+    let refused = attribute(
+        &model,
+        &data,
+        &query,
+        &MethodSettings::new(&["feature-nn"]),
+        &index_settings(&tmp.path().join("index")),
+        &cpu(),
+        &job,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains("[1, 28, 28]") && refused.contains("[3, 32, 32]"),
+        "{refused}"
+    );
     let mut methods = MethodSettings {
-        methods: registry::names().into_iter().filter(|m| m != "journey").collect(),
+        methods: registry::names()
+            .into_iter()
+            .filter(|m| m != "journey" && m != "feature-nn")
+            .collect(),
         ..Default::default()
     };
     for pair in [
@@ -131,6 +151,7 @@ fn cifar2_trains_samples_attributes_and_reports_in_colour() {
         "mucs-draws=10",
         "mucs-tolerance=0.8",
         "mucs-null-images=24",
+        "das-residual-steps=10",
     ] {
         methods.parameters.set_pair(pair).unwrap();
     }

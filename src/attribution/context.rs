@@ -330,10 +330,11 @@ impl<'a> Context<'a> {
         Ok(inputs)
     }
 
-    /// The training features at the index's last checkpoint, without the query's (the inputs
+    /// The training features at the last checkpoint of the index of `measurement` (the one the
+    /// method reads, so that no other index is built for it), without the query's (the inputs
     /// of methods that featurise the query their own way).
-    pub fn last_checkpoint_inputs(&mut self) -> Result<GradientInputs, AttributionError> {
-        let index = self.index()?;
+    pub fn last_checkpoint_inputs(&mut self, measurement: Measurement) -> Result<GradientInputs, AttributionError> {
+        let index = self.index_for(measurement)?;
         let last = index
             .manifest
             .checkpoints

@@ -87,7 +87,7 @@ impl Method for Das {
         let normalised = unit_rows(&query.values, query.dim);
         let kernel = context.trak_kernel(output, damping, SummaryPart::UnitMean)?;
         let mut per_bucket = kernel.scores(&normalised, query.buckets, context.device)?;
-        let inputs = context.last_checkpoint_inputs()?;
+        let inputs = context.last_checkpoint_inputs(output)?;
         let schedule = context.schedule();
         let input_len = context.query_example()?.shape.iter().product();
         let draws = ScoringDraws::evenly_spaced(steps, schedule.len(), input_len, "das-residual-noise");

@@ -105,7 +105,7 @@ impl Method for Journey {
         );
         let index = context.index()?;
         let model = context.last_model()?;
-        let inputs = context.last_checkpoint_inputs()?;
+        let inputs = context.last_checkpoint_inputs(Measurement::Loss)?;
         let kernel = context.trak_kernel(Measurement::Loss, damping, SummaryPart::Mean)?;
         let schedule = context.schedule();
         // The query's shape, region (on the network's grid) and condition; each step's x̂₀

@@ -144,7 +144,7 @@ impl Method for KfacInfluence {
         let curvature = context.curvature(settings)?;
         let gradients = context.query_gradients(measurement)?;
         let index = context.index()?;
-        let inputs = context.last_checkpoint_inputs()?;
+        let inputs = context.last_checkpoint_inputs(context.index_settings.measurement)?;
         let device = context.device;
         let preconditioner = Preconditioner::new(&curvature.layers, self.eigenvalues, damping, device)?;
         // [B, D]: the preconditioned query, projected, one row per bucket.

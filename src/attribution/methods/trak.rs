@@ -104,7 +104,7 @@ impl Method for Trak {
         let damping = context.parameters.number(self.damping.key)?;
         let query = context.projected_query(output)?;
         let kernel = context.trak_kernel(output, damping, SummaryPart::Mean)?;
-        let inputs = context.last_checkpoint_inputs()?;
+        let inputs = context.last_checkpoint_inputs(output)?;
         let per_bucket = kernel.scores(&query.values, query.buckets, context.device)?;
         let mut scores = inputs.scores(self.name, per_bucket);
         record(&mut scores, output, damping, &kernel);
