@@ -114,7 +114,8 @@ pub struct InitFrom {
     pub weights_sha256: String,
 }
 
-fn is_zero(value: &f64) -> bool {
+/// Whether a recorded number is exactly 0 (serde: such fields are left out of files).
+pub(crate) fn is_zero(value: &f64) -> bool {
     *value == 0.0
 }
 

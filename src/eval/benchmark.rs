@@ -40,17 +40,13 @@ pub struct BenchmarkTraining {
     /// Seed of the full-data model.
     pub full_seed: u64,
     /// Label dropout of a class-conditional benchmark's models (what guidance needs).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::diffusion::model_info::is_zero")]
     pub label_dropout: f64,
     /// The pretrained weights every model is fine-tuned from (absent: every model trains from
     /// a seeded random initialisation). A fine-tune benchmark attributes a fine-tune, as
     /// D-TRAK's ArtBench benchmarks and most users do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<InitFrom>,
-}
-
-fn is_zero(value: &f64) -> bool {
-    *value == 0.0
 }
 
 /// The specification of an LDS benchmark: `benchmark.json`.

@@ -249,29 +249,30 @@ impl GroundTruth {
     /// ([`crate::stats::icc_consistency`]; 0 with fewer than 2 seeds or subsets).
     pub fn seed_icc(&self, q: usize) -> f64 {
         let (m, k) = (self.spec.subsets, self.spec.seeds.len());
-        if m < 2 || k < 2 {
-            return 0.0;
-        }
         let groups: Vec<Vec<f64>> = (0..m)
             .map(|subset| (0..k).map(|s| self.models[subset * k + s].losses[q]).collect())
             .collect();
         crate::stats::icc_consistency(&groups)
     }
 
-    fn measure_quality(&self) -> GroundTruthQuality {
-        let queries: Vec<usize> = (0..self.queries.len()).collect();
-        let seed_spearman = mean(&queries.iter().map(|&q| self.seed_spearman(q)).collect::<Vec<_>>());
-        let seed_spearman_by_kind = QueryKind::ALL
+    /// The mean of `per_query` over the queries of each kind, in [`QueryKind::ALL`] order.
+    fn mean_by_kind(&self, per_query: impl Fn(usize) -> f64) -> Vec<f64> {
+        QueryKind::ALL
             .iter()
             .map(|&kind| {
-                let of_kind: Vec<f64> = queries
-                    .iter()
-                    .filter(|&&q| self.queries[q].kind == kind)
-                    .map(|&q| self.seed_spearman(q))
+                let of_kind: Vec<f64> = (0..self.queries.len())
+                    .filter(|&q| self.queries[q].kind == kind)
+                    .map(&per_query)
                     .collect();
                 mean(&of_kind)
             })
-            .collect();
+            .collect()
+    }
+
+    fn measure_quality(&self) -> GroundTruthQuality {
+        let queries: Vec<usize> = (0..self.queries.len()).collect();
+        let seed_spearman = mean(&queries.iter().map(|&q| self.seed_spearman(q)).collect::<Vec<_>>());
+        let seed_spearman_by_kind = self.mean_by_kind(|q| self.seed_spearman(q));
         let (mut split, mut noise) = (Vec::new(), Vec::new());
         for &q in &queries {
             let all: Vec<f64> = self.models.iter().map(|m| m.losses[q]).collect();
@@ -286,17 +287,7 @@ impl GroundTruth {
                 1.0
             });
         }
-        let seed_icc_by_kind = QueryKind::ALL
-            .iter()
-            .map(|&kind| {
-                let of_kind: Vec<f64> = queries
-                    .iter()
-                    .filter(|&&q| self.queries[q].kind == kind)
-                    .map(|&q| self.seed_icc(q))
-                    .collect();
-                mean(&of_kind)
-            })
-            .collect();
+        let seed_icc_by_kind = self.mean_by_kind(|q| self.seed_icc(q));
         GroundTruthQuality {
             seed_spearman,
             seed_spearman_by_kind,
