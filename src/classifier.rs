@@ -160,22 +160,44 @@ impl Classifier {
 
     /// The most likely class of every image (values in [−1, 1], image-major).
     pub fn predict(&self, pixels: &[f32], shape: [usize; 3], device: &Device) -> Result<Vec<u32>, ClassifierError> {
-        let per_image = shape.iter().product::<usize>();
-        let mut out = Vec::with_capacity(pixels.len() / per_image.max(1));
+        Ok(self
+            .per_image(pixels, shape, device, Self::forward)?
+            .iter()
+            .map(|logits| {
+                logits
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or(0, |(i, _)| i as u32)
+            })
+            .collect())
+    }
+
+    /// The hidden features ([`Self::features`]) of every image (values in [−1, 1],
+    /// image-major), one vector per image.
+    pub fn embed(&self, pixels: &[f32], shape: [usize; 3], device: &Device) -> Result<Vec<Vec<f32>>, ClassifierError> {
+        self.per_image(pixels, shape, device, Self::features)
+    }
+
+    /// `layer`'s output row of every image, in batches of 256.
+    fn per_image(
+        &self,
+        pixels: &[f32],
+        shape: [usize; 3],
+        device: &Device,
+        layer: fn(&Self, Tensor<4>) -> Tensor<2>,
+    ) -> Result<Vec<Vec<f32>>, ClassifierError> {
+        let per_image = shape.iter().product::<usize>().max(1);
+        let mut out = Vec::with_capacity(pixels.len() / per_image);
         for chunk in pixels.chunks(per_image * 256) {
             let n = chunk.len() / per_image;
             let x = Tensor::<4>::from_data(
                 TensorData::new(chunk.to_vec(), [n, shape[0], shape[1], shape[2]]),
                 device,
             );
-            let logits = crate::device::read_back(self.forward(x))?;
-            let classes = logits.len() / n.max(1);
-            out.extend(logits.chunks(classes).map(|row| {
-                row.iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map_or(0, |(i, _)| i as u32)
-            }));
+            let values = crate::device::read_back(layer(self, x))?;
+            let width = values.len() / n.max(1);
+            out.extend(values.chunks(width.max(1)).take(n).map(<[f32]>::to_vec));
         }
         Ok(out)
     }

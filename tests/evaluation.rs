@@ -396,4 +396,91 @@ fn a_class_conditional_fine_tune_benchmark_measures_queries_under_their_class() 
     };
     let err = moved.load(&full.info.architecture, &device).err().unwrap();
     assert!(err.to_string().contains("changed or are gone"), "{err}");
+
+    regeneration_on(&root, &truth);
+}
+
+/// Counterfactual regeneration on a built class-conditional benchmark, in two shards: the
+/// benchmark's own model generates its queries again exactly, each row removes the union of its
+/// top-k of the targets (k random per target for `random`), every retrained model generates
+/// every sample under its class, and a finished run is read back, not retrained.
+fn regeneration_on(root: &Path, truth: &GroundTruth) {
+    use retrace::eval::regenerate::{Regenerated, RegenerationOutcome, RegenerationPlan, regenerate};
+    use retrace::eval::rows::EvalRow;
+    use retrace::eval::{BuiltBenchmark, QueryHalf, QueryKind};
+    let (device, silent) = (cpu(), JobContext::silent());
+    let bench = BuiltBenchmark::open(root).unwrap();
+    let parameters = retrace::attribution::registry::Parameters::default();
+    let rows: Vec<EvalRow> = ["pixel", "random"]
+        .iter()
+        .map(|m| EvalRow::parse(m, &parameters).unwrap())
+        .collect();
+    let targets = truth.query_indices(QueryKind::Generated, QueryHalf::Report);
+    let controls = truth.query_indices(QueryKind::Generated, QueryHalf::Dev);
+    let plan = |shard| RegenerationPlan {
+        k: 3,
+        targets: targets.clone(),
+        controls: controls.clone(),
+        seeds: vec![0],
+        rows: rows.clone(),
+        shard,
+    };
+    let work = root.join("regenerate");
+    let first = regenerate(&bench, &plan(Shard { index: 0, count: 2 }), &work, &device, &silent).unwrap();
+    assert!(
+        matches!(first, RegenerationOutcome::ShardDone { waiting: 1 }),
+        "{first:?}"
+    );
+    let RegenerationOutcome::Report(report) =
+        regenerate(&bench, &plan(Shard { index: 1, count: 2 }), &work, &device, &silent).unwrap()
+    else {
+        panic!("the last shard writes the report");
+    };
+
+    // Before: the full-data model of the benchmark's seed generates its queries again (the same
+    // seeds, classes, guidance and sampler), to within the rounding of a byte.
+    let read = |name: &str| -> Regenerated {
+        serde_json::from_slice(&std::fs::read(work.join("results").join(name)).unwrap()).unwrap()
+    };
+    let reference = read("reference-s0.json");
+    let generated: Vec<usize> = targets.iter().chain(&controls).copied().collect();
+    assert_eq!(reference.queries, generated);
+    for (image, &q) in reference.images.iter().zip(&generated) {
+        let stored = &truth.queries[q].pixels;
+        let worst = image.0.iter().zip(stored).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        assert!(worst <= 2, "query {q} generated again differs by {worst}");
+    }
+
+    // The pixel row removed the union of its top 3 of each target; random removed 3 per target.
+    let pixel = read("pixel-s0.json");
+    let mut union: Vec<usize> = targets
+        .iter()
+        .flat_map(|&q| retrace::stats::top_k(&bench.scores(&rows[0], q, &device, &silent).unwrap(), 3))
+        .collect();
+    union.sort_unstable();
+    union.dedup();
+    assert_eq!(pixel.removed, union);
+    let random = read("random-s0.json");
+    assert!(random.removed.len() > 3 && random.removed.len() <= 3 * targets.len());
+    assert_eq!(pixel.images.len(), generated.len());
+
+    assert_eq!(report.metrics.len(), 4, "the bundled classifier reads 1×28×28 samples");
+    assert_eq!(report.rows.len(), 2);
+    let (pixel_row, random_row) = (&report.rows[0], &report.rows[1]);
+    assert_eq!(pixel_row.removed, union.len() as f64);
+    assert!(random_row.targets[0].ratio_to_random.is_none());
+    let ssim = &pixel_row.targets[0];
+    assert!(
+        ssim.change.lds > 0.0,
+        "retraining without 3+ images changes the samples"
+    );
+    let auc = ssim.auc.as_ref().unwrap().lds;
+    assert!((0.0..=1.0).contains(&auc));
+    assert_eq!(report.example.before, reference.images[0]);
+    assert_eq!(report.example.after[0].1, pixel.images[0]);
+
+    // Done is done: a run of the whole plan reads every model back.
+    let again = regenerate(&bench, &plan(Shard::ALL), &work, &device, &silent).unwrap();
+    assert_eq!(again, RegenerationOutcome::Report(report));
+    assert!(!work.join("models").join("pixel-s0").exists());
 }

@@ -74,11 +74,50 @@ fn evaluation_table() -> retrace::eval::table::EvalReport {
         complete: true,
         index: "last-b10x1-k8x8-s0-per-example-f32".into(),
         remove_top_k: None,
+        regenerate: Some(regeneration(&interval)),
         methods: vec![
             row("retrac+shared", 0.41, 0.12),
             row("kfac+shared", 0.35, 0.05),
             row("pixel", 0.1, 0.0),
         ],
+    }
+}
+
+/// A regeneration section with two rows (a method and random) on 1×28×28 samples.
+fn regeneration(
+    interval: &dyn Fn(f64) -> retrace::eval::lds::Interval,
+) -> retrace::eval::regenerate::RegenerationReport {
+    use retrace::eval::regenerate::{
+        CHANGE_METRICS, ChangeSummary, RegenerationExample, RegenerationReport, RegenerationRow, StoredImage,
+    };
+    let summary = |change: f64, ratio: Option<f64>| ChangeSummary {
+        change: interval(change),
+        ratio_to_random: ratio.map(interval),
+        auc: ratio.map(|_| interval(0.7)),
+    };
+    let row = |name: &str, ratio: Option<f64>| RegenerationRow {
+        method: name.into(),
+        removed: 300.0,
+        targets: (0..4).map(|_| summary(0.2, ratio)).collect(),
+        controls: (0..4).map(|_| summary(0.1, ratio)).collect(),
+        loss_increase: interval(0.05),
+    };
+    let image = |v: u8| StoredImage(vec![v; 784]);
+    RegenerationReport {
+        k: 20,
+        targets: (20..40).collect(),
+        controls: (0..20).collect(),
+        seeds: vec![0, 1],
+        metrics: CHANGE_METRICS.iter().map(|m| m.to_string()).collect(),
+        different_sample: vec![0.5; 4],
+        rows: vec![row("kfac+shared", Some(1.8)), row("random", None)],
+        example: RegenerationExample {
+            query: 20,
+            description: "sample of the full-data model, seed 10, T-shirt/top".into(),
+            shape: [1, 28, 28],
+            before: image(10),
+            after: vec![("kfac+shared".into(), image(200)), ("random".into(), image(30))],
+        },
     }
 }
 
@@ -175,9 +214,15 @@ fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
     harness.get_by_label("Evaluation").click();
     harness.run_steps(3);
     harness.get_by_label("LDS held-out");
-    harness.get_by_label("kfac+shared");
+    // In the LDS table, and again in the regeneration's strip and table.
+    assert!(harness.get_all_by_label("kfac+shared").count() >= 3);
     harness.get_by_label("[0.310, 0.510]");
     harness.get_by_label_contains("ceiling: seed-to-seed Spearman 0.600");
+    // Regeneration: the sample before and after each removal, and each method's change.
+    harness.get_by_label("regenerated: before");
+    harness.get_by_label("regenerated: kfac+shared");
+    harness.get_by_label_contains("Sample sample of the full-data model, seed 10");
+    assert_eq!(harness.get_all_by_label("1.80 [1.70, 1.90]").count(), 4);
     harness.get_by_label("Ranking").click();
     harness.run_steps(3);
     // The report holds the query and each side's images, inlined, and the method's name.

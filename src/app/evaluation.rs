@@ -3,13 +3,16 @@
 //! held-out and on generated queries with bootstrap 95% intervals, against the ceiling that the
 //! ground truth's seed-to-seed agreement sets; how much retraining without each method's top-k
 //! raised the query's loss (`retrace eval remove-topk --out` on the same file); and how many
-//! distinct training images fill the methods' top-10s (Xie et al.'s "generally influential").
+//! distinct training images fill the methods' top-10s (Xie et al.'s "generally influential");
+//! and how much generated samples change when they are generated again after removing each
+//! method's top-k (`retrace eval regenerate --out`), with one sample before and after.
 
 use egui::Ui;
 use egui_plot::{Bar, BarChart, HLine, Legend, Line, Plot};
 
 use super::RetraceApp;
 use crate::eval::QueryKind;
+use crate::eval::regenerate::RegenerationReport;
 use crate::eval::remove_topk::RemovalReport;
 use crate::eval::table::EvalReport;
 
@@ -98,6 +101,93 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
                 ui.end_row();
             }
         });
+        ui.separator();
+        match &report.regenerate {
+            Some(regeneration) => regeneration_section(app, ui, regeneration, height),
+            None => {
+                ui.label("No regeneration yet: `retrace eval regenerate --out` on this file adds it.");
+            }
+        }
+    });
+}
+
+/// Counterfactual regeneration: one target before and after every method's removal, the change
+/// of the targets per method as a multiple of random removal's, and the table of every measure.
+fn regeneration_section(app: &mut RetraceApp, ui: &mut Ui, report: &RegenerationReport, height: f32) {
+    ui.strong(format!(
+        "Regenerated after removing each method's top {} of {} samples ({} seeds): how much the samples changed, \
+         as a multiple of removing random images (1 = chance; whiskers: bootstrap 95% intervals over samples).",
+        report.k,
+        report.targets.len(),
+        report.seeds.len()
+    ));
+    let example = &report.example;
+    ui.label(format!(
+        "Sample {}: before, then after each removal (first seed).",
+        example.description
+    ));
+    let ctx = ui.ctx().clone();
+    ui.horizontal_wrapped(|ui| {
+        let images = std::iter::once(("before", &example.before))
+            .chain(example.after.iter().map(|(method, image)| (method.as_str(), image)));
+        for (i, (name, image)) in images.enumerate() {
+            ui.vertical(|ui| {
+                let tex = app
+                    .thumbnails
+                    .named(&ctx, &format!("regenerated-{i}"), &image.0, example.shape);
+                ui.add(super::textures::image(&tex, 56.0).alt_text(format!("regenerated: {name}")));
+                ui.small(name);
+            });
+        }
+    });
+    let names: Vec<String> = report.rows.iter().map(|r| r.method.clone()).collect();
+    let measures: Vec<(usize, egui::Color32)> = [(0, HELD_OUT), (2, GENERATED)]
+        .into_iter()
+        .filter(|(m, _)| *m < report.metrics.len())
+        .collect();
+    grouped_plot("regeneration-bars", names.len(), "change ÷ random", height * 0.8).show(ui, |p| {
+        let mut all = Vec::new();
+        for (k, &(m, colour)) in measures.iter().enumerate() {
+            let values: Vec<_> = report
+                .rows
+                .iter()
+                .map(|r| {
+                    r.targets[m]
+                        .ratio_to_random
+                        .as_ref()
+                        .map_or((1.0, [1.0, 1.0]), |i| (i.lds, i.ci95))
+                })
+                .collect();
+            interval_bars(p, &report.metrics[m], colour, 0.36 * k as f64 - 0.18, &values);
+            all.extend(values);
+        }
+        group_labels(p, &names, &all);
+        p.hline(HLine::new("random", 1.0).color(egui::Color32::GRAY));
+    });
+    egui::Grid::new("regeneration-table").striped(true).show(ui, |ui| {
+        ui.strong("method");
+        ui.strong("removed");
+        for metric in &report.metrics {
+            ui.strong(format!("{metric}: targets"));
+            ui.strong("÷ random");
+            ui.strong("AUC");
+            ui.strong("controls");
+        }
+        ui.end_row();
+        for row in &report.rows {
+            ui.label(&row.method);
+            ui.label(format!("{:.0}", row.removed));
+            for (targets, controls) in row.targets.iter().zip(&row.controls) {
+                ui.label(format!("{:.4}", targets.change.lds));
+                for value in [&targets.ratio_to_random, &targets.auc] {
+                    ui.label(value.as_ref().map_or("—".to_owned(), |i| {
+                        format!("{:.2} [{:.2}, {:.2}]", i.lds, i.ci95[0], i.ci95[1])
+                    }));
+                }
+                ui.label(format!("{:.4}", controls.change.lds));
+            }
+            ui.end_row();
+        }
     });
 }
 

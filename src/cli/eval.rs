@@ -44,6 +44,10 @@ pub enum EvalCommand {
     /// Retrain without each query's top-k training images per method (and without k random
     /// ones) and report how much the query's loss rises.
     RemoveTopk(RemoveTopkArgs),
+    /// Retrain without each method's top-k of the generated target samples (their union, as
+    /// Serrà et al. do), generate them again with the same seeds and classes, and report how
+    /// much they changed against removing random images.
+    Regenerate(super::regenerate::RegenerateArgs),
     /// Xie et al.'s "generally influential" statistic: how many distinct training images fill
     /// the top-k of every generated query, and how concentrated they are.
     Overlap {
@@ -93,22 +97,38 @@ pub struct RemoveTopkArgs {
     /// Queries of each kind, the first of the reported half.
     #[arg(long, default_value_t = 2)]
     queries: usize,
+    #[command(flatten)]
+    retraining: RetrainingArgs,
+}
+
+/// What the commands that retrain without some images share: seeds, where the work lives,
+/// which share of it this process does, the benchmark and its methods' settings, and the
+/// results file.
+#[derive(Args)]
+pub struct RetrainingArgs {
     /// Training seeds per retrained model.
     #[arg(long, default_value_t = 2)]
-    seeds: u64,
+    pub seeds: u64,
     /// Work directory (models in training and one result per model; resumable).
     #[arg(long)]
-    work: Option<PathBuf>,
+    pub work: Option<PathBuf>,
     /// Train only this share of the models (i/N); processes with the other shares may work in
     /// the same directory at once, and the last to finish writes the report.
     #[arg(long, default_value = "0/1")]
-    shard: Shard,
+    pub shard: Shard,
     #[command(flatten)]
-    scoring: ScoringArgs,
-    /// Write the report into this JSON file: its `remove_top_k` section, beside the LDS table
-    /// `retrace eval lds --out` wrote there (the viewer's Evaluation tab reads both).
+    pub scoring: ScoringArgs,
+    /// Write the report into this JSON file, as its section beside the LDS table `retrace eval
+    /// lds --out` wrote there (the viewer's Evaluation tab reads them together).
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+}
+
+impl RetrainingArgs {
+    /// The work directory: `--work`, or `name` in the benchmark's directory.
+    pub fn work_dir(&self, bench: &BuiltBenchmark, name: &str) -> PathBuf {
+        self.work.clone().unwrap_or_else(|| bench.root.join(name))
+    }
 }
 
 /// What every scoring command shares: the benchmark, and the settings of the methods it scores.
@@ -126,7 +146,7 @@ pub struct ScoringArgs {
 
 impl ScoringArgs {
     /// Opens the benchmark with these feature settings and parses `methods` into rows.
-    fn open(&self, methods: &[String]) -> Result<(BuiltBenchmark, Vec<EvalRow>)> {
+    pub(super) fn open(&self, methods: &[String]) -> Result<(BuiltBenchmark, Vec<EvalRow>)> {
         let parameters = self.parameters.parameters()?;
         let rows = methods
             .iter()
@@ -352,6 +372,7 @@ pub fn run(command: EvalCommand, device: &ComputeDevice, job: &JobContext) -> Re
             out,
         } => lds(&scoring, &methods, half, out, device, job),
         EvalCommand::RemoveTopk(args) => remove_topk(args, device, job),
+        EvalCommand::Regenerate(args) => super::regenerate::run(args, device, job),
         EvalCommand::Overlap { methods, k, scoring } => overlap(&scoring, &methods, k, device, job),
     }
 }
@@ -576,7 +597,7 @@ fn lds(
 }
 
 fn remove_topk(args: RemoveTopkArgs, device: &ComputeDevice, job: &JobContext) -> Result<()> {
-    let (bench, rows) = args.scoring.open(&args.methods)?;
+    let (bench, rows) = args.retraining.scoring.open(&args.methods)?;
     let queries: Vec<usize> = retrace::eval::QueryKind::ALL
         .iter()
         .flat_map(|&kind| {
@@ -590,18 +611,13 @@ fn remove_topk(args: RemoveTopkArgs, device: &ComputeDevice, job: &JobContext) -
     let plan = retrace::eval::remove_topk::RemovalPlan {
         k: args.k,
         queries,
-        seeds: (0..args.seeds).collect(),
+        seeds: (0..args.retraining.seeds).collect(),
         rows,
-        shard: args.shard,
+        shard: args.retraining.shard,
     };
-    let work = args.work.unwrap_or_else(|| bench.root.join("remove-topk"));
+    let work = args.retraining.work_dir(&bench, "remove-topk");
     let report = match retrace::eval::remove_topk::remove_top_k(&bench, &plan, &work, &device.device, job)? {
-        RemovalOutcome::ShardDone { waiting } => {
-            println!(
-                "this shard is done; {waiting} models of other shards are not yet (the last shard to finish writes the report)"
-            );
-            return Ok(());
-        }
+        RemovalOutcome::ShardDone { waiting } => return shard_done(waiting),
         RemovalOutcome::Report(report) => report,
     };
     job.progress.update(&Default::default());
@@ -630,16 +646,34 @@ fn remove_topk(args: RemoveTopkArgs, device: &ComputeDevice, job: &JobContext) -
                 .map_or("—".into(), cell)
         );
     }
-    if let Some(path) = &args.out {
-        // The section goes into the LDS table's file when there is one (the viewer reads both).
-        let mut table = match EvalReport::read(path) {
-            Some(table) => table,
-            None => EvalReport::new(&bench, QueryHalf::Report)?,
-        };
-        table.remove_top_k = Some(report);
-        retrace::eval::build::write_json(path, &table)?;
-        println!("wrote {}", path.display());
+    if let Some(path) = &args.retraining.out {
+        write_section(path, &bench, |table| table.remove_top_k = Some(report))?;
     }
+    Ok(())
+}
+
+/// Says that this shard's models are done while `waiting` of other shards are not.
+pub(super) fn shard_done(waiting: usize) -> Result<()> {
+    println!(
+        "this shard is done; {waiting} models of other shards are not yet (the last shard to finish writes the report)"
+    );
+    Ok(())
+}
+
+/// Sets one section of the results file `path` with `set`: into the LDS table's file when there
+/// is one (the viewer reads them together), else into a new one.
+pub(super) fn write_section(
+    path: &std::path::Path,
+    bench: &BuiltBenchmark,
+    set: impl FnOnce(&mut EvalReport),
+) -> Result<()> {
+    let mut table = match EvalReport::read(path) {
+        Some(table) => table,
+        None => EvalReport::new(bench, QueryHalf::Report)?,
+    };
+    set(&mut table);
+    retrace::eval::build::write_json(path, &table)?;
+    println!("wrote {}", path.display());
     Ok(())
 }
 

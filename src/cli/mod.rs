@@ -25,6 +25,7 @@ pub mod index;
 pub mod info;
 pub mod lds_presets;
 pub mod methods;
+pub mod regenerate;
 pub mod report;
 pub mod sample;
 pub mod train;

@@ -10,7 +10,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ground_truth::mean;
 use crate::diffusion::noise::{below, gaussian, stream};
 use crate::stats::spearman;
 
@@ -37,7 +36,17 @@ pub const BOOTSTRAP_RESAMPLES: usize = 2000;
 
 /// The mean of `values` with a percentile-bootstrap 95% interval (seeded, so reproducible).
 pub fn bootstrap(values: &[f64], seed: u64) -> Interval {
-    let n = values.len();
+    bootstrap_statistic(values.len(), seed, |sample| {
+        sample.iter().map(|&i| values[i]).sum::<f64>() / sample.len() as f64
+    })
+}
+
+/// A statistic of `n` units (queries) with its percentile-bootstrap 95% interval: `statistic`
+/// takes the units of a sample (indices, with repeats) and is evaluated on all of them once and
+/// on [`BOOTSTRAP_RESAMPLES`] resamples drawn with replacement (seeded, so reproducible).
+/// Statistics that pair or pool several values per unit (a ratio of two methods' means over the
+/// same queries, an AUC) keep each unit's values together this way.
+pub fn bootstrap_statistic(n: usize, seed: u64, statistic: impl Fn(&[usize]) -> f64) -> Interval {
     if n == 0 {
         return Interval {
             lds: 0.0,
@@ -46,13 +55,18 @@ pub fn bootstrap(values: &[f64], seed: u64) -> Interval {
         };
     }
     let mut rng = stream("lds-bootstrap", &[seed]);
-    let mut means: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
-        .map(|_| (0..n).map(|_| values[below(&mut rng, n)]).sum::<f64>() / n as f64)
+    let mut sample = vec![0; n];
+    let mut values: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| {
+            sample.iter_mut().for_each(|s| *s = below(&mut rng, n));
+            statistic(&sample)
+        })
         .collect();
-    means.sort_by(f64::total_cmp);
-    let at = |p: f64| means[((p * (means.len() - 1) as f64).round() as usize).min(means.len() - 1)];
+    values.sort_by(f64::total_cmp);
+    let at = |p: f64| values[((p * (values.len() - 1) as f64).round() as usize).min(values.len() - 1)];
+    let all: Vec<usize> = (0..n).collect();
     Interval {
-        lds: mean(values),
+        lds: statistic(&all),
         ci95: [at(0.025), at(0.975)],
         queries: n,
     }

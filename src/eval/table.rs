@@ -11,6 +11,7 @@ use super::benchmark::{QueryHalf, QueryKind};
 use super::built::BuiltBenchmark;
 use super::error::EvalError;
 use super::lds::{Interval, bootstrap};
+use super::regenerate::RegenerationReport;
 use super::remove_topk::RemovalReport;
 use super::rows::{EvalRow, row_parts_dir};
 use crate::jobs::JobContext;
@@ -58,6 +59,10 @@ pub struct EvalReport {
     /// Retraining without each query's top-k (`retrace eval remove-topk`), once it has run.
     #[serde(default)]
     pub remove_top_k: Option<RemovalReport>,
+    /// Regenerating samples after removing their top-k (`retrace eval regenerate`), once it has
+    /// run.
+    #[serde(default)]
+    pub regenerate: Option<RegenerationReport>,
     /// One entry per row.
     pub methods: Vec<RowResult>,
 }
@@ -74,6 +79,7 @@ impl EvalReport {
             complete: !bench.is_partial()?,
             index: bench.features.slug(),
             remove_top_k: None,
+            regenerate: None,
             methods: Vec::new(),
         })
     }
