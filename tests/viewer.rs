@@ -221,7 +221,7 @@ fn pick_a_query_rank_with_retrac_open_a_detail_view_and_export() {
     // Regeneration: the sample before and after each removal, and each method's change.
     harness.get_by_label("regenerated: before");
     harness.get_by_label("regenerated: kfac+shared");
-    harness.get_by_label_contains("Sample sample of the full-data model, seed 10");
+    harness.get_by_label_contains("sample of the full-data model, seed 10, T-shirt/top: before");
     assert_eq!(harness.get_all_by_label("1.80 [1.70, 1.90]").count(), 4);
     harness.get_by_label("Ranking").click();
     harness.run_steps(3);

@@ -54,18 +54,19 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
         );
     }
     let height = (ui.available_height() * 0.55).max(200.0);
-    ui.columns(2, |columns| {
-        lds_chart(&mut columns[0], &report, height);
-        match &report.remove_top_k {
-            Some(removal) => removal_chart(&mut columns[1], removal, height),
-            None => {
-                columns[1].label(
-                    "No retraining without the top-k yet: `retrace eval remove-topk --out` on this file adds it.",
-                );
-            }
-        }
-    });
+    // Everything scrolls together: the charts, the table and the regeneration below them.
     egui::ScrollArea::vertical().show(ui, |ui| {
+        ui.columns(2, |columns| {
+            lds_chart(&mut columns[0], &report, height);
+            match &report.remove_top_k {
+                Some(removal) => removal_chart(&mut columns[1], removal, height),
+                None => {
+                    columns[1].label(
+                        "No retraining without the top-k yet: `retrace eval remove-topk --out` on this file adds it.",
+                    );
+                }
+            }
+        });
         egui::Grid::new("lds-table").striped(true).show(ui, |ui| {
             for title in [
                 "#",
@@ -123,7 +124,7 @@ fn regeneration_section(app: &mut RetraceApp, ui: &mut Ui, report: &Regeneration
     ));
     let example = &report.example;
     ui.label(format!(
-        "Sample {}: before, then after each removal (first seed).",
+        "{}: before, then after each removal (first seed).",
         example.description
     ));
     let ctx = ui.ctx().clone();
@@ -145,7 +146,12 @@ fn regeneration_section(app: &mut RetraceApp, ui: &mut Ui, report: &Regeneration
         .into_iter()
         .filter(|(m, _)| *m < report.metrics.len())
         .collect();
-    grouped_plot("regeneration-bars", names.len(), "change ÷ random", height * 0.8).show(ui, |p| {
+    // As wide as the visible part of the tab (the tables above may be wider than the window).
+    let visible = (ui.clip_rect().right() - ui.cursor().left()).max(200.0);
+    let plot = grouped_plot("regeneration-bars", names.len(), "change ÷ random", height * 0.8)
+        .include_y(0.0)
+        .width(visible);
+    plot.show(ui, |p| {
         let mut all = Vec::new();
         for (k, &(m, colour)) in measures.iter().enumerate() {
             let values: Vec<_> = report
@@ -164,6 +170,12 @@ fn regeneration_section(app: &mut RetraceApp, ui: &mut Ui, report: &Regeneration
         group_labels(p, &names, &all);
         p.hline(HLine::new("random", 1.0).color(egui::Color32::GRAY));
     });
+    egui::ScrollArea::horizontal().show(ui, |ui| regeneration_table(ui, report));
+}
+
+/// Every measure's figures per method: mean change on the targets, ratio to random, AUC, and
+/// mean change on the controls.
+fn regeneration_table(ui: &mut Ui, report: &RegenerationReport) {
     egui::Grid::new("regeneration-table").striped(true).show(ui, |ui| {
         ui.strong("method");
         ui.strong("removed");
@@ -211,10 +223,13 @@ fn interval_bars(
     }
 }
 
-/// A bar plot with one x grid line per bar group (labelled by [`group_labels`]).
+/// A bar plot with one x grid line per bar group (labelled by [`group_labels`]). It lies in the
+/// tab's vertical scroll, so the mouse wheel scrolls the tab, not the plot.
 fn grouped_plot(id: &str, groups: usize, y_label: &str, height: f32) -> Plot<'static> {
     Plot::new(id)
         .height(height)
+        .allow_scroll(false)
+        .allow_zoom(false)
         .legend(Legend::default().position(egui_plot::Corner::LeftTop))
         .y_axis_label(y_label)
         .x_grid_spacer(move |_| {
