@@ -409,7 +409,8 @@ fn regeneration_on(root: &Path, truth: &GroundTruth) {
     use retrace::eval::rows::EvalRow;
     use retrace::eval::{BuiltBenchmark, QueryHalf, QueryKind};
     let (device, silent) = (cpu(), JobContext::silent());
-    let bench = BuiltBenchmark::open(root).unwrap();
+    let mut bench = BuiltBenchmark::open(root).unwrap();
+    bench.score_cache = Some(root.join("scores"));
     let parameters = retrace::attribution::registry::Parameters::default();
     let rows: Vec<EvalRow> = ["pixel", "random"]
         .iter()
@@ -478,6 +479,20 @@ fn regeneration_on(root: &Path, truth: &GroundTruth) {
     assert!((0.0..=1.0).contains(&auc));
     assert_eq!(report.example.before, reference.images[0]);
     assert_eq!(report.example.after[0].1, pixel.images[0]);
+
+    // The pixel scores of every target were kept in the score cache, and are read from it: an
+    // entry edited on disk comes back as edited.
+    let entry = root
+        .join("scores")
+        .join(retrace::eval::rows::file_safe(&bench.features.slug()))
+        .join("pixel")
+        .join(format!("q{:03}.json", targets[0]));
+    let mut kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&entry).unwrap()).unwrap();
+    kept["scores"][0] = serde_json::json!(1234.5);
+    std::fs::write(&entry, serde_json::to_vec(&kept).unwrap()).unwrap();
+    assert_eq!(bench.scores(&rows[0], targets[0], &device, &silent).unwrap()[0], 1234.5);
+    std::fs::write(&entry, b"{ cut short").unwrap();
+    assert_ne!(bench.scores(&rows[0], targets[0], &device, &silent).unwrap()[0], 1234.5);
 
     // Done is done: a run of the whole plan reads every model back.
     let again = regenerate(&bench, &plan(Shard::ALL), &work, &device, &silent).unwrap();

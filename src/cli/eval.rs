@@ -162,9 +162,14 @@ impl ScoringArgs {
         }
         let dir = bench.features.dir.clone();
         bench.features = self.features.settings(bench.model.info.schedule.steps, false, dir)?;
+        bench.score_cache = Some(root.join(SCORE_CACHE));
         Ok((bench, rows))
     }
 }
+
+/// The directory, inside a benchmark's, where every scoring command keeps the methods' scores of each
+/// query, read again by the others (delete it to score afresh).
+pub const SCORE_CACHE: &str = "scores";
 
 /// The rows `retrace eval lds` scores by default.
 pub const DEFAULT_ROWS: &str = "tracin,tracin+shared,retrac,retrac+shared,retrac-bucket,kfac,kfac+shared,ekfac,kfac-elbo,kfac-sqnorm,ekfac-sqnorm,pixel,random";

@@ -32,7 +32,21 @@ pub struct BuiltBenchmark {
     /// How the methods featurise images: [`IndexSettings::standard`] unless the caller sets
     /// other settings; [`Self::index_settings`] picks the query's draws per row.
     pub features: IndexSettings,
+    /// Where every method's scores of a query are kept once computed (`None`: not kept), so
+    /// that `eval lds`, `eval regenerate` and `eval remove-topk` score an expensive method
+    /// (MUCS) once per query. Keyed by the feature settings, the row's label (its parameters)
+    /// and retrace's version; deleting the directory clears it.
+    pub score_cache: Option<PathBuf>,
     subsets: Vec<Vec<usize>>,
+}
+
+/// One query's scores under one row, as the score cache keeps them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedScores {
+    /// The retrace version that computed them.
+    version: String,
+    /// Per training image, dataset order.
+    scores: Vec<f64>,
 }
 
 impl BuiltBenchmark {
@@ -67,6 +81,7 @@ impl BuiltBenchmark {
             root: root.to_owned(),
             truth,
             features: IndexSettings::standard(&model),
+            score_cache: None,
             model,
             data,
             subsets,
@@ -137,8 +152,45 @@ impl BuiltBenchmark {
         Ok(query)
     }
 
-    /// The total score of every training image (dataset order) for query `q` under `row`.
+    /// The total score of every training image (dataset order) for query `q` under `row`, from
+    /// the score cache when it holds them.
     pub fn scores(
+        &self,
+        row: &EvalRow,
+        q: usize,
+        device: &burn::tensor::Device,
+        job: &JobContext,
+    ) -> Result<Vec<f64>, EvalError> {
+        let cached = self.score_cache.as_ref().map(|dir| {
+            dir.join(crate::eval::rows::file_safe(&self.features.slug()))
+                .join(crate::eval::rows::file_safe(&row.label()))
+                .join(format!("q{q:03}.json"))
+        });
+        let version = env!("CARGO_PKG_VERSION");
+        if let Some(path) = &cached
+            // An unreadable entry (a file cut short, NaN scores written as null) is a miss.
+            && let Ok(Some(kept)) = super::build::read_json::<CachedScores>(path)
+            && kept.version == version
+            && kept.scores.len() == self.data.len()
+        {
+            return Ok(kept.scores);
+        }
+        let scores = self.compute_scores(row, q, device, job)?;
+        if let Some(path) = &cached
+            && matches!(row.method, RowMethod::Attribution(_))
+        {
+            let kept = CachedScores {
+                version: version.to_owned(),
+                scores,
+            };
+            super::build::write_json(path, &kept)?;
+            return Ok(kept.scores);
+        }
+        Ok(scores)
+    }
+
+    /// [`Self::scores`] computed.
+    fn compute_scores(
         &self,
         row: &EvalRow,
         q: usize,
