@@ -400,6 +400,20 @@ fn a_class_conditional_fine_tune_benchmark_measures_queries_under_their_class() 
     regeneration_on(&root, &truth);
 }
 
+/// Copies the directory tree `from` to `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// Counterfactual regeneration on a built class-conditional benchmark, in two shards: the
 /// benchmark's own model generates its queries again exactly, each row removes the union of its
 /// top-k of the targets (k random per target for `random`), every retrained model generates
@@ -409,6 +423,24 @@ fn regeneration_on(root: &Path, truth: &GroundTruth) {
     use retrace::eval::rows::EvalRow;
     use retrace::eval::{BuiltBenchmark, QueryHalf, QueryKind};
     let (device, silent) = (cpu(), JobContext::silent());
+    // Regeneration needs no subset: a build that is only prepared opens for it (not for LDS).
+    let prepared = root.with_file_name("prepared");
+    for part in ["benchmark.json", "queries.json", "full", "results/full.json"] {
+        let to = prepared.join(part);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        if root.join(part).is_dir() {
+            copy_dir(&root.join(part), &to);
+        } else {
+            std::fs::copy(root.join(part), &to).unwrap();
+        }
+    }
+    let err = BuiltBenchmark::open(&prepared).err().unwrap();
+    assert!(err.to_string().contains("0 fully measured subset(s)"), "{err}");
+    assert_eq!(
+        BuiltBenchmark::open_prepared(&prepared).unwrap().truth.queries,
+        truth.queries
+    );
+
     let mut bench = BuiltBenchmark::open(root).unwrap();
     bench.score_cache = Some(root.join("scores"));
     let parameters = retrace::attribution::registry::Parameters::default();

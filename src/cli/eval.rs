@@ -147,14 +147,24 @@ pub struct ScoringArgs {
 impl ScoringArgs {
     /// Opens the benchmark with these feature settings and parses `methods` into rows.
     pub(super) fn open(&self, methods: &[String]) -> Result<(BuiltBenchmark, Vec<EvalRow>)> {
+        self.open_for(methods, true)
+    }
+
+    /// [`Self::open`], with `ground_truth` false for a command that needs only a prepared
+    /// benchmark (its full-data model and queries), not a single subset.
+    pub(super) fn open_for(&self, methods: &[String], ground_truth: bool) -> Result<(BuiltBenchmark, Vec<EvalRow>)> {
         let parameters = self.parameters.parameters()?;
         let rows = methods
             .iter()
             .map(|m| EvalRow::parse(m, &parameters))
             .collect::<Result<Vec<_>, _>>()?;
         let root = self.benchmark.clone().unwrap_or_else(BuiltBenchmark::bundled_dir);
-        let mut bench = BuiltBenchmark::open(&root)?;
-        if bench.is_partial()? {
+        let mut bench = if ground_truth {
+            BuiltBenchmark::open(&root)?
+        } else {
+            BuiltBenchmark::open_prepared(&root)?
+        };
+        if ground_truth && bench.is_partial()? {
             eprintln!(
                 "warning: the ground truth is still being built; using the {} subsets measured so far",
                 bench.truth.spec.subsets

@@ -40,7 +40,7 @@ pub struct RegenerateArgs {
 
 /// Runs `retrace eval regenerate`.
 pub fn run(args: RegenerateArgs, device: &ComputeDevice, job: &JobContext) -> Result<()> {
-    let (bench, rows) = args.retraining.scoring.open(&args.methods)?;
+    let (bench, rows) = args.retraining.scoring.open_for(&args.methods, false)?;
     let generated = |half: QueryHalf| bench.truth.query_indices(QueryKind::Generated, half);
     let targets: Vec<usize> = generated(QueryHalf::Report)
         .into_iter()

@@ -460,15 +460,21 @@ impl<'a> LdsBuild<'a> {
 /// 0..M' whose every seed is measured (M' ≥ 2), as if the benchmark had M' subsets. A preview
 /// while a build runs; its spec says how many subsets it holds.
 pub fn partial_ground_truth(dir: &Path) -> BuildResult<GroundTruth> {
+    measured_so_far(dir, 2)
+}
+
+/// [`partial_ground_truth`] with at least `min_subsets` complete subsets (0: a prepared build,
+/// its full-data model and queries, for what needs no LDS).
+pub(crate) fn measured_so_far(dir: &Path, min_subsets: usize) -> BuildResult<GroundTruth> {
     let spec: BenchmarkSpec = read_json(&dir.join(BENCHMARK_FILE))?
         .ok_or_else(|| EvalError::Invalid(format!("{} holds no {BENCHMARK_FILE}", dir.display())))?;
     let build = |subset| result_path(dir, Some(subset)).is_file();
     let complete = (0..spec.subsets)
         .take_while(|&m| spec.seeds.iter().all(|&seed| build(ModelKey { subset: m, seed })))
         .count();
-    if complete < 2 {
+    if complete < min_subsets {
         return Err(EvalError::Invalid(format!(
-            "{} holds {complete} fully measured subset(s); LDS needs at least 2",
+            "{} holds {complete} fully measured subset(s); LDS needs at least {min_subsets}",
             dir.display()
         )));
     }

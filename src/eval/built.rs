@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::benchmark::QueryKind;
-use super::build::{BENCHMARK_FILE, GROUND_TRUTH_FILE, partial_ground_truth};
+use super::build::{BENCHMARK_FILE, GROUND_TRUTH_FILE, measured_so_far};
 use super::error::EvalError;
 use super::ground_truth::GroundTruth;
 use super::lds::{query_lds, random_scores};
@@ -58,13 +58,23 @@ impl BuiltBenchmark {
     /// Opens the benchmark in `root` (`ground-truth.json` and the full-data model in `full/`)
     /// and loads its training data, checking it is the data the ground truth was built on. A
     /// build still in progress (no `ground-truth.json` yet) opens with the subsets measured so
-    /// far ([`partial_ground_truth`]); [`Self::is_partial`] says so.
+    /// far ([`super::build::partial_ground_truth`]); [`Self::is_partial`] says so.
     pub fn open(root: &Path) -> Result<Self, EvalError> {
+        Self::open_with(root, 2)
+    }
+
+    /// [`Self::open`] for what needs no ground truth (`eval regenerate`): a build that is only
+    /// prepared (full-data model, queries) opens too, with no subset.
+    pub fn open_prepared(root: &Path) -> Result<Self, EvalError> {
+        Self::open_with(root, 0)
+    }
+
+    fn open_with(root: &Path, min_subsets: usize) -> Result<Self, EvalError> {
         let file = root.join(GROUND_TRUTH_FILE);
         let truth = if file.is_file() {
             GroundTruth::load(&file)?
         } else {
-            partial_ground_truth(root)?
+            measured_so_far(root, min_subsets)?
         };
         let model = ModelDir::open(&root.join("full"))?;
         if model.info.data_hash != truth.spec.data_hash {
