@@ -249,28 +249,36 @@ pub fn regenerate(
     };
     let generated = plan.generated();
     let units = plan.units();
-    let mut waiting_on: Vec<(PathBuf, Vec<usize>)> = Vec::new();
-    for (position, &unit) in units.iter().enumerate() {
-        job.report("regenerate", position as u64, units.len() as u64, "");
-        let (label, seed, removed) = match unit {
+    // What a unit removes, and whether its result file holds a result made after removing
+    // exactly that and generating these samples (one made with other settings is stale).
+    let removal = |unit: Unit| -> Result<(String, u64, Vec<usize>), EvalError> {
+        Ok(match unit {
             Unit::Reference { seed } => (REFERENCE.to_owned(), plan.seeds[seed], Vec::new()),
             Unit::Removal { row, seed } => {
                 let seed = plan.seeds[seed];
                 let removed = removed_union(bench, plan, &plan.rows[row], seed, dir, device, job)?;
                 (plan.rows[row].label(), seed, removed)
             }
-        };
-        let path = result_path(dir, &label, seed);
-        // A result stands only if it generated these samples after removing what the method
-        // removes now: one made with other settings is stale and made again.
-        let fresh = |done: &Regenerated| done.removed == removed && done.queries == generated;
-        if read_json::<Regenerated>(&path)?.is_some_and(|done| fresh(&done)) {
-            continue;
-        }
+        })
+    };
+    let done = |label: &str, seed: u64, removed: &[usize]| -> Result<bool, EvalError> {
+        Ok(read_json::<Regenerated>(&result_path(dir, label, seed))?
+            .is_some_and(|d| d.removed == removed && d.queries == generated))
+    };
+    let mut waiting_on: Vec<Unit> = Vec::new();
+    for (position, &unit) in units.iter().enumerate() {
+        job.report("regenerate", position as u64, units.len() as u64, "");
+        // Another shard's unit is looked at once this shard is done: by then its owner has
+        // scored the row and kept its top-k lists, which are read, not scored twice at once.
         if !plan.shard.owns(position) {
-            waiting_on.push((path, removed));
+            waiting_on.push(unit);
             continue;
         }
+        let (label, seed, removed) = removal(unit)?;
+        if done(&label, seed, &removed)? {
+            continue;
+        }
+        let path = result_path(dir, &label, seed);
         let stem = file_safe(&format!("{label}-s{seed}"));
         let root = dir.join("models").join(&stem);
         let net = if removed.is_empty() && seed == spec.training.full_seed {
@@ -308,11 +316,12 @@ pub fn regenerate(
         write_json(&path, &result)?;
         let _ = std::fs::remove_dir_all(&root);
     }
-    // Looked at again now that this shard is done: the last shard to finish finds them all.
+    // The other shards' units, now that this shard is done: the last shard to finish finds
+    // them all.
     let mut waiting = 0;
-    for (path, removed) in &waiting_on {
-        let done = read_json::<Regenerated>(path)?.is_some_and(|d| &d.removed == removed && d.queries == generated);
-        waiting += usize::from(!done);
+    for &unit in &waiting_on {
+        let (label, seed, removed) = removal(unit)?;
+        waiting += usize::from(!done(&label, seed, &removed)?);
     }
     if waiting > 0 {
         return Ok(RegenerationOutcome::ShardDone { waiting });
