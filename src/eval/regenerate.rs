@@ -193,11 +193,16 @@ struct TopLists {
 }
 
 impl RegenerationPlan {
-    /// Every model, references first, in the order shards are dealt.
+    /// Every model, in the order shards are dealt: references first, then the random row's
+    /// (every method is read against them, so a partial run can already compare), then the
+    /// other rows in the plan's order.
     fn units(&self) -> Vec<Unit> {
         let references = (0..self.seeds.len()).map(|seed| Unit::Reference { seed });
-        let removals =
-            (0..self.rows.len()).flat_map(|row| (0..self.seeds.len()).map(move |seed| Unit::Removal { row, seed }));
+        let random = |row: &usize| matches!(self.rows[*row].method, RowMethod::Random);
+        let rows = (0..self.rows.len())
+            .filter(random)
+            .chain((0..self.rows.len()).filter(|r| !random(r)));
+        let removals = rows.flat_map(|row| (0..self.seeds.len()).map(move |seed| Unit::Removal { row, seed }));
         references.chain(removals).collect()
     }
 
