@@ -44,8 +44,9 @@ fn session(root: &std::path::Path) -> Session {
     )
 }
 
-/// An evaluation table with three rows, as `retrace eval lds --out` writes them.
-fn evaluation_table() -> retrace::eval::table::EvalReport {
+/// An evaluation table with three rows, as `retrace eval lds --out` writes them, and a
+/// regeneration section (the fuzz campaign of results files starts from it too).
+pub fn evaluation_table() -> retrace::eval::table::EvalReport {
     use retrace::eval::lds::Interval;
     let interval = |v: f64| Interval {
         lds: v,

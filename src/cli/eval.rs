@@ -563,6 +563,7 @@ fn lds(
     // and, when it was made on the same queries and features, the rows not scored again.
     if let Some(previous) = out.as_deref().and_then(EvalReport::read) {
         report.remove_top_k = previous.remove_top_k;
+        report.regenerate = previous.regenerate;
         if (&previous.benchmark, previous.half, &previous.index) == (&report.benchmark, half, &report.index) {
             report.methods = previous.methods;
         }

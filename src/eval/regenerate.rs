@@ -162,6 +162,32 @@ pub struct RegenerationReport {
     pub example: RegenerationExample,
 }
 
+impl RegenerationReport {
+    /// Checks what a reader indexes (the viewer shows the example's images and every row's
+    /// figure per measure): a report from a file that fails is refused with the reason.
+    pub fn check(&self) -> Result<(), EvalError> {
+        let bad = |what: String| Err(EvalError::Invalid(format!("the regeneration section: {what}")));
+        let [c, h, w] = self.example.shape;
+        let pixels = c.checked_mul(h).and_then(|v| v.checked_mul(w));
+        if !(c == 1 || c == 3) || h == 0 || w == 0 || h > 4096 || w > 4096 {
+            return bad(format!("an example image of shape {:?}", self.example.shape));
+        }
+        let images = std::iter::once(&self.example.before).chain(self.example.after.iter().map(|(_, i)| i));
+        if images.into_iter().any(|i| Some(i.0.len()) != pixels) {
+            return bad(format!("an example image is not {c}×{h}×{w} bytes"));
+        }
+        if self.metrics.is_empty() || self.metrics.len() > CHANGE_METRICS.len() {
+            return bad(format!("{} measures", self.metrics.len()));
+        }
+        for row in &self.rows {
+            if row.targets.len() != self.metrics.len() || row.controls.len() != self.metrics.len() {
+                return bad(format!("row {} has no figure for every measure", row.method));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How a run of [`regenerate`] ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RegenerationOutcome {

@@ -87,12 +87,18 @@ impl EvalReport {
     /// Reads the results file `path`, saying why it cannot.
     pub fn load(path: &Path) -> Result<Self, EvalError> {
         let bytes = crate::files::read(path)?;
-        serde_json::from_slice(&bytes).map_err(|e| {
+        let report: Self = serde_json::from_slice(&bytes).map_err(|e| {
             EvalError::Invalid(format!(
                 "{} is not a results file of retrace eval lds: {e}",
                 path.display()
             ))
-        })
+        })?;
+        if let Some(regeneration) = &report.regenerate {
+            regeneration
+                .check()
+                .map_err(|e| EvalError::Invalid(format!("{}: {e}", path.display())))?;
+        }
+        Ok(report)
     }
 
     /// The report in `path`, if there is a readable one.

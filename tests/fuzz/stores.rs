@@ -304,6 +304,30 @@ fn lds_ground_truths() {
     });
 }
 
+/// A results file (`retrace eval lds --out`, with the sections of `remove-topk` and
+/// `regenerate`), as the viewer's Evaluation tab reads it: refused with a reason, or shown.
+#[test]
+fn results_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("results.json");
+    let parser = Parser {
+        name: "results-json",
+        seeds: vec![serde_json::to_vec_pretty(&crate::viewer::evaluation_table()).unwrap()],
+        shape: Shape::Json,
+    };
+    campaign(parser, |input, _| {
+        std::fs::write(&path, input).unwrap();
+        let report = retrace::eval::table::EvalReport::load(&path).map_err(|e| e.to_string())?;
+        // What the viewer indexes holds.
+        if let Some(r) = &report.regenerate {
+            let [c, h, w] = r.example.shape;
+            assert_eq!(r.example.before.0.len(), c * h * w);
+            assert!(r.rows.iter().all(|row| row.targets.len() == r.metrics.len()));
+        }
+        Ok(())
+    });
+}
+
 /// A classifier directory's `classifier.json` (the weights' hash, the architecture).
 #[test]
 fn classifier_descriptions() {
