@@ -528,6 +528,15 @@ fn regeneration_on(root: &Path, truth: &GroundTruth) {
 
     // Done is done: a run of the whole plan reads every model back.
     let again = regenerate(&bench, &plan(Shard::ALL), &work, &device, &silent).unwrap();
-    assert_eq!(again, RegenerationOutcome::Report(report));
+    assert_eq!(again, RegenerationOutcome::Report(report.clone()));
     assert!(!work.join("models").join("pixel-s0").exists());
+
+    // A damaged result (an image lost) is not read: its model is made again, the same one.
+    let path = work.join("results").join("pixel-s0.json");
+    let mut damaged = read("pixel-s0.json");
+    damaged.images.pop();
+    std::fs::write(&path, serde_json::to_vec(&damaged).unwrap()).unwrap();
+    let remade = regenerate(&bench, &plan(Shard::ALL), &work, &device, &silent).unwrap();
+    assert_eq!(read("pixel-s0.json"), pixel);
+    assert_eq!(remade, RegenerationOutcome::Report(report));
 }

@@ -213,32 +213,23 @@ impl<'a> LdsBuild<'a> {
                 pixels: held_out.image(image).to_vec(),
             });
         }
-        let cfg = &spec.unet;
         let seeds: Vec<u64> = (0..n as u64).collect();
-        let schedule = Schedule::new(&spec.schedule);
-        let shape = [cfg.image_channels, cfg.sample_size, cfg.sample_size];
         let conditions: Vec<Condition> = (0..n)
             .map(|i| {
                 spec.query_class(i, &classes)
                     .map_or(Condition::Unconditional, Condition::Class)
             })
             .collect();
-        let images = sample(
+        let images = sample_queries(
+            spec,
             full,
-            &schedule,
-            &spec.query_sampler(),
-            shape,
             &seeds,
             &conditions,
+            "sampling queries",
             self.device,
-            |step| {
-                self.job
-                    .report("sampling queries", step.done as u64, step.total as u64, "");
-                !self.job.cancel.is_cancelled()
-            },
-        );
-        let images = images?.ok_or(EvalError::Cancelled)?;
-        for (i, pixels) in tensor_to_images(images)?.into_iter().enumerate() {
+            self.job,
+        )?;
+        for (i, pixels) in images.into_iter().enumerate() {
             queries.push(BenchmarkQuery {
                 kind: QueryKind::Generated,
                 half: half_of(i, n),
@@ -564,6 +555,36 @@ pub(crate) fn model_info(spec: &BenchmarkSpec, data: &Dataset, seed: u64, what: 
         train: spec.recipe(seed, format!("retrace eval build-lds ({what})")),
         vae: None,
     }
+}
+
+/// Byte images the benchmark's generated queries are made as: one per sampler seed under the
+/// condition of the same position, with the benchmark's sampler (guidance included), reporting
+/// progress as `stage`.
+pub(crate) fn sample_queries(
+    spec: &BenchmarkSpec,
+    net: &Network,
+    seeds: &[u64],
+    conditions: &[Condition],
+    stage: &str,
+    device: &Device,
+    job: &JobContext,
+) -> BuildResult<Vec<Vec<u8>>> {
+    let cfg = &spec.unet;
+    let images = sample(
+        net,
+        &Schedule::new(&spec.schedule),
+        &spec.query_sampler(),
+        [cfg.image_channels, cfg.sample_size, cfg.sample_size],
+        seeds,
+        conditions,
+        device,
+        |step| {
+            job.report(stage, step.done as u64, step.total as u64, "");
+            !job.cancel.is_cancelled()
+        },
+    )?
+    .ok_or(EvalError::Cancelled)?;
+    Ok(tensor_to_images(images)?)
 }
 
 /// The mean loss of queries `which` (indices into `queries`, which key their draws) under the

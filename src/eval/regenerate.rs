@@ -34,16 +34,17 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::benchmark::base64_bytes;
-use super::build::{FULL_DATA_MODEL, LdsBuild, Shard, measure_losses, model_info, read_json, write_json};
+use super::build::{
+    FULL_DATA_MODEL, LdsBuild, Shard, measure_losses, model_info, read_json, sample_queries, write_json,
+};
 use super::built::BuiltBenchmark;
 use super::error::EvalError;
 use super::image_metrics::{cosine_distance, mse, ssim};
 use super::lds::{Interval, bootstrap_statistic};
 use super::rows::{EvalRow, RowMethod, file_safe};
 use crate::data::pixels::bytes_to_unit;
-use crate::diffusion::images::tensor_to_images;
 use crate::diffusion::noise::{permutation, stream};
-use crate::diffusion::{Condition, ModelDir, Network, Schedule, sample};
+use crate::diffusion::{Condition, ModelDir, Network};
 use crate::jobs::JobContext;
 use crate::stats::top_k;
 
@@ -83,6 +84,20 @@ pub struct Regenerated {
     pub images: Vec<StoredImage>,
     /// The targets' losses under the benchmark's draws.
     pub losses: Vec<f64>,
+}
+
+impl Regenerated {
+    /// Whether this result was made after removing exactly `removed` and generating `queries`
+    /// of `pixels` bytes each (the first `targets` measured): a file made with other settings,
+    /// or damaged, is not one to read, and its model is made again.
+    fn answers(&self, removed: &[usize], queries: &[usize], targets: usize, pixels: usize) -> bool {
+        self.removed == removed
+            && self.queries == queries
+            && self.images.len() == queries.len()
+            && self.images.iter().all(|i| i.0.len() == pixels)
+            && self.losses.len() == targets
+            && self.losses.iter().all(|l| l.is_finite() && *l > 0.0)
+    }
 }
 
 /// The method name a reference model's file holds.
@@ -209,15 +224,6 @@ enum Unit {
     Removal { row: usize, seed: usize },
 }
 
-/// The top-k lists of one row on the targets, kept so that every shard reads what one computed.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct TopLists {
-    k: usize,
-    targets: Vec<usize>,
-    features: String,
-    lists: Vec<Vec<usize>>,
-}
-
 impl RegenerationPlan {
     /// Every model, in the order shards are dealt: references first, then the random row's
     /// (every method is read against them, so a partial run can already compare), then the
@@ -262,7 +268,9 @@ impl RegenerationPlan {
 }
 
 /// Runs (or resumes) this shard of the plan in the work directory `dir` and, once every model
-/// of every shard is done, assembles the report.
+/// of every shard is done, assembles the report. Methods are scored through
+/// [`BuiltBenchmark::scores`]: with its score cache set (as the CLI sets it) every row is
+/// scored once in all, else once per shard and run.
 pub fn regenerate(
     bench: &BuiltBenchmark,
     plan: &RegenerationPlan,
@@ -287,20 +295,21 @@ pub fn regenerate(
             Unit::Reference { seed } => (REFERENCE.to_owned(), plan.seeds[seed], Vec::new()),
             Unit::Removal { row, seed } => {
                 let seed = plan.seeds[seed];
-                let removed = removed_union(bench, plan, &plan.rows[row], seed, dir, device, job)?;
+                let removed = removed_union(bench, plan, &plan.rows[row], seed, device, job)?;
                 (plan.rows[row].label(), seed, removed)
             }
         })
     };
+    let pixels = bench.model.info.image_shape().iter().product();
     let done = |label: &str, seed: u64, removed: &[usize]| -> Result<bool, EvalError> {
         Ok(read_json::<Regenerated>(&result_path(dir, label, seed))?
-            .is_some_and(|d| d.removed == removed && d.queries == generated))
+            .is_some_and(|d| d.answers(removed, &generated, plan.targets.len(), pixels)))
     };
     let mut waiting_on: Vec<Unit> = Vec::new();
     for (position, &unit) in units.iter().enumerate() {
         job.report("regenerate", position as u64, units.len() as u64, "");
         // Another shard's unit is looked at once this shard is done: by then its owner has
-        // scored the row and kept its top-k lists, which are read, not scored twice at once.
+        // scored the row into the score cache, which is read, not scored twice at once.
         if !plan.shard.owns(position) {
             waiting_on.push(unit);
             continue;
@@ -369,35 +378,28 @@ fn generate(
     device: &burn::tensor::Device,
     job: &JobContext,
 ) -> Result<Vec<StoredImage>, EvalError> {
-    let spec = &bench.truth.spec;
-    let cfg = &spec.unet;
-    let seeds: Vec<u64> = queries.iter().map(|&q| bench.truth.queries[q].source).collect();
-    let conditions: Vec<Condition> = queries.iter().map(|&q| bench.truth.queries[q].condition()).collect();
-    let images = sample(
+    let stored = |q: usize| &bench.truth.queries[q];
+    let seeds: Vec<u64> = queries.iter().map(|&q| stored(q).source).collect();
+    let conditions: Vec<Condition> = queries.iter().map(|&q| stored(q).condition()).collect();
+    let images = sample_queries(
+        &bench.truth.spec,
         net,
-        &Schedule::new(&spec.schedule),
-        &spec.query_sampler(),
-        [cfg.image_channels, cfg.sample_size, cfg.sample_size],
         &seeds,
         &conditions,
+        "generating again",
         device,
-        |step| {
-            job.report("generating again", step.done as u64, step.total as u64, "");
-            !job.cancel.is_cancelled()
-        },
-    )?
-    .ok_or(EvalError::Cancelled)?;
-    Ok(tensor_to_images(images)?.into_iter().map(StoredImage).collect())
+        job,
+    )?;
+    Ok(images.into_iter().map(StoredImage).collect())
 }
 
 /// The training images `row` removes with training seed `seed`: the union of its top k over
-/// the targets (computed once and kept in `dir`), or of k random images per target.
+/// the targets, or of k random images per target.
 fn removed_union(
     bench: &BuiltBenchmark,
     plan: &RegenerationPlan,
     row: &EvalRow,
     seed: u64,
-    dir: &Path,
     device: &burn::tensor::Device,
     job: &JobContext,
 ) -> Result<Vec<usize>, EvalError> {
@@ -411,25 +413,12 @@ fn removed_union(
             })
             .collect()
     } else {
-        let path = dir.join("top").join(format!("{}.json", file_safe(&row.label())));
-        let wanted = |t: &TopLists| t.k == plan.k && t.targets == plan.targets && t.features == bench.features.slug();
-        match read_json::<TopLists>(&path)?.filter(wanted) {
-            Some(kept) => kept.lists,
-            None => {
-                let mut lists = Vec::with_capacity(plan.targets.len());
-                for &q in &plan.targets {
-                    lists.push(top_k(&bench.scores(row, q, device, job)?, plan.k));
-                }
-                let kept = TopLists {
-                    k: plan.k,
-                    targets: plan.targets.clone(),
-                    features: bench.features.slug(),
-                    lists,
-                };
-                write_json(&path, &kept)?;
-                kept.lists
-            }
-        }
+        // Scored once per query: the benchmark's score cache keeps them for the other shards
+        // and later runs.
+        plan.targets
+            .iter()
+            .map(|&q| Ok(top_k(&bench.scores(row, q, device, job)?, plan.k)))
+            .collect::<Result<_, EvalError>>()?
     };
     let mut union: Vec<usize> = lists.into_iter().flatten().collect();
     union.sort_unstable();
@@ -485,13 +474,14 @@ impl ChangeMeter {
         if let Some(classifier) = &self.classifier {
             let signed =
                 |images: &[StoredImage]| -> Vec<f32> { images.iter().flat_map(|i| bytes_to_unit(&i.0)).collect() };
+            let (sb, sa) = (signed(before), signed(after));
             let (fb, fa) = (
-                classifier.embed(&signed(before), self.shape, &self.device)?,
-                classifier.embed(&signed(after), self.shape, &self.device)?,
+                classifier.embed(&sb, self.shape, &self.device)?,
+                classifier.embed(&sa, self.shape, &self.device)?,
             );
             let (cb, ca) = (
-                classifier.predict(&signed(before), self.shape, &self.device)?,
-                classifier.predict(&signed(after), self.shape, &self.device)?,
+                classifier.predict(&sb, self.shape, &self.device)?,
+                classifier.predict(&sa, self.shape, &self.device)?,
             );
             out.push(fb.iter().zip(&fa).map(|(x, y)| cosine_distance(x, y)).collect());
             out.push(cb.iter().zip(&ca).map(|(x, y)| f64::from(u8::from(x != y))).collect());
@@ -507,16 +497,27 @@ fn assemble(
     dir: &Path,
     device: &burn::tensor::Device,
 ) -> Result<RegenerationReport, EvalError> {
+    let shape = bench.model.info.image_shape();
+    let generated = plan.generated();
     let load = |label: &str, seed: u64| -> Result<Regenerated, EvalError> {
         let path = result_path(dir, label, seed);
-        read_json::<Regenerated>(&path)?.ok_or_else(|| EvalError::Invalid(format!("{} is missing", path.display())))
+        let result = read_json::<Regenerated>(&path)?
+            .ok_or_else(|| EvalError::Invalid(format!("{} is missing", path.display())))?;
+        let pixels = shape.iter().product();
+        if !result.answers(&result.removed, &generated, plan.targets.len(), pixels) {
+            return Err(EvalError::Invalid(format!(
+                "{} does not hold this plan's samples ({} images of {shape:?} and the targets' losses): run again to remake it",
+                path.display(),
+                generated.len()
+            )));
+        }
+        Ok(result)
     };
     let references: Vec<Regenerated> = plan
         .seeds
         .iter()
         .map(|&s| load(REFERENCE, s))
         .collect::<Result<_, _>>()?;
-    let shape = bench.model.info.image_shape();
     let meter = ChangeMeter::new(shape, device)?;
     let n_targets = plan.targets.len();
     // Per row: its models, its changes `[metric][sample][seed]` and its relative loss increases.
