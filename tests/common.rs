@@ -60,6 +60,7 @@ pub fn test_model_info(
             weight_decay: 0.0,
             seed: 7,
             checkpoint_every,
+            excluded: Vec::new(),
             init: None,
             command: "test".into(),
         },

@@ -94,6 +94,55 @@ fn interrupted_training_resumes_to_the_same_weights() {
     assert_eq!(with_optim, vec![false, false, false, true]);
 }
 
+/// A run that excludes an image replays the run that keeps it: identical up to the first step
+/// whose batch held the image, and then far closer to it than a fresh run without the image
+/// with the same seed (what the counterfactual evaluations retrain; `retrace::eval::retraining`).
+#[test]
+fn a_run_without_an_image_replays_the_run_with_it() {
+    let data = fashion_subset(32);
+    let device = cpu();
+    let schedule = Schedule::new(&Default::default());
+    let length = TrainLength { epochs: 3 }; // 4 steps of 8 per epoch, 12 in all
+    // The first image of step 3, the last batch of the first epoch.
+    let (late, _, _) = batch_plan(7, 3, 8, data.len(), schedule.len(), data.image_len());
+    let excluded = late[0];
+    let run = |data: &retrace::data::Dataset, excluded: Vec<usize>| {
+        let root = tempfile::tempdir().unwrap();
+        let mut info = common::test_model_info(tiny_config(), data, 8, 3);
+        info.train.excluded = excluded;
+        let dir = retrace::diffusion::ModelDir::create(root.path(), info).unwrap();
+        train(&dir, data, &length, false, &device, &JobContext::silent()).unwrap();
+        let weights: Vec<Vec<f32>> = dir
+            .checkpoints()
+            .unwrap()
+            .iter()
+            .map(|c| flat(&dir.load_model(c, &device).unwrap()))
+            .collect();
+        weights
+    };
+    let distance = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f32>().sqrt();
+    let full = run(&data, Vec::new());
+    let matched = run(&data, vec![excluded]);
+    assert_eq!(full.len(), 4);
+    assert_eq!(distance(&full[0], &matched[0]), 0.0, "steps 0–2 never saw the image");
+    let keep: Vec<usize> = (0..data.len()).filter(|&i| i != excluded).collect();
+    let fresh = run(&data.select(&keep), Vec::new());
+    let (near, far) = (distance(&full[3], &matched[3]), distance(&full[3], &fresh[3]));
+    assert!(near > 0.0, "the image's absence changes the run");
+    assert!(
+        near < far / 3.0,
+        "matched run {near} from the reference, fresh run {far}"
+    );
+
+    // Exclusions that name no image are refused.
+    let root = tempfile::tempdir().unwrap();
+    let mut info = common::test_model_info(tiny_config(), &data, 8, 3);
+    info.train.excluded = vec![40];
+    let dir = retrace::diffusion::ModelDir::create(root.path(), info).unwrap();
+    let error = train(&dir, &data, &length, false, &device, &JobContext::silent()).unwrap_err();
+    assert!(error.to_string().contains("below 32"), "{error}");
+}
+
 #[test]
 fn checkpoints_round_trip_exactly_and_reject_damage() {
     let data = fashion_subset(16);

@@ -8,6 +8,7 @@ use common::cpu;
 use retrace::data::Dataset;
 use retrace::diffusion::{ScheduleConfig, UNetConfig};
 use retrace::eval::benchmark::BENCHMARK_FORMAT_VERSION;
+use retrace::eval::retraining::Retraining;
 use retrace::eval::{BenchmarkSpec, BenchmarkTraining, GroundTruth, LdsBuild, Shard};
 use retrace::jobs::JobContext;
 
@@ -167,6 +168,7 @@ fn remove_top_k_on(root: &Path, truth: &GroundTruth) {
         seeds: vec![0],
         rows: rows.to_vec(),
         shard,
+        retraining: Retraining::Matched,
     };
     let (device, silent) = (cpu(), JobContext::silent());
     let work = root.join("remove-topk");
@@ -457,6 +459,7 @@ fn regeneration_on(root: &Path, truth: &GroundTruth) {
         seeds: vec![0],
         rows: rows.clone(),
         shard,
+        retraining: Retraining::Matched,
     };
     let work = root.join("regenerate");
     let first = regenerate(&bench, &plan(Shard { index: 0, count: 2 }), &work, &device, &silent).unwrap();

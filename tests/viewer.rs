@@ -109,6 +109,7 @@ fn regeneration(
         targets: (20..40).collect(),
         controls: (0..20).collect(),
         seeds: vec![0, 1],
+        retraining: retrace::eval::retraining::Retraining::Matched,
         metrics: CHANGE_METRICS.iter().map(|m| m.to_string()).collect(),
         different_sample: vec![0.5; 4],
         rows: vec![row("kfac+shared", Some(1.8)), row("random", None)],

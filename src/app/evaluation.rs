@@ -116,11 +116,13 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
 /// of the targets per method as a multiple of random removal's, and the table of every measure.
 fn regeneration_section(app: &mut RetraceApp, ui: &mut Ui, report: &RegenerationReport, height: f32) {
     ui.strong(format!(
-        "Regenerated after removing each method's top {} of {} samples ({} seeds): how much the samples changed, \
-         as a multiple of removing random images (1 = chance; whiskers: bootstrap 95% intervals over samples).",
+        "Regenerated after removing each method's top {} of {} samples ({} seeds; each model {}): how much the \
+         samples changed, as a multiple of removing random images (1 = chance; whiskers: bootstrap 95% intervals \
+         over samples).",
         report.k,
         report.targets.len(),
-        report.seeds.len()
+        report.seeds.len(),
+        report.retraining.describe()
     ));
     let example = &report.example;
     ui.label(format!(
@@ -291,10 +293,12 @@ fn lds_chart(ui: &mut Ui, report: &EvalReport, height: f32) {
 /// interval).
 fn removal_chart(ui: &mut Ui, removal: &RemovalReport, height: f32) {
     ui.label(format!(
-        "Retrained without each query's top {} ({} queries × {} seeds): query-loss increase, % of the full-data model's.",
+        "Retrained without each query's top {} ({} queries × {} seeds; each model {}): query-loss increase, % of \
+         the full-data model's.",
         removal.k,
         removal.queries.len(),
-        removal.seeds.len()
+        removal.seeds.len(),
+        removal.retraining.describe()
     ));
     let names: Vec<String> = removal.rows.iter().map(|r| r.method.clone()).collect();
     grouped_plot("remove-top-k-bars", names.len(), "loss increase (%)", height).show(ui, |p| {

@@ -116,6 +116,11 @@ pub struct RetrainingArgs {
     /// the same directory at once, and the last to finish writes the report.
     #[arg(long, default_value = "0/1")]
     pub shard: Shard,
+    /// How a retrained model draws its randomness: matched (the full-data run of the same seed
+    /// replayed with the removed images masked out of its batches, so that only their absence
+    /// differs) or independent (a fresh run on the remaining images, as the papers retrain).
+    #[arg(long, value_enum, default_value_t)]
+    pub retraining: retrace::eval::retraining::Retraining,
     #[command(flatten)]
     pub scoring: ScoringArgs,
     /// Write the report into this JSON file, as its section beside the LDS table `retrace eval
@@ -630,6 +635,7 @@ fn remove_topk(args: RemoveTopkArgs, device: &ComputeDevice, job: &JobContext) -
         seeds: (0..args.retraining.seeds).collect(),
         rows,
         shard: args.retraining.shard,
+        retraining: args.retraining.retraining,
     };
     let work = args.retraining.work_dir(&bench, "remove-topk");
     let report = match retrace::eval::remove_topk::remove_top_k(&bench, &plan, &work, &device.device, job)? {

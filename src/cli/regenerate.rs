@@ -57,6 +57,7 @@ pub fn run(args: RegenerateArgs, device: &ComputeDevice, job: &JobContext) -> Re
         seeds: (0..args.retraining.seeds).collect(),
         rows,
         shard: args.retraining.shard,
+        retraining: args.retraining.retraining,
     };
     let work = args.retraining.work_dir(&bench, "regenerate");
     let report = match retrace::eval::regenerate::regenerate(&bench, &plan, &work, &device.device, job)? {
@@ -75,11 +76,12 @@ pub fn run(args: RegenerateArgs, device: &ComputeDevice, job: &JobContext) -> Re
 /// to random and AUC, and its mean change on the controls.
 fn print_report(report: &RegenerationReport) {
     println!(
-        "regenerated {} target and {} control samples after removing the union of each method's top {} of the targets ({} seeds)",
+        "regenerated {} target and {} control samples after removing the union of each method's top {} of the targets ({} seeds; each model {})",
         report.targets.len(),
         report.controls.len(),
         report.k,
-        report.seeds.len()
+        report.seeds.len(),
+        report.retraining.describe()
     );
     for (m, metric) in report.metrics.iter().enumerate() {
         match report.different_sample.get(m) {

@@ -188,6 +188,7 @@ pub fn run(args: TrainArgs, device: Option<DeviceRequest>) -> Result<()> {
                 // Label dropout needs a null class to drop to (retrace's conditional U-Nets and
                 // DiTs have one; a class-conditional diffusers config may not).
                 label_dropout: if can_drop { label_dropout } else { 0.0 },
+                excluded: Vec::new(),
                 init,
                 command,
             },

@@ -98,6 +98,12 @@ pub struct TrainRecipe {
     /// The pretrained weights a fine-tune started from (absent: a seeded random initialisation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<InitFrom>,
+    /// Training images (dataset indices, ascending) taken out of every batch the seed's batch
+    /// plan puts them in, every other draw of the run unchanged: a counterfactual retraining
+    /// matched to the run that keeps them (`retrace::eval::retraining`). Empty for ordinary
+    /// training.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<usize>,
     /// The command line that trained the model.
     pub command: String,
 }

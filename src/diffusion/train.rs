@@ -188,6 +188,34 @@ pub fn batch_plan(
     (indices, ts, noise)
 }
 
+/// A training step's batch plan (images, steps, noise of `pixels` values each, conditions)
+/// without the images in `excluded` (ascending dataset indices): the kept positions keep their
+/// steps, noise and conditions, so a run that excludes some images draws everything else as the
+/// run that keeps them does.
+pub fn without_excluded(
+    excluded: &[usize],
+    indices: Vec<usize>,
+    ts: Vec<usize>,
+    noise: Vec<f32>,
+    conditions: Vec<Condition>,
+    pixels: usize,
+) -> (Vec<usize>, Vec<usize>, Vec<f32>, Vec<Condition>) {
+    if excluded.is_empty() {
+        return (indices, ts, noise, conditions);
+    }
+    let kept: Vec<usize> = (0..indices.len())
+        .filter(|&p| excluded.binary_search(&indices[p]).is_err())
+        .collect();
+    (
+        kept.iter().map(|&p| indices[p]).collect(),
+        kept.iter().map(|&p| ts[p]).collect(),
+        kept.iter()
+            .flat_map(|&p| noise[p * pixels..(p + 1) * pixels].iter().copied())
+            .collect(),
+        kept.iter().map(|&p| conditions[p]).collect(),
+    )
+}
+
 /// Mean squared error between the predicted and the true noise.
 pub fn diffusion_loss(model: &Network, batch: &NoisyBatch) -> Tensor<1> {
     let pred = batch.predict(model);
@@ -226,6 +254,14 @@ pub fn train(
         return Err(TrainError::Mismatch(format!(
             "{} has class {label}, which the model's class embedding has no row for",
             data.name
+        )));
+    }
+    let excluded = &recipe.excluded;
+    if !excluded.windows(2).all(|w| w[0] < w[1]) || excluded.last().is_some_and(|&i| i >= data.len()) {
+        return Err(TrainError::Mismatch(format!(
+            "{}: the images excluded from training must be ascending indices below {}",
+            dir.root.display(),
+            data.len()
         )));
     }
     let ad = device.clone().autodiff();
@@ -292,19 +328,29 @@ pub fn train(
             input_len,
         );
         let conditions = training_conditions(data, &indices, &encoding, recipe.label_dropout, recipe.seed, step);
-        let x0 = inputs.batch(&indices, "train-latent", &[recipe.seed, step as u64], &ad);
-        let batch = noise_images(&schedule, x0, &ts, noise).conditioned(&encoding, &conditions)?;
-        let loss = diffusion_loss(&model, &batch);
-        let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
-        if !loss_value.is_finite() {
-            return Err(TrainError::Diverged { step, loss: loss_value });
+        let planned = indices.len();
+        let (indices, ts, noise, conditions) =
+            without_excluded(&recipe.excluded, indices, ts, noise, conditions, input_len);
+        // A batch whose every image is excluded passes without an update: the learning rate and
+        // every later draw stay where the run that keeps them has them.
+        if !indices.is_empty() {
+            let x0 = inputs.batch(&indices, "train-latent", &[recipe.seed, step as u64], &ad);
+            let batch = noise_images(&schedule, x0, &ts, noise).conditioned(&encoding, &conditions)?;
+            let loss = diffusion_loss(&model, &batch);
+            let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
+            if !loss_value.is_finite() {
+                return Err(TrainError::Diverged { step, loss: loss_value });
+            }
+            // Every kept image weighs what it weighs in the full batch (the sum over the kept
+            // images ÷ the planned batch size), so that only the excluded images' terms are gone.
+            let loss = loss.mul_scalar(indices.len() as f32 / planned as f32);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let lr = learning_rate(recipe, step, total);
+            model = optim.step(lr, model, grads);
+            window_loss += loss_value;
+            window_n += 1;
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let lr = learning_rate(recipe, step, total);
-        model = optim.step(lr, model, grads);
         step += 1;
-        window_loss += loss_value;
-        window_n += 1;
         if step % 10 == 0 || step == total {
             last_loss = window_loss / window_n as f64;
             job.report(
@@ -361,6 +407,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn excluded_images_leave_with_their_draws_and_the_rest_keep_theirs() {
+        let (indices, ts) = (vec![4, 9, 1, 7], vec![10, 20, 30, 40]);
+        let noise: Vec<f32> = (0..8).map(|v| v as f32).collect();
+        let conditions: Vec<Condition> = (0..4u32).map(Condition::Class).collect();
+        let kept = without_excluded(&[1, 4, 5], indices, ts, noise, conditions, 2);
+        assert_eq!(kept.0, vec![9, 7]);
+        assert_eq!(kept.1, vec![20, 40]);
+        assert_eq!(kept.2, vec![2.0, 3.0, 6.0, 7.0]);
+        assert_eq!(kept.3, vec![Condition::Class(1), Condition::Class(3)]);
+    }
+
+    #[test]
     fn learning_rates_warm_up_then_hold_or_decay_to_zero() {
         let mut recipe = TrainRecipe {
             learning_rate: 1e-3,
@@ -371,6 +429,7 @@ mod tests {
             seed: 0,
             checkpoint_every: 1,
             label_dropout: 0.0,
+            excluded: Vec::new(),
             init: None,
             command: String::new(),
         };

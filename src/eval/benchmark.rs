@@ -235,6 +235,7 @@ impl BenchmarkSpec {
             weight_decay: t.weight_decay,
             seed,
             label_dropout: t.label_dropout,
+            excluded: Vec::new(),
             init: t.init.clone(),
             // About four checkpoints per subset model: the unit of resumption.
             checkpoint_every: (steps_per_epoch * t.subset_epochs).div_ceil(4).max(1),

@@ -11,6 +11,7 @@ pub mod image_metrics;
 pub mod lds;
 pub mod regenerate;
 pub mod remove_topk;
+pub mod retraining;
 pub mod rows;
 pub mod table;
 

@@ -13,9 +13,11 @@
 //! regenerated too: a method's change on them is what any removal of that size costs.
 //!
 //! Every retrained model follows the benchmark's recipe (from its pretrained weights when it
-//! fine-tunes) with seed s on the N − |removed| remaining images; the "before" images of seed s
-//! come from the full-data model of that seed (the benchmark's own for its seed, whose samples
-//! are the queries). Changes are measured per sample: 1 − SSIM (torchmetrics' settings of
+//! fine-tunes) with seed s without the removed images, by default as the full-data run of seed
+//! s replayed with them masked out of its batches ([`Retraining::Matched`], a departure from the
+//! reference code's fresh run, which `--retraining independent` keeps: see
+//! [`super::retraining`] for why); the "before" images of seed s come from the full-data model
+//! of that seed (the benchmark's own for its seed, whose samples are the queries). Changes are measured per sample: 1 − SSIM (torchmetrics' settings of
 //! MUCS, [`super::image_metrics::ssim`]), pixel MSE, the cosine distance of the bundled
 //! classifier's hidden features (the stand-in for MUCS's CLIP and DINO distances, whose weights
 //! cannot be downloaded here) and whether the classifier's class changed; the last two only for
@@ -34,17 +36,16 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::benchmark::base64_bytes;
-use super::build::{
-    FULL_DATA_MODEL, LdsBuild, Shard, measure_losses, model_info, read_json, sample_queries, write_json,
-};
+use super::build::{LdsBuild, Shard, measure_losses, read_json, sample_queries, write_json};
 use super::built::BuiltBenchmark;
 use super::error::EvalError;
 use super::image_metrics::{cosine_distance, mse, ssim};
 use super::lds::{Interval, bootstrap_statistic};
+use super::retraining::{Retraining, retrain_without};
 use super::rows::{EvalRow, RowMethod, file_safe};
 use crate::data::pixels::bytes_to_unit;
 use crate::diffusion::noise::{permutation, stream};
-use crate::diffusion::{Condition, ModelDir, Network};
+use crate::diffusion::{Condition, Network};
 use crate::jobs::JobContext;
 use crate::stats::top_k;
 
@@ -63,6 +64,8 @@ pub struct RegenerationPlan {
     pub rows: Vec<EvalRow>,
     /// The share of the models this process trains.
     pub shard: Shard,
+    /// How the retrained models draw their randomness.
+    pub retraining: Retraining,
 }
 
 /// A C×H×W byte image, stored as base64.
@@ -84,14 +87,25 @@ pub struct Regenerated {
     pub images: Vec<StoredImage>,
     /// The targets' losses under the benchmark's draws.
     pub losses: Vec<f64>,
+    /// How the model was retrained (files without it were retrained independently).
+    #[serde(default = "Retraining::recorded_before_choice")]
+    pub retraining: Retraining,
 }
 
 impl Regenerated {
-    /// Whether this result was made after removing exactly `removed` and generating `queries`
-    /// of `pixels` bytes each (the first `targets` measured): a file made with other settings,
-    /// or damaged, is not one to read, and its model is made again.
-    fn answers(&self, removed: &[usize], queries: &[usize], targets: usize, pixels: usize) -> bool {
+    /// Whether this result was made after removing exactly `removed` with `retraining` and
+    /// generating `queries` of `pixels` bytes each (the first `targets` measured): a file made
+    /// with other settings, or damaged, is not one to read, and its model is made again.
+    fn answers(
+        &self,
+        removed: &[usize],
+        retraining: Retraining,
+        queries: &[usize],
+        targets: usize,
+        pixels: usize,
+    ) -> bool {
         self.removed == removed
+            && (removed.is_empty() || self.retraining == retraining)
             && self.queries == queries
             && self.images.len() == queries.len()
             && self.images.iter().all(|i| i.0.len() == pixels)
@@ -165,6 +179,9 @@ pub struct RegenerationReport {
     pub controls: Vec<usize>,
     /// Seeds.
     pub seeds: Vec<u64>,
+    /// How the models were retrained.
+    #[serde(default = "Retraining::recorded_before_choice")]
+    pub retraining: Retraining,
     /// The change measures reported (names from [`CHANGE_METRICS`]).
     pub metrics: Vec<String>,
     /// Per measure, the mean change between two different samples, of one class where two
@@ -303,7 +320,7 @@ pub fn regenerate(
     let pixels = bench.model.info.image_shape().iter().product();
     let done = |label: &str, seed: u64, removed: &[usize]| -> Result<bool, EvalError> {
         Ok(read_json::<Regenerated>(&result_path(dir, label, seed))?
-            .is_some_and(|d| d.answers(removed, &generated, plan.targets.len(), pixels)))
+            .is_some_and(|d| d.answers(removed, plan.retraining, &generated, plan.targets.len(), pixels)))
     };
     let mut waiting_on: Vec<Unit> = Vec::new();
     for (position, &unit) in units.iter().enumerate() {
@@ -325,23 +342,8 @@ pub fn regenerate(
             // The benchmark's full-data model of this seed generated the queries.
             bench.model.load_latest(device)?.0
         } else {
-            let keep: Vec<usize> = (0..bench.data.len())
-                .filter(|i| removed.binary_search(i).is_err())
-                .collect();
-            let data = bench.data.select(&keep);
-            // A model left in training on other images (stale settings) starts over.
-            if ModelDir::open(&root).is_ok_and(|m| m.info.data_hash != data.content_hash()) {
-                std::fs::remove_dir_all(&root).map_err(crate::files::at(&root))?;
-            }
-            let what = if removed.is_empty() {
-                FULL_DATA_MODEL.to_owned()
-            } else {
-                format!("without {label}'s top {} of {} samples", plan.k, plan.targets.len())
-            };
-            let info = model_info(spec, &data, seed, &what);
-            builder
-                .train_model(&root, info, &data, spec.training.full_epochs, &stem)?
-                .0
+            let what = format!("without {label}'s top {} of {} samples", plan.k, plan.targets.len());
+            retrain_without(&builder, bench, &root, &removed, seed, plan.retraining, &what)?
         };
         let images = generate(bench, &net, &generated, device, job)?;
         let (losses, _) = measure_losses(spec, &net, &bench.truth.queries, &plan.targets, device, job)?;
@@ -352,6 +354,7 @@ pub fn regenerate(
             removed,
             images,
             losses,
+            retraining: plan.retraining,
         };
         write_json(&path, &result)?;
         let _ = std::fs::remove_dir_all(&root);
@@ -504,7 +507,7 @@ fn assemble(
         let result = read_json::<Regenerated>(&path)?
             .ok_or_else(|| EvalError::Invalid(format!("{} is missing", path.display())))?;
         let pixels = shape.iter().product();
-        if !result.answers(&result.removed, &generated, plan.targets.len(), pixels) {
+        if !result.answers(&result.removed, plan.retraining, &generated, plan.targets.len(), pixels) {
             return Err(EvalError::Invalid(format!(
                 "{} does not hold this plan's samples ({} images of {shape:?} and the targets' losses): run again to remake it",
                 path.display(),
@@ -576,6 +579,7 @@ fn assemble(
         targets: plan.targets.clone(),
         controls: plan.controls.clone(),
         seeds: plan.seeds.clone(),
+        retraining: plan.retraining,
         metrics: CHANGE_METRICS[..meter.metrics()]
             .iter()
             .map(|s| s.to_string())

@@ -4,9 +4,11 @@
 //! against retraining without k random images. A method whose proponents matter raises the loss
 //! more than chance.
 //!
-//! Every retrained model uses the benchmark's recipe (the full-data model's epochs on the N − k
-//! remaining images) and seed s; the reference is the full-data model trained with the same
-//! seed, and the query's loss is measured with the benchmark's fixed draws. Work lives in a
+//! Every retrained model uses the benchmark's recipe (the full-data model's epochs) and seed s
+//! without the k images: by default the full-data run replayed with them masked out of its
+//! batches, or, as the papers retrain, a fresh run on the N − k remaining images
+//! ([`super::retraining::Retraining`]); the reference is the full-data model trained with the
+//! same seed, and the query's loss is measured with the benchmark's fixed draws. Work lives in a
 //! directory of its own, one result file per (query, method, seed), so a killed run resumes and
 //! several processes (`--shard i/N`) can share it; the last to finish writes the report.
 
@@ -16,12 +18,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::QueryKind;
-use super::build::{LdsBuild, Shard, measure_losses, model_info, read_json, write_json};
+use super::build::{LdsBuild, Shard, measure_losses, read_json, write_json};
 use super::built::BuiltBenchmark;
 use super::error::EvalError;
 use super::lds::{Interval, bootstrap};
+use super::retraining::{Retraining, retrain_without};
 use super::rows::{EvalRow, RowMethod, file_safe};
-use crate::diffusion::ModelDir;
 use crate::diffusion::noise::{permutation, stream};
 use crate::jobs::JobContext;
 use crate::stats::top_k;
@@ -40,6 +42,8 @@ pub struct RemovalPlan {
     /// The share of the models this process trains; the others come from other processes
     /// working in the same directory.
     pub shard: Shard,
+    /// How the retrained models draw their randomness.
+    pub retraining: Retraining,
 }
 
 /// One retrained model's outcome, as its result file holds it.
@@ -55,6 +59,9 @@ pub struct RemovedModel {
     pub removed: Vec<usize>,
     /// The query's loss after retraining without them.
     pub loss: f64,
+    /// How the model was retrained (files without it were retrained independently).
+    #[serde(default = "Retraining::recorded_before_choice")]
+    pub retraining: Retraining,
 }
 
 /// A retrained model beside its reference.
@@ -119,6 +126,9 @@ pub struct RemovalReport {
     pub queries: Vec<usize>,
     /// Seeds.
     pub seeds: Vec<u64>,
+    /// How the models were retrained.
+    #[serde(default = "Retraining::recorded_before_choice")]
+    pub retraining: Retraining,
     /// One row per method.
     pub rows: Vec<RemovalRow>,
     /// Every retrained model.
@@ -207,9 +217,7 @@ pub fn remove_top_k(
                     continue;
                 }
                 let root = dir.join("models").join(format!("reference-s{seed}"));
-                let info = model_info(spec, &bench.data, seed, super::build::FULL_DATA_MODEL);
-                let (net, _, _) =
-                    builder.train_model(&root, info, &bench.data, spec.training.full_epochs, "reference")?;
+                let net = retrain_without(&builder, bench, &root, &[], seed, plan.retraining, "")?;
                 let (losses, _) = measure_losses(spec, &net, &bench.truth.queries, &all, device, job)?;
                 write_json(&path, &losses)?;
                 let _ = std::fs::remove_dir_all(&root);
@@ -231,27 +239,18 @@ pub fn remove_top_k(
                 };
                 // A result stands only if it removed what the method removes now: one made with
                 // other settings (another projection, damping, …) is stale and made again.
-                if read_json::<RemovedModel>(&path)?.is_some_and(|done| done.removed == removed) {
+                if read_json::<RemovedModel>(&path)?
+                    .is_some_and(|done| done.removed == removed && done.retraining == plan.retraining)
+                {
                     continue;
                 }
                 if !owned {
                     others.push((path, Some(removed)));
                     continue;
                 }
-                let keep: Vec<usize> = (0..bench.data.len()).filter(|i| !removed.contains(i)).collect();
-                let data = bench.data.select(&keep);
                 let root = dir.join("models").join(&stem);
-                // A model left in training without other images (stale settings) starts over.
-                if ModelDir::open(&root).is_ok_and(|m| m.info.data_hash != data.content_hash()) {
-                    std::fs::remove_dir_all(&root).map_err(crate::files::at(&root))?;
-                }
-                let info = model_info(
-                    spec,
-                    &data,
-                    seed,
-                    &format!("without the top {} of query {query}", plan.k),
-                );
-                let (net, _, _) = builder.train_model(&root, info, &data, spec.training.full_epochs, &stem)?;
+                let what = format!("without the top {} of query {query}", plan.k);
+                let net = retrain_without(&builder, bench, &root, &removed, seed, plan.retraining, &what)?;
                 let (loss, _) = measure_losses(spec, &net, &bench.truth.queries, &[query], device, job)?;
                 let model = RemovedModel {
                     query,
@@ -259,6 +258,7 @@ pub fn remove_top_k(
                     seed,
                     removed,
                     loss: loss[0],
+                    retraining: plan.retraining,
                 };
                 write_json(&path, &model)?;
                 let _ = std::fs::remove_dir_all(&root);
@@ -270,7 +270,8 @@ pub fn remove_top_k(
     for (path, removed) in &others {
         let done = match removed {
             None => read_json::<Vec<f64>>(path)?.is_some(),
-            Some(removed) => read_json::<RemovedModel>(path)?.is_some_and(|m| &m.removed == removed),
+            Some(removed) => read_json::<RemovedModel>(path)?
+                .is_some_and(|m| &m.removed == removed && m.retraining == plan.retraining),
         };
         waiting += usize::from(!done);
     }
@@ -363,6 +364,7 @@ fn assemble(plan: &RemovalPlan, dir: &Path, bench: &BuiltBenchmark) -> Result<Re
         k: plan.k,
         queries: plan.queries.clone(),
         seeds: plan.seeds.clone(),
+        retraining: plan.retraining,
         rows,
         results,
     })

@@ -226,6 +226,7 @@ pub fn open(root: &Path) -> Result<(ModelInfo, DiffusersLayout), CheckpointError
                 weight_decay: 1e-6,
                 seed: 0,
                 checkpoint_every: 0,
+                excluded: Vec::new(),
                 init: None,
                 command: format!(
                     "not recorded (diffusers model {}; recipe assumed: train_unconditional.py's defaults)",
