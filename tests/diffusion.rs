@@ -143,6 +143,44 @@ fn a_run_without_an_image_replays_the_run_with_it() {
     assert!(error.to_string().contains("below 32"), "{error}");
 }
 
+/// A checkpoint stored in half precision is half the bytes and loads to every weight rounded to
+/// f16 (what a bundled model is made of), then checked like any other.
+#[test]
+fn a_half_precision_checkpoint_loads_to_rounded_weights() {
+    let data = fashion_subset(16);
+    let device = cpu();
+    let (full, half) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let model = tiny_config().init_seeded(&device, 3);
+    let state = |step| retrace::diffusion::checkpoint::CheckpointState {
+        step,
+        epoch: 1.0,
+        learning_rate: 0.0,
+        loss: 0.1,
+        weights_sha256: String::new(),
+        optimizer_sha256: None,
+    };
+    let a = tiny_model_dir(full.path(), &data, 16, 1);
+    let b = tiny_model_dir(half.path(), &data, 16, 1);
+    let entry_a = a.save(&model, None, state(5)).unwrap();
+    let entry_b = b.save_half_precision(&model, state(5)).unwrap();
+    let size = |e: &retrace::diffusion::checkpoint::CheckpointEntry| {
+        std::fs::metadata(e.dir.join("weights.bpk")).unwrap().len()
+    };
+    assert!(
+        size(&entry_b) * 10 < size(&entry_a) * 6,
+        "{} vs {} bytes",
+        size(&entry_b),
+        size(&entry_a)
+    );
+    let original = flat(&model);
+    let loaded = flat(&b.load_latest(&device).unwrap().0);
+    assert_eq!(loaded.len(), original.len());
+    for (x, y) in original.iter().zip(&loaded) {
+        assert_eq!(*y, half::f16::from_f32(*x).to_f32());
+    }
+    assert_ne!(loaded, original, "rounded, not copied");
+}
+
 #[test]
 fn checkpoints_round_trip_exactly_and_reject_damage() {
     let data = fashion_subset(16);

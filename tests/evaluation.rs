@@ -150,6 +150,25 @@ fn a_cancelled_and_resumed_or_sharded_build_equals_an_uninterrupted_one() {
         "subset 3 is not measured yet"
     );
 
+    // A complete benchmark bundles (the full-data model's newest checkpoint in f16) and opens as
+    // the benchmark it came from; one still being built is refused.
+    let bundled = tmp.path().join("bundled");
+    let err = retrace::eval::bundle::bundle(&b, &bundled, true).unwrap_err();
+    assert!(err.to_string().contains("still being built"), "{err}");
+    retrace::eval::bundle::bundle(&tmp.path().join("whole"), &bundled, true).unwrap();
+    let (from, to) = (
+        retrace::eval::BuiltBenchmark::open(&tmp.path().join("whole")).unwrap(),
+        retrace::eval::BuiltBenchmark::open(&bundled).unwrap(),
+    );
+    assert_eq!(measured(&to.truth), measured(&from.truth));
+    assert_eq!(to.model.checkpoints().unwrap().len(), 1);
+    let weights = |b: &retrace::eval::BuiltBenchmark| common::param_values(&b.model.load_latest(&device).unwrap().0);
+    let rounded: Vec<f32> = weights(&from)
+        .iter()
+        .map(|&w| half::f16::from_f32(w).to_f32())
+        .collect();
+    assert_eq!(weights(&to), rounded);
+
     remove_top_k_on(&tmp.path().join("whole"), &whole);
 }
 

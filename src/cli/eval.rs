@@ -41,6 +41,19 @@ pub enum EvalCommand {
         #[arg(long = "from")]
         from: Vec<PathBuf>,
     },
+    /// Copy a complete benchmark into a directory that ships with retrace (spec, ground truth,
+    /// queries, results and the full-data model's newest checkpoint; no subset model).
+    Bundle {
+        /// The built benchmark.
+        #[arg(long)]
+        benchmark: PathBuf,
+        /// Where the bundle goes (replaced once the new one is whole).
+        #[arg(long)]
+        out: PathBuf,
+        /// Store the full-data model's weights as 16-bit floats (half the bytes).
+        #[arg(long)]
+        f16: bool,
+    },
     /// Retrain without each query's top-k training images per method (and without k random
     /// ones) and report how much the query's loss rises.
     RemoveTopk(RemoveTopkArgs),
@@ -391,6 +404,16 @@ pub fn run(command: EvalCommand, device: &ComputeDevice, job: &JobContext) -> Re
             scoring,
             out,
         } => lds(&scoring, &methods, half, out, device, job),
+        EvalCommand::Bundle { benchmark, out, f16 } => {
+            let bytes = retrace::eval::bundle::bundle(&benchmark, &out, f16)?;
+            println!(
+                "bundled {} into {} ({:.1} MB)",
+                benchmark.display(),
+                out.display(),
+                bytes as f64 / 1e6
+            );
+            Ok(())
+        }
         EvalCommand::RemoveTopk(args) => remove_topk(args, device, job),
         EvalCommand::Regenerate(args) => super::regenerate::run(args, device, job),
         EvalCommand::Overlap { methods, k, scoring } => overlap(&scoring, &methods, k, device, job),

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::ModuleOptimizer;
 use burn::store::ModuleRecord;
-use burn::tensor::{Bytes, Device, Tensor};
+use burn::tensor::{Bytes, DType, Device, Tensor};
 use sha2::{Digest, Sha256};
 
 use super::Network;
@@ -307,6 +307,27 @@ impl ModelDir {
         &self,
         model: &Network,
         optimizer: Option<&ModuleOptimizer>,
+        state: CheckpointState,
+    ) -> Result<CheckpointEntry, CheckpointError> {
+        self.write_checkpoint(model, false, optimizer, state)
+    }
+
+    /// Writes a checkpoint whose weights are stored as 16-bit floats (half the bytes; every
+    /// weight rounded to f16's 11 significant bits), without optimizer state: what a bundled
+    /// model that only needs to be read is made of. Loading casts them back to f32.
+    pub fn save_half_precision(
+        &self,
+        model: &Network,
+        state: CheckpointState,
+    ) -> Result<CheckpointEntry, CheckpointError> {
+        self.write_checkpoint(model, true, None, state)
+    }
+
+    fn write_checkpoint(
+        &self,
+        model: &Network,
+        half: bool,
+        optimizer: Option<&ModuleOptimizer>,
         mut state: CheckpointState,
     ) -> Result<CheckpointEntry, CheckpointError> {
         if self.format != ModelFormat::Retrace {
@@ -323,6 +344,7 @@ impl ModelDir {
             std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
             let weights = model
                 .record_bytes()
+                .and_then(|bytes| if half { half_precision(bytes) } else { Ok(bytes) })
                 .map_err(|e| CheckpointError::invalid(&final_dir, format!("cannot serialise weights: {e}")))?;
             state.weights_sha256 = sha256(&weights);
             write_atomic(&tmp_dir.join(WEIGHTS_FILE), &weights)?;
@@ -526,6 +548,32 @@ fn canonical_record(bytes: Bytes) -> Result<Vec<u8>, ModelError> {
     for (key, value) in &scalars {
         writer = writer.with_scalar(key, *value);
     }
+    for (key, value) in &metadata {
+        writer = writer.with_metadata(key, value);
+    }
+    Ok(writer.into_bytes().map_err(unreadable)?.to_vec())
+}
+
+/// A burn record with every f32 tensor stored as f16 (rounded to nearest), the rest as it is.
+fn half_precision(bytes: Vec<u8>) -> Result<Vec<u8>, ModelError> {
+    let unreadable = |e: burn_pack::Error| ModelError::Weights(e.to_string());
+    let reader = burn_pack::Reader::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(unreadable)?;
+    let metadata = reader.metadata().clone();
+    let mut tensors = Vec::new();
+    for tensor in reader.into_tensors().map_err(unreadable)? {
+        let (name, dtype, shape, param_id, data) = tensor.into_parts().map_err(unreadable)?;
+        let tensor = if dtype == DType::F32 {
+            let halves: Vec<u8> = data
+                .chunks_exact(4)
+                .flat_map(|v| half::f16::from_f32(f32::from_le_bytes([v[0], v[1], v[2], v[3]])).to_le_bytes())
+                .collect();
+            burn_pack::Tensor::new(name, DType::F16, shape, param_id, Bytes::from_bytes_vec(halves))
+        } else {
+            burn_pack::Tensor::new(name, dtype, shape, param_id, data)
+        };
+        tensors.push(tensor);
+    }
+    let mut writer = burn_pack::Writer::new(tensors);
     for (key, value) in &metadata {
         writer = writer.with_metadata(key, value);
     }

@@ -131,6 +131,8 @@ impl Architecture {
     /// The network with the weights of a burn record written by [`Network::record_bytes`] (the
     /// family's own module record, so checkpoints written before DiTs existed still load).
     pub fn load_record(&self, record: ModuleRecord, device: &Device) -> Result<Network, ModelError> {
+        // A record stored in half precision (a bundled checkpoint) is cast to the module's f32.
+        let record = record.cast_to_module_dtype();
         match self.init(device) {
             Network::UNet(net) => net.try_load_record(record).map(Network::UNet),
             Network::DiT(net) => net.try_load_record(record).map(Network::DiT),

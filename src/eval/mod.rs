@@ -4,6 +4,7 @@
 pub mod benchmark;
 pub mod build;
 pub mod built;
+pub mod bundle;
 pub mod class_fidelity;
 pub mod error;
 pub mod ground_truth;
