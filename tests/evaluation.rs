@@ -150,12 +150,17 @@ fn a_cancelled_and_resumed_or_sharded_build_equals_an_uninterrupted_one() {
         "subset 3 is not measured yet"
     );
 
-    // A complete benchmark bundles (the full-data model's newest checkpoint in f16) and opens as
-    // the benchmark it came from; one still being built is refused.
+    // A benchmark bundles (the full-data model's newest checkpoint in f16) and opens as the
+    // benchmark it came from; one still being built bundles the subsets measured so far, and
+    // one without a complete subset is refused.
     let bundled = tmp.path().join("bundled");
     let err = retrace::eval::bundle::bundle(&b, &bundled, true).unwrap_err();
-    assert!(err.to_string().contains("still being built"), "{err}");
-    retrace::eval::bundle::bundle(&tmp.path().join("whole"), &bundled, true).unwrap();
+    assert!(err.to_string().contains("0 fully measured subset"), "{err}");
+    std::fs::remove_file(a.join("ground-truth.json")).unwrap(); // the damaged one
+    let grown_bundle = retrace::eval::bundle::bundle(&a, &bundled, true).unwrap();
+    assert!(grown_bundle.partial && grown_bundle.subsets == 3, "{grown_bundle:?}");
+    let done = retrace::eval::bundle::bundle(&tmp.path().join("whole"), &bundled, true).unwrap();
+    assert!(!done.partial);
     let (from, to) = (
         retrace::eval::BuiltBenchmark::open(&tmp.path().join("whole")).unwrap(),
         retrace::eval::BuiltBenchmark::open(&bundled).unwrap(),
@@ -543,6 +548,13 @@ fn regeneration_on(root: &Path, truth: &GroundTruth) {
         .join(format!("q{:03}.json", targets[0]));
     let mut kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&entry).unwrap()).unwrap();
     kept["scores"][0] = serde_json::json!(1234.5);
+    std::fs::write(&entry, serde_json::to_vec(&kept).unwrap()).unwrap();
+    assert_eq!(bench.scores(&rows[0], targets[0], &device, &silent).unwrap()[0], 1234.5);
+    // An entry computed with other weights is a miss.
+    kept["weights_sha256"] = serde_json::json!("another model");
+    std::fs::write(&entry, serde_json::to_vec(&kept).unwrap()).unwrap();
+    assert_ne!(bench.scores(&rows[0], targets[0], &device, &silent).unwrap()[0], 1234.5);
+    kept["weights_sha256"] = serde_json::json!(bench.model.latest().unwrap().unwrap().state.weights_sha256);
     std::fs::write(&entry, serde_json::to_vec(&kept).unwrap()).unwrap();
     assert_eq!(bench.scores(&rows[0], targets[0], &device, &silent).unwrap()[0], 1234.5);
     std::fs::write(&entry, b"{ cut short").unwrap();

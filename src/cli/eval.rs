@@ -190,14 +190,10 @@ impl ScoringArgs {
         }
         let dir = bench.features.dir.clone();
         bench.features = self.features.settings(bench.model.info.schedule.steps, false, dir)?;
-        bench.score_cache = Some(root.join(SCORE_CACHE));
+        bench.score_cache = Some(root.join(retrace::eval::built::SCORE_CACHE));
         Ok((bench, rows))
     }
 }
-
-/// The directory, inside a benchmark's, where every scoring command keeps the methods' scores of each
-/// query, read again by the others (delete it to score afresh).
-pub const SCORE_CACHE: &str = "scores";
 
 /// The rows `retrace eval lds` scores by default.
 pub const DEFAULT_ROWS: &str = "tracin,tracin+shared,retrac,retrac+shared,retrac-bucket,kfac,kfac+shared,ekfac,kfac-elbo,kfac-sqnorm,ekfac-sqnorm,pixel,random";
@@ -405,12 +401,18 @@ pub fn run(command: EvalCommand, device: &ComputeDevice, job: &JobContext) -> Re
             out,
         } => lds(&scoring, &methods, half, out, device, job),
         EvalCommand::Bundle { benchmark, out, f16 } => {
-            let bytes = retrace::eval::bundle::bundle(&benchmark, &out, f16)?;
+            let bundled = retrace::eval::bundle::bundle(&benchmark, &out, f16)?;
+            if bundled.partial {
+                eprintln!(
+                    "warning: the ground truth is still being built; bundled the {} subsets measured so far (bundle again once it is complete)",
+                    bundled.subsets
+                );
+            }
             println!(
                 "bundled {} into {} ({:.1} MB)",
                 benchmark.display(),
                 out.display(),
-                bytes as f64 / 1e6
+                bundled.bytes as f64 / 1e6
             );
             Ok(())
         }

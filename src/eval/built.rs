@@ -40,11 +40,19 @@ pub struct BuiltBenchmark {
     subsets: Vec<Vec<usize>>,
 }
 
+/// The directory, inside a benchmark's, where every scoring command keeps the methods' scores
+/// of each query, read again by the others (delete it to score afresh).
+pub const SCORE_CACHE: &str = "scores";
+
 /// One query's scores under one row, as the score cache keeps them.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CachedScores {
     /// The retrace version that computed them.
     version: String,
+    /// The SHA-256 of the full-data model's newest checkpoint they were computed with (entries
+    /// of other weights, or of none recorded, are misses).
+    #[serde(default)]
+    weights_sha256: String,
     /// Per training image, dataset order.
     scores: Vec<f64>,
 }
@@ -177,10 +185,12 @@ impl BuiltBenchmark {
                 .join(format!("q{q:03}.json"))
         });
         let version = env!("CARGO_PKG_VERSION");
+        let weights = self.model.latest()?.map(|c| c.state.weights_sha256).unwrap_or_default();
         if let Some(path) = &cached
             // An unreadable entry (a file cut short, NaN scores written as null) is a miss.
             && let Ok(Some(kept)) = super::build::read_json::<CachedScores>(path)
             && kept.version == version
+            && kept.weights_sha256 == weights
             && kept.scores.len() == self.data.len()
         {
             return Ok(kept.scores);
@@ -191,6 +201,7 @@ impl BuiltBenchmark {
         {
             let kept = CachedScores {
                 version: version.to_owned(),
+                weights_sha256: weights,
                 scores,
             };
             super::build::write_json(path, &kept)?;

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use super::build::{BENCHMARK_FILE, GROUND_TRUTH_FILE};
 use super::built::BuiltBenchmark;
+use super::built::SCORE_CACHE;
 use super::error::EvalError;
 use crate::diffusion::ModelDir;
 use crate::files::at;
@@ -23,23 +24,25 @@ const KEPT: [&str; 7] = [
     "README.md",
 ];
 
-/// Writes the complete benchmark in `source` into `out` (replacing what is there once the new
-/// bundle is whole), its full-data model's newest checkpoint in f16 when `half` is set.
-/// Returns the bundle's size in bytes.
-pub fn bundle(source: &Path, out: &Path, half: bool) -> Result<u64, EvalError> {
-    let building = || {
-        EvalError::Invalid(format!(
-            "{} is still being built: bundle it once `retrace eval merge` has assembled its ground truth",
-            source.display()
-        ))
-    };
-    if !source.join(GROUND_TRUTH_FILE).is_file() {
-        return Err(building());
-    }
+/// What [`bundle`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bundled {
+    /// The bundle's size in bytes.
+    pub bytes: u64,
+    /// Subsets of the ground truth bundled.
+    pub subsets: usize,
+    /// Whether the build was still in progress (its subsets measured so far were bundled; bundle
+    /// again once it is complete).
+    pub partial: bool,
+}
+
+/// Writes the benchmark in `source` into `out` (replacing what is there once the new bundle is
+/// whole, but keeping its score cache, whose entries name the weights they were computed
+/// with), its full-data model's newest checkpoint in f16 when `half` is set. A build still in
+/// progress bundles the subsets measured so far, as every scoring command reads it.
+pub fn bundle(source: &Path, out: &Path, half: bool) -> Result<Bundled, EvalError> {
     let bench = BuiltBenchmark::open(source)?;
-    if bench.is_partial()? {
-        return Err(building());
-    }
+    let partial = bench.is_partial()? || !source.join(GROUND_TRUTH_FILE).is_file();
     let staging = crate::files::temporary_sibling(out);
     let _ = std::fs::remove_dir_all(&staging);
     let written = (|| -> Result<(), EvalError> {
@@ -74,11 +77,19 @@ pub fn bundle(source: &Path, out: &Path, half: bool) -> Result<u64, EvalError> {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
     }
+    let cache = out.join(SCORE_CACHE);
+    if cache.is_dir() {
+        std::fs::rename(&cache, staging.join(SCORE_CACHE)).map_err(at(&cache))?;
+    }
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(at(out))?;
     }
     std::fs::rename(&staging, out).map_err(at(out))?;
-    Ok(dir_size(out))
+    Ok(Bundled {
+        bytes: dir_size(out),
+        subsets: bench.truth.spec.subsets,
+        partial,
+    })
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<(), EvalError> {
