@@ -49,9 +49,28 @@ pub fn method_info(name: &str) -> Result<MethodInfo, AttributionError> {
     })
 }
 
-/// The bundled LDS benchmark's evaluation table (`retrace eval lds --out` wrote it).
+/// The bundled benchmarks' evaluation tables (`retrace eval lds --out` wrote them), the
+/// headline first: the garment benchmark (ten classes, a fine-tune of the bundled model, whose
+/// samples are garments), then the first one (T-shirts and ankle boots, a tiny model trained from
+/// scratch). Only those present are listed.
+pub fn bundled_evaluations() -> Vec<(&'static str, std::path::PathBuf)> {
+    use crate::eval::BuiltBenchmark;
+    [
+        ("Garments (10 classes, fine-tune)", BuiltBenchmark::garments_dir()),
+        ("T-shirts and ankle boots (tiny model)", BuiltBenchmark::bundled_dir()),
+    ]
+    .into_iter()
+    .map(|(name, dir)| (name, dir.join("results.json")))
+    .filter(|(_, path)| path.is_file())
+    .collect()
+}
+
+/// The headline bundled evaluation table ([`bundled_evaluations`]).
 pub fn bundled_evaluation() -> std::path::PathBuf {
-    crate::eval::BuiltBenchmark::bundled_dir().join("results.json")
+    bundled_evaluations().into_iter().next().map_or_else(
+        || crate::eval::BuiltBenchmark::bundled_dir().join("results.json"),
+        |(_, p)| p,
+    )
 }
 
 /// Reads an evaluation table as `retrace eval lds --out` writes it.

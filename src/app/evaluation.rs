@@ -23,6 +23,7 @@ const GENERATED: egui::Color32 = egui::Color32::from_rgb(67, 147, 195);
 
 /// Draws the Evaluation tab.
 pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
+    benchmark_picker(app, ui);
     let report = match app.evaluation_table().clone() {
         Ok(report) => report,
         Err(e) => {
@@ -107,6 +108,23 @@ pub fn show(app: &mut RetraceApp, ui: &mut Ui) {
             Some(regeneration) => regeneration_section(app, ui, regeneration, height),
             None => {
                 ui.label("No regeneration yet: `retrace eval regenerate --out` on this file adds it.");
+            }
+        }
+    });
+}
+
+/// One button per bundled benchmark's table (when more than one ships), the one shown selected;
+/// a table dropped on the window is shown instead of either.
+fn benchmark_picker(app: &mut RetraceApp, ui: &mut Ui) {
+    let tables = crate::session::bundled_evaluations();
+    if tables.len() < 2 {
+        return;
+    }
+    ui.horizontal(|ui| {
+        ui.label("Benchmark:");
+        for (name, path) in tables {
+            if ui.selectable_label(app.evaluation_path == path, name).clicked() && app.evaluation_path != path {
+                app.load_evaluation(&path);
             }
         }
     });

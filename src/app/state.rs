@@ -153,6 +153,8 @@ pub struct RetraceApp {
     pub evaluation_load: Option<BackgroundJob<crate::eval::table::EvalReport>>,
     /// The evaluation table the Evaluation tab and Compare read (loaded when first needed).
     pub evaluation: Option<Result<crate::eval::table::EvalReport, Arc<JobError>>>,
+    /// The file it comes from (the headline bundled table until another is chosen or dropped).
+    pub evaluation_path: std::path::PathBuf,
     /// The context to repaint when background work reports.
     repaint: egui::Context,
 }
@@ -210,6 +212,7 @@ impl RetraceApp {
             loads: Vec::new(),
             evaluation_load: None,
             evaluation: None,
+            evaluation_path: crate::session::bundled_evaluation(),
             repaint: ctx.clone(),
         };
         app.index_draft = app.session.as_ref().ok().map(|s| s.index.clone());
@@ -334,8 +337,7 @@ impl RetraceApp {
     /// the bundled benchmark's, read once (or why it could not be read).
     pub fn evaluation_table(&mut self) -> &Result<crate::eval::table::EvalReport, Arc<JobError>> {
         self.evaluation.get_or_insert_with(|| {
-            crate::session::load_evaluation(&crate::session::bundled_evaluation())
-                .map_err(|e| Arc::new(JobError::from_job(e)))
+            crate::session::load_evaluation(&self.evaluation_path).map_err(|e| Arc::new(JobError::from_job(e)))
         })
     }
 
@@ -439,6 +441,7 @@ impl RetraceApp {
     /// the Evaluation tab, off the UI thread; the tab shows it, or why it could not be read.
     pub fn load_evaluation(&mut self, path: &std::path::Path) {
         let path = path.to_owned();
+        self.evaluation_path = path.clone();
         let title = format!("reading {}", crate::files::file_name(&path));
         self.evaluation_load = Some(BackgroundJob::spawn(title, Self::waker(&self.repaint), move |_| {
             crate::session::load_evaluation(&path)

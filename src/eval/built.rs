@@ -58,9 +58,15 @@ struct CachedScores {
 }
 
 impl BuiltBenchmark {
-    /// The bundled benchmark's directory.
+    /// The bundled benchmark's directory (the first: T-shirts and ankle boots, a tiny model).
     pub fn bundled_dir() -> PathBuf {
         crate::data::bundled_dir().join("lds")
+    }
+
+    /// The bundled garment benchmark's directory (ten classes, a fine-tune of the bundled
+    /// class-conditional model; `retrace eval build-lds --preset garments`).
+    pub fn garments_dir() -> PathBuf {
+        crate::data::bundled_dir().join("lds-garments")
     }
 
     /// Opens the benchmark in `root` (`ground-truth.json` and the full-data model in `full/`)
