@@ -85,6 +85,7 @@ pub fn evaluation_label(method: &str, parameters: &Parameters, shared_noise: boo
         method: crate::eval::rows::RowMethod::Attribution(method.to_owned()),
         parameters: parameters.clone(),
         shared_noise,
+        only: None,
     }
     .label()
 }

@@ -82,8 +82,8 @@ pub enum EvalCommand {
     Lds {
         /// Rows, comma-separated: a method (`retrace methods` lists them; an ensemble as
         /// ensemble:A+B) or random, kfac/ekfac with -elbo or -sqnorm for another measurement,
-        /// other parameters as [key=value;…], and +shared for a query that shares the training
-        /// images' (t, ε) draws.
+        /// other parameters as [key=value;…], +shared for a query that shares the training
+        /// images' (t, ε) draws, and @generated or @held-out to score one kind of query only.
         #[arg(long, value_delimiter = ',', default_value = DEFAULT_ROWS)]
         methods: Vec<String>,
         /// Which half of the queries: report (the figures) or dev (to choose defaults).

@@ -187,7 +187,7 @@ impl BuiltBenchmark {
     ) -> Result<Vec<f64>, EvalError> {
         let cached = self.score_cache.as_ref().map(|dir| {
             dir.join(crate::eval::rows::file_safe(&self.features.slug()))
-                .join(crate::eval::rows::file_safe(&row.label()))
+                .join(crate::eval::rows::file_safe(&row.scorer_label()))
                 .join(format!("q{q:03}.json"))
         });
         let version = env!("CARGO_PKG_VERSION");

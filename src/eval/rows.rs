@@ -36,6 +36,17 @@ pub struct EvalRow {
     pub parameters: Parameters,
     /// Whether the query shares the training images' (t, ε) draws.
     pub shared_noise: bool,
+    /// Score only the queries of this kind (`@generated`, `@held-out`): what makes a method that
+    /// costs minutes per query (MUCS on a CPU) affordable on the kind that matters.
+    pub only: Option<QueryKind>,
+}
+
+/// The row-name suffix of [`EvalRow::only`].
+fn only_suffix(kind: QueryKind) -> &'static str {
+    match kind {
+        QueryKind::HeldOut => "@held-out",
+        QueryKind::Generated => "@generated",
+    }
 }
 
 /// Row-name suffixes of the measurements other than the loss.
@@ -51,8 +62,15 @@ impl EvalRow {
     /// The row's name: `kfac`, `kfac-elbo`, `retrac`, … with the method's other parameters
     /// that differ from their defaults in brackets (`mucs[mucs-batch=16;mucs-max-steps=100]`)
     /// and `+shared` when the query shares the training images' draws (for methods that use the
-    /// index).
+    /// index), then `@generated` or `@held-out` for a row restricted to one kind of query.
     pub fn label(&self) -> String {
+        let only = self.only.map_or("", only_suffix);
+        format!("{}{only}", self.scorer_label())
+    }
+
+    /// [`Self::label`] without the kind restriction: what names the scores (the score cache),
+    /// which do not depend on which queries a row takes.
+    pub fn scorer_label(&self) -> String {
         let name = match &self.method {
             RowMethod::Random => return "random".into(),
             RowMethod::ClassIndicator => return CLASS_INDICATOR.into(),
@@ -93,6 +111,9 @@ impl EvalRow {
     /// Whether the row scores queries of `kind`: a method that attributes sampling trajectories
     /// (Journey-TRAK) takes generated queries only.
     pub fn takes(&self, kind: QueryKind) -> bool {
+        if self.only.is_some_and(|only| only != kind) {
+            return false;
+        }
         match &self.method {
             RowMethod::Attribution(m) => {
                 kind == QueryKind::Generated || registry::lookup(m).is_ok_and(|m| !m.needs().trajectory)
@@ -103,9 +124,14 @@ impl EvalRow {
 
     /// Parses a row name as [`Self::label`] writes it, on top of `parameters`.
     pub fn parse(name: &str, parameters: &Parameters) -> Result<Self, EvalError> {
-        let (name, shared_noise) = match name.trim().strip_suffix("+shared") {
+        let name = name.trim();
+        let (name, only) = QueryKind::ALL
+            .iter()
+            .find_map(|&kind| name.strip_suffix(only_suffix(kind)).map(|rest| (rest, Some(kind))))
+            .unwrap_or((name, None));
+        let (name, shared_noise) = match name.strip_suffix("+shared") {
             Some(rest) => (rest, true),
-            None => (name.trim(), false),
+            None => (name, false),
         };
         let mut parameters = parameters.clone();
         let name = match name.strip_suffix(']').and_then(|rest| rest.split_once('[')) {
@@ -127,6 +153,7 @@ impl EvalRow {
                 method,
                 parameters,
                 shared_noise,
+                only,
             });
         }
         let (base, measurement) = match registry::lookup(name) {
@@ -149,6 +176,7 @@ impl EvalRow {
             method: RowMethod::Attribution(base.to_owned()),
             parameters,
             shared_noise,
+            only,
         })
     }
 }
@@ -191,10 +219,15 @@ mod tests {
             "ensemble:retrac+kfac+shared",
             "mucs[mucs-batch=16;mucs-max-steps=100]",
             "trak[trak-damping=0.01]+shared",
+            "mucs[mucs-draws=24]@generated",
+            "dtrak+shared@held-out",
         ] {
             assert_eq!(EvalRow::parse(name, &influence).unwrap().label(), name);
         }
         assert!(EvalRow::parse("tracin-elbo", &influence).is_err());
         assert!(EvalRow::parse("nope", &influence).is_err());
+        let generated = EvalRow::parse("pixel@generated", &influence).unwrap();
+        assert!(generated.takes(QueryKind::Generated) && !generated.takes(QueryKind::HeldOut));
+        assert_eq!(generated.scorer_label(), "pixel");
     }
 }
