@@ -256,6 +256,7 @@ impl ConditionArgs {
     }
 
     /// The guidance scale `--guidance` gives, if any.
+    #[cfg_attr(not(feature = "viewer"), allow(dead_code))] // the viewer's starting guidance
     pub(crate) fn guidance(&self) -> Option<f64> {
         self.guidance
     }
