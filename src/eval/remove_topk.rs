@@ -64,6 +64,14 @@ pub struct RemovedModel {
     pub retraining: Retraining,
 }
 
+impl RemovedModel {
+    /// Whether this result was retrained without exactly `removed`, with `retraining`: one made
+    /// with other settings (another projection, damping, retraining, …) is stale.
+    fn made_by(&self, removed: &[usize], retraining: Retraining) -> bool {
+        self.removed == removed && self.retraining == retraining
+    }
+}
+
 /// A retrained model beside its reference.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RemovalResult {
@@ -239,9 +247,7 @@ pub fn remove_top_k(
                 };
                 // A result stands only if it removed what the method removes now: one made with
                 // other settings (another projection, damping, …) is stale and made again.
-                if read_json::<RemovedModel>(&path)?
-                    .is_some_and(|done| done.removed == removed && done.retraining == plan.retraining)
-                {
+                if read_json::<RemovedModel>(&path)?.is_some_and(|done| done.made_by(&removed, plan.retraining)) {
                     continue;
                 }
                 if !owned {
@@ -270,8 +276,7 @@ pub fn remove_top_k(
     for (path, removed) in &others {
         let done = match removed {
             None => read_json::<Vec<f64>>(path)?.is_some(),
-            Some(removed) => read_json::<RemovedModel>(path)?
-                .is_some_and(|m| &m.removed == removed && m.retraining == plan.retraining),
+            Some(removed) => read_json::<RemovedModel>(path)?.is_some_and(|m| m.made_by(removed, plan.retraining)),
         };
         waiting += usize::from(!done);
     }
